@@ -1,0 +1,113 @@
+# lunaserve - build, test and benchmark.
+#
+#   make            build bin/lunaserve (the server) and bin/luna (the offline CLI)
+#   make run        install what is missing, build, serve the bundled models on 127.0.0.1:8080
+#   make test       install what is missing, build, run every test, then again under sanitizers
+#   make check      run every test once (no dependency install, no sanitizers)
+#   make asan       build under AddressSanitizer + UBSan into build/asan and run every test there
+#   make valgrind   run the unit and golden tests under valgrind's memcheck
+#   make bench      run the benchmarks under bench/ (prints tables, writes docs/bench-*)
+#   make golden     regenerate tests/golden with the PyTorch reference (needs python3-torch)
+#
+# V=1 shows the compile lines. BUILD selects the output tree (build/ by default).
+
+CC      ?= cc
+V       ?= 0
+BUILD   ?= build
+PKGS    := openblas libmicrohttpd libcjson libuv
+OPT     ?= -O3 -march=x86-64-v3
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g $(OPT) -fopenmp-simd -fno-trapping-math -fno-math-errno -MMD -MP \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I.
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+TESTLIBS := -lcriterion
+
+Q = @
+ifeq ($(V),1)
+Q =
+endif
+
+ENGINE_SRC := $(wildcard engine/*.c)
+API_SRC    := $(wildcard api/*.c)
+SERVER_SRC := $(wildcard server/*.c)
+CLI_SRC    := $(wildcard cli/*.c)
+UNIT_SRC   := $(wildcard tests/unit/*.c)
+
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+ENGINE_OBJ := $(call obj,$(ENGINE_SRC))
+API_OBJ    := $(call obj,$(API_SRC))
+SERVER_OBJ := $(call obj,$(SERVER_SRC))
+CLI_OBJ    := $(call obj,$(CLI_SRC))
+UNIT_OBJ   := $(call obj,$(UNIT_SRC))
+SERVER_LIB_OBJ := $(filter-out $(BUILD)/server/main.o,$(SERVER_OBJ))
+
+BINS := $(BUILD)/bin/lunaserve $(BUILD)/bin/luna $(BUILD)/bin/unit-tests
+
+# The default build also publishes the binaries under bin/, where the README points.
+all: bin/lunaserve bin/luna
+
+bin/%: $(BUILD)/bin/%
+	@mkdir -p bin
+	$(Q)cp $< $@
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(filter 1,$(V)),,echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/bin/lunaserve: $(SERVER_OBJ) $(API_OBJ) $(ENGINE_OBJ)
+	@mkdir -p $(dir $@)
+	@$(if $(filter 1,$(V)),,echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bin/luna: $(CLI_OBJ) $(ENGINE_OBJ)
+	@mkdir -p $(dir $@)
+	@$(if $(filter 1,$(V)),,echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# One Criterion binary holds every unit and golden test; tests/unit/ mirrors the sources.
+$(BUILD)/bin/unit-tests: $(UNIT_OBJ) $(SERVER_LIB_OBJ) $(API_OBJ) $(ENGINE_OBJ)
+	@mkdir -p $(dir $@)
+	@$(if $(filter 1,$(V)),,echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(TESTLIBS)
+
+# Run every test against the binaries in $(BUILD). Integration tests find the binaries
+# through LUNA_BIN_DIR. Criterion's --jobs keeps the 2-core machine from oversubscribing.
+check: $(BINS)
+	$(BUILD)/bin/unit-tests --jobs 2 $(CRITERION_FLAGS)
+	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cli/run.sh
+	LUNA_BIN_DIR=$(BUILD)/bin sh tests/integration/run.sh
+
+# Sanitizer build: same sources, separate tree, so a plain build is never polluted.
+asan:
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(MAKE) --no-print-directory BUILD=build/asan \
+	  OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" check
+
+valgrind: $(BUILD)/bin/unit-tests
+	valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+	  --trace-children=no -q $(BUILD)/bin/unit-tests --jobs 1 --filter 'golden/*'
+
+deps:
+	sh tools/deps.sh all
+
+# The README's two commands.
+test: deps
+	$(MAKE) --no-print-directory all
+	$(MAKE) --no-print-directory check
+	$(MAKE) --no-print-directory asan
+
+run: deps
+	$(MAKE) --no-print-directory all
+	sh tools/run.sh
+
+bench: bin/luna
+	sh bench/run.sh
+
+golden:
+	/usr/bin/python3 tools/make_golden.py tests/golden
+
+clean:
+	rm -rf build bin
+
+.PHONY: all check asan valgrind deps test run bench golden clean
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

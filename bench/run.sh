@@ -1,0 +1,52 @@
+#!/bin/sh
+# bench/run.sh - the encoder benchmark of docs/benchmarks.md: Luna (l = 16, 128, 256) against the
+# two softmax baselines, on the LRA byte-level text shape (d 256, 4 heads, 4 layers, FFN 1024,
+# GELU, untied K/V) with random weights, all in one run so that the ratios are side by side.
+#
+#   sh bench/run.sh            the full table (about 20-30 minutes on 2 cores)
+#   BENCH_QUICK=1 sh bench/run.sh   a smoke run with small lengths (seconds)
+#
+# Writes docs/bench-encoder.csv, docs/bench-encoder.md and docs/bench-encoder.png.
+set -eu
+cd "$(dirname "$0")/.."
+sh tools/deps.sh bench
+make --no-print-directory bin/luna
+
+out=${BENCH_OUT:-docs}
+models=build/bench-models
+threads=${BENCH_THREADS:-$(nproc)}
+mkdir -p "$out" "$models"
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+  both="1024,2048"; luna_only="4096,8192"; pyref="1024"; ls_="16"
+else
+  both="1024,2048,3072,4096,8192,16384,32768,65536"
+  luna_only="131072,262144,524288,1048576"; pyref="4096,16384"; ls_="16 128 256"
+fi
+
+for l in $ls_; do
+  [ -f "$models/lra-l$l/model.safetensors" ] ||
+    /usr/bin/python3 tools/make_random_model.py --lra --l "$l" --out "$models/lra-l$l"
+done
+
+raw=$(mktemp)
+trap 'rm -f "$raw"' EXIT
+bin/luna sgemm --size 1024 --threads "$threads" --json > "$raw.sgemm"
+for l in $ls_; do
+  bin/luna bench --model "$models/lra-l$l" --attention luna --threads "$threads" --repeat 2 \
+    --lengths "$both,$luna_only" --json | tee -a "$raw"
+done
+first=$(echo "$ls_" | cut -d' ' -f1)
+for kind in softmax softmax-stream; do
+  bin/luna bench --model "$models/lra-l$first" --attention $kind --threads "$threads" \
+    --lengths "$both" --json | tee -a "$raw"
+done
+# The PyTorch reference on the same weights (needs python3-torch; skipped with a note without it).
+if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+  /usr/bin/python3 tools/bench_ref.py --model "$models/lra-l$first" --lengths "$pyref" \
+    --threads "$threads" | tee -a "$raw"
+else
+  echo "bench: python3-torch is not installed; the PyTorch column is left out" >&2
+fi
+/usr/bin/python3 bench/report.py --sgemm "$raw.sgemm" --results "$raw" --out "$out" \
+  --machine "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, $threads BLAS threads"
+rm -f "$raw.sgemm"

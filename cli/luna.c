@@ -1,0 +1,422 @@
+/* luna.c - the offline command line: classify a document, benchmark the engine.
+ *
+ *   luna classify --model DIR [FILE|-]
+ *   luna bench    --model DIR --lengths 1024,4096,... [--attention luna|softmax|softmax-stream]
+ *                 [--chunk N] [--threads N] [--repeat N] [--json]
+ *   luna sgemm    [--size N] [--threads N] [--json]
+ *
+ * Every subcommand has --help. Bad arguments print a one-line reason and exit 2; engine errors
+ * exit 1. Output on stdout is JSON (classify) or a table (bench, unless --json). */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/luna.h"
+
+#define EXIT_USAGE 2
+
+static const char *prog = "luna";
+
+static void die_usage(const char *cmd, const char *fmt, const char *arg)
+{
+    fprintf(stderr, "%s %s: ", prog, cmd);
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nTry '%s %s --help'.\n", prog, cmd);
+    exit(EXIT_USAGE);
+}
+
+static long parse_long(const char *cmd, const char *flag, const char *s, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "%s %s: %s expects an integer in [%ld, %ld], got '%s'\n", prog, cmd, flag,
+                lo, hi, s);
+        exit(EXIT_USAGE);
+    }
+    return v;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Reads all of f; returns a malloc'd buffer (caller frees) or NULL with errno set. */
+static unsigned char *read_all(FILE *f, size_t *len)
+{
+    size_t cap = 1 << 16, n = 0;
+    unsigned char *buf = malloc(cap);
+    if (!buf) return NULL;
+    for (;;) {
+        if (n == cap) {
+            unsigned char *nb = realloc(buf, cap *= 2);
+            if (!nb) {
+                free(buf);
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+static void json_string(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(out, "\\%c", *p);
+        else if (*p < 0x20) fprintf(out, "\\u%04x", *p);
+        else fputc(*p, out);
+    }
+    fputc('"', out);
+}
+
+static luna_model *load_or_die(const char *dir)
+{
+    luna_model *m;
+    char err[512];
+    int rc = luna_model_load(dir, &m, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "%s: cannot load model %s: %s (%s)\n", prog, dir, err, luna_err_name(rc));
+        exit(1);
+    }
+    return m;
+}
+
+/* ---- classify --------------------------------------------------------------------------- */
+
+static const char classify_help[] =
+    "usage: luna classify --model DIR [FILE|-]\n"
+    "Classifies FILE (or standard input) with the classifier in DIR and prints JSON:\n"
+    "{\"label\", \"score\", \"probabilities\": {label: p}, \"logits\": [...], \"input_bytes\", \"tokens\"}.\n"
+    "  --model DIR   a model directory (config.json + model.safetensors)\n"
+    "  --help        this text\n";
+
+static int cmd_classify(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *model = NULL;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":m:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'h': fputs(classify_help, stdout); return 0;
+        case ':': die_usage("classify", "option %s needs a value", argv[optind - 1]); break;
+        default: die_usage("classify", "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (!model) die_usage("classify", "%s", "--model DIR is required");
+    if (argc - optind > 1) die_usage("classify", "expects at most one FILE, got extra '%s'", argv[optind + 1]);
+    const char *path = optind < argc ? argv[optind] : "-";
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f) {
+        fprintf(stderr, "%s classify: cannot open %s: %s\n", prog, path, strerror(errno));
+        return EXIT_USAGE;
+    }
+    size_t len = 0;
+    unsigned char *buf = read_all(f, &len);
+    if (f != stdin) fclose(f);
+    if (!buf) {
+        fprintf(stderr, "%s classify: cannot read %s: %s\n", prog, path, strerror(errno));
+        return 1;
+    }
+    luna_model *m = load_or_die(model);
+    const luna_config *cfg = luna_model_config(m);
+    luna_ctx *ctx = NULL;
+    float *probs = calloc((size_t)cfg->n_labels, sizeof(float));
+    float *logits = calloc((size_t)cfg->n_labels, sizeof(float));
+    int rc = probs && logits ? luna_ctx_new(m, NULL, &ctx) : LUNA_ENOMEM;
+    if (!rc) rc = luna_classify(ctx, buf, len, probs, logits);
+    if (rc) {
+        fprintf(stderr, "%s classify: %s (%s)\n", prog, luna_strerror(rc), luna_err_name(rc));
+    } else {
+        int best = 0;
+        for (int i = 1; i < cfg->n_labels; i++)
+            if (probs[i] > probs[best]) best = i;
+        printf("{\"label\": ");
+        json_string(stdout, cfg->labels[best]);
+        printf(", \"score\": %.6g, \"probabilities\": {", probs[best]);
+        for (int i = 0; i < cfg->n_labels; i++) {
+            printf(i ? ", " : "");
+            json_string(stdout, cfg->labels[i]);
+            printf(": %.6g", probs[i]);
+        }
+        printf("}, \"logits\": [");
+        for (int i = 0; i < cfg->n_labels; i++) printf("%s%.6g", i ? ", " : "", logits[i]);
+        printf("], \"input_bytes\": %zu, \"tokens\": %zu}\n", len, luna_input_tokens(m, buf, len));
+    }
+    luna_ctx_free(ctx);
+    luna_model_free(m);
+    free(probs);
+    free(logits);
+    free(buf);
+    return rc ? 1 : 0;
+}
+
+/* ---- bench -------------------------------------------------------------------------------- */
+
+static const char bench_help[] =
+    "usage: luna bench --model DIR --lengths N,N,... [options]\n"
+    "Runs one classification forward pass per length (and per repeat) on random bytes, each length\n"
+    "in a fresh child process, and prints latency, peak RSS and throughput.\n"
+    "  --model DIR        a classifier model directory\n"
+    "  --lengths LIST     comma-separated token counts, e.g. 1024,4096,65536 (suffix k = *1024)\n"
+    "  --attention KIND   luna (default), softmax (n x n scores built) or softmax-stream (flash-style)\n"
+    "  --chunk N          rows per chunk (default 256)\n"
+    "  --threads N        OpenBLAS threads (default: OpenBLAS's own)\n"
+    "  --repeat N         forward passes per length; the fastest is reported (default 1)\n"
+    "  --json             one JSON object per length instead of the table\n"
+    "  --help             this text\n"
+    "Columns: n tokens; ms = fastest wall time of one forward; rss_mb = the child's peak RSS;\n"
+    "base_mb = its RSS before the forward (weights + workspace); pred_mb = luna_workspace_bytes;\n"
+    "gflops = analytic FLOPs / time.\n";
+
+/* Analytic FLOPs of one forward over n tokens (multiply-adds count 2). */
+static double forward_flops(const luna_config *c, double n, luna_attn attn)
+{
+    double d = c->d, l = c->l, ffn = c->ffn, kv = c->tie_kv ? 1 : 2;
+    double lp = c->dynamic_projection && n < l ? n : l;
+    double per_layer = 2 * n * d * d * 2 /* q_proj, out_proj */ + 2 * n * d * ffn * 2 /* FFN */;
+    if (attn == LUNA_ATTN_LUNA) {
+        per_layer += 2 * n * d * d * kv          /* pack keys (and values) */
+                     + 2 * lp * d * d * (1 + kv) /* pq_proj, unpack keys (and values) */
+                     + 2 * lp * n * d * 4;       /* pack and unpack: scores and A V */
+    } else {
+        per_layer += 2 * n * d * d * 2 /* k and v */ + 2 * n * n * d * 2 /* scores and A V */;
+    }
+    return per_layer * c->layers;
+}
+
+static size_t rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, res = 0;
+    if (f) {
+        if (fscanf(f, "%lu %lu", &size, &res) != 2) res = 0;
+        fclose(f);
+    }
+    return res * (size_t)sysconf(_SC_PAGESIZE) / 1024;
+}
+
+typedef struct {
+    int rc;
+    double best_s;
+    size_t base_kb;
+} bench_result;
+
+/* In the child: make a context, run `repeat` forwards over n tokens, report through fd. */
+static void bench_child(const luna_model *m, const luna_ctx_opts *o, size_t n, int repeat, int fd)
+{
+    const luna_config *cfg = luna_model_config(m);
+    bench_result r = {0, 1e30, 0};
+    size_t special = 1 + (size_t)cfg->append_eos;
+    size_t len = n > special ? n - special : 0;
+    unsigned char *bytes = malloc(len ? len : 1);
+    luna_ctx *ctx = NULL;
+    if (!bytes) r.rc = LUNA_ENOMEM;
+    else {
+        unsigned x = 2463534242u;
+        for (size_t i = 0; i < len; i++) {
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            bytes[i] = (unsigned char)(32 + x % 95);
+        }
+        r.rc = luna_ctx_new(m, o, &ctx);
+    }
+    r.base_kb = rss_kb();
+    for (int i = 0; i < repeat && r.rc == 0; i++) {
+        double t0 = now_s();
+        r.rc = luna_encode(ctx, bytes, len, NULL, NULL, NULL, NULL);
+        double t = now_s() - t0;
+        if (t < r.best_s) r.best_s = t;
+    }
+    if (write(fd, &r, sizeof r) != (ssize_t)sizeof r) _exit(3);
+    luna_ctx_free(ctx);
+    free(bytes);
+    _exit(0);
+}
+
+static int cmd_bench(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},  {"lengths", required_argument, 0, 'n'},
+        {"attention", required_argument, 0, 'a'}, {"chunk", required_argument, 0, 'c'},
+        {"threads", required_argument, 0, 't'}, {"repeat", required_argument, 0, 'r'},
+        {"json", no_argument, 0, 'j'},          {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char *model = NULL, *lengths = NULL, *attn_name = "luna";
+    luna_ctx_opts o = {0, LUNA_ATTN_LUNA};
+    int threads = 0, repeat = 1, json = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":m:n:a:c:t:r:jh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'n': lengths = optarg; break;
+        case 'a': attn_name = optarg; break;
+        case 'c': o.chunk = (int)parse_long("bench", "--chunk", optarg, 1, 65536); break;
+        case 't': threads = (int)parse_long("bench", "--threads", optarg, 1, 256); break;
+        case 'r': repeat = (int)parse_long("bench", "--repeat", optarg, 1, 1000); break;
+        case 'j': json = 1; break;
+        case 'h': fputs(bench_help, stdout); return 0;
+        case ':': die_usage("bench", "option %s needs a value", argv[optind - 1]); break;
+        default: die_usage("bench", "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) die_usage("bench", "unexpected argument '%s'", argv[optind]);
+    if (!model) die_usage("bench", "%s", "--model DIR is required");
+    if (!lengths) die_usage("bench", "%s", "--lengths LIST is required");
+    if (!strcmp(attn_name, "luna")) o.attention = LUNA_ATTN_LUNA;
+    else if (!strcmp(attn_name, "softmax")) o.attention = LUNA_ATTN_SOFTMAX;
+    else if (!strcmp(attn_name, "softmax-stream")) o.attention = LUNA_ATTN_SOFTMAX_STREAM;
+    else die_usage("bench", "--attention must be luna, softmax or softmax-stream, got '%s'", attn_name);
+
+    /* parse the whole list before running anything */
+    size_t ns[256];
+    int count = 0;
+    char *list = strdup(lengths), *save = NULL;
+    if (!list) return 1;
+    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (count == 256) die_usage("bench", "%s", "--lengths takes at most 256 values");
+        size_t mult = 1, tl = strlen(tok);
+        if (tl && (tok[tl - 1] == 'k' || tok[tl - 1] == 'K')) mult = 1024, tok[tl - 1] = 0;
+        ns[count++] = (size_t)parse_long("bench", "--lengths", tok, 1, 1L << 30) * mult;
+    }
+    free(list);
+    if (!count) die_usage("bench", "%s", "--lengths is empty");
+
+    if (threads) luna_blas_set_threads(threads);
+    luna_model *m = load_or_die(model);
+    const luna_config *cfg = luna_model_config(m);
+    if (!json)
+        printf("%-15s %4s %9s %11s %9s %9s %9s %8s\n", "attention", "l", "n", "ms", "rss_mb",
+               "base_mb", "pred_mb", "gflops");
+    int status = 0;
+    for (int i = 0; i < count; i++) {
+        size_t n = ns[i];
+        int fds[2];
+        if (pipe(fds)) return 1;
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(fds[0]);
+            bench_child(m, &o, n, repeat, fds[1]);
+        }
+        close(fds[1]);
+        bench_result r = {LUNA_EINVAL, 0, 0};
+        ssize_t got = pid > 0 ? read(fds[0], &r, sizeof r) : -1;
+        close(fds[0]);
+        int ws = 0;
+        struct rusage ru = {0};
+        if (pid > 0) wait4(pid, &ws, 0, &ru);
+        double pred = (double)luna_workspace_bytes_attn(m, n, o.attention, o.chunk) / 1048576.0;
+        if (got != (ssize_t)sizeof r || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
+            fprintf(stderr, "%s bench: n=%zu: the child died (status %d)\n", prog, n, ws);
+            status = 1;
+            continue;
+        }
+        if (r.rc) {
+            fprintf(stderr, "%s bench: n=%zu: %s\n", prog, n, luna_strerror(r.rc));
+            status = 1;
+            continue;
+        }
+        double gf = forward_flops(cfg, (double)n, o.attention) / r.best_s * 1e-9;
+        double rss = (double)ru.ru_maxrss / 1024.0, base = (double)r.base_kb / 1024.0;
+        if (json)
+            printf("{\"attention\": \"%s\", \"l\": %d, \"n\": %zu, \"ms\": %.3f, \"rss_mb\": %.2f, "
+                   "\"base_mb\": %.2f, \"pred_mb\": %.2f, \"gflops\": %.2f, \"threads\": %d}\n",
+                   attn_name, cfg->l, n, r.best_s * 1e3, rss, base, pred, gf, luna_blas_threads());
+        else
+            printf("%-15s %4d %9zu %11.2f %9.1f %9.1f %9.1f %8.1f\n", attn_name, cfg->l, n,
+                   r.best_s * 1e3, rss, base, pred, gf);
+        fflush(stdout);
+    }
+    luna_model_free(m);
+    return status;
+}
+
+/* ---- sgemm ---------------------------------------------------------------------------------- */
+
+static const char sgemm_help[] =
+    "usage: luna sgemm [--size N] [--threads N] [--seconds S] [--json]\n"
+    "Measures OpenBLAS sgemm on N x N x N (default 1024) and prints GFLOP/s: the machine's rate\n"
+    "that benchmark throughput is compared with.\n";
+
+static int cmd_sgemm(int argc, char **argv)
+{
+    static const struct option opts[] = {{"size", required_argument, 0, 's'},
+                                         {"threads", required_argument, 0, 't'},
+                                         {"seconds", required_argument, 0, 'S'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int size = 1024, threads = 0, json = 0, c;
+    double seconds = 1.0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":s:t:S:jh", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': size = (int)parse_long("sgemm", "--size", optarg, 16, 8192); break;
+        case 't': threads = (int)parse_long("sgemm", "--threads", optarg, 1, 256); break;
+        case 'S': seconds = (double)parse_long("sgemm", "--seconds", optarg, 1, 60); break;
+        case 'j': json = 1; break;
+        case 'h': fputs(sgemm_help, stdout); return 0;
+        case ':': die_usage("sgemm", "option %s needs a value", argv[optind - 1]); break;
+        default: die_usage("sgemm", "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) die_usage("sgemm", "unexpected argument '%s'", argv[optind]);
+    if (threads) luna_blas_set_threads(threads);
+    double g = luna_sgemm_gflops(size, size, size, seconds);
+    if (json) printf("{\"size\": %d, \"threads\": %d, \"gflops\": %.2f}\n", size, luna_blas_threads(), g);
+    else printf("sgemm %dx%dx%d, %d threads: %.1f GFLOP/s\n", size, size, size, luna_blas_threads(), g);
+    return 0;
+}
+
+/* ---- main --------------------------------------------------------------------------------- */
+
+static const char main_help[] =
+    "usage: luna COMMAND [options]\n"
+    "Commands:\n"
+    "  classify   classify a document with a Luna classifier\n"
+    "  bench      measure latency and peak memory of a forward pass at several lengths\n"
+    "  sgemm      measure this machine's sgemm rate\n"
+    "Run 'luna COMMAND --help' for a command's options.\n";
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(main_help, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        fputs(main_help, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "classify")) return cmd_classify(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "sgemm")) return cmd_sgemm(argc - 1, argv + 1);
+    fprintf(stderr, "%s: unknown command '%s'\n", prog, cmd);
+    fputs(main_help, stderr);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,609 @@
+/* encoder.c - the bidirectional Luna encoder and classifier head, chunked along the sequence,
+ * and the two softmax baselines that the benchmarks compare it with.
+ *
+ * The data flows in this order, and so does this file:
+ *   workspace layout -> contexts -> embedding -> Luna layer (pack, then unpack + FFN)
+ *   -> softmax baseline layers -> pooling and the head -> public entry points.
+ *
+ * Memory. The only buffer that grows with the input is X (n, d): the token stream, updated in
+ * place layer after layer. Everything else is a fixed per-context workspace sized by the chunk
+ * length c, the projected length l and the widths (see ws_layout). Pack needs all of X before
+ * unpack may overwrite it, so each layer makes two passes over X:
+ *   1. pack:   for each chunk of X, the keys/values of that chunk and an online softmax that
+ *              accumulates A_P V for the l queries of P (running max, running sum, rescale);
+ *   2. unpack: for each chunk of X, its queries against the l packed rows, out_proj, residual,
+ *              LayerNorm, FFN, LayerNorm, written back into the same rows of X.
+ * Nothing is n x l per head or n x ffn, so a forward over n tokens allocates n*d floats. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "input.h"
+#include "kernels.h"
+#include "luna.h"
+#include "model.h"
+
+#define DEFAULT_CHUNK 256
+#define MAX_CHUNK 65536
+
+/* ---- workspace layout ----------------------------------------------------------------- */
+
+/* Offsets (in floats) of the fixed workspace of a context. One function computes them, so
+ * that luna_ctx_bytes() and luna_ctx_new() can never disagree. */
+typedef struct {
+    size_t P, Pn, QP, acc, pmax, psum, KU, VU; /* (l, d) and (Hp, l) pack/unpack state */
+    size_t A, B, C, D;                          /* (c, d) chunk buffers */
+    size_t F;                                   /* (c, ffn) FFN hidden */
+    size_t S;                                   /* scores: (l, c), (c, l) or (c, c) */
+    size_t rmax, rsum;                          /* (c, H): the streaming baseline's running stats */
+    size_t freq;                                /* (d/2) sinusoid frequencies */
+    size_t pooled, head_a, head_b, logits;      /* the classifier head */
+    size_t total;
+} ws_layout;
+
+static int resolve_chunk(const luna_ctx_opts *opts)
+{
+    int c = opts && opts->chunk > 0 ? opts->chunk : DEFAULT_CHUNK;
+    return c > MAX_CHUNK ? MAX_CHUNK : c;
+}
+
+static luna_attn resolve_attn(const luna_ctx_opts *opts)
+{
+    return opts ? opts->attention : LUNA_ATTN_LUNA;
+}
+
+static void layout(const luna_config *cfg, int chunk, luna_attn attn, ws_layout *L)
+{
+    size_t d = (size_t)cfg->d, l = (size_t)cfg->l, c = (size_t)chunk;
+    size_t hd = (size_t)(cfg->classifier_dim > cfg->d ? cfg->classifier_dim : cfg->d);
+    size_t off = 0;
+#define TAKE(field, count) (L->field = off, off += (count))
+    memset(L, 0, sizeof *L);
+    if (attn == LUNA_ATTN_LUNA) {
+        TAKE(P, l * d);
+        TAKE(Pn, l * d);
+        TAKE(QP, l * d);
+        TAKE(acc, l * d);
+        TAKE(pmax, (size_t)cfg->Hp * l);
+        TAKE(psum, (size_t)cfg->Hp * l);
+        TAKE(KU, l * d);
+        TAKE(VU, l * d);
+        TAKE(S, l * c);
+    } else {
+        TAKE(S, c * c);
+        TAKE(rmax, c * (size_t)cfg->H);
+        TAKE(rsum, c * (size_t)cfg->H);
+    }
+    TAKE(A, c * d);
+    TAKE(B, c * d);
+    TAKE(C, c * d);
+    TAKE(D, c * d);
+    TAKE(F, c * (size_t)cfg->ffn);
+    TAKE(freq, d / 2);
+    TAKE(pooled, d);
+    TAKE(head_a, hd);
+    TAKE(head_b, hd);
+    TAKE(logits, (size_t)cfg->n_labels);
+#undef TAKE
+    L->total = off;
+}
+
+size_t luna_ctx_bytes(const luna_model *m, const luna_ctx_opts *opts)
+{
+    ws_layout L;
+    layout(&m->cfg, resolve_chunk(opts), resolve_attn(opts), &L);
+    return L.total * sizeof(float);
+}
+
+/* n * k floats, or SIZE_MAX on overflow */
+static size_t mul_floats(size_t n, size_t k)
+{
+    if (k && n > SIZE_MAX / sizeof(float) / k) return SIZE_MAX;
+    return n * k;
+}
+
+/* Floats that a forward over n tokens allocates (the layout of the per-call buffer). */
+static size_t forward_floats(const luna_config *cfg, size_t n, luna_attn attn)
+{
+    size_t d = (size_t)cfg->d;
+    size_t nd = mul_floats(n, d);
+    if (nd == SIZE_MAX) return SIZE_MAX;
+    switch (attn) {
+    case LUNA_ATTN_LUNA:
+        return nd; /* X */
+    case LUNA_ATTN_SOFTMAX_STREAM:
+        return nd > SIZE_MAX / 3 ? SIZE_MAX : 3 * nd; /* X, K, V */
+    case LUNA_ATTN_SOFTMAX: {
+        /* the (H, n, n) scores of all heads, as a standard multi-head attention builds them */
+        size_t nn = mul_floats(n, n);
+        size_t hnn = nn == SIZE_MAX ? SIZE_MAX : mul_floats(nn, (size_t)cfg->H);
+        if (hnn == SIZE_MAX || nd > SIZE_MAX / 5 || 5 * nd > SIZE_MAX - hnn) return SIZE_MAX;
+        return 5 * nd + hnn; /* X, Q, K, V, O, scores */
+    }
+    }
+    return SIZE_MAX;
+}
+
+size_t luna_workspace_bytes_attn(const luna_model *m, size_t n, luna_attn attn, int chunk)
+{
+    (void)chunk; /* the per-call buffer does not depend on the chunk length */
+    size_t f = forward_floats(&m->cfg, n, attn);
+    return f == SIZE_MAX || f > SIZE_MAX / sizeof(float) ? SIZE_MAX : f * sizeof(float);
+}
+
+size_t luna_workspace_bytes(const luna_model *m, size_t n)
+{
+    return luna_workspace_bytes_attn(m, n, LUNA_ATTN_LUNA, 0);
+}
+
+/* ---- contexts ---------------------------------------------------------------------------- */
+
+struct luna_ctx {
+    const luna_model *m;
+    int chunk;
+    luna_attn attn;
+    const atomic_int *cancel;
+    ws_layout L;
+    float *ws;                                /* the fixed workspace, L.total floats */
+    uint8_t subject[LUNA_SUBJECT_MAX + 1];    /* the email transform's unfolded subject */
+    size_t last_alloc_bytes;                  /* what the last forward allocated (tests) */
+};
+
+int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
+{
+    if (!m || !out) return LUNA_EINVAL;
+    luna_attn attn = resolve_attn(opts);
+    if (attn != LUNA_ATTN_LUNA && attn != LUNA_ATTN_SOFTMAX && attn != LUNA_ATTN_SOFTMAX_STREAM)
+        return LUNA_EINVAL;
+    if (opts && opts->chunk < 0) return LUNA_EINVAL;
+    luna_ctx *c = calloc(1, sizeof *c);
+    if (!c) return LUNA_ENOMEM;
+    c->m = m;
+    c->chunk = resolve_chunk(opts);
+    c->attn = attn;
+    layout(&m->cfg, c->chunk, attn, &c->L);
+    c->ws = calloc(c->L.total, sizeof(float));
+    if (!c->ws) {
+        free(c);
+        return LUNA_ENOMEM;
+    }
+    /* fairseq's sinusoid: half sin, half cos, frequency exp(-j ln(10000) / (half - 1)) */
+    int half = m->cfg.d / 2;
+    float *freq = c->ws + c->L.freq;
+    for (int j = 0; j < half; j++)
+        freq[j] = half > 1 ? (float)exp(-(double)j * log(10000.0) / (half - 1)) : 1.0f;
+    *out = c;
+    return 0;
+}
+
+void luna_ctx_free(luna_ctx *c)
+{
+    if (!c) return;
+    free(c->ws);
+    free(c);
+}
+
+void luna_ctx_set_cancel(luna_ctx *c, const atomic_int *flag) { c->cancel = flag; }
+
+size_t luna__ctx_last_alloc_bytes(const luna_ctx *c) { return c->last_alloc_bytes; }
+
+static int canceled(const luna_ctx *c)
+{
+    return c->cancel && atomic_load_explicit(c->cancel, memory_order_relaxed) != 0;
+}
+
+#define W(c, field) ((c)->ws + (c)->L.field)
+
+/* ---- embedding ----------------------------------------------------------------------------- */
+
+/* Adds fairseq's sinusoid for positions pos0 .. pos0+rows-1 to rows of x (stride d). The
+ * angle advances by rotation in double from an exact start every 64 rows: far cheaper than
+ * n*d calls to sin and cos, and accurate to ~1e-14 before rounding to float. */
+static void add_sinusoid(const luna_ctx *c, float *x, size_t pos0, size_t rows)
+{
+    int d = c->m->cfg.d, half = d / 2;
+    const float *freq = W(c, freq);
+    for (int j = 0; j < half; j++) {
+        double f = freq[j], cf = cos(f), sf = sin(f), s = 0, co = 0;
+        for (size_t r = 0; r < rows; r++) {
+            if (r % 64 == 0) {
+                double a = (double)(pos0 + r) * f;
+                s = sin(a);
+                co = cos(a);
+            } else {
+                double ns = s * cf + co * sf;
+                co = co * cf - s * sf;
+                s = ns;
+            }
+            x[r * (size_t)d + (size_t)j] += (float)s;
+            x[r * (size_t)d + (size_t)half + (size_t)j] += (float)co;
+        }
+    }
+}
+
+/* X rows [r0, r0+rows) = embed_tokens * embed_scale + positions (+ emb_layer_norm). */
+static void embed_rows(const luna_ctx *c, const luna_seq *seq, size_t r0, size_t rows, float *x)
+{
+    const luna_model *m = c->m;
+    const luna_config *cfg = &m->cfg;
+    size_t d = (size_t)cfg->d;
+    for (size_t r = 0; r < rows; r++) {
+        const float *e = m->embed_tokens + (size_t)seq_token(seq, r0 + r) * d;
+        float *xr = x + r * d;
+        for (size_t j = 0; j < d; j++) xr[j] = e[j] * cfg->embed_scale;
+        if (cfg->positions == LUNA_POS_LEARNED) {
+            const float *p = m->embed_positions + ((size_t)cfg->pad_id + 1 + r0 + r) * d;
+            kn_add(xr, p, d);
+        }
+    }
+    if (cfg->positions == LUNA_POS_SINUSOIDAL) add_sinusoid(c, x, (size_t)cfg->pad_id + 1 + r0, rows);
+    if (cfg->layernorm_embedding) kn_layernorm(&m->emb_layer_norm, x, x, rows, d);
+}
+
+/* P0 = projected_embeddings[:lp] * embed_scale (+ sinusoid 0..lp-1) (+ proj_emb_layer_norm). */
+static void embed_p(const luna_ctx *c, size_t lp, float *P)
+{
+    const luna_model *m = c->m;
+    const luna_config *cfg = &m->cfg;
+    size_t d = (size_t)cfg->d;
+    for (size_t i = 0; i < lp * d; i++) P[i] = m->projected_embeddings[i] * cfg->embed_scale;
+    if (cfg->positions == LUNA_POS_SINUSOIDAL) add_sinusoid(c, P, 0, lp);
+    if (cfg->layernorm_embedding) kn_layernorm(&m->proj_emb_layer_norm, P, P, lp, d);
+}
+
+/* ---- the Luna layer ---------------------------------------------------------------------- */
+
+/* Pack: Cp (lp, d) = concat_h softmax(Q_P K^T) V over all n rows of X, by an online softmax
+ * over chunks. Leaves Cp in acc. Pre-norm layers read LN_a(X) and LN_p(P) (in Pn). */
+static int luna_pack(luna_ctx *c, const luna_layer *ly, const float *X, size_t n, size_t lp)
+{
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp, ch = (size_t)c->chunk;
+    float *QP = W(c, QP), *acc = W(c, acc), *mx = W(c, pmax), *sm = W(c, psum), *S = W(c, S);
+    const float *Pin = cfg->normalize_before ? W(c, Pn) : W(c, P);
+    float scale = 1.0f / sqrtf((float)kp);
+
+    kn_linear(&ly->pq_proj, Pin, lp, d, QP, d, scale);
+    memset(acc, 0, lp * d * sizeof(float));
+    for (size_t i = 0; i < Hp * lp; i++) {
+        mx[i] = -INFINITY;
+        sm[i] = 0.0f;
+    }
+    const luna_linear *kproj = cfg->tie_kv ? &ly->pc_proj : &ly->pk_proj;
+    for (size_t r0 = 0; r0 < n; r0 += ch) {
+        if (canceled(c)) return LUNA_ECANCELED;
+        size_t rows = n - r0 < ch ? n - r0 : ch;
+        const float *xin = X + r0 * d;
+        if (cfg->normalize_before) {
+            kn_layernorm(&ly->self_attn_layer_norm, xin, W(c, C), rows, d);
+            xin = W(c, C);
+        }
+        float *K = W(c, A), *V = K;
+        kn_linear(kproj, xin, rows, d, K, d, 1.0f);
+        if (!cfg->tie_kv) {
+            V = W(c, B);
+            kn_linear(&ly->pv_proj, xin, rows, d, V, d, 1.0f);
+        }
+        for (size_t h = 0; h < Hp; h++) {
+            /* S (lp, rows) = Q_P,h K_h^T */
+            kn_gemm_nt(lp, rows, kp, 1.0f, QP + h * kp, d, K + h * kp, d, 0.0f, S, rows);
+            for (size_t i = 0; i < lp; i++) {
+                float *s = S + i * rows, *m_i = mx + h * lp + i, *z_i = sm + h * lp + i;
+                float m_new = fmaxf(*m_i, kn_max(s, rows));
+                float rescale = kn_expf(*m_i - m_new);
+                *z_i = *z_i * rescale + kn_exp_shift_sum(s, rows, m_new);
+                *m_i = m_new;
+                float *a = acc + i * d + h * kp;
+                for (size_t j = 0; j < kp; j++) a[j] *= rescale;
+            }
+            /* acc_h (lp, kp) += S V_h */
+            kn_gemm_nn(lp, kp, rows, 1.0f, S, rows, V + h * kp, d, 1.0f, acc + h * kp, d);
+        }
+    }
+    for (size_t h = 0; h < Hp; h++)
+        for (size_t i = 0; i < lp; i++) {
+            float inv = 1.0f / sm[h * lp + i];
+            float *a = acc + i * d + h * kp;
+            for (size_t j = 0; j < kp; j++) a[j] *= inv;
+        }
+    return 0;
+}
+
+/* One Luna encoder layer over X (n, d) in place; P (lp, d) becomes P'. */
+static int luna_layer_forward(luna_ctx *c, const luna_layer *ly, float *X, size_t n, size_t lp)
+{
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, ch = (size_t)c->chunk;
+    size_t ffn = (size_t)cfg->ffn;
+    float *P = W(c, P), *Pn = W(c, Pn), *Cp = W(c, acc), *KU = W(c, KU), *VU = W(c, VU);
+    float *S = W(c, S);
+    int pre = cfg->normalize_before;
+    float scale = 1.0f / sqrtf((float)k);
+
+    if (pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, Pn, lp, d);
+    int rc = luna_pack(c, ly, X, n, lp);
+    if (rc) return rc;
+
+    /* unpack keys and values from the packed context: K_U = V_U = c_proj(Cp) when tied */
+    if (cfg->tie_kv) {
+        kn_linear(&ly->c_proj, Cp, lp, d, KU, d, 1.0f);
+        VU = KU;
+    } else {
+        kn_linear(&ly->k_proj, Cp, lp, d, KU, d, 1.0f);
+        kn_linear(&ly->v_proj, Cp, lp, d, VU, d, 1.0f);
+    }
+    /* P' = LN_p(P + Cp) post-norm, P + Cp pre-norm */
+    kn_add(P, Cp, lp * d);
+    if (!pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, P, lp, d);
+
+    for (size_t r0 = 0; r0 < n; r0 += ch) {
+        if (canceled(c)) return LUNA_ECANCELED;
+        size_t rows = n - r0 < ch ? n - r0 : ch;
+        float *x = X + r0 * d;
+        float *T = W(c, A), *Q = W(c, B), *O = W(c, C), *Y = W(c, D), *F = W(c, F);
+        const float *xin = x;
+        if (pre) {
+            kn_layernorm(&ly->self_attn_layer_norm, x, T, rows, d);
+            xin = T;
+        }
+        kn_linear(&ly->q_proj, xin, rows, d, Q, d, scale);
+        for (size_t h = 0; h < H; h++) {
+            kn_gemm_nt(rows, lp, k, 1.0f, Q + h * k, d, KU + h * k, d, 0.0f, S, lp);
+            kn_softmax_rows(S, rows, lp, lp);
+            kn_gemm_nn(rows, k, lp, 1.0f, S, lp, VU + h * k, d, 0.0f, O + h * k, d);
+        }
+        kn_linear(&ly->out_proj, O, rows, d, Y, d, 1.0f);
+        kn_add(x, Y, rows * d); /* X1 = X + Y, in place */
+        if (!pre) kn_layernorm(&ly->self_attn_layer_norm, x, x, rows, d);
+        const float *fin = x;
+        if (pre) {
+            kn_layernorm(&ly->final_layer_norm, x, T, rows, d);
+            fin = T;
+        }
+        kn_linear(&ly->fc1, fin, rows, d, F, ffn, 1.0f);
+        kn_act(cfg->activation, F, rows * ffn);
+        kn_linear(&ly->fc2, F, rows, ffn, Y, d, 1.0f);
+        kn_add(x, Y, rows * d);
+        if (!pre) kn_layernorm(&ly->final_layer_norm, x, x, rows, d);
+    }
+    return 0;
+}
+
+/* ---- softmax baselines ------------------------------------------------------------------- */
+
+/* The rest of a Transformer layer for one chunk, once the attention output O is known:
+ * out_proj, residual and norms, FFN. Shared by both baselines; same weights as the Luna layer. */
+static void attn_out_ffn(luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows)
+{
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d, ffn = (size_t)cfg->ffn;
+    float *T = W(c, A), *Y = W(c, D), *F = W(c, F);
+    int pre = cfg->normalize_before;
+    kn_linear(&ly->out_proj, O, rows, d, Y, d, 1.0f);
+    kn_add(x, Y, rows * d);
+    if (!pre) kn_layernorm(&ly->self_attn_layer_norm, x, x, rows, d);
+    const float *fin = x;
+    if (pre) {
+        kn_layernorm(&ly->final_layer_norm, x, T, rows, d);
+        fin = T;
+    }
+    kn_linear(&ly->fc1, fin, rows, d, F, ffn, 1.0f);
+    kn_act(cfg->activation, F, rows * ffn);
+    kn_linear(&ly->fc2, F, rows, ffn, Y, d, 1.0f);
+    kn_add(x, Y, rows * d);
+    if (!pre) kn_layernorm(&ly->final_layer_norm, x, x, rows, d);
+}
+
+/* K = key projection, V = value projection of rows of x (stride d); pre-norm reads LN_a(x). */
+static void softmax_kv(luna_ctx *c, const luna_layer *ly, const float *x, size_t rows, float *K,
+                       float *V, float *Q, float qscale)
+{
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d;
+    const float *xin = x;
+    if (cfg->normalize_before) {
+        kn_layernorm(&ly->self_attn_layer_norm, x, W(c, A), rows, d);
+        xin = W(c, A);
+    }
+    if (K) kn_linear(cfg->tie_kv ? &ly->pc_proj : &ly->pk_proj, xin, rows, d, K, d, 1.0f);
+    if (V) kn_linear(cfg->tie_kv ? &ly->c_proj : &ly->pv_proj, xin, rows, d, V, d, 1.0f);
+    if (Q) kn_linear(&ly->q_proj, xin, rows, d, Q, d, qscale);
+}
+
+/* Materialised softmax attention, as a standard Transformer layer computes it: Q, K, V for all
+ * rows, then the (H, n, n) scores of every head, their softmax, and A V. */
+static int softmax_layer(luna_ctx *c, const luna_layer *ly, float *X, size_t n, float *Qb,
+                         float *Kb, float *Vb, float *Ob, float *scores)
+{
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, ch = (size_t)c->chunk;
+    float scale = 1.0f / sqrtf((float)k);
+    for (size_t r0 = 0; r0 < n; r0 += ch) {
+        size_t rows = n - r0 < ch ? n - r0 : ch;
+        softmax_kv(c, ly, X + r0 * d, rows, Kb + r0 * d, Vb + r0 * d, Qb + r0 * d, scale);
+    }
+    for (size_t h = 0; h < H; h++)
+        kn_gemm_nt(n, n, k, 1.0f, Qb + h * k, d, Kb + h * k, d, 0.0f, scores + h * n * n, n);
+    if (canceled(c)) return LUNA_ECANCELED;
+    kn_softmax_rows(scores, H * n, n, n);
+    for (size_t h = 0; h < H; h++)
+        kn_gemm_nn(n, k, n, 1.0f, scores + h * n * n, n, Vb + h * k, d, 0.0f, Ob + h * k, d);
+    for (size_t r0 = 0; r0 < n; r0 += ch) {
+        size_t rows = n - r0 < ch ? n - r0 : ch;
+        attn_out_ffn(c, ly, X + r0 * d, Ob + r0 * d, rows);
+    }
+    return 0;
+}
+
+/* Flash-style softmax attention: K and V for all rows, then for each query chunk an online
+ * softmax over key chunks. O(n) memory, O(n^2) time. */
+static int softmax_stream_layer(luna_ctx *c, const luna_layer *ly, float *X, size_t n, float *Kb,
+                                float *Vb)
+{
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, ch = (size_t)c->chunk;
+    float scale = 1.0f / sqrtf((float)k);
+    float *S = W(c, S), *mx = W(c, rmax), *sm = W(c, rsum);
+    for (size_t r0 = 0; r0 < n; r0 += ch) {
+        size_t rows = n - r0 < ch ? n - r0 : ch;
+        softmax_kv(c, ly, X + r0 * d, rows, Kb + r0 * d, Vb + r0 * d, NULL, 0.0f);
+    }
+    for (size_t q0 = 0; q0 < n; q0 += ch) {
+        if (canceled(c)) return LUNA_ECANCELED;
+        size_t qr = n - q0 < ch ? n - q0 : ch;
+        float *Q = W(c, B), *O = W(c, C);
+        softmax_kv(c, ly, X + q0 * d, qr, NULL, NULL, Q, scale);
+        memset(O, 0, qr * d * sizeof(float));
+        for (size_t i = 0; i < qr * H; i++) {
+            mx[i] = -INFINITY;
+            sm[i] = 0.0f;
+        }
+        for (size_t k0 = 0; k0 < n; k0 += ch) {
+            size_t kr = n - k0 < ch ? n - k0 : ch;
+            for (size_t h = 0; h < H; h++) {
+                kn_gemm_nt(qr, kr, k, 1.0f, Q + h * k, d, Kb + k0 * d + h * k, d, 0.0f, S, kr);
+                for (size_t i = 0; i < qr; i++) {
+                    float *s = S + i * kr, *m_i = mx + i * H + h, *z_i = sm + i * H + h;
+                    float m_new = fmaxf(*m_i, kn_max(s, kr));
+                    float rescale = kn_expf(*m_i - m_new);
+                    *z_i = *z_i * rescale + kn_exp_shift_sum(s, kr, m_new);
+                    *m_i = m_new;
+                    float *o = O + i * d + h * k;
+                    for (size_t j = 0; j < k; j++) o[j] *= rescale;
+                }
+                kn_gemm_nn(qr, k, kr, 1.0f, S, kr, Vb + k0 * d + h * k, d, 1.0f, O + h * k, d);
+            }
+        }
+        for (size_t i = 0; i < qr; i++)
+            for (size_t h = 0; h < H; h++) {
+                float inv = 1.0f / sm[i * H + h], *o = O + i * d + h * k;
+                for (size_t j = 0; j < k; j++) o[j] *= inv;
+            }
+        attn_out_ffn(c, ly, X + q0 * d, O, qr);
+    }
+    return 0;
+}
+
+/* ---- pooling and the head ------------------------------------------------------------------ */
+
+static void head_forward(luna_ctx *c, const float *pooled, float *logits)
+{
+    const luna_model *m = c->m;
+    const luna_config *cfg = &m->cfg;
+    const float *in = pooled;
+    float *bufs[2] = {W(c, head_a), W(c, head_b)};
+    for (int j = 0; j < cfg->classifier_layers; j++) {
+        float *out = bufs[j & 1];
+        kn_linear(&m->classifier[j], in, 1, (size_t)m->classifier[j].in, out, (size_t)m->classifier[j].out, 1.0f);
+        kn_act(cfg->classifier_activation, out, (size_t)m->classifier[j].out);
+        in = out;
+    }
+    kn_linear(&m->sentence_projection_layer, in, 1, (size_t)m->sentence_projection_layer.in, logits,
+              (size_t)cfg->n_labels, 1.0f);
+}
+
+/* ---- entry points -------------------------------------------------------------------------- */
+
+int luna_encode(luna_ctx *c, const uint8_t *bytes, size_t len, float *hidden, float *pfinal,
+                float *pooled, float *logits)
+{
+    if (!c || (!bytes && len)) return LUNA_EINVAL;
+    const luna_model *m = c->m;
+    const luna_config *cfg = &m->cfg;
+    if (cfg->task != LUNA_TASK_CLASSIFY) return LUNA_ETASK;
+    static const uint8_t empty[1] = {0};
+    if (!bytes) bytes = empty;
+
+    luna_seq seq;
+    seq_init(&seq, cfg, bytes, len, c->subject);
+    size_t n = seq.n, d = (size_t)cfg->d, ch = (size_t)c->chunk;
+    if (cfg->max_positions > 0 && n > (size_t)cfg->max_positions) return LUNA_ETOOLONG;
+    size_t lp = cfg->dynamic_projection && n < (size_t)cfg->l ? n : (size_t)cfg->l;
+
+    size_t nfloats = forward_floats(cfg, n, c->attn);
+    if (nfloats == SIZE_MAX) return LUNA_ENOMEM;
+    /* a size the client controls: try, never abort */
+    float *buf = malloc(nfloats * sizeof(float));
+    if (!buf) return LUNA_ENOMEM;
+    c->last_alloc_bytes = nfloats * sizeof(float);
+    float *X = buf;
+
+    int rc = 0;
+    for (size_t r0 = 0; r0 < n; r0 += ch) {
+        size_t rows = n - r0 < ch ? n - r0 : ch;
+        embed_rows(c, &seq, r0, rows, X + r0 * d);
+    }
+    if (c->attn == LUNA_ATTN_LUNA) embed_p(c, lp, W(c, P));
+
+    for (int i = 0; i < cfg->layers && rc == 0; i++) {
+        if (canceled(c)) {
+            rc = LUNA_ECANCELED;
+            break;
+        }
+        const luna_layer *ly = &m->layers[i];
+        switch (c->attn) {
+        case LUNA_ATTN_LUNA:
+            rc = luna_layer_forward(c, ly, X, n, lp);
+            break;
+        case LUNA_ATTN_SOFTMAX_STREAM:
+            rc = softmax_stream_layer(c, ly, X, n, buf + n * d, buf + 2 * n * d);
+            break;
+        case LUNA_ATTN_SOFTMAX:
+            rc = softmax_layer(c, ly, X, n, buf + n * d, buf + 2 * n * d, buf + 3 * n * d,
+                               buf + 4 * n * d, buf + 5 * n * d);
+            break;
+        }
+    }
+    if (rc) goto out;
+
+    float *P = W(c, P);
+    if (cfg->normalize_before) {
+        kn_layernorm(&m->layer_norm, X, X, n, d);
+        if (c->attn == LUNA_ATTN_LUNA) kn_layernorm(&m->proj_layer_norm, P, P, lp, d);
+    }
+    float *pool = W(c, pooled);
+    switch (cfg->pooling) {
+    case LUNA_POOL_CLS:
+        memcpy(pool, X, d * sizeof(float));
+        break;
+    case LUNA_POOL_MEAN:
+    case LUNA_POOL_P: {
+        const float *rowsrc = X;
+        size_t count = n;
+        if (cfg->pooling == LUNA_POOL_P) {
+            rowsrc = P;
+            count = c->attn == LUNA_ATTN_LUNA ? lp : 0; /* the baselines have no P */
+        }
+        for (size_t j = 0; j < d; j++) {
+            double s = 0.0;
+            for (size_t r = 0; r < count; r++) s += rowsrc[r * d + j];
+            pool[j] = count ? (float)(s / (double)count) : 0.0f;
+        }
+        break;
+    }
+    }
+    head_forward(c, pool, W(c, logits));
+    if (hidden) memcpy(hidden, X, n * d * sizeof(float));
+    if (pfinal && c->attn == LUNA_ATTN_LUNA) memcpy(pfinal, P, lp * d * sizeof(float));
+    if (pooled) memcpy(pooled, pool, d * sizeof(float));
+    if (logits) memcpy(logits, W(c, logits), (size_t)cfg->n_labels * sizeof(float));
+out:
+    free(buf);
+    return rc;
+}
+
+int luna_classify(luna_ctx *c, const uint8_t *bytes, size_t len, float *probs, float *logits)
+{
+    if (!c) return LUNA_EINVAL;
+    int rc = luna_encode(c, bytes, len, NULL, NULL, NULL, NULL);
+    if (rc) return rc;
+    const float *lg = W(c, logits);
+    size_t nl = (size_t)c->m->cfg.n_labels;
+    if (logits) memcpy(logits, lg, nl * sizeof(float));
+    if (probs) {
+        memcpy(probs, lg, nl * sizeof(float));
+        kn_softmax_rows(probs, 1, nl, nl);
+    }
+    return 0;
+}

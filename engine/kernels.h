@@ -1,0 +1,61 @@
+/* kernels.h - the numeric building blocks of the forward passes (engine-internal).
+ *
+ * Every matrix product goes through OpenBLAS sgemm; this file owns the only cblas calls. The
+ * element-wise kernels (exp, GELU, LayerNorm, softmax) are written as plain loops over
+ * contiguous rows with branch-free bodies so that the compiler vectorises them: at long inputs
+ * the exp calls of the two softmaxes would otherwise cost as much as the products. */
+#ifndef LUNA_KERNELS_H
+#define LUNA_KERNELS_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+/* y (rows, L->out; row stride ldy) = alpha * x (rows, L->in; stride ldx) W^T + b */
+void kn_linear(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
+               float alpha);
+
+/* C (m, n; ldc) = alpha * A (m, k; lda) B^T (n, k; ldb) + beta * C */
+void kn_gemm_nt(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
+                const float *b, size_t ldb, float beta, float *c, size_t ldc);
+/* C (m, n; ldc) = alpha * A (m, k; lda) B (k, n; ldb) + beta * C */
+void kn_gemm_nn(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
+                const float *b, size_t ldb, float beta, float *c, size_t ldc);
+
+/* y = LayerNorm(x) row by row (eps 1e-5, weight and bias of length d); y may equal x. */
+void kn_layernorm(const luna_norm *N, const float *x, float *y, size_t rows, size_t d);
+/* x = x + y, n floats. */
+void kn_add(float *x, const float *y, size_t n);
+/* In place activation over n floats. */
+void kn_act(luna_act act, float *x, size_t n);
+/* Each of `rows` rows of length n (stride ld): x = softmax(x). */
+void kn_softmax_rows(float *x, size_t rows, size_t n, size_t ld);
+/* x[i] = exp(x[i] - shift) for n floats; returns their sum. */
+float kn_exp_shift_sum(float *x, size_t n, float shift);
+/* Vectorisable expf, relative error < 3e-7 over the finite range. Cephes-style: 2^k * p(r),
+ * r = x - k ln2, |r| <= ln2/2, a degree-6 polynomial. Inputs are clamped to the finite range, so
+ * exp(-inf) is ~1e-38 rather than 0; callers use it only where that is harmless (softmax weights
+ * and rescaling factors). Inline, with compares rather than fminf/fmaxf, so that loops over it
+ * vectorise. */
+static inline __attribute__((always_inline)) float kn_expf(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float k = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - k * 0.693359375f;
+    r = r - k * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } s = {((int32_t)k + 127) << 23};
+    return p * s.f;
+}
+float kn_max(const float *x, size_t n);
+
+#endif

@@ -1,0 +1,56 @@
+/* model.h - the loaded model, as the forward passes see it (engine-internal).
+ *
+ * model.c fills this from a model directory: it parses config.json into luna_config, maps
+ * model.safetensors, checks every tensor against the config and points each field below at its
+ * F32 data (in the mapping when aligned F32, else in `owned`). All pointers are read-only for
+ * the model's lifetime. A weight that the config does not use is NULL.
+ * Linear weights are (out, in), row-major: y = x W^T + b. */
+#ifndef LUNA_MODEL_H
+#define LUNA_MODEL_H
+
+#include "luna.h"
+
+typedef struct {
+    const float *w; /* (out, in) */
+    const float *b; /* (out) or NULL when the layer has no bias */
+    int out, in;
+} luna_linear;
+
+typedef struct {
+    const float *w, *b; /* (d), (d) */
+} luna_norm;
+
+typedef struct {
+    /* bidirectional attention (LunarMultiheadAttention) */
+    luna_linear pq_proj, q_proj, out_proj;
+    luna_linear pc_proj, c_proj;                  /* tie_kv */
+    luna_linear pk_proj, pv_proj, k_proj, v_proj; /* untied */
+    luna_norm self_attn_layer_norm;               /* X path */
+    luna_norm self_atten_proj_layer_norm;         /* P path (sic, the reference's name) */
+    luna_linear fc1, fc2;                         /* (ffn, d), (d, ffn) */
+    luna_norm final_layer_norm;
+} luna_layer;
+
+#define LUNA_MAX_LAYERS 64
+#define LUNA_MAX_CLASSIFIER_LAYERS 8
+
+struct luna_model {
+    luna_config cfg;
+    const float *embed_tokens;         /* (vocab_size, d) */
+    const float *embed_positions;      /* (max_positions + pad_id + 1, d), learned positions only */
+    const float *projected_embeddings; /* (l, d) */
+    luna_norm emb_layer_norm, proj_emb_layer_norm; /* layernorm_embedding */
+    luna_norm layer_norm, proj_layer_norm;         /* normalize_before */
+    luna_layer layers[LUNA_MAX_LAYERS];
+    luna_linear classifier[LUNA_MAX_CLASSIFIER_LAYERS];
+    luna_linear sentence_projection_layer;         /* (n_labels, in), no bias */
+
+    /* storage */
+    void *map;            /* model.safetensors, mapped read-only */
+    size_t map_len;
+    float *owned;         /* converted or realigned tensors */
+    size_t owned_len;     /* floats in owned */
+    size_t weight_bytes;  /* F32 bytes of all weights */
+};
+
+#endif

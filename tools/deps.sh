@@ -1,0 +1,22 @@
+#!/bin/sh
+# deps.sh - install the Debian packages that lunaserve needs, and only those that are missing.
+# `make run` and `make test` call it first, so that two commands set up a fresh Debian 12 machine.
+# Usage: tools/deps.sh [build|test|bench|all]   (default: all). Uses sudo when not root.
+set -eu
+want="gcc make pkg-config libopenblas-dev libmicrohttpd-dev libcjson-dev libuv1-dev"
+case "${1:-all}" in
+  build) ;;
+  test|all) want="$want libcriterion-dev curl python3" ;;
+  bench) want="$want python3 python3-numpy gnuplot-nox" ;;
+  *) echo "usage: $0 [build|test|bench|all]" >&2; exit 2 ;;
+esac
+missing=""
+for p in $want; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "deps.sh: installing$missing" >&2
+if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends $missing

@@ -1,0 +1,166 @@
+"""make_golden.py - write the golden test cases of tests/golden with the PyTorch reference.
+
+Usage: /usr/bin/python3 tools/make_golden.py [OUT_DIR]     (default tests/golden; `make golden`)
+
+Each case is a tiny random Luna classifier (tools/luna_ref.py) chosen so that the cases
+together cover every switch of docs/model-format.md. For each case this writes
+OUT_DIR/<case>/config.json, model.safetensors and golden.safetensors (layout in
+tests/golden/README.md). The golden outputs are computed in float64 from the weights AS STORED
+(rounded to F32, F16 or BF16), by reloading the model directory just written, so the engine
+and the reference see identical weights.
+
+Everything is seeded (numpy PCG64, seed = crc32 of the case name) and the torch forward runs
+on one thread, so re-running reproduces every file byte for byte. Case directories under
+OUT_DIR that hold a golden.safetensors but are no longer in CASES are removed.
+"""
+
+import os
+import shutil
+import sys
+import zlib
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import luna_ref  # noqa: E402
+import safetensors_io  # noqa: E402
+
+BASE = {"format": "luna", "format_version": 1, "task": "classification"}
+
+
+def case(name, dtype="F32", inputs="random", **cfg):
+    return {"name": name, "dtype": dtype, "inputs": inputs, "config": dict(BASE, **cfg)}
+
+
+# The switches each case covers are listed in tests/golden/README.md; keep the two in step.
+CASES = [
+    # Minimal config: every default (Hp = H, relu, tied, post-norm, sinusoidal, embed_scale
+    # null -> sqrt(d), dynamic projection, cls pooling, 1 relu classifier layer of width d).
+    case("defaults", d=16, H=2, l=8, layers=2, ffn=32, labels=["ham", "spam"]),
+    case("untied_prenorm_learned_mean", d=24, H=4, l=12, layers=3, ffn=48, activation="gelu",
+         tie_kv=False, normalize_before=True, positions="learned", max_positions=512,
+         pooling="mean", classifier_layers=2, classifier_dim=20, classifier_activation="tanh",
+         labels=["neg", "neu", "pos"]),
+    case("hp1_h4_nopos_ppool", d=32, H=4, Hp=1, l=16, layers=2, ffn=64, positions="none",
+         embed_scale=0.75, pooling="p", classifier_layers=0, labels=["a", "b", "c", "d"]),
+    case("h1_hp2_prenorm_gelu_head", d=16, H=1, Hp=2, l=6, layers=3, ffn=24, activation="gelu",
+         normalize_before=True, positions="sinusoidal", max_positions=400, classifier_layers=1,
+         classifier_dim=12, classifier_activation="gelu", labels=["no", "yes"]),
+    case("static_projection_ids", d=16, H=2, Hp=4, l=16, layers=2, ffn=32, tie_kv=False,
+         dynamic_projection=False, vocab_size=270, byte_offset=10, pad_id=3, bos_id=7, eos_id=9,
+         append_eos=True, pooling="p", labels=["x", "y"]),
+    case("layernorm_embedding", d=24, H=2, l=10, layers=2, ffn=40, embed_scale=2.0,
+         layernorm_embedding=True, pooling="mean", classifier_layers=2, labels=["left", "right"]),
+    # The paper-era LRA text model (LUNA.md), tiny: every field written out as a converter would.
+    case("lra_paper", d=16, H=4, Hp=4, l=8, layers=2, ffn=64, activation="gelu", tie_kv=False,
+         normalize_before=False, positions="learned", max_positions=302, embed_scale=None,
+         dynamic_projection=True, layernorm_embedding=True, vocab_size=260, byte_offset=4,
+         pad_id=1, bos_id=0, eos_id=2, append_eos=True, input_transform="none", pooling="cls",
+         classifier_layers=1, classifier_dim=64, classifier_activation="relu",
+         labels=["0", "1"]),
+    case("f16_weights", dtype="F16", d=16, H=2, l=4, layers=2, ffn=32, normalize_before=True,
+         append_eos=True, pooling="mean", classifier_layers=2, labels=["p", "q", "r"]),
+    case("bf16_weights", dtype="BF16", d=32, H=1, l=12, layers=1, ffn=64, activation="gelu",
+         tie_kv=False, positions="none", classifier_activation="tanh", labels=["off", "on"]),
+    case("email_subject_body", inputs="email", d=16, H=2, l=16, layers=2, ffn=32,
+         append_eos=True, input_transform="email_subject_body", labels=["ham", "spam"]),
+]
+
+
+def random_inputs(rng, c, index):
+    """Lengths 0, 1, l // 2 (so n < l), 37, 100 and 300, bytes uniform over 0..255. The longer
+    ones are forced to hold a NUL and a 0xFF; the 1-byte input is NUL or 0xFF by case."""
+    out = [b"", bytes([0x00 if index % 2 == 0 else 0xFF])]
+    for length in (c["l"] // 2, 37, 100, 300):
+        b = rng.integers(0, 256, size=length, dtype=np.uint8)
+        if length >= 37:
+            b[length // 3] = 0x00
+            b[2 * length // 3] = 0xFF
+        out.append(b.tobytes())
+    return out
+
+
+def email_inputs(rng):
+    """Small synthetic RFC 822 messages for input_transform = email_subject_body."""
+    words = b" ".join(b"w%03d" % i for i in range(240))  # 1199 bytes
+    # Folded every 70 bytes; each chunk ends in a space, so unfolding gives double spaces.
+    folded = b"\r\n\t".join(words[i : i + 70] for i in range(0, len(words), 70))
+    return [
+        b"",
+        # LF endings, plain subject, blank line, body.
+        b"From: alice@example.com\nSubject: Lunch on Friday?\nTo: bob@example.com\n\n"
+        b"Hi Bob,\nare we still on for Friday?\n-- Alice\n",
+        # CRLF, upper-case name, folded subject (tab and spaces), trailing spaces kept.
+        b"Received: from mx.example.net by mail.example.org\r\n\tid 42; Mon, 1 Jan 2024\r\n"
+        b"SUBJECT:  Re: cheap\r\n\t  meds  \r\n   now!!!\r\nFrom: \"Deals\" <deals@example.net>\r\n"
+        b"Content-Type: text/plain\r\n\r\nBUY NOW\r\n\r\nhttp://example.net/?x=1\r\n",
+        # No empty line: all header, empty body.
+        b"Subject: headers only\nX-Mailer: test\nContent-Length: 0\n",
+        # No Subject; binary body with NUL, 0xFF and CRLF.
+        b"From: x@example.com\r\nTo: z@example.com\r\n\r\n" + bytes(range(0, 256, 7)) + b"\x00\xff\r\n",
+        # Lower-case name with an empty value then a continuation; a non-Subject continuation;
+        # a second Subject (ignored); the body starts with two empty lines.
+        b"X-Spam: yes\n\tcontinued x-spam\nsubject:\n  \tfolded only\nSubject: second, ignored\n"
+        b"\n\n\nbody after two blank lines\n",
+        # CRLF header line, then an LF-only empty line.
+        b"Subject: mixed endings\r\n\nbody\r\nmore\n",
+        # A subject of 1216 bytes once unfolded: truncated to 998.
+        b"From: long@example.com\r\nSubject: " + folded + b"\r\nTo: a@example.com\r\n\r\nshort body\r\n",
+        # Near misses of the name; no space after the colon; a whitespace-only continuation.
+        b"Subjects: no\nSubject : no\nSubject:tight\n \nTo: a\n\nx",
+        # Unterminated last header line: all header.
+        b"To: a@example.com\nSubject: no newline at end",
+        # A ~300-byte message whose body is random bytes.
+        b"Subject: =?utf-8?b?zqPPhM6xz4XPgc6/z4I=?=\r\nFrom: r@example.com\r\n\r\n"
+        + rng.integers(0, 256, size=240, dtype=np.uint8).tobytes(),
+        # Random bytes: almost surely no Subject and no empty line.
+        rng.integers(0, 256, size=37, dtype=np.uint8).tobytes(),
+        rng.integers(0, 256, size=100, dtype=np.uint8).tobytes(),
+    ]
+
+
+def write_case(out_dir, index, spec):
+    name = spec["name"]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    case_dir = os.path.join(out_dir, name)
+    model = luna_ref.LunaClassifier(spec["config"]).double()
+    luna_ref.randomize_(model, seed=int(rng.integers(0, 2**63)))
+    luna_ref.save(model, case_dir, dtype=spec["dtype"])
+
+    # Golden outputs from the weights as stored, not from the float64 originals.
+    stored = luna_ref.load(case_dir)
+    cfg = stored.cfg
+    inputs = email_inputs(rng) if spec["inputs"] == "email" else random_inputs(rng, cfg, index)
+    tensors = {}
+    for i, raw in enumerate(inputs):
+        out = stored.forward(raw)
+        tensors[f"input.{i}"] = np.frombuffer(raw, dtype=np.uint8).copy()
+        for key in ("hidden", "pfinal", "pooled", "logits", "probs"):
+            tensors[f"{key}.{i}"] = out[key].numpy().astype(np.float64)
+    safetensors_io.save_file(
+        tensors, os.path.join(case_dir, "golden.safetensors"), metadata={"inputs": str(len(inputs))}
+    )
+    ns = [len(luna_ref.to_tokens(cfg, raw)) for raw in inputs]
+    print(f"  {name:30s} {spec['dtype']:4s} inputs={len(inputs):2d} n={ns}")
+
+
+def main():
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/golden"
+    if len(sys.argv) > 2:
+        sys.exit("usage: make_golden.py [OUT_DIR]")
+    torch.set_num_threads(1)  # a fixed reduction order: byte-identical reruns
+    os.makedirs(out_dir, exist_ok=True)
+    names = {spec["name"] for spec in CASES}
+    for entry in sorted(os.listdir(out_dir)):
+        path = os.path.join(out_dir, entry)
+        if entry not in names and os.path.isfile(os.path.join(path, "golden.safetensors")):
+            print(f"  removing stale case {entry}")
+            shutil.rmtree(path)
+    print(f"make_golden: writing {len(CASES)} cases to {out_dir}")
+    for index, spec in enumerate(CASES):
+        write_case(out_dir, index, spec)
+
+
+if __name__ == "__main__":
+    main()
