@@ -83,9 +83,9 @@ asan:
 	  $(MAKE) --no-print-directory BUILD=build/asan \
 	  OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" check
 
+# Every unit and golden test under memcheck; tools/valgrind.sh follows Criterion's forked children.
 valgrind: $(BUILD)/bin/unit-tests
-	valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
-	  --trace-children=no -q $(BUILD)/bin/unit-tests --jobs 1 --filter 'golden/*'
+	sh tools/valgrind.sh $(BUILD)/bin/unit-tests
 
 deps:
 	sh tools/deps.sh all

@@ -725,11 +725,11 @@ const char *jsn_type_name(jsn_type t)
     switch (t) {
     case JSN_NULL: return "null";
     case JSN_FALSE:
-    case JSN_TRUE: return "boolean";
-    case JSN_NUMBER: return "number";
-    case JSN_STRING: return "string";
-    case JSN_ARRAY: return "array";
-    case JSN_OBJECT: return "object";
+    case JSN_TRUE: return "a boolean";
+    case JSN_NUMBER: return "a number";
+    case JSN_STRING: return "a string";
+    case JSN_ARRAY: return "an array";
+    case JSN_OBJECT: return "an object";
     }
-    return "unknown";
+    return "an unknown value";
 }

@@ -78,7 +78,8 @@ int jsn_int64(const jsn_value *v, int64_t *out);
  * 0x20, '"', '\\' and 0x7F become '?', a cut is marked "...". Returns buf. */
 const char *jsn_show(const char *s, size_t len, char *buf, size_t buflen);
 
-/* "null", "boolean", "number", "string", "array" or "object", for error messages. */
+/* "null", "a boolean", "a number", "a string", "an array" or "an object", for messages such
+ * as "expected an integer, got a string". */
 const char *jsn_type_name(jsn_type t);
 
 #endif

@@ -195,7 +195,7 @@ static int read_labels(cfg_parse *p, const jsn_value *v, char *err, size_t errle
     luna_config *c = p->c;
     if (v->type != JSN_ARRAY) {
         seterr(err, errlen, "config.json: field \"labels\": expected an array of strings, got "
-               "a %s", jsn_type_name(v->type));
+               "%s", jsn_type_name(v->type));
         return LUNA_ECONFIG;
     }
     if (v->len < 2 || v->len > LUNA_MAX_LABELS) {
@@ -206,7 +206,7 @@ static int read_labels(cfg_parse *p, const jsn_value *v, char *err, size_t errle
     for (size_t i = 0; i < v->len; i++) {
         const jsn_value *s = v->items[i];
         if (s->type != JSN_STRING) {
-            seterr(err, errlen, "config.json: field \"labels\": labels[%zu] is a %s, expected "
+            seterr(err, errlen, "config.json: field \"labels\": labels[%zu] is %s, expected "
                    "a string", i, jsn_type_name(s->type));
             return LUNA_ECONFIG;
         }
@@ -246,7 +246,7 @@ static int read_field(cfg_parse *p, const cfg_field *f, const jsn_value *v, char
     switch (f->kind) {
     case K_INT:
         if (v->type != JSN_NUMBER) {
-            seterr(err, errlen, "config.json: field \"%s\": expected an integer, got a %s",
+            seterr(err, errlen, "config.json: field \"%s\": expected an integer, got %s",
                    f->name, jsn_type_name(v->type));
             return LUNA_ECONFIG;
         }
@@ -264,7 +264,7 @@ static int read_field(cfg_parse *p, const cfg_field *f, const jsn_value *v, char
         return 0;
     case K_BOOL:
         if (v->type != JSN_TRUE && v->type != JSN_FALSE) {
-            seterr(err, errlen, "config.json: field \"%s\": expected a boolean, got a %s",
+            seterr(err, errlen, "config.json: field \"%s\": expected a boolean, got %s",
                    f->name, jsn_type_name(v->type));
             return LUNA_ECONFIG;
         }
@@ -272,7 +272,7 @@ static int read_field(cfg_parse *p, const cfg_field *f, const jsn_value *v, char
         return 0;
     case K_ENUM: {
         if (v->type != JSN_STRING) {
-            seterr(err, errlen, "config.json: field \"%s\": expected a string, got a %s",
+            seterr(err, errlen, "config.json: field \"%s\": expected a string, got %s",
                    f->name, jsn_type_name(v->type));
             return LUNA_ECONFIG;
         }
@@ -301,7 +301,7 @@ static int read_field(cfg_parse *p, const cfg_field *f, const jsn_value *v, char
             }
             s = v->num;
         } else if (v->type != JSN_NULL) {
-            seterr(err, errlen, "config.json: field \"%s\": expected a number or null, got a %s",
+            seterr(err, errlen, "config.json: field \"%s\": expected a number or null, got %s",
                    f->name, jsn_type_name(v->type));
             return LUNA_ECONFIG;
         }
@@ -379,7 +379,7 @@ static int parse_config(const char *text, size_t len, luna_config *out, char *er
     const jsn_value *root = jsn_root(doc);
     rc = LUNA_ECONFIG;
     if (root->type != JSN_OBJECT) {
-        seterr(err, errlen, "config.json: the top level is a %s, expected an object",
+        seterr(err, errlen, "config.json: the top level is %s, expected an object",
                jsn_type_name(root->type));
         goto done;
     }
@@ -461,7 +461,9 @@ static int open_model_file(const char *dir, const char *name, struct stat *st, c
         return LUNA_ENOMEM;
     }
     char ebuf[128];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO planted in the model dir must not hang the open; reads of a regular
+     * file ignore the flag. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         seterr(err, errlen, "%s: cannot open %s: %s", name, path,
                errno_text(errno, ebuf, sizeof ebuf));

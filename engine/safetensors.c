@@ -75,7 +75,7 @@ static int check_tensor(const jsn_value *v, const uint8_t *data, size_t data_len
     char shown[48];
     jsn_show(nm, strlen(nm), shown, sizeof shown);
     if (v->type != JSN_OBJECT) {
-        seterr(err, errlen, "tensor \"%s\": entry is a %s, expected an object", shown,
+        seterr(err, errlen, "tensor \"%s\": entry is %s, expected an object", shown,
                jsn_type_name(v->type));
         return LUNA_EFORMAT;
     }
@@ -100,7 +100,7 @@ static int check_tensor(const jsn_value *v, const uint8_t *data, size_t data_len
     }
 
     if (dtype->type != JSN_STRING) {
-        seterr(err, errlen, "tensor \"%s\": dtype is a %s, expected a string", shown,
+        seterr(err, errlen, "tensor \"%s\": dtype is %s, expected a string", shown,
                jsn_type_name(dtype->type));
         return LUNA_EFORMAT;
     }
@@ -117,7 +117,7 @@ static int check_tensor(const jsn_value *v, const uint8_t *data, size_t data_len
     t->dtype = (st_dtype)dt;
 
     if (shape->type != JSN_ARRAY) {
-        seterr(err, errlen, "tensor \"%s\": shape is a %s, expected an array", shown,
+        seterr(err, errlen, "tensor \"%s\": shape is %s, expected an array", shown,
                jsn_type_name(shape->type));
         return LUNA_EFORMAT;
     }
@@ -183,7 +183,7 @@ static int check_tensor(const jsn_value *v, const uint8_t *data, size_t data_len
 static int check_metadata(const jsn_value *v, char *err, size_t errlen)
 {
     if (v->type != JSN_OBJECT) {
-        seterr(err, errlen, "\"__metadata__\" is a %s, expected an object",
+        seterr(err, errlen, "\"__metadata__\" is %s, expected an object",
                jsn_type_name(v->type));
         return LUNA_EFORMAT;
     }
@@ -192,7 +192,7 @@ static int check_metadata(const jsn_value *v, char *err, size_t errlen)
         char shown[48];
         jsn_show(m->key, m->key_len, shown, sizeof shown);
         if (m->type != JSN_STRING) {
-            seterr(err, errlen, "\"__metadata__\": \"%s\" is a %s, expected a string", shown,
+            seterr(err, errlen, "\"__metadata__\": \"%s\" is %s, expected a string", shown,
                    jsn_type_name(m->type));
             return LUNA_EFORMAT;
         }
@@ -300,7 +300,7 @@ int st_parse(const uint8_t *buf, size_t len, st_file *out, char *err, size_t err
     const jsn_value *root = jsn_root(doc);
     int rc = LUNA_EFORMAT;
     if (root->type != JSN_OBJECT) {
-        seterr(err, errlen, "header is a %s, expected an object", jsn_type_name(root->type));
+        seterr(err, errlen, "header is %s, expected an object", jsn_type_name(root->type));
         goto fail_doc;
     }
 

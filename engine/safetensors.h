@@ -14,7 +14,9 @@
  * allocation that st_free releases.
  *
  * Data may sit at any alignment: the converters below read it with memcpy. The engine assumes a
- * little-endian host, like the format. */
+ * little-endian host, like the format.
+ *
+ * Threads: parses are independent, and a parsed st_file is read-only: any thread may read it. */
 #ifndef LUNA_SAFETENSORS_H
 #define LUNA_SAFETENSORS_H
 

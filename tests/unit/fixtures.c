@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- files ---------------------------------------------------------------------------------- */
@@ -23,7 +24,7 @@ int fx_tmpdir(char *path, size_t len)
     return mkdtemp(path) != NULL ? 0 : -1;
 }
 
-void fx_rmtree(const char *dir)
+static void rmtree_depth(const char *dir, int depth)
 {
     DIR *d = opendir(dir);
     if (d != NULL) {
@@ -33,12 +34,20 @@ void fx_rmtree(const char *dir)
             if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
                 continue;
             snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            if (unlink(path) != 0)
-                rmdir(path); /* an empty subdirectory a test made */
+            struct stat st;
+            if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && depth < 8)
+                rmtree_depth(path, depth + 1);
+            else
+                unlink(path);
         }
         closedir(d);
     }
     rmdir(dir);
+}
+
+void fx_rmtree(const char *dir)
+{
+    rmtree_depth(dir, 0);
 }
 
 /* Rewrites in place and then sets the length: ext4 flushes a file that is truncated to zero

@@ -16,7 +16,7 @@
 /* ---- files ---------------------------------------------------------------------------------- */
 
 int fx_tmpdir(char *path, size_t len); /* mkdtemp /tmp/luna-test-XXXXXX into path */
-void fx_rmtree(const char *dir);       /* removes dir and the files directly in it */
+void fx_rmtree(const char *dir);       /* removes dir and everything in it (no symlinks followed) */
 int fx_write_file(const char *dir, const char *name, const void *data, size_t len);
 
 /* ---- a safetensors writer ------------------------------------------------------------------- */

@@ -422,7 +422,8 @@ Test(json, fuzz)
     static const char seed_doc[] =
         "{\"format\": \"luna\", \"d\": [1, -2.5e3, 0, true, false, null],"
         " \"s\": \"a\\u00e9\\ud83d\\ude00\\n\\\"\", \"o\": {\"x\": {}, \"y\": []}}";
-    static const char alphabet[] = "{}[],:\"\\u0123456789abcdefABCDEF.eE+-tnrl \t\n\x80\xC3\xED\xF0";
+    static const char alphabet[] = "{}[],:\"\\u0123456789abcdefABCDEF.eE+-tnrl \t\n"
+                                   "\x80\xC3\xED\xF0";
     uint64_t state = 0x9E3779B97F4A7C15ull;
     size_t base = sizeof seed_doc - 1;
     char *buf = malloc(base + 64);

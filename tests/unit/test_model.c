@@ -113,7 +113,8 @@ static void check_weights(const luna_model *m, st_dtype dtype, uint64_t seed, in
             cr_assert_eq(lin->in, c->d);
         } else if (sscanf(t->name, "layers.%d.%63[^.].%15s", &layer, field, part) == 3) {
             const luna_layer *L = &m->layers[layer];
-            const luna_norm *nm = strcmp(field, "self_attn_layer_norm") == 0 ? &L->self_attn_layer_norm
+            const luna_norm *nm = strcmp(field, "self_attn_layer_norm") == 0
+                                      ? &L->self_attn_layer_norm
                                 : strcmp(field, "self_atten_proj_layer_norm") == 0
                                       ? &L->self_atten_proj_layer_norm
                                 : strcmp(field, "final_layer_norm") == 0 ? &L->final_layer_norm
@@ -553,7 +554,8 @@ Test(model, config_range_and_cross_field_errors)
         {e_maxpos_big, NULL, NULL, "field \"max_positions\": 16777217 is out of range"},
         {e_learned_nomax, NULL, NULL, "field \"max_positions\": learned positions need it"},
         {e_learned_nomax, "max_positions", NULL, "learned positions need it"},
-        {e_vocab_small, NULL, NULL, "field \"vocab_size\": 259 is less than byte_offset + 256 = 260"},
+        {e_vocab_small, NULL, NULL,
+         "field \"vocab_size\": 259 is less than byte_offset + 256 = 260"},
         {e_vocab_offset, NULL, NULL, "field \"vocab_size\": 260 is less than byte_offset + 256"},
         {e_vocab_min, NULL, NULL, "field \"vocab_size\": 255 is out of range"},
         {e_offset_neg, NULL, NULL, "field \"byte_offset\": -1 is out of range"},
@@ -595,7 +597,8 @@ Test(model, config_label_errors)
         {e_none, "labels", "\"labels\": []", "0 labels, expected 2..1024"},
         {e_none, "labels", "\"labels\": [\"a\", \"b\\u0000c\"]", "labels[1] holds a NUL"},
         {e_none, "labels",
-         "\"labels\": [\"a\", \"0123456789012345678901234567890123456789012345678901234567890123\"]",
+         "\"labels\": [\"a\", \"01234567890123456789012345678901"
+         "23456789012345678901234567890123\"]",
          "labels[1] is 64 bytes, the limit is 63"},
         {e_none, "labels", "\"labels\": [\"\\u00e9\", \"e\\u0301\", \"\\u00e9\"]",
          "labels[2] \"\xC3\xA9\" repeats labels[0]"},
@@ -644,8 +647,8 @@ Test(model, config_type_and_field_errors)
         {e_none, "d", "\"d\": \"8\"", "field \"d\": expected an integer, got a string"},
         {e_none, "d", "\"d\": 8.0", "field \"d\": 8 is not an integer"},
         {e_none, "d", "\"d\": 8e0", "field \"d\": 8 is not an integer"},
-        {e_none, "d", "\"d\": null", "field \"d\": expected an integer, got a null"},
-        {e_none, "d", "\"d\": [8]", "expected an integer, got a array"},
+        {e_none, "d", "\"d\": null", "field \"d\": expected an integer, got null"},
+        {e_none, "d", "\"d\": [8]", "expected an integer, got an array"},
         {e_none, "H", "\"H\": true", "field \"H\": expected an integer, got a boolean"},
         {e_none, "tie_kv", "\"tie_kv\": 1", "field \"tie_kv\": expected a boolean, got a number"},
         {e_none, "append_eos", "\"append_eos\": \"false\"",
@@ -683,7 +686,7 @@ Test(model, config_file_errors)
         const char *want;
     } cases[] = {
         {"", "config.json: not valid JSON: line 1, column 1: unexpected end of input"},
-        {"[]", "config.json: the top level is a array, expected an object"},
+        {"[]", "config.json: the top level is an array, expected an object"},
         {"{\"format\": \"luna\",}", "config.json: not valid JSON: line 1, column 19"},
         {"{} x", "not valid JSON"},
         {"\xEF\xBB\xBF{}", "byte order mark"},
@@ -725,6 +728,10 @@ Test(model, io_errors)
     cr_assert_eq(mkdir(path, 0700), 0);
     expect_load(LUNA_EIO, "config.json: ", "is not a regular file");
     rmdir(path);
+    /* a FIFO must not block the load */
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    expect_load(LUNA_EIO, "config.json: ", "is not a regular file");
+    unlink(path);
     /* no model.safetensors */
     luna_config cfg;
     fx_config_default(&cfg);
