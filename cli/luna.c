@@ -187,6 +187,7 @@ static const char bench_help[] =
     "  --chunk N          rows per chunk (default 256)\n"
     "  --threads N        OpenBLAS threads (default: OpenBLAS's own)\n"
     "  --repeat N         forward passes per length; the fastest is reported (default 1)\n"
+    "  --max-mb N         skip lengths whose workspace would exceed N MB (default 20480)\n"
     "  --json             one JSON object per length instead of the table\n"
     "  --help             this text\n"
     "Columns: n tokens; ms = fastest wall time of one forward; rss_mb = the child's peak RSS;\n"
@@ -264,12 +265,13 @@ static int cmd_bench(int argc, char **argv)
         {"attention", required_argument, 0, 'a'}, {"chunk", required_argument, 0, 'c'},
         {"threads", required_argument, 0, 't'}, {"repeat", required_argument, 0, 'r'},
         {"json", no_argument, 0, 'j'},          {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"max-mb", required_argument, 0, 'M'},  {0, 0, 0, 0}};
     const char *model = NULL, *lengths = NULL, *attn_name = "luna";
     luna_ctx_opts o = {0, LUNA_ATTN_LUNA};
     int threads = 0, repeat = 1, json = 0, c;
+    double max_mb = 20480;
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":m:n:a:c:t:r:jh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:n:a:c:t:r:jhM:", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case 'n': lengths = optarg; break;
@@ -278,6 +280,7 @@ static int cmd_bench(int argc, char **argv)
         case 't': threads = (int)parse_long("bench", "--threads", optarg, 1, 256); break;
         case 'r': repeat = (int)parse_long("bench", "--repeat", optarg, 1, 1000); break;
         case 'j': json = 1; break;
+        case 'M': max_mb = (double)parse_long("bench", "--max-mb", optarg, 1, 1L << 30); break;
         case 'h': fputs(bench_help, stdout); return 0;
         case ':': die_usage("bench", "option %s needs a value", argv[optind - 1]); break;
         default: die_usage("bench", "unknown option '%s'", argv[optind - 1]);
@@ -314,6 +317,16 @@ static int cmd_bench(int argc, char **argv)
     int status = 0;
     for (int i = 0; i < count; i++) {
         size_t n = ns[i];
+        double pred = (double)luna_workspace_bytes_attn(m, n, o.attention, o.chunk) / 1048576.0;
+        if (pred > max_mb) {
+            if (json)
+                printf("{\"attention\": \"%s\", \"l\": %d, \"n\": %zu, \"skipped\": "
+                       "\"workspace %.0f MB > --max-mb %.0f\"}\n", attn_name, cfg->l, n, pred, max_mb);
+            else
+                printf("%-15s %4d %9zu   skipped: workspace %.0f MB > --max-mb %.0f\n", attn_name,
+                       cfg->l, n, pred, max_mb);
+            continue;
+        }
         int fds[2];
         if (pipe(fds)) return 1;
         fflush(stdout);
@@ -329,7 +342,6 @@ static int cmd_bench(int argc, char **argv)
         int ws = 0;
         struct rusage ru = {0};
         if (pid > 0) wait4(pid, &ws, 0, &ru);
-        double pred = (double)luna_workspace_bytes_attn(m, n, o.attention, o.chunk) / 1048576.0;
         if (got != (ssize_t)sizeof r || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
             fprintf(stderr, "%s bench: n=%zu: the child died (status %d)\n", prog, n, ws);
             status = 1;
