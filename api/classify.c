@@ -1,0 +1,260 @@
+/* classify.c - POST /classify: TEI's /predict request and response, and the error shape.
+ *
+ * Request: {"inputs": "text" | ["t1", ...], "inputs_base64": "..." | [...], "raw_scores": bool,
+ *           "truncate": bool}. Exactly one of inputs / inputs_base64. Text inputs are UTF-8 as
+ * JSON carries them; a document that holds NUL bytes (or any binary) goes in inputs_base64,
+ * because a JSON string with \u0000 cannot be passed through cJSON intact, so it is refused
+ * with a pointer to inputs_base64 rather than silently cut. */
+#include <cjson/cJSON.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+
+static const struct {
+    int status;
+    const char *type;
+} ERRS[] = {
+    {200, "ok"},
+#define API_XX_ROW(name, status, type) {status, type},
+    API_ERROR_MAP(API_XX_ROW)
+#undef API_XX_ROW
+};
+
+int api_err_status(api_err e) { return (unsigned)e < sizeof ERRS / sizeof ERRS[0] ? ERRS[e].status : 500; }
+const char *api_err_type(api_err e) { return (unsigned)e < sizeof ERRS / sizeof ERRS[0] ? ERRS[e].type : "internal_error"; }
+
+api_err api_fail(api_error *e, api_err kind, const char *fmt, ...)
+{
+    memset(e, 0, sizeof *e);
+    e->kind = kind;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return kind;
+}
+
+char *api_render_error(const api_error *e, const char *request_id)
+{
+    cJSON *root = cJSON_CreateObject(), *err = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddNumberToObject(err, "code", api_err_status(e->kind));
+    cJSON_AddStringToObject(err, "type", api_err_type(e->kind));
+    cJSON_AddStringToObject(err, "message", e->message);
+    cJSON_AddStringToObject(err, "request_id", request_id ? request_id : "");
+    for (int i = 0; i < 2; i++)
+        if (e->extra_key[i]) cJSON_AddNumberToObject(err, e->extra_key[i], e->extra_val[i]);
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return s;
+}
+
+long api_base64_decode(const char *in, size_t len, uint8_t *out)
+{
+    static signed char map[256];
+    static int ready;
+    if (!ready) { /* benign race: every thread writes the same values */
+        memset(map, -1, sizeof map);
+        const char *abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for (int i = 0; i < 64; i++) map[(unsigned char)abc[i]] = (signed char)i;
+        ready = 1;
+    }
+    if (len % 4) return -1;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        int v[4], pad = 0;
+        for (int j = 0; j < 4; j++) {
+            unsigned char ch = (unsigned char)in[i + j];
+            if (ch == '=' && i + 4 == len && j >= 2) {
+                v[j] = 0;
+                pad++;
+            } else {
+                if (pad || map[ch] < 0) return -1; /* data after padding, or not base64 */
+                v[j] = map[ch];
+            }
+        }
+        if (pad == 1 && in[i + 2] == '=') return -1;
+        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        out[o++] = (uint8_t)(w >> 16);
+        if (pad < 2) out[o++] = (uint8_t)(w >> 8);
+        if (pad < 1) out[o++] = (uint8_t)w;
+    }
+    return (long)o;
+}
+
+typedef struct {
+    cJSON *tree;
+    uint8_t *decoded; /* base64 documents, back to back */
+} storage;
+
+static int has_nul_escape(const char *body, size_t len)
+{
+    for (size_t i = 0; i + 6 <= len; i++)
+        if (body[i] == '\\' && body[i + 1] == 'u' && body[i + 2] == '0' && body[i + 3] == '0' &&
+            body[i + 4] == '0' && body[i + 5] == '0')
+            return 1;
+    return 0;
+}
+
+api_err api_parse_classify(const char *body, size_t len, const api_limits *lim, api_classify_req *req,
+                           api_error *err)
+{
+    memset(req, 0, sizeof *req);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!root) {
+        size_t at = end && end >= body ? (size_t)(end - body) : 0;
+        return api_fail(err, API_E_BAD_JSON, "the body is not valid JSON (error near byte %zu)", at);
+    }
+    api_err rc = API_OK;
+    storage *st = calloc(1, sizeof *st);
+    if (!st) {
+        cJSON_Delete(root);
+        return api_fail(err, API_E_ENGINE_MEMORY, "out of memory parsing the request");
+    }
+    st->tree = root;
+    req->storage = st;
+    if (!cJSON_IsObject(root)) {
+        rc = api_fail(err, API_E_VALIDATION, "the body must be a JSON object");
+        goto fail;
+    }
+    for (cJSON *f = root->child; f; f = f->next) {
+        if (strcmp(f->string, "inputs") && strcmp(f->string, "inputs_base64") &&
+            strcmp(f->string, "raw_scores") && strcmp(f->string, "truncate")) {
+            rc = api_fail(err, API_E_VALIDATION, "unknown field \"%.64s\"", f->string);
+            goto fail;
+        }
+    }
+    cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "inputs");
+    cJSON *b64 = cJSON_GetObjectItemCaseSensitive(root, "inputs_base64");
+    cJSON *raw = cJSON_GetObjectItemCaseSensitive(root, "raw_scores");
+    cJSON *trunc = cJSON_GetObjectItemCaseSensitive(root, "truncate");
+    if (!!text == !!b64) {
+        rc = api_fail(err, API_E_VALIDATION, "give exactly one of \"inputs\" and \"inputs_base64\"");
+        goto fail;
+    }
+    if ((raw && !cJSON_IsBool(raw)) || (trunc && !cJSON_IsBool(trunc))) {
+        rc = api_fail(err, API_E_VALIDATION, "\"%s\" must be true or false", raw && !cJSON_IsBool(raw) ? "raw_scores" : "truncate");
+        goto fail;
+    }
+    req->raw_scores = cJSON_IsTrue(raw);
+    req->truncate = cJSON_IsTrue(trunc);
+    cJSON *in = text ? text : b64;
+    const char *field = text ? "inputs" : "inputs_base64";
+    req->is_list = cJSON_IsArray(in);
+    size_t n = req->is_list ? (size_t)cJSON_GetArraySize(in) : 1;
+    if (req->is_list && n == 0) {
+        rc = api_fail(err, API_E_VALIDATION, "\"%s\" is an empty list", field);
+        goto fail;
+    }
+    if (n > lim->max_batch) {
+        rc = api_fail(err, API_E_VALIDATION, "\"%s\" has %zu documents; at most %zu per request", field, n, lim->max_batch);
+        goto fail;
+    }
+    req->docs = calloc(n, sizeof *req->docs);
+    if (!req->docs) {
+        rc = api_fail(err, API_E_ENGINE_MEMORY, "out of memory parsing the request");
+        goto fail;
+    }
+    size_t total_b64 = 0;
+    for (size_t i = 0; i < n; i++) {
+        cJSON *it = req->is_list ? cJSON_GetArrayItem(in, (int)i) : in;
+        if (!cJSON_IsString(it)) {
+            rc = req->is_list ? api_fail(err, API_E_VALIDATION, "\"%s\"[%zu] must be a string", field, i)
+                              : api_fail(err, API_E_VALIDATION, "\"%s\" must be a string or a list of strings", field);
+            goto fail;
+        }
+        total_b64 += strlen(it->valuestring);
+    }
+    if (text && has_nul_escape(body, len)) {
+        rc = api_fail(err, API_E_VALIDATION, "\"inputs\" contains U+0000; send documents with NUL bytes in \"inputs_base64\"");
+        goto fail;
+    }
+    if (b64 && !(st->decoded = malloc(total_b64 / 4 * 3 + 1))) {
+        rc = api_fail(err, API_E_ENGINE_MEMORY, "out of memory decoding inputs_base64");
+        goto fail;
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        cJSON *it = req->is_list ? cJSON_GetArrayItem(in, (int)i) : in;
+        size_t sl = strlen(it->valuestring);
+        if (b64) {
+            long got = api_base64_decode(it->valuestring, sl, st->decoded + off);
+            if (got < 0) {
+                rc = api_fail(err, API_E_VALIDATION, "\"inputs_base64\"%s is not valid base64", req->is_list ? "[i]" : "");
+                goto fail;
+            }
+            req->docs[i].data = st->decoded + off;
+            req->docs[i].len = (size_t)got;
+            off += (size_t)got;
+        } else {
+            req->docs[i].data = (const uint8_t *)it->valuestring;
+            req->docs[i].len = sl;
+        }
+        if (req->docs[i].len > lim->max_input_bytes && !req->truncate) {
+            rc = api_fail(err, API_E_INPUT_TOO_LONG, "document %zu has %zu bytes; max-input-bytes is %llu (or set \"truncate\": true)",
+                          i, req->docs[i].len, (unsigned long long)lim->max_input_bytes);
+            err->extra_key[0] = "max_input_bytes";
+            err->extra_val[0] = (double)lim->max_input_bytes;
+            goto fail;
+        }
+        if (req->docs[i].len > lim->max_input_bytes) req->docs[i].len = lim->max_input_bytes;
+    }
+    req->n_docs = n;
+    return API_OK;
+fail:
+    api_classify_free(req);
+    return rc;
+}
+
+void api_classify_free(api_classify_req *req)
+{
+    storage *st = req->storage;
+    if (st) {
+        cJSON_Delete(st->tree);
+        free(st->decoded);
+        free(st);
+    }
+    free(req->docs);
+    memset(req, 0, sizeof *req);
+}
+
+static cJSON *scores_array(const float *s, const char *const *labels, int n)
+{
+    int order[1024];
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = 1; i < n; i++) { /* insertion sort, descending score, ties by label order */
+        int k = order[i], j = i;
+        while (j > 0 && s[order[j - 1]] < s[k]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = k;
+    }
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = 0; i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "label", labels[order[i]]);
+        cJSON_AddNumberToObject(o, "score", s[order[i]]);
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
+}
+
+char *api_render_classify(const api_classify_req *req, const float *scores, const char *const *labels,
+                          int n_labels)
+{
+    cJSON *root;
+    if (req->is_list) {
+        root = cJSON_CreateArray();
+        for (size_t i = 0; i < req->n_docs; i++)
+            cJSON_AddItemToArray(root, scores_array(scores + i * (size_t)n_labels, labels, n_labels));
+    } else {
+        root = scores_array(scores, labels, n_labels);
+    }
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return s;
+}

@@ -1,0 +1,63 @@
+/* info.c - GET /info: the models, their configs, the limits and the memory budget. */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+
+#include "server/server.h"
+
+static const char *act_name(luna_act a) { return a == LUNA_ACT_GELU ? "gelu" : a == LUNA_ACT_TANH ? "tanh" : "relu"; }
+static const char *pos_name(luna_pos p) { return p == LUNA_POS_LEARNED ? "learned" : p == LUNA_POS_SINUSOIDAL ? "sinusoidal" : "none"; }
+static const char *pool_name(luna_pool p) { return p == LUNA_POOL_MEAN ? "mean" : p == LUNA_POOL_P ? "p" : "cls"; }
+
+static cJSON *model_json(const char *dir, const luna_model *m)
+{
+    const luna_config *c = luna_model_config(m);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "path", dir);
+    cJSON_AddStringToObject(o, "task", c->task == LUNA_TASK_CAUSAL_LM ? "causal-lm" : "classification");
+    cJSON_AddNumberToObject(o, "weight_bytes", (double)luna_model_weight_bytes(m));
+    cJSON_AddNumberToObject(o, "workspace_bytes_per_token", (double)luna_workspace_bytes(m, 1));
+    cJSON *cfg = cJSON_AddObjectToObject(o, "config");
+    cJSON_AddNumberToObject(cfg, "d", c->d);
+    cJSON_AddNumberToObject(cfg, "H", c->H);
+    cJSON_AddNumberToObject(cfg, "Hp", c->Hp);
+    cJSON_AddNumberToObject(cfg, "l", c->l);
+    cJSON_AddNumberToObject(cfg, "layers", c->layers);
+    cJSON_AddNumberToObject(cfg, "ffn", c->ffn);
+    cJSON_AddStringToObject(cfg, "activation", act_name(c->activation));
+    cJSON_AddBoolToObject(cfg, "tie_kv", c->tie_kv);
+    cJSON_AddBoolToObject(cfg, "normalize_before", c->normalize_before);
+    cJSON_AddStringToObject(cfg, "positions", pos_name(c->positions));
+    cJSON_AddNumberToObject(cfg, "max_positions", c->max_positions);
+    cJSON_AddStringToObject(cfg, "input_transform", c->input_transform == LUNA_XFORM_EMAIL_SUBJECT_BODY ? "email_subject_body" : "none");
+    if (c->task == LUNA_TASK_CLASSIFY) {
+        cJSON_AddStringToObject(cfg, "pooling", pool_name(c->pooling));
+        cJSON *labels = cJSON_AddArrayToObject(cfg, "labels");
+        for (int i = 0; i < c->n_labels; i++) cJSON_AddItemToArray(labels, cJSON_CreateString(c->labels[i]));
+    }
+    return o;
+}
+
+char *api_render_info(const srv_app *app)
+{
+    const srv_config *c = &app->cfg;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "name", "lunaserve");
+    cJSON *models = cJSON_AddObjectToObject(root, "models");
+    if (app->classifier) cJSON_AddItemToObject(models, "classify", model_json(c->classify_model, app->classifier));
+    cJSON *lim = cJSON_AddObjectToObject(root, "limits");
+    cJSON_AddNumberToObject(lim, "max_body_bytes", (double)c->max_body_bytes);
+    cJSON_AddNumberToObject(lim, "max_input_bytes", (double)c->max_input_bytes);
+    cJSON_AddNumberToObject(lim, "max_new_tokens", c->max_new_tokens);
+    cJSON_AddNumberToObject(lim, "max_queue", c->max_queue);
+    cJSON_AddNumberToObject(lim, "request_timeout_seconds", c->request_timeout);
+    cJSON_AddNumberToObject(lim, "max_request_timeout_seconds", c->max_request_timeout);
+    cJSON_AddNumberToObject(lim, "max_document_tokens", app->max_doc_tokens == (size_t)-1 ? -1 : (double)app->max_doc_tokens);
+    cJSON *mem = cJSON_AddObjectToObject(root, "memory");
+    cJSON_AddNumberToObject(mem, "budget_bytes", (double)c->memory_budget);
+    cJSON_AddNumberToObject(root, "workers", app->n_workers);
+    cJSON_AddNumberToObject(root, "blas_threads", c->blas_threads);
+    cJSON_AddBoolToObject(root, "auth", c->n_api_keys > 0);
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return s;
+}

@@ -1,0 +1,45 @@
+/* config.h - lunaserve's settings: one table declares every setting (name, type, range,
+ * default, help); it generates --help and --print-config. Sources, later ones winning: the
+ * config file (--config FILE, default config/lunaserve.conf when it exists), the environment
+ * (LUNASERVE_MEMORY_BUDGET for memory-budget), then the command line. A bad value is an error
+ * that names the setting and its source. Call only from the main thread, before serving. */
+#ifndef SRV_CONFIG_H
+#define SRV_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SRV_MAX_LIST 32
+
+typedef struct {
+    char host[256];
+    int port;
+    char config_file[1024];
+    char classify_model[1024];
+    char generate_model[1024];
+    int workers;
+    int blas_threads;
+    uint64_t memory_budget;   /* bytes */
+    int max_queue;
+    uint64_t max_body_bytes;
+    uint64_t max_input_bytes;
+    int max_new_tokens;
+    double request_timeout;   /* seconds */
+    double max_request_timeout;
+    double drain_timeout;
+    char api_keys[SRV_MAX_LIST][256];
+    int n_api_keys;
+    char api_key_file[1024];
+    char cors_origins[SRV_MAX_LIST][256];
+    int n_cors_origins;
+    char log_level[16];
+} srv_config;
+
+/* Fills cfg from defaults, file, environment and argv. Returns 0 to serve, 1 when --help or
+ * --print-config was handled (exit 0), or -1 after printing the error to stderr (exit 2). */
+int srv_config_load(srv_config *cfg, int argc, char **argv);
+
+/* Parses "512M", "2G", "1048576" (K, M, G, T are powers of 1024). Returns 0 or -1. */
+int srv_parse_bytes(const char *s, uint64_t *out);
+
+#endif

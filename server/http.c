@@ -1,0 +1,491 @@
+/* http.c - the libmicrohttpd front end: routing, auth, CORS, body limits, and the hand-off of
+ * engine work to the scheduler. Runs on MHD's internal polling thread and never blocks there:
+ * an engine request is parsed, admitted, queued, and its connection suspended; the loop thread
+ * resumes it when the job is done, and MHD calls the handler once more to send the answer.
+ *
+ * A request's life in the handler (req->phase):
+ *   NEW      first call, headers only: route, method, auth, content type, Content-Length limit;
+ *   BODY     body chunks arrive; counted against max-body-bytes as they come;
+ *   QUEUED   the job is queued or running, the connection suspended;
+ *   ANSWER   resumed (or failed before queueing): send the result or the error. */
+#include <ctype.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "server/server.h"
+
+char *api_render_info(const srv_app *app); /* api/info.c */
+
+typedef enum { PH_NEW = 0, PH_BODY, PH_QUEUED, PH_ANSWER, PH_DONE } phase;
+
+static const char *const EP_NAMES[SRV_N_ENDPOINTS] = {"classify", "generate", "health", "ready",
+                                                       "info", "metrics", "other", "preflight"};
+
+typedef struct {
+    srv_app *app;
+    struct MHD_Connection *conn;
+    phase ph;
+    srv_endpoint ep;
+    char request_id[72];
+    char origin[256];
+    int cors;            /* the Origin is allowed: echo it */
+    double t0;
+    int status;          /* what was answered */
+    size_t resp_bytes;
+    api_error err;       /* kind != API_OK: answer this error */
+    char *body;
+    size_t body_len, body_cap;
+    int body_over;       /* a chunked body passed max-body-bytes: discard the rest */
+    double timeout;
+    api_classify_req creq;
+    srv_job job;
+    int inflight;        /* counted in luna_inflight_requests */
+} http_req;
+
+/* ---- responses ---------------------------------------------------------------------------- */
+
+static enum MHD_Result respond(http_req *r, int status, const char *ctype, char *body, const char *allow)
+{
+    size_t len = body ? strlen(body) : 0;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body ? body : (char *)"", body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", ctype);
+    MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    if (r->cors) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
+        MHD_add_response_header(resp, "Vary", "Origin");
+    }
+    if (allow) MHD_add_response_header(resp, "Allow", allow);
+    if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
+    if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    r->status = status;
+    r->resp_bytes = len;
+    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
+static enum MHD_Result respond_error(http_req *r, const char *allow)
+{
+    char *body = api_render_error(&r->err, r->request_id);
+    return respond(r, api_err_status(r->err.kind), "application/json", body, allow);
+}
+
+static enum MHD_Result fail(http_req *r, api_err kind, const char *fmt, const char *arg)
+{
+    api_fail(&r->err, kind, fmt, arg);
+    return respond_error(r, NULL);
+}
+
+/* ---- request ids, auth, CORS ------------------------------------------------------------------ */
+
+static void set_request_id(http_req *r)
+{
+    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Request-Id");
+    size_t n = 0;
+    if (h) {
+        for (; h[n] && n < 64; n++)
+            if (!isalnum((unsigned char)h[n]) && !strchr("-_.:", h[n])) break;
+        if (h[n] == 0 && n > 0) {
+            memcpy(r->request_id, h, n + 1);
+            return;
+        }
+    }
+    unsigned char rnd[16];
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        for (size_t i = 0; i < sizeof rnd; i++) rnd[i] = (unsigned char)rand();
+    for (size_t i = 0; i < sizeof rnd; i++) sprintf(r->request_id + 2 * i, "%02x", rnd[i]);
+}
+
+/* Constant-time comparison: the time depends only on the lengths, never on where they differ. */
+static int ct_equal(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned char diff = (unsigned char)(la != lb);
+    for (size_t i = 0; i < la; i++) diff |= (unsigned char)(a[i] ^ b[i % (lb ? lb : 1)]);
+    return diff == 0;
+}
+
+static int authorized(http_req *r)
+{
+    const srv_config *c = &r->app->cfg;
+    if (c->n_api_keys == 0) return 1;
+    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    int ok = 0;
+    for (int i = 0; i < c->n_api_keys; i++) ok |= ct_equal(h + 7, c->api_keys[i]);
+    return ok;
+}
+
+static void check_origin(http_req *r)
+{
+    const srv_config *c = &r->app->cfg;
+    const char *o = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin");
+    if (!o || strlen(o) >= sizeof r->origin) return;
+    for (int i = 0; i < c->n_cors_origins; i++)
+        if (!strcmp(c->cors_origins[i], "*") || !strcmp(c->cors_origins[i], o)) {
+            snprintf(r->origin, sizeof r->origin, "%s", o);
+            r->cors = 1;
+        }
+}
+
+/* ---- the routes --------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *path;
+    const char *method;
+    srv_endpoint ep;
+    int public_; /* no API key needed */
+} route;
+
+static const route ROUTES[] = {
+    {"/health", "GET", EP_HEALTH, 1},    {"/ready", "GET", EP_READY, 1},
+    {"/metrics", "GET", EP_METRICS, 1},  {"/info", "GET", EP_INFO, 0},
+    {"/classify", "POST", EP_CLASSIFY, 0}, {"/predict", "POST", EP_CLASSIFY, 0},
+    {"/generate", "POST", EP_GENERATE, 0}, {"/generate_stream", "POST", EP_GENERATE, 0},
+};
+#define N_ROUTES (sizeof ROUTES / sizeof ROUTES[0])
+
+static uint64_t reserved_now(srv_app *app)
+{
+    pthread_mutex_lock(&app->metrics.lock);
+    uint64_t r = app->metrics.reserved;
+    pthread_mutex_unlock(&app->metrics.lock);
+    return r;
+}
+
+static enum MHD_Result answer_get(http_req *r)
+{
+    srv_app *app = r->app;
+    switch (r->ep) {
+    case EP_HEALTH:
+        return respond(r, 200, "application/json", strdup("{\"status\":\"ok\"}"), NULL);
+    case EP_READY: {
+        const char *why = NULL;
+        if (!atomic_load(&app->ready)) why = "loading";
+        else if (atomic_load(&app->draining)) why = "draining";
+        else if (app->cfg.memory_budget - reserved_now(app) < srv_min_reservation(app)) why = "memory budget exhausted";
+        else if (srv_queue_len(app) >= app->cfg.max_queue) why = "queue full";
+        if (why) {
+            api_fail(&r->err, API_E_NOT_READY, "not ready: %s", why);
+            return respond_error(r, NULL);
+        }
+        return respond(r, 200, "application/json", strdup("{\"status\":\"ready\"}"), NULL);
+    }
+    case EP_INFO:
+        return respond(r, 200, "application/json", api_render_info(app), NULL);
+    case EP_METRICS:
+        return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_metrics_render(&app->metrics), NULL);
+    default:
+        return fail(r, API_E_INTERNAL, "%s", "unrouted request");
+    }
+}
+
+/* ---- engine requests ------------------------------------------------------------------------ */
+
+static void on_job_done(srv_job *job)
+{
+    http_req *r = job->owner;
+    r->ph = PH_ANSWER;
+    MHD_resume_connection(r->conn); /* the last touch of the loop thread */
+}
+
+static enum MHD_Result answer_job(http_req *r)
+{
+    srv_app *app = r->app;
+    srv_job *job = &r->job;
+    if (job->rc == 0) {
+        const luna_config *cfg = luna_model_config(app->classifier);
+        char *body = api_render_classify(&r->creq, job->scores, app->labels, cfg->n_labels);
+        return respond(r, 200, "application/json", body, NULL);
+    }
+    if (job->rc == LUNA_ECANCELED) {
+        switch (atomic_load(&job->cancel_reason)) {
+        case CANCEL_DEADLINE:
+            api_fail(&r->err, API_E_TIMEOUT, "the request did not finish within its deadline of %gs", r->timeout);
+            break;
+        case CANCEL_SHUTDOWN:
+            api_fail(&r->err, API_E_SHUTTING_DOWN, "the server is shutting down");
+            break;
+        default:
+            api_fail(&r->err, API_E_INTERNAL, "the request was canceled");
+        }
+    } else if (job->rc == LUNA_ENOMEM) {
+        api_fail(&r->err, API_E_ENGINE_MEMORY, "the engine could not allocate its workspace; retry later");
+    } else if (job->rc == LUNA_ETOOLONG) {
+        api_fail(&r->err, API_E_INPUT_TOO_LONG, "a document is longer than the model accepts");
+    } else {
+        api_fail(&r->err, API_E_INTERNAL, "engine error: %s", luna_strerror(job->rc));
+    }
+    return respond_error(r, NULL);
+}
+
+/* The body is complete: parse, admit, queue, suspend. */
+static enum MHD_Result start_classify(http_req *r)
+{
+    srv_app *app = r->app;
+    const luna_config *cfg = luna_model_config(app->classifier);
+    api_limits lim = {app->cfg.max_input_bytes, 1024};
+    if (api_parse_classify(r->body ? r->body : "", r->body_len, &lim, &r->creq, &r->err) != API_OK)
+        return respond_error(r, NULL);
+    free(r->body); /* the parsed request holds what it needs */
+    r->body = NULL;
+
+    uint64_t reserve = 0;
+    for (size_t i = 0; i < r->creq.n_docs; i++) {
+        api_doc *d = &r->creq.docs[i];
+        size_t n = luna_input_tokens(app->classifier, d->data, d->len);
+        if (n > app->max_doc_tokens) {
+            if (!r->creq.truncate) {
+                api_fail(&r->err, API_E_INPUT_TOO_LONG,
+                         "document %zu is %zu tokens; the model accepts %zu (or set \"truncate\": true)", i, n,
+                         app->max_doc_tokens);
+                r->err.extra_key[0] = "max_tokens";
+                r->err.extra_val[0] = (double)app->max_doc_tokens;
+                return respond_error(r, NULL);
+            }
+            while (d->len > 0 && luna_input_tokens(app->classifier, d->data, d->len) > app->max_doc_tokens)
+                d->len -= n - app->max_doc_tokens < d->len ? n - app->max_doc_tokens : d->len,
+                    n = luna_input_tokens(app->classifier, d->data, d->len);
+        }
+        /* documents of one request run one after another: reserve the largest */
+        uint64_t need = luna_workspace_bytes(app->classifier, n);
+        if (need > reserve) reserve = need;
+        srv_metrics_input_bytes(&app->metrics, d->len);
+    }
+    if (reserve > app->cfg.memory_budget) {
+        api_fail(&r->err, API_E_MEMORY, "this request needs %llu bytes of workspace; the memory budget is %llu",
+                 (unsigned long long)reserve, (unsigned long long)app->cfg.memory_budget);
+        r->err.extra_key[0] = "memory_required_bytes";
+        r->err.extra_val[0] = (double)reserve;
+        r->err.extra_key[1] = "memory_budget_bytes";
+        r->err.extra_val[1] = (double)app->cfg.memory_budget;
+        srv_metrics_reject(&app->metrics, REJ_MEMORY);
+        return respond_error(r, NULL);
+    }
+    srv_job *job = &r->job;
+    job->scores = malloc(r->creq.n_docs * (size_t)cfg->n_labels * sizeof(float));
+    if (!job->scores) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
+    job->kind = JOB_CLASSIFY;
+    job->classify = &r->creq;
+    job->reserve = reserve;
+    job->t_submit = srv_now();
+    job->deadline = job->t_submit + r->timeout;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    job->client_fd = ci ? ci->connect_fd : -1;
+    job->on_done = on_job_done;
+    job->owner = r;
+    MHD_suspend_connection(r->conn);
+    r->ph = PH_QUEUED;
+    if (srv_submit(app, job) != 0) {
+        srv_metrics_reject(&app->metrics, REJ_QUEUE_FULL);
+        api_fail(&r->err, API_E_OVERLOADED, "the queue is full (%d waiting); retry later", app->cfg.max_queue);
+        r->ph = PH_ANSWER;
+        MHD_resume_connection(r->conn);
+        return MHD_YES;
+    }
+    r->inflight = 1;
+    srv_metrics_inflight(&app->metrics, 1);
+    return MHD_YES;
+}
+
+static int is_json(const char *ctype)
+{
+    if (!ctype) return 1; /* absent: assume JSON, as curl users expect with -d and a JSON body */
+    size_t n = strlen("application/json");
+    return strncasecmp(ctype, "application/json", n) == 0 && (ctype[n] == 0 || ctype[n] == ';' || ctype[n] == ' ');
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                               const char *version, const char *upload, size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    srv_app *app = cls;
+    http_req *r = *con_cls;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r) return MHD_NO;
+        *con_cls = r;
+        r->app = app;
+        r->conn = conn;
+        r->t0 = srv_now();
+        r->ep = EP_OTHER;
+        set_request_id(r);
+        check_origin(r);
+
+        const route *rt = NULL;
+        int path_known = 0;
+        char allow[64] = "";
+        for (size_t i = 0; i < N_ROUTES; i++) {
+            if (strcmp(ROUTES[i].path, url)) continue;
+            path_known = 1;
+            snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s", allow[0] ? ", " : "", ROUTES[i].method);
+            if (!strcmp(ROUTES[i].method, method) || (!strcmp(method, "HEAD") && !strcmp(ROUTES[i].method, "GET"))) rt = &ROUTES[i];
+        }
+        if (!strcmp(method, "OPTIONS")) { /* CORS preflight, answered before auth */
+            r->ep = EP_PREFLIGHT;
+            struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+            MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+            if (r->cors && path_known) {
+                MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
+                MHD_add_response_header(resp, "Access-Control-Allow-Methods", allow);
+                MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-Id, X-Request-Timeout");
+                MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+                MHD_add_response_header(resp, "Vary", "Origin");
+            }
+            r->status = path_known ? 204 : 404;
+            enum MHD_Result ok = MHD_queue_response(conn, (unsigned)r->status, resp);
+            MHD_destroy_response(resp);
+            return ok;
+        }
+        if (!rt) {
+            if (path_known) {
+                api_fail(&r->err, API_E_METHOD, "%s is not allowed on %s; use %s", method, url, allow);
+                return respond_error(r, allow);
+            }
+            return fail(r, API_E_NOT_FOUND, "no route %s", url);
+        }
+        r->ep = rt->ep;
+        if (!rt->public_ && !authorized(r))
+            return fail(r, API_E_UNAUTHORIZED, "%s", "a valid API key is required: Authorization: Bearer <key>");
+        if (strcmp(rt->method, "GET") == 0) return answer_get(r);
+
+        /* POST: the engine endpoints */
+        if (atomic_load(&app->draining)) {
+            srv_metrics_reject(&app->metrics, REJ_DRAINING);
+            return fail(r, API_E_SHUTTING_DOWN, "%s", "the server is shutting down; retry on another replica");
+        }
+        if (r->ep == EP_GENERATE)
+            return fail(r, API_E_NO_MODEL, "%s", "no generation model is loaded");
+        if (!is_json(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type")))
+            return fail(r, API_E_MEDIA_TYPE, "%s", "the body must be JSON: Content-Type: application/json");
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > app->cfg.max_body_bytes) {
+            api_fail(&r->err, API_E_TOO_LARGE, "the body is %s bytes; max-body-bytes is %llu", cl,
+                     (unsigned long long)app->cfg.max_body_bytes);
+            return respond_error(r, NULL); /* before a byte of the body is read */
+        }
+        r->timeout = app->cfg.request_timeout;
+        const char *to = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Timeout");
+        if (to) {
+            char *end;
+            double t = strtod(to, &end);
+            if (end == to || *end || !(t > 0) || t > app->cfg.max_request_timeout) {
+                api_fail(&r->err, API_E_VALIDATION, "X-Request-Timeout must be seconds in (0, %g]", app->cfg.max_request_timeout);
+                return respond_error(r, NULL);
+            }
+            r->timeout = t;
+        }
+        r->ph = PH_BODY;
+        return MHD_YES;
+    }
+
+    if (r->ph == PH_BODY && *upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (r->body_over || r->err.kind) return MHD_YES;
+        if (r->body_len + n > app->cfg.max_body_bytes) { /* chunked, or a lying Content-Length */
+            r->body_over = 1;
+            free(r->body);
+            r->body = NULL;
+            return MHD_YES;
+        }
+        if (r->body_len + n + 1 > r->body_cap) {
+            size_t cap = r->body_cap ? r->body_cap : 4096;
+            while (cap < r->body_len + n + 1) cap *= 2;
+            char *nb = realloc(r->body, cap); /* a client-controlled size: try, never abort */
+            if (!nb) {
+                api_fail(&r->err, API_E_ENGINE_MEMORY, "out of memory reading the body");
+                return MHD_YES;
+            }
+            r->body = nb;
+            r->body_cap = cap;
+        }
+        memcpy(r->body + r->body_len, upload, n);
+        r->body_len += n;
+        r->body[r->body_len] = 0;
+        return MHD_YES;
+    }
+    if (r->ph == PH_BODY) {
+        if (r->body_over) {
+            api_fail(&r->err, API_E_TOO_LARGE, "the body is larger than max-body-bytes (%llu)",
+                     (unsigned long long)app->cfg.max_body_bytes);
+            return respond_error(r, NULL);
+        }
+        if (r->err.kind) return respond_error(r, NULL);
+        return start_classify(r);
+    }
+    if (r->ph == PH_ANSWER) {
+        r->ph = PH_DONE;
+        if (r->err.kind) return respond_error(r, NULL);
+        return answer_job(r);
+    }
+    return MHD_YES; /* a spurious call while queued */
+}
+
+static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    srv_app *app = cls;
+    http_req *r = *con_cls;
+    if (!r) return;
+    double dt = srv_now() - r->t0;
+    int status = r->status ? r->status : 499; /* the client left before an answer was sent */
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->status) status = 499;
+    srv_metrics_request(&app->metrics, r->ep, status, dt);
+    if (r->inflight) srv_metrics_inflight(&app->metrics, -1);
+    if (r->ep == EP_CLASSIFY || r->ep == EP_GENERATE || status >= 400) {
+        srv_job *j = &r->job;
+        double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
+        srv_log(status >= 500 ? LOG_WARN : LOG_INFO, "request",
+                "\"request_id\":\"%s\",\"endpoint\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes_out\":%zu,"
+                "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f",
+                r->request_id, EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, dt);
+    }
+    api_classify_free(&r->creq);
+    free(r->job.scores);
+    free(r->body);
+    free(r);
+    *con_cls = NULL;
+}
+
+int srv_http_start(srv_app *app)
+{
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)app->cfg.port);
+    if (inet_pton(AF_INET, app->cfg.host, &addr.sin_addr) != 1) {
+        srv_log(LOG_ERROR, "bad host: give an IPv4 address such as 127.0.0.1 or 0.0.0.0", NULL);
+        return -1;
+    }
+    app->httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME,
+                                  (uint16_t)app->cfg.port, NULL, NULL, handler, app,
+                                  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                                  MHD_OPTION_NOTIFY_COMPLETED, completed, app,
+                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
+                                  MHD_OPTION_END);
+    if (!app->httpd) {
+        srv_log(LOG_ERROR, "cannot listen", "\"host\":\"%s\",\"port\":%d", app->cfg.host, app->cfg.port);
+        return -1;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(app->httpd, MHD_DAEMON_INFO_BIND_PORT);
+    app->port = di ? di->port : app->cfg.port;
+    return 0;
+}
+
+void srv_http_stop(srv_app *app)
+{
+    if (app->httpd) MHD_stop_daemon(app->httpd);
+    app->httpd = NULL;
+}

@@ -1,0 +1,68 @@
+/* main.c - lunaserve's startup and shutdown, in the order they happen:
+ * settings -> models -> workers and loop -> HTTP -> serve until SIGTERM/SIGINT -> drain -> exit.
+ * Exit codes: 0 after a clean drain, 1 when a model or the socket cannot be set up, 2 for a bad
+ * setting. A second signal exits at once with 1. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server/server.h"
+
+static int load_model(const char *dir, luna_model **out)
+{
+    char err[512];
+    int rc = luna_model_load(dir, out, err, sizeof err);
+    if (rc) {
+        char e1[600], e2[1100];
+        srv_log(LOG_ERROR, "cannot load model", "\"path\":\"%s\",\"error\":\"%s\"",
+                srv_json_esc(dir, e2, sizeof e2), srv_json_esc(err, e1, sizeof e1));
+    }
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static srv_app app; /* large (labels); static keeps it off the stack */
+    int rc = srv_config_load(&app.cfg, argc, argv);
+    if (rc) return rc > 0 ? 0 : 2;
+    srv_log_init(app.cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    app.n_workers = app.cfg.workers ? app.cfg.workers : (int)(cores / app.cfg.blas_threads);
+    if (app.n_workers < 1) app.n_workers = 1;
+    luna_blas_set_threads(app.cfg.blas_threads);
+    srv_metrics_init(&app.metrics, app.cfg.memory_budget);
+
+    int status = 1;
+    if (load_model(app.cfg.classify_model, &app.classifier)) goto out;
+    const luna_config *cfg = luna_model_config(app.classifier);
+    if (cfg->task != LUNA_TASK_CLASSIFY) {
+        srv_log(LOG_ERROR, "classify-model is not a classifier", NULL);
+        goto out;
+    }
+    for (int i = 0; i < cfg->n_labels; i++) app.labels[i] = cfg->labels[i];
+    app.max_doc_tokens = cfg->max_positions > 0 ? (size_t)cfg->max_positions : (size_t)-1;
+    if (access(app.cfg.generate_model, F_OK) == 0)
+        srv_log(LOG_WARN, "generation is not served yet; ignoring generate-model", "\"path\":\"%s\"", app.cfg.generate_model);
+
+    if (srv_sched_start(&app)) goto stop_sched;
+    if (srv_http_start(&app)) goto stop_sched;
+    atomic_store(&app.ready, 1);
+    srv_log(LOG_INFO, "listening",
+            "\"host\":\"%s\",\"port\":%d,\"workers\":%d,\"blas_threads\":%d,\"memory_budget\":%llu,\"classify_model\":\"%s\"",
+            app.cfg.host, app.port, app.n_workers, app.cfg.blas_threads,
+            (unsigned long long)app.cfg.memory_budget, app.cfg.classify_model);
+    uv_run(&app.loop, UV_RUN_DEFAULT); /* returns when the drain is complete */
+    status = 0;
+    srv_log(LOG_INFO, "drained; exiting", NULL);
+    srv_http_stop(&app);
+stop_sched:
+    srv_sched_stop(&app);
+out:
+    luna_model_free(app.classifier);
+    srv_metrics_destroy(&app.metrics);
+    return status;
+}

@@ -1,0 +1,147 @@
+/* metrics.c - see metrics.h. The exposition follows the Prometheus text format 0.0.4. */
+#include "server/metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const EP_NAMES[SRV_N_ENDPOINTS] = {"classify", "generate", "health", "ready",
+                                                       "info", "metrics", "other", "preflight"};
+static const char *const REJ_NAMES[4] = {"queue_full", "memory", "draining", "deadline"};
+
+static void hist_init(srv_histogram *h, const double *b, int n)
+{
+    memset(h, 0, sizeof *h);
+    memcpy(h->bounds, b, (size_t)n * sizeof *b);
+    h->n_bounds = n;
+}
+
+static void hist_add(srv_histogram *h, double v)
+{
+    int i = 0;
+    while (i < h->n_bounds && v > h->bounds[i]) i++;
+    h->counts[i]++;
+    h->sum += v;
+    h->count++;
+}
+
+void srv_metrics_init(srv_metrics *m, uint64_t budget)
+{
+    memset(m, 0, sizeof *m);
+    pthread_mutex_init(&m->lock, NULL);
+    static const double secs[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
+    static const double bytes[] = {256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864};
+    hist_init(&m->duration, secs, 15);
+    hist_init(&m->queue_wait, secs, 15);
+    hist_init(&m->input_bytes, bytes, 10);
+    m->budget = budget;
+}
+
+void srv_metrics_destroy(srv_metrics *m) { pthread_mutex_destroy(&m->lock); }
+
+void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int code, double seconds)
+{
+    pthread_mutex_lock(&m->lock);
+    int c = 0;
+    while (c < m->n_codes && m->codes[c] != code) c++;
+    if (c == m->n_codes && c < SRV_N_CODES) m->codes[m->n_codes++] = code;
+    if (c < SRV_N_CODES) m->requests[ep][c]++;
+    if (ep == EP_CLASSIFY || ep == EP_GENERATE) hist_add(&m->duration, seconds);
+    pthread_mutex_unlock(&m->lock);
+}
+
+#define LOCKED(stmt)                     \
+    do {                                 \
+        pthread_mutex_lock(&m->lock);    \
+        stmt;                            \
+        pthread_mutex_unlock(&m->lock);  \
+    } while (0)
+
+void srv_metrics_queue_wait(srv_metrics *m, double s) { LOCKED(hist_add(&m->queue_wait, s)); }
+void srv_metrics_input_bytes(srv_metrics *m, uint64_t b) { LOCKED(hist_add(&m->input_bytes, (double)b)); }
+void srv_metrics_reject(srv_metrics *m, srv_rejection r) { LOCKED(m->rejections[r]++); }
+void srv_metrics_inflight(srv_metrics *m, int delta) { LOCKED(m->inflight += delta); }
+void srv_metrics_queue_depth(srv_metrics *m, int depth) { LOCKED(m->queue_depth = depth); }
+void srv_metrics_reserved(srv_metrics *m, uint64_t r)
+{
+    LOCKED(m->reserved = r; if (r > m->reserved_peak) m->reserved_peak = r);
+}
+int64_t srv_metrics_get_inflight(srv_metrics *m)
+{
+    int64_t v;
+    LOCKED(v = m->inflight);
+    return v;
+}
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} sbuf;
+
+static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = b->buf ? vsnprintf(b->buf + b->len, b->cap - b->len, fmt, ap) : -1;
+        va_end(ap);
+        if (n >= 0 && (size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap ? b->cap * 2 : 8192;
+        char *nb = realloc(b->buf, cap);
+        if (!nb) return; /* the exposition is cut short rather than crashing */
+        b->buf = nb;
+        b->cap = cap;
+    }
+}
+
+static void hist_render(sbuf *b, const char *name, const char *help, const srv_histogram *h)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (int i = 0; i < h->n_bounds; i++) {
+        cum += h->counts[i];
+        sb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, h->bounds[i], (unsigned long long)cum);
+    }
+    cum += h->counts[h->n_bounds];
+    sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.9g\n%s_count %llu\n", name,
+              (unsigned long long)cum, name, h->sum, name, (unsigned long long)h->count);
+}
+
+char *srv_metrics_render(srv_metrics *m)
+{
+    sbuf b = {0};
+    pthread_mutex_lock(&m->lock);
+    sb_printf(&b, "# HELP luna_requests_total HTTP requests answered, by endpoint and status code.\n"
+                  "# TYPE luna_requests_total counter\n");
+    for (int e = 0; e < SRV_N_ENDPOINTS; e++)
+        for (int c = 0; c < m->n_codes; c++)
+            if (m->requests[e][c])
+                sb_printf(&b, "luna_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", EP_NAMES[e],
+                          m->codes[c], (unsigned long long)m->requests[e][c]);
+    hist_render(&b, "luna_request_duration_seconds", "Time from request to answer, engine endpoints.", &m->duration);
+    hist_render(&b, "luna_queue_wait_seconds", "Time a job waited in the queue before a worker took it.", &m->queue_wait);
+    hist_render(&b, "luna_input_bytes", "Bytes of each document sent to the engine.", &m->input_bytes);
+    sb_printf(&b, "# HELP luna_queue_depth Jobs waiting for a worker.\n# TYPE luna_queue_depth gauge\nluna_queue_depth %d\n", m->queue_depth);
+    sb_printf(&b, "# HELP luna_inflight_requests Engine requests accepted and not yet answered.\n"
+                  "# TYPE luna_inflight_requests gauge\nluna_inflight_requests %lld\n", (long long)m->inflight);
+    sb_printf(&b, "# HELP luna_generated_tokens_total Tokens generated.\n# TYPE luna_generated_tokens_total counter\n"
+                  "luna_generated_tokens_total %llu\n", (unsigned long long)m->generated_tokens);
+    sb_printf(&b, "# HELP luna_memory_budget_bytes The memory budget of running requests.\n"
+                  "# TYPE luna_memory_budget_bytes gauge\nluna_memory_budget_bytes %llu\n", (unsigned long long)m->budget);
+    sb_printf(&b, "# HELP luna_memory_reserved_bytes Bytes reserved by running requests.\n"
+                  "# TYPE luna_memory_reserved_bytes gauge\nluna_memory_reserved_bytes %llu\n", (unsigned long long)m->reserved);
+    sb_printf(&b, "# HELP luna_memory_reserved_peak_bytes The most ever reserved at once.\n"
+                  "# TYPE luna_memory_reserved_peak_bytes gauge\nluna_memory_reserved_peak_bytes %llu\n",
+              (unsigned long long)m->reserved_peak);
+    sb_printf(&b, "# HELP luna_admission_rejections_total Requests refused at admission, by reason.\n"
+                  "# TYPE luna_admission_rejections_total counter\n");
+    for (int r = 0; r < 4; r++)
+        sb_printf(&b, "luna_admission_rejections_total{reason=\"%s\"} %llu\n", REJ_NAMES[r], (unsigned long long)m->rejections[r]);
+    pthread_mutex_unlock(&m->lock);
+    return b.buf;
+}

@@ -1,0 +1,52 @@
+/* metrics.h - the counters, gauges and histograms behind GET /metrics (Prometheus text format,
+ * unit suffixes, no colons). Updates are per request, not per token, so one mutex guards them
+ * all. Every function is thread-safe. */
+#ifndef SRV_METRICS_H
+#define SRV_METRICS_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SRV_N_ENDPOINTS 8
+#define SRV_N_CODES 16
+#define SRV_N_BUCKETS 16
+
+typedef struct {
+    double bounds[SRV_N_BUCKETS]; /* upper bounds; +Inf is implicit */
+    int n_bounds;
+    uint64_t counts[SRV_N_BUCKETS + 1];
+    double sum;
+    uint64_t count;
+} srv_histogram;
+
+typedef struct {
+    pthread_mutex_t lock;
+    uint64_t requests[SRV_N_ENDPOINTS][SRV_N_CODES];
+    int codes[SRV_N_CODES];
+    int n_codes;
+    srv_histogram duration, queue_wait, input_bytes;
+    uint64_t generated_tokens;
+    uint64_t rejections[4]; /* queue_full, memory, draining, deadline */
+    int64_t inflight;
+    uint64_t reserved, reserved_peak, budget;
+    int queue_depth;
+} srv_metrics;
+
+typedef enum { EP_CLASSIFY = 0, EP_GENERATE, EP_HEALTH, EP_READY, EP_INFO, EP_METRICS, EP_OTHER, EP_PREFLIGHT } srv_endpoint;
+typedef enum { REJ_QUEUE_FULL = 0, REJ_MEMORY, REJ_DRAINING, REJ_DEADLINE } srv_rejection;
+
+void srv_metrics_init(srv_metrics *m, uint64_t budget);
+void srv_metrics_destroy(srv_metrics *m);
+void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int code, double seconds);
+void srv_metrics_queue_wait(srv_metrics *m, double seconds);
+void srv_metrics_input_bytes(srv_metrics *m, uint64_t bytes);
+void srv_metrics_reject(srv_metrics *m, srv_rejection r);
+void srv_metrics_inflight(srv_metrics *m, int delta);
+void srv_metrics_reserved(srv_metrics *m, uint64_t reserved);
+void srv_metrics_queue_depth(srv_metrics *m, int depth);
+int64_t srv_metrics_get_inflight(srv_metrics *m);
+/* The text exposition; malloc'd, the caller frees. */
+char *srv_metrics_render(srv_metrics *m);
+
+#endif
