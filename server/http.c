@@ -216,8 +216,8 @@ static enum MHD_Result answer_job(http_req *r)
         case CANCEL_SHUTDOWN:
             api_fail(&r->err, API_E_SHUTTING_DOWN, "the server is shutting down");
             break;
-        default:
-            api_fail(&r->err, API_E_INTERNAL, "the request was canceled");
+        default: /* the client went away: nobody to answer; close (counted as 499) */
+            return MHD_NO;
         }
     } else if (job->rc == LUNA_ENOMEM) {
         api_fail(&r->err, API_E_ENGINE_MEMORY, "the engine could not allocate its workspace; retry later");

@@ -1,0 +1,429 @@
+#!/usr/bin/python3
+"""test_server.py - lunaserve end to end: the real binary on 127.0.0.1, an ephemeral port, HTTP.
+
+Every endpoint, every error status, auth and CORS, the body limit before the body is read,
+the memory budget (413 and the invariant under 32 concurrent clients), the queue (429),
+deadlines (504), 100 client disconnects, and drain on SIGTERM. Standard library only; every
+loop is bounded and every server is killed at the end. Prints "N passed, N failed".
+
+Env: LUNA_BIN_DIR (default build/bin). A slow random model (the LRA shape) is written once with
+tools/make_random_model.py into build/test-models/, for the tests that need work to take time."""
+import base64
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.join(ROOT, os.environ.get("LUNA_BIN_DIR", "build/bin"))
+FAST = os.path.join(ROOT, "tests/golden/email_subject_body")
+SLOW = os.path.join(ROOT, "build/test-models/slow")
+DEADLINE = time.monotonic() + 600  # the whole run stops by itself
+
+
+class Server:
+    def __init__(self, *args, model=FAST, env=None):
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "lunaserve"), "--port", "0", "--classify-model", model, *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+        self.port, self.log = None, []
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            line = self.proc.stderr.readline().decode()
+            if not line:
+                break
+            self.log.append(line)
+            if '"msg":"listening"' in line:
+                self.port = json.loads(line)["port"]
+                break
+        if not self.port:
+            self.proc.kill()
+            raise RuntimeError("server did not start: " + "".join(self.log))
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.log.append(line.decode())
+
+    def req(self, method, path, body=None, headers=None, timeout=60):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        h = {"Content-Type": "application/json"} if body is not None else {}
+        h.update(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
+
+    def json(self, method, path, body=None, headers=None, timeout=60):
+        s, h, d = self.req(method, path, body, headers, timeout)
+        return s, h, json.loads(d)
+
+    def metrics(self):
+        _, _, d = self.req("GET", "/metrics")
+        out = {}
+        for line in d.decode().splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        return self.proc.returncode
+
+
+def is_error(status, body, code, typ=None):
+    e = body.get("error") if isinstance(body, dict) else None
+    assert e, "no error object: %r" % (body,)
+    assert status == code and e["code"] == code, (status, body)
+    assert e["request_id"] and e["message"], body
+    if typ:
+        assert e["type"] == typ, body
+
+
+def slow_doc(n=40000):
+    return "".join(chr(32 + (i * 7919) % 95) for i in range(n))
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+def test_health_ready_info_metrics(s):
+    st, h, b = s.json("GET", "/health")
+    assert st == 200 and b["status"] == "ok", b
+    assert len(h["x-request-id"]) == 32
+    st, _, b = s.json("GET", "/ready")
+    assert st == 200, b
+    st, _, b = s.json("GET", "/info")
+    assert st == 200 and b["models"]["classify"]["config"]["labels"] == ["ham", "spam"], b
+    assert b["memory"]["budget_bytes"] > 0 and b["limits"]["max_body_bytes"] > 0
+    st, h, d = s.req("GET", "/metrics")
+    assert st == 200 and h["content-type"].startswith("text/plain"), h
+    text = d.decode()
+    for name in ["luna_requests_total", "luna_request_duration_seconds_bucket", "luna_queue_wait_seconds_bucket",
+                 "luna_queue_depth", "luna_inflight_requests", "luna_input_bytes_bucket",
+                 "luna_generated_tokens_total", "luna_memory_budget_bytes", "luna_memory_reserved_bytes",
+                 "luna_admission_rejections_total"]:
+        assert name in text, name
+    assert ":" not in "".join(l.split(" ")[0].split("{")[0] for l in text.splitlines() if not l.startswith("#"))
+
+
+def test_classify_matches_cli(s):
+    doc = "Subject: cheap meds\r\n\r\nBuy now, limited offer!\n"
+    st, _, b = s.json("POST", "/classify", {"inputs": doc})
+    assert st == 200 and [x["label"] for x in b] and abs(sum(x["score"] for x in b) - 1) < 1e-5, b
+    assert b[0]["score"] >= b[1]["score"], "sorted by score"
+    cli = subprocess.run([os.path.join(BIN, "luna"), "classify", "--model", FAST, "-"], input=doc.encode(),
+                         capture_output=True, check=True)
+    ref = json.loads(cli.stdout)
+    for x in b:
+        assert abs(x["score"] - ref["probabilities"][x["label"]]) < 1e-6, (x, ref)
+    st, _, raw = s.json("POST", "/classify", {"inputs": doc, "raw_scores": True})
+    logits = dict(zip(["ham", "spam"], ref["logits"]))
+    for x in raw:
+        assert abs(x["score"] - logits[x["label"]]) < 1e-4, (raw, ref)
+
+
+def test_classify_list_and_base64(s):
+    st, _, b = s.json("POST", "/classify", {"inputs": ["one", "two", "three"]})
+    assert st == 200 and len(b) == 3 and all(len(x) == 2 for x in b), b
+    blob = bytes([0, 255, 10, 0, 65]) * 10
+    st, _, b64 = s.json("POST", "/predict", {"inputs_base64": base64.b64encode(blob).decode()})
+    assert st == 200 and len(b64) == 2, b64
+    st, _, b = s.json("POST", "/classify", {"inputs": "a\u0000b"})
+    is_error(st, b, 422, "validation_error")
+    assert "inputs_base64" in b["error"]["message"]
+
+
+def test_validation_errors(s):
+    cases = [({"inputs": 3}, 422), ({"inputs": []}, 422), ({"inputs": "a", "inputs_base64": "YQ=="}, 422),
+             ({}, 422), ({"inputs": "a", "bogus": 1}, 422), ({"inputs_base64": "!!!"}, 422),
+             ({"inputs": "a", "raw_scores": "yes"}, 422), ([1, 2], 422)]
+    for body, code in cases:
+        st, _, b = s.json("POST", "/classify", body)
+        is_error(st, b, code)
+    st, _, b = s.json("POST", "/classify", "{not json")
+    is_error(st, b, 400, "invalid_json")
+    st, _, b = s.json("POST", "/classify", '{"inputs": "a"}', {"Content-Type": "text/plain"})
+    is_error(st, b, 415, "unsupported_media_type")
+    st, _, b = s.json("GET", "/nowhere")
+    is_error(st, b, 404, "not_found")
+    st, h, b = s.json("DELETE", "/classify")
+    is_error(st, b, 405, "method_not_allowed")
+    assert h["allow"] == "POST"
+    st, _, b = s.json("POST", "/generate", {"inputs": "x"})
+    is_error(st, b, 503, "model_not_loaded")
+
+
+def test_request_id(s):
+    st, h, _ = s.req("GET", "/health", headers={"X-Request-Id": "abc-123"})
+    assert h["x-request-id"] == "abc-123"
+    st, h, b = s.json("POST", "/classify", "{", {"X-Request-Id": "my.req:7"})
+    assert h["x-request-id"] == "my.req:7" and b["error"]["request_id"] == "my.req:7"
+    st, h, _ = s.req("GET", "/health", headers={"X-Request-Id": "bad id with spaces"})
+    assert h["x-request-id"] != "bad id with spaces" and len(h["x-request-id"]) == 32
+    assert any('"request_id":"my.req:7"' in l for l in s.log), "the log line carries the request id"
+
+
+def test_body_limit_before_the_body(s):
+    # announce a big body and send none of it: the answer must come anyway
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 999999999\r\n\r\n")
+    data = c.recv(65536).decode(errors="replace")
+    c.close()
+    assert data.startswith("HTTP/1.1 413"), data[:200]
+    assert '"type":"payload_too_large"' in data, data
+    # chunked, over the limit: 413 after the body, and the server keeps serving
+    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+    c.putrequest("POST", "/classify")
+    c.putheader("Content-Type", "application/json")
+    c.putheader("Transfer-Encoding", "chunked")
+    c.endheaders()
+    chunk = b'{"inputs": "' + b"x" * 60000
+    for _ in range(3):
+        c.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    c.send(b"0\r\n\r\n")
+    r = c.getresponse()
+    body = json.loads(r.read())
+    is_error(r.status, body, 413, "payload_too_large")
+    assert s.json("GET", "/health")[0] == 200
+
+
+def test_input_too_long_and_truncate(s):
+    st, _, b = s.json("POST", "/classify", {"inputs": "y" * 5000})
+    is_error(st, b, 413, "input_too_long")
+    st, _, b = s.json("POST", "/classify", {"inputs": "y" * 5000, "truncate": True})
+    assert st == 200, b
+
+
+def test_auth_and_cors():
+    s = Server("--api-key", "k1", "--api-key", "second-key", "--cors-allow-origin", "http://ok.example")
+    try:
+        st, h, b = s.json("POST", "/classify", {"inputs": "a"})
+        is_error(st, b, 401, "unauthorized")
+        assert h["www-authenticate"] == "Bearer"
+        st, _, b = s.json("POST", "/classify", {"inputs": "a"}, {"Authorization": "Bearer k2"})
+        is_error(st, b, 401)
+        st, _, b = s.json("POST", "/classify", {"inputs": "a"}, {"Authorization": "Bearer second-key"})
+        assert st == 200, b
+        assert s.req("GET", "/health")[0] == 200 and s.req("GET", "/metrics")[0] == 200
+        assert s.req("GET", "/ready")[0] == 200
+        assert s.req("GET", "/info")[0] == 401
+        st, h, _ = s.req("OPTIONS", "/classify", headers={"Origin": "http://ok.example",
+                                                          "Access-Control-Request-Method": "POST"})
+        assert st == 204 and h["access-control-allow-origin"] == "http://ok.example", (st, h)
+        assert "Authorization" in h["access-control-allow-headers"]
+        st, h, _ = s.req("OPTIONS", "/classify", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in h
+        st, h, _ = s.req("POST", "/classify", {"inputs": "a"}, {"Authorization": "Bearer k1", "Origin": "http://ok.example"})
+        assert st == 200 and h["access-control-allow-origin"] == "http://ok.example"
+    finally:
+        assert s.stop() == 0
+
+
+def test_memory_never_fits():
+    s = Server("--memory-budget", "1M", model=SLOW)
+    try:
+        st, _, b = s.json("POST", "/classify", {"inputs": "z" * 2000})  # 2002 tokens x 1 KiB
+        is_error(st, b, 413, "memory_budget_exceeded")
+        assert b["error"]["memory_required_bytes"] > b["error"]["memory_budget_bytes"] == 1048576, b
+        st, _, b = s.json("POST", "/classify", {"inputs": "z" * 100})
+        assert st == 200, b
+        assert s.metrics()['luna_admission_rejections_total{reason="memory"}'] == 1
+    finally:
+        assert s.stop() == 0
+
+
+def test_budget_invariant_32_clients():
+    # each job reserves ~8 MiB (8000 tokens x 1 KiB); the budget admits 2 at once, 4 workers
+    budget = 2 * 8200 * 1024
+    s = Server("--memory-budget", str(budget), "--workers", "4", "--max-queue", "64", model=SLOW)
+    results = []
+    try:
+        def client(i):
+            for k in range(2):
+                st, _, b = s.json("POST", "/classify", {"inputs": slow_doc(8000 - 2 + (i % 5))}, timeout=120)
+                results.append(st)
+        ts = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(timeout=300)
+        assert results.count(200) == 64, results
+        m = s.metrics()
+        assert 0 < m["luna_memory_reserved_peak_bytes"] <= budget, m["luna_memory_reserved_peak_bytes"]
+        assert m["luna_memory_reserved_peak_bytes"] > budget / 2, "two jobs did run at once"
+        assert m["luna_memory_reserved_bytes"] == 0 and m["luna_inflight_requests"] == 0
+    finally:
+        assert s.stop() == 0
+
+
+def test_queue_full_429():
+    s = Server("--workers", "1", "--max-queue", "1", model=SLOW)
+    try:
+        out = []
+        def client():
+            out.append(s.json("POST", "/classify", {"inputs": slow_doc(30000)}, timeout=120))
+        ts = [threading.Thread(target=client) for _ in range(6)]
+        for t in ts:
+            t.start()
+            time.sleep(0.05)
+        for t in ts:
+            t.join(timeout=300)
+        codes = sorted(st for st, _, _ in out)
+        assert codes.count(429) >= 3 and codes.count(200) >= 1, codes
+        for st, h, b in out:
+            if st == 429:
+                is_error(st, b, 429, "overloaded")
+                assert h["retry-after"] == "1"
+    finally:
+        assert s.stop() == 0
+
+
+def test_deadline_504():
+    s = Server("--workers", "1", model=SLOW)
+    try:
+        t0 = time.monotonic()
+        st, _, b = s.json("POST", "/classify", {"inputs": slow_doc(60000)}, {"X-Request-Timeout": "0.1"})
+        is_error(st, b, 504, "timeout")
+        assert time.monotonic() - t0 < 5, "the running job stopped at its deadline"
+        st, _, b = s.json("POST", "/classify", {"inputs": "a"}, {"X-Request-Timeout": "-1"})
+        is_error(st, b, 422)
+        st, _, b = s.json("POST", "/classify", {"inputs": "fine"})
+        assert st == 200 and s.metrics()["luna_memory_reserved_bytes"] == 0
+    finally:
+        assert s.stop() == 0
+
+
+def test_100_disconnects():
+    s = Server("--workers", "2", "--max-queue", "200", model=SLOW)
+    try:
+        body = json.dumps({"inputs": slow_doc(30000)}).encode()
+        def hangup():
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(0.02)
+            c.close()
+        for batch in range(10):
+            ts = [threading.Thread(target=hangup) for _ in range(10)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            m = s.metrics()
+            if m["luna_inflight_requests"] == 0 and m["luna_queue_depth"] == 0 and m["luna_memory_reserved_bytes"] == 0:
+                break
+            time.sleep(0.1)
+        assert m["luna_inflight_requests"] == 0 and m["luna_memory_reserved_bytes"] == 0, m
+        assert m.get('luna_requests_total{endpoint="classify",code="499"}', 0) == 100, m
+        # 100 jobs of ~2 s each cannot have run: most were canceled
+        t0 = time.monotonic()
+        st, _, b = s.json("POST", "/classify", {"inputs": "still serving"})
+        assert st == 200 and time.monotonic() - t0 < 10, b
+    finally:
+        assert s.stop() == 0
+
+
+def test_drain_on_sigterm():
+    s = Server("--workers", "1", "--drain-timeout", "60", model=SLOW)
+    out = []
+    t = threading.Thread(target=lambda: out.append(s.json("POST", "/classify", {"inputs": slow_doc(20000)}, timeout=120)))
+    t.start()
+    time.sleep(0.3)
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    try:
+        st, _, b = s.json("GET", "/ready")
+        is_error(st, b, 503, "not_ready")
+        st, _, b = s.json("POST", "/classify", {"inputs": "late"})
+        is_error(st, b, 503, "shutting_down")
+    except (ConnectionError, OSError):
+        pass  # the listener may already be gone; either answer is acceptable
+    t.join(timeout=120)
+    assert out and out[0][0] == 200, out
+    assert s.proc.wait(timeout=60) == 0
+
+
+def test_config():
+    lunaserve = os.path.join(BIN, "lunaserve")
+    r = subprocess.run([lunaserve, "--memory-budget", "lots"], capture_output=True, text=True)
+    assert r.returncode == 2 and "memory-budget" in r.stderr, r.stderr
+    r = subprocess.run([lunaserve, "--workers", "9999"], capture_output=True, text=True)
+    assert r.returncode == 2 and "workers" in r.stderr
+    r = subprocess.run([lunaserve, "--frobnicate", "1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "frobnicate" in r.stderr
+    r = subprocess.run([lunaserve, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--memory-budget" in r.stdout and "LUNASERVE_MEMORY_BUDGET" in r.stdout
+    conf = os.path.join(ROOT, "build", "test.conf")
+    with open(conf, "w") as f:
+        f.write("# a comment\nmax-queue = 7\nport = 1234\nmemory-budget = 64M\n")
+    env = dict(os.environ, LUNASERVE_PORT="2345")
+    r = subprocess.run([lunaserve, "--config", conf, "--memory-budget", "1G", "--print-config"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    cfg = dict(l.split(" = ", 1) for l in r.stdout.splitlines())
+    assert cfg["max-queue"] == "7" and cfg["port"] == "2345" and cfg["memory-budget"] == str(1 << 30), cfg
+    with open(conf, "w") as f:
+        f.write("max-queue = many\n")
+    r = subprocess.run([lunaserve, "--config", conf], capture_output=True, text=True)
+    assert r.returncode == 2 and "test.conf:1" in r.stderr and "max-queue" in r.stderr, r.stderr
+    r = subprocess.run([lunaserve, "--classify-model", "/nonexistent", "--port", "0"], capture_output=True, text=True)
+    assert r.returncode == 1 and "cannot load model" in r.stderr
+
+
+def main():
+    if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
+        subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
+                        "--out", SLOW], check=True, stdout=subprocess.DEVNULL)
+    shared = Server("--max-input-bytes", "4096", "--max-body-bytes", "100000")
+    tests = [(test_health_ready_info_metrics, shared), (test_classify_matches_cli, shared),
+             (test_classify_list_and_base64, shared), (test_validation_errors, shared),
+             (test_request_id, shared), (test_body_limit_before_the_body, shared),
+             (test_input_too_long_and_truncate, shared), (test_auth_and_cors, None),
+             (test_memory_never_fits, None), (test_budget_invariant_32_clients, None),
+             (test_queue_full_429, None), (test_deadline_504, None), (test_100_disconnects, None),
+             (test_drain_on_sigterm, None), (test_config, None)]
+    only = sys.argv[1:]
+    passed = failed = 0
+    for fn, arg in tests:
+        if only and fn.__name__ not in only:
+            continue
+        if time.monotonic() > DEADLINE:
+            print("FAIL %s: the run's time limit passed" % fn.__name__)
+            failed += 1
+            continue
+        t0 = time.monotonic()
+        try:
+            fn(arg) if arg is not None else fn()
+            passed += 1
+            print("ok   %-36s %.2fs" % (fn.__name__, time.monotonic() - t0), flush=True)
+        except Exception:
+            failed += 1
+            print("FAIL %s\n%s" % (fn.__name__, traceback.format_exc()), flush=True)
+    if shared.stop() != 0:
+        print("FAIL the shared server did not exit 0")
+        failed += 1
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
