@@ -372,6 +372,12 @@ def test_config():
     assert r.returncode == 2 and "frobnicate" in r.stderr
     r = subprocess.run([lunaserve, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--memory-budget" in r.stdout and "LUNASERVE_MEMORY_BUDGET" in r.stdout
+    # the annotated config file explains every setting that --help lists
+    names = [l.split()[0][2:] for l in r.stdout.splitlines() if l.startswith("  --")]
+    annotated = open(os.path.join(ROOT, "config/lunaserve.conf")).read()
+    for name in names:
+        if name not in ("help", "print-config", "config"):
+            assert ("\n%s = " % name) in annotated or ("# %s = " % name) in annotated, name
     conf = os.path.join(ROOT, "build", "test.conf")
     with open(conf, "w") as f:
         f.write("# a comment\nmax-queue = 7\nport = 1234\nmemory-budget = 64M\n")
@@ -389,6 +395,21 @@ def test_config():
     assert r.returncode == 1 and "cannot load model" in r.stderr
 
 
+def test_openapi_describes_every_route(s):
+    import yaml
+    spec = yaml.safe_load(open(os.path.join(ROOT, "api/openapi.yaml")))
+    assert spec["openapi"].startswith("3."), spec["openapi"]
+    for path in ["/classify", "/predict", "/generate", "/generate_stream", "/health", "/ready", "/info", "/metrics"]:
+        assert path in spec["paths"], path
+        method = "get" if path in ("/health", "/ready", "/info", "/metrics") else "post"
+        assert method in spec["paths"][path], path
+    types = spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["type"]["enum"]
+    # every error type the server can send is documented: provoke a few and check
+    for body, hdr in [("{", {}), ('{"inputs": 1}', {}), ('{"inputs": "a"}', {"Content-Type": "text/plain"})]:
+        st, _, b = s.json("POST", "/classify", body, hdr)
+        assert b["error"]["type"] in types, b
+
+
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
@@ -397,7 +418,8 @@ def main():
     tests = [(test_health_ready_info_metrics, shared), (test_classify_matches_cli, shared),
              (test_classify_list_and_base64, shared), (test_validation_errors, shared),
              (test_request_id, shared), (test_body_limit_before_the_body, shared),
-             (test_input_too_long_and_truncate, shared), (test_auth_and_cors, None),
+             (test_input_too_long_and_truncate, shared), (test_openapi_describes_every_route, shared),
+             (test_auth_and_cors, None),
              (test_memory_never_fits, None), (test_budget_invariant_32_clients, None),
              (test_queue_full_429, None), (test_deadline_504, None), (test_100_disconnects, None),
              (test_drain_on_sigterm, None), (test_config, None)]
