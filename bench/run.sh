@@ -31,8 +31,10 @@ done
 raw=$(mktemp)
 trap 'rm -f "$raw"' EXIT
 bin/luna sgemm --size 1024 --threads "$threads" --json > "$raw.sgemm"
+# Each contender uses the cores its best way: Luna splits a forward's chunks over lanes (one
+# BLAS thread each); the softmax baselines and PyTorch give the cores to BLAS.
 for l in $ls_; do
-  bin/luna bench --model "$models/lra-l$l" --attention luna --threads "$threads" --repeat 2 \
+  bin/luna bench --model "$models/lra-l$l" --attention luna --threads 1 --lanes "$threads" --repeat 2 \
     --lengths "$both,$luna_only" --json | tee -a "$raw"
 done
 first=$(echo "$ls_" | cut -d' ' -f1)

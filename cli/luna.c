@@ -186,6 +186,7 @@ static const char bench_help[] =
     "  --attention KIND   luna (default), softmax (n x n scores built) or softmax-stream (flash-style)\n"
     "  --chunk N          rows per chunk (default 256)\n"
     "  --threads N        OpenBLAS threads (default: OpenBLAS's own)\n"
+    "  --lanes N          threads that split one forward's chunks (Luna only; default 1)\n"
     "  --repeat N         forward passes per length; the fastest is reported (default 1)\n"
     "  --max-mb N         skip lengths whose workspace would exceed N MB (default 20480)\n"
     "  --json             one JSON object per length instead of the table\n"
@@ -265,13 +266,14 @@ static int cmd_bench(int argc, char **argv)
         {"attention", required_argument, 0, 'a'}, {"chunk", required_argument, 0, 'c'},
         {"threads", required_argument, 0, 't'}, {"repeat", required_argument, 0, 'r'},
         {"json", no_argument, 0, 'j'},          {"help", no_argument, 0, 'h'},
-        {"max-mb", required_argument, 0, 'M'},  {0, 0, 0, 0}};
+        {"max-mb", required_argument, 0, 'M'},  {"lanes", required_argument, 0, 'L'},
+        {0, 0, 0, 0}};
     const char *model = NULL, *lengths = NULL, *attn_name = "luna";
-    luna_ctx_opts o = {0, LUNA_ATTN_LUNA};
+    luna_ctx_opts o = {0, LUNA_ATTN_LUNA, 1};
     int threads = 0, repeat = 1, json = 0, c;
     double max_mb = 20480;
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":m:n:a:c:t:r:jhM:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:n:a:c:t:r:jhM:L:", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case 'n': lengths = optarg; break;
@@ -280,6 +282,7 @@ static int cmd_bench(int argc, char **argv)
         case 't': threads = (int)parse_long("bench", "--threads", optarg, 1, 256); break;
         case 'r': repeat = (int)parse_long("bench", "--repeat", optarg, 1, 1000); break;
         case 'j': json = 1; break;
+        case 'L': o.threads = (int)parse_long("bench", "--lanes", optarg, 1, LUNA_MAX_THREADS); break;
         case 'M': max_mb = (double)parse_long("bench", "--max-mb", optarg, 1, 1L << 30); break;
         case 'h': fputs(bench_help, stdout); return 0;
         case ':': die_usage("bench", "option %s needs a value", argv[optind - 1]); break;
@@ -356,8 +359,9 @@ static int cmd_bench(int argc, char **argv)
         double rss = (double)ru.ru_maxrss / 1024.0, base = (double)r.base_kb / 1024.0;
         if (json)
             printf("{\"attention\": \"%s\", \"l\": %d, \"n\": %zu, \"ms\": %.3f, \"rss_mb\": %.2f, "
-                   "\"base_mb\": %.2f, \"pred_mb\": %.2f, \"gflops\": %.2f, \"threads\": %d}\n",
-                   attn_name, cfg->l, n, r.best_s * 1e3, rss, base, pred, gf, luna_blas_threads());
+                   "\"base_mb\": %.2f, \"pred_mb\": %.2f, \"gflops\": %.2f, \"threads\": %d, \"lanes\": %d}\n",
+                   attn_name, cfg->l, n, r.best_s * 1e3, rss, base, pred, gf, luna_blas_threads(),
+                   o.threads > 1 ? o.threads : 1);
         else
             printf("%-15s %4d %9zu %11.2f %9.1f %9.1f %9.1f %8.1f\n", attn_name, cfg->l, n,
                    r.best_s * 1e3, rss, base, pred, gf);

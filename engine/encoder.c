@@ -15,6 +15,7 @@
  *              LayerNorm, FFN, LayerNorm, written back into the same rows of X.
  * Nothing is n x l per head or n x ffn, so a forward over n tokens allocates n*d floats. */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,8 @@ typedef struct {
     size_t rmax, rsum;                          /* (c, H): the streaming baseline's running stats */
     size_t freq;                                /* (d/2) sinusoid frequencies */
     size_t pooled, head_a, head_b, logits;      /* the classifier head */
+    size_t lanes, lane_size;                    /* lanes 1.. (threads > 1): chunk buffers and
+                                                   pack partials of their own, lane_size each */
     size_t total;
 } ws_layout;
 
@@ -53,7 +56,22 @@ static luna_attn resolve_attn(const luna_ctx_opts *opts)
     return opts ? opts->attention : LUNA_ATTN_LUNA;
 }
 
-static void layout(const luna_config *cfg, int chunk, luna_attn attn, ws_layout *L)
+/* Lanes only split Luna attention's chunk loops; the baselines run on the calling thread. */
+static int resolve_threads(const luna_ctx_opts *opts)
+{
+    int t = opts && opts->threads > 1 ? opts->threads : 1;
+    if (t > LUNA_MAX_THREADS) t = LUNA_MAX_THREADS;
+    return resolve_attn(opts) == LUNA_ATTN_LUNA ? t : 1;
+}
+
+/* One lane's private buffers: A..D (c, d), F (c, ffn), S (l, c), acc (l, d), pmax, psum (Hp, l) */
+static size_t lane_floats(const luna_config *cfg, size_t c)
+{
+    size_t d = (size_t)cfg->d, l = (size_t)cfg->l;
+    return 4 * c * d + c * (size_t)cfg->ffn + l * c + l * d + 2 * (size_t)cfg->Hp * l;
+}
+
+static void layout(const luna_config *cfg, int chunk, luna_attn attn, int threads, ws_layout *L)
 {
     size_t d = (size_t)cfg->d, l = (size_t)cfg->l, c = (size_t)chunk;
     size_t hd = (size_t)(cfg->classifier_dim > cfg->d ? cfg->classifier_dim : cfg->d);
@@ -85,6 +103,8 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, ws_layout 
     TAKE(head_a, hd);
     TAKE(head_b, hd);
     TAKE(logits, (size_t)cfg->n_labels);
+    L->lane_size = lane_floats(cfg, c);
+    TAKE(lanes, (size_t)(threads - 1) * L->lane_size);
 #undef TAKE
     L->total = off;
 }
@@ -92,7 +112,7 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, ws_layout 
 size_t luna_ctx_bytes(const luna_model *m, const luna_ctx_opts *opts)
 {
     ws_layout L;
-    layout(&m->cfg, resolve_chunk(opts), resolve_attn(opts), &L);
+    layout(&m->cfg, resolve_chunk(opts), resolve_attn(opts), resolve_threads(opts), &L);
     return L.total * sizeof(float);
 }
 
@@ -139,9 +159,16 @@ size_t luna_workspace_bytes(const luna_model *m, size_t n)
 
 /* ---- contexts ---------------------------------------------------------------------------- */
 
+/* The buffers one lane works in. Lane 0 uses the context's main layout. */
+typedef struct {
+    float *A, *B, *C, *D, *F, *S, *acc, *pmax, *psum;
+} lane_ws;
+
 struct luna_ctx {
     const luna_model *m;
     int chunk;
+    int threads;                              /* lanes of the Luna chunk loops */
+    lane_ws lane[LUNA_MAX_THREADS];
     luna_attn attn;
     const atomic_int *cancel;
     ws_layout L;
@@ -162,11 +189,29 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
     c->m = m;
     c->chunk = resolve_chunk(opts);
     c->attn = attn;
-    layout(&m->cfg, c->chunk, attn, &c->L);
+    c->threads = resolve_threads(opts);
+    layout(&m->cfg, c->chunk, attn, c->threads, &c->L);
     c->ws = calloc(c->L.total, sizeof(float));
     if (!c->ws) {
         free(c);
         return LUNA_ENOMEM;
+    }
+    const luna_config *cfg = &m->cfg;
+    size_t cd = (size_t)c->chunk * (size_t)cfg->d, l = (size_t)cfg->l;
+    c->lane[0] = (lane_ws){c->ws + c->L.A, c->ws + c->L.B, c->ws + c->L.C, c->ws + c->L.D, c->ws + c->L.F,
+                           c->ws + c->L.S, c->ws + c->L.acc, c->ws + c->L.pmax, c->ws + c->L.psum};
+    for (int t = 1; t < c->threads; t++) {
+        float *p = c->ws + c->L.lanes + (size_t)(t - 1) * c->L.lane_size;
+        lane_ws *w = &c->lane[t];
+        w->A = p, p += cd;
+        w->B = p, p += cd;
+        w->C = p, p += cd;
+        w->D = p, p += cd;
+        w->F = p, p += (size_t)c->chunk * (size_t)cfg->ffn;
+        w->S = p, p += l * (size_t)c->chunk;
+        w->acc = p, p += l * (size_t)cfg->d;
+        w->pmax = p, p += (size_t)cfg->Hp * l;
+        w->psum = p;
     }
     /* fairseq's sinusoid: half sin, half cos, frequency exp(-j ln(10000) / (half - 1)) */
     int half = m->cfg.d / 2;
@@ -254,35 +299,77 @@ static void embed_p(const luna_ctx *c, size_t lp, float *P)
 
 /* ---- the Luna layer ---------------------------------------------------------------------- */
 
-/* Pack: Cp (lp, d) = concat_h softmax(Q_P K^T) V over all n rows of X, by an online softmax
- * over chunks. Leaves Cp in acc. Pre-norm layers read LN_a(X) and LN_p(P) (in Pn). */
-static int luna_pack(luna_ctx *c, const luna_layer *ly, const float *X, size_t n, size_t lp)
-{
-    const luna_config *cfg = &c->m->cfg;
-    size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp, ch = (size_t)c->chunk;
-    float *QP = W(c, QP), *acc = W(c, acc), *mx = W(c, pmax), *sm = W(c, psum), *S = W(c, S);
-    const float *Pin = cfg->normalize_before ? W(c, Pn) : W(c, P);
-    float scale = 1.0f / sqrtf((float)kp);
+/* Runs fn for lanes 0 .. threads-1, lane 0 on the calling thread, the others on threads of
+ * their own; returns the first non-zero result. A lane whose thread cannot start runs here. */
+typedef int (*lane_fn)(luna_ctx *c, int lane, void *arg);
+typedef struct {
+    luna_ctx *c;
+    int lane;
+    lane_fn fn;
+    void *arg;
+    int rc;
+} lane_job;
 
-    kn_linear(&ly->pq_proj, Pin, lp, d, QP, d, scale);
+static void *lane_main(void *p)
+{
+    lane_job *j = p;
+    j->rc = j->fn(j->c, j->lane, j->arg);
+    return NULL;
+}
+
+static int run_lanes(luna_ctx *c, lane_fn fn, void *arg)
+{
+    lane_job jobs[LUNA_MAX_THREADS];
+    pthread_t th[LUNA_MAX_THREADS];
+    int started[LUNA_MAX_THREADS] = {0};
+    for (int t = 1; t < c->threads; t++) {
+        jobs[t] = (lane_job){c, t, fn, arg, 0};
+        started[t] = pthread_create(&th[t], NULL, lane_main, &jobs[t]) == 0;
+    }
+    int rc = fn(c, 0, arg);
+    for (int t = 1; t < c->threads; t++) {
+        if (started[t]) pthread_join(th[t], NULL);
+        else jobs[t].rc = fn(c, t, arg);
+        if (!rc) rc = jobs[t].rc;
+    }
+    return rc;
+}
+
+typedef struct {
+    const luna_layer *ly;
+    float *X;
+    size_t n, lp;
+} layer_pass;
+
+/* Pack, one lane's share: chunks lane, lane + threads, ... of X, accumulated by an online
+ * softmax into the lane's own (running max, running sum, unnormalised A_P V). */
+static int pack_lane(luna_ctx *c, int lane, void *arg)
+{
+    const layer_pass *a = arg;
+    const luna_config *cfg = &c->m->cfg;
+    const luna_layer *ly = a->ly;
+    size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp, ch = (size_t)c->chunk, lp = a->lp, n = a->n;
+    const lane_ws *w = &c->lane[lane];
+    const float *QP = W(c, QP);
+    float *acc = w->acc, *mx = w->pmax, *sm = w->psum, *S = w->S;
     memset(acc, 0, lp * d * sizeof(float));
     for (size_t i = 0; i < Hp * lp; i++) {
         mx[i] = -INFINITY;
         sm[i] = 0.0f;
     }
     const luna_linear *kproj = cfg->tie_kv ? &ly->pc_proj : &ly->pk_proj;
-    for (size_t r0 = 0; r0 < n; r0 += ch) {
+    for (size_t r0 = (size_t)lane * ch; r0 < n; r0 += (size_t)c->threads * ch) {
         if (canceled(c)) return LUNA_ECANCELED;
         size_t rows = n - r0 < ch ? n - r0 : ch;
-        const float *xin = X + r0 * d;
+        const float *xin = a->X + r0 * d;
         if (cfg->normalize_before) {
-            kn_layernorm(&ly->self_attn_layer_norm, xin, W(c, C), rows, d);
-            xin = W(c, C);
+            kn_layernorm(&ly->self_attn_layer_norm, xin, w->C, rows, d);
+            xin = w->C;
         }
-        float *K = W(c, A), *V = K;
+        float *K = w->A, *V = K;
         kn_linear(kproj, xin, rows, d, K, d, 1.0f);
         if (!cfg->tie_kv) {
-            V = W(c, B);
+            V = w->B;
             kn_linear(&ly->pv_proj, xin, rows, d, V, d, 1.0f);
         }
         for (size_t h = 0; h < Hp; h++) {
@@ -294,54 +381,70 @@ static int luna_pack(luna_ctx *c, const luna_layer *ly, const float *X, size_t n
                 float rescale = kn_expf(*m_i - m_new);
                 *z_i = *z_i * rescale + kn_exp_shift_sum(s, rows, m_new);
                 *m_i = m_new;
-                float *a = acc + i * d + h * kp;
-                for (size_t j = 0; j < kp; j++) a[j] *= rescale;
+                float *acc_i = acc + i * d + h * kp;
+                for (size_t j = 0; j < kp; j++) acc_i[j] *= rescale;
             }
             /* acc_h (lp, kp) += S V_h */
             kn_gemm_nn(lp, kp, rows, 1.0f, S, rows, V + h * kp, d, 1.0f, acc + h * kp, d);
         }
     }
+    return 0;
+}
+
+/* Pack: Cp (lp, d) = concat_h softmax(Q_P K^T) V over all n rows of X. Each lane reduces its
+ * chunks; the partial softmaxes then merge exactly (rescaled to the larger running max) into
+ * lane 0's, which is normalised into Cp, left in acc. Pre-norm reads LN_a(X) and LN_p(P). */
+static int luna_pack(luna_ctx *c, const luna_layer *ly, float *X, size_t n, size_t lp)
+{
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp;
+    const float *Pin = cfg->normalize_before ? W(c, Pn) : W(c, P);
+    kn_linear(&ly->pq_proj, Pin, lp, d, W(c, QP), d, 1.0f / sqrtf((float)kp));
+    layer_pass a = {ly, X, n, lp};
+    int rc = run_lanes(c, pack_lane, &a);
+    if (rc) return rc;
+    const lane_ws *w0 = &c->lane[0];
+    for (int t = 1; t < c->threads; t++) {
+        const lane_ws *wt = &c->lane[t];
+        for (size_t h = 0; h < Hp; h++)
+            for (size_t i = 0; i < lp; i++) {
+                size_t k = h * lp + i;
+                float m = fmaxf(w0->pmax[k], wt->pmax[k]);
+                float s0 = kn_expf(w0->pmax[k] - m), s1 = kn_expf(wt->pmax[k] - m);
+                w0->psum[k] = w0->psum[k] * s0 + wt->psum[k] * s1;
+                w0->pmax[k] = m;
+                float *a0 = w0->acc + i * d + h * kp;
+                const float *a1 = wt->acc + i * d + h * kp;
+                for (size_t j = 0; j < kp; j++) a0[j] = a0[j] * s0 + a1[j] * s1;
+            }
+    }
     for (size_t h = 0; h < Hp; h++)
         for (size_t i = 0; i < lp; i++) {
-            float inv = 1.0f / sm[h * lp + i];
-            float *a = acc + i * d + h * kp;
-            for (size_t j = 0; j < kp; j++) a[j] *= inv;
+            float inv = 1.0f / w0->psum[h * lp + i];
+            float *acc_i = w0->acc + i * d + h * kp;
+            for (size_t j = 0; j < kp; j++) acc_i[j] *= inv;
         }
     return 0;
 }
 
-/* One Luna encoder layer over X (n, d) in place; P (lp, d) becomes P'. */
-static int luna_layer_forward(luna_ctx *c, const luna_layer *ly, float *X, size_t n, size_t lp)
+/* Unpack and FFN, one lane's share of the chunks, in place in X. */
+static int unpack_lane(luna_ctx *c, int lane, void *arg)
 {
+    const layer_pass *a = arg;
     const luna_config *cfg = &c->m->cfg;
-    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, ch = (size_t)c->chunk;
+    const luna_layer *ly = a->ly;
+    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, ch = (size_t)c->chunk, lp = a->lp, n = a->n;
     size_t ffn = (size_t)cfg->ffn;
-    float *P = W(c, P), *Pn = W(c, Pn), *Cp = W(c, acc), *KU = W(c, KU), *VU = W(c, VU);
-    float *S = W(c, S);
+    const lane_ws *w = &c->lane[lane];
+    const float *KU = W(c, KU), *VU = cfg->tie_kv ? KU : W(c, VU);
+    float *S = w->S;
     int pre = cfg->normalize_before;
     float scale = 1.0f / sqrtf((float)k);
-
-    if (pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, Pn, lp, d);
-    int rc = luna_pack(c, ly, X, n, lp);
-    if (rc) return rc;
-
-    /* unpack keys and values from the packed context: K_U = V_U = c_proj(Cp) when tied */
-    if (cfg->tie_kv) {
-        kn_linear(&ly->c_proj, Cp, lp, d, KU, d, 1.0f);
-        VU = KU;
-    } else {
-        kn_linear(&ly->k_proj, Cp, lp, d, KU, d, 1.0f);
-        kn_linear(&ly->v_proj, Cp, lp, d, VU, d, 1.0f);
-    }
-    /* P' = LN_p(P + Cp) post-norm, P + Cp pre-norm */
-    kn_add(P, Cp, lp * d);
-    if (!pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, P, lp, d);
-
-    for (size_t r0 = 0; r0 < n; r0 += ch) {
+    for (size_t r0 = (size_t)lane * ch; r0 < n; r0 += (size_t)c->threads * ch) {
         if (canceled(c)) return LUNA_ECANCELED;
         size_t rows = n - r0 < ch ? n - r0 : ch;
-        float *x = X + r0 * d;
-        float *T = W(c, A), *Q = W(c, B), *O = W(c, C), *Y = W(c, D), *F = W(c, F);
+        float *x = a->X + r0 * d;
+        float *T = w->A, *Q = w->B, *O = w->C, *Y = w->D, *F = w->F;
         const float *xin = x;
         if (pre) {
             kn_layernorm(&ly->self_attn_layer_norm, x, T, rows, d);
@@ -368,6 +471,33 @@ static int luna_layer_forward(luna_ctx *c, const luna_layer *ly, float *X, size_
         if (!pre) kn_layernorm(&ly->final_layer_norm, x, x, rows, d);
     }
     return 0;
+}
+
+/* One Luna encoder layer over X (n, d) in place; P (lp, d) becomes P'. */
+static int luna_layer_forward(luna_ctx *c, const luna_layer *ly, float *X, size_t n, size_t lp)
+{
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d;
+    float *P = W(c, P), *Pn = W(c, Pn), *Cp = W(c, acc), *KU = W(c, KU), *VU = W(c, VU);
+    int pre = cfg->normalize_before;
+
+    if (pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, Pn, lp, d);
+    int rc = luna_pack(c, ly, X, n, lp);
+    if (rc) return rc;
+
+    /* unpack keys and values from the packed context: K_U = V_U = c_proj(Cp) when tied */
+    if (cfg->tie_kv) {
+        kn_linear(&ly->c_proj, Cp, lp, d, KU, d, 1.0f);
+    } else {
+        kn_linear(&ly->k_proj, Cp, lp, d, KU, d, 1.0f);
+        kn_linear(&ly->v_proj, Cp, lp, d, VU, d, 1.0f);
+    }
+    /* P' = LN_p(P + Cp) post-norm, P + Cp pre-norm */
+    kn_add(P, Cp, lp * d);
+    if (!pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, P, lp, d);
+
+    layer_pass a = {ly, X, n, lp};
+    return run_lanes(c, unpack_lane, &a);
 }
 
 /* ---- softmax baselines ------------------------------------------------------------------- */

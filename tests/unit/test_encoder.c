@@ -97,12 +97,12 @@ static void check(const char *cs, int i, int chunk, const char *what, const floa
 }
 
 /* Runs every input of case `cs` with chunk length `chunk` and compares every output. */
-static void run_case(const char *cs, int chunk)
+static void run_case(const char *cs, int chunk, int threads)
 {
     golden g;
     golden_open(&g, cs);
     const luna_config *cfg = luna_model_config(g.m);
-    luna_ctx_opts o = {chunk, LUNA_ATTN_LUNA};
+    luna_ctx_opts o = {chunk, LUNA_ATTN_LUNA, threads};
     luna_ctx *ctx;
     cr_assert_eq(luna_ctx_new(g.m, &o, &ctx), 0);
     for (int i = 0; i < g.count; i++) {
@@ -123,6 +123,7 @@ static void run_case(const char *cs, int chunk)
         cr_assert_eq(rc, 0, "%s input %d: %s", cs, i, luna_strerror(rc));
         cr_expect_eq(luna__ctx_last_alloc_bytes(ctx), luna_workspace_bytes(g.m, n),
                      "workspace accounting is not exact");
+        (void)threads;
         check(cs, i, chunk, "hidden", hidden, &g);
         check(cs, i, chunk, "pfinal", pf, &g);
         check(cs, i, chunk, "pooled", pooled, &g);
@@ -143,10 +144,12 @@ static const char *const cases[] = {
 };
 #define N_CASES (sizeof cases / sizeof cases[0])
 
+/* chunk lengths x threads: single-threaded at every chunk length, then the chunks split over
+ * 2 and 3 threads (lanes with no chunk at all included: inputs shorter than 3 chunks) */
 #define GOLDEN(name)                                                                        \
     Test(golden, name) {                                                                   \
-        static const int chunks[] = {1, 7, 64, 256};                                       \
-        for (size_t k = 0; k < sizeof chunks / sizeof chunks[0]; k++) run_case(#name, chunks[k]); \
+        static const int runs[][2] = {{1, 1}, {7, 1}, {64, 1}, {256, 1}, {1, 2}, {7, 3}, {64, 2}}; \
+        for (size_t k = 0; k < sizeof runs / sizeof runs[0]; k++) run_case(#name, runs[k][0], runs[k][1]); \
     }
 GOLDEN(defaults)
 GOLDEN(bf16_weights)
@@ -211,7 +214,7 @@ Test(encoder, cancel_flag_stops_the_forward)
 {
     luna_model *m = load("defaults");
     luna_ctx *ctx;
-    luna_ctx_opts o = {4, LUNA_ATTN_LUNA};
+    luna_ctx_opts o = {4, LUNA_ATTN_LUNA, 2};
     cr_assert_eq(luna_ctx_new(m, &o, &ctx), 0);
     atomic_int flag = 1;
     luna_ctx_set_cancel(ctx, &flag);
@@ -248,9 +251,9 @@ Test(encoder, bad_arguments)
 {
     luna_model *m = load("defaults");
     luna_ctx *ctx = NULL;
-    luna_ctx_opts bad = {-1, LUNA_ATTN_LUNA};
+    luna_ctx_opts bad = {-1, LUNA_ATTN_LUNA, 1};
     cr_assert_eq(luna_ctx_new(m, &bad, &ctx), LUNA_EINVAL);
-    bad = (luna_ctx_opts){0, (luna_attn)7};
+    bad = (luna_ctx_opts){0, (luna_attn)7, 1};
     cr_assert_eq(luna_ctx_new(m, &bad, &ctx), LUNA_EINVAL);
     cr_assert_null(ctx);
     cr_assert_eq(luna_ctx_new(m, NULL, &ctx), 0);
@@ -272,7 +275,7 @@ Test(encoder, softmax_baselines_agree)
     size_t n = luna_input_tokens(m, doc, sizeof doc), d = (size_t)cfg->d;
     float *a = malloc(n * d * sizeof(float)), *b = malloc(n * d * sizeof(float));
     luna_ctx *ca, *cb;
-    luna_ctx_opts oa = {256, LUNA_ATTN_SOFTMAX}, ob = {16, LUNA_ATTN_SOFTMAX_STREAM};
+    luna_ctx_opts oa = {256, LUNA_ATTN_SOFTMAX, 1}, ob = {16, LUNA_ATTN_SOFTMAX_STREAM, 1};
     cr_assert_eq(luna_ctx_new(m, &oa, &ca), 0);
     cr_assert_eq(luna_ctx_new(m, &ob, &cb), 0);
     cr_assert_eq(luna_encode(ca, doc, sizeof doc, a, NULL, NULL, NULL), 0);
