@@ -139,33 +139,6 @@ int luna_classify(luna_ctx *c, const uint8_t *bytes, size_t len, float *probs, f
 int luna_encode(luna_ctx *c, const uint8_t *bytes, size_t len, float *hidden, float *pfinal,
                 float *pooled, float *logits);
 
-/* ---- causal LM: prefill, step, state --------------------------------------------------------
- * A causal-lm model (docs/model-format.md) generates bytes. Its whole context lives in a
- * luna_gen_state of fixed size, luna_gen_state_bytes(model), however long the context grows:
- * per layer and head the running sums sum_i k_i^T w_i (k x l) and sum_i w_i^T v_i (l x k), plus
- * the step count (the cached Pq lives in the context, it does not depend on the input).
- * States are owned by the caller, may be copied (to fork a prompt) and are used by one thread at
- * a time; prefill and step need a luna_ctx of the same model for their fixed workspace. */
-
-typedef struct luna_gen_state luna_gen_state;
-
-size_t luna_gen_state_bytes(const luna_model *m); /* the exact bytes luna_gen_state_new allocates */
-int luna_gen_state_new(const luna_model *m, luna_gen_state **out); /* LUNA_ETASK if not causal-lm */
-void luna_gen_state_free(luna_gen_state *s);                        /* NULL is a no-op */
-int luna_gen_state_copy(luna_gen_state *dst, const luna_gen_state *src); /* same model, else EINVAL */
-void luna_gen_state_reset(luna_gen_state *s);           /* back to the empty context */
-size_t luna_gen_state_tokens(const luna_gen_state *s);  /* tokens consumed so far */
-
-/* Feeds bos (when the state is empty) and then the bytes of `prompt`, in chunks of the
- * context's chunk length, in O(len) time and with no allocation. logits (vocab_size floats, may
- * be NULL) receive the next-token logits after the last token fed. Errors: LUNA_ETASK,
- * LUNA_ETOOLONG (learned positions run out), LUNA_ECANCELED (checked between chunks). */
-int luna_prefill(luna_ctx *c, luna_gen_state *s, const uint8_t *prompt, size_t len, float *logits);
-
-/* Feeds one token id (a byte's token is byte_offset + byte) and writes the next-token logits
- * (vocab_size floats). O(1) time and memory in the context length. */
-int luna_step(luna_ctx *c, luna_gen_state *s, int token, float *logits);
-
 /* ---- BLAS ------------------------------------------------------------------------------- */
 
 /* Sets OpenBLAS's thread count for the whole process (it is global in OpenBLAS). */
