@@ -50,5 +50,5 @@ else
   echo "bench: python3-torch is not installed; the PyTorch column is left out" >&2
 fi
 /usr/bin/python3 bench/report.py --sgemm "$raw.sgemm" --results "$raw" --out "$out" \
-  --machine "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, $threads BLAS threads"
+  --machine "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; Luna on $threads lanes of 1 BLAS thread, the baselines and PyTorch on $threads BLAS threads"
 rm -f "$raw.sgemm"

@@ -299,6 +299,30 @@ static void embed_p(const luna_ctx *c, size_t lp, float *P)
 
 /* ---- the Luna layer ---------------------------------------------------------------------- */
 
+/* The rest of a layer for one chunk once the attention output O (rows, d) is known, shared by
+ * Luna and the baselines: out_proj, residual and norm, FFN, residual and norm, in place in x.
+ * T (rows, d), Y (rows, d) and F (rows, ffn) are scratch. */
+static void attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows,
+                         float *T, float *Y, float *F)
+{
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d, ffn = (size_t)cfg->ffn;
+    int pre = cfg->normalize_before;
+    kn_linear(&ly->out_proj, O, rows, d, Y, d, 1.0f);
+    kn_add(x, Y, rows * d); /* X1 = X + Y, in place */
+    if (!pre) kn_layernorm(&ly->self_attn_layer_norm, x, x, rows, d);
+    const float *fin = x;
+    if (pre) {
+        kn_layernorm(&ly->final_layer_norm, x, T, rows, d);
+        fin = T;
+    }
+    kn_linear(&ly->fc1, fin, rows, d, F, ffn, 1.0f);
+    kn_act(cfg->activation, F, rows * ffn);
+    kn_linear(&ly->fc2, F, rows, ffn, Y, d, 1.0f);
+    kn_add(x, Y, rows * d);
+    if (!pre) kn_layernorm(&ly->final_layer_norm, x, x, rows, d);
+}
+
 /* Runs fn for lanes 0 .. threads-1, lane 0 on the calling thread, the others on threads of
  * their own; returns the first non-zero result. A lane whose thread cannot start runs here. */
 typedef int (*lane_fn)(luna_ctx *c, int lane, void *arg);
@@ -434,7 +458,6 @@ static int unpack_lane(luna_ctx *c, int lane, void *arg)
     const luna_config *cfg = &c->m->cfg;
     const luna_layer *ly = a->ly;
     size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, ch = (size_t)c->chunk, lp = a->lp, n = a->n;
-    size_t ffn = (size_t)cfg->ffn;
     const lane_ws *w = &c->lane[lane];
     const float *KU = W(c, KU), *VU = cfg->tie_kv ? KU : W(c, VU);
     float *S = w->S;
@@ -456,19 +479,7 @@ static int unpack_lane(luna_ctx *c, int lane, void *arg)
             kn_softmax_rows(S, rows, lp, lp);
             kn_gemm_nn(rows, k, lp, 1.0f, S, lp, VU + h * k, d, 0.0f, O + h * k, d);
         }
-        kn_linear(&ly->out_proj, O, rows, d, Y, d, 1.0f);
-        kn_add(x, Y, rows * d); /* X1 = X + Y, in place */
-        if (!pre) kn_layernorm(&ly->self_attn_layer_norm, x, x, rows, d);
-        const float *fin = x;
-        if (pre) {
-            kn_layernorm(&ly->final_layer_norm, x, T, rows, d);
-            fin = T;
-        }
-        kn_linear(&ly->fc1, fin, rows, d, F, ffn, 1.0f);
-        kn_act(cfg->activation, F, rows * ffn);
-        kn_linear(&ly->fc2, F, rows, ffn, Y, d, 1.0f);
-        kn_add(x, Y, rows * d);
-        if (!pre) kn_layernorm(&ly->final_layer_norm, x, x, rows, d);
+        attn_out_ffn(c, ly, x, O, rows, T, Y, F);
     }
     return 0;
 }
@@ -501,29 +512,6 @@ static int luna_layer_forward(luna_ctx *c, const luna_layer *ly, float *X, size_
 }
 
 /* ---- softmax baselines ------------------------------------------------------------------- */
-
-/* The rest of a Transformer layer for one chunk, once the attention output O is known:
- * out_proj, residual and norms, FFN. Shared by both baselines; same weights as the Luna layer. */
-static void attn_out_ffn(luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows)
-{
-    const luna_config *cfg = &c->m->cfg;
-    size_t d = (size_t)cfg->d, ffn = (size_t)cfg->ffn;
-    float *T = W(c, A), *Y = W(c, D), *F = W(c, F);
-    int pre = cfg->normalize_before;
-    kn_linear(&ly->out_proj, O, rows, d, Y, d, 1.0f);
-    kn_add(x, Y, rows * d);
-    if (!pre) kn_layernorm(&ly->self_attn_layer_norm, x, x, rows, d);
-    const float *fin = x;
-    if (pre) {
-        kn_layernorm(&ly->final_layer_norm, x, T, rows, d);
-        fin = T;
-    }
-    kn_linear(&ly->fc1, fin, rows, d, F, ffn, 1.0f);
-    kn_act(cfg->activation, F, rows * ffn);
-    kn_linear(&ly->fc2, F, rows, ffn, Y, d, 1.0f);
-    kn_add(x, Y, rows * d);
-    if (!pre) kn_layernorm(&ly->final_layer_norm, x, x, rows, d);
-}
 
 /* K = key projection, V = value projection of rows of x (stride d); pre-norm reads LN_a(x). */
 static void softmax_kv(luna_ctx *c, const luna_layer *ly, const float *x, size_t rows, float *K,
@@ -561,7 +549,7 @@ static int softmax_layer(luna_ctx *c, const luna_layer *ly, float *X, size_t n, 
         kn_gemm_nn(n, k, n, 1.0f, scores + h * n * n, n, Vb + h * k, d, 0.0f, Ob + h * k, d);
     for (size_t r0 = 0; r0 < n; r0 += ch) {
         size_t rows = n - r0 < ch ? n - r0 : ch;
-        attn_out_ffn(c, ly, X + r0 * d, Ob + r0 * d, rows);
+        attn_out_ffn(c, ly, X + r0 * d, Ob + r0 * d, rows, W(c, A), W(c, D), W(c, F));
     }
     return 0;
 }
@@ -610,7 +598,7 @@ static int softmax_stream_layer(luna_ctx *c, const luna_layer *ly, float *X, siz
                 float inv = 1.0f / sm[i * H + h], *o = O + i * d + h * k;
                 for (size_t j = 0; j < k; j++) o[j] *= inv;
             }
-        attn_out_ffn(c, ly, X + q0 * d, O, qr);
+        attn_out_ffn(c, ly, X + q0 * d, O, qr, W(c, A), W(c, D), W(c, F));
     }
     return 0;
 }
