@@ -321,6 +321,11 @@ static int check_cross(const luna_config *c, char *err, size_t errlen)
         seterr(err, errlen, "config.json: field \"d\": %d is not even", c->d);
         return LUNA_ECONFIG;
     }
+    if (c->positions == LUNA_POS_SINUSOIDAL && c->d < 4) {
+        /* fairseq's frequencies divide by d/2 - 1 */
+        seterr(err, errlen, "config.json: field \"d\": %d is below 4, the least that sinusoidal positions allow", c->d);
+        return LUNA_ECONFIG;
+    }
     if (c->d % c->H != 0) {
         seterr(err, errlen, "config.json: field \"H\": %d does not divide d = %d", c->H, c->d);
         return LUNA_ECONFIG;

@@ -489,6 +489,7 @@ static void e_none(luna_config *c) { (void)c; }
 static void e_d_small(luna_config *c) { c->d = 1; c->H = 1; c->Hp = 1; }
 static void e_d_big(luna_config *c) { c->d = 4098; }
 static void e_d_odd(luna_config *c) { c->d = 9; c->H = 1; c->Hp = 1; }
+static void e_d_sin2(luna_config *c) { c->d = 2; c->H = 1; c->Hp = 1; c->positions = LUNA_POS_SINUSOIDAL; }
 static void e_h_div(luna_config *c) { c->d = 32; c->H = 3; }
 static void e_hp_div(luna_config *c) { c->Hp = 3; }
 static void e_h_zero(luna_config *c) { c->H = 0; }
@@ -539,6 +540,7 @@ Test(model, config_range_and_cross_field_errors)
         {e_d_small, NULL, NULL, "field \"d\": 1 is out of range 2..4096"},
         {e_d_big, NULL, NULL, "field \"d\": 4098 is out of range 2..4096"},
         {e_d_odd, NULL, NULL, "field \"d\": 9 is not even"},
+        {e_d_sin2, NULL, NULL, "field \"d\": 2 is below 4, the least that sinusoidal positions allow"},
         {e_h_div, NULL, NULL, "config.json: field \"H\": 3 does not divide d = 32"},
         {e_hp_div, NULL, NULL, "field \"Hp\": 3 does not divide d = 8"},
         {e_h_zero, NULL, NULL, "field \"H\": 0 is out of range 1..64"},
@@ -845,6 +847,7 @@ Test(model, fuzz)
     luna_config cfg;
     fx_config_default(&cfg);
     cfg.d = 2, cfg.H = 1, cfg.Hp = 1, cfg.l = 1, cfg.layers = 1, cfg.ffn = 1;
+    cfg.positions = LUNA_POS_NONE; /* sinusoidal needs d >= 4 */
     cfg.classifier_dim = 2;
     char *json = fx_config_json(&cfg, NULL, NULL);
     size_t json_len = strlen(json);
