@@ -85,9 +85,11 @@ asan:
 	  $(MAKE) --no-print-directory BUILD=build/asan \
 	  OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" check
 
-# Every unit and golden test under memcheck; tools/valgrind.sh follows Criterion's forked children.
-valgrind: $(BUILD)/bin/unit-tests
+# Every unit and golden test under memcheck (tools/valgrind.sh follows Criterion's forked
+# children), then the server itself under memcheck, serving requests and draining.
+valgrind: $(BUILD)/bin/unit-tests $(BUILD)/bin/lunaserve
 	sh tools/valgrind.sh $(BUILD)/bin/unit-tests
+	LUNA_BIN_DIR=$(BUILD)/bin sh tests/integration/valgrind_server.sh
 
 deps:
 	sh tools/deps.sh all

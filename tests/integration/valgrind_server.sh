@@ -1,0 +1,44 @@
+#!/bin/sh
+# valgrind_server.sh - lunaserve under valgrind's memcheck: start it on an ephemeral loopback
+# port, send classify requests (text, list, base64, malformed, too large) and the GET endpoints,
+# then SIGTERM. Fails on any memcheck error or definite leak, or a non-zero exit after the drain.
+# Bounded: about 20 s. Uses $LUNA_BIN_DIR/lunaserve (default build/bin).
+set -u
+cd "$(dirname "$0")/../.."
+bin=${LUNA_BIN_DIR:-build/bin}/lunaserve
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=9 \
+  --log-file="$tmp/vg.log" "$bin" --port 0 --classify-model tests/golden/email_subject_body \
+  --max-body-bytes 4096 2>"$tmp/err" &
+pid=$!
+port=""
+for _ in $(seq 1 120); do
+  port=$(grep -o '"port":[0-9]*' "$tmp/err" | head -1 | cut -d: -f2)
+  [ -n "$port" ] && break
+  sleep 0.25
+done
+[ -n "$port" ] || { echo "valgrind_server: lunaserve did not start"; cat "$tmp/err"; kill $pid; exit 1; }
+u="http://127.0.0.1:$port"
+j='Content-Type: application/json'
+ok=0 bad=0
+check() { # check WANT_STATUS curl-args...
+  want=$1; shift
+  got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 30 "$@")
+  if [ "$got" = "$want" ]; then ok=$((ok + 1)); else bad=$((bad + 1)); echo "FAIL: $* -> $got, wanted $want"; fi
+}
+check 200 -XPOST "$u/classify" -H "$j" -d '{"inputs":"Subject: hi\n\nbody"}'
+check 200 -XPOST "$u/classify" -H "$j" -d '{"inputs":["a","b","c"],"raw_scores":true}'
+check 200 -XPOST "$u/predict" -H "$j" -d '{"inputs_base64":"AP8KAEE="}'
+check 400 -XPOST "$u/classify" -H "$j" -d '{bad'
+check 422 -XPOST "$u/classify" -H "$j" -d '{"inputs":7}'
+check 413 -XPOST "$u/classify" -H "$j" --data-binary "{\"inputs\":\"$(head -c 6000 /dev/zero | tr '\0' x)\"}"
+check 404 "$u/nope"
+for p in health ready info metrics; do check 200 "$u/$p"; done
+kill -TERM $pid
+wait $pid
+rc=$?
+if [ -s "$tmp/vg.log" ]; then echo "valgrind_server: memcheck reports:"; cat "$tmp/vg.log"; bad=$((bad + 1)); fi
+[ "$rc" = 0 ] || { echo "valgrind_server: exit status $rc after SIGTERM"; bad=$((bad + 1)); }
+echo "$ok passed, $bad failed"
+[ "$bad" = 0 ]
