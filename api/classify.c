@@ -51,16 +51,18 @@ char *api_render_error(const api_error *e, const char *request_id)
     return s;
 }
 
+static int b64_value(unsigned char ch)
+{
+    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
+    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
+    if (ch == '+') return 62;
+    if (ch == '/') return 63;
+    return -1;
+}
+
 long api_base64_decode(const char *in, size_t len, uint8_t *out)
 {
-    static signed char map[256];
-    static int ready;
-    if (!ready) { /* benign race: every thread writes the same values */
-        memset(map, -1, sizeof map);
-        const char *abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        for (int i = 0; i < 64; i++) map[(unsigned char)abc[i]] = (signed char)i;
-        ready = 1;
-    }
     if (len % 4) return -1;
     size_t o = 0;
     for (size_t i = 0; i < len; i += 4) {
@@ -71,8 +73,8 @@ long api_base64_decode(const char *in, size_t len, uint8_t *out)
                 v[j] = 0;
                 pad++;
             } else {
-                if (pad || map[ch] < 0) return -1; /* data after padding, or not base64 */
-                v[j] = map[ch];
+                v[j] = b64_value(ch);
+                if (pad || v[j] < 0) return -1; /* data after padding, or not base64 */
             }
         }
         if (pad == 1 && in[i + 2] == '=') return -1;
