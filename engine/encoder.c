@@ -20,30 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctx.h"
 #include "input.h"
 #include "kernels.h"
-#include "luna.h"
-#include "model.h"
-
-#define DEFAULT_CHUNK 256
-#define MAX_CHUNK 65536
 
 /* ---- workspace layout ----------------------------------------------------------------- */
-
-/* Offsets (in floats) of the fixed workspace of a context. One function computes them, so
- * that luna_ctx_bytes() and luna_ctx_new() can never disagree. */
-typedef struct {
-    size_t P, Pn, QP, acc, pmax, psum, KU, VU; /* (l, d) and (Hp, l) pack/unpack state */
-    size_t A, B, C, D;                          /* (c, d) chunk buffers */
-    size_t F;                                   /* (c, ffn) FFN hidden */
-    size_t S;                                   /* scores: (l, c), (c, l) or (c, c) */
-    size_t rmax, rsum;                          /* (c, H): the streaming baseline's running stats */
-    size_t freq;                                /* (d/2) sinusoid frequencies */
-    size_t pooled, head_a, head_b, logits;      /* the classifier head */
-    size_t lanes, lane_size;                    /* lanes 1.. (threads > 1): chunk buffers and
-                                                   pack partials of their own, lane_size each */
-    size_t total;
-} ws_layout;
 
 static int resolve_chunk(const luna_ctx_opts *opts)
 {
@@ -56,12 +37,13 @@ static luna_attn resolve_attn(const luna_ctx_opts *opts)
     return opts ? opts->attention : LUNA_ATTN_LUNA;
 }
 
-/* Lanes only split Luna attention's chunk loops; the baselines run on the calling thread. */
-static int resolve_threads(const luna_ctx_opts *opts)
+/* Lanes only split the encoder's Luna chunk loops; the baselines and the decoder (whose chunks
+ * depend on each other through the running sums) run on the calling thread. */
+static int resolve_threads(const luna_config *cfg, const luna_ctx_opts *opts)
 {
     int t = opts && opts->threads > 1 ? opts->threads : 1;
     if (t > LUNA_MAX_THREADS) t = LUNA_MAX_THREADS;
-    return resolve_attn(opts) == LUNA_ATTN_LUNA ? t : 1;
+    return resolve_attn(opts) == LUNA_ATTN_LUNA && cfg->task == LUNA_TASK_CLASSIFY ? t : 1;
 }
 
 /* One lane's private buffers: A..D (c, d), F (c, ffn), S (l, c), acc (l, d), pmax, psum (Hp, l) */
@@ -78,6 +60,13 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, int thread
     size_t off = 0;
 #define TAKE(field, count) (L->field = off, off += (count))
     memset(L, 0, sizeof *L);
+    if (cfg->task == LUNA_TASK_CAUSAL_LM) {
+        TAKE(freq, d / 2);
+        TAKE(F, c * (size_t)cfg->ffn);
+        luna__dec_layout(cfg, chunk, attn, L, &off);
+        L->total = off;
+        return;
+    }
     if (attn == LUNA_ATTN_LUNA) {
         TAKE(P, l * d);
         TAKE(Pn, l * d);
@@ -112,7 +101,7 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, int thread
 size_t luna_ctx_bytes(const luna_model *m, const luna_ctx_opts *opts)
 {
     ws_layout L;
-    layout(&m->cfg, resolve_chunk(opts), resolve_attn(opts), resolve_threads(opts), &L);
+    layout(&m->cfg, resolve_chunk(opts), resolve_attn(opts), resolve_threads(&m->cfg, opts), &L);
     return L.total * sizeof(float);
 }
 
@@ -127,6 +116,7 @@ static size_t mul_floats(size_t n, size_t k)
 static size_t forward_floats(const luna_config *cfg, size_t n, luna_attn attn)
 {
     size_t d = (size_t)cfg->d;
+    if (cfg->task == LUNA_TASK_CAUSAL_LM) return 0; /* the decoder allocates nothing per call */
     size_t nd = mul_floats(n, d);
     if (nd == SIZE_MAX) return SIZE_MAX;
     switch (attn) {
@@ -159,24 +149,6 @@ size_t luna_workspace_bytes(const luna_model *m, size_t n)
 
 /* ---- contexts ---------------------------------------------------------------------------- */
 
-/* The buffers one lane works in. Lane 0 uses the context's main layout. */
-typedef struct {
-    float *A, *B, *C, *D, *F, *S, *acc, *pmax, *psum;
-} lane_ws;
-
-struct luna_ctx {
-    const luna_model *m;
-    int chunk;
-    int threads;                              /* lanes of the Luna chunk loops */
-    lane_ws lane[LUNA_MAX_THREADS];
-    luna_attn attn;
-    const atomic_int *cancel;
-    ws_layout L;
-    float *ws;                                /* the fixed workspace, L.total floats */
-    uint8_t subject[LUNA_SUBJECT_MAX + 1];    /* the email transform's unfolded subject */
-    size_t last_alloc_bytes;                  /* what the last forward allocated (tests) */
-};
-
 int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
 {
     if (!m || !out) return LUNA_EINVAL;
@@ -189,7 +161,7 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
     c->m = m;
     c->chunk = resolve_chunk(opts);
     c->attn = attn;
-    c->threads = resolve_threads(opts);
+    c->threads = resolve_threads(&m->cfg, opts);
     layout(&m->cfg, c->chunk, attn, c->threads, &c->L);
     c->ws = calloc(c->L.total, sizeof(float));
     if (!c->ws) {
@@ -233,19 +205,13 @@ void luna_ctx_set_cancel(luna_ctx *c, const atomic_int *flag) { c->cancel = flag
 
 size_t luna__ctx_last_alloc_bytes(const luna_ctx *c) { return c->last_alloc_bytes; }
 
-static int canceled(const luna_ctx *c)
-{
-    return c->cancel && atomic_load_explicit(c->cancel, memory_order_relaxed) != 0;
-}
-
-#define W(c, field) ((c)->ws + (c)->L.field)
 
 /* ---- embedding ----------------------------------------------------------------------------- */
 
 /* Adds fairseq's sinusoid for positions pos0 .. pos0+rows-1 to rows of x (stride d). The
  * angle advances by rotation in double from an exact start every 64 rows: far cheaper than
  * n*d calls to sin and cos, and accurate to ~1e-14 before rounding to float. */
-static void add_sinusoid(const luna_ctx *c, float *x, size_t pos0, size_t rows)
+void luna__add_sinusoid(const luna_ctx *c, float *x, size_t pos0, size_t rows)
 {
     int d = c->m->cfg.d, half = d / 2;
     const float *freq = W(c, freq);
@@ -282,7 +248,7 @@ static void embed_rows(const luna_ctx *c, const luna_seq *seq, size_t r0, size_t
             kn_add(xr, p, d);
         }
     }
-    if (cfg->positions == LUNA_POS_SINUSOIDAL) add_sinusoid(c, x, (size_t)cfg->pad_id + 1 + r0, rows);
+    if (cfg->positions == LUNA_POS_SINUSOIDAL) luna__add_sinusoid(c, x, (size_t)cfg->pad_id + 1 + r0, rows);
     if (cfg->layernorm_embedding) kn_layernorm(&m->emb_layer_norm, x, x, rows, d);
 }
 
@@ -293,7 +259,7 @@ static void embed_p(const luna_ctx *c, size_t lp, float *P)
     const luna_config *cfg = &m->cfg;
     size_t d = (size_t)cfg->d;
     for (size_t i = 0; i < lp * d; i++) P[i] = m->projected_embeddings[i] * cfg->embed_scale;
-    if (cfg->positions == LUNA_POS_SINUSOIDAL) add_sinusoid(c, P, 0, lp);
+    if (cfg->positions == LUNA_POS_SINUSOIDAL) luna__add_sinusoid(c, P, 0, lp);
     if (cfg->layernorm_embedding) kn_layernorm(&m->proj_emb_layer_norm, P, P, lp, d);
 }
 
@@ -302,8 +268,8 @@ static void embed_p(const luna_ctx *c, size_t lp, float *P)
 /* The rest of a layer for one chunk once the attention output O (rows, d) is known, shared by
  * Luna and the baselines: out_proj, residual and norm, FFN, residual and norm, in place in x.
  * T (rows, d), Y (rows, d) and F (rows, ffn) are scratch. */
-static void attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows,
-                         float *T, float *Y, float *F)
+void luna__attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows,
+                        float *T, float *Y, float *F)
 {
     const luna_config *cfg = &c->m->cfg;
     size_t d = (size_t)cfg->d, ffn = (size_t)cfg->ffn;
@@ -479,7 +445,7 @@ static int unpack_lane(luna_ctx *c, int lane, void *arg)
             kn_softmax_rows(S, rows, lp, lp);
             kn_gemm_nn(rows, k, lp, 1.0f, S, lp, VU + h * k, d, 0.0f, O + h * k, d);
         }
-        attn_out_ffn(c, ly, x, O, rows, T, Y, F);
+        luna__attn_out_ffn(c, ly, x, O, rows, T, Y, F);
     }
     return 0;
 }
@@ -549,7 +515,7 @@ static int softmax_layer(luna_ctx *c, const luna_layer *ly, float *X, size_t n, 
         kn_gemm_nn(n, k, n, 1.0f, scores + h * n * n, n, Vb + h * k, d, 0.0f, Ob + h * k, d);
     for (size_t r0 = 0; r0 < n; r0 += ch) {
         size_t rows = n - r0 < ch ? n - r0 : ch;
-        attn_out_ffn(c, ly, X + r0 * d, Ob + r0 * d, rows, W(c, A), W(c, D), W(c, F));
+        luna__attn_out_ffn(c, ly, X + r0 * d, Ob + r0 * d, rows, W(c, A), W(c, D), W(c, F));
     }
     return 0;
 }
@@ -598,7 +564,7 @@ static int softmax_stream_layer(luna_ctx *c, const luna_layer *ly, float *X, siz
                 float inv = 1.0f / sm[i * H + h], *o = O + i * d + h * k;
                 for (size_t j = 0; j < k; j++) o[j] *= inv;
             }
-        attn_out_ffn(c, ly, X + q0 * d, O, qr, W(c, A), W(c, D), W(c, F));
+        luna__attn_out_ffn(c, ly, X + q0 * d, O, qr, W(c, A), W(c, D), W(c, F));
     }
     return 0;
 }

@@ -163,3 +163,31 @@ double luna_sgemm_gflops(int m, int n, int k, double seconds)
     free(c);
     return rate;
 }
+
+void kn_gemm_tn(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
+                const float *b, size_t ldb, float beta, float *c, size_t ldc)
+{
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)n, (int)k, alpha, a,
+                (int)lda, b, (int)ldb, beta, c, (int)ldc);
+}
+
+void kn_phi(luna_phi phi, float *x, size_t n)
+{
+    switch (phi) {
+    case LUNA_PHI_SOFTPLUS_LN2: /* log2(1 + 2^z), written so that 2^|z| never overflows */
+        for (size_t i = 0; i < n; i++) {
+            float z = x[i];
+            x[i] = (z > 0.0f ? z : 0.0f) + log1pf(exp2f(-fabsf(z))) * 1.44269504088896341f;
+        }
+        break;
+    case LUNA_PHI_ELU_PLUS_1:
+        for (size_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] + 1.0f : expf(x[i]);
+        break;
+    case LUNA_PHI_SOFTPLUS:
+        for (size_t i = 0; i < n; i++) {
+            float z = x[i];
+            x[i] = (z > 0.0f ? z : 0.0f) + log1pf(expf(-fabsf(z)));
+        }
+        break;
+    }
+}

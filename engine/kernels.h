@@ -24,6 +24,12 @@ void kn_gemm_nt(size_t m, size_t n, size_t k, float alpha, const float *a, size_
 void kn_gemm_nn(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
                 const float *b, size_t ldb, float beta, float *c, size_t ldc);
 
+/* C (m, n; ldc) = alpha * A^T (A is k x m; lda) B (k, n; ldb) + beta * C */
+void kn_gemm_tn(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
+                const float *b, size_t ldb, float beta, float *c, size_t ldc);
+/* x = phi(x) in place over n floats: the causal attention's feature map. */
+void kn_phi(luna_phi phi, float *x, size_t n);
+
 /* y = LayerNorm(x) row by row (eps 1e-5, weight and bias of length d); y may equal x. */
 void kn_layernorm(const luna_norm *N, const float *x, float *y, size_t rows, size_t d);
 /* x = x + y, n floats. */

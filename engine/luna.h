@@ -50,6 +50,9 @@ typedef enum { LUNA_ACT_RELU = 0, LUNA_ACT_GELU = 1, LUNA_ACT_TANH = 2 } luna_ac
 typedef enum { LUNA_POS_NONE = 0, LUNA_POS_LEARNED = 1, LUNA_POS_SINUSOIDAL = 2 } luna_pos;
 typedef enum { LUNA_POOL_CLS = 0, LUNA_POOL_MEAN = 1, LUNA_POOL_P = 2 } luna_pool;
 typedef enum { LUNA_XFORM_NONE = 0, LUNA_XFORM_EMAIL_SUBJECT_BODY = 1 } luna_xform;
+/* The causal attention's feature map: log2(1 + 2^z) (the reference's final version), elu + 1
+ * (the older lunar_attention.py), log(1 + e^z). */
+typedef enum { LUNA_PHI_SOFTPLUS_LN2 = 0, LUNA_PHI_ELU_PLUS_1 = 1, LUNA_PHI_SOFTPLUS = 2 } luna_phi;
 
 #define LUNA_MAX_LABELS 1024
 #define LUNA_MAX_LABEL_LEN 64
@@ -72,6 +75,10 @@ typedef struct luna_config {
     luna_act classifier_activation;
     int n_labels;
     char labels[LUNA_MAX_LABELS][LUNA_MAX_LABEL_LEN]; /* NUL-terminated */
+    /* causal-lm */
+    luna_phi causal_phi;
+    int causal_pc_proj;     /* 1: w_t = phi(pc_proj(x)_t Pq^T); 0: phi(x_t Pq^T) (older version) */
+    int tie_embeddings;     /* 1: logits = x embed_tokens^T; 0: output_projection */
 } luna_config;
 
 typedef struct luna_model luna_model;
@@ -138,6 +145,48 @@ int luna_classify(luna_ctx *c, const uint8_t *bytes, size_t len, float *probs, f
  *   logits: (n_labels) */
 int luna_encode(luna_ctx *c, const uint8_t *bytes, size_t len, float *hidden, float *pfinal,
                 float *pooled, float *logits);
+
+/* ---- generation (task causal-lm) -------------------------------------------------------
+ *
+ * A luna_gen_state holds what a causal model remembers of the tokens it has consumed. For
+ * Luna attention that is, per layer and head, the running sums sum_i k_i^T w_i (k x l) and
+ * sum_i w_i^T v_i (l x k; the transpose of the first when K and V are tied) and the step
+ * count: O(layers * d * l), the same size at 10 tokens and at 10 million. The sums are kept in
+ * double so that a million-step context loses no precision. The cached Pq of LUNA.md is a
+ * function of the weights alone, so the model keeps it once for every state.
+ *
+ * The softmax baseline's state (luna_kv_state_new) is a KV cache: (layers, t, d) floats for
+ * the keys and as many for the values (one copy when K and V are tied). It grows with the
+ * context; it exists so that the benchmarks can compare the two.
+ *
+ * A state is used with a context whose attention matches it (LUNA_ATTN_LUNA for a Luna state,
+ * a softmax kind for a KV state) and by one thread at a time. Tokens are ids below vocab_size;
+ * a byte b is token byte_offset + b, and a sequence starts with bos_id. */
+
+typedef struct luna_gen_state luna_gen_state;
+
+size_t luna_gen_state_bytes(const luna_model *m); /* a Luna state's size; 0 if not causal-lm */
+int luna_gen_state_new(const luna_model *m, luna_gen_state **out);   /* ETASK, ENOMEM */
+int luna_kv_state_new(const luna_model *m, luna_gen_state **out);    /* the softmax baseline */
+void luna_gen_state_free(luna_gen_state *s);                        /* NULL is a no-op */
+/* dst becomes a copy of src (same model and kind): a prompt prefilled once can be forked.
+ * EINVAL if they differ; ENOMEM if a KV cache cannot grow (dst is then unchanged). */
+int luna_gen_state_copy(luna_gen_state *dst, const luna_gen_state *src);
+void luna_gen_state_reset(luna_gen_state *s);                       /* back to no tokens */
+uint64_t luna_gen_state_tokens(const luna_gen_state *s);            /* tokens consumed */
+size_t luna_gen_state_size(const luna_gen_state *s); /* bytes held now (a KV cache grows) */
+
+/* Feeds n >= 1 tokens, in chunks of the context's chunk length, and advances the state. Time
+ * O(n); memory: nothing beyond the context's fixed workspace (a KV state grows its cache).
+ * logits (may be NULL) receives vocab_size floats, the distribution after the last token, or
+ * with `all` n rows of them, one after each token. Errors: EINVAL (bad token, a state of
+ * another model or kind), ETASK, ETOOLONG (past max_positions; nothing is consumed), ENOMEM
+ * (a KV cache), ECANCELED (polled between chunks; the state then holds the whole chunks
+ * consumed so far, as luna_gen_state_tokens reports). */
+int luna_prefill(luna_ctx *c, luna_gen_state *s, const int32_t *tokens, size_t n, float *logits,
+                 int all);
+/* One token: luna_prefill of n = 1. O(1) time and memory for a Luna state. */
+int luna_step(luna_ctx *c, luna_gen_state *s, int32_t token, float *logits);
 
 /* ---- BLAS ------------------------------------------------------------------------------- */
 

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "engine/json.h"
+#include "engine/kernels.h"
 #include "engine/safetensors.h"
 
 #define CONFIG_MAX_BYTES (1u << 20)   /* config.json larger than 1 MiB is refused */
@@ -38,7 +39,7 @@
 
 _Static_assert(sizeof(luna_task) == sizeof(int) && sizeof(luna_act) == sizeof(int) &&
                    sizeof(luna_pos) == sizeof(int) && sizeof(luna_pool) == sizeof(int) &&
-                   sizeof(luna_xform) == sizeof(int),
+                   sizeof(luna_xform) == sizeof(int) && sizeof(luna_phi) == sizeof(int),
                "the config table stores enums as int");
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...)
@@ -83,6 +84,7 @@ typedef struct {
     const char *const *names;  /* K_ENUM: accepted strings, NULL-terminated; index = value */
     int extra;                 /* 1: the value goes into cfg_extra, 0: into luna_config */
     size_t off;                /* ... at this offset */
+    int task;                  /* ANY, or the one task (CLS, LM) the field applies to */
 } cfg_field;
 
 static const char *const FORMATS[] = {"luna", NULL};
@@ -92,11 +94,15 @@ static const char *const CLS_ACTS[] = {"relu", "gelu", "tanh", NULL};
 static const char *const POSITIONS[] = {"none", "learned", "sinusoidal", NULL};
 static const char *const POOLINGS[] = {"cls", "mean", "p", NULL};
 static const char *const XFORMS[] = {"none", "email_subject_body", NULL};
+static const char *const PHIS[] = {"softplus_ln2", "elu_plus_1", "softplus", NULL};
 
 #define REQ 1
 #define OPT 0
 #define AT(field) 0, offsetof(luna_config, field)
 #define EX(field) 1, offsetof(cfg_extra, field)
+#define ANY 0
+#define CLS 1 /* classification only */
+#define LM 2  /* causal-lm only */
 
 /* The doc's table, in its order. A field is checked alone here; the checks that relate
  * fields come after the walk (check_cross). */
@@ -104,64 +110,69 @@ static const cfg_field FIELDS[] = {
 /*   name                     kind      req  min  max                         default
  *                                      default from  enum names  stored in */
     {"format",                K_ENUM,   REQ, 0,   0,                          0,
-                                        NULL,         FORMATS,    EX(format)},
+                                        NULL,         FORMATS,    EX(format), ANY},
     {"format_version",        K_INT,    REQ, 1,   1,                          0,
-                                        NULL,         NULL,       EX(format_version)},
+                                        NULL,         NULL,       EX(format_version), ANY},
     {"task",                  K_ENUM,   REQ, 0,   0,                          0,
-                                        NULL,         TASKS,      AT(task)},
+                                        NULL,         TASKS,      AT(task), ANY},
     {"d",                     K_INT,    REQ, 2,   4096,                       0,
-                                        NULL,         NULL,       AT(d)},
+                                        NULL,         NULL,       AT(d), ANY},
     {"H",                     K_INT,    REQ, 1,   64,                         0,
-                                        NULL,         NULL,       AT(H)},
+                                        NULL,         NULL,       AT(H), ANY},
     {"Hp",                    K_INT,    OPT, 1,   64,                         0,
-                                        "H",          NULL,       AT(Hp)},
+                                        "H",          NULL,       AT(Hp), CLS},
     {"l",                     K_INT,    REQ, 1,   1024,                       0,
-                                        NULL,         NULL,       AT(l)},
+                                        NULL,         NULL,       AT(l), ANY},
     {"layers",                K_INT,    REQ, 1,   LUNA_MAX_LAYERS,            0,
-                                        NULL,         NULL,       AT(layers)},
+                                        NULL,         NULL,       AT(layers), ANY},
     {"ffn",                   K_INT,    REQ, 1,   65536,                      0,
-                                        NULL,         NULL,       AT(ffn)},
+                                        NULL,         NULL,       AT(ffn), ANY},
     {"activation",            K_ENUM,   OPT, 0,   0,                          LUNA_ACT_RELU,
-                                        NULL,         ACTS,       AT(activation)},
+                                        NULL,         ACTS,       AT(activation), ANY},
     {"tie_kv",                K_BOOL,   OPT, 0,   0,                          1,
-                                        NULL,         NULL,       AT(tie_kv)},
+                                        NULL,         NULL,       AT(tie_kv), ANY},
     {"normalize_before",      K_BOOL,   OPT, 0,   0,                          0,
-                                        NULL,         NULL,       AT(normalize_before)},
+                                        NULL,         NULL,       AT(normalize_before), ANY},
     {"positions",             K_ENUM,   OPT, 0,   0,                          LUNA_POS_SINUSOIDAL,
-                                        NULL,         POSITIONS,  AT(positions)},
+                                        NULL,         POSITIONS,  AT(positions), ANY},
     {"max_positions",         K_INT,    OPT, 0,   MAX_POSITIONS,              0,
-                                        NULL,         NULL,       AT(max_positions)},
+                                        NULL,         NULL,       AT(max_positions), ANY},
     {"embed_scale",           K_SCALE,  OPT, 0,   0,                          0 /* null */,
-                                        NULL,         NULL,       EX(embed_scale)},
+                                        NULL,         NULL,       EX(embed_scale), ANY},
     {"dynamic_projection",    K_BOOL,   OPT, 0,   0,                          1,
-                                        NULL,         NULL,       AT(dynamic_projection)},
+                                        NULL,         NULL,       AT(dynamic_projection), CLS},
     {"layernorm_embedding",   K_BOOL,   OPT, 0,   0,                          0,
-                                        NULL,         NULL,       AT(layernorm_embedding)},
+                                        NULL,         NULL,       AT(layernorm_embedding), ANY},
     {"vocab_size",            K_INT,    OPT, 256, MAX_VOCAB,                  260,
-                                        NULL,         NULL,       AT(vocab_size)},
+                                        NULL,         NULL,       AT(vocab_size), ANY},
     {"byte_offset",           K_INT,    OPT, 0,   MAX_VOCAB - 256,            4,
-                                        NULL,         NULL,       AT(byte_offset)},
+                                        NULL,         NULL,       AT(byte_offset), ANY},
     {"pad_id",                K_INT,    OPT, 0,   MAX_VOCAB - 1,              1,
-                                        NULL,         NULL,       AT(pad_id)},
+                                        NULL,         NULL,       AT(pad_id), ANY},
     {"bos_id",                K_INT,    OPT, 0,   MAX_VOCAB - 1,              0,
-                                        NULL,         NULL,       AT(bos_id)},
+                                        NULL,         NULL,       AT(bos_id), ANY},
     {"eos_id",                K_INT,    OPT, 0,   MAX_VOCAB - 1,              2,
-                                        NULL,         NULL,       AT(eos_id)},
+                                        NULL,         NULL,       AT(eos_id), ANY},
     {"append_eos",            K_BOOL,   OPT, 0,   0,                          0,
-                                        NULL,         NULL,       AT(append_eos)},
+                                        NULL,         NULL,       AT(append_eos), CLS},
     {"input_transform",       K_ENUM,   OPT, 0,   0,                          LUNA_XFORM_NONE,
-                                        NULL,         XFORMS,     AT(input_transform)},
+                                        NULL,         XFORMS,     AT(input_transform), CLS},
     {"pooling",               K_ENUM,   OPT, 0,   0,                          LUNA_POOL_CLS,
-                                        NULL,         POOLINGS,   AT(pooling)},
+                                        NULL,         POOLINGS,   AT(pooling), CLS},
     {"classifier_layers",     K_INT,    OPT, 0,   LUNA_MAX_CLASSIFIER_LAYERS, 1,
-                                        NULL,         NULL,       AT(classifier_layers)},
+                                        NULL,         NULL,       AT(classifier_layers), CLS},
     {"classifier_dim",        K_INT,    OPT, 1,   65536,                      0,
-                                        "d",          NULL,       AT(classifier_dim)},
+                                        "d",          NULL,       AT(classifier_dim), CLS},
     {"classifier_activation", K_ENUM,   OPT, 0,   0,                          LUNA_ACT_RELU,
-                                        NULL,         CLS_ACTS,   AT(classifier_activation)},
-    /* required while classification is the only task the loader accepts */
+                                        NULL,         CLS_ACTS,   AT(classifier_activation), CLS},
+    {"causal_phi",            K_ENUM,   OPT, 0,   0,                          LUNA_PHI_SOFTPLUS_LN2,
+                                        NULL,         PHIS,       AT(causal_phi), LM},
+    {"causal_pc_proj",        K_BOOL,   OPT, 0,   0,                          1,
+                                        NULL,         NULL,       AT(causal_pc_proj), LM},
+    {"tie_embeddings",        K_BOOL,   OPT, 0,   0,                          1,
+                                        NULL,         NULL,       AT(tie_embeddings), LM},
     {"labels",                K_LABELS, REQ, 0,   0,                          0,
-                                        NULL,         NULL,       AT(labels)},
+                                        NULL,         NULL,       AT(labels), CLS},
 };
 #define N_FIELDS (sizeof FIELDS / sizeof FIELDS[0])
 
@@ -391,30 +402,30 @@ static int parse_config(const char *text, size_t len, luna_config *out, char *er
     for (size_t i = 0; i < N_FIELDS; i++) {
         const cfg_field *f = &FIELDS[i];
         const jsn_value *v = jsn_get(root, f->name);
+        /* "task" comes third in the table: every field after it knows the task */
+        int applies = f->task == ANY || f->task == (int)out->task + 1;
+        if (v != NULL && !applies) {
+            seterr(err, errlen, "config.json: field \"%s\" does not apply to task \"%s\"",
+                   f->name, TASKS[out->task]);
+            goto done;
+        }
         if (v == NULL) {
-            if (f->required) {
+            if (f->required && applies) {
                 seterr(err, errlen, "config.json: field \"%s\" is required%s", f->name,
-                       f->kind == K_LABELS ? " for task \"classification\"" : "");
+                       f->task == CLS ? " for task \"classification\"" : "");
                 goto done;
             }
             if (f->def_from != NULL)
                 put_int(&p, f, get_int(&p, find_field(f->def_from, strlen(f->def_from))));
             else if (f->kind == K_SCALE)
                 p.x.embed_scale = -1;
-            else
+            else if (f->kind != K_LABELS)
                 put_int(&p, f, (int)f->def);
             continue;
         }
         if ((rc = read_field(&p, f, v, err, errlen)) != 0)
             goto done;
         rc = LUNA_ECONFIG;
-        /* Before the unknown-field check: a causal-lm config has fields this loader lacks. */
-        if (!f->extra && f->off == offsetof(luna_config, task) &&
-            out->task == LUNA_TASK_CAUSAL_LM) {
-            seterr(err, errlen, "config.json: field \"task\": causal-lm models are not "
-                   "supported yet");
-            goto done;
-        }
     }
     for (size_t i = 0; i < root->len; i++) {
         const jsn_value *v = root->items[i];
@@ -684,7 +695,7 @@ static int bind_norm(binder *b, luna_norm *n, const char *prefix, int d)
 static int bind_all(binder *b, luna_model *m)
 {
     const luna_config *c = &m->cfg;
-    const int d = c->d;
+    const int d = c->d, cls = c->task == LUNA_TASK_CLASSIFY;
     char p[96];
     TRY(bind(b, &m->embed_tokens, "embed_tokens.weight", 2, c->vocab_size, d));
     if (c->positions == LUNA_POS_LEARNED)
@@ -693,19 +704,25 @@ static int bind_all(binder *b, luna_model *m)
     TRY(bind(b, &m->projected_embeddings, "projected_embeddings", 2, c->l, d));
     if (c->layernorm_embedding) {
         TRY(bind_norm(b, &m->emb_layer_norm, "emb_layer_norm", d));
-        TRY(bind_norm(b, &m->proj_emb_layer_norm, "proj_emb_layer_norm", d));
+        if (cls) /* a causal LM's P is a parameter that no layer norm touches */
+            TRY(bind_norm(b, &m->proj_emb_layer_norm, "proj_emb_layer_norm", d));
     }
     for (int i = 0; i < c->layers; i++) {
         luna_layer *L = &m->layers[i];
+        /* The causal attention has no pack path: no pk/pv_proj, and pc_proj only feeds w_t. */
         struct {
             luna_linear *lin;
             const char *name;
             int use;
         } attn[] = {
-            {&L->pq_proj, "pq_proj", 1},        {&L->q_proj, "q_proj", 1},
-            {&L->out_proj, "out_proj", 1},      {&L->pc_proj, "pc_proj", c->tie_kv},
-            {&L->c_proj, "c_proj", c->tie_kv},  {&L->pk_proj, "pk_proj", !c->tie_kv},
-            {&L->pv_proj, "pv_proj", !c->tie_kv}, {&L->k_proj, "k_proj", !c->tie_kv},
+            {&L->pq_proj, "pq_proj", 1},
+            {&L->q_proj, "q_proj", 1},
+            {&L->out_proj, "out_proj", 1},
+            {&L->pc_proj, "pc_proj", cls ? c->tie_kv : c->causal_pc_proj},
+            {&L->c_proj, "c_proj", c->tie_kv},
+            {&L->pk_proj, "pk_proj", cls && !c->tie_kv},
+            {&L->pv_proj, "pv_proj", cls && !c->tie_kv},
+            {&L->k_proj, "k_proj", !c->tie_kv},
             {&L->v_proj, "v_proj", !c->tie_kv},
         };
         for (size_t j = 0; j < sizeof attn / sizeof attn[0]; j++) {
@@ -716,8 +733,10 @@ static int bind_all(binder *b, luna_model *m)
         }
         snprintf(p, sizeof p, "layers.%d.self_attn_layer_norm", i);
         TRY(bind_norm(b, &L->self_attn_layer_norm, p, d));
-        snprintf(p, sizeof p, "layers.%d.self_atten_proj_layer_norm", i);
-        TRY(bind_norm(b, &L->self_atten_proj_layer_norm, p, d));
+        if (cls) {
+            snprintf(p, sizeof p, "layers.%d.self_atten_proj_layer_norm", i);
+            TRY(bind_norm(b, &L->self_atten_proj_layer_norm, p, d));
+        }
         snprintf(p, sizeof p, "layers.%d.fc1", i);
         TRY(bind_linear(b, &L->fc1, p, c->ffn, d, 1));
         snprintf(p, sizeof p, "layers.%d.fc2", i);
@@ -727,7 +746,15 @@ static int bind_all(binder *b, luna_model *m)
     }
     if (c->normalize_before) {
         TRY(bind_norm(b, &m->layer_norm, "layer_norm", d));
-        TRY(bind_norm(b, &m->proj_layer_norm, "proj_layer_norm", d));
+        if (cls)
+            TRY(bind_norm(b, &m->proj_layer_norm, "proj_layer_norm", d));
+    }
+    if (!cls) {
+        if (c->tie_embeddings) /* logits = x embed_tokens^T */
+            m->output_projection = (luna_linear){m->embed_tokens, NULL, c->vocab_size, d};
+        else
+            TRY(bind_linear(b, &m->output_projection, "output_projection", c->vocab_size, d, 0));
+        return 0;
     }
     for (int j = 0; j < c->classifier_layers; j++) {
         snprintf(p, sizeof p, "classifier.%d", j);
@@ -789,6 +816,30 @@ done:
     return rc;
 }
 
+/* causal-lm: Pq of every layer, pq_proj(P0) k^-1/2 with P0 = projected_embeddings *
+ * embed_scale. P is a parameter that no layer changes, so Pq depends on the weights alone. */
+static int cache_pq(luna_model *m, char *err, size_t errlen)
+{
+    const luna_config *c = &m->cfg;
+    size_t d = (size_t)c->d, l = (size_t)c->l;
+    m->pq = malloc((size_t)c->layers * l * d * sizeof(float));
+    float *P0 = malloc(l * d * sizeof(float));
+    if (m->pq == NULL || P0 == NULL) {
+        free(m->pq);
+        free(P0);
+        m->pq = NULL;
+        seterr(err, errlen, "out of memory for the cached Pq");
+        return LUNA_ENOMEM;
+    }
+    for (size_t i = 0; i < l * d; i++)
+        P0[i] = m->projected_embeddings[i] * c->embed_scale;
+    float s = 1.0f / sqrtf((float)(c->d / c->H));
+    for (int i = 0; i < c->layers; i++)
+        kn_linear(&m->layers[i].pq_proj, P0, l, d, m->pq + (size_t)i * l * d, d, s);
+    free(P0);
+    return 0;
+}
+
 /* ---- the public calls ----------------------------------------------------------------------- */
 
 int luna_model_load(const char *dir, luna_model **out, char *err, size_t errlen)
@@ -823,6 +874,10 @@ int luna_model_load(const char *dir, luna_model **out, char *err, size_t errlen)
     }
     if ((rc = bind_weights(m, &st, err, errlen)) != 0)
         goto fail_st;
+    if (m->cfg.task == LUNA_TASK_CAUSAL_LM && (rc = cache_pq(m, err, errlen)) != 0) {
+        free(m->owned);
+        goto fail_st;
+    }
     st_free(&st); /* the model keeps pointers into the mapping and owned, not into st */
     *out = m;
     return 0;
@@ -843,6 +898,7 @@ void luna_model_free(luna_model *m)
     if (m->map != NULL)
         munmap(m->map, m->map_len);
     free(m->owned);
+    free(m->pq);
     free(m);
 }
 

@@ -44,6 +44,10 @@ struct luna_model {
     luna_layer layers[LUNA_MAX_LAYERS];
     luna_linear classifier[LUNA_MAX_CLASSIFIER_LAYERS];
     luna_linear sentence_projection_layer;         /* (n_labels, in), no bias */
+    luna_linear output_projection;                 /* causal-lm: (vocab_size, d), no bias; with
+                                                      tie_embeddings it points at embed_tokens */
+    float *pq;            /* causal-lm: (layers, l, d) pq_proj(P0) k^-1/2, a function of the
+                             weights alone, computed once at load and shared by every state */
 
     /* storage */
     void *map;            /* model.safetensors, mapped read-only */

@@ -45,22 +45,26 @@ SUBJECT_MAX = 998  # RFC 5322's line limit; the subject is truncated to this man
 # ---- config.json -----------------------------------------------------------------------------
 
 # The defaults of docs/model-format.md; None means "derived" (Hp = H, classifier_dim = d,
-# embed_scale = sqrt(d) with sinusoidal positions else 1).
-DEFAULTS = {
-    "Hp": None,
+# embed_scale = sqrt(d) with sinusoidal positions else 1). COMMON fields apply to both tasks;
+# the others apply to one task only, and a config that sets a field of the other task is
+# refused (the engine's loader does the same).
+COMMON = {
     "activation": "relu",
     "tie_kv": True,
     "normalize_before": False,
     "positions": "sinusoidal",
     "max_positions": 0,
     "embed_scale": None,
-    "dynamic_projection": True,
     "layernorm_embedding": False,
     "vocab_size": 260,
     "byte_offset": 4,
     "pad_id": 1,
     "bos_id": 0,
     "eos_id": 2,
+}
+CLASSIFY_ONLY = {
+    "Hp": None,
+    "dynamic_projection": True,
     "append_eos": False,
     "input_transform": "none",
     "pooling": "cls",
@@ -68,8 +72,18 @@ DEFAULTS = {
     "classifier_dim": None,
     "classifier_activation": "relu",
 }
+CAUSAL_ONLY = {
+    "causal_phi": "softplus_ln2",
+    "causal_pc_proj": True,
+    "tie_embeddings": True,
+}
+DEFAULTS = dict(COMMON, **CLASSIFY_ONLY, **CAUSAL_ONLY)
 REQUIRED = ("format", "format_version", "task", "d", "H", "l", "layers", "ffn")
 FIELDS = set(REQUIRED) | set(DEFAULTS) | {"labels"}
+TASK_FIELDS = {
+    "classification": set(REQUIRED) | set(COMMON) | set(CLASSIFY_ONLY) | {"labels"},
+    "causal-lm": set(REQUIRED) | set(COMMON) | set(CAUSAL_ONLY),
+}
 
 _INT_RANGES = {
     "d": (2, 4096),
@@ -87,13 +101,15 @@ _INT_RANGES = {
     "classifier_layers": (0, 8),
     "classifier_dim": (1, 65536),
 }
-_BOOLS = ("tie_kv", "normalize_before", "dynamic_projection", "layernorm_embedding", "append_eos")
+_BOOLS = ("tie_kv", "normalize_before", "dynamic_projection", "layernorm_embedding", "append_eos",
+          "causal_pc_proj", "tie_embeddings")
 _ENUMS = {
     "activation": ("relu", "gelu"),
     "positions": ("learned", "sinusoidal", "none"),
     "input_transform": ("none", "email_subject_body"),
     "pooling": ("cls", "mean", "p"),
     "classifier_activation": ("relu", "gelu", "tanh"),
+    "causal_phi": ("softplus_ln2", "elu_plus_1", "softplus"),
 }
 
 
@@ -110,32 +126,38 @@ def resolve_config(cfg):
     for k, v in cfg.items():
         if v is None and k != "embed_scale":
             raise ValueError(f"{k} may not be null")
-    c = dict(DEFAULTS)
-    c.update(copy.deepcopy(cfg))
-    if c["format"] != "luna" or c["format_version"] != 1:
+    if cfg["format"] != "luna" or cfg["format_version"] != 1:
         raise ValueError("format must be \"luna\" and format_version 1")
-    if c["task"] != "classification":
-        raise ValueError(f"task {c['task']!r}: this reference implements classification only")
-    if c["Hp"] is None:
+    if cfg["task"] not in TASK_FIELDS:
+        raise ValueError(f"task must be \"classification\" or \"causal-lm\", got {cfg['task']!r}")
+    fields = TASK_FIELDS[cfg["task"]]
+    other = sorted(set(cfg) - fields)
+    if other:
+        raise ValueError(f"field {other[0]!r} does not apply to task {cfg['task']!r}")
+    c = {k: v for k, v in DEFAULTS.items() if k in fields}  # only this task's fields
+    c.update(copy.deepcopy(cfg))
+    if c.get("Hp", 0) is None:
         c["Hp"] = c["H"]
-    if c["classifier_dim"] is None:
+    if c.get("classifier_dim", 0) is None:
         c["classifier_dim"] = c["d"]
     for k, (lo, hi) in _INT_RANGES.items():
+        if k not in c:
+            continue
         v = c[k]
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
             raise ValueError(f"{k} must be an integer in {lo}..{hi}, got {v!r}")
     for k in _BOOLS:
-        if not isinstance(c[k], bool):
+        if k in c and not isinstance(c[k], bool):
             raise ValueError(f"{k} must be true or false, got {c[k]!r}")
     for k, values in _ENUMS.items():
-        if c[k] not in values:
+        if k in c and c[k] not in values:
             raise ValueError(f"{k} must be one of {values}, got {c[k]!r}")
     d = c["d"]
     if d % 2:
         raise ValueError("d must be even")
     if d % c["H"]:
         raise ValueError("H must divide d")
-    if d % c["Hp"]:
+    if d % c.get("Hp", c["H"]):
         raise ValueError("Hp must divide d")
     if c["positions"] == "learned" and c["max_positions"] < 1:
         raise ValueError("max_positions is required (>= 1) with learned positions")
@@ -152,6 +174,8 @@ def resolve_config(cfg):
             raise ValueError(f"{k} must be < vocab_size")
     if c["layernorm_embedding"] and c["normalize_before"]:
         raise ValueError("layernorm_embedding cannot be combined with normalize_before")
+    if c["task"] == "causal-lm":
+        return c
     labels = c.get("labels")
     if (
         not isinstance(labels, list)
@@ -445,12 +469,183 @@ class LunaClassifier(LunaEncoder):
         }
 
 
+# ---- the causal language model (task "causal-lm") -------------------------------------------
+
+
+def phi_fn(name):
+    """The feature map of the causal attention (LUNA.md "Causal Luna attention"):
+    softplus_ln2: softplus with beta = ln 2, log2(1 + 2^z), so phi(0) = 1 (the final version);
+    elu_plus_1:   elu(z) + 1 (the older lunar_attention.py);
+    softplus:     log(1 + e^z) (named in the paper)."""
+    ln2 = math.log(2.0)
+    return {
+        "softplus_ln2": lambda z: F.softplus(z, beta=ln2),
+        "elu_plus_1": lambda z: F.elu(z) + 1.0,
+        "softplus": F.softplus,
+    }[name]
+
+
+class LunaCausalAttention(nn.Module):
+    """LunarCausalAttention (LUNA.md "Causal Luna attention"), in the reference's parallel form:
+    it materialises the cumulative (n, k, l) tensors per head, which the engine must not.
+
+    For each head, with s = k^-1/2 and t = 1..n:
+      Pq  = pq_proj(P) s                              (l, k)
+      w_t = phi(c_t Pq^T)                             c_t = pc_proj(x)_t, or x_t without pc_proj
+      q_t = q_proj(x)_t s;  k_t = v_t = c_proj(x)_t (tied), or k_proj(x)_t, v_proj(x)_t
+      a_t = q_t (sum_{i<=t} k_i^T w_i) / t;  alpha_t = softmax(a_t) over l
+      o_t = alpha_t (sum_{i<=t} w_i^T v_i) / t
+    The output is out_proj(concat_heads(o))."""
+
+    def __init__(self, d, H, tie_kv, pc_proj, phi):
+        super().__init__()
+        self.d, self.H, self.tie_kv = d, H, tie_kv
+        self.phi = phi_fn(phi)
+        self.pq_proj = nn.Linear(d, d)
+        self.q_proj = nn.Linear(d, d)
+        if pc_proj:
+            self.pc_proj = nn.Linear(d, d)
+        if tie_kv:
+            self.c_proj = nn.Linear(d, d)
+        else:
+            self.k_proj = nn.Linear(d, d)
+            self.v_proj = nn.Linear(d, d)
+        self.out_proj = nn.Linear(d, d)
+        self.has_pc = pc_proj
+
+    def forward(self, x, p, softmax=False):
+        n = x.shape[0]
+        k = self.d // self.H
+        s = k**-0.5
+        if softmax:
+            return self.softmax_forward(x, s)
+        pq = split_heads(self.pq_proj(p) * s, self.H)  # (H, l, k)
+        c = self.pc_proj(x) if self.has_pc else x
+        w = self.phi(split_heads(c, self.H) @ pq.transpose(1, 2))  # (H, n, l)
+        q = split_heads(self.q_proj(x) * s, self.H)  # (H, n, k)
+        if self.tie_kv:
+            key = val = split_heads(self.c_proj(x), self.H)
+        else:
+            key, val = split_heads(self.k_proj(x), self.H), split_heads(self.v_proj(x), self.H)
+        t = torch.arange(1, n + 1, dtype=x.dtype).view(1, n, 1)
+        ksum = torch.cumsum(key.unsqueeze(3) * w.unsqueeze(2), dim=1)  # (H, n, k, l)
+        a = (q.unsqueeze(2) @ ksum).squeeze(2) / t  # (H, n, l)
+        alpha = torch.softmax(a, dim=-1)
+        vsum = torch.cumsum(w.unsqueeze(3) * val.unsqueeze(2), dim=1)  # (H, n, l, k)
+        o = (alpha.unsqueeze(2) @ vsum).squeeze(2) / t  # (H, n, k)
+        return self.out_proj(merge_heads(o))
+
+    def softmax_forward(self, x, s):
+        """The engine's softmax baseline decoder (a KV cache) on the same weights: causal
+        softmax attention with q = q_proj(x) s and the keys and values of the Luna layer
+        (c_proj, or k_proj and v_proj); pq_proj and pc_proj are unused."""
+        n = x.shape[0]
+        q = split_heads(self.q_proj(x) * s, self.H)  # (H, n, k)
+        if self.tie_kv:
+            key = val = split_heads(self.c_proj(x), self.H)
+        else:
+            key, val = split_heads(self.k_proj(x), self.H), split_heads(self.v_proj(x), self.H)
+        scores = q @ key.transpose(1, 2)  # (H, n, n)
+        future = torch.ones(n, n, dtype=torch.bool).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+        return self.out_proj(merge_heads(torch.softmax(scores, dim=-1) @ val))
+
+
+class LunaDecoderLayer(nn.Module):
+    """LunaDecoderLayer without encoder attention (decoder-only); P is used unchanged.
+
+    post-norm: x1 = LN_s(x + attn(x, P));  x' = LN_f(x1 + fc2(act(fc1(x1))))
+    pre-norm:  x1 = x + attn(LN_s(x), P);  x' = x1 + fc2(act(fc1(LN_f(x1))))"""
+
+    def __init__(self, c):
+        super().__init__()
+        d = c["d"]
+        self.normalize_before = c["normalize_before"]
+        self.act = activation_fn(c["activation"])
+        self.self_attn = LunaCausalAttention(d, c["H"], c["tie_kv"], c["causal_pc_proj"],
+                                             c["causal_phi"])
+        self.self_attn_layer_norm = nn.LayerNorm(d, eps=LN_EPS)
+        self.fc1 = nn.Linear(d, c["ffn"])
+        self.fc2 = nn.Linear(c["ffn"], d)
+        self.final_layer_norm = nn.LayerNorm(d, eps=LN_EPS)
+
+    def forward(self, x, p, softmax=False):
+        if self.normalize_before:
+            x1 = x + self.self_attn(self.self_attn_layer_norm(x), p, softmax)
+            return x1 + self.fc2(self.act(self.fc1(self.final_layer_norm(x1))))
+        x1 = self.self_attn_layer_norm(x + self.self_attn(x, p, softmax))
+        return self.final_layer_norm(x1 + self.fc2(self.act(self.fc1(x1))))
+
+
+class LunaCausalLM(nn.Module):
+    """The decoder-only byte-level Luna language model (docs/model-format.md, task causal-lm).
+
+    X0 = embed_tokens(tokens) * embed_scale + positions (token i: position pad_id + 1 + i)
+         (+ emb_layer_norm with layernorm_embedding)
+    P  = projected_embeddings * embed_scale, shared unchanged by every layer
+    layers, then layer_norm with normalize_before
+    logits = X E^T, E = embed_tokens.weight (tie_embeddings) or output_projection.weight"""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c = resolve_config(cfg)
+        if c["task"] != "causal-lm":
+            raise ValueError("LunaCausalLM needs task \"causal-lm\"")
+        self.cfg = c
+        d = c["d"]
+        self.embed_tokens = nn.Embedding(c["vocab_size"], d)
+        if c["positions"] == "learned":
+            self.embed_positions = nn.Embedding(c["max_positions"] + c["pad_id"] + 1, d)
+        self.projected_embeddings = nn.Parameter(torch.zeros(c["l"], d))
+        if c["layernorm_embedding"]:
+            self.emb_layer_norm = nn.LayerNorm(d, eps=LN_EPS)
+        self.layers = nn.ModuleList([LunaDecoderLayer(c) for _ in range(c["layers"])])
+        if c["normalize_before"]:
+            self.layer_norm = nn.LayerNorm(d, eps=LN_EPS)
+        if not c["tie_embeddings"]:
+            self.output_projection = nn.Linear(d, c["vocab_size"], bias=False)
+        self.raw_config = copy.deepcopy(cfg)
+
+    @torch.no_grad()
+    def forward(self, tokens, softmax=False):
+        """tokens: list of ids. Returns {"hidden": (n, d), "logits": (n, vocab)}: row t is the
+        distribution over the token that follows tokens[t]. softmax=True runs the engine's
+        softmax baseline decoder on the same weights instead of Luna attention."""
+        c = self.cfg
+        n = len(tokens)
+        if c["max_positions"] and n > c["max_positions"]:
+            raise ValueError(f"{n} tokens > max_positions {c['max_positions']}")
+        dtype = self.projected_embeddings.dtype
+        x = self.embed_tokens(torch.tensor(tokens, dtype=torch.long)) * c["embed_scale"]
+        first = c["pad_id"] + 1
+        if c["positions"] == "learned":
+            x = x + self.embed_positions(torch.arange(first, first + n))
+        elif c["positions"] == "sinusoidal":
+            x = x + sinusoid_table(first + n, c["d"], pad_row=c["pad_id"], dtype=dtype)[first:]
+        if c["layernorm_embedding"]:
+            x = self.emb_layer_norm(x)
+        p = self.projected_embeddings * c["embed_scale"]
+        for layer in self.layers:
+            x = layer(x, p, softmax)
+        if c["normalize_before"]:
+            x = self.layer_norm(x)
+        if c["tie_embeddings"]:
+            logits = x @ self.embed_tokens.weight.t()
+        else:
+            logits = self.output_projection(x)
+        return {"hidden": x, "logits": logits}
+
+
+def model_class(cfg):
+    return LunaCausalLM if cfg.get("task") == "causal-lm" else LunaClassifier
+
+
 # ---- weights ---------------------------------------------------------------------------------
 
 
 def expected_shapes(cfg):
     """name -> shape of every tensor the config implies (docs/model-format.md, Tensors)."""
-    return {k: tuple(v.shape) for k, v in LunaClassifier(cfg).state_dict().items()}
+    return {k: tuple(v.shape) for k, v in model_class(cfg)(cfg).state_dict().items()}
 
 
 def randomize_(model, seed, std=0.4, bias_std=0.2, ln_std=0.1):
@@ -494,11 +689,11 @@ def save(model, model_dir, dtype="F32"):
 
 
 def load(model_dir, dtype=torch.float64):
-    """Read model_dir (config.json + model.safetensors) into a LunaClassifier in `dtype`
+    """Read model_dir (config.json + model.safetensors) into a LunaClassifier or LunaCausalLM in `dtype`
     (float64 by default). The tensor set must match the config exactly."""
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
-    model = LunaClassifier(cfg).double()  # float64 first, so loading rounds nothing
+    model = model_class(cfg)(cfg).double()  # float64 first, so loading rounds nothing
     tensors, _ = safetensors_io.load_file(os.path.join(model_dir, "model.safetensors"))
     want = model.state_dict()
     missing = sorted(set(want) - set(tensors))

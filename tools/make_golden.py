@@ -27,10 +27,15 @@ import luna_ref  # noqa: E402
 import safetensors_io  # noqa: E402
 
 BASE = {"format": "luna", "format_version": 1, "task": "classification"}
+LM_BASE = {"format": "luna", "format_version": 1, "task": "causal-lm"}
 
 
 def case(name, dtype="F32", inputs="random", **cfg):
     return {"name": name, "dtype": dtype, "inputs": inputs, "config": dict(BASE, **cfg)}
+
+
+def lm_case(name, dtype="F32", **cfg):
+    return {"name": name, "dtype": dtype, "inputs": "lm", "config": dict(LM_BASE, **cfg)}
 
 
 # The switches each case covers are listed in tests/golden/README.md; keep the two in step.
@@ -65,6 +70,17 @@ CASES = [
          tie_kv=False, positions="none", classifier_activation="tanh", labels=["off", "on"]),
     case("email_subject_body", inputs="email", d=16, H=2, l=16, layers=2, ffn=32,
          append_eos=True, input_transform="email_subject_body", labels=["ham", "spam"]),
+    # Causal language models (task causal-lm). Defaults: softplus_ln2 with pc_proj (the final
+    # reference version), tied K/V, tied output embeddings, post-norm, sinusoidal positions.
+    lm_case("lm_defaults", d=16, H=2, l=8, layers=2, ffn=32),
+    # The older lunar_attention.py: elu+1 over the raw layer input; every other switch flipped.
+    lm_case("lm_legacy_untied_prenorm_learned", d=24, H=4, l=12, layers=3, ffn=48,
+            activation="gelu", causal_phi="elu_plus_1", causal_pc_proj=False, tie_kv=False,
+            normalize_before=True, positions="learned", max_positions=512, tie_embeddings=False),
+    lm_case("lm_softplus_nopos_lnemb", d=32, H=4, l=16, layers=2, ffn=64, causal_phi="softplus",
+            positions="none", embed_scale=0.5, layernorm_embedding=True, vocab_size=270,
+            byte_offset=10, pad_id=3, bos_id=7, eos_id=9),
+    lm_case("lm_f16_h1", dtype="F16", d=16, H=1, l=4, layers=2, ffn=32, normalize_before=True),
 ]
 
 
@@ -124,13 +140,16 @@ def write_case(out_dir, index, spec):
     name = spec["name"]
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     case_dir = os.path.join(out_dir, name)
-    model = luna_ref.LunaClassifier(spec["config"]).double()
+    model = luna_ref.model_class(spec["config"])(spec["config"]).double()
     luna_ref.randomize_(model, seed=int(rng.integers(0, 2**63)))
     luna_ref.save(model, case_dir, dtype=spec["dtype"])
 
     # Golden outputs from the weights as stored, not from the float64 originals.
     stored = luna_ref.load(case_dir)
     cfg = stored.cfg
+    if spec["inputs"] == "lm":
+        write_lm_golden(case_dir, rng, stored)
+        return
     inputs = email_inputs(rng) if spec["inputs"] == "email" else random_inputs(rng, cfg, index)
     tensors = {}
     for i, raw in enumerate(inputs):
@@ -143,6 +162,34 @@ def write_case(out_dir, index, spec):
     )
     ns = [len(luna_ref.to_tokens(cfg, raw)) for raw in inputs]
     print(f"  {name:30s} {spec['dtype']:4s} inputs={len(inputs):2d} n={ns}")
+
+
+def write_lm_golden(case_dir, rng, stored):
+    """A causal-lm case: token sequences [bos_id, byte_offset + b ...] for random bytes of
+    lengths 0, 1, 37, 100 and 300 (the last crosses the engine's default chunk), one of them
+    with eos_id tokens inside (a generated sequence may hold them). Each input i stores
+    tokens.{i} (I32, [n]) and logits.{i} (F32, [n, vocab_size]),
+    and logits_softmax.{i}: the softmax baseline decoder on the same weights; all computed in
+    float64 and rounded."""
+    cfg = stored.cfg
+    tensors = {}
+    lengths = (0, 1, 37, 100, 300)
+    for i, length in enumerate(lengths):
+        body = [cfg["byte_offset"] + int(b) for b in rng.integers(0, 256, size=length)]
+        if length == 100:
+            body[10] = body[60] = cfg["eos_id"]
+        tokens = [cfg["bos_id"]] + body
+        out = stored.forward(tokens)
+        tensors[f"tokens.{i}"] = np.array(tokens, dtype=np.int32)
+        # float32 is ample for a 1e-4 tolerance and halves the files
+        tensors[f"logits.{i}"] = out["logits"].numpy().astype(np.float32)
+        soft = stored.forward(tokens, softmax=True)
+        tensors[f"logits_softmax.{i}"] = soft["logits"].numpy().astype(np.float32)
+    safetensors_io.save_file(
+        tensors, os.path.join(case_dir, "golden.safetensors"),
+        metadata={"inputs": str(len(lengths)), "task": "causal-lm"},
+    )
+    print(f"  {os.path.basename(case_dir):30s} inputs={len(lengths):2d} n={[n + 1 for n in lengths]}")
 
 
 def main():

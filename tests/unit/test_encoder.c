@@ -17,80 +17,18 @@
 
 #include "engine/luna.h"
 #include "engine/safetensors.h"
+#include "golden.h"
 
 size_t luna__ctx_last_alloc_bytes(const luna_ctx *c); /* engine/encoder.c, for tests */
 
-#define GOLDEN_DIR "tests/golden"
 #define TOL 1e-4
-
-typedef struct {
-    luna_model *m;
-    uint8_t *buf; /* golden.safetensors */
-    size_t len;
-    st_file st;
-    int count;
-} golden;
-
-static void golden_open(golden *g, const char *name)
-{
-    char path[512], err[512];
-    memset(g, 0, sizeof *g);
-    snprintf(path, sizeof path, GOLDEN_DIR "/%s", name);
-    int rc = luna_model_load(path, &g->m, err, sizeof err);
-    cr_assert_eq(rc, 0, "load %s: %s", path, err);
-    snprintf(path, sizeof path, GOLDEN_DIR "/%s/golden.safetensors", name);
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "open %s", path);
-    fseek(f, 0, SEEK_END);
-    g->len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    g->buf = malloc(g->len);
-    cr_assert_eq(fread(g->buf, 1, g->len, f), g->len);
-    fclose(f);
-    cr_assert_eq(st_parse(g->buf, g->len, &g->st, err, sizeof err), 0, "%s: %s", path, err);
-    const char *count = st_meta_get(&g->st, "inputs");
-    cr_assert_not_null(count);
-    g->count = atoi(count);
-    cr_assert_gt(g->count, 0);
-}
-
-static void golden_close(golden *g)
-{
-    st_free(&g->st);
-    free(g->buf);
-    luna_model_free(g->m);
-}
-
-/* The reference tensor `what.i` as doubles (caller frees); *numel receives its size. */
-static double *ref_tensor(const golden *g, const char *what, int i, size_t *numel)
-{
-    char name[64];
-    snprintf(name, sizeof name, "%s.%d", what, i);
-    const st_tensor *t = st_find(&g->st, name);
-    cr_assert_not_null(t, "golden tensor %s missing", name);
-    double *v = malloc((t->numel ? t->numel : 1) * sizeof *v);
-    cr_assert_eq(st_read_f64(t, v), 0);
-    *numel = (size_t)t->numel;
-    return v;
-}
-
-static double rel_err(const float *out, const double *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = (double)out[i] - ref[i];
-        num += e * e;
-        den += ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 
 static void check(const char *cs, int i, int chunk, const char *what, const float *out,
                   const golden *g)
 {
     size_t n;
-    double *ref = ref_tensor(g, what, i, &n);
-    double e = rel_err(out, ref, n);
+    double *ref = golden_tensor(g, what, i, &n);
+    double e = golden_rel_err(out, ref, n);
     if (getenv("GOLDEN_VERBOSE")) fprintf(stderr, "%s %d %d %s %.3g\n", cs, i, chunk, what, e);
     cr_expect(e < TOL, "%s input %d chunk %d: %s rel err %.3g >= %g", cs, i, chunk, what, e, TOL);
     free(ref);
@@ -114,7 +52,7 @@ static void run_case(const char *cs, int chunk, int threads)
         size_t d = (size_t)cfg->d, l = (size_t)cfg->l, C = (size_t)cfg->n_labels;
         size_t lp = cfg->dynamic_projection && n < l ? n : l;
         size_t hn;
-        free(ref_tensor(&g, "hidden", i, &hn));
+        free(golden_tensor(&g, "hidden", i, &hn));
         cr_assert_eq(hn, n * d, "%s input %d: engine counts %zu tokens, reference %zu", cs, i, n, hn / d);
         float *hidden = malloc(n * d * sizeof(float)), *pf = malloc(lp * d * sizeof(float));
         float *pooled = malloc(d * sizeof(float)), *logits = malloc(C * sizeof(float));
@@ -163,40 +101,18 @@ GOLDEN(static_projection_ids)
 GOLDEN(untied_prenorm_learned_mean)
 
 /* Every case directory is tested: a new golden case cannot be left out of the list above. */
+/* Every classification case directory is tested here (the lm_ cases in test_decoder.c). */
 Test(golden, every_case_is_listed)
 {
-    DIR *dir = opendir(GOLDEN_DIR);
-    cr_assert_not_null(dir);
-    struct dirent *e;
-    int seen = 0;
-    while ((e = readdir(dir))) {
-        char p[512];
-        struct stat st;
-        snprintf(p, sizeof p, GOLDEN_DIR "/%s/config.json", e->d_name);
-        if (stat(p, &st) != 0) continue;
-        int listed = 0;
-        for (size_t i = 0; i < N_CASES; i++) listed |= strcmp(cases[i], e->d_name) == 0;
-        cr_expect(listed, "golden case %s has no test", e->d_name);
-        seen++;
-    }
-    closedir(dir);
-    cr_expect_eq(seen, (int)N_CASES);
+    golden_expect_listed(cases, N_CASES, "", "lm_");
 }
 
 /* ---- contracts beyond the reference ------------------------------------------------------ */
 
-static luna_model *load(const char *cs)
-{
-    char path[256], err[256];
-    luna_model *m;
-    snprintf(path, sizeof path, GOLDEN_DIR "/%s", cs);
-    cr_assert_eq(luna_model_load(path, &m, err, sizeof err), 0, "%s", err);
-    return m;
-}
 
 Test(encoder, workspace_is_linear_and_exact)
 {
-    luna_model *m = load("defaults");
+    luna_model *m = golden_model("defaults");
     const luna_config *cfg = luna_model_config(m);
     size_t per = (size_t)cfg->d * sizeof(float);
     cr_assert_eq(luna_workspace_bytes(m, 1), per);
@@ -212,7 +128,7 @@ Test(encoder, workspace_is_linear_and_exact)
 
 Test(encoder, cancel_flag_stops_the_forward)
 {
-    luna_model *m = load("defaults");
+    luna_model *m = golden_model("defaults");
     luna_ctx *ctx;
     luna_ctx_opts o = {4, LUNA_ATTN_LUNA, 2};
     cr_assert_eq(luna_ctx_new(m, &o, &ctx), 0);
@@ -231,7 +147,7 @@ Test(encoder, cancel_flag_stops_the_forward)
 
 Test(encoder, learned_positions_limit_the_length)
 {
-    luna_model *m = load("lra_paper");
+    luna_model *m = golden_model("lra_paper");
     const luna_config *cfg = luna_model_config(m);
     luna_ctx *ctx;
     cr_assert_eq(luna_ctx_new(m, NULL, &ctx), 0);
@@ -249,7 +165,7 @@ Test(encoder, learned_positions_limit_the_length)
 
 Test(encoder, bad_arguments)
 {
-    luna_model *m = load("defaults");
+    luna_model *m = golden_model("defaults");
     luna_ctx *ctx = NULL;
     luna_ctx_opts bad = {-1, LUNA_ATTN_LUNA, 1};
     cr_assert_eq(luna_ctx_new(m, &bad, &ctx), LUNA_EINVAL);
@@ -268,7 +184,7 @@ Test(encoder, bad_arguments)
  * forms must agree with each other (they share no attention code), for every chunk length. */
 Test(encoder, softmax_baselines_agree)
 {
-    luna_model *m = load("untied_prenorm_learned_mean");
+    luna_model *m = golden_model("untied_prenorm_learned_mean");
     const luna_config *cfg = luna_model_config(m);
     uint8_t doc[150];
     for (size_t i = 0; i < sizeof doc; i++) doc[i] = (uint8_t)(i * 37 + 11);

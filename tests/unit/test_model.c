@@ -521,6 +521,9 @@ static void e_one_label(luna_config *c) { c->n_labels = 1; }
 static void e_dup_labels(luna_config *c) { strcpy(c->labels[1], "ham"); }
 static void e_empty_label(luna_config *c) { c->labels[1][0] = 0; }
 static void e_causal(luna_config *c) { c->task = LUNA_TASK_CAUSAL_LM; }
+/* The classification-only fields, omitted to write a causal-lm config. */
+#define CLS_FIELDS "Hp dynamic_projection append_eos input_transform pooling classifier_layers " \
+                   "classifier_dim classifier_activation"
 
 static void run_cfg_cases(const cfg_case *cases, size_t n)
 {
@@ -580,8 +583,17 @@ Test(model, config_range_and_cross_field_errors)
         {e_none, "format_version", "\"format_version\": 2",
          "field \"format_version\": 2 is out of range 1..1"},
         {e_none, "vocab_size", "\"vocab_size\": 16777217", "field \"vocab_size\": 16777217 is out"},
-        {e_causal, NULL, NULL, "field \"task\": causal-lm models are not supported yet"},
-        {e_causal, NULL, "\"decoder_only\": true", "causal-lm models are not supported yet"},
+        /* a field of one task in the other's config is refused, not ignored */
+        {e_causal, NULL, NULL, "field \"Hp\" does not apply to task \"causal-lm\""},
+        {e_causal, CLS_FIELDS, NULL,
+         "field \"labels\" does not apply to task \"causal-lm\""},
+        {e_none, NULL, "\"tie_embeddings\": false",
+         "field \"tie_embeddings\" does not apply to task \"classification\""},
+        {e_causal, CLS_FIELDS " labels", "\"causal_phi\": \"relu\"",
+         "field \"causal_phi\": \"relu\" is not one of \"softplus_ln2\", \"elu_plus_1\", \"softplus\""},
+        {e_causal, CLS_FIELDS " labels", "\"causal_pc_proj\": 1",
+         "field \"causal_pc_proj\": expected a boolean, got a number"},
+        {e_causal, CLS_FIELDS " labels", "\"decoder_only\": true", "unknown field \"decoder_only\""},
     };
     run_cfg_cases(cases, sizeof cases / sizeof cases[0]);
 }

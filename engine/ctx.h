@@ -1,0 +1,72 @@
+/* ctx.h - the context of a forward pass, shared by the encoder and the decoder
+ * (engine-internal).
+ *
+ * A luna_ctx owns one fixed workspace, laid out once by ws_layout for the model's task and the
+ * context's options; encoder.c lays out the encoder's buffers, decoder.c the decoder's. */
+#ifndef LUNA_CTX_H
+#define LUNA_CTX_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "input.h"
+#include "luna.h"
+#include "model.h"
+
+#define DEFAULT_CHUNK 256
+#define MAX_CHUNK 65536
+
+/* Offsets (in floats) of the fixed workspace of a context. One function computes them, so
+ * that luna_ctx_bytes() and luna_ctx_new() can never disagree. */
+typedef struct {
+    size_t P, Pn, QP, acc, pmax, psum, KU, VU; /* (l, d) and (Hp, l) pack/unpack state */
+    size_t A, B, C, D;                          /* (c, d) chunk buffers */
+    size_t F;                                   /* (c, ffn) FFN hidden */
+    size_t S;                                   /* scores: (l, c), (c, l) or (c, c) */
+    size_t rmax, rsum;                          /* (c, H): the streaming baseline's running stats */
+    size_t freq;                                /* (d/2) sinusoid frequencies */
+    size_t pooled, head_a, head_b, logits;      /* the classifier head */
+    size_t lanes, lane_size;                    /* lanes 1.. (threads > 1): chunk buffers and
+                                                   pack partials of their own, lane_size each */
+    /* the decoder (decoder.c): chunk rows X, x_in, Q, K, V, C, O, Y (c, d); W and A (c, l);
+     * G (c, c); the float copies of the running sums SK (H, k, l), SV (H, l, k); their update
+     * U (d * l); the logits of one row */
+    size_t dX, dT, dQ, dK, dV, dC, dO, dY, dW, dA, dG, dSK, dSV, dU, dlogits;
+    size_t total;
+} ws_layout;
+
+/* The buffers one lane works in. Lane 0 uses the context's main layout. */
+typedef struct {
+    float *A, *B, *C, *D, *F, *S, *acc, *pmax, *psum;
+} lane_ws;
+
+struct luna_ctx {
+    const luna_model *m;
+    int chunk;
+    int threads;                              /* lanes of the Luna chunk loops */
+    lane_ws lane[LUNA_MAX_THREADS];
+    luna_attn attn;
+    const atomic_int *cancel;
+    ws_layout L;
+    float *ws;                                /* the fixed workspace, L.total floats */
+    uint8_t subject[LUNA_SUBJECT_MAX + 1];    /* the email transform's unfolded subject */
+    size_t last_alloc_bytes;                  /* what the last forward allocated (tests) */
+};
+
+static inline int canceled(const luna_ctx *c)
+{
+    return c->cancel && atomic_load_explicit(c->cancel, memory_order_relaxed) != 0;
+}
+
+#define W(c, field) ((c)->ws + (c)->L.field)
+
+/* encoder.c */
+void luna__add_sinusoid(const luna_ctx *c, float *x, size_t pos0, size_t rows);
+void luna__attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows,
+                        float *T, float *Y, float *F);
+
+/* decoder.c: the decoder's workspace, laid out from offset *off on (floats). */
+void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, ws_layout *L, size_t *off);
+
+#endif

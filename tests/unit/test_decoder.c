@@ -1,0 +1,396 @@
+/* test_decoder.c - engine/decoder.c against the PyTorch reference (the lm_ cases of tests/golden)
+ * and its own contracts: a prefill at any chunk length, n single steps and a prefill split at
+ * arbitrary points all give the reference's logits at every position; the state has a fixed
+ * size, copies and resets; the softmax baseline's KV cache grows; errors leave the state as it
+ * was. The tolerance is LUNA.md's: ||out - ref|| / ||ref|| < 1e-4, here for each position's
+ * logits separately, not only for the whole sequence. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/luna.h"
+#include "fixtures.h"
+#include "golden.h"
+
+#define TOL 1e-4
+
+static const char *const lm_cases[] = {
+    "lm_defaults",
+    "lm_f16_h1",
+    "lm_legacy_untied_prenorm_learned",
+    "lm_softplus_nopos_lnemb",
+};
+#define N_LM_CASES (sizeof lm_cases / sizeof lm_cases[0])
+
+Test(golden_lm, every_case_is_listed)
+{
+    golden_expect_listed(lm_cases, N_LM_CASES, "lm_", NULL);
+}
+
+static luna_ctx *ctx_new(const luna_model *m, int chunk, luna_attn attn)
+{
+    luna_ctx_opts o = {chunk, attn, 1};
+    luna_ctx *c;
+    cr_assert_eq(luna_ctx_new(m, &o, &c), 0);
+    return c;
+}
+
+static luna_gen_state *state_new(const luna_model *m, luna_attn attn)
+{
+    luna_gen_state *s;
+    int rc = attn == LUNA_ATTN_LUNA ? luna_gen_state_new(m, &s) : luna_kv_state_new(m, &s);
+    cr_assert_eq(rc, 0, "%s", luna_strerror(rc));
+    return s;
+}
+
+/* Compares the n x V logits out with the reference, row by row (position by position). */
+static void expect_rows(const float *out, const double *ref, size_t n, size_t V, const char *what,
+                        const char *cs, int input, int chunk)
+{
+    double worst = 0;
+    size_t at = 0;
+    for (size_t t = 0; t < n; t++) {
+        double e = golden_rel_err(out + t * V, ref + t * V, V);
+        if (e > worst) worst = e, at = t;
+    }
+    if (getenv("GOLDEN_VERBOSE"))
+        fprintf(stderr, "%s %s input %d chunk %d: worst %.3g at %zu\n", cs, what, input, chunk, worst, at);
+    cr_expect(worst < TOL, "%s %s input %d chunk %d: position %zu rel err %.3g >= %g", cs, what,
+              input, chunk, at, worst, TOL);
+}
+
+typedef enum { WHOLE, STEPS, SPLIT } feed_mode;
+
+/* Feeds the tokens of input i into a fresh state in one of three ways and returns the logits
+ * after every token (n x V, caller frees). SPLIT cuts the sequence at pseudo-random points. */
+static float *run(luna_ctx *c, const luna_model *m, luna_attn attn, const int32_t *tok, size_t n,
+                  feed_mode mode, uint64_t seed)
+{
+    size_t V = (size_t)luna_model_config(m)->vocab_size;
+    float *out = malloc(n * V * sizeof(float));
+    luna_gen_state *s = state_new(m, attn);
+    size_t done = 0;
+    while (done < n) {
+        size_t take = n - done;
+        if (mode == STEPS) take = 1;
+        if (mode == SPLIT) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            size_t piece = 1 + (size_t)(seed >> 33) % 97;
+            if (piece < take) take = piece;
+        }
+        int rc = take == 1 && mode == STEPS ? luna_step(c, s, tok[done], out + done * V)
+                                            : luna_prefill(c, s, tok + done, take, out + done * V, 1);
+        cr_assert_eq(rc, 0, "%s", luna_strerror(rc));
+        done += take;
+        cr_assert_eq(luna_gen_state_tokens(s), done);
+    }
+    luna_gen_state_free(s);
+    return out;
+}
+
+static void run_case(const char *cs, luna_attn attn)
+{
+    golden g;
+    golden_open(&g, cs);
+    const luna_config *cfg = luna_model_config(g.m);
+    size_t V = (size_t)cfg->vocab_size;
+    const char *what = attn == LUNA_ATTN_LUNA ? "logits" : "logits_softmax";
+    static const int chunks[] = {1, 7, 64, 256};
+    for (size_t k = 0; k < sizeof chunks / sizeof chunks[0]; k++) {
+        luna_ctx *c = ctx_new(g.m, chunks[k], attn);
+        for (int i = 0; i < g.count; i++) {
+            size_t n, nref;
+            int32_t *tok = golden_i32(&g, "tokens", i, &n);
+            double *ref = golden_tensor(&g, what, i, &nref);
+            cr_assert_eq(nref, n * V);
+            float *whole = run(c, g.m, attn, tok, n, WHOLE, 0);
+            expect_rows(whole, ref, n, V, "prefill", cs, i, chunks[k]);
+            float *split = run(c, g.m, attn, tok, n, SPLIT, (uint64_t)(i + 1) * 7919u + k);
+            expect_rows(split, ref, n, V, "split prefill", cs, i, chunks[k]);
+            /* without `all`, only the distribution after the last token */
+            luna_gen_state *s = state_new(g.m, attn);
+            float *last = malloc(V * sizeof(float));
+            cr_assert_eq(luna_prefill(c, s, tok, n, last, 0), 0);
+            expect_rows(last, ref + (n - 1) * V, 1, V, "last logits", cs, i, chunks[k]);
+            luna_gen_state_free(s);
+            if (chunks[k] == 7) { /* steps do not depend on the chunk length: once is enough */
+                float *steps = run(c, g.m, attn, tok, n, STEPS, 0);
+                expect_rows(steps, ref, n, V, "steps", cs, i, chunks[k]);
+                free(steps);
+            }
+            free(whole), free(split), free(last), free(ref), free(tok);
+        }
+        luna_ctx_free(c);
+    }
+    golden_close(&g);
+}
+
+#define GOLDEN_LM(name)                                                                     \
+    Test(golden_lm, name) { run_case(#name, LUNA_ATTN_LUNA); }                             \
+    Test(golden_lm, name##_softmax_kv_cache) { run_case(#name, LUNA_ATTN_SOFTMAX); }
+GOLDEN_LM(lm_defaults)
+GOLDEN_LM(lm_f16_h1)
+GOLDEN_LM(lm_legacy_untied_prenorm_learned)
+GOLDEN_LM(lm_softplus_nopos_lnemb)
+
+/* ---- contracts beyond the reference ------------------------------------------------------ */
+
+
+/* Pseudo-random byte tokens: bos, then bytes. */
+static int32_t *tokens(const luna_config *cfg, size_t n, uint64_t seed)
+{
+    int32_t *t = malloc(n * sizeof *t);
+    t[0] = cfg->bos_id;
+    for (size_t i = 1; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        t[i] = cfg->byte_offset + (int32_t)((seed >> 33) % 256);
+    }
+    return t;
+}
+
+static double max_rel(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / den);
+}
+
+/* The state of a Luna decoder is the same size after 0, 1 and 5000 tokens, and that size is
+ * what luna_gen_state_bytes promises: per layer (1 or 2) x d x l doubles. */
+Test(decoder, luna_state_has_a_fixed_size)
+{
+    luna_model *m = golden_model("lm_legacy_untied_prenorm_learned"); /* untied: two sums per layer */
+    const luna_config *cfg = luna_model_config(m);
+    size_t want = luna_gen_state_bytes(m);
+    size_t sums = (size_t)cfg->layers * 2 * (size_t)cfg->d * (size_t)cfg->l * sizeof(double);
+    cr_expect_geq(want, sums);
+    cr_expect_lt(want, sums + 256, "the state is the sums plus a small header");
+    luna_gen_state *s = state_new(m, LUNA_ATTN_LUNA);
+    luna_ctx *c = ctx_new(m, 64, LUNA_ATTN_LUNA);
+    cr_expect_eq(luna_gen_state_size(s), want);
+    int32_t *t = tokens(cfg, 500, 3);
+    cr_assert_eq(luna_prefill(c, s, t, 500, NULL, 0), 0);
+    cr_expect_eq(luna_gen_state_size(s), want);
+    cr_expect_eq(luna_gen_state_tokens(s), 500);
+    free(t);
+    luna_ctx_free(c);
+    luna_gen_state_free(s);
+    luna_model_free(m);
+    cr_expect_eq(luna_gen_state_bytes(NULL), 0);
+}
+
+/* A Luna state's size does not depend on the context; a KV cache's grows linearly with it. */
+Test(decoder, kv_cache_grows_with_the_context)
+{
+    luna_model *m = golden_model("lm_defaults");
+    const luna_config *cfg = luna_model_config(m);
+    luna_ctx *c = ctx_new(m, 64, LUNA_ATTN_SOFTMAX);
+    luna_gen_state *s = state_new(m, LUNA_ATTN_SOFTMAX);
+    size_t empty = luna_gen_state_size(s);
+    int32_t *t = tokens(cfg, 3000, 9);
+    cr_assert_eq(luna_prefill(c, s, t, 1000, NULL, 0), 0);
+    size_t at1k = luna_gen_state_size(s);
+    cr_assert_eq(luna_prefill(c, s, t + 1000, 2000, NULL, 0), 0);
+    size_t at3k = luna_gen_state_size(s);
+    size_t row = (size_t)cfg->layers * (size_t)cfg->d * sizeof(float); /* tied: keys only */
+    cr_expect_geq(at1k - empty, 1000 * row);
+    cr_expect_geq(at3k - empty, 3000 * row);
+    cr_expect_lt(at3k - empty, 3000 * row * 2, "the cache grows by at most 1.5x its rows + 256");
+    free(t);
+    luna_gen_state_free(s);
+    luna_ctx_free(c);
+    luna_model_free(m);
+}
+
+/* A long context: one prefill and single steps still agree at every position, in a chunk
+ * layout that no golden case reaches (the running sums cross 60 chunks). */
+Test(decoder, long_context_steps_match_prefill)
+{
+    luna_model *m = golden_model("lm_defaults");
+    const luna_config *cfg = luna_model_config(m);
+    size_t n = 4000, V = (size_t)cfg->vocab_size;
+    int32_t *t = tokens(cfg, n, 11);
+    luna_ctx *c = ctx_new(m, 64, LUNA_ATTN_LUNA);
+    float *whole = run(c, m, LUNA_ATTN_LUNA, t, n, WHOLE, 0);
+    float *steps = run(c, m, LUNA_ATTN_LUNA, t, n, STEPS, 0);
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = max_rel(steps + i * V, whole + i * V, V);
+        if (e > worst) worst = e;
+    }
+    cr_expect_lt(worst, TOL, "steps vs prefill at 4000 tokens: %.3g", worst);
+    free(whole), free(steps), free(t);
+    luna_ctx_free(c);
+    luna_model_free(m);
+}
+
+/* A prompt prefilled once and copied continues exactly as the original; the copy is
+ * independent of it; reset is a fresh state. For both kinds of state. */
+static void fork_case(luna_attn attn)
+{
+    luna_model *m = golden_model("lm_defaults");
+    const luna_config *cfg = luna_model_config(m);
+    size_t V = (size_t)cfg->vocab_size;
+    luna_ctx *c = ctx_new(m, 16, attn);
+    int32_t *t = tokens(cfg, 120, 5);
+    luna_gen_state *a = state_new(m, attn), *b = state_new(m, attn), *fresh = state_new(m, attn);
+    float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float));
+    cr_assert_eq(luna_prefill(c, a, t, 100, NULL, 0), 0);
+    cr_assert_eq(luna_gen_state_copy(b, a), 0);
+    cr_expect_eq(luna_gen_state_tokens(b), 100);
+    /* the same continuation: bit for bit */
+    cr_assert_eq(luna_prefill(c, a, t + 100, 20, la, 0), 0);
+    cr_assert_eq(luna_prefill(c, b, t + 100, 20, lb, 0), 0);
+    cr_expect_arr_eq(la, lb, V * sizeof(float));
+    /* b diverges; a continues as a fresh prefill of its whole sequence would */
+    cr_assert_eq(luna_step(c, b, cfg->byte_offset + 'x', lb), 0);
+    cr_assert_eq(luna_prefill(c, fresh, t, 120, lb, 0), 0);
+    cr_expect_lt(max_rel(la, lb, V), TOL);
+    /* reset */
+    luna_gen_state_reset(a);
+    cr_expect_eq(luna_gen_state_tokens(a), 0);
+    cr_assert_eq(luna_prefill(c, a, t, 120, la, 0), 0);
+    cr_expect_arr_eq(la, lb, V * sizeof(float), "a reset state is a fresh one");
+    free(la), free(lb), free(t);
+    luna_gen_state_free(a), luna_gen_state_free(b), luna_gen_state_free(fresh);
+    luna_ctx_free(c);
+    luna_model_free(m);
+}
+
+Test(decoder, copy_forks_and_reset_clears) { fork_case(LUNA_ATTN_LUNA); }
+Test(decoder, kv_copy_forks_and_reset_clears) { fork_case(LUNA_ATTN_SOFTMAX); }
+
+Test(decoder, bad_arguments_leave_the_state_alone)
+{
+    luna_model *m = golden_model("lm_defaults"), *other = golden_model("lm_f16_h1"), *cls = golden_model("defaults");
+    const luna_config *cfg = luna_model_config(m);
+    luna_ctx *c = ctx_new(m, 16, LUNA_ATTN_LUNA), *soft = ctx_new(m, 16, LUNA_ATTN_SOFTMAX);
+    luna_ctx *oc = ctx_new(other, 16, LUNA_ATTN_LUNA);
+    luna_gen_state *s = state_new(m, LUNA_ATTN_LUNA), *kv = state_new(m, LUNA_ATTN_SOFTMAX);
+    luna_gen_state *os = state_new(other, LUNA_ATTN_LUNA);
+    int32_t good[3] = {cfg->bos_id, cfg->byte_offset, cfg->byte_offset + 1};
+    int32_t bad_lo[2] = {cfg->bos_id, -1}, bad_hi[2] = {cfg->bos_id, cfg->vocab_size};
+    cr_expect_eq(luna_prefill(c, s, bad_lo, 2, NULL, 0), LUNA_EINVAL);
+    cr_expect_eq(luna_prefill(c, s, bad_hi, 2, NULL, 0), LUNA_EINVAL);
+    cr_expect_eq(luna_step(c, s, cfg->vocab_size, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_prefill(c, s, good, 0, NULL, 0), LUNA_EINVAL);
+    cr_expect_eq(luna_prefill(NULL, s, good, 3, NULL, 0), LUNA_EINVAL);
+    cr_expect_eq(luna_prefill(c, NULL, good, 3, NULL, 0), LUNA_EINVAL);
+    cr_expect_eq(luna_prefill(c, kv, good, 3, NULL, 0), LUNA_EINVAL, "a KV state in a Luna context");
+    cr_expect_eq(luna_prefill(soft, s, good, 3, NULL, 0), LUNA_EINVAL, "a Luna state in a softmax context");
+    cr_expect_eq(luna_prefill(oc, s, good, 3, NULL, 0), LUNA_EINVAL, "a state of another model");
+    cr_expect_eq(luna_gen_state_copy(os, s), LUNA_EINVAL);
+    cr_expect_eq(luna_gen_state_copy(kv, s), LUNA_EINVAL);
+    cr_expect_eq(luna_gen_state_tokens(s), 0, "no error consumed a token");
+    /* a classifier has no generation */
+    luna_gen_state *x = NULL;
+    cr_expect_eq(luna_gen_state_new(cls, &x), LUNA_ETASK);
+    cr_expect_eq(luna_kv_state_new(cls, &x), LUNA_ETASK);
+    cr_expect_null(x);
+    cr_expect_eq(luna_gen_state_bytes(cls), 0);
+    luna_ctx *cc = ctx_new(cls, 16, LUNA_ATTN_LUNA);
+    cr_expect_eq(luna_prefill(cc, s, good, 3, NULL, 0), LUNA_EINVAL);
+    uint8_t text[] = "hi";
+    float probs[2];
+    cr_expect_eq(luna_classify(c, text, 2, probs, NULL), LUNA_ETASK, "an LM does not classify");
+    luna_ctx_free(cc);
+    luna_gen_state_free(s), luna_gen_state_free(kv), luna_gen_state_free(os);
+    luna_ctx_free(c), luna_ctx_free(soft), luna_ctx_free(oc);
+    luna_model_free(m), luna_model_free(other), luna_model_free(cls);
+}
+
+/* Learned positions end at max_positions: a prefill that would pass it consumes nothing. */
+Test(decoder, learned_positions_limit_the_context)
+{
+    luna_model *m = golden_model("lm_legacy_untied_prenorm_learned");
+    const luna_config *cfg = luna_model_config(m);
+    size_t max = (size_t)cfg->max_positions;
+    cr_assert_gt(max, 10);
+    int32_t *t = tokens(cfg, max + 1, 2);
+    luna_ctx *c = ctx_new(m, 64, LUNA_ATTN_LUNA);
+    luna_gen_state *s = state_new(m, LUNA_ATTN_LUNA);
+    cr_expect_eq(luna_prefill(c, s, t, max + 1, NULL, 0), LUNA_ETOOLONG);
+    cr_expect_eq(luna_gen_state_tokens(s), 0);
+    cr_expect_eq(luna_prefill(c, s, t, max - 1, NULL, 0), 0);
+    cr_expect_eq(luna_prefill(c, s, t, 2, NULL, 0), LUNA_ETOOLONG);
+    cr_expect_eq(luna_gen_state_tokens(s), max - 1);
+    cr_expect_eq(luna_step(c, s, t[1], NULL), 0);
+    cr_expect_eq(luna_step(c, s, t[1], NULL), LUNA_ETOOLONG);
+    cr_expect_eq(luna_gen_state_tokens(s), max);
+    free(t);
+    luna_gen_state_free(s);
+    luna_ctx_free(c);
+    luna_model_free(m);
+}
+
+/* The cancel flag is polled between chunks: a set flag stops a prefill at a chunk boundary,
+ * and the state holds exactly the whole chunks consumed. */
+Test(decoder, cancel_stops_at_a_chunk_boundary)
+{
+    luna_model *m = golden_model("lm_defaults");
+    const luna_config *cfg = luna_model_config(m);
+    int32_t *t = tokens(cfg, 300, 4);
+    luna_ctx *c = ctx_new(m, 32, LUNA_ATTN_LUNA);
+    luna_gen_state *s = state_new(m, LUNA_ATTN_LUNA);
+    atomic_int flag = 1;
+    luna_ctx_set_cancel(c, &flag);
+    cr_expect_eq(luna_prefill(c, s, t, 300, NULL, 0), LUNA_ECANCELED);
+    cr_expect_eq(luna_gen_state_tokens(s) % 32, 0);
+    cr_expect_eq(luna_gen_state_tokens(s), 0);
+    atomic_store(&flag, 0);
+    cr_expect_eq(luna_prefill(c, s, t, 300, NULL, 0), 0);
+    cr_expect_eq(luna_gen_state_tokens(s), 300);
+    luna_ctx_set_cancel(c, NULL);
+    free(t);
+    luna_gen_state_free(s);
+    luna_ctx_free(c);
+    luna_model_free(m);
+}
+
+/* The loader binds exactly the causal-lm tensors that the config implies: a tensor that the
+ * config makes unused is refused by name, and one that it needs is missed by name. */
+static void expect_lm_load_error(const char *case_name, const char *config, const char *want)
+{
+    char dir[256], src[512], err[512];
+    cr_assert_eq(fx_tmpdir(dir, sizeof dir), 0);
+    snprintf(src, sizeof src, GOLDEN_DIR "/%s/model.safetensors", case_name);
+    FILE *f = fopen(src, "rb");
+    cr_assert_not_null(f);
+    static uint8_t buf[4 << 20];
+    size_t len = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    cr_assert_eq(fx_write_file(dir, "model.safetensors", buf, len), 0);
+    cr_assert_eq(fx_write_file(dir, "config.json", config, strlen(config)), 0);
+    luna_model *m = NULL;
+    cr_expect_eq(luna_model_load(dir, &m, err, sizeof err), LUNA_ETENSOR);
+    cr_expect_null(m);
+    cr_expect(strstr(err, want) != NULL, "\"%s\" lacks \"%s\"", err, want);
+    fx_rmtree(dir);
+}
+
+#define LM_HEAD "{\"format\": \"luna\", \"format_version\": 1, \"task\": \"causal-lm\", "
+#define LEGACY "\"d\": 24, \"H\": 4, \"l\": 12, \"layers\": 3, \"ffn\": 48, \"activation\": \"gelu\", " \
+               "\"tie_kv\": false, \"normalize_before\": true, \"positions\": \"learned\", "        \
+               "\"max_positions\": 512, \"causal_phi\": \"elu_plus_1\""
+
+Test(decoder, loader_binds_exactly_the_causal_tensors)
+{
+    /* lm_legacy_untied_prenorm_learned has output_projection, k/v_proj and no pc_proj */
+    expect_lm_load_error("lm_legacy_untied_prenorm_learned",
+                         LM_HEAD LEGACY ", \"causal_pc_proj\": false}",
+                         "unexpected tensor \"output_projection.weight\"");
+    expect_lm_load_error("lm_legacy_untied_prenorm_learned",
+                         LM_HEAD LEGACY ", \"tie_embeddings\": false}",
+                         "tensor \"layers.0.self_attn.pc_proj.weight\" is missing");
+    /* lm_defaults ties everything: untied output embeddings need output_projection */
+    expect_lm_load_error("lm_defaults",
+                         LM_HEAD "\"d\": 16, \"H\": 2, \"l\": 8, \"layers\": 2, \"ffn\": 32, "
+                                 "\"tie_embeddings\": false}",
+                         "tensor \"output_projection.weight\" is missing");
+}
