@@ -6,7 +6,8 @@
 #   make check      run every test once (no dependency install, no sanitizers)
 #   make asan       build under AddressSanitizer + UBSan into build/asan and run every test there
 #   make valgrind   run the unit and golden tests under valgrind's memcheck
-#   make bench      run the benchmarks under bench/ (prints tables, writes docs/bench-*)
+#   make bench      run the encoder benchmark under bench/ (prints tables, writes docs/bench-encoder*)
+#   make bench-gen  run the generation benchmark (Luna decoder vs KV cache; docs/bench-generate*)
 #   make golden     regenerate tests/golden with the PyTorch reference (needs python3-torch)
 #
 # V=1 shows the compile lines. BUILD selects the output tree (build/ by default).
@@ -107,11 +108,15 @@ run: deps
 bench: bin/luna
 	sh bench/run.sh
 
+# Time per token, state bytes and prefill throughput at 1k..1M tokens of context.
+bench-gen: bin/luna
+	sh bench/gen.sh
+
 golden:
 	/usr/bin/python3 tools/make_golden.py tests/golden
 
 clean:
 	rm -rf build bin
 
-.PHONY: all check asan valgrind deps test run bench golden clean
+.PHONY: all check asan valgrind deps test run bench bench-gen golden clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -4,6 +4,7 @@
  *   luna bench    --model DIR --lengths 1024,4096,... [--attention luna|softmax|softmax-stream]
  *                 [--chunk N] [--threads N] [--repeat N] [--json]
  *   luna sgemm    [--size N] [--threads N] [--json]
+ *   luna generate, luna bench-gen: cli/generate.c
  *
  * Every subcommand has --help. Bad arguments print a one-line reason and exit 2; engine errors
  * exit 1. Output on stdout is JSON (classify) or a table (bench, unless --json). */
@@ -18,13 +19,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/cli.h"
 #include "engine/luna.h"
 
-#define EXIT_USAGE 2
+const char *prog = "luna";
 
-static const char *prog = "luna";
-
-static void die_usage(const char *cmd, const char *fmt, const char *arg)
+void die_usage(const char *cmd, const char *fmt, const char *arg)
 {
     fprintf(stderr, "%s %s: ", prog, cmd);
     fprintf(stderr, fmt, arg);
@@ -32,7 +32,7 @@ static void die_usage(const char *cmd, const char *fmt, const char *arg)
     exit(EXIT_USAGE);
 }
 
-static long parse_long(const char *cmd, const char *flag, const char *s, long lo, long hi)
+long parse_long(const char *cmd, const char *flag, const char *s, long lo, long hi)
 {
     char *end;
     errno = 0;
@@ -45,7 +45,7 @@ static long parse_long(const char *cmd, const char *flag, const char *s, long lo
     return v;
 }
 
-static double now_s(void)
+double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -53,7 +53,7 @@ static double now_s(void)
 }
 
 /* Reads all of f; returns a malloc'd buffer (caller frees) or NULL with errno set. */
-static unsigned char *read_all(FILE *f, size_t *len)
+unsigned char *read_all(FILE *f, size_t *len)
 {
     size_t cap = 1 << 16, n = 0;
     unsigned char *buf = malloc(cap);
@@ -91,7 +91,7 @@ static void json_string(FILE *out, const char *s)
     fputc('"', out);
 }
 
-static luna_model *load_or_die(const char *dir)
+luna_model *load_or_die(const char *dir)
 {
     luna_model *m;
     char err[512];
@@ -101,6 +101,44 @@ static luna_model *load_or_die(const char *dir)
         exit(1);
     }
     return m;
+}
+
+int run_in_child(void (*child)(void *arg, int fd), void *arg, void *result, size_t size,
+                 struct rusage *ru)
+{
+    int fds[2];
+    if (pipe(fds)) return -1;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        child(arg, fds[1]);
+        _exit(0);
+    }
+    close(fds[1]);
+    ssize_t got = pid > 0 ? read(fds[0], result, size) : -1;
+    close(fds[0]);
+    int ws = 0;
+    memset(ru, 0, sizeof *ru);
+    if (pid > 0) wait4(pid, &ws, 0, ru);
+    return got == (ssize_t)size && WIFEXITED(ws) && WEXITSTATUS(ws) == 0 ? 0 : -1;
+}
+
+int parse_lengths(const char *cmd, const char *flag, const char *list, size_t *out, int cap)
+{
+    int count = 0;
+    char *copy = strdup(list), *save = NULL;
+    if (!copy) exit(1);
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (count == cap) die_usage(cmd, "%s takes too many values", flag);
+        size_t mult = 1, tl = strlen(tok);
+        if (tl && (tok[tl - 1] == 'k' || tok[tl - 1] == 'K')) mult = 1024, tok[tl - 1] = 0;
+        else if (tl && tok[tl - 1] == 'M') mult = 1024 * 1024, tok[tl - 1] = 0;
+        out[count++] = (size_t)parse_long(cmd, flag, tok, 1, 1L << 30) * mult;
+    }
+    free(copy);
+    if (!count) die_usage(cmd, "%s is empty", flag);
+    return count;
 }
 
 /* ---- classify --------------------------------------------------------------------------- */
@@ -182,7 +220,7 @@ static const char bench_help[] =
     "Runs one classification forward pass per length (and per repeat) on random bytes, each length\n"
     "in a fresh child process, and prints latency, peak RSS and throughput.\n"
     "  --model DIR        a classifier model directory\n"
-    "  --lengths LIST     comma-separated token counts, e.g. 1024,4096,65536 (suffix k = *1024)\n"
+    "  --lengths LIST     comma-separated token counts, e.g. 1024,4096,65536 (k = *1024, M = *2^20)\n"
     "  --attention KIND   luna (default), softmax (n x n scores built) or softmax-stream (flash-style)\n"
     "  --chunk N          rows per chunk (default 256)\n"
     "  --threads N        OpenBLAS threads (default: OpenBLAS's own)\n"
@@ -211,7 +249,7 @@ static double forward_flops(const luna_config *c, double n, luna_attn attn)
     return per_layer * c->layers;
 }
 
-static size_t rss_kb(void)
+size_t rss_kb(void)
 {
     FILE *f = fopen("/proc/self/statm", "r");
     unsigned long size = 0, res = 0;
@@ -228,9 +266,21 @@ typedef struct {
     size_t base_kb;
 } bench_result;
 
+typedef struct {
+    const luna_model *m;
+    const luna_ctx_opts *o;
+    size_t n;
+    int repeat;
+} bench_job;
+
 /* In the child: make a context, run `repeat` forwards over n tokens, report through fd. */
-static void bench_child(const luna_model *m, const luna_ctx_opts *o, size_t n, int repeat, int fd)
+static void bench_child(void *arg, int fd)
 {
+    const bench_job *job = arg;
+    const luna_model *m = job->m;
+    const luna_ctx_opts *o = job->o;
+    size_t n = job->n;
+    int repeat = job->repeat;
     const luna_config *cfg = luna_model_config(m);
     bench_result r = {0, 1e30, 0};
     size_t special = 1 + (size_t)cfg->append_eos;
@@ -299,17 +349,7 @@ static int cmd_bench(int argc, char **argv)
 
     /* parse the whole list before running anything */
     size_t ns[256];
-    int count = 0;
-    char *list = strdup(lengths), *save = NULL;
-    if (!list) return 1;
-    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (count == 256) die_usage("bench", "%s", "--lengths takes at most 256 values");
-        size_t mult = 1, tl = strlen(tok);
-        if (tl && (tok[tl - 1] == 'k' || tok[tl - 1] == 'K')) mult = 1024, tok[tl - 1] = 0;
-        ns[count++] = (size_t)parse_long("bench", "--lengths", tok, 1, 1L << 30) * mult;
-    }
-    free(list);
-    if (!count) die_usage("bench", "%s", "--lengths is empty");
+    int count = parse_lengths("bench", "--lengths", lengths, ns, 256);
 
     if (threads) luna_blas_set_threads(threads);
     luna_model *m = load_or_die(model);
@@ -330,23 +370,11 @@ static int cmd_bench(int argc, char **argv)
                        cfg->l, n, pred, max_mb);
             continue;
         }
-        int fds[2];
-        if (pipe(fds)) return 1;
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid == 0) {
-            close(fds[0]);
-            bench_child(m, &o, n, repeat, fds[1]);
-        }
-        close(fds[1]);
+        bench_job job = {m, &o, n, repeat};
         bench_result r = {LUNA_EINVAL, 0, 0};
-        ssize_t got = pid > 0 ? read(fds[0], &r, sizeof r) : -1;
-        close(fds[0]);
-        int ws = 0;
-        struct rusage ru = {0};
-        if (pid > 0) wait4(pid, &ws, 0, &ru);
-        if (got != (ssize_t)sizeof r || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
-            fprintf(stderr, "%s bench: n=%zu: the child died (status %d)\n", prog, n, ws);
+        struct rusage ru;
+        if (run_in_child(bench_child, &job, &r, sizeof r, &ru)) {
+            fprintf(stderr, "%s bench: n=%zu: the child died\n", prog, n);
             status = 1;
             continue;
         }
@@ -415,6 +443,8 @@ static const char main_help[] =
     "Commands:\n"
     "  classify   classify a document with a Luna classifier\n"
     "  bench      measure latency and peak memory of a forward pass at several lengths\n"
+    "  generate   generate text with a causal LM, streaming bytes to stdout\n"
+    "  bench-gen  measure prefill throughput, time per token and state bytes at several contexts\n"
     "  sgemm      measure this machine's sgemm rate\n"
     "Run 'luna COMMAND --help' for a command's options.\n";
 
@@ -432,6 +462,8 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "classify")) return cmd_classify(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "sgemm")) return cmd_sgemm(argc - 1, argv + 1);
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-gen")) return cmd_bench_gen(argc - 1, argv + 1);
     fprintf(stderr, "%s: unknown command '%s'\n", prog, cmd);
     fputs(main_help, stderr);
     return EXIT_USAGE;
