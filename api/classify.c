@@ -86,12 +86,46 @@ long api_base64_decode(const char *in, size_t len, uint8_t *out)
     return (long)o;
 }
 
+char *api_base64_encode(const uint8_t *in, size_t len)
+{
+    static const char A[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = malloc((len + 2) / 3 * 4 + 1), *o = out;
+    if (!out) return NULL;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t w = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0) |
+                     (i + 2 < len ? in[i + 2] : 0);
+        *o++ = A[w >> 18 & 63];
+        *o++ = A[w >> 12 & 63];
+        *o++ = i + 1 < len ? A[w >> 6 & 63] : '=';
+        *o++ = i + 2 < len ? A[w & 63] : '=';
+    }
+    *o = 0;
+    return out;
+}
+
 typedef struct {
     cJSON *tree;
     uint8_t *decoded; /* base64 documents, back to back */
 } storage;
 
-static int has_nul_escape(const char *body, size_t len)
+cJSON *api__parse_json(const char *body, size_t len, api_error *err)
+{
+    /* cJSON would end a string at a raw NUL byte and parse on: JSON forbids it, so refuse */
+    const char *nul = memchr(body, 0, len);
+    if (nul) {
+        api_fail(err, API_E_BAD_JSON, "the body is not valid JSON (a raw NUL byte at byte %zu)", (size_t)(nul - body));
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!root) {
+        size_t at = end && end >= body ? (size_t)(end - body) : 0;
+        api_fail(err, API_E_BAD_JSON, "the body is not valid JSON (error near byte %zu)", at);
+    }
+    return root;
+}
+
+int api__has_nul_escape(const char *body, size_t len)
 {
     for (size_t i = 0; i + 6 <= len; i++)
         if (body[i] == '\\' && body[i + 1] == 'u' && body[i + 2] == '0' && body[i + 3] == '0' &&
@@ -104,12 +138,8 @@ api_err api_parse_classify(const char *body, size_t len, const api_limits *lim, 
                            api_error *err)
 {
     memset(req, 0, sizeof *req);
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-    if (!root) {
-        size_t at = end && end >= body ? (size_t)(end - body) : 0;
-        return api_fail(err, API_E_BAD_JSON, "the body is not valid JSON (error near byte %zu)", at);
-    }
+    cJSON *root = api__parse_json(body, len, err);
+    if (!root) return err->kind;
     api_err rc = API_OK;
     storage *st = calloc(1, sizeof *st);
     if (!st) {
@@ -170,7 +200,7 @@ api_err api_parse_classify(const char *body, size_t len, const api_limits *lim, 
         }
         total_b64 += strlen(it->valuestring);
     }
-    if (text && has_nul_escape(body, len)) {
+    if (text && api__has_nul_escape(body, len)) {
         rc = api_fail(err, API_E_VALIDATION, "\"inputs\" contains U+0000; send documents with NUL bytes in \"inputs_base64\"");
         goto fail;
     }

@@ -15,7 +15,13 @@ static cJSON *model_json(const char *dir, const luna_model *m)
     cJSON_AddStringToObject(o, "path", dir);
     cJSON_AddStringToObject(o, "task", c->task == LUNA_TASK_CAUSAL_LM ? "causal-lm" : "classification");
     cJSON_AddNumberToObject(o, "weight_bytes", (double)luna_model_weight_bytes(m));
-    cJSON_AddNumberToObject(o, "workspace_bytes_per_token", (double)luna_workspace_bytes(m, 1));
+    if (c->task == LUNA_TASK_CAUSAL_LM) {
+        /* per worker, allocated once: the context and the generation state, whatever the context */
+        cJSON_AddNumberToObject(o, "state_bytes", (double)luna_gen_state_bytes(m));
+        cJSON_AddNumberToObject(o, "context_bytes", (double)luna_ctx_bytes(m, NULL));
+    } else {
+        cJSON_AddNumberToObject(o, "workspace_bytes_per_token", (double)luna_workspace_bytes(m, 1));
+    }
     cJSON *cfg = cJSON_AddObjectToObject(o, "config");
     cJSON_AddNumberToObject(cfg, "d", c->d);
     cJSON_AddNumberToObject(cfg, "H", c->H);
@@ -44,10 +50,12 @@ char *api_render_info(const srv_app *app)
     cJSON_AddStringToObject(root, "name", "lunaserve");
     cJSON *models = cJSON_AddObjectToObject(root, "models");
     if (app->classifier) cJSON_AddItemToObject(models, "classify", model_json(c->classify_model, app->classifier));
+    if (app->generator) cJSON_AddItemToObject(models, "generate", model_json(c->generate_model, app->generator));
     cJSON *lim = cJSON_AddObjectToObject(root, "limits");
     cJSON_AddNumberToObject(lim, "max_body_bytes", (double)c->max_body_bytes);
     cJSON_AddNumberToObject(lim, "max_input_bytes", (double)c->max_input_bytes);
     cJSON_AddNumberToObject(lim, "max_new_tokens", c->max_new_tokens);
+    cJSON_AddNumberToObject(lim, "default_new_tokens", c->default_new_tokens);
     cJSON_AddNumberToObject(lim, "max_queue", c->max_queue);
     cJSON_AddNumberToObject(lim, "request_timeout_seconds", c->request_timeout);
     cJSON_AddNumberToObject(lim, "max_request_timeout_seconds", c->max_request_timeout);

@@ -40,6 +40,8 @@ static const setting SETTINGS[] = {
     {"max-body-bytes", T_BYTES, 1024, 1e12, "16M", F(max_body_bytes), 0, "largest request body; larger gets 413 before it is read"},
     {"max-input-bytes", T_BYTES, 1, 1e12, "8M", F(max_input_bytes), 0, "largest document after JSON decoding"},
     {"max-new-tokens", T_INT, 1, 1000000, "1024", F(max_new_tokens), 0, "cap on max_new_tokens for generation"},
+    {"default-new-tokens", T_INT, 1, 1000000, "100", F(default_new_tokens), 0, "max_new_tokens of a request that names none (capped by max-new-tokens)"},
+    {"sse-ping-interval", T_SECONDS, 0.01, 3600, "10", F(sse_ping_interval), 0, "seconds without an event before a stream gets a keep-alive comment"},
     {"request-timeout", T_SECONDS, 0.001, 86400, "60", F(request_timeout), 0, "default deadline of a request, seconds (queue + run)"},
     {"max-request-timeout", T_SECONDS, 0.001, 86400, "600", F(max_request_timeout), 0, "largest deadline a client may ask for (X-Request-Timeout header)"},
     {"drain-timeout", T_SECONDS, 0, 86400, "30", F(drain_timeout), 0, "on SIGTERM, seconds to let queued and running requests finish"},

@@ -24,6 +24,8 @@ typedef struct {
     uint64_t max_body_bytes;
     uint64_t max_input_bytes;
     int max_new_tokens;
+    int default_new_tokens;   /* max_new_tokens of a request that names none */
+    double sse_ping_interval; /* seconds without an event before a stream gets a comment */
     double request_timeout;   /* seconds */
     double max_request_timeout;
     double drain_timeout;

@@ -7,11 +7,20 @@
  *   NEW      first call, headers only: route, method, auth, content type, Content-Length limit;
  *   BODY     body chunks arrive; counted against max-body-bytes as they come;
  *   QUEUED   the job is queued or running, the connection suspended;
- *   ANSWER   resumed (or failed before queueing): send the result or the error. */
+ *   ANSWER   resumed (or failed before queueing): send the result or the error;
+ *   STREAM   /generate_stream: a worker took the job and resumed the connection; the 200
+ *            response is queued with a content reader that drains the job's events, suspending
+ *            the connection whenever it finds none (srv_stream in server.h).
+ *
+ * Lifetime: the request owns its job. MHD may end a request (a client that left mid-stream)
+ * while a worker still runs its job, so `completed` frees the request only when no job is
+ * active; otherwise it cancels the job and leaves the free to on_job_done, which the loop
+ * thread calls once the job is over. `life` guards that hand-over. */
 #include <ctype.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +30,7 @@
 
 char *api_render_info(const srv_app *app); /* api/info.c */
 
-typedef enum { PH_NEW = 0, PH_BODY, PH_QUEUED, PH_ANSWER, PH_DONE } phase;
+typedef enum { PH_NEW = 0, PH_BODY, PH_QUEUED, PH_ANSWER, PH_STREAM, PH_DONE } phase;
 
 static const char *const EP_NAMES[SRV_N_ENDPOINTS] = {"classify", "generate", "health", "ready",
                                                        "info", "metrics", "other", "preflight"};
@@ -42,10 +51,29 @@ typedef struct {
     size_t body_len, body_cap;
     int body_over;       /* a chunked body passed max-body-bytes: discard the rest */
     double timeout;
+    int stream_route;    /* /generate_stream */
     api_classify_req creq;
+    api_generate_req greq;
     srv_job job;
+    srv_stream stream;   /* job.stream points here when the answer streams */
     int inflight;        /* counted in luna_inflight_requests */
+    pthread_mutex_t life;/* guards job_active and orphaned */
+    int job_active;      /* queued or running: the loop thread will call on_job_done */
+    int orphaned;        /* MHD is done with the request: on_job_done frees it */
 } http_req;
+
+static void free_req(http_req *r)
+{
+    api_classify_free(&r->creq);
+    api_generate_free(&r->greq);
+    free(r->job.scores);
+    free(r->job.out);
+    free(r->stream.buf);
+    pthread_mutex_destroy(&r->stream.lock);
+    pthread_mutex_destroy(&r->life);
+    free(r->body);
+    free(r);
+}
 
 /* ---- responses ---------------------------------------------------------------------------- */
 
@@ -192,41 +220,178 @@ static enum MHD_Result answer_get(http_req *r)
 
 /* ---- engine requests ------------------------------------------------------------------------ */
 
+/* The loop thread, once a job is over (run or not). */
 static void on_job_done(srv_job *job)
 {
     http_req *r = job->owner;
+    pthread_mutex_lock(&r->life);
+    r->job_active = 0;
+    int orphaned = r->orphaned;
+    pthread_mutex_unlock(&r->life);
+    if (orphaned) { /* MHD ended the request already: nobody to answer */
+        free_req(r);
+        return;
+    }
+    int streaming = 0;
+    if (job->stream) {
+        pthread_mutex_lock(&job->stream->lock);
+        streaming = job->stream->started; /* the reader ends the answer */
+        pthread_mutex_unlock(&job->stream->lock);
+    }
+    if (streaming) return;
     r->ph = PH_ANSWER;
     MHD_resume_connection(r->conn); /* the last touch of the loop thread */
+}
+
+/* Any thread: the stream started, or has data for a reader that suspended the connection. */
+static void on_stream(srv_job *job)
+{
+    http_req *r = job->owner;
+    MHD_resume_connection(r->conn);
+}
+
+/* MHD's thread: hands the next bytes of the event stream to MHD, or suspends for more. */
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    http_req *r = cls;
+    srv_stream *st = &r->stream;
+    pthread_mutex_lock(&st->lock);
+    size_t n = st->len - st->off;
+    if (n) {
+        if (n > max) n = max;
+        memcpy(buf, st->buf + st->off, n);
+        st->off += n;
+        r->resp_bytes += n;
+    } else if (st->finished) {
+        pthread_mutex_unlock(&st->lock);
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    } else {
+        /* Suspended under the lock: whoever appends next sees `waiting` only after this, so
+         * its resume always follows the suspend. (Appenders never hold this lock while they
+         * call into MHD, so nothing can deadlock on it.) */
+        st->waiting = 1;
+        MHD_suspend_connection(r->conn);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return (ssize_t)n;
+}
+
+static enum MHD_Result start_stream(http_req *r)
+{
+    r->ph = PH_STREAM;
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, r, NULL);
+    if (!resp) return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no"); /* nginx: do not buffer the stream */
+    MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+    if (r->cors) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
+        MHD_add_response_header(resp, "Vary", "Origin");
+    }
+    r->status = 200;
+    enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
+    MHD_destroy_response(resp);
+    return ok;
 }
 
 static enum MHD_Result answer_job(http_req *r)
 {
     srv_app *app = r->app;
     srv_job *job = &r->job;
+    if (job->rc == 0 && job->kind == JOB_GENERATE)
+        return respond(r, 200, "application/json", api_render_generate(&r->greq, &job->gres), NULL);
     if (job->rc == 0) {
         const luna_config *cfg = luna_model_config(app->classifier);
         char *body = api_render_classify(&r->creq, job->scores, app->labels, cfg->n_labels);
         return respond(r, 200, "application/json", body, NULL);
     }
-    if (job->rc == LUNA_ECANCELED) {
-        switch (atomic_load(&job->cancel_reason)) {
-        case CANCEL_DEADLINE:
-            api_fail(&r->err, API_E_TIMEOUT, "the request did not finish within its deadline of %gs", r->timeout);
-            break;
-        case CANCEL_SHUTDOWN:
-            api_fail(&r->err, API_E_SHUTTING_DOWN, "the server is shutting down");
-            break;
-        default: /* the client went away: nobody to answer; close (counted as 499) */
-            return MHD_NO;
-        }
-    } else if (job->rc == LUNA_ENOMEM) {
-        api_fail(&r->err, API_E_ENGINE_MEMORY, "the engine could not allocate its workspace; retry later");
-    } else if (job->rc == LUNA_ETOOLONG) {
-        api_fail(&r->err, API_E_INPUT_TOO_LONG, "a document is longer than the model accepts");
-    } else {
-        api_fail(&r->err, API_E_INTERNAL, "engine error: %s", luna_strerror(job->rc));
-    }
+    if (srv_job_error(job, &r->err) == API_OK) return MHD_NO; /* the client left: close (499) */
     return respond_error(r, NULL);
+}
+
+/* Refuses a request whose reservation can never fit the budget (413). */
+static int over_budget(http_req *r, uint64_t reserve)
+{
+    srv_app *app = r->app;
+    if (reserve <= app->cfg.memory_budget) return 0;
+    api_fail(&r->err, API_E_MEMORY, "this request needs %llu bytes of workspace; the memory budget is %llu",
+             (unsigned long long)reserve, (unsigned long long)app->cfg.memory_budget);
+    r->err.extra_key[0] = "memory_required_bytes";
+    r->err.extra_val[0] = (double)reserve;
+    r->err.extra_key[1] = "memory_budget_bytes";
+    r->err.extra_val[1] = (double)app->cfg.memory_budget;
+    srv_metrics_reject(&app->metrics, REJ_MEMORY);
+    return 1;
+}
+
+/* Queues the prepared job and suspends the connection; 429 when the queue is full. */
+static enum MHD_Result submit(http_req *r)
+{
+    srv_app *app = r->app;
+    srv_job *job = &r->job;
+    job->t_submit = srv_now();
+    job->deadline = job->t_submit + r->timeout;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    job->client_fd = ci ? ci->connect_fd : -1;
+    job->on_done = on_job_done;
+    job->owner = r;
+    MHD_suspend_connection(r->conn);
+    r->ph = PH_QUEUED;
+    pthread_mutex_lock(&r->life);
+    r->job_active = 1;
+    pthread_mutex_unlock(&r->life);
+    if (srv_submit(app, job) != 0) {
+        pthread_mutex_lock(&r->life);
+        r->job_active = 0;
+        pthread_mutex_unlock(&r->life);
+        srv_metrics_reject(&app->metrics, REJ_QUEUE_FULL);
+        api_fail(&r->err, API_E_OVERLOADED, "the queue is full (%d waiting); retry later", app->cfg.max_queue);
+        r->ph = PH_ANSWER;
+        MHD_resume_connection(r->conn);
+        return MHD_YES;
+    }
+    r->inflight = 1;
+    srv_metrics_inflight(&app->metrics, 1);
+    return MHD_YES;
+}
+
+/* The body is complete: parse, admit, queue, suspend. */
+static enum MHD_Result start_generate(http_req *r)
+{
+    srv_app *app = r->app;
+    const luna_config *cfg = luna_model_config(app->generator);
+    api_gen_limits lim = {app->cfg.max_input_bytes, app->cfg.max_new_tokens, app->cfg.default_new_tokens};
+    if (api_parse_generate(r->body ? r->body : "", r->body_len, &lim, &r->greq, &r->err) != API_OK)
+        return respond_error(r, NULL);
+    free(r->body); /* the parsed request holds what it needs */
+    r->body = NULL;
+    r->greq.stream |= r->stream_route;
+    uint64_t tokens = (uint64_t)r->greq.prompt_len + 1; /* bos */
+    if (cfg->max_positions > 0 && tokens > (uint64_t)cfg->max_positions) {
+        api_fail(&r->err, API_E_INPUT_TOO_LONG, "the prompt is %llu tokens; the model accepts %d (or set \"truncate\")",
+                 (unsigned long long)tokens, cfg->max_positions);
+        r->err.extra_key[0] = "max_tokens";
+        r->err.extra_val[0] = cfg->max_positions;
+        return respond_error(r, NULL);
+    }
+    srv_metrics_input_bytes(&app->metrics, r->greq.prompt_len);
+    uint64_t reserve = srv_gen_reservation(app, &r->greq);
+    if (over_budget(r, reserve)) return respond_error(r, NULL);
+    srv_job *job = &r->job;
+    job->out = malloc((size_t)r->greq.max_new_tokens);
+    if (!job->out) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
+    job->kind = JOB_GENERATE;
+    job->generate = &r->greq;
+    job->reserve = reserve;
+    job->gres.out = job->out;
+    if (r->greq.stream) {
+        r->stream.limit = (size_t)r->greq.max_new_tokens * 256 + 65536;
+        job->stream = &r->stream;
+        job->on_stream = on_stream;
+    }
+    return submit(r);
 }
 
 /* The body is complete: parse, admit, queue, suspend. */
@@ -262,40 +427,14 @@ static enum MHD_Result start_classify(http_req *r)
         if (need > reserve) reserve = need;
         srv_metrics_input_bytes(&app->metrics, d->len);
     }
-    if (reserve > app->cfg.memory_budget) {
-        api_fail(&r->err, API_E_MEMORY, "this request needs %llu bytes of workspace; the memory budget is %llu",
-                 (unsigned long long)reserve, (unsigned long long)app->cfg.memory_budget);
-        r->err.extra_key[0] = "memory_required_bytes";
-        r->err.extra_val[0] = (double)reserve;
-        r->err.extra_key[1] = "memory_budget_bytes";
-        r->err.extra_val[1] = (double)app->cfg.memory_budget;
-        srv_metrics_reject(&app->metrics, REJ_MEMORY);
-        return respond_error(r, NULL);
-    }
+    if (over_budget(r, reserve)) return respond_error(r, NULL);
     srv_job *job = &r->job;
     job->scores = malloc(r->creq.n_docs * (size_t)cfg->n_labels * sizeof(float));
     if (!job->scores) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
     job->kind = JOB_CLASSIFY;
     job->classify = &r->creq;
     job->reserve = reserve;
-    job->t_submit = srv_now();
-    job->deadline = job->t_submit + r->timeout;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    job->client_fd = ci ? ci->connect_fd : -1;
-    job->on_done = on_job_done;
-    job->owner = r;
-    MHD_suspend_connection(r->conn);
-    r->ph = PH_QUEUED;
-    if (srv_submit(app, job) != 0) {
-        srv_metrics_reject(&app->metrics, REJ_QUEUE_FULL);
-        api_fail(&r->err, API_E_OVERLOADED, "the queue is full (%d waiting); retry later", app->cfg.max_queue);
-        r->ph = PH_ANSWER;
-        MHD_resume_connection(r->conn);
-        return MHD_YES;
-    }
-    r->inflight = 1;
-    srv_metrics_inflight(&app->metrics, 1);
-    return MHD_YES;
+    return submit(r);
 }
 
 static int is_json(const char *ctype)
@@ -314,6 +453,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     if (!r) {
         r = calloc(1, sizeof *r);
         if (!r) return MHD_NO;
+        pthread_mutex_init(&r->life, NULL);
+        pthread_mutex_init(&r->stream.lock, NULL);
         *con_cls = r;
         r->app = app;
         r->conn = conn;
@@ -364,8 +505,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             srv_metrics_reject(&app->metrics, REJ_DRAINING);
             return fail(r, API_E_SHUTTING_DOWN, "%s", "the server is shutting down; retry on another replica");
         }
-        if (r->ep == EP_GENERATE)
+        if (r->ep == EP_GENERATE && !app->generator)
             return fail(r, API_E_NO_MODEL, "%s", "no generation model is loaded");
+        if (r->ep == EP_CLASSIFY && !app->classifier)
+            return fail(r, API_E_NO_MODEL, "%s", "no classification model is loaded");
+        r->stream_route = !strcmp(url, "/generate_stream");
         if (!is_json(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type")))
             return fail(r, API_E_MEDIA_TYPE, "%s", "the body must be JSON: Content-Type: application/json");
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
@@ -422,7 +566,13 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             return respond_error(r, NULL);
         }
         if (r->err.kind) return respond_error(r, NULL);
-        return start_classify(r);
+        return r->ep == EP_GENERATE ? start_generate(r) : start_classify(r);
+    }
+    if (r->ph == PH_QUEUED && r->job.stream) {
+        pthread_mutex_lock(&r->stream.lock);
+        int started = r->stream.started;
+        pthread_mutex_unlock(&r->stream.lock);
+        if (started) return start_stream(r);
     }
     if (r->ph == PH_ANSWER) {
         r->ph = PH_DONE;
@@ -441,6 +591,8 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
     double dt = srv_now() - r->t0;
     int status = r->status ? r->status : 499; /* the client left before an answer was sent */
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->status) status = 499;
+    /* a stream whose client left ends "completed" once its last bytes reach the socket buffer */
+    if (atomic_load(&r->job.cancel_reason) == CANCEL_DISCONNECT) status = 499;
     srv_metrics_request(&app->metrics, r->ep, status, dt);
     if (r->inflight) srv_metrics_inflight(&app->metrics, -1);
     if (r->ep == EP_CLASSIFY || r->ep == EP_GENERATE || status >= 400) {
@@ -451,11 +603,17 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
                 "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f",
                 r->request_id, EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, dt);
     }
-    api_classify_free(&r->creq);
-    free(r->job.scores);
-    free(r->body);
-    free(r);
     *con_cls = NULL;
+    pthread_mutex_lock(&r->life);
+    int active = r->job_active;
+    if (active) { /* a worker still runs it (a client that left mid-stream): stop it */
+        r->orphaned = 1;
+        int none = CANCEL_NONE;
+        atomic_compare_exchange_strong(&r->job.cancel_reason, &none, CANCEL_DISCONNECT);
+        atomic_store(&r->job.cancel, 1);
+    }
+    pthread_mutex_unlock(&r->life);
+    if (!active) free_req(r);
 }
 
 int srv_http_start(srv_app *app)

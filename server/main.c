@@ -22,6 +22,18 @@ static int load_model(const char *dir, luna_model **out)
     return rc;
 }
 
+/* A model setting names a model to load, unless it is empty, or it is the bundled default and
+ * that directory is absent (a checkout without the bundled models serves what it has). */
+static int want_model(const char *dir, const char *bundled)
+{
+    if (!dir[0]) return 0;
+    if (!strcmp(dir, bundled) && access(dir, F_OK) != 0) {
+        srv_log(LOG_WARN, "bundled model absent; not serving it", "\"path\":\"%s\"", dir);
+        return 0;
+    }
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     static srv_app app; /* large (labels); static keeps it off the stack */
@@ -37,24 +49,36 @@ int main(int argc, char **argv)
     srv_metrics_init(&app.metrics, app.cfg.memory_budget);
 
     int status = 1;
-    if (load_model(app.cfg.classify_model, &app.classifier)) goto out;
-    const luna_config *cfg = luna_model_config(app.classifier);
-    if (cfg->task != LUNA_TASK_CLASSIFY) {
-        srv_log(LOG_ERROR, "classify-model is not a classifier", NULL);
+    /* Each model is optional, so one server can serve either task; at least one must load. A
+     * model that is named but cannot be loaded is an error, never silently skipped. */
+    if (want_model(app.cfg.classify_model, "models/spam") && load_model(app.cfg.classify_model, &app.classifier)) goto out;
+    if (want_model(app.cfg.generate_model, "models/austen-lm") && load_model(app.cfg.generate_model, &app.generator)) goto out;
+    if (!app.classifier && !app.generator) {
+        srv_log(LOG_ERROR, "no model: set classify-model and/or generate-model", NULL);
         goto out;
     }
-    for (int i = 0; i < cfg->n_labels; i++) app.labels[i] = cfg->labels[i];
-    app.max_doc_tokens = cfg->max_positions > 0 ? (size_t)cfg->max_positions : (size_t)-1;
-    if (access(app.cfg.generate_model, F_OK) == 0)
-        srv_log(LOG_WARN, "generation is not served yet; ignoring generate-model", "\"path\":\"%s\"", app.cfg.generate_model);
+    if (app.classifier) {
+        const luna_config *cfg = luna_model_config(app.classifier);
+        if (cfg->task != LUNA_TASK_CLASSIFY) {
+            srv_log(LOG_ERROR, "classify-model is not a classifier", NULL);
+            goto out;
+        }
+        for (int i = 0; i < cfg->n_labels; i++) app.labels[i] = cfg->labels[i];
+        app.max_doc_tokens = cfg->max_positions > 0 ? (size_t)cfg->max_positions : (size_t)-1;
+    }
+    if (app.generator && luna_model_config(app.generator)->task != LUNA_TASK_CAUSAL_LM) {
+        srv_log(LOG_ERROR, "generate-model is not a causal-lm model", NULL);
+        goto out;
+    }
 
     if (srv_sched_start(&app)) goto stop_sched;
     if (srv_http_start(&app)) goto stop_sched;
     atomic_store(&app.ready, 1);
     srv_log(LOG_INFO, "listening",
-            "\"host\":\"%s\",\"port\":%d,\"workers\":%d,\"blas_threads\":%d,\"memory_budget\":%llu,\"classify_model\":\"%s\"",
-            app.cfg.host, app.port, app.n_workers, app.cfg.blas_threads,
-            (unsigned long long)app.cfg.memory_budget, app.cfg.classify_model);
+            "\"host\":\"%s\",\"port\":%d,\"workers\":%d,\"blas_threads\":%d,\"memory_budget\":%llu,"
+            "\"classify_model\":\"%s\",\"generate_model\":\"%s\"",
+            app.cfg.host, app.port, app.n_workers, app.cfg.blas_threads, (unsigned long long)app.cfg.memory_budget,
+            app.classifier ? app.cfg.classify_model : "", app.generator ? app.cfg.generate_model : "");
     uv_run(&app.loop, UV_RUN_DEFAULT); /* returns when the drain is complete */
     status = 0;
     srv_log(LOG_INFO, "drained; exiting", NULL);
@@ -63,6 +87,7 @@ stop_sched:
     srv_sched_stop(&app);
 out:
     luna_model_free(app.classifier);
+    luna_model_free(app.generator);
     srv_metrics_destroy(&app.metrics);
     return status;
 }

@@ -35,6 +35,9 @@ void srv_metrics_init(srv_metrics *m, uint64_t budget)
     hist_init(&m->duration, secs, 15);
     hist_init(&m->queue_wait, secs, 15);
     hist_init(&m->input_bytes, bytes, 10);
+    static const double tok[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1};
+    hist_init(&m->prefill, secs, 15);
+    hist_init(&m->per_token, tok, 12);
     m->budget = budget;
 }
 
@@ -60,6 +63,17 @@ void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int code, double secon
 
 void srv_metrics_queue_wait(srv_metrics *m, double s) { LOCKED(hist_add(&m->queue_wait, s)); }
 void srv_metrics_input_bytes(srv_metrics *m, uint64_t b) { LOCKED(hist_add(&m->input_bytes, (double)b)); }
+
+void srv_metrics_generated(srv_metrics *m, uint64_t generated, uint64_t prompt, double prefill_s,
+                           double decode_s)
+{
+    pthread_mutex_lock(&m->lock);
+    m->generated_tokens += generated;
+    m->prompt_tokens += prompt;
+    hist_add(&m->prefill, prefill_s);
+    if (generated) hist_add(&m->per_token, decode_s / (double)generated);
+    pthread_mutex_unlock(&m->lock);
+}
 void srv_metrics_reject(srv_metrics *m, srv_rejection r) { LOCKED(m->rejections[r]++); }
 void srv_metrics_inflight(srv_metrics *m, int delta) { LOCKED(m->inflight += delta); }
 void srv_metrics_queue_depth(srv_metrics *m, int depth) { LOCKED(m->queue_depth = depth); }
@@ -131,6 +145,11 @@ char *srv_metrics_render(srv_metrics *m)
                   "# TYPE luna_inflight_requests gauge\nluna_inflight_requests %lld\n", (long long)m->inflight);
     sb_printf(&b, "# HELP luna_generated_tokens_total Tokens generated.\n# TYPE luna_generated_tokens_total counter\n"
                   "luna_generated_tokens_total %llu\n", (unsigned long long)m->generated_tokens);
+    sb_printf(&b, "# HELP luna_prompt_tokens_total Prompt tokens prefilled (bos included).\n"
+                  "# TYPE luna_prompt_tokens_total counter\nluna_prompt_tokens_total %llu\n",
+              (unsigned long long)m->prompt_tokens);
+    hist_render(&b, "luna_prefill_seconds", "Time to prefill a generation's prompt (the time to first token, less the queue).", &m->prefill);
+    hist_render(&b, "luna_time_per_output_token_seconds", "Decode time per generated token, one value per generation.", &m->per_token);
     sb_printf(&b, "# HELP luna_memory_budget_bytes The memory budget of running requests.\n"
                   "# TYPE luna_memory_budget_bytes gauge\nluna_memory_budget_bytes %llu\n", (unsigned long long)m->budget);
     sb_printf(&b, "# HELP luna_memory_reserved_bytes Bytes reserved by running requests.\n"

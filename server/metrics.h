@@ -26,7 +26,8 @@ typedef struct {
     int codes[SRV_N_CODES];
     int n_codes;
     srv_histogram duration, queue_wait, input_bytes;
-    uint64_t generated_tokens;
+    srv_histogram prefill, per_token; /* generation: the prompt's prefill; decode time per token */
+    uint64_t generated_tokens, prompt_tokens;
     uint64_t rejections[4]; /* queue_full, memory, draining, deadline */
     int64_t inflight;
     uint64_t reserved, reserved_peak, budget;
@@ -41,6 +42,9 @@ void srv_metrics_destroy(srv_metrics *m);
 void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int code, double seconds);
 void srv_metrics_queue_wait(srv_metrics *m, double seconds);
 void srv_metrics_input_bytes(srv_metrics *m, uint64_t bytes);
+/* One generation: its token counts and how long the prefill and the decode took. */
+void srv_metrics_generated(srv_metrics *m, uint64_t generated, uint64_t prompt, double prefill_s,
+                           double decode_s);
 void srv_metrics_reject(srv_metrics *m, srv_rejection r);
 void srv_metrics_inflight(srv_metrics *m, int delta);
 void srv_metrics_reserved(srv_metrics *m, uint64_t reserved);

@@ -14,9 +14,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 
+#include "api/utf8.h"
+#include "engine/generate.h"
 #include "server/server.h"
 
 struct srv_worker {
@@ -28,8 +31,9 @@ struct srv_worker {
     srv_job *job;   /* assigned by the loop, cleared by the worker when done */
     int busy;       /* loop thread's view: a job is assigned and not yet completed */
     int quit;
-    luna_ctx *ctx;  /* allocated once, at start */
-    float *probs;   /* (n_labels) scratch */
+    luna_ctx *ctx;  /* the classifier's, allocated once at start (NULL without one) */
+    luna_ctx *gctx; /* the generator's, and its fixed-size state, allocated once at start */
+    luna_gen_state *gstate;
 };
 
 double srv_now(void)
@@ -39,9 +43,49 @@ double srv_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* A stream event of one byte token is about 100 bytes of JSON; 256 bounds it with room. */
+#define EVENT_BYTES 256
+
+uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
+{
+    uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size;
+    uint64_t n = (uint64_t)req->max_new_tokens;
+    /* sampler scratch (12 B and a bit per id) and logits (4 B per id); the output bytes and
+     * its UTF-8 rendering (3x); a stream's unread events */
+    return V * 17 + n * 4 + (req->stream ? n * EVENT_BYTES : 0);
+}
+
 uint64_t srv_min_reservation(const srv_app *app)
 {
-    return luna_workspace_bytes(app->classifier, 1);
+    uint64_t c = app->classifier ? luna_workspace_bytes(app->classifier, 1) : UINT64_MAX;
+    uint64_t g = UINT64_MAX;
+    if (app->generator) {
+        api_generate_req one = {.max_new_tokens = 1};
+        g = srv_gen_reservation(app, &one);
+    }
+    return c < g ? c : g;
+}
+
+api_err srv_job_error(const srv_job *job, api_error *e)
+{
+    double timeout = job->deadline - job->t_submit;
+    switch (job->rc) {
+    case LUNA_ECANCELED:
+        switch (atomic_load(&job->cancel_reason)) {
+        case CANCEL_DEADLINE:
+            return api_fail(e, API_E_TIMEOUT, "the request did not finish within its deadline of %gs", timeout);
+        case CANCEL_SHUTDOWN:
+            return api_fail(e, API_E_SHUTTING_DOWN, "the server is shutting down");
+        default: /* the client went away: nobody to answer */
+            return API_OK;
+        }
+    case LUNA_ENOMEM:
+        return api_fail(e, API_E_ENGINE_MEMORY, "the engine could not allocate its workspace; retry later");
+    case LUNA_ETOOLONG:
+        return api_fail(e, API_E_INPUT_TOO_LONG, "the input is longer than the model accepts");
+    default:
+        return api_fail(e, API_E_INTERNAL, "engine error: %s", luna_strerror(job->rc));
+    }
 }
 
 /* ---- the worker threads -------------------------------------------------------------------- */
@@ -59,6 +103,159 @@ static int run_classify(srv_worker *w, srv_job *job)
     return 0;
 }
 
+/* ---- generation ------------------------------------------------------------------------------ */
+
+int srv_stream_push(srv_job *job, const char *data, size_t len)
+{
+    srv_stream *st = job->stream;
+    pthread_mutex_lock(&st->lock);
+    if (st->off == st->len) st->off = st->len = 0; /* all sent: start over */
+    if (st->len + len > st->cap) {
+        if (st->off) { /* compact first */
+            memmove(st->buf, st->buf + st->off, st->len - st->off);
+            st->len -= st->off;
+            st->off = 0;
+        }
+        size_t cap = st->cap ? st->cap : 4096;
+        while (cap < st->len + len) cap *= 2;
+        if (cap > st->limit) cap = st->len + len; /* never past the limit when it fits */
+        char *nb = st->len + len <= st->limit ? realloc(st->buf, cap) : NULL;
+        if (!nb) {
+            pthread_mutex_unlock(&st->lock);
+            return -1;
+        }
+        st->buf = nb;
+        st->cap = cap;
+    }
+    memcpy(st->buf + st->len, data, len);
+    st->len += len;
+    st->last_push = srv_now();
+    int wake = st->waiting;
+    st->waiting = 0;
+    pthread_mutex_unlock(&st->lock);
+    if (wake) job->on_stream(job);
+    return 0;
+}
+
+/* The events of one streamed generation. Each byte is a token; its event goes out when the
+ * next byte arrives, so that the last one can carry generated_text and details, as TGI's
+ * final event does. */
+typedef struct {
+    srv_job *job;
+    int byte_offset;
+    api_utf8 utf8;
+    uint64_t index;     /* events sent */
+    int pending;        /* a byte waits for its event */
+    uint8_t pend_byte;
+    char pend_text[API_UTF8_MAX_OUT(1) + 3];
+    size_t pend_len;
+    int failed;         /* an event could not be rendered or queued */
+} gen_emit;
+
+static void emit_event(gen_emit *g, int id, const uint8_t *bytes, size_t nb, const char *text,
+                       size_t nt, int special, const api_gen_result *res)
+{
+    char *ev = api_render_stream_token(g->job->generate, ++g->index, id, text, nt, bytes, nb, special, res);
+    if (!ev || srv_stream_push(g->job, ev, strlen(ev))) {
+        g->failed = 1;
+        atomic_store(&g->job->cancel, 1); /* the engine stops at its next step */
+    }
+    free(ev);
+}
+
+static void flush_pending(gen_emit *g, const api_gen_result *res)
+{
+    if (!g->pending) return;
+    g->pending = 0;
+    emit_event(g, g->byte_offset + g->pend_byte, &g->pend_byte, 1, g->pend_text, g->pend_len, 0, res);
+}
+
+static int on_bytes(void *user, const uint8_t *b, size_t n)
+{
+    gen_emit *g = user;
+    srv_job *job = g->job;
+    memcpy(job->out + job->gres.out_len, b, n); /* out holds max_new_tokens bytes: enough */
+    job->gres.out_len += n;
+    if (!job->stream) return 0;
+    for (size_t i = 0; i < n && !g->failed; i++) {
+        flush_pending(g, NULL);
+        g->pending = 1;
+        g->pend_byte = b[i];
+        g->pend_len = api_utf8_feed(&g->utf8, b + i, 1, g->pend_text);
+    }
+    return g->failed;
+}
+
+static void seed_from_os(uint64_t *seed)
+{
+    if (getrandom(seed, sizeof *seed, 0) != (ssize_t)sizeof *seed)
+        *seed = (uint64_t)(srv_now() * 1e9) ^ (uint64_t)pthread_self();
+    *seed &= (1ull << 53) - 1; /* a JSON number keeps it exactly */
+}
+
+static int run_generate(srv_worker *w, srv_job *job)
+{
+    const api_generate_req *q = job->generate;
+    const luna_config *cfg = luna_model_config(w->app->generator);
+    api_gen_result *res = &job->gres;
+    res->byte_offset = cfg->byte_offset;
+    res->has_seed = q->do_sample;
+    res->seed = q->seed;
+    if (q->do_sample && !q->has_seed) seed_from_os(&res->seed);
+    luna_sampling sp = {q->do_sample ? q->temperature : 0.0f, q->do_sample ? q->top_k : 0,
+                        q->do_sample ? q->top_p : 1.0f, q->repetition_penalty, res->seed};
+    luna_gen_params gp = {.max_new_tokens = q->max_new_tokens, .n_stop = q->n_stop};
+    for (int i = 0; i < q->n_stop; i++) gp.stop[i] = q->stop[i], gp.stop_len[i] = q->stop_len[i];
+    luna_sampler *smp = NULL;
+    int rc = luna_sampler_new(cfg->vocab_size, &sp, &smp);
+    if (rc) return rc;
+    gen_emit g = {.job = job, .byte_offset = cfg->byte_offset};
+    if (job->stream) { /* the 200 response can go out now */
+        pthread_mutex_lock(&job->stream->lock);
+        job->stream->started = 1;
+        job->stream->last_push = srv_now();
+        pthread_mutex_unlock(&job->stream->lock);
+        job->on_stream(job);
+    }
+    luna_gen_state_reset(w->gstate);
+    luna_gen_result r;
+    rc = luna_generate(w->gctx, w->gstate, smp, q->prompt, q->prompt_len, &gp, on_bytes, &g, &r);
+    luna_sampler_free(smp);
+    res->finish = luna_finish_name(r.finish);
+    res->generated_tokens = r.generated_tokens;
+    res->prompt_tokens = r.prompt_tokens;
+    srv_metrics_generated(&w->app->metrics, r.generated_tokens, r.prompt_tokens, r.prefill_seconds, r.decode_seconds);
+    if (!job->stream) return rc;
+    /* the last events: the held-back end of a UTF-8 sequence, then generated_text and details */
+    if (g.pending) g.pend_len += api_utf8_finish(&g.utf8, g.pend_text + g.pend_len);
+    if (rc == 0 && !g.failed) {
+        if (r.finish == LUNA_FINISH_EOS || !g.pending) {
+            flush_pending(&g, NULL);
+            int id = r.finish == LUNA_FINISH_EOS ? cfg->eos_id : -1; /* -1: no token to show */
+            emit_event(&g, id, NULL, 0, "", 0, 1, res);
+        } else {
+            flush_pending(&g, res);
+        }
+    } else if (!g.failed) {
+        flush_pending(&g, NULL);
+        job->rc = rc;
+        api_error e;
+        if (srv_job_error(job, &e) != API_OK) {
+            char *ev = api_render_stream_error(&e);
+            if (ev) srv_stream_push(job, ev, strlen(ev));
+            free(ev);
+        }
+    }
+    if (g.failed && rc == 0) rc = LUNA_ENOMEM;
+    pthread_mutex_lock(&job->stream->lock);
+    job->stream->finished = 1;
+    int wake = job->stream->waiting;
+    job->stream->waiting = 0;
+    pthread_mutex_unlock(&job->stream->lock);
+    if (wake) job->on_stream(job);
+    return rc;
+}
+
 static void worker_main(void *arg)
 {
     srv_worker *w = arg;
@@ -69,9 +266,11 @@ static void worker_main(void *arg)
         srv_job *job = w->job;
         pthread_mutex_unlock(&w->lock);
         if (!job) break; /* quit */
-        luna_ctx_set_cancel(w->ctx, &job->cancel);
-        job->rc = atomic_load(&job->cancel) ? LUNA_ECANCELED : run_classify(w, job);
-        luna_ctx_set_cancel(w->ctx, NULL);
+        luna_ctx *ctx = job->kind == JOB_GENERATE ? w->gctx : w->ctx;
+        luna_ctx_set_cancel(ctx, &job->cancel);
+        if (atomic_load(&job->cancel)) job->rc = LUNA_ECANCELED;
+        else job->rc = job->kind == JOB_GENERATE ? run_generate(w, job) : run_classify(w, job);
+        luna_ctx_set_cancel(ctx, NULL);
         job->t_end = srv_now();
         pthread_mutex_lock(&w->lock);
         w->job = NULL;
@@ -129,18 +328,12 @@ static void queue_remove(srv_app *app, srv_job *job)
 
 /* ---- the loop thread ------------------------------------------------------------------------ */
 
-static void complete(srv_app *app, srv_job *job)
-{
-    if (job->on_done) job->on_done(job); /* after this, the job belongs to http.c */
-    (void)app;
-}
-
 /* Jobs that never ran: expired, canceled while queued, or refused at shutdown. */
-static void complete_unrun(srv_app *app, srv_job *job, int rc)
+static void complete_unrun(srv_job *job, int rc)
 {
     job->rc = rc;
     job->t_start = job->t_end = srv_now();
-    complete(app, job);
+    job->on_done(job); /* after this, the job belongs to http.c */
 }
 
 static void dispatch(srv_app *app)
@@ -181,7 +374,7 @@ static void on_wakeup(uv_async_t *h)
         srv_job *next = done->next;
         app->reserved -= done->reserve;
         srv_metrics_reserved(&app->metrics, app->reserved);
-        complete(app, done);
+        done->on_done(done); /* after this, the job belongs to http.c */
         done = next;
     }
     /* workers whose slot is empty are idle again (a worker empties its slot before it posts
@@ -233,7 +426,7 @@ static void on_tick(uv_timer_t *t)
     while (expired) {
         srv_job *next = expired->next;
         if (atomic_load(&expired->cancel_reason) == CANCEL_DEADLINE) srv_metrics_reject(&app->metrics, REJ_DEADLINE);
-        complete_unrun(app, expired, LUNA_ECANCELED);
+        complete_unrun(expired, LUNA_ECANCELED);
         expired = next;
     }
     /* running jobs: cancel past the deadline, or when the client left */
@@ -244,6 +437,13 @@ static void on_tick(uv_timer_t *t)
         if (j && !atomic_load(&j->cancel)) {
             if (now >= j->deadline) cancel_job(j, CANCEL_DEADLINE);
             else if (client_gone(j->client_fd)) cancel_job(j, CANCEL_DISCONNECT);
+        }
+        if (j && j->stream) { /* a long prefill sends nothing: keep proxies from timing out */
+            pthread_mutex_lock(&j->stream->lock);
+            int ping = j->stream->started && !j->stream->finished &&
+                       now - j->stream->last_push >= app->cfg.sse_ping_interval;
+            pthread_mutex_unlock(&j->stream->lock);
+            if (ping) srv_stream_push(j, ": keep-alive\n\n", 14);
         }
         pthread_mutex_unlock(&w->lock);
     }
@@ -270,7 +470,7 @@ static void maybe_stop(srv_app *app)
         while (q) {
             srv_job *next = q->next;
             atomic_store(&q->cancel_reason, CANCEL_SHUTDOWN);
-            complete_unrun(app, q, LUNA_ECANCELED);
+            complete_unrun(q, LUNA_ECANCELED);
             q = next;
         }
         for (int i = 0; i < app->n_workers; i++) {
@@ -310,7 +510,6 @@ int srv_sched_start(srv_app *app)
     uv_signal_start(&app->sigterm, on_signal, SIGTERM);
     uv_signal_start(&app->sigint, on_signal, SIGINT);
 
-    int nl = luna_model_config(app->classifier)->n_labels;
     app->workers = calloc((size_t)app->n_workers, sizeof *app->workers);
     if (!app->workers) return -1;
     for (int i = 0; i < app->n_workers; i++) {
@@ -319,10 +518,14 @@ int srv_sched_start(srv_app *app)
         w->id = i;
         pthread_mutex_init(&w->lock, NULL);
         pthread_cond_init(&w->cond, NULL);
-        w->probs = calloc((size_t)nl, sizeof(float));
-        int rc = w->probs ? luna_ctx_new(app->classifier, NULL, &w->ctx) : LUNA_ENOMEM;
+        int rc = app->classifier ? luna_ctx_new(app->classifier, NULL, &w->ctx) : 0;
+        if (!rc && app->generator) rc = luna_ctx_new(app->generator, NULL, &w->gctx);
+        if (!rc && app->generator) rc = luna_gen_state_new(app->generator, &w->gstate);
         if (rc || uv_thread_create(&w->thread, worker_main, w)) {
             srv_log(LOG_ERROR, "cannot start a worker", "\"worker\":%d,\"error\":\"%s\"", i, luna_strerror(rc));
+            luna_ctx_free(w->ctx);
+            luna_ctx_free(w->gctx);
+            luna_gen_state_free(w->gstate);
             app->n_workers = i;
             return -1;
         }
@@ -345,7 +548,8 @@ void srv_sched_stop(srv_app *app)
         srv_worker *w = &app->workers[i];
         uv_thread_join(&w->thread);
         luna_ctx_free(w->ctx);
-        free(w->probs);
+        luna_ctx_free(w->gctx);
+        luna_gen_state_free(w->gstate);
         pthread_mutex_destroy(&w->lock);
         pthread_cond_destroy(&w->cond);
     }

@@ -3,7 +3,9 @@
 
 Every endpoint, every error status, auth and CORS, the body limit before the body is read,
 the memory budget (413 and the invariant under 32 concurrent clients), the queue (429),
-deadlines (504), 100 client disconnects, and drain on SIGTERM. Standard library only; every
+deadlines (504), 100 client disconnects, and drain on SIGTERM; generation: the same bytes as the
+CLI, streaming (SSE events, keep-alive pings, a deadline mid-stream, 30 clients that leave
+mid-stream), validation, TGI clients' null parameters, seeds under load, limits. Standard library only; every
 loop is bounded and every server is killed at the end. Prints "N passed, N failed".
 
 Env: LUNA_BIN_DIR (default build/bin). A slow random model (the LRA shape) is written once with
@@ -24,13 +26,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.path.join(ROOT, os.environ.get("LUNA_BIN_DIR", "build/bin"))
 FAST = os.path.join(ROOT, "tests/golden/email_subject_body")
 SLOW = os.path.join(ROOT, "build/test-models/slow")
+LM = os.path.join(ROOT, "tests/golden/lm_defaults")
+LM_MAXPOS = os.path.join(ROOT, "tests/golden/lm_legacy_untied_prenorm_learned")  # max_positions 512
+SLOW_LM = os.path.join(ROOT, "build/test-models/slow-lm")
 DEADLINE = time.monotonic() + 600  # the whole run stops by itself
 
 
 class Server:
-    def __init__(self, *args, model=FAST, env=None):
+    def __init__(self, *args, model=FAST, gen="", env=None):
         self.proc = subprocess.Popen(
-            [os.path.join(BIN, "lunaserve"), "--port", "0", "--classify-model", model, *args],
+            [os.path.join(BIN, "lunaserve"), "--port", "0", "--classify-model", model,
+             "--generate-model", gen, *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
         self.port, self.log = None, []
         end = time.monotonic() + 30
@@ -94,6 +100,26 @@ def is_error(status, body, code, typ=None):
     assert e["request_id"] and e["message"], body
     if typ:
         assert e["type"] == typ, body
+
+
+def run_threads(fn, n):
+    ts = [threading.Thread(target=fn) for _ in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def wait_idle(s, seconds=60):
+    """Polls /metrics until nothing is in flight, queued or reserved (or the time is up); returns
+    the last metrics."""
+    end = time.monotonic() + seconds
+    while True:
+        m = s.metrics()
+        idle = m["luna_inflight_requests"] == 0 and m["luna_queue_depth"] == 0 and m["luna_memory_reserved_bytes"] == 0
+        if idle or time.monotonic() > end:
+            return m
+        time.sleep(0.1)
 
 
 def slow_doc(n=40000):
@@ -165,8 +191,6 @@ def test_validation_errors(s):
     st, h, b = s.json("DELETE", "/classify")
     is_error(st, b, 405, "method_not_allowed")
     assert h["allow"] == "POST"
-    st, _, b = s.json("POST", "/generate", {"inputs": "x"})
-    is_error(st, b, 503, "model_not_loaded")
 
 
 def test_request_id(s):
@@ -252,18 +276,21 @@ def test_memory_never_fits():
 def test_budget_invariant_32_clients():
     # each job reserves ~8 MiB (8000 tokens x 1 KiB); the budget admits 2 at once, 4 workers
     budget = 2 * 8200 * 1024
-    s = Server("--memory-budget", str(budget), "--workers", "4", "--max-queue", "64", model=SLOW)
+    # the deadline is long: 64 jobs of ~1 s queue behind 2 slots, and under sanitizers or on a
+    # loaded machine the last ones wait minutes; a 504 here would test the machine, not the ledger
+    s = Server("--memory-budget", str(budget), "--workers", "4", "--max-queue", "64",
+               "--request-timeout", "600", model=SLOW)
     results = []
     try:
         def client(i):
             for k in range(2):
-                st, _, b = s.json("POST", "/classify", {"inputs": slow_doc(8000 - 2 + (i % 5))}, timeout=120)
+                st, _, b = s.json("POST", "/classify", {"inputs": slow_doc(8000 - 2 + (i % 5))}, timeout=600)
                 results.append(st)
         ts = [threading.Thread(target=client, args=(i,)) for i in range(32)]
         for t in ts:
             t.start()
         for t in ts:
-            t.join(timeout=300)
+            t.join(timeout=900)
         assert results.count(200) == 64, results
         m = s.metrics()
         assert 0 < m["luna_memory_reserved_peak_bytes"] <= budget, m["luna_memory_reserved_peak_bytes"]
@@ -284,7 +311,7 @@ def test_queue_full_429():
             t.start()
             time.sleep(0.05)
         for t in ts:
-            t.join(timeout=300)
+            t.join(timeout=900)
         codes = sorted(st for st, _, _ in out)
         assert codes.count(429) >= 3 and codes.count(200) >= 1, codes
         for st, h, b in out:
@@ -321,17 +348,8 @@ def test_100_disconnects():
             time.sleep(0.02)
             c.close()
         for batch in range(10):
-            ts = [threading.Thread(target=hangup) for _ in range(10)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            m = s.metrics()
-            if m["luna_inflight_requests"] == 0 and m["luna_queue_depth"] == 0 and m["luna_memory_reserved_bytes"] == 0:
-                break
-            time.sleep(0.1)
+            run_threads(hangup, 10)
+        m = wait_idle(s)
         assert m["luna_inflight_requests"] == 0 and m["luna_memory_reserved_bytes"] == 0, m
         assert m.get('luna_requests_total{endpoint="classify",code="499"}', 0) == 100, m
         # 100 jobs of ~2 s each cannot have run: most were canceled
@@ -410,15 +428,207 @@ def test_openapi_describes_every_route(s):
         assert b["error"]["type"] in types, b
 
 
+# ---- generation -------------------------------------------------------------------------------
+
+def sse_events(data):
+    """The data events of a text/event-stream body (comments skipped), parsed as JSON."""
+    out = []
+    for block in data.decode().split("\n\n"):
+        lines = [l for l in block.split("\n") if l.startswith("data: ")]
+        if lines:
+            out.append(json.loads("".join(l[6:] for l in lines)))
+    return out
+
+
+def cli_generate(*args):
+    r = subprocess.run([os.path.join(BIN, "luna"), "generate", "--model", LM, *args], capture_output=True, check=True)
+    return r.stdout
+
+
+def test_generate_matches_cli(s):
+    # greedy, and seeded sampling: the server's raw bytes are the CLI's, byte for byte
+    for params, flags in [({"max_new_tokens": 40}, ["--temperature", "0"]),
+                          ({"max_new_tokens": 40, "do_sample": True, "temperature": 0.7, "top_k": 20, "seed": 5},
+                           ["--temperature", "0.7", "--top-k", "20", "--seed", "5"])]:
+        body = {"inputs": "It is a truth", "parameters": dict(params, details=True, return_raw_bytes=True)}
+        st, _, b = s.json("POST", "/generate", body)
+        assert st == 200, b
+        raw = base64.b64decode(b["generated_bytes_base64"])
+        assert raw == cli_generate("--prompt", "It is a truth", "--max-new-tokens", "40", *flags), b
+        assert b["generated_text"] == raw.decode("utf-8", "replace"), b
+        d = b["details"]
+        assert d["finish_reason"] == "length" and d["generated_tokens"] == 40 and d["prompt_tokens"] == 14, d
+        assert [t["id"] - 4 for t in d["tokens"]] == list(raw), d
+        assert (d["seed"] == 5) == ("seed" in params), d
+    # without details: just the text; return_full_text prepends the prompt
+    st, _, b = s.json("POST", "/generate", {"inputs": "abc", "parameters": {"max_new_tokens": 5, "return_full_text": True}})
+    assert st == 200 and set(b) == {"generated_text"} and b["generated_text"].startswith("abc"), b
+    # a sampled request without a seed reports the one it drew, and that seed replays it
+    st, _, b = s.json("POST", "/generate", {"inputs": "x", "parameters": {"max_new_tokens": 30, "do_sample": True, "details": True}})
+    seed = b["details"]["seed"]
+    assert st == 200 and isinstance(seed, int), b
+    st, _, b2 = s.json("POST", "/generate", {"inputs": "x", "parameters": {"max_new_tokens": 30, "do_sample": True, "seed": seed}})
+    assert b2["generated_text"] == b["generated_text"], (b, b2)
+    m = s.metrics()
+    assert m["luna_generated_tokens_total"] >= 145 and m["luna_prompt_tokens_total"] >= 30, m
+    assert m["luna_time_per_output_token_seconds_count"] >= 4, m
+
+
+def test_generate_stream(s):
+    params = {"max_new_tokens": 60, "do_sample": True, "temperature": 0.8, "seed": 11}
+    st, h, d = s.req("POST", "/generate_stream", {"inputs": "Once upon", "parameters": params})
+    assert st == 200 and h["content-type"] == "text/event-stream", h
+    ev = sse_events(d)
+    assert len(ev) == 60 and [e["index"] for e in ev] == list(range(1, 61)), ev[:3]
+    assert all(e["generated_text"] is None and e["details"] is None for e in ev[:-1])
+    last = ev[-1]
+    assert last["details"]["finish_reason"] == "length" and last["details"]["seed"] == 11, last
+    assert "".join(e["token"]["text"] for e in ev) == last["generated_text"]
+    # the same request without streaming gives the same text; "stream": true on /generate streams
+    st, _, b = s.json("POST", "/generate", {"inputs": "Once upon", "parameters": params})
+    assert b["generated_text"] == last["generated_text"], (b, last)
+    st, h, d2 = s.req("POST", "/generate", {"inputs": "Once upon", "parameters": params, "stream": True})
+    assert h["content-type"] == "text/event-stream" and sse_events(d2) == ev
+    # a stop sequence cut from that text: the stream ends before it, and says so
+    text = last["generated_text"]
+    stop = next(text[i:i + 3] for i in range(10, 50) if "\ufffd" not in text[i:i + 3] and text.find(text[i:i + 3]) == i)
+    st, _, d3 = s.req("POST", "/generate_stream", {"inputs": "Once upon", "parameters": dict(params, stop=[stop])})
+    ev3 = sse_events(d3)
+    assert ev3[-1]["details"]["finish_reason"] == "stop_sequence", ev3[-1]
+    assert ev3[-1]["generated_text"] == text[:text.find(stop)], (ev3[-1], stop)
+    # raw bytes ride along in each token
+    st, _, d4 = s.req("POST", "/generate_stream", {"inputs": "Once upon", "parameters": dict(params, return_raw_bytes=True)})
+    raw = b"".join(base64.b64decode(e["token"]["bytes_base64"]) for e in sse_events(d4))
+    assert raw.decode("utf-8", "replace") == text
+
+
+def test_generate_validation(s):
+    bad = [{"inputs": "a", "parameters": {"temperature": -1}},
+           {"inputs": "a", "parameters": {"top_p": 0}}, {"inputs": "a", "parameters": {"top_p": 1.5}},
+           {"inputs": "a", "parameters": {"top_k": 0}}, {"inputs": "a", "parameters": {"max_new_tokens": 0}},
+           {"inputs": "a", "parameters": {"max_new_tokens": 100000}}, {"inputs": "a", "parameters": {"repetition_penalty": 0}},
+           {"inputs": "a", "parameters": {"seed": -1}}, {"inputs": "a", "parameters": {"seed": 1.5}},
+           {"inputs": "a", "parameters": {"frobnicate": 1}}, {"inputs": "a", "parameters": {"best_of": 2}},
+           {"inputs": "a", "parameters": {"watermark": True}}, {"inputs": "a", "parameters": {"stop": [""]}},
+           {"inputs": "a", "parameters": {"stop": ["x"] * 17}}, {"inputs": "a", "parameters": {"stop": [1]}},
+           {"inputs": "a", "parameters": {"details": "yes"}}, {"inputs": "a", "parameters": []},
+           {"inputs": 3}, {"inputs": "a", "inputs_base64": "YQ=="}, {"inputs": "a", "extra": 1},
+           {"inputs_base64": "!!"}, {"parameters": {}}, {"inputs": "a", "stream": "yes"}]
+    for body in bad:
+        st, _, b = s.json("POST", "/generate", body)
+        is_error(st, b, 422, "validation_error")
+    st, _, b = s.json("POST", "/generate", r'{"inputs": "a\u0000b"}')
+    is_error(st, b, 422)
+    st, _, b = s.json("POST", "/generate", '{"inputs": "a\x00b"}')  # a raw NUL byte
+    is_error(st, b, 400, "invalid_json")
+    st, _, b = s.json("POST", "/generate", "{nope")
+    is_error(st, b, 400, "invalid_json")
+    # TGI's own clients send every parameter, most of them null: accepted
+    tgi = {"best_of": None, "decoder_input_details": False, "details": True, "do_sample": False,
+           "frequency_penalty": None, "grammar": None, "max_new_tokens": 8, "repetition_penalty": None,
+           "return_full_text": False, "seed": None, "stop": [], "temperature": None, "top_k": None,
+           "top_n_tokens": None, "top_p": None, "truncate": None, "typical_p": None, "watermark": False}
+    st, _, b = s.json("POST", "/generate", {"inputs": "a", "parameters": tgi, "stream": False})
+    assert st == 200 and b["details"]["generated_tokens"] == 8 and b["details"]["seed"] is None, b
+    # binary prompts go in inputs_base64; truncate keeps the end of the prompt
+    st, _, b = s.json("POST", "/generate", {"inputs_base64": base64.b64encode(b"a\x00\xffb").decode(),
+                                            "parameters": {"max_new_tokens": 3, "details": True}})
+    assert st == 200 and b["details"]["prompt_tokens"] == 5, b
+    st, _, b = s.json("POST", "/generate", {"inputs": "x" * 3000, "parameters": {"max_new_tokens": 3, "details": True, "truncate": 10}})
+    assert st == 200 and b["details"]["prompt_tokens"] == 11, b
+    st, _, b = s.json("POST", "/generate", {"inputs": "x" * 5000})
+    is_error(st, b, 413, "input_too_long")
+
+
+def test_generate_seed_under_load(s):
+    body = {"inputs": "Elinor", "parameters": {"max_new_tokens": 200, "do_sample": True, "temperature": 0.9,
+                                              "top_p": 0.95, "repetition_penalty": 1.2, "seed": 77}}
+    st, _, alone = s.json("POST", "/generate", body)
+    out = []
+    def go():
+        out.append(s.json("POST", "/generate", body, timeout=60))
+    run_threads(go, 8)
+    assert len(out) == 8 and all(st == 200 and b == alone for st, _, b in out), out[:1]
+
+
+def test_generate_limits():
+    s = Server("--memory-budget", "1M", "--max-new-tokens", "100000", model="", gen=LM_MAXPOS)
+    try:
+        st, _, b = s.json("POST", "/generate", {"inputs": "y" * 600})  # 601 tokens > max_positions 512
+        is_error(st, b, 413, "input_too_long")
+        assert b["error"]["max_tokens"] == 512, b
+        st, _, b = s.json("POST", "/generate_stream", {"inputs": "y", "parameters": {"max_new_tokens": 90000}})
+        is_error(st, b, 413, "memory_budget_exceeded")
+        assert b["error"]["memory_required_bytes"] > (1 << 20), b
+        # learned positions end at 512: generation stops there with "length"
+        st, _, b = s.json("POST", "/generate", {"inputs": "y" * 500, "parameters": {"max_new_tokens": 100, "details": True}})
+        assert st == 200 and b["details"]["generated_tokens"] == 12 and b["details"]["finish_reason"] == "length", b
+        st, _, b = s.json("POST", "/classify", {"inputs": "no classifier"})
+        is_error(st, b, 503, "model_not_loaded")
+        st, _, b = s.json("GET", "/info")
+        assert "generate" in b["models"] and "classify" not in b["models"], b
+        assert b["models"]["generate"]["state_bytes"] > 0, b
+    finally:
+        assert s.stop() == 0
+
+
+def slow_prompt(n):
+    return "".join(chr(97 + (i * 31) % 26) for i in range(n))
+
+
+def test_stream_pings_deadline_and_disconnects():
+    s = Server("--workers", "2", "--sse-ping-interval", "0.2", "--max-queue", "100", model="", gen=SLOW_LM)
+    try:
+        # a long prefill sends keep-alive comments before the first token
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+        c.request("POST", "/generate_stream", json.dumps({"inputs": slow_prompt(40000), "parameters": {"max_new_tokens": 5}}),
+                  {"Content-Type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        assert r.status == 200 and b": keep-alive" in data and data.index(b": keep-alive") < data.index(b"data: "), data[:200]
+        assert sse_events(data)[-1]["details"]["generated_tokens"] == 5
+        # a deadline that passes mid-stream ends it with an error event
+        st, _, d = s.req("POST", "/generate_stream", {"inputs": slow_prompt(40000), "parameters": {"max_new_tokens": 5}},
+                         {"X-Request-Timeout": "0.5"})
+        ev = sse_events(d)
+        assert st == 200 and ev[-1].get("error_type") == "timeout", ev
+        # the same without streaming: 504
+        st, _, b = s.json("POST", "/generate", {"inputs": slow_prompt(40000)}, {"X-Request-Timeout": "0.5"})
+        is_error(st, b, 504, "timeout")
+        # 30 clients leave mid-stream: every job stops, nothing stays reserved, still serving
+        def leave():
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            body = json.dumps({"inputs": slow_prompt(2000), "parameters": {"max_new_tokens": 100000 // 100}}).encode()
+            c.sendall(b"POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            c.recv(256)  # the headers or the first event: the stream has started, or the job is queued
+            c.close()
+        run_threads(leave, 30)
+        m = wait_idle(s)
+        assert m["luna_inflight_requests"] == 0 and m["luna_memory_reserved_bytes"] == 0 and m["luna_queue_depth"] == 0, m
+        assert m.get('luna_requests_total{endpoint="generate",code="499"}', 0) >= 1, m
+        st, _, b = s.json("POST", "/generate", {"inputs": "still", "parameters": {"max_new_tokens": 3}})
+        assert st == 200, b
+    finally:
+        assert s.stop() == 0
+
+
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
                         "--out", SLOW], check=True, stdout=subprocess.DEVNULL)
-    shared = Server("--max-input-bytes", "4096", "--max-body-bytes", "100000")
+    if not os.path.exists(os.path.join(SLOW_LM, "model.safetensors")):
+        subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--causal", "--l", "32",
+                        "--out", SLOW_LM], check=True, stdout=subprocess.DEVNULL)
+    shared = Server("--max-input-bytes", "4096", "--max-body-bytes", "100000", gen=LM)
     tests = [(test_health_ready_info_metrics, shared), (test_classify_matches_cli, shared),
              (test_classify_list_and_base64, shared), (test_validation_errors, shared),
              (test_request_id, shared), (test_body_limit_before_the_body, shared),
              (test_input_too_long_and_truncate, shared), (test_openapi_describes_every_route, shared),
+             (test_generate_matches_cli, shared), (test_generate_stream, shared),
+             (test_generate_validation, shared), (test_generate_seed_under_load, shared),
+             (test_generate_limits, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
              (test_memory_never_fits, None), (test_budget_invariant_32_clients, None),
              (test_queue_full_429, None), (test_deadline_504, None), (test_100_disconnects, None),

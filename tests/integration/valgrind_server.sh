@@ -1,7 +1,8 @@
 #!/bin/sh
 # valgrind_server.sh - lunaserve under valgrind's memcheck: start it on an ephemeral loopback
-# port, send classify requests (text, list, base64, malformed, too large) and the GET endpoints,
-# then SIGTERM. Fails on any memcheck error or definite leak, or a non-zero exit after the drain.
+# port, send classify requests (text, list, base64, malformed, too large), generate requests
+# (plain, streamed, sampled with stop sequences, malformed, a client that leaves mid-stream) and
+# the GET endpoints, then SIGTERM. Fails on any memcheck error or definite leak, or a non-zero exit after the drain.
 # Bounded: about 20 s. Uses $LUNA_BIN_DIR/lunaserve (default build/bin).
 set -u
 cd "$(dirname "$0")/../.."
@@ -10,7 +11,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=9 \
   --log-file="$tmp/vg.log" "$bin" --port 0 --classify-model tests/golden/email_subject_body \
-  --max-body-bytes 4096 2>"$tmp/err" &
+  --generate-model tests/golden/lm_defaults --max-new-tokens 100000 --max-body-bytes 4096 2>"$tmp/err" &
 pid=$!
 port=""
 for _ in $(seq 1 120); do
@@ -34,6 +35,13 @@ check 400 -XPOST "$u/classify" -H "$j" -d '{bad'
 check 422 -XPOST "$u/classify" -H "$j" -d '{"inputs":7}'
 check 413 -XPOST "$u/classify" -H "$j" --data-binary "{\"inputs\":\"$(head -c 6000 /dev/zero | tr '\0' x)\"}"
 check 404 "$u/nope"
+check 200 -XPOST "$u/generate" -H "$j" -d '{"inputs":"Hi","parameters":{"max_new_tokens":20,"details":true}}'
+check 200 -XPOST "$u/generate_stream" -H "$j" -d '{"inputs":"Hi","parameters":{"max_new_tokens":20,"do_sample":true,"seed":1,"stop":["ab","\n"],"return_raw_bytes":true}}'
+check 422 -XPOST "$u/generate" -H "$j" -d '{"inputs":"Hi","parameters":{"top_p":2}}'
+# a client that leaves mid-stream: curl gives up after 0.3 s of a long generation
+curl -s -o /dev/null --max-time 0.3 -XPOST "$u/generate_stream" -H "$j" \
+  -d '{"inputs":"Hi","parameters":{"max_new_tokens":100000}}' || true
+check 200 -XPOST "$u/generate" -H "$j" -d '{"inputs":"after","parameters":{"max_new_tokens":5}}'
 for p in health ready info metrics; do check 200 "$u/$p"; done
 kill -TERM $pid
 wait $pid

@@ -1,4 +1,4 @@
-/* test_api.c - api/classify.c: base64 (RFC 4648 vectors and malformed input), the /classify
+/* test_api.c - api/classify.c and api/generate.c: base64 (RFC 4648 vectors and malformed input), the /classify
  * request parser's every rule, and the TEI-shaped rendering of scores and errors. */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -118,4 +118,119 @@ Test(api, render_scores_sorted_and_errors)
     cr_assert_str_eq(s, "{\"error\":{\"code\":413,\"type\":\"memory_budget_exceeded\",\"message\":\"needs 5\","
                         "\"request_id\":\"rid\",\"memory_required_bytes\":5}}");
     free(s);
+}
+
+/* ---- api/generate.c ------------------------------------------------------------------------- */
+
+Test(api, base64_encode_round_trips)
+{
+    const char *raw[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    const char *enc[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    for (int i = 0; i < 7; i++) {
+        char *e = api_base64_encode((const uint8_t *)raw[i], strlen(raw[i]));
+        cr_assert_str_eq(e, enc[i]);
+        free(e);
+    }
+    uint8_t all[256], back[256];
+    for (int i = 0; i < 256; i++) all[i] = (uint8_t)i;
+    char *e = api_base64_encode(all, 256);
+    cr_assert_eq(api_base64_decode(e, strlen(e), back), 256);
+    cr_assert_arr_eq(back, all, 256);
+    free(e);
+}
+
+static api_err gparse(const char *body, api_generate_req *req, api_error *err)
+{
+    api_gen_limits lim = {50, 500, 100};
+    return api_parse_generate(body, strlen(body), &lim, req, err);
+}
+
+Test(api, generate_defaults_and_tgi_sampling_rule)
+{
+    api_generate_req q;
+    api_error e;
+    cr_assert_eq(gparse("{\"inputs\": \"hello\"}", &q, &e), API_OK, "%s", e.message);
+    cr_expect_eq(q.max_new_tokens, 100);
+    cr_expect_eq(q.do_sample, 0, "greedy by default");
+    cr_expect_eq(q.prompt_len, 5);
+    cr_expect(q.temperature == 1.0f && q.top_p == 1.0f && q.repetition_penalty == 1.0f && q.top_k == 0);
+    api_generate_free(&q);
+    /* any warper means sampling, as in TGI; temperature 0 means greedy */
+    const char *sampling[] = {"{\"inputs\": \"a\", \"parameters\": {\"temperature\": 0.5}}",
+                              "{\"inputs\": \"a\", \"parameters\": {\"top_k\": 5}}",
+                              "{\"inputs\": \"a\", \"parameters\": {\"top_p\": 0.9}}",
+                              "{\"inputs\": \"a\", \"parameters\": {\"do_sample\": true}}"};
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(gparse(sampling[i], &q, &e), API_OK, "%s", e.message);
+        cr_expect_eq(q.do_sample, 1, "%s", sampling[i]);
+        api_generate_free(&q);
+    }
+    cr_assert_eq(gparse("{\"inputs\": \"a\", \"parameters\": {\"do_sample\": true, \"temperature\": 0}}", &q, &e), API_OK);
+    cr_expect_eq(q.do_sample, 0);
+    api_generate_free(&q);
+    cr_assert_eq(gparse("{\"inputs\": \"a\", \"parameters\": {\"temperature\": 1, \"top_p\": 1, \"seed\": null}}", &q, &e), API_OK);
+    cr_expect_eq(q.do_sample, 0, "neutral values are not warpers");
+    cr_expect_eq(q.has_seed, 0);
+    api_generate_free(&q);
+}
+
+Test(api, generate_stop_truncate_and_limits)
+{
+    api_generate_req q;
+    api_error e;
+    cr_assert_eq(gparse("{\"inputs\": \"0123456789\", \"parameters\": {\"stop\": [\"\\n\\n\", \"END\"], "
+                        "\"truncate\": 4, \"max_new_tokens\": 500, \"seed\": 9007199254740992}}", &q, &e), API_OK, "%s", e.message);
+    cr_expect_eq(q.n_stop, 2);
+    cr_expect_eq(q.stop_len[0], 2);
+    cr_expect_eq(memcmp(q.stop[1], "END", 3), 0);
+    cr_expect_eq(q.prompt_len, 4);
+    cr_expect_eq(memcmp(q.prompt, "6789", 4), 0, "truncate keeps the end");
+    cr_expect_eq(q.max_new_tokens, 500);
+    cr_expect_eq(q.seed, 9007199254740992ull);
+    api_generate_free(&q);
+    cr_assert_eq(gparse("{\"inputs\": \"a\", \"parameters\": {\"stop\": \"x\"}}", &q, &e), API_OK, "one string is a list of one");
+    cr_expect_eq(q.n_stop, 1);
+    api_generate_free(&q);
+    struct { const char *body; api_err want; const char *msg; } bad[] = {
+        {"{\"inputs\": \"a\", \"parameters\": {\"max_new_tokens\": 501}}", API_E_VALIDATION, "\"max_new_tokens\" must be an integer in [1, 500]"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"top_p\": 0}}", API_E_VALIDATION, "\"top_p\" must be a number in (0, 1]"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"typical_p\": 0.5}}", API_E_VALIDATION, "parameter \"typical_p\" is not supported"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"nope\": 1}}", API_E_VALIDATION, "unknown parameter \"nope\""},
+        {"{\"inputs\": \"0123456789012345678901234567890123456789012345678901\"}", API_E_INPUT_TOO_LONG, "max-input-bytes is 50"},
+        {"{\"inputs\": \"a\", \"inputs_base64\": null}", API_OK, ""},
+        {"[]", API_E_VALIDATION, "must be a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        api_err rc = gparse(bad[i].body, &q, &e);
+        cr_expect_eq(rc, bad[i].want, "%s", bad[i].body);
+        if (rc == API_OK) api_generate_free(&q);
+        else cr_expect(strstr(e.message, bad[i].msg) != NULL, "\"%s\" lacks \"%s\"", e.message, bad[i].msg);
+    }
+}
+
+Test(api, generate_renders_tgi_shapes)
+{
+    api_generate_req q;
+    api_error e;
+    cr_assert_eq(gparse("{\"inputs\": \"Hi\", \"parameters\": {\"details\": true, \"return_full_text\": true, "
+                        "\"return_raw_bytes\": true, \"seed\": 7}}", &q, &e), API_OK);
+    const uint8_t out[] = {'!', 0xE2, 0x82}; /* '!' then an unfinished euro sign */
+    api_gen_result r = {out, 3, "length", 3, 3, 1, 7, 4};
+    char *s = api_render_generate(&q, &r);
+    cr_expect_str_eq(s, "{\"generated_text\":\"Hi!\xEF\xBF\xBD\",\"details\":{\"finish_reason\":\"length\","
+                        "\"generated_tokens\":3,\"prompt_tokens\":3,\"seed\":7,\"prefill\":[],\"tokens\":["
+                        "{\"id\":37,\"text\":\"!\",\"logprob\":null,\"special\":false},"
+                        "{\"id\":230,\"text\":\"\",\"logprob\":null,\"special\":false},"
+                        "{\"id\":134,\"text\":\"\xEF\xBF\xBD\",\"logprob\":null,\"special\":false}]},"
+                        "\"generated_bytes_base64\":\"IeKC\"}");
+    free(s);
+    s = api_render_stream_token(&q, 2, 37, "!", 1, out, 1, 0, NULL);
+    cr_expect_str_eq(s, "data: {\"index\":2,\"token\":{\"id\":37,\"text\":\"!\",\"logprob\":null,\"special\":false,"
+                        "\"bytes_base64\":\"IQ==\"},\"generated_text\":null,\"details\":null}\n\n");
+    free(s);
+    api_fail(&e, API_E_TIMEOUT, "too slow");
+    s = api_render_stream_error(&e);
+    cr_expect_str_eq(s, "data: {\"error\":\"too slow\",\"error_type\":\"timeout\"}\n\n");
+    free(s);
+    api_generate_free(&q);
 }

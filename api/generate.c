@@ -1,0 +1,399 @@
+/* generate.c - POST /generate and /generate_stream: TGI's request, its answer and its
+ * server-sent events.
+ *
+ * Request: {"inputs": "text" | "inputs_base64": "...", "stream": bool, "parameters": {
+ *   "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+ *   "seed", "stop": [...], "details", "return_full_text", "truncate", "return_raw_bytes",
+ *   and TGI's best_of, decoder_input_details, frequency_penalty, grammar, top_n_tokens,
+ *   typical_p, watermark, adapter_id, which are accepted only at their neutral values}}.
+ * Every parameter may be null, which means "not given": TGI's own clients send them all.
+ *
+ * Sampling follows TGI: greedy unless do_sample is true or a warper is set (temperature != 1,
+ * top_k, top_p < 1). temperature 0 also means greedy (llama.cpp's convention). A request that
+ * samples without a seed gets one from the server, reported in details.seed.
+ *
+ * Output text: the model emits bytes; the text fields carry them as UTF-8 with every invalid
+ * sequence replaced by U+FFFD (api/utf8.h). With "return_raw_bytes": true the exact bytes
+ * come too, base64-encoded. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "api/utf8.h"
+
+typedef struct {
+    cJSON *tree;
+    uint8_t *decoded; /* inputs_base64, decoded */
+} gen_storage;
+
+/* A JSON value that means "not given": absent or null. */
+static int given(const cJSON *v) { return v && !cJSON_IsNull(v); }
+
+static const char *const SUPPORTED[] = {
+    "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
+    "stop", "details", "return_full_text", "truncate", "return_raw_bytes", NULL};
+/* TGI's parameters that this server does not implement: fine at TGI's defaults (null, false,
+ * 0 or 1), refused otherwise, since the request would silently get something else. */
+static const char *const NEUTRAL_ONLY[] = {"best_of", "decoder_input_details", "frequency_penalty",
+                                           "grammar", "top_n_tokens", "typical_p", "watermark",
+                                           "adapter_id", NULL};
+
+static int listed(const char *const *names, const char *name)
+{
+    for (int i = 0; names[i]; i++)
+        if (!strcmp(names[i], name)) return 1;
+    return 0;
+}
+
+static int neutral(const char *name, const cJSON *v)
+{
+    if (!given(v)) return 1;
+    if (!strcmp(name, "best_of") || !strcmp(name, "typical_p")) return cJSON_IsNumber(v) && v->valuedouble == 1;
+    if (!strcmp(name, "decoder_input_details") || !strcmp(name, "watermark")) return cJSON_IsFalse(v);
+    if (!strcmp(name, "frequency_penalty") || !strcmp(name, "top_n_tokens")) return cJSON_IsNumber(v) && v->valuedouble == 0;
+    return 0; /* grammar, adapter_id */
+}
+
+static api_err get_bool(const cJSON *p, const char *name, int *out, api_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(p, name);
+    if (!given(v)) return API_OK;
+    if (!cJSON_IsBool(v)) return api_fail(err, API_E_VALIDATION, "\"%s\" must be true or false", name);
+    *out = cJSON_IsTrue(v);
+    return API_OK;
+}
+
+/* A number in [lo, hi] (lo_open: lo excluded); *set tells whether it was given. */
+static api_err get_num(const cJSON *p, const char *name, double lo, int lo_open, double hi, int integer,
+                       double *out, int *set, api_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(p, name);
+    *set = 0;
+    if (!given(v)) return API_OK;
+    double x = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    if (!isfinite(x) || (integer && x != floor(x)) || (lo_open ? x <= lo : x < lo) || x > hi)
+        return api_fail(err, API_E_VALIDATION, "\"%s\" must be %s in %c%g, %g]", name,
+                        integer ? "an integer" : "a number", lo_open ? '(' : '[', lo, hi);
+    *out = x;
+    *set = 1;
+    return API_OK;
+}
+
+static api_err parse_stop(const cJSON *p, api_generate_req *req, api_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(p, "stop");
+    if (!given(v)) return API_OK;
+    if (cJSON_IsString(v)) { /* one string: as OpenAI allows */
+        req->stop[0] = (const uint8_t *)v->valuestring;
+        req->stop_len[0] = strlen(v->valuestring);
+        req->n_stop = 1;
+    } else if (cJSON_IsArray(v)) {
+        int n = cJSON_GetArraySize(v);
+        if (n > API_MAX_STOPS)
+            return api_fail(err, API_E_VALIDATION, "\"stop\" has %d sequences; at most %d", n, API_MAX_STOPS);
+        for (int i = 0; i < n; i++) {
+            const cJSON *s = cJSON_GetArrayItem(v, i);
+            if (!cJSON_IsString(s)) return api_fail(err, API_E_VALIDATION, "\"stop\"[%d] must be a string", i);
+            req->stop[i] = (const uint8_t *)s->valuestring;
+            req->stop_len[i] = strlen(s->valuestring);
+        }
+        req->n_stop = n;
+    } else {
+        return api_fail(err, API_E_VALIDATION, "\"stop\" must be a list of strings");
+    }
+    for (int i = 0; i < req->n_stop; i++)
+        if (req->stop_len[i] == 0 || req->stop_len[i] > API_MAX_STOP_LEN)
+            return api_fail(err, API_E_VALIDATION, "\"stop\"[%d] must have 1 to %d bytes", i, API_MAX_STOP_LEN);
+    return API_OK;
+}
+
+static api_err parse_parameters(const cJSON *p, const api_gen_limits *lim, api_generate_req *req,
+                                api_error *err)
+{
+    api_err rc;
+    if (!given(p)) return API_OK;
+    if (!cJSON_IsObject(p)) return api_fail(err, API_E_VALIDATION, "\"parameters\" must be an object");
+    for (const cJSON *f = p->child; f; f = f->next) {
+        if (listed(SUPPORTED, f->string)) continue;
+        if (!listed(NEUTRAL_ONLY, f->string))
+            return api_fail(err, API_E_VALIDATION, "unknown parameter \"%.64s\"", f->string);
+        if (!neutral(f->string, f))
+            return api_fail(err, API_E_VALIDATION, "parameter \"%s\" is not supported here, except at its default", f->string);
+    }
+    double x;
+    int set;
+    if ((rc = get_num(p, "max_new_tokens", 1, 0, lim->max_new_tokens, 1, &x, &set, err))) return rc;
+    if (set) req->max_new_tokens = (int)x;
+    if ((rc = get_bool(p, "do_sample", &req->do_sample, err))) return rc;
+    if ((rc = get_num(p, "temperature", 0, 0, 1e6, 0, &x, &set, err))) return rc;
+    if (set) {
+        req->temperature = (float)x;
+        if (x != 1) req->do_sample = 1; /* a warper: TGI samples */
+    }
+    if ((rc = get_num(p, "top_k", 1, 0, 1 << 24, 1, &x, &set, err))) return rc;
+    if (set) req->top_k = (int)x, req->do_sample = 1;
+    if ((rc = get_num(p, "top_p", 0, 1, 1, 0, &x, &set, err))) return rc;
+    if (set) {
+        req->top_p = (float)x;
+        if (x < 1) req->do_sample = 1;
+    }
+    if ((rc = get_num(p, "repetition_penalty", 0, 1, 1e6, 0, &x, &set, err))) return rc;
+    if (set) req->repetition_penalty = (float)x;
+    if ((rc = get_num(p, "seed", 0, 0, 9007199254740992.0, 1, &x, &set, err))) return rc;
+    if (set) req->seed = (uint64_t)x, req->has_seed = 1;
+    if ((rc = parse_stop(p, req, err))) return rc;
+    if ((rc = get_bool(p, "details", &req->details, err))) return rc;
+    if ((rc = get_bool(p, "return_full_text", &req->return_full_text, err))) return rc;
+    if ((rc = get_bool(p, "return_raw_bytes", &req->raw_bytes, err))) return rc;
+    if ((rc = get_num(p, "truncate", 1, 0, 1e15, 1, &x, &set, err))) return rc;
+    if (set && (size_t)x < req->prompt_len) { /* keep the end of the prompt, as TGI does */
+        req->prompt += req->prompt_len - (size_t)x;
+        req->prompt_len = (size_t)x;
+    }
+    if (req->temperature == 0) req->do_sample = 0; /* temperature 0: greedy */
+    return API_OK;
+}
+
+api_err api_parse_generate(const char *body, size_t len, const api_gen_limits *lim,
+                           api_generate_req *req, api_error *err)
+{
+    memset(req, 0, sizeof *req);
+    req->max_new_tokens = lim->default_new_tokens < lim->max_new_tokens ? lim->default_new_tokens : lim->max_new_tokens;
+    req->temperature = 1.0f;
+    req->top_p = 1.0f;
+    req->repetition_penalty = 1.0f;
+    cJSON *root = api__parse_json(body, len, err);
+    if (!root) return err->kind;
+    gen_storage *st = calloc(1, sizeof *st);
+    if (!st) {
+        cJSON_Delete(root);
+        return api_fail(err, API_E_ENGINE_MEMORY, "out of memory parsing the request");
+    }
+    st->tree = root;
+    req->storage = st;
+    api_err rc = API_OK;
+    if (!cJSON_IsObject(root)) {
+        rc = api_fail(err, API_E_VALIDATION, "the body must be a JSON object");
+        goto fail;
+    }
+    for (const cJSON *f = root->child; f; f = f->next)
+        if (strcmp(f->string, "inputs") && strcmp(f->string, "inputs_base64") &&
+            strcmp(f->string, "parameters") && strcmp(f->string, "stream")) {
+            rc = api_fail(err, API_E_VALIDATION, "unknown field \"%.64s\"", f->string);
+            goto fail;
+        }
+    const cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "inputs");
+    const cJSON *b64 = cJSON_GetObjectItemCaseSensitive(root, "inputs_base64");
+    if (given(text) == given(b64)) {
+        rc = api_fail(err, API_E_VALIDATION, "give exactly one of \"inputs\" and \"inputs_base64\"");
+        goto fail;
+    }
+    const cJSON *in = given(text) ? text : b64;
+    if (!cJSON_IsString(in)) {
+        rc = api_fail(err, API_E_VALIDATION, "\"%s\" must be a string", given(text) ? "inputs" : "inputs_base64");
+        goto fail;
+    }
+    size_t sl = strlen(in->valuestring);
+    if (given(b64)) {
+        if (!(st->decoded = malloc(sl / 4 * 3 + 1))) {
+            rc = api_fail(err, API_E_ENGINE_MEMORY, "out of memory decoding inputs_base64");
+            goto fail;
+        }
+        long got = api_base64_decode(in->valuestring, sl, st->decoded);
+        if (got < 0) {
+            rc = api_fail(err, API_E_VALIDATION, "\"inputs_base64\" is not valid base64");
+            goto fail;
+        }
+        req->prompt = st->decoded;
+        req->prompt_len = (size_t)got;
+    } else {
+        if (api__has_nul_escape(body, len)) {
+            rc = api_fail(err, API_E_VALIDATION, "\"inputs\" contains U+0000; send prompts with NUL bytes in \"inputs_base64\"");
+            goto fail;
+        }
+        req->prompt = (const uint8_t *)in->valuestring;
+        req->prompt_len = sl;
+    }
+    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
+    if (given(stream) && !cJSON_IsBool(stream)) {
+        rc = api_fail(err, API_E_VALIDATION, "\"stream\" must be true or false");
+        goto fail;
+    }
+    req->stream = cJSON_IsTrue(stream);
+    if ((rc = parse_parameters(cJSON_GetObjectItemCaseSensitive(root, "parameters"), lim, req, err)))
+        goto fail;
+    if (req->prompt_len > lim->max_input_bytes) {
+        rc = api_fail(err, API_E_INPUT_TOO_LONG, "the prompt has %zu bytes; max-input-bytes is %llu (or set \"truncate\")",
+                      req->prompt_len, (unsigned long long)lim->max_input_bytes);
+        err->extra_key[0] = "max_input_bytes";
+        err->extra_val[0] = (double)lim->max_input_bytes;
+        goto fail;
+    }
+    return API_OK;
+fail:
+    api_generate_free(req);
+    return rc;
+}
+
+void api_generate_free(api_generate_req *req)
+{
+    gen_storage *st = req->storage;
+    if (st) {
+        cJSON_Delete(st->tree);
+        free(st->decoded);
+        free(st);
+    }
+    memset(req, 0, sizeof *req);
+}
+
+/* ---- answers ----------------------------------------------------------------------------- */
+
+/* bytes as sanitised UTF-8, added to o under name (cJSON copies it). */
+static int add_text(cJSON *o, const char *name, const uint8_t *a, size_t na, const uint8_t *b, size_t nb)
+{
+    char *t = malloc(API_UTF8_MAX_OUT(na + nb) + 1);
+    if (!t) return -1;
+    api_utf8 u = {0};
+    size_t n = api_utf8_feed(&u, a, na, t);
+    n += api_utf8_feed(&u, b, nb, t + n);
+    n += api_utf8_finish(&u, t + n);
+    t[n] = 0;
+    cJSON_AddStringToObject(o, name, t);
+    free(t);
+    return 0;
+}
+
+static void add_details(cJSON *o, const api_gen_result *res)
+{
+    cJSON *d = cJSON_AddObjectToObject(o, "details");
+    cJSON_AddStringToObject(d, "finish_reason", res->finish);
+    cJSON_AddNumberToObject(d, "generated_tokens", (double)res->generated_tokens);
+    cJSON_AddNumberToObject(d, "prompt_tokens", (double)res->prompt_tokens);
+    if (res->has_seed) { /* as integer text: a double would print large seeds with an exponent */
+        char num[24];
+        snprintf(num, sizeof num, "%llu", (unsigned long long)res->seed);
+        cJSON_AddRawToObject(d, "seed", num);
+    } else {
+        cJSON_AddNullToObject(d, "seed");
+    }
+}
+
+static char *print(cJSON *root)
+{
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return s;
+}
+
+char *api_render_generate(const api_generate_req *req, const api_gen_result *res)
+{
+    cJSON *root = cJSON_CreateObject();
+    if (!root) return NULL;
+    const uint8_t *pre = req->return_full_text ? req->prompt : NULL;
+    size_t npre = req->return_full_text ? req->prompt_len : 0;
+    if (add_text(root, "generated_text", pre, npre, res->out, res->out_len)) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    if (req->details) {
+        add_details(root, res);
+        /* one token per byte: the text each completes (UTF-8 in stream order) */
+        cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "details");
+        cJSON_AddItemToObject(d, "prefill", cJSON_CreateArray());
+        cJSON *toks = cJSON_AddArrayToObject(d, "tokens");
+        api_utf8 u = {0};
+        char t[API_UTF8_MAX_OUT(1) + 1];
+        for (size_t i = 0; i < res->out_len; i++) {
+            size_t n = api_utf8_feed(&u, res->out + i, 1, t);
+            if (i + 1 == res->out_len) n += api_utf8_finish(&u, t + n);
+            t[n] = 0;
+            cJSON *tk = cJSON_CreateObject();
+            cJSON_AddNumberToObject(tk, "id", res->byte_offset + res->out[i]);
+            cJSON_AddStringToObject(tk, "text", t);
+            cJSON_AddNullToObject(tk, "logprob");
+            cJSON_AddBoolToObject(tk, "special", 0);
+            cJSON_AddItemToArray(toks, tk);
+        }
+    }
+    if (req->raw_bytes) {
+        char *b = api_base64_encode(res->out, res->out_len);
+        if (!b) {
+            cJSON_Delete(root);
+            return NULL;
+        }
+        cJSON_AddStringToObject(root, "generated_bytes_base64", b);
+        free(b);
+    }
+    return print(root);
+}
+
+/* "data: " + json + "\n\n", malloc'd. */
+static char *sse(char *json)
+{
+    if (!json) return NULL;
+    size_t n = strlen(json);
+    char *s = malloc(n + 9);
+    if (s) {
+        memcpy(s, "data: ", 6);
+        memcpy(s + 6, json, n);
+        memcpy(s + 6 + n, "\n\n", 3);
+    }
+    free(json);
+    return s;
+}
+
+char *api_render_stream_token(const api_generate_req *req, uint64_t index, int id,
+                              const char *text, size_t text_len, const uint8_t *bytes,
+                              size_t n_bytes, int special, const api_gen_result *res)
+{
+    cJSON *root = cJSON_CreateObject();
+    if (!root) return NULL;
+    cJSON_AddNumberToObject(root, "index", (double)index);
+    cJSON *tk = cJSON_AddObjectToObject(root, "token");
+    cJSON_AddNumberToObject(tk, "id", id);
+    char *t = malloc(text_len + 1);
+    if (!t) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    memcpy(t, text, text_len);
+    t[text_len] = 0;
+    cJSON_AddStringToObject(tk, "text", t);
+    free(t);
+    cJSON_AddNullToObject(tk, "logprob");
+    cJSON_AddBoolToObject(tk, "special", special);
+    if (req->raw_bytes) {
+        char *b = api_base64_encode(bytes, bytes ? n_bytes : 0);
+        if (!b) {
+            cJSON_Delete(root);
+            return NULL;
+        }
+        cJSON_AddStringToObject(tk, "bytes_base64", b);
+        free(b);
+    }
+    if (res) {
+        const uint8_t *pre = req->return_full_text ? req->prompt : NULL;
+        size_t npre = req->return_full_text ? req->prompt_len : 0;
+        if (add_text(root, "generated_text", pre, npre, res->out, res->out_len)) {
+            cJSON_Delete(root);
+            return NULL;
+        }
+        add_details(root, res);
+    } else {
+        cJSON_AddNullToObject(root, "generated_text");
+        cJSON_AddNullToObject(root, "details");
+    }
+    return sse(print(root));
+}
+
+char *api_render_stream_error(const api_error *e)
+{
+    cJSON *root = cJSON_CreateObject();
+    if (!root) return NULL;
+    cJSON_AddStringToObject(root, "error", e->message);
+    cJSON_AddStringToObject(root, "error_type", api_err_type(e->kind));
+    return sse(print(root));
+}
