@@ -271,7 +271,7 @@ static void add_details(cJSON *o, const api_gen_result *res)
     cJSON *d = cJSON_AddObjectToObject(o, "details");
     cJSON_AddStringToObject(d, "finish_reason", res->finish);
     cJSON_AddNumberToObject(d, "generated_tokens", (double)res->generated_tokens);
-    cJSON_AddNumberToObject(d, "prompt_tokens", (double)res->prompt_tokens);
+    cJSON_AddNumberToObject(d, "input_length", (double)res->prompt_tokens); /* tokens, bos included */
     if (res->has_seed) { /* as integer text: a double would print large seeds with an exponent */
         char num[24];
         snprintf(num, sizeof num, "%llu", (unsigned long long)res->seed);

@@ -50,9 +50,12 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
 {
     uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size;
     uint64_t n = (uint64_t)req->max_new_tokens;
-    /* sampler scratch (12 B and a bit per id) and logits (4 B per id); the output bytes and
-     * its UTF-8 rendering (3x); a stream's unread events */
-    return V * 17 + n * 4 + (req->stream ? n * EVENT_BYTES : 0);
+    /* the worker's generation state and its context's prefill chunk (allocated once per worker,
+     * but a running job's working set all the same); sampler scratch (12 B and a bit per id)
+     * and logits (4 B per id); the output bytes and their UTF-8 rendering (3x); a stream's
+     * unread events. None of it grows with the prompt. */
+    return (uint64_t)luna_gen_state_bytes(app->generator) + (uint64_t)luna_ctx_bytes(app->generator, NULL) +
+           V * 17 + n * 4 + (req->stream ? n * EVENT_BYTES : 0);
 }
 
 uint64_t srv_min_reservation(const srv_app *app)

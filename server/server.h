@@ -104,9 +104,9 @@ int srv_submit(srv_app *app, srv_job *job);
 int srv_queue_len(srv_app *app);
 uint64_t srv_min_reservation(const srv_app *app);
 
-/* Generation (sched.c). The bytes a request reserves in the ledger: the sampler's scratch, the
- * output, and for a stream the events a slow client has not read yet. Each worker's context
- * and fixed-size state are allocated once at start, outside the ledger (GET /info shows them). */
+/* Generation (sched.c). The bytes a request reserves in the ledger: the generation state and a
+ * prefill chunk (the worker's, allocated once), the sampler's scratch, the output, and for a
+ * stream the events a slow client has not read yet; nothing that grows with the prompt. */
 uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req);
 /* Appends an event to the job's stream and wakes the reader; returns -1 past the stream's
  * limit (the caller cancels). Any thread. */

@@ -457,7 +457,7 @@ def test_generate_matches_cli(s):
         assert raw == cli_generate("--prompt", "It is a truth", "--max-new-tokens", "40", *flags), b
         assert b["generated_text"] == raw.decode("utf-8", "replace"), b
         d = b["details"]
-        assert d["finish_reason"] == "length" and d["generated_tokens"] == 40 and d["prompt_tokens"] == 14, d
+        assert d["finish_reason"] == "length" and d["generated_tokens"] == 40 and d["input_length"] == 14, d
         assert [t["id"] - 4 for t in d["tokens"]] == list(raw), d
         assert (d["seed"] == 5) == ("seed" in params), d
     # without details: just the text; return_full_text prepends the prompt
@@ -533,9 +533,9 @@ def test_generate_validation(s):
     # binary prompts go in inputs_base64; truncate keeps the end of the prompt
     st, _, b = s.json("POST", "/generate", {"inputs_base64": base64.b64encode(b"a\x00\xffb").decode(),
                                             "parameters": {"max_new_tokens": 3, "details": True}})
-    assert st == 200 and b["details"]["prompt_tokens"] == 5, b
+    assert st == 200 and b["details"]["input_length"] == 5, b
     st, _, b = s.json("POST", "/generate", {"inputs": "x" * 3000, "parameters": {"max_new_tokens": 3, "details": True, "truncate": 10}})
-    assert st == 200 and b["details"]["prompt_tokens"] == 11, b
+    assert st == 200 and b["details"]["input_length"] == 11, b
     st, _, b = s.json("POST", "/generate", {"inputs": "x" * 5000})
     is_error(st, b, 413, "input_too_long")
 

@@ -218,7 +218,7 @@ Test(api, generate_renders_tgi_shapes)
     api_gen_result r = {out, 3, "length", 3, 3, 1, 7, 4};
     char *s = api_render_generate(&q, &r);
     cr_expect_str_eq(s, "{\"generated_text\":\"Hi!\xEF\xBF\xBD\",\"details\":{\"finish_reason\":\"length\","
-                        "\"generated_tokens\":3,\"prompt_tokens\":3,\"seed\":7,\"prefill\":[],\"tokens\":["
+                        "\"generated_tokens\":3,\"input_length\":3,\"seed\":7,\"prefill\":[],\"tokens\":["
                         "{\"id\":37,\"text\":\"!\",\"logprob\":null,\"special\":false},"
                         "{\"id\":230,\"text\":\"\",\"logprob\":null,\"special\":false},"
                         "{\"id\":134,\"text\":\"\xEF\xBF\xBD\",\"logprob\":null,\"special\":false}]},"
