@@ -51,7 +51,7 @@ def main():
              "d %d, %d layers, 4 heads, FFN 1024, l %d, pre-norm, tied K/V. Produced by "
              "`sh bench/gen.sh`; method in docs/benchmarks.md." % (a.machine, sgemm, d, layers, any_row["l"]),
              "",
-             "| context | Luna ms/token (÷ at ref, alternated) | KV-cache ms/token (÷ at ref) | Luna state | KV-cache state | Luna prefill tok/s | Luna prefill GFLOP/s (% of sgemm) | Luna peak RSS MB | KV peak RSS MB |",
+             "| context | Luna ms/token (÷ at ref, alternated) | KV-cache ms/token (÷ at ref) | Luna state | KV-cache state | Luna prefill tok/s | Luna prefill GFLOP/s (% of the sgemm rate measured just before it) | Luna peak RSS MB | KV peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for n in ns:
         L, K = luna.get(n), kv.get(n)
@@ -63,7 +63,7 @@ def main():
             "%.1f KB" % (L["state_bytes"] / 1024) if L else "–",
             kv_state,
             "%.0f" % L["prefill_tok_s"] if L else "–",
-            "%.1f (%.0f%%)" % (L["gflops"], 100 * L["gflops"] / sgemm) if L else "–",
+            "%.1f (%.0f%% of %.0f)" % (L["gflops"], 100 * L["gflops"] / L["sgemm_gflops"], L["sgemm_gflops"]) if L else "–",
             "%.1f" % L["rss_mb"] if L else "–",
             "%.1f" % K["rss_mb"] if K else "–"))
     lines.append("")
@@ -72,7 +72,8 @@ def main():
     # the fair comparison on a shared machine; the ratio across processes is shown beside it
     ratio = luna[last]["step_ms"] / luna[last]["ref_step_ms"]
     across = luna[last]["step_ms"] / luna[first]["step_ms"]
-    share = min(r["gflops"] for r in luna.values()) / sgemm
+    # each row's prefill against the sgemm rate its own child measured just before: the same load
+    share = min(r["gflops"] / r["sgemm_gflops"] for r in luna.values())
     states = {r["state_bytes"] for r in luna.values()}
     kv_ok = all(abs(r["state_bytes"] - kv_bytes(n)) <= 0.5 * kv_bytes(n) + 65536 for n, r in kv.items())
     lines += ["## Targets (issue 3)", "",
@@ -80,7 +81,7 @@ def main():
               "| time per token at %s ÷ at %s ≤ 1.1 (steps alternated in one process) | %.3f (across processes: %.3f) | %s |" % (
                   human(last), human(luna[last]["ref_n"]), ratio, across, "yes" if ratio <= 1.1 else "**no**"),
               "| Luna state constant over the contexts | %s | %s |" % (", ".join("%d B" % s for s in sorted(states)), "yes" if len(states) == 1 else "**no**"),
-              "| prefill GFLOP/s ≥ 40%% of sgemm (worst context) | %.0f%% | %s |" % (100 * share, "yes" if share >= 0.4 else "**no**"),
+              "| prefill GFLOP/s ≥ 40%% of sgemm, each measured side by side (worst context) | %.0f%% | %s |" % (100 * share, "yes" if share >= 0.4 else "**no**"),
               "| decode tokens/s, d 256, 4 layers (no target) | %.0f at %s, %.0f at %s | – |" % (
                   1e3 / luna[first]["step_ms"], human(first), 1e3 / luna[last]["step_ms"], human(last)),
               "| KV cache measured within its formula (layers·t·d·4 B, rounded up to 1.5× growth) | %s | %s |" % (

@@ -208,7 +208,8 @@ static const char bench_gen_help[] =
     "(matmuls of the projections, FFN and attention, multiply-add = 2) / time; step_ms = median\n"
     "of --steps steps, each a token's forward and its greedy choice; vs_ref = step_ms over the\n"
     "median step at --ref-context, measured alternately; state_kb = what the state\n"
-    "holds after the steps; rss_mb = the child's peak RSS.\n";
+    "holds after the steps; rss_mb = the child's peak RSS; with --json also sgemm_gflops, this\n"
+    "machine's sgemm rate measured in the child just before its prefill.\n";
 
 /* Model FLOPs per prefill token at chunk c: projections and FFN, plus the chunked causal
  * attention counted as its useful work (the within-chunk products are triangular: half of
@@ -230,6 +231,7 @@ static double prefill_flops(const luna_config *cfg, double n, int chunk, luna_at
 typedef struct {
     int rc;
     double prefill_s, step_ms, ref_step_ms;
+    double sgemm_gflops; /* measured in the child just before its prefill */
     size_t state_bytes;
 } gen_bench_result;
 
@@ -285,7 +287,7 @@ static void bench_gen_child(void *arg, int fd)
     size_t n = job->n, ref_n = job->ref_n;
     int steps = job->steps;
     const luna_config *cfg = luna_model_config(m);
-    gen_bench_result r = {0, 0, 0, 0, 0};
+    gen_bench_result r = {0, 0, 0, 0, 0, 0};
     luna_ctx *ctx = NULL;
     luna_gen_state *s = NULL, *ref = NULL;
     size_t V = (size_t)cfg->vocab_size;
@@ -298,6 +300,8 @@ static void bench_gen_child(void *arg, int fd)
     if (!r.rc) r.rc = luna_ctx_new(m, o, &ctx);
     if (!r.rc) r.rc = kv ? luna_kv_state_new(m, &s) : luna_gen_state_new(m, &s);
     if (!r.rc) r.rc = kv ? luna_kv_state_new(m, &ref) : luna_gen_state_new(m, &ref);
+    /* the machine's rate right now, under the same load as the prefill that follows */
+    r.sgemm_gflops = luna_sgemm_gflops(1024, 1024, 1024, 0.5);
     double t0 = now_s();
     if (!r.rc) r.rc = prefill_random(cfg, ctx, s, n, piece, PIECE, logits);
     r.prefill_s = now_s() - t0;
@@ -369,7 +373,7 @@ int cmd_bench_gen(int argc, char **argv)
     for (int i = 0; i < count; i++) {
         size_t n = ns[i];
         gen_bench_job job = {m, &o, n, ref_n, steps};
-        gen_bench_result r = {LUNA_EINVAL, 0, 0, 0, 0};
+        gen_bench_result r = {LUNA_EINVAL, 0, 0, 0, 0, 0};
         struct rusage ru;
         if (run_in_child(bench_gen_child, &job, &r, sizeof r, &ru) || r.rc) {
             fprintf(stderr, "%s bench-gen: n=%zu: %s\n", prog, n,
@@ -382,10 +386,10 @@ int cmd_bench_gen(int argc, char **argv)
         if (json)
             printf("{\"attention\": \"%s\", \"l\": %d, \"d\": %d, \"layers\": %d, \"n\": %zu, "
                    "\"prefill_s\": %.4f, \"prefill_tok_s\": %.1f, \"gflops\": %.2f, \"step_ms\": %.4f, "
-                   "\"ref_n\": %zu, \"ref_step_ms\": %.4f, \"state_bytes\": %zu, \"rss_mb\": %.2f, "
-                   "\"threads\": %d}\n",
+                   "\"ref_n\": %zu, \"ref_step_ms\": %.4f, \"sgemm_gflops\": %.2f, \"state_bytes\": %zu, "
+                   "\"rss_mb\": %.2f, \"threads\": %d}\n",
                    attn_name, cfg->l, cfg->d, cfg->layers, n, r.prefill_s, tps, gf, r.step_ms,
-                   ref_n, r.ref_step_ms, r.state_bytes, rss, luna_blas_threads());
+                   ref_n, r.ref_step_ms, r.sgemm_gflops, r.state_bytes, rss, luna_blas_threads());
         else
             printf("%-8s %4d %9zu %10.3f %13.0f %8.1f %9.4f %7.3f %11.1f %9.1f\n", attn_name, cfg->l,
                    n, r.prefill_s, tps, gf, r.step_ms, r.step_ms / r.ref_step_ms,
