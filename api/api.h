@@ -43,6 +43,7 @@ const char *api_err_type(api_err e);
 /* An error being built: the kind, a message, and up to two extra numeric fields. */
 typedef struct {
     api_err kind;
+    const char *param;      /* the request field at fault (OpenAI's "param"), or NULL */
     char message[512];
     const char *extra_key[2];
     double extra_val[2];
@@ -63,6 +64,7 @@ typedef struct {
     api_doc *docs;
     size_t n_docs;
     int is_list;     /* "inputs" was an array: answer with one array per input */
+    int vllm;        /* vLLM's request shape {"model", "input"}: answer in vLLM's shape */
     int raw_scores;  /* logits instead of probabilities */
     int truncate;    /* cut inputs that are too long instead of rejecting them */
     void *storage;   /* internal: the parsed tree and decoded bytes; api_classify_free */
@@ -80,22 +82,37 @@ api_err api_parse_classify(const char *body, size_t len, const api_limits *lim, 
 void api_classify_free(api_classify_req *req);
 
 /* scores: (n_docs, n_labels); labels: n_labels strings. TEI's shape: a single input gives
- * [{"label","score"},...] sorted by score, a list gives one such array per input. */
+ * [{"label","score"},...] sorted by score, a list gives one such array per input. With
+ * req->vllm, vLLM's: {"id", "object": "list", "created", "model", "data": [{"index", "label",
+ * "probs", "num_classes"}], "usage"}; meta gives id, model, created and the tokens. */
+typedef struct {
+    const char *id, *model;
+    long long created;
+    uint64_t tokens;
+} api_classify_meta;
 char *api_render_classify(const api_classify_req *req, const float *scores, const char *const *labels,
-                          int n_labels);
+                          int n_labels, const api_classify_meta *meta);
 
-/* ---- POST /generate and /generate_stream (TGI's shapes) ------------------------------------ */
+/* ---- generation: TGI's /generate and /generate_stream, OpenAI's completions and chat -------- */
 
 #define API_MAX_STOPS 16     /* stop sequences per request */
 #define API_MAX_STOP_LEN 256 /* bytes per stop sequence */
+#define API_MAX_PROMPTS 64   /* prompts of one OpenAI completion request */
+
+typedef enum {
+    API_FMT_TGI = 0,         /* /generate, /generate_stream */
+    API_FMT_COMPLETION = 1,  /* /v1/completions */
+    API_FMT_CHAT = 2,        /* /v1/chat/completions */
+} api_gen_format;
 
 typedef struct {
-    const uint8_t *prompt;   /* into the request's own storage */
-    size_t prompt_len;
+    api_gen_format format;
+    api_doc *prompts;        /* (n_prompts) into the request's own storage */
+    size_t n_prompts;        /* 1, except an OpenAI completion with a list of prompts */
     int stream;              /* the body's "stream": true (the route also decides) */
     int max_new_tokens;
-    int do_sample;           /* 0: greedy. TGI's rule: sampling when do_sample or any warper */
-    float temperature;       /* > 0 when sampling; 1 unless given */
+    int do_sample;           /* 0: greedy. TGI: when do_sample or a warper; OpenAI: temperature > 0 */
+    float temperature;       /* > 0 when sampling */
     int top_k;               /* 0: off */
     float top_p;             /* 1: off */
     float repetition_penalty;/* 1: off */
@@ -104,28 +121,40 @@ typedef struct {
     int n_stop;
     const uint8_t *stop[API_MAX_STOPS];
     size_t stop_len[API_MAX_STOPS];
-    int details;             /* answer with "details" */
-    int return_full_text;    /* prepend the prompt to generated_text */
-    int raw_bytes;           /* also the raw output bytes, base64 ("return_raw_bytes") */
+    int details;             /* TGI: answer with "details" */
+    int return_full_text;    /* prepend the prompt to the text (TGI return_full_text, OpenAI echo) */
+    int raw_bytes;           /* TGI: also the raw output bytes, base64 ("return_raw_bytes") */
+    int include_usage;       /* OpenAI stream_options.include_usage: a usage chunk at the end */
+    char model[128];         /* OpenAI answers: the model's id (api_generate_set_meta) */
+    char id[96];             /* OpenAI answers: "cmpl-<request id>" or "chatcmpl-<request id>" */
+    long long created;       /* OpenAI answers: unix seconds */
     void *storage;           /* internal: the parsed tree and decoded bytes; api_generate_free */
 } api_generate_req;
 
 typedef struct {
     uint64_t max_input_bytes;
     int max_new_tokens;      /* the server's cap */
-    int default_new_tokens;  /* when the request names none */
+    int default_new_tokens;  /* when a TGI request names none (OpenAI's default is 16) */
 } api_gen_limits;
 
 /* Parses a TGI request: {"inputs": "text" (or "inputs_base64"), "parameters": {...},
  * "stream": bool}. Parameters that TGI clients send with null or default values (best_of,
  * typical_p, watermark, ...) are accepted as such; set to anything else they are refused,
  * as are unknown ones. On failure returns the error kind with *err filled and *req needs no
- * freeing; on success free it with api_generate_free. */
+ * freeing; on success free it with api_generate_free. api/openai.c parses the OpenAI shapes
+ * into the same struct (api_parse_completions, api_parse_chat). */
 api_err api_parse_generate(const char *body, size_t len, const api_gen_limits *lim,
                            api_generate_req *req, api_error *err);
+api_err api_parse_completions(const char *body, size_t len, const api_gen_limits *lim,
+                              api_generate_req *req, api_error *err);
+api_err api_parse_chat(const char *body, size_t len, const api_gen_limits *lim,
+                       api_generate_req *req, api_error *err);
 void api_generate_free(api_generate_req *req);
+/* The fields OpenAI answers carry: the model's id, the request id, the time. */
+void api_generate_set_meta(api_generate_req *req, const char *model, const char *request_id,
+                           long long created);
 
-/* What a generation produced, for the renderers. */
+/* What one generation (one prompt) produced, for the renderers. */
 typedef struct {
     const uint8_t *out;      /* the raw generated bytes */
     size_t out_len;
@@ -136,18 +165,46 @@ typedef struct {
     int byte_offset;         /* token id of byte 0, for the token lists */
 } api_gen_result;
 
-/* {"generated_text", "details"?: {...}, "generated_bytes_base64"?}: TGI's /generate answer. */
+/* The answer to a whole request, res[0 .. n_prompts): TGI's {"generated_text", "details"?,
+ * "generated_bytes_base64"?}, or OpenAI's text_completion or chat.completion. */
 char *api_render_generate(const api_generate_req *req, const api_gen_result *res);
 
-/* Server-sent events of /generate_stream, each a complete "data: {...}\n\n" string.
- * A token event: {"index", "token": {"id", "text", "logprob": null, "special"},
- * "generated_text": null, "details": null} (+ "bytes_base64" with raw_bytes); the last event
- * also carries generated_text and details (res non-NULL). bytes may be NULL (a special token). */
-char *api_render_stream_token(const api_generate_req *req, uint64_t index, int id,
-                              const char *text, size_t text_len, const uint8_t *bytes,
-                              size_t n_bytes, int special, const api_gen_result *res);
-/* data: {"error": message, "error_type": type} */
-char *api_render_stream_error(const api_error *e);
+/* One generated token of a stream (a byte, or eos). The event for a token goes out when the
+ * next one arrives, so the last of each choice can carry its result (res non-NULL). */
+typedef struct {
+    size_t choice;           /* which prompt */
+    uint64_t index;          /* 1-based token index within the choice */
+    int first;               /* the choice's first event (OpenAI chat: the delta has the role) */
+    int id;                  /* token id, or -1 */
+    const char *text;        /* the UTF-8 this token completes */
+    size_t text_len;
+    const uint8_t *bytes;    /* its raw bytes (may be NULL) */
+    size_t n_bytes;
+    int special;             /* eos */
+    const api_gen_result *res;
+} api_stream_token;
+
+/* One complete server-sent event ("data: {...}\n\n", malloc'd) for a token: TGI's
+ * {"index", "token": {"id", "text", "logprob": null, "special"}, "generated_text",
+ * "details"}, or an OpenAI chunk. NULL with *skip set when the format sends nothing for it
+ * (an OpenAI chunk with no text and no finish_reason); NULL otherwise is out of memory. */
+char *api_render_stream_token(const api_generate_req *req, const api_stream_token *t, int *skip);
+/* After every choice: OpenAI's usage chunk (include_usage) and "data: [DONE]"; for TGI
+ * nothing (NULL, *skip set). res: n_prompts results. */
+char *api_render_stream_end(const api_generate_req *req, const api_gen_result *res, int *skip);
+/* An error once the stream has started: TGI's {"error", "error_type"}, or OpenAI's
+ * {"error": {"message", "type", "param", "code"}}. */
+char *api_render_stream_error(const api_generate_req *req, const api_error *e);
+
+/* ---- GET /v1/models, and vLLM's shape of /classify ------------------------------------------- */
+
+typedef struct {
+    const char *id;          /* the model directory's base name */
+    const char *task;        /* "causal-lm" or "classification" */
+    long long created;       /* unix seconds the server loaded it */
+} api_model_card;
+
+char *api_render_models(const api_model_card *models, int n);
 
 /* ---- small documents ------------------------------------------------------------------------ */
 

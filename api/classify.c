@@ -43,6 +43,8 @@ char *api_render_error(const api_error *e, const char *request_id)
     cJSON_AddNumberToObject(err, "code", api_err_status(e->kind));
     cJSON_AddStringToObject(err, "type", api_err_type(e->kind));
     cJSON_AddStringToObject(err, "message", e->message);
+    if (e->param) cJSON_AddStringToObject(err, "param", e->param); /* OpenAI clients read it */
+    else cJSON_AddNullToObject(err, "param");
     cJSON_AddStringToObject(err, "request_id", request_id ? request_id : "");
     for (int i = 0; i < 2; i++)
         if (e->extra_key[i]) cJSON_AddNumberToObject(err, e->extra_key[i], e->extra_val[i]);
@@ -152,14 +154,33 @@ api_err api_parse_classify(const char *body, size_t len, const api_limits *lim, 
         rc = api_fail(err, API_E_VALIDATION, "the body must be a JSON object");
         goto fail;
     }
+    /* vLLM's shape, {"model", "input"}, or TEI's, {"inputs", ...}: not a mixture */
+    req->vllm = cJSON_GetObjectItemCaseSensitive(root, "input") != NULL;
     for (cJSON *f = root->child; f; f = f->next) {
-        if (strcmp(f->string, "inputs") && strcmp(f->string, "inputs_base64") &&
-            strcmp(f->string, "raw_scores") && strcmp(f->string, "truncate")) {
-            rc = api_fail(err, API_E_VALIDATION, "unknown field \"%.64s\"", f->string);
+        int ok = req->vllm ? !strcmp(f->string, "input") || !strcmp(f->string, "model") ||
+                                 !strcmp(f->string, "user") || !strcmp(f->string, "truncate_prompt_tokens")
+                           : !strcmp(f->string, "inputs") || !strcmp(f->string, "inputs_base64") ||
+                                 !strcmp(f->string, "raw_scores") || !strcmp(f->string, "truncate");
+        if (!ok) {
+            rc = api_fail(err, API_E_VALIDATION, "unknown field \"%.64s\"%s", f->string,
+                          req->vllm ? " (vLLM's shape has \"model\" and \"input\")" : "");
             goto fail;
         }
     }
-    cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "inputs");
+    if (req->vllm) {
+        cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+        cJSON *tpt = cJSON_GetObjectItemCaseSensitive(root, "truncate_prompt_tokens");
+        if (model && !cJSON_IsNull(model) && !cJSON_IsString(model)) {
+            rc = api_fail(err, API_E_VALIDATION, "\"model\" must be a string");
+            goto fail;
+        }
+        if (tpt && !cJSON_IsNull(tpt)) {
+            rc = api_fail(err, API_E_VALIDATION, "\"truncate_prompt_tokens\" is not supported by this server");
+            err->param = "truncate_prompt_tokens";
+            goto fail;
+        }
+    }
+    cJSON *text = cJSON_GetObjectItemCaseSensitive(root, req->vllm ? "input" : "inputs");
     cJSON *b64 = cJSON_GetObjectItemCaseSensitive(root, "inputs_base64");
     cJSON *raw = cJSON_GetObjectItemCaseSensitive(root, "raw_scores");
     cJSON *trunc = cJSON_GetObjectItemCaseSensitive(root, "truncate");
@@ -174,7 +195,7 @@ api_err api_parse_classify(const char *body, size_t len, const api_limits *lim, 
     req->raw_scores = cJSON_IsTrue(raw);
     req->truncate = cJSON_IsTrue(trunc);
     cJSON *in = text ? text : b64;
-    const char *field = text ? "inputs" : "inputs_base64";
+    const char *field = req->vllm ? "input" : text ? "inputs" : "inputs_base64";
     req->is_list = cJSON_IsArray(in);
     size_t n = req->is_list ? (size_t)cJSON_GetArraySize(in) : 1;
     if (req->is_list && n == 0) {
@@ -275,9 +296,43 @@ static cJSON *scores_array(const float *s, const char *const *labels, int n)
     return arr;
 }
 
-char *api_render_classify(const api_classify_req *req, const float *scores, const char *const *labels,
-                          int n_labels)
+/* vLLM's classification answer: one entry per input, probabilities in label order. */
+static char *render_vllm(const api_classify_req *req, const float *scores, const char *const *labels, int n_labels,
+                         const api_classify_meta *meta)
 {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "id", meta->id);
+    cJSON_AddStringToObject(root, "object", "list");
+    cJSON_AddNumberToObject(root, "created", (double)meta->created);
+    cJSON_AddStringToObject(root, "model", meta->model);
+    cJSON *data = cJSON_AddArrayToObject(root, "data");
+    for (size_t i = 0; i < req->n_docs; i++) {
+        const float *s = scores + i * (size_t)n_labels;
+        int best = 0;
+        for (int k = 1; k < n_labels; k++)
+            if (s[k] > s[best]) best = k;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "index", (double)i);
+        cJSON_AddStringToObject(o, "label", labels[best]);
+        cJSON *probs = cJSON_AddArrayToObject(o, "probs");
+        for (int k = 0; k < n_labels; k++) cJSON_AddItemToArray(probs, cJSON_CreateNumber(s[k]));
+        cJSON_AddNumberToObject(o, "num_classes", n_labels);
+        cJSON_AddItemToArray(data, o);
+    }
+    cJSON *u = cJSON_AddObjectToObject(root, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", (double)meta->tokens);
+    cJSON_AddNumberToObject(u, "total_tokens", (double)meta->tokens);
+    cJSON_AddNumberToObject(u, "completion_tokens", 0);
+    cJSON_AddNullToObject(u, "prompt_tokens_details");
+    char *out = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return out;
+}
+
+char *api_render_classify(const api_classify_req *req, const float *scores, const char *const *labels,
+                          int n_labels, const api_classify_meta *meta)
+{
+    if (req->vllm) return render_vllm(req, scores, labels, n_labels, meta);
     cJSON *root;
     if (req->is_list) {
         root = cJSON_CreateArray();

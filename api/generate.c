@@ -22,15 +22,13 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "api/internal.h"
 #include "api/utf8.h"
 
-typedef struct {
-    cJSON *tree;
-    uint8_t *decoded; /* inputs_base64, decoded */
-} gen_storage;
+#define given api__given
 
 /* A JSON value that means "not given": absent or null. */
-static int given(const cJSON *v) { return v && !cJSON_IsNull(v); }
+int api__given(const cJSON *v) { return v && !cJSON_IsNull(v); }
 
 static const char *const SUPPORTED[] = {
     "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
@@ -57,7 +55,7 @@ static int neutral(const char *name, const cJSON *v)
     return 0; /* grammar, adapter_id */
 }
 
-static api_err get_bool(const cJSON *p, const char *name, int *out, api_error *err)
+api_err api__get_bool(const cJSON *p, const char *name, int *out, api_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(p, name);
     if (!given(v)) return API_OK;
@@ -66,8 +64,7 @@ static api_err get_bool(const cJSON *p, const char *name, int *out, api_error *e
     return API_OK;
 }
 
-/* A number in [lo, hi] (lo_open: lo excluded); *set tells whether it was given. */
-static api_err get_num(const cJSON *p, const char *name, double lo, int lo_open, double hi, int integer,
+api_err api__get_num(const cJSON *p, const char *name, double lo, int lo_open, double hi, int integer,
                        double *out, int *set, api_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(p, name);
@@ -76,13 +73,13 @@ static api_err get_num(const cJSON *p, const char *name, double lo, int lo_open,
     double x = cJSON_IsNumber(v) ? v->valuedouble : NAN;
     if (!isfinite(x) || (integer && x != floor(x)) || (lo_open ? x <= lo : x < lo) || x > hi)
         return api_fail(err, API_E_VALIDATION, "\"%s\" must be %s in %c%g, %g]", name,
-                        integer ? "an integer" : "a number", lo_open ? '(' : '[', lo, hi);
+                        integer ? "an integer" : "a number", lo_open ? '(' : '[', lo, hi), err->param = name, err->kind;
     *out = x;
     *set = 1;
     return API_OK;
 }
 
-static api_err parse_stop(const cJSON *p, api_generate_req *req, api_error *err)
+api_err api__parse_stop(const cJSON *p, api_generate_req *req, api_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(p, "stop");
     if (!given(v)) return API_OK;
@@ -125,56 +122,66 @@ static api_err parse_parameters(const cJSON *p, const api_gen_limits *lim, api_g
     }
     double x;
     int set;
-    if ((rc = get_num(p, "max_new_tokens", 1, 0, lim->max_new_tokens, 1, &x, &set, err))) return rc;
+    if ((rc = api__get_num(p, "max_new_tokens", 1, 0, lim->max_new_tokens, 1, &x, &set, err))) return rc;
     if (set) req->max_new_tokens = (int)x;
-    if ((rc = get_bool(p, "do_sample", &req->do_sample, err))) return rc;
-    if ((rc = get_num(p, "temperature", 0, 0, 1e6, 0, &x, &set, err))) return rc;
+    if ((rc = api__get_bool(p, "do_sample", &req->do_sample, err))) return rc;
+    if ((rc = api__get_num(p, "temperature", 0, 0, 1e6, 0, &x, &set, err))) return rc;
     if (set) {
         req->temperature = (float)x;
         if (x != 1) req->do_sample = 1; /* a warper: TGI samples */
     }
-    if ((rc = get_num(p, "top_k", 1, 0, 1 << 24, 1, &x, &set, err))) return rc;
+    if ((rc = api__get_num(p, "top_k", 1, 0, 1 << 24, 1, &x, &set, err))) return rc;
     if (set) req->top_k = (int)x, req->do_sample = 1;
-    if ((rc = get_num(p, "top_p", 0, 1, 1, 0, &x, &set, err))) return rc;
+    if ((rc = api__get_num(p, "top_p", 0, 1, 1, 0, &x, &set, err))) return rc;
     if (set) {
         req->top_p = (float)x;
         if (x < 1) req->do_sample = 1;
     }
-    if ((rc = get_num(p, "repetition_penalty", 0, 1, 1e6, 0, &x, &set, err))) return rc;
+    if ((rc = api__get_num(p, "repetition_penalty", 0, 1, 1e6, 0, &x, &set, err))) return rc;
     if (set) req->repetition_penalty = (float)x;
-    if ((rc = get_num(p, "seed", 0, 0, 9007199254740992.0, 1, &x, &set, err))) return rc;
+    if ((rc = api__get_num(p, "seed", 0, 0, 9007199254740992.0, 1, &x, &set, err))) return rc;
     if (set) req->seed = (uint64_t)x, req->has_seed = 1;
-    if ((rc = parse_stop(p, req, err))) return rc;
-    if ((rc = get_bool(p, "details", &req->details, err))) return rc;
-    if ((rc = get_bool(p, "return_full_text", &req->return_full_text, err))) return rc;
-    if ((rc = get_bool(p, "return_raw_bytes", &req->raw_bytes, err))) return rc;
-    if ((rc = get_num(p, "truncate", 1, 0, 1e15, 1, &x, &set, err))) return rc;
-    if (set && (size_t)x < req->prompt_len) { /* keep the end of the prompt, as TGI does */
-        req->prompt += req->prompt_len - (size_t)x;
-        req->prompt_len = (size_t)x;
+    if ((rc = api__parse_stop(p, req, err))) return rc;
+    if ((rc = api__get_bool(p, "details", &req->details, err))) return rc;
+    if ((rc = api__get_bool(p, "return_full_text", &req->return_full_text, err))) return rc;
+    if ((rc = api__get_bool(p, "return_raw_bytes", &req->raw_bytes, err))) return rc;
+    if ((rc = api__get_num(p, "truncate", 1, 0, 1e15, 1, &x, &set, err))) return rc;
+    if (set && (size_t)x < req->prompts[0].len) { /* keep the end of the prompt, as TGI does */
+        req->prompts[0].data += req->prompts[0].len - (size_t)x;
+        req->prompts[0].len = (size_t)x;
     }
     if (req->temperature == 0) req->do_sample = 0; /* temperature 0: greedy */
     return API_OK;
 }
 
-api_err api_parse_generate(const char *body, size_t len, const api_gen_limits *lim,
-                           api_generate_req *req, api_error *err)
+api_err api__gen_begin(api_generate_req *req, api_gen_format fmt, cJSON *root, api_error *err)
 {
     memset(req, 0, sizeof *req);
-    req->max_new_tokens = lim->default_new_tokens < lim->max_new_tokens ? lim->default_new_tokens : lim->max_new_tokens;
+    req->format = fmt;
     req->temperature = 1.0f;
     req->top_p = 1.0f;
     req->repetition_penalty = 1.0f;
-    cJSON *root = api__parse_json(body, len, err);
-    if (!root) return err->kind;
-    gen_storage *st = calloc(1, sizeof *st);
+    api__gen_storage *st = calloc(1, sizeof *st);
     if (!st) {
         cJSON_Delete(root);
         return api_fail(err, API_E_ENGINE_MEMORY, "out of memory parsing the request");
     }
     st->tree = root;
     req->storage = st;
-    api_err rc = API_OK;
+    req->prompts = st->docs;
+    req->n_prompts = 1;
+    return API_OK;
+}
+
+api_err api_parse_generate(const char *body, size_t len, const api_gen_limits *lim,
+                           api_generate_req *req, api_error *err)
+{
+    cJSON *root = api__parse_json(body, len, err);
+    if (!root) return err->kind;
+    api_err rc = api__gen_begin(req, API_FMT_TGI, root, err);
+    if (rc) return rc;
+    req->max_new_tokens = lim->default_new_tokens < lim->max_new_tokens ? lim->default_new_tokens : lim->max_new_tokens;
+    api__gen_storage *st = req->storage;
     if (!cJSON_IsObject(root)) {
         rc = api_fail(err, API_E_VALIDATION, "the body must be a JSON object");
         goto fail;
@@ -198,24 +205,22 @@ api_err api_parse_generate(const char *body, size_t len, const api_gen_limits *l
     }
     size_t sl = strlen(in->valuestring);
     if (given(b64)) {
-        if (!(st->decoded = malloc(sl / 4 * 3 + 1))) {
+        if (!(st->bytes = malloc(sl / 4 * 3 + 1))) {
             rc = api_fail(err, API_E_ENGINE_MEMORY, "out of memory decoding inputs_base64");
             goto fail;
         }
-        long got = api_base64_decode(in->valuestring, sl, st->decoded);
+        long got = api_base64_decode(in->valuestring, sl, st->bytes);
         if (got < 0) {
             rc = api_fail(err, API_E_VALIDATION, "\"inputs_base64\" is not valid base64");
             goto fail;
         }
-        req->prompt = st->decoded;
-        req->prompt_len = (size_t)got;
+        req->prompts[0] = (api_doc){st->bytes, (size_t)got};
     } else {
         if (api__has_nul_escape(body, len)) {
             rc = api_fail(err, API_E_VALIDATION, "\"inputs\" contains U+0000; send prompts with NUL bytes in \"inputs_base64\"");
             goto fail;
         }
-        req->prompt = (const uint8_t *)in->valuestring;
-        req->prompt_len = sl;
+        req->prompts[0] = (api_doc){(const uint8_t *)in->valuestring, sl};
     }
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
     if (given(stream) && !cJSON_IsBool(stream)) {
@@ -225,9 +230,9 @@ api_err api_parse_generate(const char *body, size_t len, const api_gen_limits *l
     req->stream = cJSON_IsTrue(stream);
     if ((rc = parse_parameters(cJSON_GetObjectItemCaseSensitive(root, "parameters"), lim, req, err)))
         goto fail;
-    if (req->prompt_len > lim->max_input_bytes) {
+    if (req->prompts[0].len > lim->max_input_bytes) {
         rc = api_fail(err, API_E_INPUT_TOO_LONG, "the prompt has %zu bytes; max-input-bytes is %llu (or set \"truncate\")",
-                      req->prompt_len, (unsigned long long)lim->max_input_bytes);
+                      req->prompts[0].len, (unsigned long long)lim->max_input_bytes);
         err->extra_key[0] = "max_input_bytes";
         err->extra_val[0] = (double)lim->max_input_bytes;
         goto fail;
@@ -240,19 +245,26 @@ fail:
 
 void api_generate_free(api_generate_req *req)
 {
-    gen_storage *st = req->storage;
+    api__gen_storage *st = req->storage;
     if (st) {
         cJSON_Delete(st->tree);
-        free(st->decoded);
+        free(st->bytes);
         free(st);
     }
     memset(req, 0, sizeof *req);
 }
 
+void api_generate_set_meta(api_generate_req *req, const char *model, const char *request_id,
+                           long long created)
+{
+    snprintf(req->model, sizeof req->model, "%s", model);
+    snprintf(req->id, sizeof req->id, "%s%s", req->format == API_FMT_CHAT ? "chatcmpl-" : "cmpl-", request_id);
+    req->created = created;
+}
+
 /* ---- answers ----------------------------------------------------------------------------- */
 
-/* bytes as sanitised UTF-8, added to o under name (cJSON copies it). */
-static int add_text(cJSON *o, const char *name, const uint8_t *a, size_t na, const uint8_t *b, size_t nb)
+int api__add_text(cJSON *o, const char *name, const uint8_t *a, size_t na, const uint8_t *b, size_t nb)
 {
     char *t = malloc(API_UTF8_MAX_OUT(na + nb) + 1);
     if (!t) return -1;
@@ -281,7 +293,7 @@ static void add_details(cJSON *o, const api_gen_result *res)
     }
 }
 
-static char *print(cJSON *root)
+char *api__print(cJSON *root)
 {
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -290,11 +302,12 @@ static char *print(cJSON *root)
 
 char *api_render_generate(const api_generate_req *req, const api_gen_result *res)
 {
+    if (req->format != API_FMT_TGI) return api__render_openai(req, res);
     cJSON *root = cJSON_CreateObject();
     if (!root) return NULL;
-    const uint8_t *pre = req->return_full_text ? req->prompt : NULL;
-    size_t npre = req->return_full_text ? req->prompt_len : 0;
-    if (add_text(root, "generated_text", pre, npre, res->out, res->out_len)) {
+    const api_doc *p = &req->prompts[0];
+    if (api__add_text(root, "generated_text", req->return_full_text ? p->data : NULL,
+                      req->return_full_text ? p->len : 0, res->out, res->out_len)) {
         cJSON_Delete(root);
         return NULL;
     }
@@ -327,11 +340,10 @@ char *api_render_generate(const api_generate_req *req, const api_gen_result *res
         cJSON_AddStringToObject(root, "generated_bytes_base64", b);
         free(b);
     }
-    return print(root);
+    return api__print(root);
 }
 
-/* "data: " + json + "\n\n", malloc'd. */
-static char *sse(char *json)
+char *api__sse(char *json)
 {
     if (!json) return NULL;
     size_t n = strlen(json);
@@ -345,28 +357,23 @@ static char *sse(char *json)
     return s;
 }
 
-char *api_render_stream_token(const api_generate_req *req, uint64_t index, int id,
-                              const char *text, size_t text_len, const uint8_t *bytes,
-                              size_t n_bytes, int special, const api_gen_result *res)
+char *api_render_stream_token(const api_generate_req *req, const api_stream_token *t, int *skip)
 {
+    *skip = 0;
+    if (req->format != API_FMT_TGI) return api__render_openai_chunk(req, t, skip);
     cJSON *root = cJSON_CreateObject();
     if (!root) return NULL;
-    cJSON_AddNumberToObject(root, "index", (double)index);
+    cJSON_AddNumberToObject(root, "index", (double)t->index);
     cJSON *tk = cJSON_AddObjectToObject(root, "token");
-    cJSON_AddNumberToObject(tk, "id", id);
-    char *t = malloc(text_len + 1);
-    if (!t) {
+    cJSON_AddNumberToObject(tk, "id", t->id);
+    if (api__add_text(tk, "text", (const uint8_t *)t->text, t->text_len, NULL, 0)) {
         cJSON_Delete(root);
         return NULL;
     }
-    memcpy(t, text, text_len);
-    t[text_len] = 0;
-    cJSON_AddStringToObject(tk, "text", t);
-    free(t);
     cJSON_AddNullToObject(tk, "logprob");
-    cJSON_AddBoolToObject(tk, "special", special);
+    cJSON_AddBoolToObject(tk, "special", t->special);
     if (req->raw_bytes) {
-        char *b = api_base64_encode(bytes, bytes ? n_bytes : 0);
+        char *b = api_base64_encode(t->bytes, t->bytes ? t->n_bytes : 0);
         if (!b) {
             cJSON_Delete(root);
             return NULL;
@@ -374,26 +381,40 @@ char *api_render_stream_token(const api_generate_req *req, uint64_t index, int i
         cJSON_AddStringToObject(tk, "bytes_base64", b);
         free(b);
     }
-    if (res) {
-        const uint8_t *pre = req->return_full_text ? req->prompt : NULL;
-        size_t npre = req->return_full_text ? req->prompt_len : 0;
-        if (add_text(root, "generated_text", pre, npre, res->out, res->out_len)) {
+    if (t->res) {
+        const api_doc *p = &req->prompts[0];
+        if (api__add_text(root, "generated_text", req->return_full_text ? p->data : NULL,
+                          req->return_full_text ? p->len : 0, t->res->out, t->res->out_len)) {
             cJSON_Delete(root);
             return NULL;
         }
-        add_details(root, res);
+        add_details(root, t->res);
     } else {
         cJSON_AddNullToObject(root, "generated_text");
         cJSON_AddNullToObject(root, "details");
     }
-    return sse(print(root));
+    return api__sse(api__print(root));
 }
 
-char *api_render_stream_error(const api_error *e)
+char *api_render_stream_end(const api_generate_req *req, const api_gen_result *res, int *skip)
+{
+    *skip = req->format == API_FMT_TGI;
+    return *skip ? NULL : api__render_openai_end(req, res);
+}
+
+char *api_render_stream_error(const api_generate_req *req, const api_error *e)
 {
     cJSON *root = cJSON_CreateObject();
     if (!root) return NULL;
-    cJSON_AddStringToObject(root, "error", e->message);
-    cJSON_AddStringToObject(root, "error_type", api_err_type(e->kind));
-    return sse(print(root));
+    if (req->format == API_FMT_TGI) {
+        cJSON_AddStringToObject(root, "error", e->message);
+        cJSON_AddStringToObject(root, "error_type", api_err_type(e->kind));
+    } else {
+        cJSON *o = cJSON_AddObjectToObject(root, "error");
+        cJSON_AddStringToObject(o, "message", e->message);
+        cJSON_AddStringToObject(o, "type", api_err_type(e->kind));
+        cJSON_AddNullToObject(o, "param");
+        cJSON_AddNumberToObject(o, "code", api_err_status(e->kind));
+    }
+    return api__sse(api__print(root));
 }

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include "server/server.h"
 
@@ -32,8 +33,6 @@ char *api_render_info(const srv_app *app); /* api/info.c */
 
 typedef enum { PH_NEW = 0, PH_BODY, PH_QUEUED, PH_ANSWER, PH_STREAM, PH_DONE } phase;
 
-static const char *const EP_NAMES[SRV_N_ENDPOINTS] = {"classify", "generate", "health", "ready",
-                                                       "info", "metrics", "other", "preflight"};
 
 typedef struct {
     srv_app *app;
@@ -68,6 +67,7 @@ static void free_req(http_req *r)
     api_generate_free(&r->greq);
     free(r->job.scores);
     free(r->job.out);
+    free(r->job.gres);
     free(r->stream.buf);
     pthread_mutex_destroy(&r->stream.lock);
     pthread_mutex_destroy(&r->life);
@@ -180,7 +180,21 @@ static const route ROUTES[] = {
     {"/metrics", "GET", EP_METRICS, 1},  {"/info", "GET", EP_INFO, 0},
     {"/classify", "POST", EP_CLASSIFY, 0}, {"/predict", "POST", EP_CLASSIFY, 0},
     {"/generate", "POST", EP_GENERATE, 0}, {"/generate_stream", "POST", EP_GENERATE, 0},
+    {"/v1/completions", "POST", EP_COMPLETIONS, 0}, {"/v1/chat/completions", "POST", EP_CHAT, 0},
+    {"/v1/models", "GET", EP_MODELS, 0},
 };
+
+static int generates(srv_endpoint ep) { return ep == EP_GENERATE || ep == EP_COMPLETIONS || ep == EP_CHAT; }
+
+/* A model's id in OpenAI's and vLLM's answers: its directory's base name. */
+static void model_id(const char *dir, char *out, size_t n)
+{
+    size_t len = strlen(dir);
+    while (len > 1 && dir[len - 1] == '/') len--;
+    size_t start = len;
+    while (start > 0 && dir[start - 1] != '/') start--;
+    snprintf(out, n, "%.*s", (int)(len - start), dir + start);
+}
 #define N_ROUTES (sizeof ROUTES / sizeof ROUTES[0])
 
 static uint64_t reserved_now(srv_app *app)
@@ -213,6 +227,22 @@ static enum MHD_Result answer_get(http_req *r)
         return respond(r, 200, "application/json", api_render_info(app), NULL);
     case EP_METRICS:
         return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_metrics_render(&app->metrics), NULL);
+    case EP_MODELS: {
+        char ids[2][256];
+        api_model_card cards[2];
+        int n = 0;
+        if (app->generator) {
+            model_id(app->cfg.generate_model, ids[n], sizeof ids[n]);
+            cards[n] = (api_model_card){ids[n], "causal-lm", app->started_unix};
+            n++;
+        }
+        if (app->classifier) {
+            model_id(app->cfg.classify_model, ids[n], sizeof ids[n]);
+            cards[n] = (api_model_card){ids[n], "classification", app->started_unix};
+            n++;
+        }
+        return respond(r, 200, "application/json", api_render_models(cards, n), NULL);
+    }
     default:
         return fail(r, API_E_INTERNAL, "%s", "unrouted request");
     }
@@ -301,10 +331,16 @@ static enum MHD_Result answer_job(http_req *r)
     srv_app *app = r->app;
     srv_job *job = &r->job;
     if (job->rc == 0 && job->kind == JOB_GENERATE)
-        return respond(r, 200, "application/json", api_render_generate(&r->greq, &job->gres), NULL);
+        return respond(r, 200, "application/json", api_render_generate(&r->greq, job->gres), NULL);
     if (job->rc == 0) {
         const luna_config *cfg = luna_model_config(app->classifier);
-        char *body = api_render_classify(&r->creq, job->scores, app->labels, cfg->n_labels);
+        char id[96], model[256];
+        snprintf(id, sizeof id, "classify-%s", r->request_id);
+        model_id(app->cfg.classify_model, model, sizeof model);
+        api_classify_meta meta = {id, model, (long long)time(NULL), 0};
+        for (size_t i = 0; i < r->creq.n_docs; i++)
+            meta.tokens += luna_input_tokens(app->classifier, r->creq.docs[i].data, r->creq.docs[i].len);
+        char *body = api_render_classify(&r->creq, job->scores, app->labels, cfg->n_labels, &meta);
         return respond(r, 200, "application/json", body, NULL);
     }
     if (srv_job_error(job, &r->err) == API_OK) return MHD_NO; /* the client left: close (499) */
@@ -363,38 +399,45 @@ static enum MHD_Result start_generate(http_req *r)
     srv_app *app = r->app;
     const luna_config *cfg = luna_model_config(app->generator);
     api_gen_limits lim = {app->cfg.max_input_bytes, app->cfg.max_new_tokens, app->cfg.default_new_tokens};
-    if (api_parse_generate(r->body ? r->body : "", r->body_len, &lim, &r->greq, &r->err) != API_OK)
-        return respond_error(r, NULL);
+    const char *b = r->body ? r->body : "";
+    api_err rc = r->ep == EP_COMPLETIONS ? api_parse_completions(b, r->body_len, &lim, &r->greq, &r->err)
+                 : r->ep == EP_CHAT      ? api_parse_chat(b, r->body_len, &lim, &r->greq, &r->err)
+                                         : api_parse_generate(b, r->body_len, &lim, &r->greq, &r->err);
+    if (rc != API_OK) return respond_error(r, NULL);
     free(r->body); /* the parsed request holds what it needs */
     r->body = NULL;
     r->greq.stream |= r->stream_route;
-    uint64_t tokens = (uint64_t)r->greq.prompt_len + 1; /* bos */
-    if (cfg->max_positions > 0 && tokens > (uint64_t)cfg->max_positions) {
-        api_fail(&r->err, API_E_INPUT_TOO_LONG, "the prompt is %llu tokens; the model accepts %d (or set \"truncate\")",
-                 (unsigned long long)tokens, cfg->max_positions);
-        r->err.extra_key[0] = "max_tokens";
-        r->err.extra_val[0] = cfg->max_positions;
-        return respond_error(r, NULL);
+    char model[256];
+    model_id(app->cfg.generate_model, model, sizeof model);
+    api_generate_set_meta(&r->greq, model, r->request_id, (long long)time(NULL));
+    for (size_t i = 0; i < r->greq.n_prompts; i++) {
+        uint64_t tokens = (uint64_t)r->greq.prompts[i].len + 1; /* bos */
+        if (cfg->max_positions > 0 && tokens > (uint64_t)cfg->max_positions) {
+            api_fail(&r->err, API_E_INPUT_TOO_LONG, "the prompt is %llu tokens; the model accepts %d",
+                     (unsigned long long)tokens, cfg->max_positions);
+            r->err.extra_key[0] = "max_tokens";
+            r->err.extra_val[0] = cfg->max_positions;
+            return respond_error(r, NULL);
+        }
+        srv_metrics_input_bytes(&app->metrics, r->greq.prompts[i].len);
     }
-    srv_metrics_input_bytes(&app->metrics, r->greq.prompt_len);
     uint64_t reserve = srv_gen_reservation(app, &r->greq);
     if (over_budget(r, reserve)) return respond_error(r, NULL);
     srv_job *job = &r->job;
-    job->out = malloc((size_t)r->greq.max_new_tokens);
-    if (!job->out) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
+    job->out = malloc(r->greq.n_prompts * (size_t)r->greq.max_new_tokens);
+    job->gres = calloc(r->greq.n_prompts, sizeof *job->gres);
+    if (!job->out || !job->gres) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
     job->kind = JOB_GENERATE;
     job->generate = &r->greq;
     job->reserve = reserve;
-    job->gres.out = job->out;
     if (r->greq.stream) {
-        r->stream.limit = (size_t)r->greq.max_new_tokens * 256 + 65536;
+        r->stream.limit = r->greq.n_prompts * ((size_t)r->greq.max_new_tokens * 512 + 65536);
         job->stream = &r->stream;
         job->on_stream = on_stream;
     }
     return submit(r);
 }
 
-/* The body is complete: parse, admit, queue, suspend. */
 static enum MHD_Result start_classify(http_req *r)
 {
     srv_app *app = r->app;
@@ -505,7 +548,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             srv_metrics_reject(&app->metrics, REJ_DRAINING);
             return fail(r, API_E_SHUTTING_DOWN, "%s", "the server is shutting down; retry on another replica");
         }
-        if (r->ep == EP_GENERATE && !app->generator)
+        if (generates(r->ep) && !app->generator)
             return fail(r, API_E_NO_MODEL, "%s", "no generation model is loaded");
         if (r->ep == EP_CLASSIFY && !app->classifier)
             return fail(r, API_E_NO_MODEL, "%s", "no classification model is loaded");
@@ -566,7 +609,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             return respond_error(r, NULL);
         }
         if (r->err.kind) return respond_error(r, NULL);
-        return r->ep == EP_GENERATE ? start_generate(r) : start_classify(r);
+        return generates(r->ep) ? start_generate(r) : start_classify(r);
     }
     if (r->ph == PH_QUEUED && r->job.stream) {
         pthread_mutex_lock(&r->stream.lock);
@@ -595,13 +638,13 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
     if (atomic_load(&r->job.cancel_reason) == CANCEL_DISCONNECT) status = 499;
     srv_metrics_request(&app->metrics, r->ep, status, dt);
     if (r->inflight) srv_metrics_inflight(&app->metrics, -1);
-    if (r->ep == EP_CLASSIFY || r->ep == EP_GENERATE || status >= 400) {
+    if (r->ep == EP_CLASSIFY || generates(r->ep) || status >= 400) {
         srv_job *j = &r->job;
         double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
         srv_log(status >= 500 ? LOG_WARN : LOG_INFO, "request",
                 "\"request_id\":\"%s\",\"endpoint\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes_out\":%zu,"
                 "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f",
-                r->request_id, EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, dt);
+                r->request_id, SRV_EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, dt);
     }
     *con_cls = NULL;
     pthread_mutex_lock(&r->life);

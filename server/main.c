@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "server/server.h"
@@ -71,6 +72,7 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    app.started_unix = (long long)time(NULL);
     if (srv_sched_start(&app)) goto stop_sched;
     if (srv_http_start(&app)) goto stop_sched;
     atomic_store(&app.ready, 1);

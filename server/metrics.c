@@ -6,8 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const EP_NAMES[SRV_N_ENDPOINTS] = {"classify", "generate", "health", "ready",
-                                                       "info", "metrics", "other", "preflight"};
+const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS] = {"classify", "generate", "health", "ready", "info",
+                                                   "metrics", "other", "preflight", "completions",
+                                                   "chat_completions", "models"};
 static const char *const REJ_NAMES[4] = {"queue_full", "memory", "draining", "deadline"};
 
 static void hist_init(srv_histogram *h, const double *b, int n)
@@ -135,7 +136,7 @@ char *srv_metrics_render(srv_metrics *m)
     for (int e = 0; e < SRV_N_ENDPOINTS; e++)
         for (int c = 0; c < m->n_codes; c++)
             if (m->requests[e][c])
-                sb_printf(&b, "luna_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", EP_NAMES[e],
+                sb_printf(&b, "luna_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", SRV_EP_NAMES[e],
                           m->codes[c], (unsigned long long)m->requests[e][c]);
     hist_render(&b, "luna_request_duration_seconds", "Time from request to answer, engine endpoints.", &m->duration);
     hist_render(&b, "luna_queue_wait_seconds", "Time a job waited in the queue before a worker took it.", &m->queue_wait);

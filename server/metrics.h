@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SRV_N_ENDPOINTS 8
+#define SRV_N_ENDPOINTS 11
 #define SRV_N_CODES 16
 #define SRV_N_BUCKETS 16
 
@@ -34,7 +34,12 @@ typedef struct {
     int queue_depth;
 } srv_metrics;
 
-typedef enum { EP_CLASSIFY = 0, EP_GENERATE, EP_HEALTH, EP_READY, EP_INFO, EP_METRICS, EP_OTHER, EP_PREFLIGHT } srv_endpoint;
+typedef enum {
+    EP_CLASSIFY = 0, EP_GENERATE, EP_HEALTH, EP_READY, EP_INFO, EP_METRICS, EP_OTHER, EP_PREFLIGHT,
+    EP_COMPLETIONS, EP_CHAT, EP_MODELS
+} srv_endpoint;
+/* The endpoint label of metrics and logs. */
+extern const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS];
 typedef enum { REJ_QUEUE_FULL = 0, REJ_MEMORY, REJ_DRAINING, REJ_DEADLINE } srv_rejection;
 
 void srv_metrics_init(srv_metrics *m, uint64_t budget);

@@ -54,8 +54,9 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
      * but a running job's working set all the same); sampler scratch (12 B and a bit per id)
      * and logits (4 B per id); the output bytes and their UTF-8 rendering (3x); a stream's
      * unread events. None of it grows with the prompt. */
+    uint64_t prompts = req->n_prompts ? req->n_prompts : 1;
     return (uint64_t)luna_gen_state_bytes(app->generator) + (uint64_t)luna_ctx_bytes(app->generator, NULL) +
-           V * 17 + n * 4 + (req->stream ? n * EVENT_BYTES : 0);
+           V * 17 + prompts * (n * 4 + (req->stream ? n * EVENT_BYTES : 0));
 }
 
 uint64_t srv_min_reservation(const srv_app *app)
@@ -141,13 +142,15 @@ int srv_stream_push(srv_job *job, const char *data, size_t len)
 }
 
 /* The events of one streamed generation. Each byte is a token; its event goes out when the
- * next byte arrives, so that the last one can carry generated_text and details, as TGI's
- * final event does. */
+ * next byte arrives, so that the last one of a choice can carry its result (TGI's final event
+ * has generated_text and details; OpenAI's last chunk has the finish_reason). */
 typedef struct {
     srv_job *job;
     int byte_offset;
+    size_t choice;      /* the prompt being generated */
+    api_gen_result *res;/* its result; res->out is its output */
     api_utf8 utf8;
-    uint64_t index;     /* events sent */
+    uint64_t index;     /* events of this choice so far */
     int pending;        /* a byte waits for its event */
     uint8_t pend_byte;
     char pend_text[API_UTF8_MAX_OUT(1) + 3];
@@ -155,15 +158,24 @@ typedef struct {
     int failed;         /* an event could not be rendered or queued */
 } gen_emit;
 
-static void emit_event(gen_emit *g, int id, const uint8_t *bytes, size_t nb, const char *text,
-                       size_t nt, int special, const api_gen_result *res)
+static void push_or_fail(gen_emit *g, char *ev, int skip)
 {
-    char *ev = api_render_stream_token(g->job->generate, ++g->index, id, text, nt, bytes, nb, special, res);
+    if (skip) return;
     if (!ev || srv_stream_push(g->job, ev, strlen(ev))) {
         g->failed = 1;
         atomic_store(&g->job->cancel, 1); /* the engine stops at its next step */
     }
     free(ev);
+}
+
+static void emit_event(gen_emit *g, int id, const uint8_t *bytes, size_t nb, const char *text, size_t nt,
+                       int special, const api_gen_result *res)
+{
+    g->index++;
+    api_stream_token t = {g->choice, g->index, g->index == 1, id, text, nt, bytes, nb, special, res};
+    int skip;
+    char *ev = api_render_stream_token(g->job->generate, &t, &skip);
+    push_or_fail(g, ev, skip);
 }
 
 static void flush_pending(gen_emit *g, const api_gen_result *res)
@@ -176,10 +188,10 @@ static void flush_pending(gen_emit *g, const api_gen_result *res)
 static int on_bytes(void *user, const uint8_t *b, size_t n)
 {
     gen_emit *g = user;
-    srv_job *job = g->job;
-    memcpy(job->out + job->gres.out_len, b, n); /* out holds max_new_tokens bytes: enough */
-    job->gres.out_len += n;
-    if (!job->stream) return 0;
+    uint8_t *out = (uint8_t *)g->res->out;
+    memcpy(out + g->res->out_len, b, n); /* out holds max_new_tokens bytes: enough */
+    g->res->out_len += n;
+    if (!g->job->stream) return 0;
     for (size_t i = 0; i < n && !g->failed; i++) {
         flush_pending(g, NULL);
         g->pending = 1;
@@ -196,23 +208,30 @@ static void seed_from_os(uint64_t *seed)
     *seed &= (1ull << 53) - 1; /* a JSON number keeps it exactly */
 }
 
+/* The last events of a streamed choice: the held-back end of a UTF-8 sequence, then the event
+ * that carries the result (after eos: the eos token itself). */
+static void finish_choice(gen_emit *g, luna_finish finish, int eos_id)
+{
+    if (g->pending) g->pend_len += api_utf8_finish(&g->utf8, g->pend_text + g->pend_len);
+    if (finish == LUNA_FINISH_EOS || !g->pending) {
+        flush_pending(g, NULL);
+        emit_event(g, finish == LUNA_FINISH_EOS ? eos_id : -1, NULL, 0, "", 0, 1, g->res);
+    } else {
+        flush_pending(g, g->res);
+    }
+}
+
+/* Generates every prompt of the job in turn on the worker's context and state. */
 static int run_generate(srv_worker *w, srv_job *job)
 {
     const api_generate_req *q = job->generate;
     const luna_config *cfg = luna_model_config(w->app->generator);
-    api_gen_result *res = &job->gres;
-    res->byte_offset = cfg->byte_offset;
-    res->has_seed = q->do_sample;
-    res->seed = q->seed;
-    if (q->do_sample && !q->has_seed) seed_from_os(&res->seed);
+    uint64_t seed = q->seed;
+    if (q->do_sample && !q->has_seed) seed_from_os(&seed);
     luna_sampling sp = {q->do_sample ? q->temperature : 0.0f, q->do_sample ? q->top_k : 0,
-                        q->do_sample ? q->top_p : 1.0f, q->repetition_penalty, res->seed};
+                        q->do_sample ? q->top_p : 1.0f, q->repetition_penalty, seed};
     luna_gen_params gp = {.max_new_tokens = q->max_new_tokens, .n_stop = q->n_stop};
     for (int i = 0; i < q->n_stop; i++) gp.stop[i] = q->stop[i], gp.stop_len[i] = q->stop_len[i];
-    luna_sampler *smp = NULL;
-    int rc = luna_sampler_new(cfg->vocab_size, &sp, &smp);
-    if (rc) return rc;
-    gen_emit g = {.job = job, .byte_offset = cfg->byte_offset};
     if (job->stream) { /* the 200 response can go out now */
         pthread_mutex_lock(&job->stream->lock);
         job->stream->started = 1;
@@ -220,36 +239,45 @@ static int run_generate(srv_worker *w, srv_job *job)
         pthread_mutex_unlock(&job->stream->lock);
         job->on_stream(job);
     }
-    luna_gen_state_reset(w->gstate);
-    luna_gen_result r;
-    rc = luna_generate(w->gctx, w->gstate, smp, q->prompt, q->prompt_len, &gp, on_bytes, &g, &r);
-    luna_sampler_free(smp);
-    res->finish = luna_finish_name(r.finish);
-    res->generated_tokens = r.generated_tokens;
-    res->prompt_tokens = r.prompt_tokens;
-    srv_metrics_generated(&w->app->metrics, r.generated_tokens, r.prompt_tokens, r.prefill_seconds, r.decode_seconds);
+    int rc = 0, failed = 0;
+    for (size_t c = 0; c < q->n_prompts && !rc && !failed; c++) {
+        api_gen_result *res = &job->gres[c];
+        res->out = job->out + c * (size_t)q->max_new_tokens;
+        res->byte_offset = cfg->byte_offset;
+        res->has_seed = q->do_sample;
+        res->seed = seed;
+        luna_sampler *smp = NULL;
+        if ((rc = luna_sampler_new(cfg->vocab_size, &sp, &smp))) break; /* each prompt: a fresh sampler */
+        gen_emit g = {.job = job, .byte_offset = cfg->byte_offset, .choice = c, .res = res};
+        luna_gen_state_reset(w->gstate);
+        luna_gen_result r;
+        rc = luna_generate(w->gctx, w->gstate, smp, q->prompts[c].data, q->prompts[c].len, &gp, on_bytes, &g, &r);
+        luna_sampler_free(smp);
+        res->finish = luna_finish_name(r.finish);
+        res->generated_tokens = r.generated_tokens;
+        res->prompt_tokens = r.prompt_tokens;
+        srv_metrics_generated(&w->app->metrics, r.generated_tokens, r.prompt_tokens, r.prefill_seconds, r.decode_seconds);
+        if (job->stream && !rc && !g.failed) finish_choice(&g, r.finish, cfg->eos_id);
+        else if (job->stream && !g.failed) flush_pending(&g, NULL);
+        failed = g.failed;
+    }
     if (!job->stream) return rc;
-    /* the last events: the held-back end of a UTF-8 sequence, then generated_text and details */
-    if (g.pending) g.pend_len += api_utf8_finish(&g.utf8, g.pend_text + g.pend_len);
-    if (rc == 0 && !g.failed) {
-        if (r.finish == LUNA_FINISH_EOS || !g.pending) {
-            flush_pending(&g, NULL);
-            int id = r.finish == LUNA_FINISH_EOS ? cfg->eos_id : -1; /* -1: no token to show */
-            emit_event(&g, id, NULL, 0, "", 0, 1, res);
-        } else {
-            flush_pending(&g, res);
-        }
-    } else if (!g.failed) {
-        flush_pending(&g, NULL);
+    gen_emit end = {.job = job};
+    if (rc == 0 && !failed) {
+        int skip;
+        char *ev = api_render_stream_end(q, job->gres, &skip);
+        push_or_fail(&end, ev, skip);
+        failed = end.failed;
+    } else if (!failed) {
         job->rc = rc;
         api_error e;
         if (srv_job_error(job, &e) != API_OK) {
-            char *ev = api_render_stream_error(&e);
+            char *ev = api_render_stream_error(q, &e);
             if (ev) srv_stream_push(job, ev, strlen(ev));
             free(ev);
         }
     }
-    if (g.failed && rc == 0) rc = LUNA_ENOMEM;
+    if (failed && rc == 0) rc = LUNA_ENOMEM;
     pthread_mutex_lock(&job->stream->lock);
     job->stream->finished = 1;
     int wake = job->stream->waiting;

@@ -98,7 +98,7 @@ Test(api, render_scores_sorted_and_errors)
     cr_assert_eq(parse("{\"inputs\": [\"x\", \"y\"]}", &r, &e), API_OK);
     const char *labels[] = {"ham", "spam", "eggs"};
     float scores[6] = {0.2f, 0.5f, 0.3f, 0.9f, 0.05f, 0.05f};
-    char *s = api_render_classify(&r, scores, labels, 3);
+    char *s = api_render_classify(&r, scores, labels, 3, NULL);
     /* the labels in answer order: by score, ties in label order; one array per input */
     char order[128] = "";
     for (const char *p = s; (p = strstr(p, "\"label\":\"")); p += 9) {
@@ -115,7 +115,7 @@ Test(api, render_scores_sorted_and_errors)
     e.extra_key[0] = "memory_required_bytes";
     e.extra_val[0] = 5;
     s = api_render_error(&e, "rid");
-    cr_assert_str_eq(s, "{\"error\":{\"code\":413,\"type\":\"memory_budget_exceeded\",\"message\":\"needs 5\","
+    cr_assert_str_eq(s, "{\"error\":{\"code\":413,\"type\":\"memory_budget_exceeded\",\"message\":\"needs 5\",\"param\":null,"
                         "\"request_id\":\"rid\",\"memory_required_bytes\":5}}");
     free(s);
 }
@@ -152,7 +152,7 @@ Test(api, generate_defaults_and_tgi_sampling_rule)
     cr_assert_eq(gparse("{\"inputs\": \"hello\"}", &q, &e), API_OK, "%s", e.message);
     cr_expect_eq(q.max_new_tokens, 100);
     cr_expect_eq(q.do_sample, 0, "greedy by default");
-    cr_expect_eq(q.prompt_len, 5);
+    cr_expect_eq(q.prompts[0].len, 5);
     cr_expect(q.temperature == 1.0f && q.top_p == 1.0f && q.repetition_penalty == 1.0f && q.top_k == 0);
     api_generate_free(&q);
     /* any warper means sampling, as in TGI; temperature 0 means greedy */
@@ -183,8 +183,8 @@ Test(api, generate_stop_truncate_and_limits)
     cr_expect_eq(q.n_stop, 2);
     cr_expect_eq(q.stop_len[0], 2);
     cr_expect_eq(memcmp(q.stop[1], "END", 3), 0);
-    cr_expect_eq(q.prompt_len, 4);
-    cr_expect_eq(memcmp(q.prompt, "6789", 4), 0, "truncate keeps the end");
+    cr_expect_eq(q.prompts[0].len, 4);
+    cr_expect_eq(memcmp(q.prompts[0].data, "6789", 4), 0, "truncate keeps the end");
     cr_expect_eq(q.max_new_tokens, 500);
     cr_expect_eq(q.seed, 9007199254740992ull);
     api_generate_free(&q);
@@ -224,12 +224,15 @@ Test(api, generate_renders_tgi_shapes)
                         "{\"id\":134,\"text\":\"\xEF\xBF\xBD\",\"logprob\":null,\"special\":false}]},"
                         "\"generated_bytes_base64\":\"IeKC\"}");
     free(s);
-    s = api_render_stream_token(&q, 2, 37, "!", 1, out, 1, 0, NULL);
+    api_stream_token t = {0, 2, 0, 37, "!", 1, out, 1, 0, NULL};
+    int skip;
+    s = api_render_stream_token(&q, &t, &skip);
+    cr_expect_eq(skip, 0);
     cr_expect_str_eq(s, "data: {\"index\":2,\"token\":{\"id\":37,\"text\":\"!\",\"logprob\":null,\"special\":false,"
                         "\"bytes_base64\":\"IQ==\"},\"generated_text\":null,\"details\":null}\n\n");
     free(s);
     api_fail(&e, API_E_TIMEOUT, "too slow");
-    s = api_render_stream_error(&e);
+    s = api_render_stream_error(&q, &e);
     cr_expect_str_eq(s, "data: {\"error\":\"too slow\",\"error_type\":\"timeout\"}\n\n");
     free(s);
     api_generate_free(&q);

@@ -1,0 +1,38 @@
+/* internal.h - what the files of api/ share and nothing else includes: JSON helpers and the
+ * request storage of a generation. */
+#ifndef API_INTERNAL_H
+#define API_INTERNAL_H
+
+#include <cjson/cJSON.h>
+
+#include "api/api.h"
+
+/* The parsed tree, decoded bytes and prompt table a generation request points into. */
+typedef struct {
+    cJSON *tree;
+    uint8_t *bytes;  /* decoded base64 or a rendered chat prompt */
+    api_doc docs[API_MAX_PROMPTS];
+} api__gen_storage;
+
+/* Sets up req with the defaults every format shares and its storage; API_OK or ENGINE_MEMORY. */
+api_err api__gen_begin(api_generate_req *req, api_gen_format fmt, cJSON *root, api_error *err);
+
+int api__given(const cJSON *v); /* present and not null */
+api_err api__get_bool(const cJSON *o, const char *name, int *out, api_error *err);
+/* A number in [lo, hi] (lo excluded with lo_open); *set tells whether it was given. */
+api_err api__get_num(const cJSON *o, const char *name, double lo, int lo_open, double hi, int integer,
+                     double *out, int *set, api_error *err);
+/* "stop": a string or a list of strings, 1..API_MAX_STOP_LEN bytes each, at most API_MAX_STOPS. */
+api_err api__parse_stop(const cJSON *o, api_generate_req *req, api_error *err);
+
+/* bytes a then b as sanitised UTF-8, added to o under name; -1 on ENOMEM. */
+int api__add_text(cJSON *o, const char *name, const uint8_t *a, size_t na, const uint8_t *b, size_t nb);
+char *api__print(cJSON *root); /* unformatted, and frees root */
+char *api__sse(char *json);    /* "data: " json "\n\n"; frees json; NULL in, NULL out */
+
+/* api/openai.c: the OpenAI renderers behind api_render_generate and the stream ones. */
+char *api__render_openai(const api_generate_req *req, const api_gen_result *res);
+char *api__render_openai_chunk(const api_generate_req *req, const api_stream_token *t, int *skip);
+char *api__render_openai_end(const api_generate_req *req, const api_gen_result *res);
+
+#endif
