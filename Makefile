@@ -79,6 +79,7 @@ check: $(BINS)
 	$(BUILD)/bin/unit-tests --jobs 2 $(CRITERION_FLAGS)
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cli/run.sh
 	$(if $(wildcard tests/integration/run.sh),LUNA_BIN_DIR=$(BUILD)/bin sh tests/integration/run.sh)
+	LUNA_BIN_DIR=$(BUILD)/bin sh tests/clients/run.sh
 
 # Sanitizer build: same sources, separate tree, so a plain build is never polluted.
 asan:

@@ -13,7 +13,8 @@
  *
  * A field OpenAI defines but this server does not implement (logprobs, n > 1, tools, ...) is
  * refused with 422 naming it, unless it holds the neutral value that clients send by default;
- * unknown fields are refused too. */
+ * unknown fields are refused too. vLLM's extra sampling parameters top_k and
+ * repetition_penalty are accepted (clients such as Hugging Face's pass them through). */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,12 +35,14 @@ typedef struct {
 static const field COMPLETION_FIELDS[] = {
     {"model", 1}, {"prompt", 1}, {"max_tokens", 1}, {"temperature", 1}, {"top_p", 1}, {"seed", 1},
     {"stop", 1}, {"stream", 1}, {"stream_options", 1}, {"n", 1}, {"echo", 1}, {"user", 1},
+    {"top_k", 1}, {"repetition_penalty", 1}, /* vLLM's extra sampling parameters */
     {"logprobs", 0}, {"best_of", 0}, {"presence_penalty", 0}, {"frequency_penalty", 0},
     {"logit_bias", 0}, {"suffix", 0}, {NULL, 0}};
 
 static const field CHAT_FIELDS[] = {
     {"model", 1}, {"messages", 1}, {"max_tokens", 1}, {"max_completion_tokens", 1}, {"temperature", 1},
     {"top_p", 1}, {"seed", 1}, {"stop", 1}, {"stream", 1}, {"stream_options", 1}, {"n", 1}, {"user", 1},
+    {"top_k", 1}, {"repetition_penalty", 1}, /* vLLM's extra sampling parameters */
     {"logprobs", 0}, {"top_logprobs", 0}, {"presence_penalty", 0}, {"frequency_penalty", 0},
     {"logit_bias", 0}, {"tools", 0}, {"tool_choice", 0}, {"parallel_tool_calls", 0},
     {"response_format", 0}, {NULL, 0}};
@@ -102,6 +105,10 @@ static api_err parse_common(const cJSON *root, const api_gen_limits *lim, api_ge
     if (set) req->top_p = (float)x;
     if ((rc = api__get_num(root, "seed", 0, 0, 9007199254740992.0, 1, &x, &set, err))) return rc;
     if (set) req->seed = (uint64_t)x, req->has_seed = 1;
+    if ((rc = api__get_num(root, "top_k", 1, 0, 1 << 24, 1, &x, &set, err))) return rc;
+    if (set) req->top_k = (int)x;
+    if ((rc = api__get_num(root, "repetition_penalty", 0, 1, 1e6, 0, &x, &set, err))) return rc;
+    if (set) req->repetition_penalty = (float)x;
     if ((rc = api__get_num(root, "n", 1, 0, 1, 1, &x, &set, err))) {
         api_fail(err, API_E_VALIDATION, "\"n\" must be 1: this server returns one choice per prompt");
         err->param = "n";

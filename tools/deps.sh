@@ -6,7 +6,7 @@ set -eu
 want="gcc make pkg-config libopenblas-dev libmicrohttpd-dev libcjson-dev libuv1-dev"
 case "${1:-all}" in
   build) ;;
-  test|all) want="$want libcriterion-dev curl python3 python3-numpy python3-yaml" ;;
+  test|all) want="$want libcriterion-dev curl python3 python3-numpy python3-yaml" ;; # + node, below
   bench) want="$want python3 python3-numpy gnuplot-nox" ;;
   *) echo "usage: $0 [build|test|bench|all]" >&2; exit 2 ;;
 esac
@@ -14,6 +14,9 @@ missing=""
 for p in $want; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+# The client tests (tests/clients) run on Node.js and npm: the machine's own when it has them
+# (Node 20 here), else Debian's.
+case "${1:-all}" in test|all) command -v node >/dev/null && command -v npm >/dev/null || missing="$missing nodejs npm" ;; esac
 [ -z "$missing" ] && exit 0
 echo "deps.sh: installing$missing" >&2
 if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi

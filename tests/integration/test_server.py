@@ -5,7 +5,9 @@ Every endpoint, every error status, auth and CORS, the body limit before the bod
 the memory budget (413 and the invariant under 32 concurrent clients), the queue (429),
 deadlines (504), 100 client disconnects, and drain on SIGTERM; generation: the same bytes as the
 CLI, streaming (SSE events, keep-alive pings, a deadline mid-stream, 30 clients that leave
-mid-stream), validation, TGI clients' null parameters, seeds under load, limits. Standard library only; every
+mid-stream), validation, TGI clients' null parameters, seeds under load, limits; OpenAI's
+completions, chat and models routes and vLLM's classify shape (tests/clients/ runs the real
+OpenAI and Hugging Face clients). Standard library only; every
 loop is bounded and every server is killed at the end. Prints "N passed, N failed".
 
 Env: LUNA_BIN_DIR (default build/bin). A slow random model (the LRA shape) is written once with
@@ -417,9 +419,10 @@ def test_openapi_describes_every_route(s):
     import yaml
     spec = yaml.safe_load(open(os.path.join(ROOT, "api/openapi.yaml")))
     assert spec["openapi"].startswith("3."), spec["openapi"]
-    for path in ["/classify", "/predict", "/generate", "/generate_stream", "/health", "/ready", "/info", "/metrics"]:
+    for path in ["/classify", "/predict", "/generate", "/generate_stream", "/health", "/ready", "/info", "/metrics",
+                 "/v1/completions", "/v1/chat/completions", "/v1/models"]:
         assert path in spec["paths"], path
-        method = "get" if path in ("/health", "/ready", "/info", "/metrics") else "post"
+        method = "get" if path in ("/health", "/ready", "/info", "/metrics", "/v1/models") else "post"
         assert method in spec["paths"][path], path
     types = spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["type"]["enum"]
     # every error type the server can send is documented: provoke a few and check
@@ -614,6 +617,96 @@ def test_stream_pings_deadline_and_disconnects():
         assert s.stop() == 0
 
 
+# ---- OpenAI's and vLLM's shapes ---------------------------------------------------------------
+
+def test_openai_completions(s):
+    st, _, b = s.json("GET", "/v1/models")
+    assert st == 200 and b["object"] == "list", b
+    assert [m["id"] for m in b["data"]] == ["lm_defaults", "email_subject_body"], b
+    assert all(m["object"] == "model" and m["owned_by"] and m["created"] > 0 for m in b["data"]), b
+    body = {"model": "lm_defaults", "prompt": "Once", "max_tokens": 30, "seed": 3, "temperature": 0.8}
+    st, _, b = s.json("POST", "/v1/completions", body)
+    assert st == 200 and b["object"] == "text_completion" and b["id"].startswith("cmpl-"), b
+    c = b["choices"][0]
+    assert c["index"] == 0 and c["finish_reason"] == "length" and c["text"], b
+    assert b["usage"] == {"prompt_tokens": 4, "completion_tokens": 30, "total_tokens": 34}, b
+    # the same bytes as TGI's route with the same sampling
+    st, _, t = s.json("POST", "/generate", {"inputs": "Once", "parameters": {"max_new_tokens": 30, "seed": 3, "temperature": 0.8}})
+    assert t["generated_text"] == c["text"], (t, c)
+    # streaming: chunks that add up to the same text, a finish_reason on the last, usage, [DONE]
+    st, h, d = s.req("POST", "/v1/completions", dict(body, stream=True, stream_options={"include_usage": True}))
+    assert st == 200 and h["content-type"] == "text/event-stream", h
+    assert d.decode().endswith("data: [DONE]\n\n"), d[-40:]
+    ev = sse_events(d.replace(b"data: [DONE]\n\n", b""))
+    assert "".join(e["choices"][0]["text"] for e in ev[:-1]) == c["text"], ev
+    assert ev[-2]["choices"][0]["finish_reason"] == "length" and ev[-1]["choices"] == [], ev[-2:]
+    assert ev[-1]["usage"]["completion_tokens"] == 30, ev[-1]
+    # several prompts: one choice each; echo prepends the prompt; a stop sequence gives "stop"
+    st, _, b = s.json("POST", "/v1/completions", {"prompt": ["ab", "cd"], "max_tokens": 4, "echo": True, "temperature": 0})
+    assert [ch["index"] for ch in b["choices"]] == [0, 1] and b["choices"][1]["text"].startswith("cd"), b
+    stop = next(c["text"][i:i + 2] for i in range(5, 25) if "\ufffd" not in c["text"][i:i + 2] and c["text"].find(c["text"][i:i + 2]) == i)
+    st, _, b = s.json("POST", "/v1/completions", dict(body, stop=stop))
+    assert b["choices"][0]["finish_reason"] == "stop" and b["choices"][0]["text"] == c["text"][:c["text"].find(stop)], (b, stop)
+    # OpenAI's error form, with the parameter named
+    for bad, param in [({"prompt": "a", "n": 2}, "n"), ({"prompt": "a", "logprobs": 1}, "logprobs"),
+                       ({"prompt": "a", "temperature": 3}, "temperature"), ({"prompt": [1, 2]}, "prompt"),
+                       ({"max_tokens": 3}, "prompt"), ({"prompt": "a", "suffix": "z"}, "suffix")]:
+        st, _, b = s.json("POST", "/v1/completions", bad)
+        is_error(st, b, 422, "validation_error")
+        assert b["error"]["param"] == param, (bad, b)
+    st, _, b = s.json("POST", "/v1/completions", {"prompt": "a", "frobnicate": 1})
+    is_error(st, b, 422)
+    # what OpenAI's clients send by default is accepted
+    st, _, b = s.json("POST", "/v1/completions", {"prompt": "a", "max_tokens": 2, "logprobs": None, "n": 1,
+                                                   "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "user": "u"})
+    assert st == 200, b
+
+
+def test_openai_chat(s):
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": [{"type": "text", "text": "Hello"}]}]
+    body = {"model": "lm_defaults", "messages": msgs, "max_tokens": 25, "seed": 4, "temperature": 0.9}
+    st, _, b = s.json("POST", "/v1/chat/completions", body)
+    assert st == 200 and b["object"] == "chat.completion" and b["id"].startswith("chatcmpl-"), b
+    m = b["choices"][0]["message"]
+    assert m["role"] == "assistant" and b["choices"][0]["finish_reason"] in ("length", "stop"), b
+    # the template, applied by hand through /generate, gives the same text
+    prompt = "system: You are terse.\nuser: Hello\nassistant: "
+    st, _, t = s.json("POST", "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 25, "seed": 4, "temperature": 0.9, "stop": ["\nuser:"]}})
+    assert t["generated_text"] == m["content"], (t, m)
+    assert b["usage"]["prompt_tokens"] == len(prompt.encode()), b
+    st, _, d = s.req("POST", "/v1/chat/completions", dict(body, stream=True))
+    ev = sse_events(d.replace(b"data: [DONE]\n\n", b""))
+    assert ev[0]["object"] == "chat.completion.chunk" and ev[0]["choices"][0]["delta"]["role"] == "assistant", ev[0]
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in ev) == m["content"], ev
+    assert ev[-1]["choices"][0]["finish_reason"] == b["choices"][0]["finish_reason"], ev[-1]
+    for bad, param in [({"messages": []}, "messages"), ({"messages": [{"role": "user"}]}, "messages"),
+                       ({"messages": [{"content": "x"}]}, "messages"),
+                       ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
+                       ({"messages": msgs, "tools": [{"type": "function"}]}, "tools"),
+                       ({"messages": msgs, "n": 3}, "n")]:
+        st, _, b = s.json("POST", "/v1/chat/completions", bad)
+        is_error(st, b, 422, "validation_error")
+        assert b["error"]["param"] == param, (bad, b)
+
+
+def test_vllm_classify(s):
+    docs = ["Subject: spam spam\n\nbuy", "Subject: hello\n\nhi"]
+    st, _, tei = s.json("POST", "/classify", {"inputs": docs})
+    st, _, b = s.json("POST", "/classify", {"model": "email_subject_body", "input": docs})
+    assert st == 200 and b["object"] == "list" and b["model"] == "email_subject_body" and b["id"].startswith("classify-"), b
+    assert [d["index"] for d in b["data"]] == [0, 1] and all(d["num_classes"] == 2 for d in b["data"]), b
+    for d, t in zip(b["data"], tei):
+        scores = {x["label"]: x["score"] for x in t}
+        assert abs(sum(d["probs"]) - 1) < 1e-6 and d["label"] == t[0]["label"], (d, t)
+        assert abs(d["probs"][0] - scores["ham"]) < 1e-6, (d, t)
+    # what the model sees ("spam spam\nbuy", "hello\nhi": its email transform), bos and eos
+    assert b["usage"]["prompt_tokens"] == 13 + 8 + 2 * 2, b
+    st, _, b = s.json("POST", "/classify", {"input": "one"})
+    assert st == 200 and len(b["data"]) == 1, b
+    st, _, b = s.json("POST", "/classify", {"input": "x", "raw_scores": True})
+    is_error(st, b, 422)
+
+
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
@@ -628,6 +721,7 @@ def main():
              (test_input_too_long_and_truncate, shared), (test_openapi_describes_every_route, shared),
              (test_generate_matches_cli, shared), (test_generate_stream, shared),
              (test_generate_validation, shared), (test_generate_seed_under_load, shared),
+             (test_openai_completions, shared), (test_openai_chat, shared), (test_vllm_classify, shared),
              (test_generate_limits, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
              (test_memory_never_fits, None), (test_budget_invariant_32_clients, None),
