@@ -33,6 +33,10 @@ SERVER_SRC := $(wildcard server/*.c)
 CLI_SRC    := $(wildcard cli/*.c)
 UNIT_SRC   := $(wildcard tests/unit/*.c)
 
+# The playground (web/) is compiled into the server by tools/embed.sh.
+WEB_SRC    := $(wildcard web/*)
+ASSET_OBJ  := $(BUILD)/gen/assets.o
+
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 ENGINE_OBJ := $(call obj,$(ENGINE_SRC))
 API_OBJ    := $(call obj,$(API_SRC))
@@ -57,7 +61,15 @@ $(BUILD)/%.o: %.c
 	@$(if $(filter 1,$(V)),,echo "  CC      $<")
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/bin/lunaserve: $(SERVER_OBJ) $(API_OBJ) $(ENGINE_OBJ)
+$(BUILD)/gen/assets.c: $(WEB_SRC) tools/embed.sh
+	@mkdir -p $(dir $@)
+	$(Q)sh tools/embed.sh $@ $(WEB_SRC)
+
+$(ASSET_OBJ): $(BUILD)/gen/assets.c
+	@$(if $(filter 1,$(V)),,echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/bin/lunaserve: $(SERVER_OBJ) $(ASSET_OBJ) $(API_OBJ) $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(filter 1,$(V)),,echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
@@ -68,7 +80,7 @@ $(BUILD)/bin/luna: $(CLI_OBJ) $(ENGINE_OBJ)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 # One Criterion binary holds every unit and golden test; tests/unit/ mirrors the sources.
-$(BUILD)/bin/unit-tests: $(UNIT_OBJ) $(SERVER_LIB_OBJ) $(API_OBJ) $(ENGINE_OBJ)
+$(BUILD)/bin/unit-tests: $(UNIT_OBJ) $(SERVER_LIB_OBJ) $(ASSET_OBJ) $(API_OBJ) $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(filter 1,$(V)),,echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(TESTLIBS)

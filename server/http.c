@@ -27,6 +27,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "server/assets.h"
 #include "server/server.h"
 
 char *api_render_info(const srv_app *app); /* api/info.c */
@@ -51,6 +52,7 @@ typedef struct {
     int body_over;       /* a chunked body passed max-body-bytes: discard the rest */
     double timeout;
     int stream_route;    /* /generate_stream */
+    const char *url;     /* the request's path (MHD's, valid while the request lives) */
     api_classify_req creq;
     api_generate_req greq;
     srv_job job;
@@ -77,6 +79,15 @@ static void free_req(http_req *r)
 
 /* ---- responses ---------------------------------------------------------------------------- */
 
+/* What an engine request reserved in the memory budget, for clients that show it. */
+static void add_reserved_header(const http_req *r, struct MHD_Response *resp)
+{
+    if (!r->job.reserve) return;
+    char v[32];
+    snprintf(v, sizeof v, "%llu", (unsigned long long)r->job.reserve);
+    MHD_add_response_header(resp, "X-Memory-Reserved-Bytes", v);
+}
+
 static enum MHD_Result respond(http_req *r, int status, const char *ctype, char *body, const char *allow)
 {
     size_t len = body ? strlen(body) : 0;
@@ -94,6 +105,7 @@ static enum MHD_Result respond(http_req *r, int status, const char *ctype, char 
     }
     if (allow) MHD_add_response_header(resp, "Allow", allow);
     if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
+    add_reserved_header(r, resp);
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     r->status = status;
     r->resp_bytes = len;
@@ -182,6 +194,8 @@ static const route ROUTES[] = {
     {"/generate", "POST", EP_GENERATE, 0}, {"/generate_stream", "POST", EP_GENERATE, 0},
     {"/v1/completions", "POST", EP_COMPLETIONS, 0}, {"/v1/chat/completions", "POST", EP_CHAT, 0},
     {"/v1/models", "GET", EP_MODELS, 0},
+    /* the playground: public, since it asks for the API key itself */
+    {"/", "GET", EP_PAGE, 1}, {"/app.js", "GET", EP_PAGE, 1}, {"/app.css", "GET", EP_PAGE, 1},
 };
 
 static int generates(srv_endpoint ep) { return ep == EP_GENERATE || ep == EP_COMPLETIONS || ep == EP_CHAT; }
@@ -227,6 +241,27 @@ static enum MHD_Result answer_get(http_req *r)
         return respond(r, 200, "application/json", api_render_info(app), NULL);
     case EP_METRICS:
         return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_metrics_render(&app->metrics), NULL);
+    case EP_PAGE:
+        for (const srv_asset *a = srv_assets; a->path; a++) {
+            if (strcmp(a->path, r->url)) continue;
+            struct MHD_Response *resp = MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
+            if (!resp) return MHD_NO;
+            MHD_add_response_header(resp, "Content-Type", a->content_type);
+            MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+            MHD_add_response_header(resp, "Cache-Control", "no-cache");
+            /* nothing but this server's own files and API: no inline code, no other origin */
+            MHD_add_response_header(resp, "Content-Security-Policy",
+                                    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                                    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+            MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+            MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+            r->status = 200;
+            r->resp_bytes = a->len;
+            enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
+            MHD_destroy_response(resp);
+            return ok;
+        }
+        return fail(r, API_E_NOT_FOUND, "%s", "no such page");
     case EP_MODELS: {
         char ids[2][256];
         api_model_card cards[2];
@@ -315,6 +350,7 @@ static enum MHD_Result start_stream(http_req *r)
     MHD_add_response_header(resp, "Content-Type", "text/event-stream");
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no"); /* nginx: do not buffer the stream */
+    add_reserved_header(r, resp);
     MHD_add_response_header(resp, "X-Request-Id", r->request_id);
     if (r->cors) {
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
@@ -503,6 +539,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         r->conn = conn;
         r->t0 = srv_now();
         r->ep = EP_OTHER;
+        r->url = url;
         set_request_id(r);
         check_origin(r);
 

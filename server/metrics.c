@@ -8,7 +8,7 @@
 
 const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS] = {"classify", "generate", "health", "ready", "info",
                                                    "metrics", "other", "preflight", "completions",
-                                                   "chat_completions", "models"};
+                                                   "chat_completions", "models", "page"};
 static const char *const REJ_NAMES[4] = {"queue_full", "memory", "draining", "deadline"};
 
 static void hist_init(srv_histogram *h, const double *b, int n)

@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SRV_N_ENDPOINTS 11
+#define SRV_N_ENDPOINTS 12
 #define SRV_N_CODES 16
 #define SRV_N_BUCKETS 16
 
@@ -36,7 +36,7 @@ typedef struct {
 
 typedef enum {
     EP_CLASSIFY = 0, EP_GENERATE, EP_HEALTH, EP_READY, EP_INFO, EP_METRICS, EP_OTHER, EP_PREFLIGHT,
-    EP_COMPLETIONS, EP_CHAT, EP_MODELS
+    EP_COMPLETIONS, EP_CHAT, EP_MODELS, EP_PAGE
 } srv_endpoint;
 /* The endpoint label of metrics and logs. */
 extern const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS];

@@ -617,6 +617,20 @@ def test_stream_pings_deadline_and_disconnects():
         assert s.stop() == 0
 
 
+def test_playground_assets(s):
+    st, h, d = s.req("GET", "/")
+    assert st == 200 and h["content-type"].startswith("text/html") and b"<script src=\"/app.js\">" in d, (h, d[:200])
+    csp = h["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "unsafe" not in csp, csp
+    assert h["x-content-type-options"] == "nosniff", h
+    for path, ctype in [("/app.js", "text/javascript"), ("/app.css", "text/css")]:
+        st, h, d = s.req("GET", path)
+        assert st == 200 and h["content-type"].startswith(ctype) and d, (path, h)
+        assert d == open(os.path.join(ROOT, "web", path[1:]), "rb").read(), path
+    st, h, b = s.json("POST", "/classify", {"inputs": "x"})
+    assert st == 200 and int(h["x-memory-reserved-bytes"]) > 0, h
+
+
 # ---- OpenAI's and vLLM's shapes ---------------------------------------------------------------
 
 def test_openai_completions(s):
@@ -722,6 +736,7 @@ def main():
              (test_generate_matches_cli, shared), (test_generate_stream, shared),
              (test_generate_validation, shared), (test_generate_seed_under_load, shared),
              (test_openai_completions, shared), (test_openai_chat, shared), (test_vllm_classify, shared),
+             (test_playground_assets, shared),
              (test_generate_limits, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
              (test_memory_never_fits, None), (test_budget_invariant_32_clients, None),
