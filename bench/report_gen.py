@@ -51,7 +51,7 @@ def main():
              "d %d, %d layers, 4 heads, FFN 1024, l %d, pre-norm, tied K/V. Produced by "
              "`sh bench/gen.sh`; method in docs/benchmarks.md." % (a.machine, sgemm, d, layers, any_row["l"]),
              "",
-             "| context | Luna ms/token (÷ at ref, alternated) | KV-cache ms/token (÷ at ref) | Luna state | KV-cache state | Luna prefill tok/s | Luna prefill GFLOP/s (% of the sgemm rate measured just before it) | Luna peak RSS MB | KV peak RSS MB |",
+             "| context | Luna ms/token (÷ at ref, alternated) | KV-cache ms/token (÷ at ref) | Luna state | KV-cache state | Luna prefill tok/s | Luna prefill GFLOP/s (% of the sgemm rate sampled along it) | Luna peak RSS MB | KV peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for n in ns:
         L, K = luna.get(n), kv.get(n)
@@ -72,7 +72,7 @@ def main():
     # the fair comparison on a shared machine; the ratio across processes is shown beside it
     ratio = luna[last]["step_ms"] / luna[last]["ref_step_ms"]
     across = luna[last]["step_ms"] / luna[first]["step_ms"]
-    # each row's prefill against the sgemm rate its own child measured just before: the same load
+    # each row's prefill against the sgemm rate its own child sampled before each piece of it
     share = min(r["gflops"] / r["sgemm_gflops"] for r in luna.values())
     states = {r["state_bytes"] for r in luna.values()}
     kv_ok = all(abs(r["state_bytes"] - kv_bytes(n)) <= 0.5 * kv_bytes(n) + 65536 for n, r in kv.items())

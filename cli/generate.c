@@ -11,6 +11,7 @@
  * throughput, time per generated token at that context, the state's bytes and the peak RSS. */
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -209,7 +210,8 @@ static const char bench_gen_help[] =
     "of --steps steps, each a token's forward and its greedy choice; vs_ref = step_ms over the\n"
     "median step at --ref-context, measured alternately; state_kb = what the state\n"
     "holds after the steps; rss_mb = the child's peak RSS; with --json also sgemm_gflops, this\n"
-    "machine's sgemm rate measured in the child just before its prefill.\n";
+    "machine's sgemm rate, sampled for 0.2 s before each 64k-token piece of the prefill (the\n"
+    "pieces alone are timed), so that both see the same load.\n";
 
 /* Model FLOPs per prefill token at chunk c: projections and FFN, plus the chunked causal
  * attention counted as its useful work (the within-chunk products are triangular: half of
@@ -242,21 +244,29 @@ static int cmp_double(const void *a, const void *b)
 }
 
 /* Prefills n tokens of pseudo-random printable bytes into s in pieces (nothing of size n is
- * allocated for a Luna state); logits after the last. */
+ * allocated for a Luna state); logits after the last. With timing non-NULL, each piece is
+ * timed alone, and this machine's sgemm rate is sampled for 0.2 s before it, so that the
+ * prefill and the rate it is compared with see the same load all along: timing[0] gets the
+ * prefill seconds, timing[1] the mean sgemm GFLOP/s. */
 static int prefill_random(const luna_config *cfg, luna_ctx *ctx, luna_gen_state *s, size_t n,
-                          int32_t *piece, size_t cap, float *logits)
+                          int32_t *piece, size_t cap, float *logits, double *timing)
 {
     unsigned x = 2463534242u;
-    int rc = 0;
+    int rc = 0, samples = 0;
+    double secs = 0, rate = 0;
     for (size_t done = 0; !rc && done < n;) {
         size_t k = n - done < cap ? n - done : cap;
         for (size_t i = 0; i < k; i++) {
             x ^= x << 13, x ^= x >> 17, x ^= x << 5;
             piece[i] = done + i == 0 ? cfg->bos_id : cfg->byte_offset + (int32_t)(32 + x % 95);
         }
+        if (timing) rate += luna_sgemm_gflops(512, 512, 512, 0.2), samples++;
+        double t0 = now_s();
         rc = luna_prefill(ctx, s, piece, k, done + k == n ? logits : NULL, 0);
+        secs += now_s() - t0;
         done += k;
     }
+    if (timing) timing[0] = secs, timing[1] = samples ? rate / samples : 0;
     return rc;
 }
 
@@ -282,6 +292,10 @@ typedef struct {
 static void bench_gen_child(void *arg, int fd)
 {
     const gen_bench_job *job = arg;
+    /* a fixed mmap threshold: the sgemm samples' buffers go back to the kernel when freed, so
+     * the peak RSS is the engine's (glibc would otherwise raise the threshold after the first
+     * sample and keep the next ones in the heap) */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     const luna_model *m = job->m;
     const luna_ctx_opts *o = job->o;
     size_t n = job->n, ref_n = job->ref_n;
@@ -291,7 +305,7 @@ static void bench_gen_child(void *arg, int fd)
     luna_ctx *ctx = NULL;
     luna_gen_state *s = NULL, *ref = NULL;
     size_t V = (size_t)cfg->vocab_size;
-    enum { PIECE = 65536 };
+    enum { PIECE = 65536 }; /* prefill tokens per call; also the sgemm sampling period */
     int32_t *piece = malloc(PIECE * sizeof *piece);
     float *logits = malloc(V * sizeof(float)), *ref_logits = malloc(V * sizeof(float));
     double *times = malloc((size_t)steps * sizeof(double)), *ref_times = malloc((size_t)steps * sizeof(double));
@@ -300,12 +314,11 @@ static void bench_gen_child(void *arg, int fd)
     if (!r.rc) r.rc = luna_ctx_new(m, o, &ctx);
     if (!r.rc) r.rc = kv ? luna_kv_state_new(m, &s) : luna_gen_state_new(m, &s);
     if (!r.rc) r.rc = kv ? luna_kv_state_new(m, &ref) : luna_gen_state_new(m, &ref);
-    /* the machine's rate right now, under the same load as the prefill that follows */
-    r.sgemm_gflops = luna_sgemm_gflops(1024, 1024, 1024, 0.5);
-    double t0 = now_s();
-    if (!r.rc) r.rc = prefill_random(cfg, ctx, s, n, piece, PIECE, logits);
-    r.prefill_s = now_s() - t0;
-    if (!r.rc) r.rc = prefill_random(cfg, ctx, ref, ref_n, piece, PIECE, ref_logits);
+    double timing[2] = {0, 0};
+    if (!r.rc) r.rc = prefill_random(cfg, ctx, s, n, piece, PIECE, logits, timing);
+    r.prefill_s = timing[0];
+    r.sgemm_gflops = timing[1];
+    if (!r.rc) r.rc = prefill_random(cfg, ctx, ref, ref_n, piece, PIECE, ref_logits, NULL);
     for (int i = 0; i < steps && !r.rc; i++) {
         double ts = now_s();
         r.rc = greedy_step(cfg, ctx, ref, ref_logits);
