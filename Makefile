@@ -92,6 +92,7 @@ check: $(BINS)
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cli/run.sh
 	$(if $(wildcard tests/integration/run.sh),LUNA_BIN_DIR=$(BUILD)/bin sh tests/integration/run.sh)
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/clients/run.sh
+	LUNA_BIN_DIR=$(BUILD)/bin sh tests/browser/run.sh
 
 # Sanitizer build: same sources, separate tree, so a plain build is never polluted.
 asan:
