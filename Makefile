@@ -90,6 +90,7 @@ $(BUILD)/bin/unit-tests: $(UNIT_OBJ) $(SERVER_LIB_OBJ) $(ASSET_OBJ) $(API_OBJ) $
 check: $(BINS)
 	$(BUILD)/bin/unit-tests --jobs 2 $(CRITERION_FLAGS)
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cli/run.sh
+	LUNA_BIN_DIR=$(BUILD)/bin sh tests/tools/run.sh
 	$(if $(wildcard tests/integration/run.sh),LUNA_BIN_DIR=$(BUILD)/bin sh tests/integration/run.sh)
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/clients/run.sh
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/browser/run.sh

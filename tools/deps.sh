@@ -6,7 +6,7 @@ set -eu
 want="gcc make pkg-config libopenblas-dev libmicrohttpd-dev libcjson-dev libuv1-dev"
 case "${1:-all}" in
   build) ;;
-  test|all) want="$want libcriterion-dev curl python3 python3-numpy python3-yaml" ;; # + node, below
+  test|all) want="$want libcriterion-dev curl python3 python3-numpy python3-yaml python3-torch" ;; # + node, below
   bench) want="$want python3 python3-numpy gnuplot-nox" ;;
   *) echo "usage: $0 [build|test|bench|all]" >&2; exit 2 ;;
 esac

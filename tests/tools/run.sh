@@ -1,0 +1,18 @@
+#!/bin/sh
+# tests/tools/run.sh - tests of the Python tools: tools/convert_fairseq.py on fairseq-apollo style
+# checkpoints built in the test, checked against the C engine ($LUNA_BIN_DIR/luna, default
+# build/bin, which is built first when LUNA_BIN_DIR is not set) and tools/luna_ref.py.
+# Prints "N passed, N failed"; exits non-zero on a failure. The tests need /usr/bin/python3 with
+# python3-torch and python3-numpy (tools/deps.sh installs them for `make test`); without them it
+# says so and fails: a test that cannot run is not a pass.
+set -eu
+cd "$(dirname "$0")/../.."
+if ! /usr/bin/python3 -c 'import torch, numpy' 2>/dev/null; then
+  echo "tests/tools: /usr/bin/python3 cannot import torch and numpy:" \
+       "install python3-torch and python3-numpy (sh tools/deps.sh test)"
+  exit 1
+fi
+if [ -z "${LUNA_BIN_DIR:-}" ]; then
+  make -s -j2 build/bin/luna
+fi
+exec /usr/bin/python3 tests/tools/test_convert_fairseq.py "$@"
