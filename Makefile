@@ -9,6 +9,8 @@
 #   make bench      run the encoder benchmark under bench/ (prints tables, writes docs/bench-encoder*)
 #   make bench-gen  run the generation benchmark (Luna decoder vs KV cache; docs/bench-generate*)
 #   make golden     regenerate tests/golden with the PyTorch reference (needs python3-torch)
+#   make cluster    3 replicas behind HAProxy on loopback: kill -9 and SIGTERM under load
+#   make image      build the container image (podman here, docker where an engine runs) and test it
 #
 # V=1 shows the compile lines. BUILD selects the output tree (build/ by default).
 
@@ -92,6 +94,7 @@ check: $(BINS)
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cli/run.sh
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/tools/run.sh
 	$(if $(wildcard tests/integration/run.sh),LUNA_BIN_DIR=$(BUILD)/bin sh tests/integration/run.sh)
+	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cluster/run.sh
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/clients/run.sh
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/browser/run.sh
 
@@ -130,8 +133,16 @@ bench-gen: bin/luna
 golden:
 	/usr/bin/python3 tools/make_golden.py tests/golden
 
+# Failover under load: every request must get a well-formed answer (tests/cluster/run.sh).
+cluster: $(BUILD)/bin/lunaserve
+	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cluster/run.sh
+
+# The Dockerfile, built and served without a Docker engine (shared/CONTAINERS.md's recipe).
+image:
+	sh deploy/test-image.sh
+
 clean:
 	rm -rf build bin
 
-.PHONY: all check asan valgrind deps test run bench bench-gen golden clean
+.PHONY: all check asan valgrind deps test run bench bench-gen golden cluster image clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

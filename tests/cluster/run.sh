@@ -1,0 +1,30 @@
+#!/bin/sh
+# tests/cluster/run.sh - the deployment's CI test, on loopback only:
+#  1. deploy/check_config.py: compose.yaml, haproxy.cfg, k8s/*.yaml and the Dockerfile parse and
+#     agree with deploy/lunaserve.env (memory limits = budget + 256 MiB, grace > drain, probes).
+#  2. tests/cluster/cluster.py: 3 lunaserve replicas behind HAProxy, configured as compose
+#     deploys them (deploy/lunaserve.env, deploy/haproxy.cfg), under load; one replica is
+#     killed with SIGKILL mid-load and another is sent SIGTERM, and every request must still get
+#     a well-formed answer (200, or 429/503 with Retry-After), none hung, none vanished.
+# Installs HAProxy and python3-yaml (Debian's) when missing. Uses $LUNA_BIN_DIR/lunaserve
+# (default build/bin: run make first). Prints "N passed, N failed" for each part; exits 1 if
+# either fails. Bounded: about 25 s here, 3 minutes at most.
+set -u
+cd "$(dirname "$0")/../.." || exit 1
+want=""
+command -v haproxy >/dev/null || want="haproxy"
+/usr/bin/python3 -c 'import yaml' 2>/dev/null || want="$want python3-yaml"
+if [ -n "$want" ]; then
+  echo "cluster: installing $want"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  # shellcheck disable=SC2086
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $want >/dev/null
+fi
+rc=0
+echo "== deployment files"
+/usr/bin/python3 deploy/check_config.py || rc=1
+echo "== local cluster"
+timeout -k 5 180 /usr/bin/python3 tests/cluster/cluster.py "$@" || rc=1
+exit $rc
