@@ -121,5 +121,96 @@ assert all(r["step_ms"] > 0 and r["prefill_tok_s"] > 0 for r in rows), rows
 PY
 then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL bench-gen rows"; fi
 
+# ---- eval: a fixture of 8 messages and a paragraph, scored by the golden models; the expected
+# numbers come from tools/luna_ref.py (tests/cli/eval_fixture/make_expected.py, stored, so this
+# needs no torch) ----
+fx=tests/cli/eval_fixture
+clf=tests/golden/email_subject_body
+expect "eval --help" 0 "$luna" eval --help;            grep_out "eval help has usage" usage out
+grep_out "help lists eval" "eval" out
+expect "eval without --model" 2 "$luna" eval --data "$fx/messages.jsonl"; grep_out "eval names --model" "--model" err
+expect "eval without --data" 2 "$luna" eval --model "$clf"; grep_out "eval names --data" "--data" err
+expect "eval unknown flag" 2 "$luna" eval --model "$clf" --data "$fx/messages.jsonl" --frob
+expect "eval extra argument" 2 "$luna" eval --model "$clf" --data "$fx/messages.jsonl" extra
+expect "eval bad limit" 2 "$luna" eval --model "$clf" --data "$fx/messages.jsonl" --limit 0
+expect "eval bad piece" 2 "$luna" eval --model "$lm" --data "$fx/text.txt" --piece x
+expect "eval missing data file" 2 "$luna" eval --model "$clf" --data "$tmp/nope.jsonl"
+expect "eval bad model dir" 1 "$luna" eval --model "$tmp/nomodel" --data "$fx/messages.jsonl"
+expect "eval classifier table" 0 "$luna" eval --model "$clf" --data "$fx/messages.jsonl"
+grep_out "eval table accuracy" "^accuracy " out
+grep_out "eval table per label" "^spam " out
+expect "eval classifier json" 0 "$luna" eval --model "$clf" --data "$fx/messages.jsonl" --json
+cp "$tmp/out" "$tmp/eval_clf.json"
+expect "eval classifier --limit" 0 "$luna" eval --model "$clf" --data "$fx/messages.jsonl" --json --limit 3
+cp "$tmp/out" "$tmp/eval_lim.json"
+expect "eval lm json" 0 "$luna" eval --model "$lm" --data "$fx/text.txt" --json
+cp "$tmp/out" "$tmp/eval_lm.json"
+expect "eval lm small pieces" 0 "$luna" eval --model "$lm" --data "$fx/text.txt" --json --piece 7
+cp "$tmp/out" "$tmp/eval_lm7.json"
+expect "eval lm --limit" 0 "$luna" eval --model "$lm" --data "$fx/text.txt" --json --limit 100
+cp "$tmp/out" "$tmp/eval_lm100.json"
+expect "eval lm table" 0 "$luna" eval --model "$lm" --data "$fx/text.txt"
+grep_out "eval lm table bpb" "^bits/byte " out
+if /usr/bin/python3 - "$fx/expected.json" "$tmp" <<'PY'
+import json, sys
+want = json.load(open(sys.argv[1]))
+d = sys.argv[2]
+def load(name):
+    with open(f"{d}/{name}") as f:
+        text = f.read()
+    assert text.count("\n") == 1, "one JSON object on one line"
+    return json.loads(text)
+def close(a, b, what):
+    assert abs(a - b) <= 1e-4, (what, a, b)
+got, w = load("eval_clf.json"), want["classifier"]
+for k in ("task", "count", "bytes", "tokens", "correct"):
+    assert got[k] == w[k], (k, got[k], w[k])
+close(got["accuracy"], w["accuracy"], "accuracy")
+close(got["log_loss"], w["log_loss"], "log_loss")
+assert list(got["labels"]) == ["ham", "spam"], got["labels"]
+for lab, wl in w["labels"].items():
+    for k in ("count", "predicted"):
+        assert got["labels"][lab][k] == wl[k], (lab, k)
+    for k in ("precision", "recall", "f1"):
+        close(got["labels"][lab][k], wl[k], f"{lab} {k}")
+assert got["messages_per_s"] > 0 and got["mb_per_s"] > 0 and got["seconds"] >= 0, got
+lim = load("eval_lim.json")
+assert lim["count"] == 3 and sum(v["count"] for v in lim["labels"].values()) == 3, lim
+wl = want["lm"]
+for name in ("eval_lm.json", "eval_lm7.json"):
+    g = load(name)
+    assert g["task"] == "causal-lm" and g["bytes"] == wl["bytes"], g
+    close(g["bits_per_byte"], wl["bits_per_byte"], name)
+    assert g["tokens_per_s"] > 0, g
+assert load("eval_lm7.json")["piece"] == 7
+assert load("eval_lm100.json")["bytes"] == 100
+PY
+then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL eval numbers differ from luna_ref (expected.json)"; fi
+# A bad data line stops the evaluation with exit 1 and names FILE:LINE (here line 3, after two
+# good lines); so does a file with no messages.
+head -2 "$fx/messages.jsonl" > "$tmp/good2"
+n=0
+while IFS='|' read -r what line; do
+  n=$((n + 1))
+  { cat "$tmp/good2"; printf '%s\n' "$line"; } > "$tmp/bad$n.jsonl"
+  expect "eval bad line: $what" 1 "$luna" eval --model "$clf" --data "$tmp/bad$n.jsonl"
+  grep_out "eval bad line names the line: $what" "bad$n.jsonl:3: " err
+done <<'EOF'
+not JSON|{"label": "ham", "text": "x"
+not an object|["ham", "x"]
+no label|{"text": "x"}
+unknown label|{"label": "eggs", "text": "x"}
+no text|{"label": "ham"}
+text and text_base64|{"label": "ham", "text": "x", "text_base64": "eA=="}
+bad base64|{"label": "spam", "text_base64": "e*=="}
+text not a string|{"label": "ham", "text": 7}
+a character above U+00FF|{"label": "ham", "text": "caf\u0100"}
+EOF
+grep_out "eval names the bad character (the last case)" "above U+00FF" err
+: > "$tmp/empty.jsonl"
+expect "eval empty file" 1 "$luna" eval --model "$clf" --data "$tmp/empty.jsonl"
+grep_out "eval empty file says so" "no messages" err
+expect "eval lm empty file" 1 "$luna" eval --model "$lm" --data "$tmp/empty.jsonl"
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
