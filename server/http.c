@@ -290,6 +290,15 @@ static void on_job_done(srv_job *job)
 {
     http_req *r = job->owner;
     pthread_mutex_lock(&r->life);
+    /* Read everything needed before job_active goes to 0: from then on, a started stream's
+     * request belongs to MHD, whose thread may free it at once (a client that left). Lock
+     * order: life, then stream (nothing takes them the other way round). */
+    int streaming = 0;
+    if (job->stream) {
+        pthread_mutex_lock(&job->stream->lock);
+        streaming = job->stream->started; /* the reader ends the answer */
+        pthread_mutex_unlock(&job->stream->lock);
+    }
     r->job_active = 0;
     int orphaned = r->orphaned;
     pthread_mutex_unlock(&r->life);
@@ -297,13 +306,8 @@ static void on_job_done(srv_job *job)
         free_req(r);
         return;
     }
-    int streaming = 0;
-    if (job->stream) {
-        pthread_mutex_lock(&job->stream->lock);
-        streaming = job->stream->started; /* the reader ends the answer */
-        pthread_mutex_unlock(&job->stream->lock);
-    }
-    if (streaming) return;
+    if (streaming) return; /* r may be gone already: do not touch it */
+    /* not streaming: the connection is suspended, so MHD cannot end the request meanwhile */
     r->ph = PH_ANSWER;
     MHD_resume_connection(r->conn); /* the last touch of the loop thread */
 }
