@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "api/utf8.h"
 
 static const struct {
     int status;
@@ -42,7 +43,11 @@ char *api_render_error(const api_error *e, const char *request_id)
     cJSON *root = cJSON_CreateObject(), *err = cJSON_AddObjectToObject(root, "error");
     cJSON_AddNumberToObject(err, "code", api_err_status(e->kind));
     cJSON_AddStringToObject(err, "type", api_err_type(e->kind));
-    cJSON_AddStringToObject(err, "message", e->message);
+    /* messages quote the client's own bytes (a field name), maybe cut inside a character */
+    char msg[API_UTF8_MAX_OUT(sizeof e->message) + 1];
+    size_t n = api_utf8_sanitize((const uint8_t *)e->message, strlen(e->message), msg);
+    msg[n] = 0;
+    cJSON_AddStringToObject(err, "message", msg);
     if (e->param) cJSON_AddStringToObject(err, "param", e->param); /* OpenAI clients read it */
     else cJSON_AddNullToObject(err, "param");
     cJSON_AddStringToObject(err, "request_id", request_id ? request_id : "");

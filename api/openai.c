@@ -134,6 +134,7 @@ static api_err parse_common(const cJSON *root, const api_gen_limits *lim, api_ge
 static api_err begin(const char *body, size_t len, api_gen_format fmt, api_generate_req *req, cJSON **root,
                      const field *fields, api_error *err)
 {
+    memset(req, 0, sizeof *req); /* the callers' fail path frees it, even when the JSON is bad */
     *root = api__parse_json(body, len, err);
     if (!*root) return err->kind;
     api_err rc = api__gen_begin(req, fmt, *root, err);

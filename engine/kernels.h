@@ -47,7 +47,7 @@ float kn_exp_shift_sum(float *x, size_t n, float shift);
  * vectorise. */
 static inline __attribute__((always_inline)) float kn_expf(float x)
 {
-    x = x < -87.0f ? -87.0f : x;
+    x = !(x >= -87.0f) ? -87.0f : x; /* NaN too: a NaN cast to int32 below would be undefined */
     x = x > 88.0f ? 88.0f : x;
     float k = floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - k * 0.693359375f;

@@ -237,3 +237,22 @@ Test(api, generate_renders_tgi_shapes)
     free(s);
     api_generate_free(&q);
 }
+
+/* Found by fuzz/fuzz_api: a body that is not JSON left the request uninitialised, and an error
+ * message quoting the client's bytes could carry invalid UTF-8 into the JSON answer. */
+Test(api, openai_bad_json_and_error_messages_stay_valid)
+{
+    api_generate_req q;
+    api_error e;
+    api_gen_limits lim = {100, 10, 5};
+    memset(&q, 0xA5, sizeof q); /* garbage, as on a caller's stack */
+    cr_expect_eq(api_parse_completions("{no", 3, &lim, &q, &e), API_E_BAD_JSON);
+    memset(&q, 0xA5, sizeof q);
+    cr_expect_eq(api_parse_chat("[", 1, &lim, &q, &e), API_E_BAD_JSON);
+    const char body[] = "{\"prompt\": \"a\", \"\xE2\x82\": 1}"; /* a field name cut inside a character */
+    cr_assert_eq(api_parse_completions(body, strlen(body), &lim, &q, &e), API_E_VALIDATION);
+    char *s = api_render_error(&e, "rid");
+    cr_assert_not_null(s);
+    cr_expect(strstr(s, "unknown field \\\"\xEF\xBF\xBD\\\"") != NULL, "%s", s);
+    free(s);
+}
