@@ -1,7 +1,7 @@
 #!/bin/sh
 # run.sh - what `make run` starts: lunaserve on 127.0.0.1:8080 with the bundled models.
-# The bundled models will live in models/spam (classifier) and models/austen-lm (generator).
-# Until they are trained and committed, the server runs on the golden test classifier, and
+# The bundled models live in models/spam (classifier) and models/austen-lm (generator).
+# While the classifier is not trained and committed, the server runs on the golden test classifier, and
 # says so. Until the server itself is built (issue 5), it runs what exists: the offline CLI,
 # classifying standard input. Extra arguments go to lunaserve (e.g. --port 9000).
 set -eu
