@@ -11,6 +11,10 @@
 #   make golden     regenerate tests/golden with the PyTorch reference (needs python3-torch)
 #   make cluster    3 replicas behind HAProxy on loopback: kill -9 and SIGTERM under load
 #   make image      build the container image (podman here, docker where an engine runs) and test it
+#   make fuzz       libFuzzer harnesses, FUZZ_SECONDS (60) each (clang; fuzz/run.sh installs it)
+#   make badinput   the bad-input matrix against $(BUILD)/bin/lunaserve
+#   make soak       the ASan build under mixed load for SOAK_SECONDS (120): 0 leaks, RSS drift
+#   make load       the wrk load test; table and plot in bench/load/results (load-quick: smoke)
 #
 # V=1 shows the compile lines. BUILD selects the output tree (build/ by default).
 
@@ -141,8 +145,22 @@ cluster: $(BUILD)/bin/lunaserve
 image:
 	sh deploy/test-image.sh
 
+# Reliability (docs/reliability.md): not yet in make check or CI.
+FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 120
+fuzz:
+	sh fuzz/run.sh $(FUZZ_SECONDS)
+badinput: $(BUILD)/bin/lunaserve
+	LUNA_BIN_DIR=$(BUILD)/bin sh tests/badinput/run.sh
+soak:
+	sh bench/soak.sh $(SOAK_SECONDS)
+load:
+	sh bench/load/run.sh
+load-quick:
+	sh bench/load/run.sh --quick
+
 clean:
 	rm -rf build bin
 
-.PHONY: all check asan valgrind deps test run bench bench-gen golden cluster image clean
+.PHONY: all check asan valgrind deps test run bench bench-gen golden cluster image fuzz badinput soak load load-quick clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
