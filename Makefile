@@ -12,7 +12,7 @@
 #   make cluster    3 replicas behind HAProxy on loopback: kill -9 and SIGTERM under load
 #   make image      build the container image (podman here, docker where an engine runs) and test it
 #   make fuzz       libFuzzer harnesses, FUZZ_SECONDS (60) each (clang; fuzz/run.sh installs it)
-#   make badinput   the bad-input matrix against $(BUILD)/bin/lunaserve
+#   make badinput   the bad-input matrix against $(BUILD)/bin/lunaserve (also part of make check)
 #   make soak       the ASan build under mixed load for SOAK_SECONDS (120): 0 leaks, RSS drift
 #   make load       the wrk load test; table and plot in bench/load/results (load-quick: smoke)
 #
@@ -101,6 +101,7 @@ check: $(BINS)
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cluster/run.sh
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/clients/run.sh
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/browser/run.sh
+	LUNA_BIN_DIR=$(BUILD)/bin sh tests/badinput/run.sh
 
 # Sanitizer build: same sources, separate tree, so a plain build is never polluted.
 asan:
@@ -145,7 +146,8 @@ cluster: $(BUILD)/bin/lunaserve
 image:
 	sh deploy/test-image.sh
 
-# Reliability (docs/reliability.md): not yet in make check or CI.
+# Reliability (docs/reliability.md). make check (so make test and make asan) runs the bad-input
+# matrix; .ci/run adds fuzz (60 s each), soak (120 s, the ASan build) and load-quick.
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 120
 fuzz:

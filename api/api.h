@@ -212,7 +212,8 @@ char *api_render_models(const api_model_card *models, int n);
  * -1 when the text is not valid base64. out needs room for 3 * (len / 4) bytes. */
 long api_base64_decode(const char *in, size_t len, uint8_t *out);
 /* Internal to api/: the raw body has a \u0000 escape (which cJSON would cut a string at);
- * the body parsed (a raw NUL byte refused as invalid JSON), or NULL with *err set. */
+ * the body parsed as exactly one JSON document (a raw NUL byte, or anything but whitespace
+ * after the value, is refused as invalid JSON), or NULL with *err set. */
 int api__has_nul_escape(const char *body, size_t len);
 struct cJSON;
 struct cJSON *api__parse_json(const char *body, size_t len, api_error *err);

@@ -128,6 +128,16 @@ cJSON *api__parse_json(const char *body, size_t len, api_error *err)
     if (!root) {
         size_t at = end && end >= body ? (size_t)(end - body) : 0;
         api_fail(err, API_E_BAD_JSON, "the body is not valid JSON (error near byte %zu)", at);
+        return NULL;
+    }
+    /* exactly one JSON document: only whitespace (RFC 8259's four) may follow the value.
+     * (cJSON's own require_null_terminated wants a NUL inside len, which a body has not.) */
+    size_t at = (size_t)(end - body);
+    while (at < len && (body[at] == ' ' || body[at] == '\t' || body[at] == '\n' || body[at] == '\r')) at++;
+    if (at < len) {
+        cJSON_Delete(root);
+        api_fail(err, API_E_BAD_JSON, "the body is not valid JSON (data after the JSON value at byte %zu)", at);
+        return NULL;
     }
     return root;
 }

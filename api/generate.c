@@ -264,18 +264,52 @@ void api_generate_set_meta(api_generate_req *req, const char *model, const char 
 
 /* ---- answers ----------------------------------------------------------------------------- */
 
+int api__add_string(cJSON *o, const char *name, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t len = 2;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t') len += 2;
+        else len += c < 0x20 ? 6 : 1;
+    }
+    char *q = malloc(len + 1), *w = q;
+    if (!q) return -1;
+    *w++ = '"';
+    for (size_t i = 0; i < n; i++) { /* as cJSON's print_string_ptr escapes */
+        unsigned char c = (unsigned char)s[i];
+        const char *esc = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\b' ? "\\b" : c == '\f' ? "\\f"
+                          : c == '\n' ? "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" : NULL;
+        if (esc) {
+            *w++ = esc[0];
+            *w++ = esc[1];
+        } else if (c < 0x20) {
+            memcpy(w, "\\u00", 4);
+            w[4] = hex[c >> 4];
+            w[5] = hex[c & 15];
+            w += 6;
+        } else {
+            *w++ = (char)c;
+        }
+    }
+    *w++ = '"';
+    *w = 0;
+    int rc = cJSON_AddRawToObject(o, name, q) ? 0 : -1;
+    free(q);
+    return rc;
+}
+
 int api__add_text(cJSON *o, const char *name, const uint8_t *a, size_t na, const uint8_t *b, size_t nb)
 {
-    char *t = malloc(API_UTF8_MAX_OUT(na + nb) + 1);
+    char *t = malloc(API_UTF8_MAX_OUT(na) + API_UTF8_MAX_OUT(nb));
     if (!t) return -1;
-    api_utf8 u = {0};
-    size_t n = api_utf8_feed(&u, a, na, t);
-    n += api_utf8_feed(&u, b, nb, t + n);
-    n += api_utf8_finish(&u, t + n);
-    t[n] = 0;
-    cJSON_AddStringToObject(o, name, t);
+    /* each on its own: a prompt that ends inside a character stays U+FFFD whatever follows, as
+     * in a stream, which sends the prompt (echo) before any output */
+    size_t n = api_utf8_sanitize(a, na, t);
+    n += api_utf8_sanitize(b, nb, t + n);
+    int rc = api__add_string(o, name, t, n);
     free(t);
-    return 0;
+    return rc;
 }
 
 static void add_details(cJSON *o, const api_gen_result *res)
@@ -318,14 +352,17 @@ char *api_render_generate(const api_generate_req *req, const api_gen_result *res
         cJSON_AddItemToObject(d, "prefill", cJSON_CreateArray());
         cJSON *toks = cJSON_AddArrayToObject(d, "tokens");
         api_utf8 u = {0};
-        char t[API_UTF8_MAX_OUT(1) + 1];
+        char t[API_UTF8_MAX_OUT(1)];
         for (size_t i = 0; i < res->out_len; i++) {
             size_t n = api_utf8_feed(&u, res->out + i, 1, t);
             if (i + 1 == res->out_len) n += api_utf8_finish(&u, t + n);
-            t[n] = 0;
             cJSON *tk = cJSON_CreateObject();
             cJSON_AddNumberToObject(tk, "id", res->byte_offset + res->out[i]);
-            cJSON_AddStringToObject(tk, "text", t);
+            if (!tk || api__add_string(tk, "text", t, n)) {
+                cJSON_Delete(tk);
+                cJSON_Delete(root);
+                return NULL;
+            }
             cJSON_AddNullToObject(tk, "logprob");
             cJSON_AddBoolToObject(tk, "special", 0);
             cJSON_AddItemToArray(toks, tk);

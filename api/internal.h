@@ -25,8 +25,14 @@ api_err api__get_num(const cJSON *o, const char *name, double lo, int lo_open, d
 /* "stop": a string or a list of strings, 1..API_MAX_STOP_LEN bytes each, at most API_MAX_STOPS. */
 api_err api__parse_stop(const cJSON *o, api_generate_req *req, api_error *err);
 
-/* bytes a then b as sanitised UTF-8, added to o under name; -1 on ENOMEM. */
+/* bytes a, then bytes b, each sanitised to UTF-8 on its own (a's unfinished last character
+ * is U+FFFD whatever b starts with: a is the echoed prompt, b the output, and a stream sends
+ * them apart), added to o under name with api__add_string; -1 on ENOMEM. */
 int api__add_text(cJSON *o, const char *name, const uint8_t *a, size_t na, const uint8_t *b, size_t nb);
+/* s[0..n), valid UTF-8 that may hold NUL bytes, added to o under name as a JSON string of
+ * exactly those characters (U+0000 as \u0000): cJSON's strings end at a NUL, so the string is
+ * escaped here, as cJSON escapes, and added raw. -1 on ENOMEM. */
+int api__add_string(cJSON *o, const char *name, const char *s, size_t n);
 char *api__print(cJSON *root); /* unformatted, and frees root */
 char *api__sse(char *json);    /* "data: " json "\n\n"; frees json; NULL in, NULL out */
 

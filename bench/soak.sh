@@ -30,6 +30,7 @@ if [ -z "${SOAK_BIN:-}" ]; then
 fi
 
 log="$out/server.log"
+rm -f "$log"  # the port is read from it: never from an earlier run's
 ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:quarantine_size_mb=64:malloc_context_size=20${ASAN_EXTRA:+:$ASAN_EXTRA}" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
   "$bin" --port 0 --classify-model tests/golden/email_subject_body --generate-model tests/golden/lm_defaults \

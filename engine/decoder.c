@@ -35,6 +35,7 @@ struct luna_gen_state {
     size_t sum_len;     /* doubles in sum */
     float **kc, **vc;   /* KV: per layer (cap, d) keys and values; vc[i] NULL when tied */
     size_t cap;         /* KV: rows of every cache */
+    int32_t recent[];   /* ngram_embed - 1 tokens, the last consumed first (valid: min(t, K-1)) */
 };
 
 static size_t sums_per_layer(const luna_config *cfg)
@@ -42,10 +43,16 @@ static size_t sums_per_layer(const luna_config *cfg)
     return (cfg->tie_kv ? 1u : 2u) * (size_t)cfg->d * (size_t)cfg->l;
 }
 
+static size_t recent_bytes(const luna_config *cfg)
+{
+    return (size_t)(cfg->ngram_embed - 1) * sizeof(int32_t);
+}
+
 size_t luna_gen_state_bytes(const luna_model *m)
 {
     if (!m || m->cfg.task != LUNA_TASK_CAUSAL_LM) return 0;
-    return sizeof(luna_gen_state) + (size_t)m->cfg.layers * sums_per_layer(&m->cfg) * sizeof(double);
+    return sizeof(luna_gen_state) + recent_bytes(&m->cfg) +
+           (size_t)m->cfg.layers * sums_per_layer(&m->cfg) * sizeof(double);
 }
 
 /* A fresh state of either kind: the sums of a Luna state, or the empty per-layer cache
@@ -54,7 +61,7 @@ static int state_new(const luna_model *m, luna_attn kind, luna_gen_state **out)
 {
     if (!m || !out) return LUNA_EINVAL;
     if (m->cfg.task != LUNA_TASK_CAUSAL_LM) return LUNA_ETASK;
-    luna_gen_state *s = calloc(1, sizeof *s);
+    luna_gen_state *s = calloc(1, sizeof *s + recent_bytes(&m->cfg));
     if (!s) return LUNA_ENOMEM;
     s->m = m;
     s->kind = kind;
@@ -136,6 +143,7 @@ int luna_gen_state_copy(luna_gen_state *dst, const luna_gen_state *src)
             if (src->vc[i] && rows) memcpy(dst->vc[i], src->vc[i], rows * sizeof(float));
         }
     }
+    memcpy(dst->recent, src->recent, recent_bytes(&src->m->cfg));
     dst->t = src->t;
     return 0;
 }
@@ -144,6 +152,7 @@ void luna_gen_state_reset(luna_gen_state *s)
 {
     if (!s) return;
     if (s->sum) memset(s->sum, 0, s->sum_len * sizeof(double));
+    memset(s->recent, 0, recent_bytes(&s->m->cfg));
     s->t = 0;
 }
 
@@ -152,9 +161,9 @@ uint64_t luna_gen_state_tokens(const luna_gen_state *s) { return s ? s->t : 0; }
 size_t luna_gen_state_size(const luna_gen_state *s)
 {
     if (!s) return 0;
-    if (s->kind == LUNA_ATTN_LUNA) return sizeof *s + s->sum_len * sizeof(double);
     const luna_config *cfg = &s->m->cfg;
-    return sizeof *s + (size_t)cfg->layers * (cfg->tie_kv ? 1u : 2u) * s->cap * (size_t)cfg->d * sizeof(float);
+    if (s->kind == LUNA_ATTN_LUNA) return sizeof *s + recent_bytes(cfg) + s->sum_len * sizeof(double);
+    return sizeof *s + recent_bytes(cfg) + (size_t)cfg->layers * (cfg->tie_kv ? 1u : 2u) * s->cap * (size_t)cfg->d * sizeof(float);
 }
 
 /* ---- workspace layout ---------------------------------------------------------------------- */
@@ -191,20 +200,34 @@ void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, ws_layo
 
 /* ---- embedding ------------------------------------------------------------------------------- */
 
-/* x (rows, d) = embed_tokens(tok) * embed_scale + positions pos0 .. (+ emb_layer_norm). */
-static void dec_embed(const luna_ctx *c, const int32_t *tok, uint64_t pos0, size_t rows, float *x)
+/* x (rows, d) = (embed_tokens(tok) + the embed_ngrams rows of the ngram_embed - 1 tokens before
+ * each, from the chunk or the state's recent tokens) * embed_scale + positions s->t ..
+ * (+ emb_layer_norm). Then the chunk's last tokens become the state's recent ones. */
+static void dec_embed(const luna_ctx *c, luna_gen_state *s, const int32_t *tok, size_t rows, float *x)
 {
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
-    size_t d = (size_t)cfg->d, first = (size_t)cfg->pad_id + 1 + (size_t)pos0;
+    size_t d = (size_t)cfg->d, first = (size_t)cfg->pad_id + 1 + (size_t)s->t;
+    size_t K = (size_t)cfg->ngram_embed, V = (size_t)cfg->vocab_size;
     for (size_t r = 0; r < rows; r++) {
         const float *e = m->embed_tokens + (size_t)tok[r] * d;
         float *xr = x + r * d;
-        for (size_t j = 0; j < d; j++) xr[j] = e[j] * cfg->embed_scale;
+        memcpy(xr, e, d * sizeof(float));
+        for (size_t b = 1; b < K && b <= s->t + r; b++) { /* the token b back: none before the first */
+            int32_t prev = b <= r ? tok[r - b] : s->recent[b - r - 1];
+            kn_add(xr, m->embed_ngrams + ((b - 1) * V + (size_t)prev) * d, d);
+        }
+        for (size_t j = 0; j < d; j++) xr[j] *= cfg->embed_scale;
         if (cfg->positions == LUNA_POS_LEARNED) kn_add(xr, m->embed_positions + (first + r) * d, d);
     }
     if (cfg->positions == LUNA_POS_SINUSOIDAL) luna__add_sinusoid(c, x, first, rows);
     if (cfg->layernorm_embedding) kn_layernorm(&m->emb_layer_norm, x, x, rows, d);
+    /* recent[i] is the token i + 1 back from the next one: the chunk's, then the older ones */
+    if (K > 1) {
+        size_t keep = K - 1, shift = rows < keep ? rows : keep;
+        memmove(s->recent + shift, s->recent, (keep - shift) * sizeof(int32_t));
+        for (size_t i = 0; i < shift; i++) s->recent[i] = tok[rows - 1 - i];
+    }
 }
 
 /* Zeroes the strict upper triangle of the (rows, rows) matrix G: row i keeps columns j <= i. */
@@ -358,7 +381,7 @@ int luna_prefill(luna_ctx *c, luna_gen_state *s, const int32_t *tokens, size_t n
     for (size_t r0 = 0; r0 < n; r0 += ch) {
         if (canceled(c)) return LUNA_ECANCELED;
         size_t rows = n - r0 < ch ? n - r0 : ch;
-        dec_embed(c, tokens + r0, s->t, rows, X);
+        dec_embed(c, s, tokens + r0, rows, X);
         for (int li = 0; li < cfg->layers; li++) {
             const luna_layer *ly = &m->layers[li];
             const float *xin = X;

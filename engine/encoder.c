@@ -233,16 +233,21 @@ void luna__add_sinusoid(const luna_ctx *c, float *x, size_t pos0, size_t rows)
     }
 }
 
-/* X rows [r0, r0+rows) = embed_tokens * embed_scale + positions (+ emb_layer_norm). */
+/* X rows [r0, r0+rows) = (embed_tokens + the embed_ngrams rows of the ngram_embed - 1 tokens
+ * before) * embed_scale + positions (+ emb_layer_norm). */
 static void embed_rows(const luna_ctx *c, const luna_seq *seq, size_t r0, size_t rows, float *x)
 {
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
     size_t d = (size_t)cfg->d;
+    size_t K = (size_t)cfg->ngram_embed, V = (size_t)cfg->vocab_size;
     for (size_t r = 0; r < rows; r++) {
         const float *e = m->embed_tokens + (size_t)seq_token(seq, r0 + r) * d;
         float *xr = x + r * d;
-        for (size_t j = 0; j < d; j++) xr[j] = e[j] * cfg->embed_scale;
+        memcpy(xr, e, d * sizeof(float));
+        for (size_t b = 1; b < K && b <= r0 + r; b++) /* the tokens b back: none before the first */
+            kn_add(xr, m->embed_ngrams + ((b - 1) * V + (size_t)seq_token(seq, r0 + r - b)) * d, d);
+        for (size_t j = 0; j < d; j++) xr[j] *= cfg->embed_scale;
         if (cfg->positions == LUNA_POS_LEARNED) {
             const float *p = m->embed_positions + ((size_t)cfg->pad_id + 1 + r0 + r) * d;
             kn_add(xr, p, d);

@@ -56,6 +56,7 @@ typedef enum { LUNA_PHI_SOFTPLUS_LN2 = 0, LUNA_PHI_ELU_PLUS_1 = 1, LUNA_PHI_SOFT
 
 #define LUNA_MAX_LABELS 1024
 #define LUNA_MAX_LABEL_LEN 64
+#define LUNA_MAX_NGRAM 32 /* ngram_embed: the longest window of token embeddings summed */
 
 /* Every field of config.json, validated. Read-only once the model is loaded. */
 typedef struct luna_config {
@@ -66,6 +67,7 @@ typedef struct luna_config {
     luna_pos positions;
     int max_positions;      /* longest token sequence; 0 = unlimited */
     float embed_scale;      /* resolved: never "null" here */
+    int ngram_embed;        /* K: token t's embedding adds embed_ngrams rows of tokens t-1..t-K+1 */
     int dynamic_projection, layernorm_embedding;
     int vocab_size, byte_offset, pad_id, bos_id, eos_id, append_eos;
     luna_xform input_transform;

@@ -139,6 +139,8 @@ static const cfg_field FIELDS[] = {
                                         NULL,         NULL,       AT(max_positions), ANY},
     {"embed_scale",           K_SCALE,  OPT, 0,   0,                          0 /* null */,
                                         NULL,         NULL,       EX(embed_scale), ANY},
+    {"ngram_embed",           K_INT,    OPT, 1,   LUNA_MAX_NGRAM,             1,
+                                        NULL,         NULL,       AT(ngram_embed), ANY},
     {"dynamic_projection",    K_BOOL,   OPT, 0,   0,                          1,
                                         NULL,         NULL,       AT(dynamic_projection), CLS},
     {"layernorm_embedding",   K_BOOL,   OPT, 0,   0,                          0,
@@ -701,6 +703,9 @@ static int bind_all(binder *b, luna_model *m)
     if (c->positions == LUNA_POS_LEARNED)
         TRY(bind(b, &m->embed_positions, "embed_positions.weight", 2,
                  (long long)c->max_positions + c->pad_id + 1, d));
+    if (c->ngram_embed > 1)
+        TRY(bind(b, &m->embed_ngrams, "embed_ngrams.weight", 2,
+                 (long long)(c->ngram_embed - 1) * c->vocab_size, d));
     TRY(bind(b, &m->projected_embeddings, "projected_embeddings", 2, c->l, d));
     if (c->layernorm_embedding) {
         TRY(bind_norm(b, &m->emb_layer_norm, "emb_layer_norm", d));

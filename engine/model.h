@@ -38,6 +38,8 @@ struct luna_model {
     luna_config cfg;
     const float *embed_tokens;         /* (vocab_size, d) */
     const float *embed_positions;      /* (max_positions + pad_id + 1, d), learned positions only */
+    const float *embed_ngrams;         /* ((ngram_embed - 1) * vocab_size, d): row
+                                          (j - 1) * vocab_size + token for the token j back */
     const float *projected_embeddings; /* (l, d) */
     luna_norm emb_layer_norm, proj_emb_layer_norm; /* layernorm_embedding */
     luna_norm layer_norm, proj_layer_norm;         /* normalize_before */

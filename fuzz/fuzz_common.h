@@ -98,6 +98,96 @@ static inline int fuzz_check_sse(const char *s, int allow_done, const char *what
     return events;
 }
 
+/* Four hex digits of a \u escape. */
+static inline int fuzz_hex4(const char *p)
+{
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        FUZZ_CHECK(d >= 0, "a bad \\u escape");
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* The JSON string value of the nth (0-based) member named `key` in the rendered document doc,
+ * decoded with its exact length into a malloc'd buffer (U+0000 included, which a cJSON string
+ * cannot hold: it ends at the first NUL), *len its length; NULL if there is no such member.
+ * The renderers print members as "key":"..." with no space (cJSON's unformatted output, and
+ * api__add_string), and "key":" cannot occur inside a string, whose quotes are escaped, so the
+ * nth match is the nth such member. The escapes are JSON's (RFC 8259 7); anything else, or a
+ * raw control byte, is a failure. */
+static inline char *fuzz_json_string(const char *doc, const char *key, int nth, size_t *len)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":\"", key);
+    const char *p = doc;
+    for (int i = 0;; i++) {
+        p = strstr(p, pat);
+        if (!p) return NULL;
+        p += strlen(pat);
+        if (i == nth) break;
+    }
+    char *out = malloc(strlen(p) + 1);
+    FUZZ_CHECK(out != NULL, "out of memory");
+    size_t n = 0;
+    while (*p != '"') {
+        unsigned char c = (unsigned char)*p;
+        FUZZ_CHECK(c != 0, "an unterminated string for \"%s\"", key);
+        FUZZ_CHECK(c >= 0x20, "a raw control byte 0x%02x in a JSON string", c);
+        if (c != '\\') {
+            out[n++] = (char)c;
+            p++;
+            continue;
+        }
+        p++;
+        switch (*p) {
+        case '"': out[n++] = '"'; break;
+        case '\\': out[n++] = '\\'; break;
+        case '/': out[n++] = '/'; break;
+        case 'b': out[n++] = '\b'; break;
+        case 'f': out[n++] = '\f'; break;
+        case 'n': out[n++] = '\n'; break;
+        case 'r': out[n++] = '\r'; break;
+        case 't': out[n++] = '\t'; break;
+        case 'u': {
+            unsigned cp = (unsigned)fuzz_hex4(p + 1);
+            p += 4;
+            if (cp >= 0xD800 && cp <= 0xDBFF) { /* a surrogate pair */
+                FUZZ_CHECK(p[1] == '\\' && p[2] == 'u', "a lone high surrogate");
+                unsigned lo = (unsigned)fuzz_hex4(p + 3);
+                FUZZ_CHECK(lo >= 0xDC00 && lo <= 0xDFFF, "a high surrogate without its low one");
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                p += 6;
+            } else {
+                FUZZ_CHECK(cp < 0xDC00 || cp > 0xDFFF, "a lone low surrogate");
+            }
+            if (cp < 0x80) {
+                out[n++] = (char)cp;
+            } else if (cp < 0x800) {
+                out[n++] = (char)(0xC0 | cp >> 6);
+                out[n++] = (char)(0x80 | (cp & 0x3F));
+            } else if (cp < 0x10000) {
+                out[n++] = (char)(0xE0 | cp >> 12);
+                out[n++] = (char)(0x80 | (cp >> 6 & 0x3F));
+                out[n++] = (char)(0x80 | (cp & 0x3F));
+            } else {
+                out[n++] = (char)(0xF0 | cp >> 18);
+                out[n++] = (char)(0x80 | (cp >> 12 & 0x3F));
+                out[n++] = (char)(0x80 | (cp >> 6 & 0x3F));
+                out[n++] = (char)(0x80 | (cp & 0x3F));
+            }
+            break;
+        }
+        default: FUZZ_CHECK(0, "a bad escape \\%c", *p);
+        }
+        p++;
+    }
+    *len = n;
+    return out;
+}
+
 /* Reads every byte of b[0..n): ASan then reports a view that points outside its storage. */
 static inline unsigned fuzz_touch(const uint8_t *b, size_t n)
 {

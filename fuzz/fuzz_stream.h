@@ -4,10 +4,12 @@
  * at the end, and the last event carries the result (after eos, the eos token does).
  *
  * Checked: every event is one "data: " line plus a blank line holding one JSON value; the
- * texts the events carry, read back out of their JSON (TGI token.text, OpenAI choices[0].text
- * or delta.content), concatenate to api_utf8_sanitize of the whole output (plus the echoed
- * prompt for an OpenAI completion with echo); TGI's raw bytes_base64 decode to the token's
- * byte; TGI's final generated_text is the sanitised (prompt +) output. */
+ * texts the events carry, read out of their JSON with their exact length (TGI token.text,
+ * OpenAI choices[0].text or delta.content; U+0000 included), concatenate to the echoed prompt
+ * (an OpenAI completion with echo) and the output, each sanitised on its own
+ * (api_utf8_sanitize); TGI's raw bytes_base64 decode to the token's byte; TGI's final
+ * generated_text is the (prompt and) output, sanitised the same way. fuzz_check_answer then
+ * checks that the whole answer (not streamed) says what the stream said. */
 #ifndef FUZZ_STREAM_H
 #define FUZZ_STREAM_H
 
@@ -15,20 +17,28 @@
 #include "api/utf8.h"
 #include "fuzz/fuzz_common.h"
 
-/* Set by the harness: check the known differences too (see fuzz/crashes/README.md). */
-static int fuzz_strict;
+/* sanitise(a) + sanitise(b), each on its own, into a malloc'd buffer; *n its length. */
+static inline char *fuzz_two_texts(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, size_t *n)
+{
+    char *t = malloc(API_UTF8_MAX_OUT(na) + API_UTF8_MAX_OUT(nb) + 1);
+    FUZZ_CHECK(t != NULL, "out of memory");
+    *n = api_utf8_sanitize(a, na, t);
+    *n += api_utf8_sanitize(b, nb, t + *n);
+    FUZZ_CHECK(fuzz_valid_utf8((const uint8_t *)t, *n), "api_utf8_sanitize gave invalid UTF-8");
+    return t;
+}
 
-/* The text an event carries, appended to buf (NUL-free JSON strings only). */
+/* The text an event carries, appended to buf. */
 static inline void fuzz_event_text(const api_generate_req *req, const char *ev, char *buf, size_t *len,
                                    const api_gen_result *res)
 {
     const char *payload = ev + 6;
     cJSON *j = cJSON_Parse(payload);
     FUZZ_CHECK(j != NULL, "event JSON");
-    const cJSON *text = NULL;
+    const char *key = "text";
     if (req->format == API_FMT_TGI) {
         const cJSON *tk = cJSON_GetObjectItemCaseSensitive(j, "token");
-        text = cJSON_GetObjectItemCaseSensitive(tk, "text");
+        FUZZ_CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(tk, "text")), "the event has no token.text");
         if (req->raw_bytes) {
             const cJSON *b = cJSON_GetObjectItemCaseSensitive(tk, "bytes_base64");
             FUZZ_CHECK(cJSON_IsString(b), "bytes_base64 missing");
@@ -40,33 +50,36 @@ static inline void fuzz_event_text(const api_generate_req *req, const char *ev, 
         if (res) {
             FUZZ_CHECK(cJSON_IsString(gt), "the last event has no generated_text");
             const api_doc *p = &req->prompts[0];
-            size_t pl = req->return_full_text ? p->len : 0;
-            uint8_t *cat = malloc(pl + res->out_len + 1);
-            if (pl) memcpy(cat, p->data, pl);
-            if (res->out_len) memcpy(cat + pl, res->out, res->out_len);
-            char *want = malloc(API_UTF8_MAX_OUT(pl + res->out_len) + 1);
-            size_t wn = api_utf8_sanitize(cat, pl + res->out_len, want);
-            want[wn] = 0;
-            /* a JSON string ends at U+0000 in cJSON: compare up to the first NUL */
-            FUZZ_CHECK(!strcmp(gt->valuestring, want), "generated_text differs from the sanitised output");
+            size_t pl = req->return_full_text ? p->len : 0, wn, gn;
+            char *want = fuzz_two_texts(p->data, pl, res->out, res->out_len, &wn);
+            char *got = fuzz_json_string(payload, "generated_text", 0, &gn);
+            FUZZ_CHECK(got != NULL, "generated_text is not a string member");
+            FUZZ_CHECK(gn == wn && !memcmp(got, want, wn), "generated_text (%zu bytes) differs from the sanitised "
+                       "output (%zu bytes)", gn, wn);
+            free(got);
             free(want);
-            free(cat);
         } else {
             FUZZ_CHECK(cJSON_IsNull(gt), "generated_text before the end");
         }
     } else {
         const cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "choices"), 0);
-        if (req->format == API_FMT_CHAT)
+        const cJSON *text;
+        if (req->format == API_FMT_CHAT) {
+            key = "content";
             text = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ch, "delta"), "content");
-        else
+        } else {
             text = cJSON_GetObjectItemCaseSensitive(ch, "text");
+        }
+        FUZZ_CHECK(cJSON_IsString(text), "the event carries no text");
         const cJSON *fr = cJSON_GetObjectItemCaseSensitive(ch, "finish_reason");
         FUZZ_CHECK(res ? cJSON_IsString(fr) : cJSON_IsNull(fr), "finish_reason");
     }
-    FUZZ_CHECK(cJSON_IsString(text), "the event carries no text");
-    size_t n = strlen(text->valuestring);
-    memcpy(buf + *len, text->valuestring, n);
+    size_t n;
+    char *t = fuzz_json_string(payload, key, 0, &n);
+    FUZZ_CHECK(t != NULL, "the event's %s is not a string member", key);
+    memcpy(buf + *len, t, n);
     *len += n;
+    free(t);
     cJSON_Delete(j);
 }
 
@@ -85,13 +98,16 @@ static inline void fuzz_emit(const api_generate_req *req, const api_stream_token
 }
 
 /* Replays choice `choice` of req with result res (res->out: the generated bytes). eos: the
- * generation ended with the eos token. */
-static inline void fuzz_stream_choice(const api_generate_req *req, size_t choice, const api_gen_result *res, int eos)
+ * generation ended with the eos token. Returns what the events said, together (malloc'd;
+ * *text_len its length). */
+static inline char *fuzz_stream_choice(const api_generate_req *req, size_t choice, const api_gen_result *res, int eos,
+                                       size_t *text_len)
 {
     const api_doc *p = &req->prompts[choice];
     int echo = req->format == API_FMT_COMPLETION && req->return_full_text;
     size_t cap = API_UTF8_MAX_OUT(p->len + res->out_len) + API_UTF8_MAX_OUT(0) + 16;
-    char *got = malloc(cap), *want = malloc(cap);
+    char *got = malloc(cap);
+    FUZZ_CHECK(got != NULL, "out of memory");
     size_t got_len = 0;
     api_utf8 u = {0};
     char pend[API_UTF8_MAX_OUT(1) + 3];
@@ -129,32 +145,43 @@ static inline void fuzz_stream_choice(const api_generate_req *req, size_t choice
                               &pend_byte, 1, 0, res};
         fuzz_emit(req, &t, got, &got_len);
     }
-    /* what the events say, together: (the echoed prompt +) the sanitised output. The non-stream
-     * answer sanitises prompt + output as one text; the stream sanitises the prompt, then the
-     * output: they differ when the output's first bytes complete a character the prompt left
-     * open (fuzz/crashes/README.md). strict: the stream must say what the answer says. */
-    size_t pl = echo ? p->len : 0;
-    uint8_t *cat = malloc(pl + res->out_len + 1);
-    if (pl) memcpy(cat, p->data, pl);
-    if (res->out_len) memcpy(cat + pl, res->out, res->out_len);
+    /* what the events say, together: (the echoed prompt +) the output, each sanitised alone */
     size_t wn;
-    if (echo && !fuzz_strict) {
-        wn = api_utf8_sanitize(cat, pl, want);
-        wn += api_utf8_sanitize(cat + pl, res->out_len, want + wn);
-    } else {
-        wn = api_utf8_sanitize(cat, pl + res->out_len, want);
-    }
-    FUZZ_CHECK(fuzz_valid_utf8((const uint8_t *)want, wn), "api_utf8_sanitize gave invalid UTF-8");
-    /* a NUL byte's event carries "" (cJSON cannot hold U+0000 in a string): drop NULs */
-    size_t k = 0;
-    for (size_t i = 0; i < wn; i++)
-        if (want[i]) want[k++] = want[i];
-    wn = k;
+    char *want = fuzz_two_texts(p->data, echo ? p->len : 0, res->out, res->out_len, &wn);
     FUZZ_CHECK(got_len == wn && !memcmp(got, want, wn),
                "the events' texts (%zu bytes) are not the sanitised output (%zu bytes)", got_len, wn);
-    free(cat);
-    free(got);
     free(want);
+    *text_len = got_len;
+    return got;
+}
+
+/* The whole answer (api_render_generate) says, for `choice`, what its stream said (got, from
+ * fuzz_stream_choice): OpenAI's choices[choice].text or .message.content is the stream's text,
+ * echo included; TGI's generated_text is the sanitised prompt (return_full_text) and then the
+ * stream's text. */
+static inline void fuzz_check_answer(const api_generate_req *req, const char *answer, size_t choice,
+                                     const char *got, size_t got_len)
+{
+    size_t n;
+    char *t;
+    if (req->format == API_FMT_TGI) {
+        t = fuzz_json_string(answer, "generated_text", 0, &n);
+        FUZZ_CHECK(t != NULL, "the answer has no generated_text");
+        const api_doc *p = &req->prompts[0];
+        size_t pn;
+        char *pt = fuzz_two_texts(p->data, req->return_full_text ? p->len : 0, NULL, 0, &pn);
+        FUZZ_CHECK(n == pn + got_len && !memcmp(t, pt, pn) && !memcmp(t + pn, got, got_len),
+                   "the answer's generated_text (%zu bytes) is not the prompt (%zu) and the stream's text (%zu)",
+                   n, pn, got_len);
+        free(pt);
+    } else {
+        t = fuzz_json_string(answer, req->format == API_FMT_CHAT ? "content" : "text", (int)choice, &n);
+        FUZZ_CHECK(t != NULL, "the answer has no text for choice %zu", choice);
+        FUZZ_CHECK(n == got_len && !memcmp(t, got, n),
+                   "choice %zu: the answer's text (%zu bytes) is not what the stream said (%zu bytes)", choice, n,
+                   got_len);
+    }
+    free(t);
 }
 
 #endif

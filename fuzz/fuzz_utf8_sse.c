@@ -12,8 +12,9 @@
  *     bytes.decode("utf-8", "replace"), written out below as Unicode's maximal-subpart rule);
  *   - a byte at a time, the same again;
  *   - the events of a stream of that output (fuzz/fuzz_stream.h) are each one "data: " line and
- *     a blank line of JSON, carry the sanitised output, and the whole answer, the stream end and
- *     a stream error render as valid UTF-8 JSON. */
+ *     a blank line of JSON, carry the sanitised output (NUL bytes too), and the whole answer,
+ *     the stream end and a stream error render as valid UTF-8 JSON; the whole answer says what
+ *     the stream said. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,7 +152,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     api_generate_req req;
     make_req(flags, &req);
     int eos = (flags >> 3) & 1;
-    size_t max_out = 4096; /* the server's outputs are max_new_tokens bytes; keep runs fast */
+    size_t max_out = 256; /* each byte is an event rendered and parsed twice: keep runs fast */
     api_gen_result *res = calloc(req.n_prompts, sizeof *res);
     for (size_t c = 0; c < req.n_prompts; c++) {
         size_t off = c * n / req.n_prompts;
@@ -163,8 +164,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         res[c].has_seed = req.do_sample;
         res[c].seed = req.seed;
         res[c].byte_offset = 4;
-        fuzz_stream_choice(&req, c, &res[c], eos);
     }
+    char *s = api_render_generate(&req, res);
+    cJSON *j = fuzz_json_doc(s, "the whole answer");
+    cJSON_Delete(j);
+    for (size_t c = 0; c < req.n_prompts; c++) { /* the stream, and the answer says what it says */
+        size_t said_len;
+        char *said = fuzz_stream_choice(&req, c, &res[c], eos, &said_len);
+        fuzz_check_answer(&req, s, c, said, said_len);
+        free(said);
+    }
+    free(s);
     int skip = 0;
     char *end = api_render_stream_end(&req, res, &skip);
     if (!skip) {
@@ -174,10 +184,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         FUZZ_CHECK(req.format == API_FMT_TGI && end == NULL, "only TGI has no stream end");
     }
-    char *s = api_render_generate(&req, res);
-    cJSON *j = fuzz_json_doc(s, "the whole answer");
-    cJSON_Delete(j);
-    free(s);
     api_error e;
     api_fail(&e, API_E_ENGINE_MEMORY, "out of memory after %zu bytes", n);
     char *se = api_render_stream_error(&req, &e);

@@ -2,7 +2,9 @@
 # fuzz/run.sh [SECONDS] [HARNESS...] - builds the libFuzzer harnesses with clang
 # (-fsanitize=fuzzer,address,undefined) against the project's own sources and runs each for
 # SECONDS (default 60), one after another, starting from the committed seeds in
-# fuzz/corpus/<harness>/ (new inputs go to build/fuzz/corpus/<harness>/, not into the repo).
+# fuzz/corpus/<harness>/ and the inputs of the bugs found so far, fuzz/crashes/<harness>/ (a
+# regression test: a bug that comes back stops the run at once). New inputs go to
+# build/fuzz/corpus/<harness>/, not into the repo.
 # Prints executions, coverage and crashes per harness; a crashing input is kept in
 # fuzz/crashes/<harness>/ and the script exits 1. Harnesses: fuzz_api fuzz_model fuzz_utf8_sse.
 #
@@ -20,9 +22,14 @@ jobs=${FUZZ_JOBS:-1}
 
 sudo=""
 [ "$(id -u)" = 0 ] || sudo=sudo
-if ! command -v clang >/dev/null 2>&1; then
-  echo "fuzz: installing clang (Debian's, with libFuzzer in compiler-rt)"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang >/dev/null
+# clang, and libFuzzer, which Debian ships in compiler-rt (libclang-rt-dev: only a Recommends
+# of clang, so --no-install-recommends leaves it out)
+fuzzer_rt() { command -v clang >/dev/null 2>&1 && [ -f "$(clang -print-file-name=libclang_rt.fuzzer-x86_64.a)" ]; }
+if ! fuzzer_rt; then
+  echo "fuzz: installing clang and libclang-rt-dev (Debian's libFuzzer)"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang libclang-rt-dev >/dev/null
+  fuzzer_rt || { echo "fuzz: no libFuzzer runtime after the install" >&2; exit 2; }
 fi
 for p in libcjson openblas; do
   pkg-config --exists "$p" || { echo "fuzz: $p is missing: run sh tools/deps.sh all" >&2; exit 2; }
@@ -44,15 +51,9 @@ build() {
       $CC $CFLAGS $SAN -o "$out/$h" "fuzz/$h.c" $API_SRC $LIBS ;;
     fuzz_model)
       # model.c's mmap becomes a heap copy of the file (see fuzz_model.c), so ASan sees past-the-end reads
-      # float-cast-overflow and shift-base are off here: weights that hold NaN (which the loader
-      # accepts) reach kn_expf's (int32_t) cast of NaN, then its shift of the negative result,
-      # at once, and every run would stop there; see fuzz/crashes/README.md.
-      # FUZZ_MODEL_STRICT=1 turns them back on.
-      fco="-fno-sanitize=float-cast-overflow,shift-base"
-      [ "${FUZZ_MODEL_STRICT:-0}" = 1 ] && fco=""
-      $CC $CFLAGS -fsanitize=address,undefined -fsanitize=fuzzer-no-link -fno-sanitize-recover=undefined $fco \
+      $CC $CFLAGS -fsanitize=address,undefined -fsanitize=fuzzer-no-link -fno-sanitize-recover=undefined \
         -Dmmap=fuzz_mmap -Dmunmap=fuzz_munmap -c -o "$out/model.o" engine/model.c
-      $CC $CFLAGS $SAN $fco -o "$out/$h" "fuzz/$h.c" "$out/model.o" $ENGINE_SRC $LIBS ;;
+      $CC $CFLAGS $SAN -o "$out/$h" "fuzz/$h.c" "$out/model.o" $ENGINE_SRC $LIBS ;;
     *) echo "fuzz: unknown harness $h" >&2; exit 2 ;;
   esac
 }
@@ -83,10 +84,10 @@ for h in $harnesses; do
   if [ "$jobs" -gt 1 ]; then
     # -fork: crashes are kept going and collected; the log lists them
     "$out/$h" $(opts "$h") -max_total_time="$secs" -fork="$jobs" -ignore_crashes=1 \
-      -artifact_prefix="$crashes/" -print_final_stats=1 "$corpus" "fuzz/corpus/$h" >"$log" 2>&1 || rc=$?
+      -artifact_prefix="$crashes/" -print_final_stats=1 "$corpus" "fuzz/corpus/$h" "$crashes" >"$log" 2>&1 || rc=$?
   else
     "$out/$h" $(opts "$h") -max_total_time="$secs" -timeout=10 \
-      -artifact_prefix="$crashes/" -print_final_stats=1 "$corpus" "fuzz/corpus/$h" >"$log" 2>&1 || rc=$?
+      -artifact_prefix="$crashes/" -print_final_stats=1 "$corpus" "fuzz/corpus/$h" "$crashes" >"$log" 2>&1 || rc=$?
   fi
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)
   [ -n "$execs" ] || execs=$(grep -o '^#[0-9]*' "$log" | tail -1 | tr -d '#' || true)

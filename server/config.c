@@ -45,6 +45,8 @@ static const setting SETTINGS[] = {
     {"request-timeout", T_SECONDS, 0.001, 86400, "60", F(request_timeout), 0, "default deadline of a request, seconds (queue + run)"},
     {"max-request-timeout", T_SECONDS, 0.001, 86400, "600", F(max_request_timeout), 0, "largest deadline a client may ask for (X-Request-Timeout header)"},
     {"drain-timeout", T_SECONDS, 0, 86400, "30", F(drain_timeout), 0, "on SIGTERM, seconds to let queued and running requests finish"},
+    {"connection-timeout", T_INT, 1, 86400, "30", F(connection_timeout), 0, "seconds without a byte read or written before a connection is closed (a queued or running request is not idle)"},
+    {"max-connections-per-ip", T_INT, 0, 1024, "0", F(max_connections_per_ip), 0, "connections one client address may hold, more are closed at once; 0 = no limit (right behind a proxy, whose address is every client's)"},
     {"api-key", T_LIST, 0, 0, NULL, L(api_keys, n_api_keys), "accepted Bearer token (repeatable); none = no auth"},
     {"api-key-file", T_STR, 0, 0, NULL, F(api_key_file), 0, "file with one accepted token per line"},
     {"cors-allow-origin", T_LIST, 0, 0, NULL, L(cors_origins, n_cors_origins), "origin allowed by CORS (repeatable; * = any)"},

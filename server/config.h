@@ -29,6 +29,8 @@ typedef struct {
     double request_timeout;   /* seconds */
     double max_request_timeout;
     double drain_timeout;
+    int connection_timeout;   /* seconds idle before libmicrohttpd closes a connection */
+    int max_connections_per_ip; /* 0 = no limit */
     char api_keys[SRV_MAX_LIST][256];
     int n_api_keys;
     char api_key_file[1024];

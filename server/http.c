@@ -5,6 +5,8 @@
  *
  * A request's life in the handler (req->phase):
  *   NEW      first call, headers only: route, method, auth, content type, Content-Length limit;
+ *   EARLY    an answer decided on the first call (a GET, or an error) of a request without a
+ *            body, kept for the second call, so that the connection stays alive (queue());
  *   BODY     body chunks arrive; counted against max-body-bytes as they come;
  *   QUEUED   the job is queued or running, the connection suspended;
  *   ANSWER   resumed (or failed before queueing): send the result or the error;
@@ -32,7 +34,7 @@
 
 char *api_render_info(const srv_app *app); /* api/info.c */
 
-typedef enum { PH_NEW = 0, PH_BODY, PH_QUEUED, PH_ANSWER, PH_STREAM, PH_DONE } phase;
+typedef enum { PH_NEW = 0, PH_EARLY, PH_BODY, PH_QUEUED, PH_ANSWER, PH_STREAM, PH_DONE } phase;
 
 
 typedef struct {
@@ -61,10 +63,14 @@ typedef struct {
     pthread_mutex_t life;/* guards job_active and orphaned */
     int job_active;      /* queued or running: the loop thread will call on_job_done */
     int orphaned;        /* MHD is done with the request: on_job_done frees it */
+    int no_body;         /* no Content-Length (or 0) and no Transfer-Encoding */
+    struct MHD_Response *early; /* an answer decided on the first call, queued on the second */
+    unsigned early_status;
 } http_req;
 
 static void free_req(http_req *r)
 {
+    if (r->early) MHD_destroy_response(r->early);
     api_classify_free(&r->creq);
     api_generate_free(&r->greq);
     free(r->job.scores);
@@ -88,6 +94,25 @@ static void add_reserved_header(const http_req *r, struct MHD_Response *resp)
     MHD_add_response_header(resp, "X-Memory-Reserved-Bytes", v);
 }
 
+/* Queues resp (and drops our reference). libmicrohttpd 0.9.75 closes the connection after any
+ * answer queued on the handler's first call ("queued early": it will not read a body it has
+ * not seen), so an answer decided from the headers alone (GET routes, 404, 405, 401, 415...)
+ * of a request without a body waits for the second call, which comes at once, and the
+ * connection stays alive. A request with a body is answered at once and the connection closes:
+ * its body is never read (413 before the body, or a route that takes none). */
+static enum MHD_Result queue(http_req *r, unsigned status, struct MHD_Response *resp)
+{
+    if (r->ph == PH_NEW && r->no_body) {
+        r->early = resp;
+        r->early_status = status;
+        r->ph = PH_EARLY;
+        return MHD_YES;
+    }
+    enum MHD_Result ok = MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
 static enum MHD_Result respond(http_req *r, int status, const char *ctype, char *body, const char *allow)
 {
     size_t len = body ? strlen(body) : 0;
@@ -109,9 +134,7 @@ static enum MHD_Result respond(http_req *r, int status, const char *ctype, char 
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     r->status = status;
     r->resp_bytes = len;
-    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
-    MHD_destroy_response(resp);
-    return ok;
+    return queue(r, (unsigned)status, resp);
 }
 
 static enum MHD_Result respond_error(http_req *r, const char *allow)
@@ -257,9 +280,7 @@ static enum MHD_Result answer_get(http_req *r)
             MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
             r->status = 200;
             r->resp_bytes = a->len;
-            enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
-            MHD_destroy_response(resp);
-            return ok;
+            return queue(r, 200, resp);
         }
         return fail(r, API_E_NOT_FOUND, "%s", "no such page");
     case EP_MODELS: {
@@ -546,6 +567,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         r->url = url;
         set_request_id(r);
         check_origin(r);
+        const char *cl0 = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        r->no_body = !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding") &&
+                     (!cl0 || strtoull(cl0, NULL, 10) == 0);
 
         const route *rt = NULL;
         int path_known = 0;
@@ -559,6 +583,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         if (!strcmp(method, "OPTIONS")) { /* CORS preflight, answered before auth */
             r->ep = EP_PREFLIGHT;
             struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+            if (!resp) return MHD_NO;
             MHD_add_response_header(resp, "X-Request-Id", r->request_id);
             if (r->cors && path_known) {
                 MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
@@ -568,9 +593,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                 MHD_add_response_header(resp, "Vary", "Origin");
             }
             r->status = path_known ? 204 : 404;
-            enum MHD_Result ok = MHD_queue_response(conn, (unsigned)r->status, resp);
-            MHD_destroy_response(resp);
-            return ok;
+            return queue(r, (unsigned)r->status, resp);
         }
         if (!rt) {
             if (path_known) {
@@ -617,6 +640,18 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         return MHD_YES;
     }
 
+    if (r->ph == PH_EARLY) { /* the second call of a request without a body: answer now */
+        if (*upload_size) { /* cannot happen (no body), but never leave upload data unconsumed */
+            *upload_size = 0;
+            return MHD_YES;
+        }
+        struct MHD_Response *resp = r->early;
+        r->early = NULL;
+        r->ph = PH_DONE;
+        enum MHD_Result ok = MHD_queue_response(conn, r->early_status, resp);
+        MHD_destroy_response(resp);
+        return ok;
+    }
     if (r->ph == PH_BODY && *upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
@@ -714,8 +749,9 @@ int srv_http_start(srv_app *app)
                                   (uint16_t)app->cfg.port, NULL, NULL, handler, app,
                                   MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
                                   MHD_OPTION_NOTIFY_COMPLETED, completed, app,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)app->cfg.connection_timeout,
                                   MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
+                                  MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)app->cfg.max_connections_per_ip,
                                   MHD_OPTION_END);
     if (!app->httpd) {
         srv_log(LOG_ERROR, "cannot listen", "\"host\":\"%s\",\"port\":%d", app->cfg.host, app->cfg.port);

@@ -55,6 +55,7 @@ COMMON = {
     "positions": "sinusoidal",
     "max_positions": 0,
     "embed_scale": None,
+    "ngram_embed": 1,
     "layernorm_embedding": False,
     "vocab_size": 260,
     "byte_offset": 4,
@@ -93,6 +94,7 @@ _INT_RANGES = {
     "layers": (1, 64),
     "ffn": (1, 65536),
     "max_positions": (0, 16777216),
+    "ngram_embed": (1, 32),
     "vocab_size": (1, 1 << 31),
     "byte_offset": (0, 1 << 31),
     "pad_id": (0, 1 << 31),
@@ -371,10 +373,30 @@ class LunaEncoderLayer(nn.Module):
         return self.final_layer_norm(x1 + self.fc2(self.act(self.fc1(x1)))), p1
 
 
+def token_embeddings(model, ids):
+    """(embed_tokens(ids) + sum over b = 1 .. K-1 of embed_ngrams row (b-1)*vocab + ids[t-b],
+    where t-b >= 0) * embed_scale, K = ngram_embed: the token's embedding plus one table per
+    earlier position of a window of K tokens (a convolution of width K over one-hot tokens; no
+    term for the positions before the first token). ids: LongTensor (..., n); the last axis is
+    time, so right padding never reaches a real token."""
+    c = model.cfg
+    x = model.embed_tokens(ids)
+    V = c["vocab_size"]
+    for b in range(1, min(c["ngram_embed"], ids.shape[-1] + 1)):
+        g = model.embed_ngrams(ids[..., :-b] + (b - 1) * V)
+        x = torch.cat([x[..., :b, :], x[..., b:, :] + g], dim=-2)
+    return x * c["embed_scale"]
+
+
+def add_ngram_embeddings(module, c):
+    if c["ngram_embed"] > 1:
+        module.embed_ngrams = nn.Embedding((c["ngram_embed"] - 1) * c["vocab_size"], c["d"])
+
+
 class LunaEncoder(nn.Module):
     """LunaSentenceEncoder (LUNA.md "Encoder stack"; model-format.md "The computation" 1-5).
 
-    X0 = embed_tokens(tokens) * embed_scale + positions (token i: row/position pad_id + 1 + i)
+    X0 = token_embeddings(tokens) + positions (token i: row/position pad_id + 1 + i)
     P0 = projected_embeddings[:l'] * embed_scale (+ sinusoid rows 0..l'-1 if sinusoidal),
          l' = min(n, l) with dynamic_projection, else l
     layernorm_embedding: X0 = emb_layer_norm(X0), P0 = proj_emb_layer_norm(P0)
@@ -386,6 +408,7 @@ class LunaEncoder(nn.Module):
         self.cfg = c
         d = c["d"]
         self.embed_tokens = nn.Embedding(c["vocab_size"], d)
+        add_ngram_embeddings(self, c)
         if c["positions"] == "learned":
             self.embed_positions = nn.Embedding(c["max_positions"] + c["pad_id"] + 1, d)
         self.projected_embeddings = nn.Parameter(torch.zeros(c["l"], d))
@@ -407,7 +430,7 @@ class LunaEncoder(nn.Module):
         ids = torch.tensor(tokens, dtype=torch.long)
         scale = c["embed_scale"]
 
-        x = self.embed_tokens(ids) * scale
+        x = token_embeddings(self, ids)
         first = c["pad_id"] + 1  # fairseq numbers positions from padding_idx + 1
         if c["positions"] == "learned":
             x = x + self.embed_positions(torch.arange(first, first + n))
@@ -580,7 +603,7 @@ class LunaDecoderLayer(nn.Module):
 class LunaCausalLM(nn.Module):
     """The decoder-only byte-level Luna language model (docs/model-format.md, task causal-lm).
 
-    X0 = embed_tokens(tokens) * embed_scale + positions (token i: position pad_id + 1 + i)
+    X0 = token_embeddings(tokens) + positions (token i: position pad_id + 1 + i)
          (+ emb_layer_norm with layernorm_embedding)
     P  = projected_embeddings * embed_scale, shared unchanged by every layer
     layers, then layer_norm with normalize_before
@@ -594,6 +617,7 @@ class LunaCausalLM(nn.Module):
         self.cfg = c
         d = c["d"]
         self.embed_tokens = nn.Embedding(c["vocab_size"], d)
+        add_ngram_embeddings(self, c)
         if c["positions"] == "learned":
             self.embed_positions = nn.Embedding(c["max_positions"] + c["pad_id"] + 1, d)
         self.projected_embeddings = nn.Parameter(torch.zeros(c["l"], d))
@@ -616,7 +640,7 @@ class LunaCausalLM(nn.Module):
         if c["max_positions"] and n > c["max_positions"]:
             raise ValueError(f"{n} tokens > max_positions {c['max_positions']}")
         dtype = self.projected_embeddings.dtype
-        x = self.embed_tokens(torch.tensor(tokens, dtype=torch.long)) * c["embed_scale"]
+        x = token_embeddings(self, torch.tensor(tokens, dtype=torch.long))
         first = c["pad_id"] + 1
         if c["positions"] == "learned":
             x = x + self.embed_positions(torch.arange(first, first + n))

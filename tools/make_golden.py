@@ -81,6 +81,12 @@ CASES = [
             positions="none", embed_scale=0.5, layernorm_embedding=True, vocab_size=270,
             byte_offset=10, pad_id=3, bos_id=7, eos_id=9),
     lm_case("lm_f16_h1", dtype="F16", d=16, H=1, l=4, layers=2, ffn=32, normalize_before=True),
+    # n-gram embeddings (ngram_embed K: each token adds a table row for each of the K-1 tokens
+    # before it). Appended last so that the seeds of the cases above do not change.
+    case("ngram_embed_mean", d=16, H=2, l=8, layers=2, ffn=32, ngram_embed=4, embed_scale=1.5,
+         normalize_before=True, pooling="mean", labels=["ham", "spam"]),
+    lm_case("lm_ngram_embed", d=16, H=2, l=8, layers=2, ffn=32, ngram_embed=5,
+            normalize_before=True, positions="learned", max_positions=600),
 ]
 
 

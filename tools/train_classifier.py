@@ -101,6 +101,7 @@ def make_config(a):
         "positions": "sinusoidal",
         "max_positions": 0,
         "embed_scale": None,
+        "ngram_embed": a.ngram,
         "dynamic_projection": True,
         "layernorm_embedding": False,
         "vocab_size": 260,
@@ -180,7 +181,7 @@ def batch_forward(model, toks, lens, dropout=0.0):
     tok_mask = ar[None, :] < lens[:, None]  # (B, n)
     scale = c["embed_scale"]
     first = c["pad_id"] + 1
-    x = model.embed_tokens(toks) * scale
+    x = luna_ref.token_embeddings(model, toks)  # n-gram terms look back only: padding reaches nothing
     if c["positions"] == "learned":
         x = x + model.embed_positions(ar + first)[None]
     elif c["positions"] == "sinusoidal":
@@ -243,6 +244,8 @@ def init_weights(model, seed):
                 prm.copy_(torch.randn(prm.shape, generator=g) * d**-0.5)
                 if name != "projected_embeddings":
                     prm[model.cfg["pad_id"]] = 0
+            elif name == "embed_ngrams.weight":  # K - 1 tables: together as much as embed_tokens
+                prm.copy_(torch.randn(prm.shape, generator=g) * (d * (model.cfg["ngram_embed"] - 1)) ** -0.5)
             elif "layer_norm" in name:
                 prm.fill_(1.0 if name.endswith("weight") else 0.0)
             elif name.endswith("bias"):
@@ -279,6 +282,8 @@ def selftest(log=print):
         {"positions": "none", "embed_scale": 0.5, "classifier_layers": 0, "pooling": "mean"},
         {"input_transform": "email_subject_body", "append_eos": True, "H": 4, "Hp": 2},
         {"normalize_before": True, "tie_kv": False, "pooling": "p", "layers": 3},
+        {"ngram_embed": 6, "pooling": "mean", "positions": "learned", "max_positions": 400},
+        {"ngram_embed": 3, "pooling": "p", "normalize_before": True},
     ]
     rng = np.random.default_rng(7)
     worst = 0.0
@@ -707,6 +712,8 @@ def main():
     ap.add_argument("--ffn", type=int, default=512)
     ap.add_argument("--activation", choices=("relu", "gelu"), default="gelu")
     ap.add_argument("--pooling", choices=("cls", "mean", "p"), default="p")
+    ap.add_argument("--ngram", type=int, default=8,
+                    help="ngram_embed: each byte's embedding adds tables for the ngram-1 bytes before")
     ap.add_argument("--train-bytes", type=int, default=1024)
     ap.add_argument("--long-bytes", type=int, default=8192)
     ap.add_argument("--long-frac", type=float, default=0.1)

@@ -91,6 +91,7 @@ def make_config(a):
         "causal_phi": "softplus_ln2",
         "causal_pc_proj": True,
         "tie_embeddings": True,
+        "ngram_embed": a.ngram,
         "vocab_size": 260,
         "byte_offset": 4,
         "pad_id": 1,
@@ -201,16 +202,28 @@ def _luna_core(attn, cin, pq, q, key, val, state, t0, chunk, state_dtype):
     return o.reshape(B, H, nc * cs, k)[:, :, :n], (SK_end, SV_end)
 
 
-def lm_forward(model, tokens, states=None, t0=0, chunk=64, state_dtype=None, dropout=0.0):
+def prev_tokens(model, seq, a):
+    """The tokens of seq (..., n) that n-gram embeddings need before position a: the last
+    ngram_embed - 1 of seq[..., :a] (an empty slice without n-gram embeddings)."""
+    return seq[..., max(0, a - model.cfg["ngram_embed"] + 1) : a]
+
+
+def lm_forward(model, tokens, states=None, t0=0, chunk=64, state_dtype=None, dropout=0.0,
+               prev=None):
     """The causal LM on a batch of token ids (B, n) that follow t0 tokens whose per-layer
-    attention state is `states` (None when t0 = 0). Returns (logits (B, n, vocab), states).
+    attention state is `states` (None when t0 = 0) and whose last tokens are `prev` (B, m)
+    (prev_tokens(); only n-gram embeddings read them). Returns (logits (B, n, vocab), states).
     dropout > 0 (training only) drops units of the attention and FFN outputs before each
     residual add; it does not exist at inference, so the saved weights are used as they are."""
     c = model.cfg
     B, n = tokens.shape
     d = c["d"]
     dtype = model.projected_embeddings.dtype
-    x = model.embed_tokens(tokens) * c["embed_scale"]
+    if prev is not None and prev.shape[-1] > 0 and c["ngram_embed"] > 1:
+        m = prev.shape[-1]
+        x = luna_ref.token_embeddings(model, torch.cat([prev, tokens], dim=-1))[:, m:]
+    else:
+        x = luna_ref.token_embeddings(model, tokens)
     first = c["pad_id"] + 1
     if c["positions"] == "learned":
         x = x + model.embed_positions(torch.arange(first + t0, first + t0 + n))
@@ -261,6 +274,8 @@ def init_weights(model, seed):
                 prm.zero_()
             elif name in ("embed_tokens.weight", "projected_embeddings"):
                 prm.copy_(torch.randn(prm.shape, generator=g) * c["d"] ** -0.5)
+            elif name == "embed_ngrams.weight":  # K - 1 tables: together as much as embed_tokens
+                prm.copy_(torch.randn(prm.shape, generator=g) * (c["d"] * (c["ngram_embed"] - 1)) ** -0.5)
                 if name == "embed_tokens.weight":
                     prm[c["pad_id"]] = 0.0
             else:
@@ -288,6 +303,10 @@ def selftest(log=print):
         ("small tied post-norm softplus, untied embeddings",
          dict(small, tie_kv=True, normalize_before=False, causal_phi="softplus",
               tie_embeddings=False), 0.4),
+        ("small tied pre-norm, ngram_embed 5, learned positions",
+         dict(small, tie_kv=True, ngram_embed=5, positions="learned", max_positions=300), 0.4),
+        ("small untied post-norm, ngram_embed 2", dict(small, tie_kv=False, ngram_embed=2,
+                                                       normalize_before=False), 0.4),
         ("austen-lm shape, tied", dict(small, d=256, H=4, l=32, layers=4, ffn=1024,
                                        tie_kv=True), 0.06),
         ("austen-lm shape, untied", dict(small, d=256, H=4, l=32, layers=4, ffn=1024,
@@ -311,7 +330,7 @@ def selftest(log=print):
             parts, states, t0 = [], None, 0
             for a, b in ((0, 50), (50, 131), (131, n)):
                 got, states = lm_forward(ref, x[:, a:b], states, t0, chunk=16,
-                                         state_dtype=torch.float64)
+                                         state_dtype=torch.float64, prev=prev_tokens(ref, x, a))
                 parts.append(got[0])
                 t0 = b
             stream = float((torch.cat(parts) - want).norm() / want.norm())
@@ -360,7 +379,8 @@ def eval_stream(model, data, seg=4096, chunk=64, buckets=None):
     for a in range(0, n, seg):
         b = min(a + seg, n)
         logits, states = lm_forward(model, toks[a:b].unsqueeze(0), states, a, chunk,
-                                    state_dtype=torch.float64)
+                                    state_dtype=torch.float64,
+                                    prev=prev_tokens(model, toks, a).unsqueeze(0))
         per[a:b] = F.cross_entropy(logits[0].float(), toks[a + 1 : b + 1], reduction="none")
     if buckets is not None:
         edges = list(BUCKETS) + [n]
@@ -404,6 +424,7 @@ def sample(model, prompt, max_new=200, temperature=0.8, seed=1):
     toks = lm_data.to_tokens(prompt.encode())
     logits, states = lm_forward(model, torch.from_numpy(toks).unsqueeze(0), None, 0,
                                 state_dtype=torch.float64)
+    hist = torch.from_numpy(toks).long()
     t, out = len(toks), bytearray()
     last = logits[0, -1]
     for _ in range(max_new):
@@ -414,7 +435,9 @@ def sample(model, prompt, max_new=200, temperature=0.8, seed=1):
         if tok >= c["byte_offset"]:
             out.append(tok - c["byte_offset"])
         logits, states = lm_forward(model, torch.tensor([[tok]]), states, t,
-                                    state_dtype=torch.float64)
+                                    state_dtype=torch.float64,
+                                    prev=prev_tokens(model, hist, t).unsqueeze(0))
+        hist = torch.cat([hist, torch.tensor([tok])])
         t += 1
         last = logits[0, -1]
     torch.set_num_threads(threads)
@@ -450,7 +473,8 @@ def set_seeds(seed):
 def param_groups(model, wd):
     decay, no_decay = [], []
     for name, prm in model.named_parameters():
-        is_matrix = prm.dim() == 2 and name not in ("embed_tokens.weight", "projected_embeddings")
+        is_matrix = prm.dim() == 2 and name not in ("embed_tokens.weight", "embed_ngrams.weight",
+                                                    "projected_embeddings")
         (decay if is_matrix else no_decay).append(prm)
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -725,6 +749,8 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--ffn", type=int, default=1024)
     ap.add_argument("--l", type=int, default=32)
+    ap.add_argument("--ngram", type=int, default=12,
+                    help="ngram_embed: each byte's embedding adds tables for the ngram-1 bytes before")
     ap.add_argument("--tie-kv", dest="tie_kv", action="store_true", default=True)
     ap.add_argument("--no-tie-kv", dest="tie_kv", action="store_false")
     ap.add_argument("--ctx", type=int, default=4096, help="tokens per window (bos + ctx-1 bytes)")

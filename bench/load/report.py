@@ -75,12 +75,13 @@ def main():
         return max(vals) if vals else None
 
     # the server's CPU time per run (the last of a run's repeats)
-    cpu = {}
+    cpu, busy = {}, {}
     try:
         for line in open(os.path.join(w, "cpu.txt")):
-            name, c0, c1, tck = line.split()
+            name, c0, c1, tck, b0, b1 = line.split()
             cpu[name] = (int(c1) - int(c0)) / float(tck)
-    except OSError:
+            busy[name] = (int(b1) - int(b0)) / float(tck)  # every process's, the server's included
+    except (OSError, ValueError):
         pass
 
     # the engine in-process (engine_tput), the same worker count, before and after the HTTP run
@@ -145,8 +146,8 @@ def main():
             "exponentially spaced (Poisson)"))
     add("")
     add("| run | document | tokens (mean) | load | req/s | tokens/s | p50 ms | p90 ms | p99 ms | p99/p50 | answers | "
-        "server CPU ms/req | max RSS MB |")
-    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "server CPU ms/req | other CPU (cores) | max RSS MB |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r, st, prss in rows:
         L = r["latency_ms"]
         if name.startswith("classify"):
@@ -170,9 +171,13 @@ def main():
         else:
             load_s = "%d connections, queue %d" % (a.workers + a.queue + 32, a.queue)
         cpu_req = "%.2f" % (1000 * cpu[name] / r["requests"]) if name in cpu and r["requests"] else "-"
-        add("| %s | %s | %.0f | %s | %.2f | %.0f | %.1f | %.1f | %.1f | %.2f | %s | %s | %.1f |" % (
+        other = "%.2f" % ((busy[name] - cpu[name]) / r["duration_s"]) if name in busy and name in cpu else "-"
+        add("| %s | %s | %.0f | %s | %.2f | %.0f | %.1f | %.1f | %.1f | %.2f | %s | %s | %s | %.1f |" % (
             kind, doc, tok, load_s, r["rps"], tps, L["p50"], L["p90"], L["p99"],
-            L["p99"] / L["p50"] if L["p50"] else 0, fmt_st(st), cpu_req, mb(prss) if prss else 0))
+            L["p99"] / L["p50"] if L["p50"] else 0, fmt_st(st), cpu_req, other, mb(prss) if prss else 0))
+    add("")
+    add("*server CPU ms/req*: the server's user + system time over the run per request; *other CPU*: what "
+        "every other process on the machine used meanwhile, wrk included, in cores (of %d)." % os.cpu_count())
     add("")
 
     # ---- targets ----

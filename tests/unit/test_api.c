@@ -256,3 +256,89 @@ Test(api, openai_bad_json_and_error_messages_stay_valid)
     cr_expect(strstr(s, "unknown field \\\"\xEF\xBF\xBD\\\"") != NULL, "%s", s);
     free(s);
 }
+
+/* A body is exactly one JSON document: whitespace may follow it, nothing else (every parser). */
+Test(api, one_json_document_per_body)
+{
+    api_gen_limits glim = {100, 10, 5};
+    api_limits clim = {100, 4};
+    const char *bad[] = {"{\"inputs\": \"a\"} {\"inputs\": \"b\"}", "{\"inputs\": \"a\"}x", "{\"inputs\": \"a\"}}",
+                         "{\"inputs\": \"a\"}\n,"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        api_classify_req c;
+        api_generate_req g;
+        api_error e;
+        cr_expect_eq(api_parse_classify(bad[i], strlen(bad[i]), &clim, &c, &e), API_E_BAD_JSON, "%s", bad[i]);
+        cr_expect(strstr(e.message, "after the JSON value") != NULL, "%s", e.message);
+        cr_expect_eq(api_parse_generate(bad[i], strlen(bad[i]), &glim, &g, &e), API_E_BAD_JSON, "%s", bad[i]);
+    }
+    const char cbad[] = "{\"prompt\": \"a\"}[]", hbad[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]} 1";
+    api_generate_req g;
+    api_error e;
+    cr_expect_eq(api_parse_completions(cbad, strlen(cbad), &glim, &g, &e), API_E_BAD_JSON);
+    cr_expect_eq(api_parse_chat(hbad, strlen(hbad), &glim, &g, &e), API_E_BAD_JSON);
+    const char ok[] = " {\"inputs\": \"a\"} \r\n\t ";
+    api_classify_req c;
+    cr_assert_eq(api_parse_classify(ok, strlen(ok), &clim, &c, &e), API_OK);
+    api_classify_free(&c);
+    /* the length counts, not a NUL terminator: a body cut after its value is whole */
+    cr_assert_eq(api_parse_classify("{\"inputs\": \"a\"}garbage", 15, &clim, &c, &e), API_OK);
+    api_classify_free(&c);
+}
+
+/* A NUL byte in rendered text is U+0000 (\u0000), and nothing after it is lost: in the answer,
+ * its token list, and a stream's events. */
+Test(api, nul_bytes_render_as_u0000)
+{
+    api_generate_req q;
+    api_error e;
+    const char body[] = "{\"inputs_base64\": \"YQBi\", \"parameters\": {\"details\": true, \"return_full_text\": true}}";
+    cr_assert_eq(gparse(body, &q, &e), API_OK); /* the prompt is a, NUL, b */
+    const uint8_t out[] = {'x', 0, '"', 1};
+    api_gen_result r = {out, 4, "length", 4, 4, 0, 0, 4};
+    char *s = api_render_generate(&q, &r);
+    cr_expect_str_eq(s, "{\"generated_text\":\"a\\u0000bx\\u0000\\\"\\u0001\",\"details\":{\"finish_reason\":\"length\","
+                        "\"generated_tokens\":4,\"input_length\":4,\"seed\":null,\"prefill\":[],\"tokens\":["
+                        "{\"id\":124,\"text\":\"x\",\"logprob\":null,\"special\":false},"
+                        "{\"id\":4,\"text\":\"\\u0000\",\"logprob\":null,\"special\":false},"
+                        "{\"id\":38,\"text\":\"\\\"\",\"logprob\":null,\"special\":false},"
+                        "{\"id\":5,\"text\":\"\\u0001\",\"logprob\":null,\"special\":false}]}}");
+    free(s);
+    api_stream_token t = {0, 2, 0, 4, "\0", 1, out + 1, 1, 0, &r};
+    int skip;
+    s = api_render_stream_token(&q, &t, &skip);
+    cr_expect_str_eq(s, "data: {\"index\":2,\"token\":{\"id\":4,\"text\":\"\\u0000\",\"logprob\":null,\"special\":false},"
+                        "\"generated_text\":\"a\\u0000bx\\u0000\\\"\\u0001\",\"details\":{\"finish_reason\":\"length\","
+                        "\"generated_tokens\":4,\"input_length\":4,\"seed\":null}}\n\n");
+    free(s);
+    api_generate_free(&q);
+}
+
+/* OpenAI completions with echo: a prompt that ends inside a character, completed by the first
+ * output bytes. The prompt and the output are sanitised each on its own, in the answer as in the
+ * stream (whose first chunk echoes the prompt before any output exists): U+FFFD for the open
+ * character, and U+FFFD for the orphaned continuation byte; the two say the same. */
+Test(api, echo_of_a_prompt_cut_mid_character_streams_as_answered)
+{
+    api_generate_req q;
+    api_error e;
+    api_gen_limits lim = {100, 10, 5};
+    const char body[] = "{\"prompt\": \"ab\xE2\x82\", \"echo\": true, \"max_tokens\": 2}";
+    cr_assert_eq(api_parse_completions(body, strlen(body), &lim, &q, &e), API_OK);
+    api_generate_set_meta(&q, "m", "rid", 1);
+    const uint8_t out[] = {0xAC, '!'}; /* with the prompt's E2 82: a euro sign */
+    api_gen_result r = {out, 2, "length", 2, 5, 0, 0, 4};
+    char *s = api_render_generate(&q, &r);
+    cr_expect(strstr(s, "\"text\":\"ab\xEF\xBF\xBD\xEF\xBF\xBD!\"") != NULL, "%s", s);
+    free(s);
+    /* the stream: the output byte by byte through its own sanitiser, as server/sched.c does */
+    api_stream_token t1 = {0, 1, 1, 0xAC + 4, "\xEF\xBF\xBD", 3, out, 1, 0, NULL};
+    api_stream_token t2 = {0, 2, 0, '!' + 4, "!", 1, out + 1, 1, 0, &r};
+    int skip;
+    char *e1 = api_render_stream_token(&q, &t1, &skip), *e2 = api_render_stream_token(&q, &t2, &skip);
+    cr_expect(strstr(e1, "\"text\":\"ab\xEF\xBF\xBD\xEF\xBF\xBD\"") != NULL, "%s", e1);
+    cr_expect(strstr(e2, "\"text\":\"!\"") != NULL, "%s", e2);
+    free(e1);
+    free(e2);
+    api_generate_free(&q);
+}

@@ -21,6 +21,7 @@ static const char *const lm_cases[] = {
     "lm_defaults",
     "lm_f16_h1",
     "lm_legacy_untied_prenorm_learned",
+    "lm_ngram_embed",
     "lm_softplus_nopos_lnemb",
 };
 #define N_LM_CASES (sizeof lm_cases / sizeof lm_cases[0])
@@ -135,6 +136,7 @@ GOLDEN_LM(lm_defaults)
 GOLDEN_LM(lm_f16_h1)
 GOLDEN_LM(lm_legacy_untied_prenorm_learned)
 GOLDEN_LM(lm_softplus_nopos_lnemb)
+GOLDEN_LM(lm_ngram_embed)
 
 /* ---- contracts beyond the reference ------------------------------------------------------ */
 
@@ -231,10 +233,11 @@ Test(decoder, long_context_steps_match_prefill)
 }
 
 /* A prompt prefilled once and copied continues exactly as the original; the copy is
- * independent of it; reset is a fresh state. For both kinds of state. */
-static void fork_case(luna_attn attn)
+ * independent of it; reset is a fresh state. For both kinds of state, with and without the
+ * recent tokens of n-gram embeddings. */
+static void fork_case(const char *model, luna_attn attn)
 {
-    luna_model *m = golden_model("lm_defaults");
+    luna_model *m = golden_model(model);
     const luna_config *cfg = luna_model_config(m);
     size_t V = (size_t)cfg->vocab_size;
     luna_ctx *c = ctx_new(m, 16, attn);
@@ -263,8 +266,30 @@ static void fork_case(luna_attn attn)
     luna_model_free(m);
 }
 
-Test(decoder, copy_forks_and_reset_clears) { fork_case(LUNA_ATTN_LUNA); }
-Test(decoder, kv_copy_forks_and_reset_clears) { fork_case(LUNA_ATTN_SOFTMAX); }
+Test(decoder, copy_forks_and_reset_clears) { fork_case("lm_defaults", LUNA_ATTN_LUNA); }
+Test(decoder, kv_copy_forks_and_reset_clears) { fork_case("lm_defaults", LUNA_ATTN_SOFTMAX); }
+Test(decoder, ngram_copy_forks_and_reset_clears) { fork_case("lm_ngram_embed", LUNA_ATTN_LUNA); }
+Test(decoder, ngram_kv_copy_forks_and_reset_clears) { fork_case("lm_ngram_embed", LUNA_ATTN_SOFTMAX); }
+
+/* n-gram embeddings keep ngram_embed - 1 token ids in the state, and nothing else grows. */
+Test(decoder, ngram_state_keeps_the_recent_tokens)
+{
+    luna_model *m = golden_model("lm_ngram_embed"), *plain = golden_model("lm_defaults");
+    const luna_config *cfg = luna_model_config(m);
+    cr_assert_eq(cfg->ngram_embed, 5);
+    cr_expect_eq(luna_gen_state_bytes(m), luna_gen_state_bytes(plain) + 4 * sizeof(int32_t),
+                 "the same shapes as lm_defaults plus 4 token ids");
+    luna_gen_state *s = state_new(m, LUNA_ATTN_LUNA);
+    luna_ctx *c = ctx_new(m, 64, LUNA_ATTN_LUNA);
+    int32_t *t = tokens(cfg, 500, 3);
+    cr_assert_eq(luna_prefill(c, s, t, 500, NULL, 0), 0);
+    cr_expect_eq(luna_gen_state_size(s), luna_gen_state_bytes(m));
+    free(t);
+    luna_ctx_free(c);
+    luna_gen_state_free(s);
+    luna_model_free(m);
+    luna_model_free(plain);
+}
 
 Test(decoder, bad_arguments_leave_the_state_alone)
 {
