@@ -40,24 +40,14 @@ RUN case "$TESTS" in \
       none) echo "build stage: tests skipped (TESTS=none)" ;; \
       *) echo "TESTS must be unit or none, not '$TESTS'" >&2; exit 2 ;; \
     esac
-# The runtime tree, assembled here so that the runtime stage copies it whatever exists:
-#   /out/models/          the bundled models (models/spam, models/austen-lm), each only when its
-#                         model.safetensors is in the build context; possibly empty
-#   /out/fallback-models/ the golden test models that the entrypoint serves in place of an
-#                         absent bundled model (random weights: labels and text mean nothing)
-RUN set -e; mkdir -p /out/bin /out/config /out/models /out/fallback-models; \
+# The runtime tree: the binaries, the entrypoint and healthcheck, the annotated config and the
+# two bundled models (models/spam, models/austen-lm), which the config serves by default.
+RUN set -e; mkdir -p /out/bin /out/config /out/models; \
     install -m 755 bin/lunaserve bin/luna /out/bin/; \
     install -m 755 deploy/docker-entrypoint.sh /out/bin/docker-entrypoint; \
     install -m 755 deploy/healthcheck.sh /out/bin/healthcheck; \
     install -m 644 config/lunaserve.conf /out/config/; \
-    for m in spam austen-lm; do \
-      if [ -f "models/$m/model.safetensors" ]; then cp -r "models/$m" /out/models/; echo "bundled model: $m"; \
-      else echo "bundled model absent: $m (the golden test model stands in at run time)"; fi; \
-    done; \
-    for m in email_subject_body lm_defaults; do \
-      mkdir -p "/out/fallback-models/$m"; \
-      cp "tests/golden/$m/config.json" "tests/golden/$m/model.safetensors" "/out/fallback-models/$m/"; \
-    done
+    cp -r models/spam models/austen-lm /out/models/
 
 # ---------------------------------------------------------------------------------------------
 FROM ${RUN_BASE}

@@ -98,6 +98,7 @@ check: $(BINS)
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cli/run.sh
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/tools/run.sh
 	$(if $(wildcard tests/integration/run.sh),LUNA_BIN_DIR=$(BUILD)/bin sh tests/integration/run.sh)
+	LUNA_BIN_DIR=$(BUILD)/bin sh tests/models/run.sh
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cluster/run.sh
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/clients/run.sh
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/browser/run.sh

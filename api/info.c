@@ -34,6 +34,7 @@ static cJSON *model_json(const char *dir, const luna_model *m)
     cJSON_AddBoolToObject(cfg, "normalize_before", c->normalize_before);
     cJSON_AddStringToObject(cfg, "positions", pos_name(c->positions));
     cJSON_AddNumberToObject(cfg, "max_positions", c->max_positions);
+    cJSON_AddNumberToObject(cfg, "ngram_embed", c->ngram_embed);
     cJSON_AddStringToObject(cfg, "input_transform", c->input_transform == LUNA_XFORM_EMAIL_SUBJECT_BODY ? "email_subject_body" : "none");
     if (c->task == LUNA_TASK_CLASSIFY) {
         cJSON_AddStringToObject(cfg, "pooling", pool_name(c->pooling));

@@ -205,7 +205,17 @@ get "POST /generate" 200 'isinstance(b["generated_text"], str) and len(b["genera
   -H "$json" -d '{"inputs": "It is a truth", "parameters": {"max_new_tokens": 20, "seed": 1}}' "$url/generate"
 get "POST /generate bad request is a JSON error" 422 'set(b["error"]) >= {"code", "type", "message", "request_id"}' \
   -H "$json" -d '{"inputs": "x", "parameters": {"best_of": 2}}' "$url/generate"
-get "GET /info names the served models" 200 'len(json.dumps(b)) > 0' "$url/info"
+get "GET /info: the bundled models are served" 200 \
+  'b["models"]["classify"]["path"] == "models/spam" and b["models"]["generate"]["path"] == "models/austen-lm"' "$url/info"
+# A real spam and a real ham of the held-out test split (tests/models/spam.jsonl), as raw bytes.
+for label in spam ham; do
+  /usr/bin/python3 -c 'import base64,json,sys
+m = next(json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["label"] == sys.argv[2])
+print(json.dumps({"inputs_base64": base64.b64encode(m["text"].encode("latin-1")).decode()}))' \
+    tests/models/spam.jsonl "$label" >"$tmp/$label.json"
+  get "POST /classify: a held-out $label message is $label" 200 "b[0][\"label\"] == \"$label\"" \
+    -H "$json" --data-binary @"$tmp/$label.json" "$url/classify"
+done
 
 if [ "$engine" = podman ]; then
   check "podman healthcheck run: healthy" E healthcheck run "$name"
@@ -226,7 +236,7 @@ if [ "$pid1" = lunaserve ]; then ok "lunaserve is PID 1 (signals reach it)"; els
 # --- stop: SIGTERM, drain, exit 0 ---------------------------------------------------------------
 # A long request is running when the stop comes: the drain must let it finish (200), while /ready
 # and new requests get 503 with Retry-After. Its document is sized from a timed 100 KB one to run
-# for about 3 s, whatever the model (the golden one or a bundled one), within the 30 s drain.
+# for about 3 s on the bundled classifier, within the 30 s drain.
 doc() { /usr/bin/python3 -c 'import json,sys; print(json.dumps({"inputs": "Subject: long\n\n" + "spam and eggs " * (int(sys.argv[1]) // 14)}))' "$1"; }
 doc 100000 >"$tmp/small.json"
 t100=$(curl -sS -m 30 -o /dev/null -w '%{time_total}' -H "$json" --data-binary @"$tmp/small.json" "$url/classify" 2>/dev/null)

@@ -98,7 +98,7 @@ def make_config(a):
         "activation": a.activation,
         "tie_kv": True,
         "normalize_before": False,
-        "positions": "sinusoidal",
+        "positions": a.positions,
         "max_positions": 0,
         "embed_scale": None,
         "ngram_embed": a.ngram,
@@ -591,8 +591,13 @@ def write_card(main_dir):
         "## Model",
         "",
         f"- d = {cfg['d']}, {cfg['layers']} layers, H = Hp = {cfg['H']} heads, l = {cfg['l']} "
-        f"(P rows), FFN {cfg['ffn']} ({cfg['activation']}), post-norm, tied K/V, sinusoidal "
-        f"positions (embed_scale = sqrt(d)), dynamic projection.",
+        f"(P rows), FFN {cfg['ffn']} ({cfg['activation']}), post-norm, tied K/V, "
+        f"{cfg['positions']} positions (embed_scale = sqrt(d)), dynamic projection.",
+        *([f"- n-gram embeddings, `ngram_embed` = {cfg.get('ngram_embed', 1)} (docs/model-format.md): "
+           "each byte's embedding adds one learned table row for each of the "
+           f"{cfg.get('ngram_embed', 1) - 1} bytes before it, so every position carries the "
+           "byte n-gram that ends there (the features a naive Bayes baseline counts), and the "
+           "pack attention pools them over the whole message."] if cfg.get("ngram_embed", 1) > 1 else []),
         f"- Pooling `{cfg['pooling']}`, then one tanh layer of width {cfg['classifier_dim']} and "
         f"`sentence_projection_layer` to the 2 labels.",
         f"- {m['params']:,} parameters, stored F32 ({m['model_bytes']:,} bytes of "
@@ -712,6 +717,9 @@ def main():
     ap.add_argument("--ffn", type=int, default=512)
     ap.add_argument("--activation", choices=("relu", "gelu"), default="gelu")
     ap.add_argument("--pooling", choices=("cls", "mean", "p"), default="p")
+    ap.add_argument("--positions", choices=("sinusoidal", "none"), default="sinusoidal",
+                    help="none: order comes from the n-gram embedding only (no position beyond "
+                         "the training lengths is new to the model)")
     ap.add_argument("--ngram", type=int, default=8,
                     help="ngram_embed: each byte's embedding adds tables for the ngram-1 bytes before")
     ap.add_argument("--train-bytes", type=int, default=1024)

@@ -2,7 +2,7 @@
 """tests/cluster/cluster.py - a real local cluster, on loopback only, under load, losing replicas.
 
 1. Starts 3 lunaserve replicas on free 127.0.0.1 ports with deploy/lunaserve.env (the settings
-   compose deploys) and the bundled models, or the golden test models when those are absent.
+   compose deploys) and the bundled models (models/spam, models/austen-lm).
 2. Starts HAProxy on deploy/haproxy.cfg, with only the lines marked "@cluster-test" rewritten:
    the bind address, the 3 servers in place of the Docker DNS template, no Docker resolver. A
    stats socket is added to read HAProxy's counters.
@@ -10,8 +10,8 @@
    mixed /classify (small documents and ~50 KB ones) and /generate (16 to 64 new tokens).
 4. At 30% of the run, kill -9 replica 1 while it holds requests; at 60%, SIGTERM replica 2, also
    while it holds requests. (To be sure of that, the replica is frozen with SIGSTOP for ~50 ms
-   first, and HAProxy's count of its unanswered requests is read; the golden models answer in
-   about a millisecond, so without the freeze a signal would often land between requests.)
+   first, and HAProxy's count of its unanswered requests is read; most requests take a few
+   milliseconds, so without the freeze a signal would often land between requests.)
    The drained replica must exit 0 within the drain timeout.
 5. Counts every request. A request passes only with a well-formed answer: 200 with the
    endpoint's JSON shape, or 429 / 503 with Retry-After and the error shape
@@ -70,11 +70,6 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
-
-
-def model(bundled, golden):
-    d = os.path.join(ROOT, "models", bundled)
-    return d if os.path.isfile(os.path.join(d, "model.safetensors")) else os.path.join(ROOT, "tests/golden", golden)
 
 
 def read_env_file(path):
@@ -273,7 +268,7 @@ def run(tmp, procs):
     t_begin = time.monotonic()
     if not check(f"lunaserve binary {os.path.relpath(BIN, ROOT)}", os.access(BIN, os.X_OK), "run make first"):
         return 1
-    cls, gen = model("spam", "email_subject_body"), model("austen-lm", "lm_defaults")
+    cls, gen = os.path.join(ROOT, "models", "spam"), os.path.join(ROOT, "models", "austen-lm")
     print(f"models: {os.path.relpath(cls, ROOT)}, {os.path.relpath(gen, ROOT)}")
     env = dict(os.environ)
     conf = read_env_file(os.path.join(ROOT, "deploy/lunaserve.env"))
