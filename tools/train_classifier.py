@@ -3,8 +3,10 @@
 
     /usr/bin/python3 tools/train_classifier.py --selftest                 # float64 check (~10 s)
     /usr/bin/python3 tools/train_classifier.py --minutes 2 --out /tmp/spam-smoke   # smoke run
-    /usr/bin/python3 tools/train_classifier.py --minutes 45               # main -> models/spam/
-    /usr/bin/python3 tools/train_classifier.py --split period --minutes 25   # -> models/spam/period/
+    /usr/bin/python3 tools/train_classifier.py --minutes 45 --threads 1 --positions none
+                                                    # main -> models/spam/ (the bundled model)
+    /usr/bin/python3 tools/train_classifier.py --split period --minutes 40 --threads 1 --positions none
+                                                    # -> models/spam/period/
     /usr/bin/python3 tools/train_classifier.py --card-only                # rewrite README.md only
 
 The model is luna_ref.LunaClassifier itself (same modules and parameter names, so luna_ref.save()
@@ -592,7 +594,8 @@ def write_card(main_dir):
         "",
         f"- d = {cfg['d']}, {cfg['layers']} layers, H = Hp = {cfg['H']} heads, l = {cfg['l']} "
         f"(P rows), FFN {cfg['ffn']} ({cfg['activation']}), post-norm, tied K/V, "
-        f"{cfg['positions']} positions (embed_scale = sqrt(d)), dynamic projection.",
+        + ("no position embeddings" if cfg["positions"] == "none" else f"{cfg['positions']} positions")
+        + " (embed_scale = sqrt(d)), dynamic projection.",
         *([f"- n-gram embeddings, `ngram_embed` = {cfg.get('ngram_embed', 1)} (docs/model-format.md): "
            "each byte's embedding adds one learned table row for each of the "
            f"{cfg.get('ngram_embed', 1) - 1} bytes before it, so every position carries the "
@@ -691,6 +694,8 @@ def write_card(main_dir):
         "- Scores are log-odds from a model trained on 30% spam; calibrate the threshold on your "
         "own ham before relying on a false-positive rate.",
         "",
+        *((["## Notes on this model", ""] + [f"- {n}" for n in m["notes"]] + [""])
+          if m.get("notes") else []),
         "Files: `config.json`, `model.safetensors`, `metrics.json` (every number above), "
         "`period/` (the period-split model and its metrics).",
         "",
@@ -717,7 +722,7 @@ def main():
     ap.add_argument("--ffn", type=int, default=512)
     ap.add_argument("--activation", choices=("relu", "gelu"), default="gelu")
     ap.add_argument("--pooling", choices=("cls", "mean", "p"), default="p")
-    ap.add_argument("--positions", choices=("sinusoidal", "none"), default="sinusoidal",
+    ap.add_argument("--positions", choices=("sinusoidal", "none"), default="none",
                     help="none: order comes from the n-gram embedding only (no position beyond "
                          "the training lengths is new to the model)")
     ap.add_argument("--ngram", type=int, default=8,

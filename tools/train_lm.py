@@ -3,7 +3,7 @@
 
     /usr/bin/python3 tools/train_lm.py --selftest          # float64 check against luna_ref (~20 s)
     /usr/bin/python3 tools/train_lm.py --minutes 3 --out /tmp/austen-smoke   # smoke run
-    /usr/bin/python3 tools/train_lm.py --minutes 50        # the real run -> models/austen-lm/
+    /usr/bin/python3 tools/train_lm.py --minutes 55 --threads 1 --positions none   # -> models/austen-lm/
 
 The model is luna_ref.LunaCausalLM itself (same modules, same parameter names, so luna_ref.save()
 writes model.safetensors and luna_ref.load() reads it back), but it is run by lm_forward() below
@@ -89,7 +89,7 @@ def make_config(a):
         "ffn": a.ffn,
         "activation": "gelu",
         "normalize_before": True,
-        "positions": "sinusoidal",
+        "positions": a.positions,
         "tie_kv": a.tie_kv,
         "causal_phi": "softplus_ln2",
         "causal_pc_proj": True,
@@ -264,7 +264,9 @@ def lm_forward(model, tokens, states=None, t0=0, chunk=64, state_dtype=None, dro
 def init_weights(model, seed):
     """fairseq-like init: Linear weights xavier-uniform (out_proj and fc2 scaled by
     1/sqrt(2 layers), GPT-2 style), biases 0, LayerNorm 1/0, embed_tokens and
-    projected_embeddings N(0, 1/d) (times embed_scale = sqrt(d) that is unit variance), pad row 0."""
+    projected_embeddings N(0, 1/d) (times embed_scale = sqrt(d) that is unit variance). The
+    pad row is drawn like the others: the LM never reads pad (it only gives the pad logit of
+    the tied output)."""
     g = torch.Generator().manual_seed(seed)
     c = model.cfg
     norms = {name for name, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
@@ -279,8 +281,6 @@ def init_weights(model, seed):
                 prm.copy_(torch.randn(prm.shape, generator=g) * c["d"] ** -0.5)
             elif name == "embed_ngrams.weight":  # K - 1 tables: together as much as embed_tokens
                 prm.copy_(torch.randn(prm.shape, generator=g) * (c["d"] * (c["ngram_embed"] - 1)) ** -0.5)
-                if name == "embed_tokens.weight":
-                    prm[c["pad_id"]] = 0.0
             else:
                 fan_out, fan_in = prm.shape
                 bound = math.sqrt(6.0 / (fan_in + fan_out))
@@ -572,42 +572,45 @@ def bench(a):
 
 
 def why_section(m):
-    """The model card's reading of the score: the per-offset breakdown next to the order-2
-    n-gram, and what in the architecture limits it."""
-    bk = m["eval"]["test"]["stream_bpb_by_offset"]
-    ng = m["ngram_baseline_bpb"]["test"]
-    best = min(m["eval"]["test"]["stream_bpb"], m["eval"]["test"]["windows_bpb"])
-    if not bk or best < ng:
+    """The model card's reading of the score when the model does not beat the n-gram: the gap,
+    how much training it got and whether its loss was still falling, all from metrics.json."""
+    ev, ng = m["eval"], m["ngram_baseline_bpb"]
+    best = min(ev["test"]["stream_bpb"], ev["test"]["windows_bpb"])
+    if best < ng["test"]:
         return []
-    order2 = m.get("ngram_by_order", {}).get("2")
-    late = [v for k, v in bk.items() if int(k.split("-")[0]) >= 1024] or list(bk.values())
-    nbytes = m["eval"]["test"]["bytes"]
-    late_share = max(0, nbytes - 1024) / nbytes
+    tr = m["training"]
+    hist = [h for h in m.get("history", []) if "train_bpb" in h]
     lines = [
         "## Why it does not beat the n-gram",
         "",
-        f"Past byte offset 1024 ({late_share:.1%} of Persuasion) the streaming score stays between "
-        f"{min(late):.3f} and {max(late):.3f} bits/byte (the breakdown above)"
-        + (f", next to {order2:.3f} for an order-2 byte model, which sees only the current "
-           "byte" if order2 else "")
-        + ". The training loss stopped improving at about that level early in the run "
-        "(`history` in metrics.json). The model has learned little more than the statistics "
-        "of the current byte.",
-        "",
-        "Our reading (from the math and that flat curve; not a proof): in causal Luna "
-        "attention (LUNA.md) the only path from earlier bytes is the per-head state, the "
-        "running sums of k_i^T w_i and w_i^T v_i divided by the position t (a_t = q_t S_K / t, "
-        "o_t = alpha_t S_V / t). Each earlier byte is 1/t of an average, and nothing singles "
-        "out the most recent bytes except what the sinusoidal positions can encode in q . k, "
-        "whose side lobes, summed over the other t - 1 positions, grow like sqrt(t) while the "
-        "recent bytes' share stays fixed. A byte LM's information is mostly in its last few "
-        "bytes (the n-gram's score comes from the last 7), and almost every scored byte sits "
-        "at an offset of hundreds or thousands, where this state hardly shows them. That is "
-        "the price of the constant-size state. Shorter training windows might help the first "
-        "few hundred bytes of a generation, not the long-context score.",
-        "",
+        f"On Persuasion its better row is {best:.3f} bits/byte against the 8-gram's "
+        f"{ng['test']:.3f} ({best - ng['test']:+.3f}); on the validation chapters "
+        f"{min(ev['valid']['stream_bpb'], ev['valid']['windows_bpb']):.3f} against "
+        f"{ng['valid']:.3f}.",
     ]
-    return lines
+    if hist and m.get("train_bytes"):
+        end = hist[-1]
+        ref = min(hist, key=lambda h: abs(h["t"] - 0.8 * end["t"]))
+        falling = ref["train_bpb"] - end["train_bpb"] > 0.02
+        lines[-1] += (
+            f" The run saw {tr['tokens'] / 1e6:.1f}M tokens ({tr['tokens'] / m['train_bytes']:.1f} "
+            f"passes over the {m['train_bytes']:,}-byte training text) at "
+            f"{tr['tokens_per_s']:,.0f} tokens/s; its training loss was "
+            f"{ref['train_bpb']:.3f} bits/byte at {ref['t'] / 60:.0f} minutes and "
+            f"{end['train_bpb']:.3f} at {end['t'] / 60:.0f}"
+            + (", still falling when the time ran out. " if falling else
+               ", nearly level at the end of the learning-rate schedule. ")
+            + "A larger model or more passes might close the gap; we have not shown it within "
+            "the hour this machine's CPU allows. The n-gram reads the training text once and "
+            "counts.")
+    if ev["test"]["stream_bpb"] > ev["test"]["windows_bpb"] + 0.01:
+        lines.append("")
+        lines.append(
+            f"Streaming scores {ev['test']['stream_bpb'] - ev['test']['windows_bpb']:.3f} "
+            f"bits/byte worse than restarting every {m['args']['eval_window']} bytes: "
+            f"the model was trained on {m['args']['ctx']}-byte windows only, and the breakdown "
+            "by offset above shows where the stream loses.")
+    return lines + [""]
 
 
 def ngram_section(m, cfg):
@@ -736,7 +739,8 @@ def write_card(out, a, cfg, m, cmd):
         "",
         f"- d {cfg['d']}, {cfg['H']} heads, {cfg['layers']} layers, FFN {cfg['ffn']} (GELU), "
         f"l = {cfg['l']} projected rows (P), pre-norm, tied K/V = {cfg['tie_kv']}, tied "
-        f"input/output embeddings, sinusoidal positions, phi = softplus_ln2 with pc_proj; "
+        f"input/output embeddings, "
+        f"{'no position embeddings' if cfg['positions'] == 'none' else cfg['positions'] + ' positions'}, phi = softplus_ln2 with pc_proj; "
         f"vocab 260 (bos 0, pad 1, eos 2, byte b = 4 + b).",
         *([f"- n-gram embeddings, `ngram_embed` = {cfg.get('ngram_embed', 1)} "
            "(docs/model-format.md): each byte's embedding adds one learned table row for each "
@@ -808,8 +812,10 @@ def write_card(out, a, cfg, m, cmd):
         "what to expect. It has no notion of plot or facts. Do not present its output as text "
         "by Austen.",
         "- Long contexts: causal Luna attention averages over the whole context (LUNA.md), and "
-        f"the model saw positions 1..{a.ctx} only in training; the score by offset above shows "
-        "how it holds up further on.",
+        + (f"the model saw positions 1..{a.ctx} only in training; "
+           if cfg["positions"] != "none" else
+           f"the model was trained on {a.ctx}-byte windows and has no position embeddings; ")
+        + "the score by offset above shows how it holds up further on.",
         "- English of 1811-1818 only; any other input (code, other languages, modern text) is "
         "out of distribution.",
         "",
@@ -842,6 +848,8 @@ def main():
     ap.add_argument("--l", type=int, default=32)
     ap.add_argument("--ngram", type=int, default=12,
                     help="ngram_embed: each byte's embedding adds tables for the ngram-1 bytes before")
+    ap.add_argument("--positions", choices=("sinusoidal", "none"), default="none",
+                    help="position embeddings added to the token embeddings")
     ap.add_argument("--tie-kv", dest="tie_kv", action="store_true", default=True)
     ap.add_argument("--no-tie-kv", dest="tie_kv", action="store_false")
     ap.add_argument("--ctx", type=int, default=4096, help="tokens per window (bos + ctx-1 bytes)")
