@@ -9,7 +9,9 @@ cd "$(dirname "$0")/../.."
 bin=${LUNA_BIN_DIR:-build/bin}/lunaserve
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=9 \
+# --fair-sched=yes: valgrind runs one thread at a time, and its default lock can leave a busy
+# worker holding the CPU for minutes while MHD's thread waits (a /health took >30 s in CI).
+valgrind -q --fair-sched=yes --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=9 \
   --log-file="$tmp/vg.log" "$bin" --port 0 --classify-model tests/golden/email_subject_body \
   --generate-model tests/golden/lm_defaults --max-new-tokens 100000 --max-body-bytes 4096 2>"$tmp/err" &
 pid=$!
