@@ -12,10 +12,12 @@ import json
 import os
 import random
 import socket
-import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lunaserve_proc import start  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, os.environ.get("LUNA_BIN_DIR", "build/asan/bin"))
@@ -24,20 +26,9 @@ BIN = os.path.join(ROOT, os.environ.get("LUNA_BIN_DIR", "build/asan/bin"))
 def main():
     secs = float(sys.argv[1]) if len(sys.argv) > 1 else 90
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:halt_on_error=1")
-    p = subprocess.Popen([os.path.join(BIN, "lunaserve"), "--port", "0", "--classify-model",
+    p, port, log = start([os.path.join(BIN, "lunaserve"), "--port", "0", "--classify-model",
                           os.path.join(ROOT, "tests/golden/email_subject_body"), "--generate-model",
-                          os.path.join(ROOT, "tests/golden/lm_defaults"), "--workers", "2"],
-                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
-    port = None
-    log = []
-    while port is None:
-        line = p.stderr.readline().decode(errors="replace")
-        if not line:
-            print("the server did not start")
-            return 1
-        if '"msg":"listening"' in line:
-            port = json.loads(line)["port"]
-    threading.Thread(target=lambda: [log.append(x.decode(errors="replace")) for x in p.stderr], daemon=True).start()
+                          os.path.join(ROOT, "tests/golden/lm_defaults"), "--workers", "2"], env=env)
     body = json.dumps({"inputs": "a", "parameters": {"max_new_tokens": 64}}).encode()
     req = (b"POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
            % len(body) + body)

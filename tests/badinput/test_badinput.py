@@ -32,6 +32,9 @@ import threading
 import time
 import traceback
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lunaserve_proc import start  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, os.environ.get("LUNA_BIN_DIR", "build/bin"))
 CLF = os.path.join(ROOT, "tests/golden/email_subject_body")
@@ -49,29 +52,10 @@ CONN_TIMEOUT = 3  # seconds: --connection-timeout
 class Server:
     def __init__(self, *args):
         self.conn_timeout = CONN_TIMEOUT
-        self.proc = subprocess.Popen(
+        self.proc, self.port, self.log = start(
             [os.path.join(BIN, "lunaserve"), "--port", "0", "--classify-model", CLF, "--generate-model", LM,
              "--max-body-bytes", str(MAX_BODY), "--max-input-bytes", str(MAX_INPUT),
-             "--max-new-tokens", str(MAX_NEW), "--workers", "2", "--connection-timeout", str(CONN_TIMEOUT), *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-        self.port, self.log = None, []
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            line = self.proc.stderr.readline().decode(errors="replace")
-            if not line:
-                break
-            self.log.append(line)
-            if '"msg":"listening"' in line:
-                self.port = json.loads(line)["port"]
-                break
-        if not self.port:
-            self.proc.kill()
-            raise RuntimeError("server did not start: " + "".join(self.log))
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            self.log.append(line.decode(errors="replace"))
+             "--max-new-tokens", str(MAX_NEW), "--workers", "2", "--connection-timeout", str(CONN_TIMEOUT), *args])
 
     def stop(self):
         if self.proc.poll() is None:

@@ -24,6 +24,9 @@ import threading
 import time
 import traceback
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lunaserve_proc import start  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, os.environ.get("LUNA_BIN_DIR", "build/bin"))
 FAST = os.path.join(ROOT, "tests/golden/email_subject_body")
@@ -36,28 +39,9 @@ DEADLINE = time.monotonic() + 600  # the whole run stops by itself
 
 class Server:
     def __init__(self, *args, model=FAST, gen="", env=None):
-        self.proc = subprocess.Popen(
-            [os.path.join(BIN, "lunaserve"), "--port", "0", "--classify-model", model,
-             "--generate-model", gen, *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
-        self.port, self.log = None, []
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            line = self.proc.stderr.readline().decode()
-            if not line:
-                break
-            self.log.append(line)
-            if '"msg":"listening"' in line:
-                self.port = json.loads(line)["port"]
-                break
-        if not self.port:
-            self.proc.kill()
-            raise RuntimeError("server did not start: " + "".join(self.log))
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            self.log.append(line.decode())
+        self.proc, self.port, self.log = start(
+            [os.path.join(BIN, "lunaserve"), "--port", "0", "--classify-model", model, "--generate-model", gen, *args],
+            env=env, timeout=30)
 
     def req(self, method, path, body=None, headers=None, timeout=60):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)

@@ -16,12 +16,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.dirname(HERE))
+from lunaserve_proc import start  # noqa: E402
 BIN = os.path.join(ROOT, os.environ.get("LUNA_BIN_DIR", "build/bin"))
 TOL = 1e-4
 # The bundled classifier must stay a real one: these messages were never trained on, and
@@ -93,21 +93,7 @@ class DefaultServer:
     """lunaserve with no model flags, from the repository root, as tools/run.sh runs it."""
 
     def __init__(self):
-        self.proc = subprocess.Popen([os.path.join(BIN, "lunaserve"), "--host", "127.0.0.1", "--port", "0"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-        self.log, self.port = [], None
-        end = time.monotonic() + 60
-        while time.monotonic() < end and not self.port:
-            line = self.proc.stderr.readline().decode()
-            if not line:
-                break
-            self.log.append(line)
-            if '"msg":"listening"' in line:
-                self.port = json.loads(line)["port"]
-        if not self.port:
-            self.proc.kill()
-            raise RuntimeError("lunaserve did not start: " + "".join(self.log))
-        threading.Thread(target=lambda: [self.log.append(x.decode()) for x in self.proc.stderr], daemon=True).start()
+        self.proc, self.port, self.log = start([os.path.join(BIN, "lunaserve"), "--host", "127.0.0.1", "--port", "0"])
 
     def post(self, path, body):
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),

@@ -1,0 +1,39 @@
+"""lunaserve_proc.py - starts lunaserve for a test: the process, run from the repository root,
+its port read from the "listening" log line, and its stderr collected by a background thread
+(the tests read the log to check what the server logged).
+
+    from lunaserve_proc import start
+    proc, port, log = start([binary, "--port", "0", ...])
+"""
+import json
+import os
+import subprocess
+import threading
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start(argv, env=None, timeout=60):
+    """Runs argv (lunaserve and its flags, --port 0 among them) from the repository root and
+    waits for its "listening" line. Returns (proc, port, log): log is a list of the server's
+    stderr lines that keeps growing while it runs. A server that exits, or logs no "listening"
+    line within `timeout` seconds, is killed, and RuntimeError carries its log."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    log, found, listening = [], [], threading.Event()
+
+    def drain():
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace")
+            log.append(line)
+            if not found and '"msg":"listening"' in line:
+                found.append(json.loads(line)["port"])
+                listening.set()
+        listening.set()  # the server exited: stop waiting
+
+    threading.Thread(target=drain, daemon=True).start()
+    listening.wait(timeout)
+    if not found:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError("lunaserve did not start: " + "".join(log))
+    return proc, found[0], log
