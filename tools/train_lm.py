@@ -3,7 +3,7 @@
 
     /usr/bin/python3 tools/train_lm.py --selftest          # float64 check against luna_ref (~20 s)
     /usr/bin/python3 tools/train_lm.py --minutes 3 --out /tmp/austen-smoke   # smoke run
-    /usr/bin/python3 tools/train_lm.py --minutes 55 --threads 1 --positions none   # -> models/austen-lm/
+    /usr/bin/python3 tools/train_lm.py --minutes 55      # -> models/austen-lm/ (2 threads, ctx 2048)
 
 The model is luna_ref.LunaCausalLM itself (same modules, same parameter names, so luna_ref.save()
 writes model.safetensors and luna_ref.load() reads it back), but it is run by lm_forward() below
@@ -852,8 +852,8 @@ def main():
                     help="position embeddings added to the token embeddings")
     ap.add_argument("--tie-kv", dest="tie_kv", action="store_true", default=True)
     ap.add_argument("--no-tie-kv", dest="tie_kv", action="store_false")
-    ap.add_argument("--ctx", type=int, default=4096, help="tokens per window (bos + ctx-1 bytes)")
-    ap.add_argument("--batch", type=int, default=4, help="windows per step")
+    ap.add_argument("--ctx", type=int, default=2048, help="tokens per window (bos + ctx-1 bytes)")
+    ap.add_argument("--batch", type=int, default=8, help="windows per step")
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
