@@ -35,6 +35,11 @@ static cJSON *model_json(const char *dir, const luna_model *m)
     cJSON_AddStringToObject(cfg, "positions", pos_name(c->positions));
     cJSON_AddNumberToObject(cfg, "max_positions", c->max_positions);
     cJSON_AddNumberToObject(cfg, "ngram_embed", c->ngram_embed);
+    cJSON_AddNumberToObject(cfg, "hash_ngrams", c->hash_ngrams);
+    if (c->hash_ngrams > 1) {
+        cJSON_AddNumberToObject(cfg, "hash_buckets", c->hash_buckets);
+        cJSON_AddNumberToObject(cfg, "hash_dim", c->hash_dim);
+    }
     cJSON_AddStringToObject(cfg, "input_transform", c->input_transform == LUNA_XFORM_EMAIL_SUBJECT_BODY ? "email_subject_body" : "none");
     if (c->task == LUNA_TASK_CLASSIFY) {
         cJSON_AddStringToObject(cfg, "pooling", pool_name(c->pooling));

@@ -63,6 +63,8 @@ static inline int canceled(const luna_ctx *c)
 
 /* encoder.c */
 void luna__add_sinusoid(const luna_ctx *c, float *x, size_t pos0, size_t rows);
+uint32_t luna__hash_bucket(const int32_t *win, int order, int buckets);
+void luna__add_hash_ngrams(const luna_model *m, const int32_t *win, size_t have, float *xr);
 void luna__attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows,
                         float *T, float *Y, float *F);
 

@@ -35,7 +35,8 @@ struct luna_gen_state {
     size_t sum_len;     /* doubles in sum */
     float **kc, **vc;   /* KV: per layer (cap, d) keys and values; vc[i] NULL when tied */
     size_t cap;         /* KV: rows of every cache */
-    int32_t recent[];   /* ngram_embed - 1 tokens, the last consumed first (valid: min(t, K-1)) */
+    int32_t recent[];   /* history(): the tokens that the embeddings read, the last consumed
+                           first (valid: min(t, history)) */
 };
 
 static size_t sums_per_layer(const luna_config *cfg)
@@ -43,9 +44,15 @@ static size_t sums_per_layer(const luna_config *cfg)
     return (cfg->tie_kv ? 1u : 2u) * (size_t)cfg->d * (size_t)cfg->l;
 }
 
+/* Tokens before the next one that its embedding reads: max(ngram_embed, hash_ngrams) - 1. */
+static size_t history(const luna_config *cfg)
+{
+    return (size_t)(cfg->ngram_embed > cfg->hash_ngrams ? cfg->ngram_embed : cfg->hash_ngrams) - 1;
+}
+
 static size_t recent_bytes(const luna_config *cfg)
 {
-    return (size_t)(cfg->ngram_embed - 1) * sizeof(int32_t);
+    return history(cfg) * sizeof(int32_t);
 }
 
 size_t luna_gen_state_bytes(const luna_model *m)
@@ -201,7 +208,8 @@ void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, ws_layo
 /* ---- embedding ------------------------------------------------------------------------------- */
 
 /* x (rows, d) = (embed_tokens(tok) + the embed_ngrams rows of the ngram_embed - 1 tokens before
- * each, from the chunk or the state's recent tokens) * embed_scale + positions s->t ..
+ * each + the hashed rows of the n-grams of 2 .. hash_ngrams tokens ending at each, from the
+ * chunk or the state's recent tokens) * embed_scale + positions s->t ..
  * (+ emb_layer_norm). Then the chunk's last tokens become the state's recent ones. */
 static void dec_embed(const luna_ctx *c, luna_gen_state *s, const int32_t *tok, size_t rows, float *x)
 {
@@ -217,14 +225,20 @@ static void dec_embed(const luna_ctx *c, luna_gen_state *s, const int32_t *tok, 
             int32_t prev = b <= r ? tok[r - b] : s->recent[b - r - 1];
             kn_add(xr, m->embed_ngrams + ((b - 1) * V + (size_t)prev) * d, d);
         }
+        if (cfg->hash_ngrams > 1) {
+            int32_t win[LUNA_MAX_NGRAM];
+            size_t M = (size_t)cfg->hash_ngrams, have = M < s->t + r + 1 ? M : (size_t)s->t + r + 1;
+            for (size_t b = 0; b < have; b++) win[b] = b <= r ? tok[r - b] : s->recent[b - r - 1];
+            luna__add_hash_ngrams(m, win, have, xr);
+        }
         for (size_t j = 0; j < d; j++) xr[j] *= cfg->embed_scale;
         if (cfg->positions == LUNA_POS_LEARNED) kn_add(xr, m->embed_positions + (first + r) * d, d);
     }
     if (cfg->positions == LUNA_POS_SINUSOIDAL) luna__add_sinusoid(c, x, first, rows);
     if (cfg->layernorm_embedding) kn_layernorm(&m->emb_layer_norm, x, x, rows, d);
     /* recent[i] is the token i + 1 back from the next one: the chunk's, then the older ones */
-    if (K > 1) {
-        size_t keep = K - 1, shift = rows < keep ? rows : keep;
+    if (history(cfg) > 0) {
+        size_t keep = history(cfg), shift = rows < keep ? rows : keep;
         memmove(s->recent + shift, s->recent, (keep - shift) * sizeof(int32_t));
         for (size_t i = 0; i < shift; i++) s->recent[i] = tok[rows - 1 - i];
     }

@@ -233,8 +233,40 @@ void luna__add_sinusoid(const luna_ctx *c, float *x, size_t pos0, size_t rows)
     }
 }
 
+/* hash_ngrams (docs/model-format.md, "Hashed n-gram embeddings"): the bucket of the `order`
+ * tokens win[order - 1] (oldest) .. win[0] (newest). buckets is a power of two. */
+uint32_t luna__hash_bucket(const int32_t *win, int order, int buckets)
+{
+    uint64_t h = 0;
+    for (int j = order - 1; j >= 0; j--)
+        h = (h * 263u + (uint64_t)(uint32_t)win[j] + 1u) % 2147483647u;
+    int log2b = 0;
+    while ((1 << log2b) < buckets) log2b++;
+    return (uint32_t)(((h * 2654435761u) & 0xffffffffu) >> (32 - log2b));
+}
+
+/* xr (d) += embed_hash_proj . concat over o = 2 .. M of the embed_hash row of the o-gram that
+ * ends at the token, M = hash_ngrams. win[b] is the token b back (win[0]: the token itself),
+ * valid for b < have; an o-gram with o > have would start before the first token and adds
+ * nothing (its part of the concatenation is zero). */
+void luna__add_hash_ngrams(const luna_model *m, const int32_t *win, size_t have, float *xr)
+{
+    const luna_config *cfg = &m->cfg;
+    size_t d = (size_t)cfg->d, r = (size_t)cfg->hash_dim, B = (size_t)cfg->hash_buckets;
+    size_t M = (size_t)cfg->hash_ngrams, in = (M - 1) * r;
+    for (size_t o = 2; o <= M && o <= have; o++) {
+        const float *row = m->embed_hash + ((o - 2) * B + luna__hash_bucket(win, (int)o, (int)B)) * r;
+        const float *w = m->embed_hash_proj + (o - 2) * r;
+        for (size_t i = 0; i < d; i++) {
+            float acc = 0.0f;
+            for (size_t k = 0; k < r; k++) acc += w[i * in + k] * row[k];
+            xr[i] += acc;
+        }
+    }
+}
+
 /* X rows [r0, r0+rows) = (embed_tokens + the embed_ngrams rows of the ngram_embed - 1 tokens
- * before) * embed_scale + positions (+ emb_layer_norm). */
+ * before + the hashed n-gram rows) * embed_scale + positions (+ emb_layer_norm). */
 static void embed_rows(const luna_ctx *c, const luna_seq *seq, size_t r0, size_t rows, float *x)
 {
     const luna_model *m = c->m;
@@ -247,6 +279,12 @@ static void embed_rows(const luna_ctx *c, const luna_seq *seq, size_t r0, size_t
         memcpy(xr, e, d * sizeof(float));
         for (size_t b = 1; b < K && b <= r0 + r; b++) /* the tokens b back: none before the first */
             kn_add(xr, m->embed_ngrams + ((b - 1) * V + (size_t)seq_token(seq, r0 + r - b)) * d, d);
+        if (cfg->hash_ngrams > 1) {
+            int32_t win[LUNA_MAX_NGRAM];
+            size_t have = (size_t)cfg->hash_ngrams < r0 + r + 1 ? (size_t)cfg->hash_ngrams : r0 + r + 1;
+            for (size_t b = 0; b < have; b++) win[b] = (int32_t)seq_token(seq, r0 + r - b);
+            luna__add_hash_ngrams(m, win, have, xr);
+        }
         for (size_t j = 0; j < d; j++) xr[j] *= cfg->embed_scale;
         if (cfg->positions == LUNA_POS_LEARNED) {
             const float *p = m->embed_positions + ((size_t)cfg->pad_id + 1 + r0 + r) * d;

@@ -56,7 +56,7 @@ typedef enum { LUNA_PHI_SOFTPLUS_LN2 = 0, LUNA_PHI_ELU_PLUS_1 = 1, LUNA_PHI_SOFT
 
 #define LUNA_MAX_LABELS 1024
 #define LUNA_MAX_LABEL_LEN 64
-#define LUNA_MAX_NGRAM 32 /* ngram_embed: the longest window of token embeddings summed */
+#define LUNA_MAX_NGRAM 32 /* ngram_embed, hash_ngrams: the longest window of tokens read */
 
 /* Every field of config.json, validated. Read-only once the model is loaded. */
 typedef struct luna_config {
@@ -68,6 +68,10 @@ typedef struct luna_config {
     int max_positions;      /* longest token sequence; 0 = unlimited */
     float embed_scale;      /* resolved: never "null" here */
     int ngram_embed;        /* K: token t's embedding adds embed_ngrams rows of tokens t-1..t-K+1 */
+    int hash_ngrams;        /* M: token t's embedding adds hashed rows of the n-grams of 2..M
+                               tokens ending at t (1: none) */
+    int hash_buckets;       /* rows per order (a power of two) */
+    int hash_dim;           /* width of a hashed row; embed_hash_proj maps (M - 1) of them to d */
     int dynamic_projection, layernorm_embedding;
     int vocab_size, byte_offset, pad_id, bos_id, eos_id, append_eos;
     luna_xform input_transform;

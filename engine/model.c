@@ -141,6 +141,12 @@ static const cfg_field FIELDS[] = {
                                         NULL,         NULL,       EX(embed_scale), ANY},
     {"ngram_embed",           K_INT,    OPT, 1,   LUNA_MAX_NGRAM,             1,
                                         NULL,         NULL,       AT(ngram_embed), ANY},
+    {"hash_ngrams",           K_INT,    OPT, 1,   LUNA_MAX_NGRAM,             1,
+                                        NULL,         NULL,       AT(hash_ngrams), ANY},
+    {"hash_buckets",          K_INT,    OPT, 2,   1 << 24,                    4096,
+                                        NULL,         NULL,       AT(hash_buckets), ANY},
+    {"hash_dim",              K_INT,    OPT, 1,   4096,                       32,
+                                        NULL,         NULL,       AT(hash_dim), ANY},
     {"dynamic_projection",    K_BOOL,   OPT, 0,   0,                          1,
                                         NULL,         NULL,       AT(dynamic_projection), CLS},
     {"layernorm_embedding",   K_BOOL,   OPT, 0,   0,                          0,
@@ -368,6 +374,11 @@ static int check_cross(const luna_config *c, char *err, size_t errlen)
                    ids[i].name, ids[i].id, c->vocab_size);
             return LUNA_ECONFIG;
         }
+    }
+    if (c->hash_buckets & (c->hash_buckets - 1)) {
+        seterr(err, errlen, "config.json: field \"hash_buckets\": %d is not a power of two",
+               c->hash_buckets);
+        return LUNA_ECONFIG;
     }
     if (c->layernorm_embedding && c->normalize_before) {
         seterr(err, errlen, "config.json: fields \"layernorm_embedding\" and "
@@ -706,6 +717,12 @@ static int bind_all(binder *b, luna_model *m)
     if (c->ngram_embed > 1)
         TRY(bind(b, &m->embed_ngrams, "embed_ngrams.weight", 2,
                  (long long)(c->ngram_embed - 1) * c->vocab_size, d));
+    if (c->hash_ngrams > 1) {
+        TRY(bind(b, &m->embed_hash, "embed_hash.weight", 2,
+                 (long long)(c->hash_ngrams - 1) * c->hash_buckets, c->hash_dim));
+        TRY(bind(b, &m->embed_hash_proj, "embed_hash_proj.weight", 2, d,
+                 (long long)(c->hash_ngrams - 1) * c->hash_dim));
+    }
     TRY(bind(b, &m->projected_embeddings, "projected_embeddings", 2, c->l, d));
     if (c->layernorm_embedding) {
         TRY(bind_norm(b, &m->emb_layer_norm, "emb_layer_norm", d));

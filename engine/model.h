@@ -40,6 +40,9 @@ struct luna_model {
     const float *embed_positions;      /* (max_positions + pad_id + 1, d), learned positions only */
     const float *embed_ngrams;         /* ((ngram_embed - 1) * vocab_size, d): row
                                           (j - 1) * vocab_size + token for the token j back */
+    const float *embed_hash;           /* ((hash_ngrams - 1) * hash_buckets, hash_dim): row
+                                          (o - 2) * hash_buckets + bucket for an o-gram */
+    const float *embed_hash_proj;      /* (d, (hash_ngrams - 1) * hash_dim), no bias */
     const float *projected_embeddings; /* (l, d) */
     luna_norm emb_layer_norm, proj_emb_layer_norm; /* layernorm_embedding */
     luna_norm layer_norm, proj_layer_norm;         /* normalize_before */

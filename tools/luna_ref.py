@@ -56,6 +56,9 @@ COMMON = {
     "max_positions": 0,
     "embed_scale": None,
     "ngram_embed": 1,
+    "hash_ngrams": 1,
+    "hash_buckets": 4096,
+    "hash_dim": 32,
     "layernorm_embedding": False,
     "vocab_size": 260,
     "byte_offset": 4,
@@ -95,6 +98,9 @@ _INT_RANGES = {
     "ffn": (1, 65536),
     "max_positions": (0, 16777216),
     "ngram_embed": (1, 32),
+    "hash_ngrams": (1, 32),
+    "hash_buckets": (2, 1 << 24),
+    "hash_dim": (1, 4096),
     "vocab_size": (1, 1 << 31),
     "byte_offset": (0, 1 << 31),
     "pad_id": (0, 1 << 31),
@@ -174,6 +180,8 @@ def resolve_config(cfg):
     for k in ("pad_id", "bos_id", "eos_id"):
         if c[k] >= c["vocab_size"]:
             raise ValueError(f"{k} must be < vocab_size")
+    if c["hash_buckets"] & (c["hash_buckets"] - 1):
+        raise ValueError("hash_buckets must be a power of two")
     if c["layernorm_embedding"] and c["normalize_before"]:
         raise ValueError("layernorm_embedding cannot be combined with normalize_before")
     if c["task"] == "causal-lm":
@@ -373,24 +381,68 @@ class LunaEncoderLayer(nn.Module):
         return self.final_layer_norm(x1 + self.fc2(self.act(self.fc1(x1)))), p1
 
 
+HASH_MOD = 2147483647  # 2^31 - 1
+HASH_MUL = 263
+HASH_MIX = 2654435761  # Knuth's multiplicative constant, 2^32 / golden ratio
+
+
+def hash_buckets(ids, order, buckets):
+    """hash_ngrams: for each position i >= order - 1 of ids (..., n), the bucket of the `order`
+    tokens ids[i-order+1 .. i] (docs/model-format.md, "Hashed n-gram embeddings"):
+        h = 0; for each token t, oldest first: h = (h * 263 + t + 1) mod (2^31 - 1)
+        bucket = ((h * 2654435761) mod 2^32) >> (32 - log2(buckets))
+    Returns a LongTensor (..., n - order + 1): entry j is the bucket of the n-gram ending at
+    position j + order - 1."""
+    n = ids.shape[-1]
+    ids = ids.long()
+    h = torch.zeros_like(ids[..., : n - order + 1])
+    for j in range(order):
+        h = (h * HASH_MUL + ids[..., j : n - order + 1 + j] + 1) % HASH_MOD
+    shift = 32 - (buckets.bit_length() - 1)
+    return ((h * HASH_MIX) % (1 << 32)) >> shift
+
+
 def token_embeddings(model, ids):
     """(embed_tokens(ids) + sum over b = 1 .. K-1 of embed_ngrams row (b-1)*vocab + ids[t-b],
-    where t-b >= 0) * embed_scale, K = ngram_embed: the token's embedding plus one table per
-    earlier position of a window of K tokens (a convolution of width K over one-hot tokens; no
-    term for the positions before the first token). ids: LongTensor (..., n); the last axis is
-    time, so right padding never reaches a real token."""
+    where t-b >= 0, + embed_hash_proj(concat over o = 2 .. M of embed_hash row
+    (o-2)*buckets + hash_buckets(ids[t-o+1 .. t]), zeros where t-o+1 < 0)) * embed_scale,
+    K = ngram_embed, M = hash_ngrams: the token's embedding plus one table per earlier
+    position of a window of K tokens (a convolution of width K over one-hot tokens; no term
+    for the positions before the first token), plus a hashed embedding of each n-gram of
+    2 .. M tokens that ends at the token. ids: LongTensor (..., n); the last axis is time, so
+    right padding never reaches a real token."""
     c = model.cfg
     x = model.embed_tokens(ids)
     V = c["vocab_size"]
     for b in range(1, min(c["ngram_embed"], ids.shape[-1] + 1)):
         g = model.embed_ngrams(ids[..., :-b] + (b - 1) * V)
         x = torch.cat([x[..., :b, :], x[..., b:, :] + g], dim=-2)
+    M = c["hash_ngrams"]
+    if M > 1:
+        B, r, n = c["hash_buckets"], c["hash_dim"], ids.shape[-1]
+        parts = []
+        for o in range(2, M + 1):
+            g = x.new_zeros(ids.shape + (r,))
+            if n >= o:
+                rows = model.embed_hash(hash_buckets(ids, o, B) + (o - 2) * B)
+                g = torch.cat([g[..., : o - 1, :], rows], dim=-2)
+            parts.append(g)
+        x = x + model.embed_hash_proj(torch.cat(parts, dim=-1))
     return x * c["embed_scale"]
 
 
 def add_ngram_embeddings(module, c):
     if c["ngram_embed"] > 1:
         module.embed_ngrams = nn.Embedding((c["ngram_embed"] - 1) * c["vocab_size"], c["d"])
+    if c["hash_ngrams"] > 1:
+        M = c["hash_ngrams"]
+        module.embed_hash = nn.Embedding((M - 1) * c["hash_buckets"], c["hash_dim"])
+        module.embed_hash_proj = nn.Linear((M - 1) * c["hash_dim"], c["d"], bias=False)
+
+
+def history_len(c):
+    """The tokens before a position that its embedding reads: max(ngram_embed, hash_ngrams) - 1."""
+    return max(c["ngram_embed"], c["hash_ngrams"]) - 1
 
 
 class LunaEncoder(nn.Module):

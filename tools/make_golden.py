@@ -87,6 +87,12 @@ CASES = [
          normalize_before=True, pooling="mean", labels=["ham", "spam"]),
     lm_case("lm_ngram_embed", d=16, H=2, l=8, layers=2, ffn=32, ngram_embed=5,
             normalize_before=True, positions="learned", max_positions=600),
+    # hashed n-gram embeddings (hash_ngrams M: each token adds a hashed row for each n-gram of
+    # 2..M tokens ending at it, projected to d). Few buckets, so that n-grams collide.
+    case("hash_ngrams_cls", d=16, H=2, l=8, layers=2, ffn=32, ngram_embed=3, hash_ngrams=4,
+         hash_buckets=16, hash_dim=3, labels=["ham", "spam"]),
+    lm_case("lm_hash_ngrams", d=16, H=2, l=8, layers=2, ffn=32, ngram_embed=2, hash_ngrams=7,
+            hash_buckets=32, hash_dim=4, normalize_before=True, positions="none"),
 ]
 
 

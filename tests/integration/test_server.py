@@ -33,6 +33,7 @@ FAST = os.path.join(ROOT, "tests/golden/email_subject_body")
 SLOW = os.path.join(ROOT, "build/test-models/slow")
 LM = os.path.join(ROOT, "tests/golden/lm_defaults")
 LM_MAXPOS = os.path.join(ROOT, "tests/golden/lm_legacy_untied_prenorm_learned")  # max_positions 512
+LM_HASH = os.path.join(ROOT, "tests/golden/lm_hash_ngrams")  # hash_ngrams 7, 32 buckets
 SLOW_LM = os.path.join(ROOT, "build/test-models/slow-lm")
 DEADLINE = time.monotonic() + 600  # the whole run stops by itself
 
@@ -848,6 +849,30 @@ def test_echo_of_a_prompt_cut_mid_character(s):
     assert prompt.decode("utf-8", "replace") == "ab\ufffd"
 
 
+def test_hashed_ngram_model():
+    # a model with hashed n-gram embeddings: /info shows them, the state grows by the 6 token
+    # ids they read (lm_defaults has the same shapes), and the server's greedy output is the CLI's
+    s = Server(model="", gen=LM_HASH)
+    plain = Server(model="", gen=LM)
+    try:
+        st, _, b = s.json("GET", "/info")
+        g = b["models"]["generate"]
+        assert st == 200 and (g["config"]["hash_ngrams"], g["config"]["hash_buckets"], g["config"]["hash_dim"]) == (7, 32, 4), b
+        st, _, bp = plain.json("GET", "/info")
+        assert bp["models"]["generate"]["config"]["hash_ngrams"] == 1, bp
+        assert "hash_buckets" not in bp["models"]["generate"]["config"], bp
+        assert g["state_bytes"] == bp["models"]["generate"]["state_bytes"] + 6 * 4, (g, bp)
+        body = {"inputs": "It is a truth", "parameters": {"max_new_tokens": 30, "return_raw_bytes": True}}
+        st, _, b = s.json("POST", "/generate", body)
+        assert st == 200, b
+        raw = base64.b64decode(b["generated_bytes_base64"])
+        r = subprocess.run([os.path.join(BIN, "luna"), "generate", "--model", LM_HASH, "--prompt", "It is a truth",
+                            "--max-new-tokens", "30", "--temperature", "0"], capture_output=True, check=True)
+        assert raw == r.stdout, (raw, r.stdout)
+    finally:
+        assert s.stop() == 0 and plain.stop() == 0
+
+
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
@@ -865,7 +890,7 @@ def main():
              (test_openai_completions, shared), (test_openai_chat, shared), (test_vllm_classify, shared),
              (test_playground_assets, shared), (test_gets_share_one_connection, shared),
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),
-             (test_generate_limits, None), (test_stream_pings_deadline_and_disconnects, None),
+             (test_generate_limits, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
              (test_memory_never_fits, None), (test_budget_invariant_32_clients, None),
              (test_queue_full_429, None), (test_deadline_504, None), (test_100_disconnects, None),

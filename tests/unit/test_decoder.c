@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/ctx.h"
 #include "engine/luna.h"
 #include "fixtures.h"
 #include "golden.h"
@@ -20,6 +21,7 @@
 static const char *const lm_cases[] = {
     "lm_defaults",
     "lm_f16_h1",
+    "lm_hash_ngrams",
     "lm_legacy_untied_prenorm_learned",
     "lm_ngram_embed",
     "lm_softplus_nopos_lnemb",
@@ -137,6 +139,7 @@ GOLDEN_LM(lm_f16_h1)
 GOLDEN_LM(lm_legacy_untied_prenorm_learned)
 GOLDEN_LM(lm_softplus_nopos_lnemb)
 GOLDEN_LM(lm_ngram_embed)
+GOLDEN_LM(lm_hash_ngrams)
 
 /* ---- contracts beyond the reference ------------------------------------------------------ */
 
@@ -270,6 +273,32 @@ Test(decoder, copy_forks_and_reset_clears) { fork_case("lm_defaults", LUNA_ATTN_
 Test(decoder, kv_copy_forks_and_reset_clears) { fork_case("lm_defaults", LUNA_ATTN_SOFTMAX); }
 Test(decoder, ngram_copy_forks_and_reset_clears) { fork_case("lm_ngram_embed", LUNA_ATTN_LUNA); }
 Test(decoder, ngram_kv_copy_forks_and_reset_clears) { fork_case("lm_ngram_embed", LUNA_ATTN_SOFTMAX); }
+Test(decoder, hash_copy_forks_and_reset_clears) { fork_case("lm_hash_ngrams", LUNA_ATTN_LUNA); }
+Test(decoder, hash_kv_copy_forks_and_reset_clears) { fork_case("lm_hash_ngrams", LUNA_ATTN_SOFTMAX); }
+
+/* hashed n-grams keep max(ngram_embed, hash_ngrams) - 1 token ids in the state. */
+Test(decoder, hash_state_keeps_the_longest_history)
+{
+    luna_model *m = golden_model("lm_hash_ngrams"), *plain = golden_model("lm_defaults");
+    const luna_config *cfg = luna_model_config(m);
+    cr_assert_eq(cfg->hash_ngrams, 7);
+    cr_assert_eq(cfg->ngram_embed, 2);
+    cr_expect_eq(luna_gen_state_bytes(m), luna_gen_state_bytes(plain) + 6 * sizeof(int32_t),
+                 "the same shapes as lm_defaults plus 6 token ids");
+    luna_model_free(m);
+    luna_model_free(plain);
+}
+
+/* The hash of docs/model-format.md, worked by hand: tokens 5, 9 (oldest first) give
+ * h = ((0 * 263 + 6) * 263 + 10) mod (2^31 - 1) = 1588, and 1588 * 2654435761 mod 2^32 =
+ * 1881071092 (0x701EDDF4), whose top 4 bits (16 buckets) are 7 and top 12 bits 1793. */
+Test(decoder, hash_bucket_is_the_documented_function)
+{
+    const int32_t win[] = {9, 5}; /* newest first */
+    cr_expect_eq(luna__hash_bucket(win, 2, 16), 7u);
+    cr_expect_eq(luna__hash_bucket(win, 2, 4096), 1793u);
+    cr_expect_eq(luna__hash_bucket(win, 1, 2), (uint32_t)(((10u * 2654435761u) & 0xffffffffu) >> 31));
+}
 
 /* n-gram embeddings keep ngram_embed - 1 token ids in the state, and nothing else grows. */
 Test(decoder, ngram_state_keeps_the_recent_tokens)

@@ -79,6 +79,7 @@ static const char *const cases[] = {
     "defaults",          "bf16_weights",       "email_subject_body",          "f16_weights",
     "h1_hp2_prenorm_gelu_head", "hp1_h4_nopos_ppool", "layernorm_embedding", "lra_paper",
     "static_projection_ids",    "untied_prenorm_learned_mean", "ngram_embed_mean",
+    "hash_ngrams_cls",
 };
 #define N_CASES (sizeof cases / sizeof cases[0])
 
@@ -99,6 +100,7 @@ GOLDEN(layernorm_embedding)
 GOLDEN(lra_paper)
 GOLDEN(static_projection_ids)
 GOLDEN(ngram_embed_mean)
+GOLDEN(hash_ngrams_cls)
 GOLDEN(untied_prenorm_learned_mean)
 
 /* Every case directory is tested: a new golden case cannot be left out of the list above. */
