@@ -49,6 +49,12 @@ while the attention recurrence itself always runs in float32; evaluation is floa
 no network), each on batch / N windows with --threads threads; their gradients are averaged
 before every step, and --selftest checks that 2 processes give the weights 1 process gives.
 On a 2-core machine, --procs 2 --threads 1 is ~30% faster than 1 process with 2 threads.
+
+--rename F replaces, in a random fraction F of the training windows, every novel-specific name
+(lm_data.Renamer: a capitalised word of one training novel only, never written in lower case)
+by a generated one, the same throughout the window. Persuasion's people and places are spelled
+nowhere in the training novels; a model that learnt Emma's and Darcy's names by heart meets them
+confidently wrong. --selftest checks the renamer on a made-up corpus.
 """
 
 import argparse
@@ -57,6 +63,7 @@ import math
 import os
 import platform
 import random
+import re
 import shlex
 import subprocess
 import sys
@@ -631,7 +638,41 @@ def new_replica(a, cfg, rank):
 
 
 def rank_sampler(a, train, rank):
-    return lm_data.WindowSampler(train, a.ctx, a.batch // a.procs, a.seed + 1000 * rank)
+    renamer = lm_data.Renamer(lm_data.train_pieces()) if a.rename > 0 else None
+    return lm_data.WindowSampler(train, a.ctx, a.batch // a.procs, a.seed + 1000 * rank,
+                                 renamer=renamer, rename=a.rename)
+
+
+def selftest_renamer(log=print):
+    """lm_data.Renamer on three made-up novels: only the names of one novel change, each the
+    same way throughout a call, into generated names that are no training word; the rest of the
+    text is untouched; a seed gives the same result again; the sampler renames about the asked
+    fraction of its windows, with rows that stay whole."""
+    pieces = [("a", "Emma met Mr Knightley in London. The Knightleys were out. Emma smiled.\n" * 40),
+              ("b", "Fanny saw the Crawfords in London and Bath; Crawford bowed to Fanny.\n" * 40),
+              ("c", "In Bath, Mr Darcy said nothing. The emma of it! Darcy left Bath.\n" * 40)]
+    r = lm_data.Renamer(pieces)
+    want = {"Knightley", "Knightleys", "Fanny", "Crawford", "Crawfords", "Darcy"}  # not Emma: "emma" in c
+    assert r.names == want, f"names {sorted(r.names)}"
+    text = "Fanny and the Crawfords met Darcy, Emma and Mr Crawford in Bath. Fanny left."
+    out = r.apply(text, np.random.default_rng(5))
+    again = r.apply(text, np.random.default_rng(5))
+    assert out == again, "not reproducible from the seed"
+    pat = (r"(\w+) and the (\w+)s met (\w+), Emma and Mr (\w+) in Bath\. (\w+) left\.")
+    m = re.fullmatch(pat, out)
+    assert m, f"the text around the names changed: {out!r}"
+    fanny, craw, darcy, craw2, fanny2 = m.groups()
+    assert fanny == fanny2 and craw == craw2, f"inconsistent within a call: {out!r}"
+    assert len({fanny, craw, darcy}) == 3 and not ({fanny, craw, darcy} & r.known), out
+    data = np.frombuffer(("".join(t for _, t in pieces) * 4).encode("latin-1"), np.uint8)
+    smp = lm_data.WindowSampler(data, 256, 8, 3, renamer=r, rename=0.5)
+    rows = [smp.next() for _ in range(25)]
+    frac = smp.renamed / 200
+    assert 0.35 < frac < 0.65, f"renamed {frac:.2f} of the windows, asked 0.5"
+    assert all(b.shape == (8, 257) and (b[:, 1:] >= lm_data.BYTE_OFFSET).all() for b in rows)
+    log(f"renamer self-test: names {sorted(r.names)}; {text!r} -> {out!r}; "
+        f"{frac:.2f} of 200 windows renamed at --rename 0.5")
+    return {"case": "renamer", "example": out, "renamed_fraction": frac, "ok": True}
 
 
 def broadcast_control(go, lr):
@@ -959,6 +1000,15 @@ def write_card(out, a, cfg, m, cmd):
         + (f" in each of {a.procs} data-parallel processes (gloo all-reduce of the gradients; "
            f"{a.batch // a.procs} windows per process per step)."
            if getattr(a, "procs", 1) > 1 else "."),
+        *([f"- Renamed windows (`--rename {a.rename}`): in that fraction of the training "
+           "windows, drawn at random, every novel-specific name (a capitalised word of one "
+           "training novel only whose lower-case form is no word of the training text: Emma, "
+           "Darcy, Highbury; not London, Bath or Anne, which several novels share) is replaced "
+           "by a name generated from a letter model of order 2, the same one throughout the "
+           "window (`lm_data.Renamer`). A new novel brings names no training novel spells; "
+           "renamed windows teach the model to spell such names from letter statistics and "
+           "from their earlier use in the text instead of answering with the training novels' "
+           "names."] if getattr(a, "rename", 0) > 0 else []),
         f"- {tr['steps']} steps, {tr['tokens']:,} tokens ({tr['tokens'] / m['train_bytes']:.2f} "
         f"passes over train.txt) in {tr['seconds'] / 60:.1f} min of training "
         f"({tr['tokens_per_s']:.0f} tokens/s) on {m['machine']}; whole run "
@@ -1052,6 +1102,9 @@ def main():
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--dropout", type=float, default=0.1, help="residual dropout in training")
+    ap.add_argument("--rename", type=float, default=0.0,
+                    help="fraction of training windows whose novel-specific names are replaced "
+                    "by generated ones (lm_data.Renamer)")
     ap.add_argument("--bf16", dest="bf16", action="store_true", default=None,
                     help="bf16 autocast for the Linear layers (default: only on a CPU with bf16 "
                          "instructions, avx512_bf16 or amx_bf16; without them it is emulated, ~20x slower)")
@@ -1085,6 +1138,7 @@ def main():
     if a.selftest:
         selftest(log)
         selftest_data_parallel(log)
+        selftest_renamer(log)
         return
     if a.card_only:
         with open(os.path.join(a.out, "metrics.json"), encoding="utf-8") as f:
@@ -1120,6 +1174,8 @@ def main():
                      r["rel_err_batch2"]) for r in st)
     if a.procs > 1:
         st.append(selftest_data_parallel(log))
+    if a.rename > 0:
+        st.append(selftest_renamer(log))
 
     train, valid, test = (lm_data.read_split(s) for s in lm_data.SPLITS)
     log(f"data: train {len(train):,} B, valid {len(valid):,} B, test {len(test):,} B")
