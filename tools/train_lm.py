@@ -85,6 +85,7 @@ import luna_ref  # noqa: E402
 
 LN2 = math.log(2.0)
 NGRAM = {"valid": 1.6646, "test": 1.8395}  # tools/baselines/lm_ngram.py, order 8 (docs/data.md)
+CLEAR_MARGIN = 0.01  # bits/byte below the n-gram on both Persuasion rows: "clearly better"
 NGRAM_JSON = os.path.join(ROOT, "data", "austen", "baseline_ngram.json")
 # The model without n-gram embeddings that this one replaced (its metrics.json, git 96f1122):
 # d 256, 4 layers, l 32, ctx 4096, 40 min of training on a shared machine.
@@ -793,12 +794,12 @@ def why_section(m):
     how much training it got and whether its loss was still falling, all from metrics.json."""
     ev, ng = m["eval"], m["ngram_baseline_bpb"]
     best = min(ev["test"]["stream_bpb"], ev["test"]["windows_bpb"])
-    if best < ng["test"]:
+    if max(ev["test"]["stream_bpb"], ev["test"]["windows_bpb"]) <= ng["test"] - CLEAR_MARGIN:
         return []
     tr = m["training"]
     hist = [h for h in m.get("history", []) if "train_bpb" in h]
     lines = [
-        "## Why it does not beat the n-gram",
+        "## Why it does not clearly beat the n-gram",
         "",
         f"On Persuasion its better row is {best:.3f} bits/byte against the 8-gram's "
         f"{ng['test']:.3f} ({best - ng['test']:+.3f}); on the validation chapters "
@@ -890,15 +891,21 @@ def notes_section(m):
 def write_card(out, a, cfg, m, cmd):
     """models/austen-lm/README.md, the model card."""
     ev, ng = m["eval"], m["ngram_baseline_bpb"]
-    beat_t = ev["test"]["stream_bpb"] < ng["test"]
-    beat_tw = ev["test"]["windows_bpb"] < ng["test"]
-    best_test = min(ev["test"]["stream_bpb"], ev["test"]["windows_bpb"])
-    verdict = (
-        f"**Yes**: {best_test:.4f} vs {ng['test']:.4f} bits/byte on Persuasion."
-        if (beat_t or beat_tw)
-        else f"**No.** Its best Persuasion score, {best_test:.4f} bits/byte, is "
-        f"{best_test - ng['test']:.4f} above the order-8 Kneser-Ney n-gram's {ng['test']:.4f}."
-    )
+    stream, windows = ev["test"]["stream_bpb"], ev["test"]["windows_bpb"]
+    best_test, worst_test = min(stream, windows), max(stream, windows)
+    if worst_test <= ng["test"] - CLEAR_MARGIN:
+        verdict = (f"**Yes**, both rows by at least {CLEAR_MARGIN} bits/byte: streaming "
+                   f"{stream:.4f}, windows {windows:.4f}, the n-gram {ng['test']:.4f}.")
+    elif best_test < ng["test"]:
+        verdict = (f"**Not clearly.** On Persuasion the windows score {windows:.4f} and the "
+                   f"stream {stream:.4f} bits/byte against the order-8 Kneser-Ney n-gram's "
+                   f"{ng['test']:.4f}: {best_test - ng['test']:+.4f} at best, less than the "
+                   f"{CLEAR_MARGIN} bits/byte we count as a clear win, and the stream, the way "
+                   f"a generator reads, is {stream - ng['test']:+.4f}.")
+    else:
+        verdict = (f"**No.** Its best Persuasion score, {best_test:.4f} bits/byte, is "
+                   f"{best_test - ng['test']:.4f} above the order-8 Kneser-Ney n-gram's "
+                   f"{ng['test']:.4f}.")
     tr = m["training"]
     rc = m["reference_check"]
     lines = [
@@ -946,7 +953,9 @@ def write_card(out, a, cfg, m, cmd):
         "- Split (docs/data.md): **train** = Emma, Mansfield Park, Northanger Abbey, Pride and "
         "Prejudice, Sense and Sensibility, each minus its last ceil(5%) chapters (3,328,977 "
         "bytes); **valid** = those last chapters (229,198 bytes); **test** = the whole of "
-        "*Persuasion* (466,854 bytes), never seen in training or model selection.",
+        "*Persuasion* (466,854 bytes), never seen in training. Model selection uses the validation "
+        "chapters (since --rename, also with their names renamed); the per-byte study of "
+        "Persuasion that led to --rename is in the notes, so its score is not entirely untouched.",
         "- Bytes, not characters: UTF-8 text, token = 4 + byte, preceded by bos (id 0). The "
         "training text is ASCII except one `£`.",
         "- The weights are a derivative of public-domain text; the model files may be used "
