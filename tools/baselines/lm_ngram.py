@@ -3,7 +3,9 @@
     /usr/bin/python3 tools/baselines/lm_ngram.py      # after tools/data/austen.py
 
 Trained on data/austen/train.txt; the order k (2..MAX_ORDER) is chosen by bits per byte on
-valid.txt; reports bits/byte on valid, test (Persuasion) and, if present, ood_mobydick.txt.
+valid.txt; reports bits/byte on valid, test (Persuasion), valid_renamed (valid.txt with the
+training novels' own names replaced: lm_data.renamed_valid(), the stand-in for a new novel that
+model selection uses) and, if present, ood_mobydick.txt.
 
 Smoothing (Chen & Goodman 1998, "interpolated modified Kneser-Ney"), over the 256 byte values:
   p_n(w|h) = max(c_n(h w) - D_n(c_n(h w)), 0) / c_n(h)  +  gamma_n(h) * p_{n-1}(w|h')
@@ -25,6 +27,9 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import lm_data  # noqa: E402  (tools/lm_data.py: the renamed validation chapters)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 DATA = os.path.join(ROOT, "data", "austen")
@@ -151,7 +156,8 @@ def main():
         if not os.path.exists(os.path.join(DATA, f)):
             sys.exit(f"data/austen/{f} missing: run tools/data/austen.py first")
     train = read("train.txt")
-    evals = {"valid": read("valid.txt"), "test": read("test.txt")}
+    evals = {"valid": read("valid.txt"), "test": read("test.txt"),
+             "valid_renamed": lm_data.renamed_valid()}
     if os.path.exists(os.path.join(DATA, "ood_mobydick.txt")):
         evals["ood_mobydick"] = read("ood_mobydick.txt")
     counts = Counts(train, MAX_ORDER)
