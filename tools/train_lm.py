@@ -90,7 +90,7 @@ LN2 = math.log(2.0)
 NGRAM = {"valid": 1.6646, "test": 1.8395, "valid_renamed": 1.7623}
 CLEAR_MARGIN = 0.01  # bits/byte below the n-gram on both Persuasion rows: "clearly better"
 NGRAM_JSON = os.path.join(ROOT, "data", "austen", "baseline_ngram.json")
-# The model without n-gram embeddings that this one replaced (its metrics.json, git 96f1122):
+# The first bundled LM, without n-gram embeddings (its metrics.json, git 96f1122):
 # d 256, 4 layers, l 32, ctx 4096, 40 min of training on a shared machine.
 PREVIOUS = {"minutes": 40, "test_stream_bpb": 3.5532, "order2_bpb": 3.54}
 
@@ -836,7 +836,7 @@ def why_section(m):
 
 def ngram_section(m, cfg):
     """Why the model has n-gram embeddings: the measured score of the same architecture
-    without them (PREVIOUS, the model this one replaced)."""
+    without them (PREVIOUS, the first bundled LM)."""
     if cfg.get("ngram_embed", 1) <= 1:
         return []
     return [
@@ -845,7 +845,7 @@ def ngram_section(m, cfg):
         "In causal Luna attention (LUNA.md) the only path from earlier bytes is the per-head "
         "state, the running sums of k_i^T w_i and w_i^T v_i divided by the position t: each "
         "earlier byte is 1/t of an average, and nothing singles out the last few bytes, which "
-        "carry most of what predicts the next one. The model this one replaced had the same "
+        "carry most of what predicts the next one. The first bundled LM (git 96f1122) had this "
         f"shape without n-gram embeddings; trained the same way for {PREVIOUS['minutes']} "
         f"minutes it scored {PREVIOUS['test_stream_bpb']:.3f} bits/byte on Persuasion "
         f"(streaming), about what an order-2 byte model gets ({PREVIOUS['order2_bpb']:.2f}), "
