@@ -194,6 +194,20 @@ class Renamer:
         return NAME_RE.sub(sub, text)
 
 
+# A chapter heading line, exactly as tools/data/austen.py splits the novels.
+CHAPTER_RE = re.compile(rb"^(?:CHAPTER|Chapter) [IVXLC0-9]+$", re.M)
+
+
+def chapter_spans(b):
+    """[(start, end)] byte offsets of the chapters of one novel's bytes b, covering all of b:
+    a chapter runs from its heading line to the next heading, and the text before the first
+    heading (the title page) goes with the first chapter, as in tools/data/austen.py. Used to
+    compare two models chapter by chapter on the test novel (tools/train_lm.py, lm_ngram.py)."""
+    starts = [m.start() for m in CHAPTER_RE.finditer(bytes(b))] or [0]
+    starts[0] = 0
+    return list(zip(starts, starts[1:] + [len(b)]))
+
+
 def renamed_valid(seed=0):
     """valid.txt with every novel-specific name of the training novels replaced, one mapping for
     the whole file (Renamer.apply with numpy.random.default_rng(seed)), as np.uint8: a stand-in,

@@ -35,7 +35,9 @@ bits/byte = nats / ln 2. The final evaluation scores valid.txt and test.txt (Per
 Every byte of the file is predicted once either way. It also streams the validation chapters with
 the training novels' own names renamed (lm_data.renamed_valid: a stand-in for a new novel, which
 model selection uses). The periodic validation during training uses the first --quick-valid
-bytes of valid.txt in windows (it is cheaper).
+bytes of valid.txt in windows (it is cheaper). The test stream is also compared with the n-gram
+chapter by chapter (paired_chapters: chapters won, a sign test, a bootstrap interval of the
+margin over the chapters); --chapters redoes that for a saved model.
 
 Time: --minutes is the budget of the WHOLE run (self-test, training, final evaluation, saving).
 Training stops when the remaining time is what the final evaluation needs (1.5 x its estimate
@@ -398,11 +400,12 @@ BUCKETS = (0, 16, 256, 1024, 4096, 16384, 65536, 262144)
 
 
 @torch.no_grad()
-def eval_stream(model, data, seg=4096, chunk=64, buckets=None):
+def eval_stream(model, data, seg=4096, chunk=64, buckets=None, spans=None):
     """Bits/byte of `data` (np.uint8) scored as ONE sequence bos + all bytes, processed in
     segments of seg tokens that carry the float64 running sums and the position (the engine's
     way). Returns (bpb, bytes, seconds); with buckets=dict(), also fills it with the bits/byte
-    of the bytes at offsets [BUCKETS[i], BUCKETS[i+1]) of the file."""
+    of the bytes at offsets [BUCKETS[i], BUCKETS[i+1]) of the file; with spans, a list of
+    (start, end) byte offsets, it replaces each by its total bits (end - start bytes)."""
     t_start = time.time()
     toks = torch.from_numpy(lm_data.to_tokens(data))
     n = len(toks) - 1  # predictions: token i+1 from tokens <= i
@@ -414,12 +417,64 @@ def eval_stream(model, data, seg=4096, chunk=64, buckets=None):
                                     state_dtype=torch.float64,
                                     prev=prev_tokens(model, toks, a).unsqueeze(0))
         per[a:b] = F.cross_entropy(logits[0].float(), toks[a + 1 : b + 1], reduction="none")
+    if spans is not None:
+        spans[:] = [float(per[a:e].sum()) / LN2 for a, e in spans]
     if buckets is not None:
         edges = list(BUCKETS) + [n]
         for lo, hi in zip(edges, edges[1:]):
             if lo < min(hi, n):
                 buckets[f"{lo}-{min(hi, n)}"] = float(per[lo : min(hi, n)].mean()) / LN2
     return float(per.sum()) / n / LN2, n, time.time() - t_start
+
+
+def paired_chapters(model_bits, ngram_bits, nbytes, resamples=10000, seed=0):
+    """The model against the n-gram chapter by chapter on one novel: lists of each chapter's
+    total bits under each and its byte count. The margin is the n-gram's bits/byte minus the
+    model's over a set of chapters (positive: the model is better), so over all chapters it is
+    the margin of the whole-file rows. Returns the chapters the model wins, the one-sided sign
+    test p-value of that many wins or more if each chapter were a coin toss, and a bootstrap
+    95% interval of the margin (chapters drawn with replacement, `resamples` times, seeded):
+    how much the margin depends on which chapters the novel happens to have."""
+    m, g, b = (np.asarray(v, np.float64) for v in (model_bits, ngram_bits, nbytes))
+    per = (g - m) / b
+    c = len(b)
+    wins = int((per > 0).sum())
+    p = sum(math.comb(c, k) for k in range(wins, c + 1)) / 2.0 ** c
+    idx = np.random.default_rng(seed).integers(0, c, (resamples, c))
+    boot = (g[idx].sum(1) - m[idx].sum(1)) / b[idx].sum(1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"chapters": c, "model_wins": wins, "sign_test_p": p,
+            "margin_bpb": float((g.sum() - m.sum()) / b.sum()),
+            "bootstrap_95": [float(lo), float(hi)], "resamples": resamples, "seed": seed,
+            "chapter_margin_bpb": [float(x) for x in per],
+            "smallest_chapter_margin_bpb": float(per.min())}
+
+
+def ngram_chapters(test, log):
+    """(spans, bits): Persuasion's chapters (lm_data.chapter_spans) and the n-gram's total bits
+    in each, from data/austen/baseline_ngram.json (tools/baselines/lm_ngram.py); None, said in
+    the log, if that file predates the chapter scores."""
+    nj = json.load(open(NGRAM_JSON)) if os.path.exists(NGRAM_JSON) else {}
+    ch = nj.get("test_chapters")
+    if not ch:
+        log(f"no test_chapters in {os.path.relpath(NGRAM_JSON, ROOT)}: run "
+            "tools/baselines/lm_ngram.py for the chapter-by-chapter comparison")
+        return None
+    spans = lm_data.chapter_spans(test)
+    if [tuple(x) for x in ch["spans"]] != spans:
+        raise SystemExit(f"{NGRAM_JSON}: its chapters are not lm_data.chapter_spans(test.txt)")
+    return spans, ch["bits"]
+
+
+def chapter_comparison(bits, spans, ngram_bits, log):
+    """paired_chapters() of the model's stream against the n-gram, logged; bits: the model's
+    total bits in each chapter (eval_stream(..., spans=))."""
+    r = paired_chapters(bits, ngram_bits, [e - a for a, e in spans])
+    r["model_chapter_bits"] = list(bits)
+    log(f"test by chapter: the model wins {r['model_wins']} of {r['chapters']} against the "
+        f"n-gram (sign test p = {r['sign_test_p']:.1e}); margin {r['margin_bpb']:.4f} bits/byte, "
+        f"bootstrap 95% [{r['bootstrap_95'][0]:.4f}, {r['bootstrap_95'][1]:.4f}]")
+    return r
 
 
 @torch.no_grad()
@@ -679,6 +734,39 @@ def selftest_renamer(log=print):
     return {"case": "renamer", "example": out, "renamed_fraction": frac, "ok": True}
 
 
+def selftest_chapters(log=print):
+    """lm_data.chapter_spans on a made-up novel (title page with chapter 1, headings only at the
+    start of a line, every byte covered once) and paired_chapters on cases whose answers are
+    known: the per-chapter margins, the whole-file margin, the wins, the exact sign test and a
+    bootstrap interval that holds the margin and has width 0 when every chapter's is equal."""
+    text = (b"Title\n\nChapter 1\n\nOne. See Chapter 2.\nChapter 2\n\nTwo.\n"
+            b"CHAPTER XII\nEnd.\nChapter 3a\n")
+    sp = lm_data.chapter_spans(np.frombuffer(text, np.uint8))
+    c2, c12 = text.index(b"Chapter 2\n"), text.index(b"CHAPTER XII")
+    assert sp == [(0, c2), (c2, c12), (c12, len(text))] and (c2, c12) == (38, 54), sp
+    assert sp[0][0] == 0 and sp[-1][1] == len(text)
+    assert all(e == a for (_, e), (a, _) in zip(sp, sp[1:]))
+    assert lm_data.chapter_spans(np.frombuffer(b"no headings\n", np.uint8)) == [(0, 12)]
+    nb = [100, 300, 200, 400]
+    g = [250.0, 600.0, 500.0, 700.0]  # the n-gram: 2.5, 2.0, 2.5, 1.75 bits/byte
+    m = [200.0, 630.0, 400.0, 600.0]  # the model: 2.0, 2.1, 2.0, 1.5
+    r = paired_chapters(m, g, nb, resamples=2000, seed=3)
+    assert np.allclose(r["chapter_margin_bpb"], [0.5, -0.1, 0.5, 0.25])
+    assert abs(r["margin_bpb"] - (2050 - 1830) / 1000) < 1e-12
+    assert r["model_wins"] == 3 and abs(r["sign_test_p"] - 5 / 16) < 1e-12, r
+    lo, hi = r["bootstrap_95"]
+    # the interval lies between the smallest and the largest chapter margin
+    assert lo < r["margin_bpb"] < hi and -0.1 <= lo and hi <= 0.5, r
+    assert paired_chapters(m, g, nb, 2000, 3) == r, "not reproducible from the seed"
+    even = paired_chapters([90.0] * 24, [100.0] * 24, [50] * 24, resamples=500)
+    assert even["model_wins"] == 24 and even["sign_test_p"] == 2.0 ** -24
+    assert np.allclose(even["bootstrap_95"], [0.2, 0.2]) and abs(even["margin_bpb"] - 0.2) < 1e-12
+    log(f"chapter self-test: spans {sp}; margin {r['margin_bpb']:.3f}, wins {r['model_wins']}/4, "
+        f"sign p {r['sign_test_p']:.4f}, bootstrap [{lo:.3f}, {hi:.3f}]")
+    return {"case": "chapters", "spans": sp, "paired": {k: r[k] for k in
+            ("margin_bpb", "model_wins", "sign_test_p", "bootstrap_95")}, "ok": True}
+
+
 def broadcast_control(go, lr):
     """Rank 0: tell the workers whether to take another step and at which lr. Workers: learn it."""
     ctl = torch.tensor([1.0 if go else 0.0, lr], dtype=torch.float64)
@@ -891,6 +979,26 @@ def notes_section(m):
     return (["## Notes on this run", ""] + [f"- {n}" for n in notes] + [""]) if notes else []
 
 
+def chapter_lines(r):
+    """The model card's paragraph on the chapter-by-chapter comparison (chapter_comparison)."""
+    if not r:
+        return []
+    lo, hi = r["bootstrap_95"]
+    worst = int(np.argmin(r["chapter_margin_bpb"]))
+    return [
+        f"Chapter by chapter (Persuasion's {r['chapters']} chapters, `lm_data.chapter_spans`; "
+        f"the stream against the 8-gram): the model is better in {r['model_wins']} of "
+        f"{r['chapters']} (a one-sided sign test gives p = {r['sign_test_p']:.2g} if each "
+        f"chapter were a coin toss). Drawing the chapters with replacement "
+        f"({r['resamples']:,} bootstrap samples, seed {r['seed']}) puts the stream's margin of "
+        f"{r['margin_bpb']:.4f} bits/byte between {lo:.4f} and {hi:.4f} (95%): that is how "
+        "much the margin depends on which chapters the novel happens to have. Its worst "
+        f"chapter is number {worst + 1} ({r['chapter_margin_bpb'][worst]:+.4f}; positive "
+        "means the model is better). `tools/train_lm.py --chapters --out DIR` recomputes it.",
+        "",
+    ]
+
+
 def write_card(out, a, cfg, m, cmd):
     """models/austen-lm/README.md, the model card."""
     ev, ng = m["eval"], m["ngram_baseline_bpb"]
@@ -941,6 +1049,7 @@ def write_card(out, a, cfg, m, cmd):
            f"{ev['valid_renamed']['stream_bpb']:.4f} streaming, the n-gram "
            f"{ng.get('valid_renamed', NGRAM['valid_renamed']):.4f}.", ""]
           if "valid_renamed" in ev else []),
+        *chapter_lines(ev["test"].get("by_chapter")),
         "Streaming bits/byte of Persuasion by byte offset (how the score changes as the "
         "context grows): "
         + ", ".join(f"{k}: {v:.3f}" for k, v in ev["test"]["stream_bpb_by_offset"].items())
@@ -1092,6 +1201,9 @@ def main():
     ap.add_argument("--engine-check", action="store_true",
                     help="only run build/bin/luna on the model in --out (eval on Persuasion, "
                          "greedy and sampled generation) and record it in metrics.json + README")
+    ap.add_argument("--chapters", action="store_true",
+                    help="only stream Persuasion through the model in --out again and compare it "
+                         "with the n-gram chapter by chapter; record it in metrics.json + README")
     ap.add_argument("--bench", type=int, default=0, help="time N training steps and exit")
     ap.add_argument("--minutes", type=float, default=50.0, help="wall budget of the whole run")
     ap.add_argument("--out", default=os.path.join(ROOT, "models", "austen-lm"))
@@ -1157,6 +1269,7 @@ def main():
         selftest(log)
         selftest_data_parallel(log)
         selftest_renamer(log)
+        selftest_chapters(log)
         return
     if a.card_only:
         with open(os.path.join(a.out, "metrics.json"), encoding="utf-8") as f:
@@ -1169,6 +1282,29 @@ def main():
         return
     if a.bench:
         bench(a)
+        return
+    if a.chapters:
+        mp = os.path.join(a.out, "metrics.json")
+        with open(mp, encoding="utf-8") as f:
+            m = json.load(f)
+        test = lm_data.read_split("test")
+        chapters = ngram_chapters(test, log)
+        if chapters is None:
+            raise SystemExit("no chapter scores of the n-gram: run tools/baselines/lm_ngram.py")
+        model = luna_ref.load(a.out).float()
+        model.eval()
+        bits = list(chapters[0])
+        bpb, _, sec = eval_stream(model, test, spans=bits)
+        want = m["eval"]["test"]["stream_bpb"]
+        log(f"test stream {bpb:.6f} bpb ({sec:.0f} s); metrics.json has {want:.6f}")
+        if abs(bpb - want) > 1e-5 * want:
+            raise SystemExit("the model in --out is not the one metrics.json describes")
+        m["eval"]["test"]["by_chapter"] = chapter_comparison(bits, *chapters, log)
+        with open(mp, "w", encoding="utf-8") as f:
+            json.dump(m, f, indent=1)
+            f.write("\n")
+        write_card(a.out, argparse.Namespace(**m["args"]), m["config"], m, m["command"])
+        log(f"wrote the chapter comparison into {mp} and README.md")
         return
     if a.engine_check:
         mp = os.path.join(a.out, "metrics.json")
@@ -1194,6 +1330,7 @@ def main():
         st.append(selftest_data_parallel(log))
     if a.rename > 0:
         st.append(selftest_renamer(log))
+    st.append(selftest_chapters(log))
 
     train, valid, test = (lm_data.read_split(s) for s in lm_data.SPLITS)
     log(f"data: train {len(train):,} B, valid {len(valid):,} B, test {len(test):,} B")
@@ -1317,9 +1454,11 @@ def main():
     log(f"saved {a.out}/config.json and model.safetensors")
 
     ev = {}
+    chapters = None if a.eval_limit else ngram_chapters(test, log)
     for name, data in (("valid", ev_valid), ("test", ev_test)):
         bk = {}
-        sb, nb, s1 = eval_stream(model, data, buckets=bk)
+        bits = list(chapters[0]) if chapters and name == "test" else None
+        sb, nb, s1 = eval_stream(model, data, buckets=bk, spans=bits)
         wb, _, s2 = eval_windows(model, data, a.eval_window)
         ev[name] = {"bytes": nb, "stream_bpb": sb, "windows_bpb": wb,
                     "stream_bpb_by_offset": bk,
@@ -1328,6 +1467,8 @@ def main():
             f"({s2:.0f} s); n-gram {ngram[name]:.4f}")
         log(f"{name}: stream bpb by byte offset: "
             + ", ".join(f"{k}: {v:.3f}" for k, v in bk.items()))
+        if bits is not None:
+            ev[name]["by_chapter"] = chapter_comparison(bits, *chapters, log)
     rb, nb, s1 = eval_stream(model, ev_renamed)
     ev["valid_renamed"] = {"bytes": nb, "stream_bpb": rb, "stream_seconds": round(s1, 1)}
     log(f"valid, names renamed (lm_data.renamed_valid): stream {rb:.4f} bpb ({s1:.0f} s); "

@@ -16,8 +16,11 @@ Smoothing (Chen & Goodman 1998, "interpolated modified Kneser-Ney"), over the 25
   each order's counts: Y = n1/(n1+2 n2), D1 = 1-2Y n2/n1, D2 = 2-3Y n3/n2, D3+ = 3-4Y n4/n3
   (D = 0.75 for all three when n1, n2 or n3 is 0, which happens only for tiny count tables).
 Each evaluation file is scored as one stream from an empty context (the first k-1 bytes use the
-lower orders); bits/byte = -mean log2 p over all its bytes. The probabilities are checked to sum
-to 1 over the 256 bytes for a sample of contexts. Deterministic; no randomness.
+lower orders); bits/byte = -mean log2 p over all its bytes. For the test novel, the chosen
+order's total bits in each chapter (lm_data.chapter_spans) are kept too, so that
+tools/train_lm.py can compare a model with the n-gram chapter by chapter. The probabilities
+are checked to sum to 1 over the 256 bytes for a sample of contexts. Deterministic; no
+randomness.
 Writes data/austen/baseline_ngram.json.
 """
 
@@ -29,7 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import lm_data  # noqa: E402  (tools/lm_data.py: the renamed validation chapters)
+import lm_data  # noqa: E402  (tools/lm_data.py: the renamed validation chapters, chapter_spans)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 DATA = os.path.join(ROOT, "data", "austen")
@@ -114,7 +117,8 @@ def probs(tables, qs, maxorder=None):
     return p
 
 
-def bits_per_byte(tables, b):
+def byte_bits(tables, b):
+    """-log2 p of each byte of b, scored as one stream from an empty context."""
     k = len(tables)
     T = len(b)
     qs = []
@@ -123,8 +127,11 @@ def bits_per_byte(tables, b):
         q[n - 1 :] = ngram_keys(b, n)
         qs.append(q)
     maxorder = np.minimum(np.arange(T) + 1, k)
-    p = probs(tables, qs, maxorder)
-    return float(-np.log2(p).mean())
+    return -np.log2(probs(tables, qs, maxorder))
+
+
+def bits_per_byte(tables, b):
+    return float(byte_bits(tables, b).mean())
 
 
 def check_normalised(tables, train, n_ctx=200):
@@ -163,12 +170,17 @@ def main():
     counts = Counts(train, MAX_ORDER)
     t_count = time.time() - t0
     rows = []
+    spans = lm_data.chapter_spans(evals["test"])
+    chapter_bits = {}  # order -> total bits of each chapter of the test novel
     for k in range(MIN_ORDER, MAX_ORDER + 1):
         tables = counts.model(k)
         err = check_normalised(tables, train)
         row = {"order": k, "sum_to_one_max_error": err}
         for name, b in evals.items():
-            row[name] = bits_per_byte(tables, b)
+            bits = byte_bits(tables, b)
+            row[name] = float(bits.mean())
+            if name == "test":
+                chapter_bits[k] = [float(bits[a:e].sum()) for a, e in spans]
         rows.append(row)
     best = min(rows, key=lambda r: r["valid"])
     names = list(evals)
@@ -185,6 +197,8 @@ def main():
            "eval_bytes": {n: int(len(b)) for n, b in evals.items()},
            "chosen_order": best["order"],
            "bits_per_byte": {n: best[n] for n in names}, "by_order": rows,
+           "test_chapters": {"spans": [[int(a), int(e)] for a, e in spans],
+                             "bits": chapter_bits[best["order"]]},
            "seconds": round(time.time() - t0, 1), "counting_seconds": round(t_count, 1)}
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
