@@ -27,6 +27,12 @@ SPLITS = ("train", "valid", "test")
 # docs/model-format.md defaults (vocab 260)
 BOS_ID, PAD_ID, EOS_ID, BYTE_OFFSET = 0, 1, 2, 4
 
+sys.path.insert(0, os.path.join(ROOT, "tools", "data"))
+from austen import CHAPTER_RE as HEADING_LINE_RE  # noqa: E402  (the line that starts a chapter)
+
+# tools/data/austen.py's chapter heading line, matched against every line of a novel's bytes
+CHAPTER_RE = re.compile(HEADING_LINE_RE.pattern.encode("ascii"), re.M)
+
 
 def ensure_data():
     """Runs tools/data/austen.py if any split file is missing (it is idempotent and cheap)."""
@@ -192,10 +198,6 @@ class Renamer:
             return mapping[base] + suffix
 
         return NAME_RE.sub(sub, text)
-
-
-# A chapter heading line, exactly as tools/data/austen.py splits the novels.
-CHAPTER_RE = re.compile(rb"^(?:CHAPTER|Chapter) [IVXLC0-9]+$", re.M)
 
 
 def chapter_spans(b):

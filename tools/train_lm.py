@@ -446,8 +446,7 @@ def paired_chapters(model_bits, ngram_bits, nbytes, resamples=10000, seed=0):
     return {"chapters": c, "model_wins": wins, "sign_test_p": p,
             "margin_bpb": float((g.sum() - m.sum()) / b.sum()),
             "bootstrap_95": [float(lo), float(hi)], "resamples": resamples, "seed": seed,
-            "chapter_margin_bpb": [float(x) for x in per],
-            "smallest_chapter_margin_bpb": float(per.min())}
+            "chapter_margin_bpb": [float(x) for x in per]}
 
 
 def ngram_chapters(test, log):
@@ -475,6 +474,24 @@ def chapter_comparison(bits, spans, ngram_bits, log):
         f"n-gram (sign test p = {r['sign_test_p']:.1e}); margin {r['margin_bpb']:.4f} bits/byte, "
         f"bootstrap 95% [{r['bootstrap_95'][0]:.4f}, {r['bootstrap_95'][1]:.4f}]")
     return r
+
+
+def rescore_chapters(model_dir, m, log):
+    """--chapters: the saved model's Persuasion stream again, chapter by chapter against the
+    n-gram; the stream must match the one its metrics.json `m` records."""
+    test = lm_data.read_split("test")
+    chapters = ngram_chapters(test, log)
+    if chapters is None:
+        raise SystemExit("no chapter scores of the n-gram: run tools/baselines/lm_ngram.py")
+    model = luna_ref.load(model_dir).float()
+    model.eval()
+    bits = list(chapters[0])
+    bpb, _, sec = eval_stream(model, test, spans=bits)
+    want = m["eval"]["test"]["stream_bpb"]
+    log(f"test stream {bpb:.6f} bpb ({sec:.0f} s); metrics.json has {want:.6f}")
+    if abs(bpb - want) > 1e-5 * want:
+        raise SystemExit(f"the model in {model_dir} is not the one its metrics.json describes")
+    return chapter_comparison(bits, *chapters, log)
 
 
 @torch.no_grad()
@@ -979,6 +996,19 @@ def notes_section(m):
     return (["## Notes on this run", ""] + [f"- {n}" for n in notes] + [""]) if notes else []
 
 
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_metrics(out, m):
+    """Writes OUT/metrics.json and the model card rendered from it."""
+    with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(m, f, indent=1)
+        f.write("\n")
+    write_card(out, argparse.Namespace(**m["args"]), m["config"], m, m["command"])
+
+
 def chapter_lines(r):
     """The model card's paragraph on the chapter-by-chapter comparison (chapter_comparison)."""
     if not r:
@@ -1272,8 +1302,7 @@ def main():
         selftest_chapters(log)
         return
     if a.card_only:
-        with open(os.path.join(a.out, "metrics.json"), encoding="utf-8") as f:
-            m = json.load(f)
+        m = read_metrics(a.out)
         if "ngram_by_order" not in m and os.path.exists(NGRAM_JSON):
             m["ngram_by_order"] = {str(r["order"]): r["test"]
                                    for r in json.load(open(NGRAM_JSON))["by_order"]}
@@ -1284,38 +1313,16 @@ def main():
         bench(a)
         return
     if a.chapters:
-        mp = os.path.join(a.out, "metrics.json")
-        with open(mp, encoding="utf-8") as f:
-            m = json.load(f)
-        test = lm_data.read_split("test")
-        chapters = ngram_chapters(test, log)
-        if chapters is None:
-            raise SystemExit("no chapter scores of the n-gram: run tools/baselines/lm_ngram.py")
-        model = luna_ref.load(a.out).float()
-        model.eval()
-        bits = list(chapters[0])
-        bpb, _, sec = eval_stream(model, test, spans=bits)
-        want = m["eval"]["test"]["stream_bpb"]
-        log(f"test stream {bpb:.6f} bpb ({sec:.0f} s); metrics.json has {want:.6f}")
-        if abs(bpb - want) > 1e-5 * want:
-            raise SystemExit("the model in --out is not the one metrics.json describes")
-        m["eval"]["test"]["by_chapter"] = chapter_comparison(bits, *chapters, log)
-        with open(mp, "w", encoding="utf-8") as f:
-            json.dump(m, f, indent=1)
-            f.write("\n")
-        write_card(a.out, argparse.Namespace(**m["args"]), m["config"], m, m["command"])
-        log(f"wrote the chapter comparison into {mp} and README.md")
+        m = read_metrics(a.out)
+        m["eval"]["test"]["by_chapter"] = rescore_chapters(a.out, m, log)
+        save_metrics(a.out, m)
+        log(f"wrote the chapter comparison into {a.out}/metrics.json and README.md")
         return
     if a.engine_check:
-        mp = os.path.join(a.out, "metrics.json")
-        with open(mp, encoding="utf-8") as f:
-            m = json.load(f)
+        m = read_metrics(a.out)
         m["engine_check"] = engine_check(a, m, log)
-        with open(mp, "w", encoding="utf-8") as f:
-            json.dump(m, f, indent=1)
-            f.write("\n")
-        write_card(a.out, argparse.Namespace(**m["args"]), m["config"], m, m["command"])
-        log(f"wrote the engine check into {mp} and README.md")
+        save_metrics(a.out, m)
+        log(f"wrote the engine check into {a.out}/metrics.json and README.md")
         if m["engine_check"]["eval_bpb_rel_diff"] > 1e-3 or not m["engine_check"]["greedy_identical"]:
             raise SystemExit("engine check FAILED: the C engine and this script disagree")
         return
@@ -1514,10 +1521,7 @@ def main():
         "history": history,
         "total_seconds": round(total, 1),
     }
-    with open(os.path.join(a.out, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(m, f, indent=1)
-        f.write("\n")
-    write_card(a.out, a, cfg, m, cmd)
+    save_metrics(a.out, m)
     log(f"wrote {a.out}/metrics.json and README.md; total {total / 60:.1f} min")
 
 
