@@ -94,7 +94,29 @@ async function open(viewport, url = base) {
 // the status strip has read /metrics at least once
 const statusUp = (page) => page.waitForFunction(() => /^\d/.test(document.getElementById("st-inflight").textContent), null, { timeout: T });
 
-const spam = "Subject: cheap meds\n\nBuy now!!! Cheap pills, no prescription, 90% off. Click http://cheap-meds.example/buy now!!!";
+// A real spam that the bundled model never saw: spam-2/01395.cb33d1d72f42e4ab9268729917bf428b of
+// the held-out test split (data/spamassassin/test.jsonl, docs/data.md; the corpus is CC0), whole,
+// as the model reads it (its Subject, then the body). models/spam: spam 0.998. The screenshots show it.
+const spam = [
+  "Subject: ADV: Free Mortgage Rate Quote mbvod",
+  "",
+  "Did you hear? Interest rates have just been lowered again. Don't delay! Get your free mortgage rate quote now and see how much you could save every month!",
+  "    ",
+  "Free, no obligation quote:",
+  "http://www.toplinequotes.com/freequote/",
+  "                     ",
+  "                     ",
+  "                     ",
+  "                     ",
+  "                      ",
+  "---------------------------------------",
+  "To be removed, go to: ",
+  "http://www.toplinequotes.com/unsubscribe/",
+  "Allow 48-72 hours for removal.",
+  "",
+  "",
+  "",
+].join("\n");
 
 await check("load / at 1280x800 and 390x844: no console errors, no CSP violations, nothing wider than the screen", async () => {
   for (const vp of [WIDE, NARROW]) {
@@ -382,6 +404,10 @@ await check("errors read as sentences: 413 for a pasted 150 KB text and a droppe
 
 await check(`screenshots at 1280 and 390 px (${update ? "docs/" : "temp dir"})`, async () => {
   let ctl = null, busy = null;
+  // docs/ shows the bundled models, and the held-out spam classified as spam
+  const info = await (await fetch(`${base}/info`, { signal: AbortSignal.timeout(T) })).json();
+  const bundled = /(^|\/)models\/spam$/.test(info.models.classify.path) && /(^|\/)models\/austen-lm$/.test(info.models.generate?.path ?? "");
+  assert(bundled || !update, `--update-screenshots wants the bundled models, the server has ${info.models.classify.path} and ${info.models.generate?.path}`);
   try {
     const wide = await open(WIDE);
     const narrow = await open(NARROW);
@@ -389,6 +415,8 @@ await check(`screenshots at 1280 and 390 px (${update ? "docs/" : "temp dir"})`,
       await wide.page.fill("#cls-text", spam);
       await wide.page.click("#cls-run");
       await wide.page.waitForSelector("#cls-result", { state: "visible" });
+      const top = await wide.page.textContent("#cls-top");
+      assert(!bundled || top.startsWith("spam"), `models/spam calls the held-out spam ${top}`);
       await narrow.page.click("#tab-generate");
       await narrow.page.fill("#gen-seed", "7");
       await narrow.page.click("#gen-run");
@@ -404,6 +432,8 @@ await check(`screenshots at 1280 and 390 px (${update ? "docs/" : "temp dir"})`,
       }).catch(() => {});
       const inFlight = (page) => page.waitForFunction(() => document.getElementById("st-inflight").textContent !== "0", null, { timeout: 2500 }).catch(() => {});
       await Promise.all([inFlight(wide.page), inFlight(narrow.page)]);
+      // the message from its Subject line, not scrolled to its end where fill() left the caret
+      await wide.page.$eval("#cls-text", (t) => { t.setSelectionRange(0, 0); t.scrollTop = 0; });
       const a = join(shotDir, "playground-1280.png"), b = join(shotDir, "playground-390.png");
       await wide.page.screenshot({ path: a, fullPage: true });
       await narrow.page.screenshot({ path: b, fullPage: true });
