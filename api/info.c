@@ -54,6 +54,7 @@ char *api_render_info(const srv_app *app)
     const srv_config *c = &app->cfg;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "name", "lunaserve");
+    cJSON_AddStringToObject(root, "version", LUNASERVE_VERSION);
     cJSON *models = cJSON_AddObjectToObject(root, "models");
     if (app->classifier) cJSON_AddItemToObject(models, "classify", model_json(c->classify_model, app->classifier));
     if (app->generator) cJSON_AddItemToObject(models, "generate", model_json(c->generate_model, app->generator));
@@ -70,6 +71,17 @@ char *api_render_info(const srv_app *app)
     cJSON_AddNumberToObject(mem, "budget_bytes", (double)c->memory_budget);
     cJSON_AddNumberToObject(root, "workers", app->n_workers);
     cJSON_AddNumberToObject(root, "blas_threads", c->blas_threads);
+    /* what every number this server reports ran on */
+    const luna_blas_info *b = &app->blas;
+    cJSON *blas = cJSON_AddObjectToObject(root, "blas");
+    cJSON_AddStringToObject(blas, "library", b->library);
+    cJSON_AddStringToObject(blas, "version", b->version);
+    cJSON_AddStringToObject(blas, "core", b->core);
+    cJSON_AddStringToObject(blas, "default_core", b->default_core);
+    cJSON_AddStringToObject(blas, "selection", b->selection);
+    cJSON_AddStringToObject(blas, "reason", b->reason);
+    cJSON_AddNumberToObject(blas, "threads", c->blas_threads);
+    cJSON_AddStringToObject(blas, "cpu", b->cpu);
     cJSON_AddBoolToObject(root, "auth", c->n_api_keys > 0);
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);

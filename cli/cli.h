@@ -6,11 +6,14 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "engine/blas.h"
 #include "engine/luna.h"
 
 #define EXIT_USAGE 2
 
 extern const char *prog; /* "luna" */
+/* The BLAS kernel this run uses and why (chosen in main, before any command runs). */
+extern luna_blas_info cli_blas;
 
 /* Prints "luna CMD: <fmt with arg>" and a pointer to --help, then exits 2. */
 void die_usage(const char *cmd, const char *fmt, const char *arg);
@@ -30,6 +33,9 @@ struct rusage;
  * when the child died or wrote less. */
 int run_in_child(void (*child)(void *arg, int fd), void *arg, void *result, size_t size,
                  struct rusage *ru);
+
+/* cli_blas as a JSON object, into buf; returns buf. */
+const char *blas_json(char *buf, size_t cap);
 
 /* cli/generate.c */
 int cmd_generate(int argc, char **argv);

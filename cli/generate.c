@@ -379,9 +379,12 @@ int cmd_bench_gen(int argc, char **argv)
     luna_model *m = load_lm_or_die("bench-gen", model);
     const luna_config *cfg = luna_model_config(m);
     int chunk = o.chunk > 0 ? o.chunk : 256;
-    if (!json)
-        printf("%-8s %4s %9s %10s %13s %8s %9s %7s %11s %9s\n", "attention", "l", "n", "prefill_s",
+    if (!json) {
+        char blas[512];
+        luna_blas_summary(&cli_blas, blas, sizeof blas);
+        printf("# %s\n%-8s %4s %9s %10s %13s %8s %9s %7s %11s %9s\n", blas, "attention", "l", "n", "prefill_s",
                "prefill_tok_s", "gflops", "step_ms", "vs_ref", "state_kb", "rss_mb");
+    }
     int status = 0;
     for (int i = 0; i < count; i++) {
         size_t n = ns[i];
@@ -400,9 +403,9 @@ int cmd_bench_gen(int argc, char **argv)
             printf("{\"attention\": \"%s\", \"l\": %d, \"d\": %d, \"layers\": %d, \"n\": %zu, "
                    "\"prefill_s\": %.4f, \"prefill_tok_s\": %.1f, \"gflops\": %.2f, \"step_ms\": %.4f, "
                    "\"ref_n\": %zu, \"ref_step_ms\": %.4f, \"sgemm_gflops\": %.2f, \"state_bytes\": %zu, "
-                   "\"rss_mb\": %.2f, \"threads\": %d}\n",
+                   "\"rss_mb\": %.2f, \"threads\": %d, \"blas_core\": \"%s\"}\n",
                    attn_name, cfg->l, cfg->d, cfg->layers, n, r.prefill_s, tps, gf, r.step_ms,
-                   ref_n, r.ref_step_ms, r.sgemm_gflops, r.state_bytes, rss, luna_blas_threads());
+                   ref_n, r.ref_step_ms, r.sgemm_gflops, r.state_bytes, rss, luna_blas_threads(), cli_blas.core);
         else
             printf("%-8s %4d %9zu %10.3f %13.0f %8.1f %9.4f %7.3f %11.1f %9.1f\n", attn_name, cfg->l,
                    n, r.prefill_s, tps, gf, r.step_ms, r.step_ms / r.ref_step_ms,

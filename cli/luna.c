@@ -23,6 +23,7 @@
 #include "engine/luna.h"
 
 const char *prog = "luna";
+luna_blas_info cli_blas;
 
 void die_usage(const char *cmd, const char *fmt, const char *arg)
 {
@@ -354,9 +355,12 @@ static int cmd_bench(int argc, char **argv)
     if (threads) luna_blas_set_threads(threads);
     luna_model *m = load_or_die(model);
     const luna_config *cfg = luna_model_config(m);
-    if (!json)
-        printf("%-15s %4s %9s %11s %9s %9s %9s %8s\n", "attention", "l", "n", "ms", "rss_mb",
+    if (!json) {
+        char blas[512];
+        luna_blas_summary(&cli_blas, blas, sizeof blas);
+        printf("# %s\n%-15s %4s %9s %11s %9s %9s %9s %8s\n", blas, "attention", "l", "n", "ms", "rss_mb",
                "base_mb", "pred_mb", "gflops");
+    }
     int status = 0;
     for (int i = 0; i < count; i++) {
         size_t n = ns[i];
@@ -387,9 +391,10 @@ static int cmd_bench(int argc, char **argv)
         double rss = (double)ru.ru_maxrss / 1024.0, base = (double)r.base_kb / 1024.0;
         if (json)
             printf("{\"attention\": \"%s\", \"l\": %d, \"n\": %zu, \"ms\": %.3f, \"rss_mb\": %.2f, "
-                   "\"base_mb\": %.2f, \"pred_mb\": %.2f, \"gflops\": %.2f, \"threads\": %d, \"lanes\": %d}\n",
+                   "\"base_mb\": %.2f, \"pred_mb\": %.2f, \"gflops\": %.2f, \"threads\": %d, \"lanes\": %d, "
+                   "\"blas_core\": \"%s\"}\n",
                    attn_name, cfg->l, n, r.best_s * 1e3, rss, base, pred, gf, luna_blas_threads(),
-                   o.threads > 1 ? o.threads : 1);
+                   o.threads > 1 ? o.threads : 1, cli_blas.core);
         else
             printf("%-15s %4d %9zu %11.2f %9.1f %9.1f %9.1f %8.1f\n", attn_name, cfg->l, n,
                    r.best_s * 1e3, rss, base, pred, gf);
@@ -397,6 +402,32 @@ static int cmd_bench(int argc, char **argv)
     }
     luna_model_free(m);
     return status;
+}
+
+/* cli_blas as a JSON object (the strings are core names, versions and cpuid text: no quotes or
+ * backslashes, but escape them anyway). */
+static void json_str(char **p, char *end, const char *key, const char *v)
+{
+    *p += snprintf(*p, (size_t)(end - *p), "%s\"%s\": \"", (*p)[-1] == '{' ? "" : ", ", key);
+    for (; *v && *p < end - 8; v++) {
+        if (*v == '"' || *v == '\\') *(*p)++ = '\\';
+        *(*p)++ = (unsigned char)*v < 0x20 ? ' ' : *v;
+    }
+    *p += snprintf(*p, (size_t)(end - *p), "\"");
+}
+
+const char *blas_json(char *buf, size_t cap)
+{
+    char *p = buf, *end = buf + cap;
+    *p++ = '{';
+    *p = 0;
+    json_str(&p, end, "library", cli_blas.library);
+    json_str(&p, end, "version", cli_blas.version);
+    json_str(&p, end, "core", cli_blas.core);
+    json_str(&p, end, "selection", cli_blas.selection);
+    json_str(&p, end, "cpu", cli_blas.cpu);
+    if (p < end - 2) *p++ = '}', *p = 0;
+    return buf;
 }
 
 /* ---- sgemm ---------------------------------------------------------------------------------- */
@@ -431,15 +462,21 @@ static int cmd_sgemm(int argc, char **argv)
     if (optind < argc) die_usage("sgemm", "unexpected argument '%s'", argv[optind]);
     if (threads) luna_blas_set_threads(threads);
     double g = luna_sgemm_gflops(size, size, size, seconds);
-    if (json) printf("{\"size\": %d, \"threads\": %d, \"gflops\": %.2f}\n", size, luna_blas_threads(), g);
-    else printf("sgemm %dx%dx%d, %d threads: %.1f GFLOP/s\n", size, size, size, luna_blas_threads(), g);
+    char blas[512];
+    if (json) {
+        printf("{\"size\": %d, \"threads\": %d, \"gflops\": %.2f, \"blas\": %s}\n", size, luna_blas_threads(), g,
+               blas_json(blas, sizeof blas));
+    } else {
+        luna_blas_summary(&cli_blas, blas, sizeof blas);
+        printf("sgemm %dx%dx%d, %d threads: %.1f GFLOP/s\n# %s\n", size, size, size, luna_blas_threads(), g, blas);
+    }
     return 0;
 }
 
 /* ---- main --------------------------------------------------------------------------------- */
 
 static const char main_help[] =
-    "usage: luna COMMAND [options]\n"
+    "usage: luna [--blas-core auto|default|NAME] COMMAND [options]\n"
     "Commands:\n"
     "  classify   classify a document with a Luna classifier\n"
     "  bench      measure latency and peak memory of a forward pass at several lengths\n"
@@ -447,7 +484,9 @@ static const char main_help[] =
     "  bench-gen  measure prefill throughput, time per token and state bytes at several contexts\n"
     "  eval       score a model on a data file: accuracy and F1, or bits per byte\n"
     "  sgemm      measure this machine's sgemm rate\n"
-    "Run 'luna COMMAND --help' for a command's options.\n";
+    "Run 'luna COMMAND --help' for a command's options.\n"
+    "--blas-core (or LUNA_BLAS_CORE) picks OpenBLAS's kernels: auto (default: the best this CPU\n"
+    "runs, unless OPENBLAS_CORETYPE is set), default (OpenBLAS's own choice) or a core name.\n";
 
 int main(int argc, char **argv)
 {
@@ -460,6 +499,30 @@ int main(int argc, char **argv)
         fputs(main_help, stdout);
         return 0;
     }
+    /* the BLAS kernel, before anything else: choosing it may re-execute this program */
+    const char *blas_core = getenv("LUNA_BLAS_CORE");
+    int skip = 0;
+    if (!strcmp(cmd, "--blas-core") || !strncmp(cmd, "--blas-core=", 12)) {
+        if (cmd[11] == '=') blas_core = cmd + 12, skip = 1;
+        else if (argc > 2) blas_core = argv[2], skip = 2;
+        else {
+            fprintf(stderr, "%s: --blas-core needs a value\n", prog);
+            return EXIT_USAGE;
+        }
+        if (argc <= skip + 1) {
+            fputs(main_help, stderr);
+            return EXIT_USAGE;
+        }
+        cmd = argv[skip + 1];
+    }
+    int brc = luna_blas_select(blas_core, argv, &cli_blas);
+    if (brc) {
+        fprintf(stderr, "%s: %s\n", prog, cli_blas.reason);
+        return brc == -1 ? EXIT_USAGE : 1;
+    }
+    if (!strcmp(cli_blas.selection, "fallback")) fprintf(stderr, "%s: warning: %s\n", prog, cli_blas.reason);
+    argc -= skip;
+    argv += skip;
     if (!strcmp(cmd, "classify")) return cmd_classify(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "sgemm")) return cmd_sgemm(argc - 1, argv + 1);

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "engine/blas.h"
+
 typedef enum { T_STR, T_INT, T_BYTES, T_SECONDS, T_LIST } stype;
 
 typedef struct {
@@ -35,6 +37,7 @@ static const setting SETTINGS[] = {
     {"generate-model", T_STR, 0, 0, "models/austen-lm", F(generate_model), 0, "generator model directory (optional)"},
     {"workers", T_INT, 0, 256, "0", F(workers), 0, "worker threads; 0 = cores / blas-threads"},
     {"blas-threads", T_INT, 1, 256, "1", F(blas_threads), 0, "OpenBLAS threads (process-wide); workers x blas-threads should be the cores"},
+    {"blas-core", T_STR, 0, 0, "auto", F(blas_core), 0, "OpenBLAS kernels: auto (the best this CPU runs, unless OPENBLAS_CORETYPE is set), default (OpenBLAS's own choice) or a core name (SkylakeX, Haswell, ...)"},
     {"memory-budget", T_BYTES, 1 << 20, 1e15, "2G", F(memory_budget), 0, "bytes that running requests may reserve in all (K/M/G/T suffixes)"},
     {"max-queue", T_INT, 1, 1000000, "64", F(max_queue), 0, "requests that may wait; more get 429"},
     {"max-body-bytes", T_BYTES, 1024, 1e12, "16M", F(max_body_bytes), 0, "largest request body; larger gets 413 before it is read"},
@@ -304,6 +307,11 @@ int srv_config_load(srv_config *cfg, int argc, char **argv)
         char src[80];
         snprintf(src, sizeof src, "flag --%s", s->name);
         if (set(cfg, s, val, src)) return -1;
+    }
+    char err[256];
+    if (luna_blas_check_setting(cfg->blas_core, err, sizeof err)) {
+        fprintf(stderr, "lunaserve: %s\n", err);
+        return -1;
     }
     if (cfg->max_request_timeout < cfg->request_timeout) {
         fprintf(stderr, "lunaserve: max-request-timeout (%g) is below request-timeout (%g)\n",

@@ -19,6 +19,7 @@ typedef struct {
     char generate_model[1024];
     int workers;
     int blas_threads;
+    char blas_core[32];       /* auto, default or an OpenBLAS core name (engine/blas.h) */
     uint64_t memory_budget;   /* bytes */
     int max_queue;
     uint64_t max_body_bytes;

@@ -43,11 +43,26 @@ int main(int argc, char **argv)
     srv_log_init(app.cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
 
+    /* The BLAS kernel first: choosing it may re-execute this program (engine/blas.h), which
+     * must happen before any thread starts or any model is mapped. */
+    rc = luna_blas_select(app.cfg.blas_core, argv, &app.blas);
+    {
+        char e1[700], e2[200], e3[100];
+        srv_log(rc ? LOG_ERROR : LOG_INFO, rc ? "cannot use this BLAS" : "blas",
+                "\"library\":\"%s\",\"version\":\"%s\",\"core\":\"%s\",\"default_core\":\"%s\",\"selection\":\"%s\","
+                "\"reason\":\"%s\",\"cpu\":\"%s\",\"selfcheck\":\"%s\",\"selfcheck_error\":%.3g",
+                app.blas.library, srv_json_esc(app.blas.version, e3, sizeof e3), app.blas.core, app.blas.default_core,
+                app.blas.selection, srv_json_esc(app.blas.reason, e1, sizeof e1), srv_json_esc(app.blas.cpu, e2, sizeof e2),
+                app.blas.selfcheck_ok ? "passed" : "failed", app.blas.selfcheck_err);
+    }
+    if (rc) return rc == -1 ? 2 : 1;
+
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     app.n_workers = app.cfg.workers ? app.cfg.workers : (int)(cores / app.cfg.blas_threads);
     if (app.n_workers < 1) app.n_workers = 1;
     luna_blas_set_threads(app.cfg.blas_threads);
     srv_metrics_init(&app.metrics, app.cfg.memory_budget);
+    srv_metrics_build_info(&app.metrics, &app.blas, luna_blas_threads());
 
     int status = 1;
     /* Each model is optional, so one server can serve either task; at least one must load. A
@@ -77,9 +92,9 @@ int main(int argc, char **argv)
     if (srv_http_start(&app)) goto stop_sched;
     atomic_store(&app.ready, 1);
     srv_log(LOG_INFO, "listening",
-            "\"host\":\"%s\",\"port\":%d,\"workers\":%d,\"blas_threads\":%d,\"memory_budget\":%llu,"
+            "\"host\":\"%s\",\"port\":%d,\"workers\":%d,\"blas_threads\":%d,\"blas_core\":\"%s\",\"memory_budget\":%llu,"
             "\"classify_model\":\"%s\",\"generate_model\":\"%s\"",
-            app.cfg.host, app.port, app.n_workers, app.cfg.blas_threads, (unsigned long long)app.cfg.memory_budget,
+            app.cfg.host, app.port, app.n_workers, app.cfg.blas_threads, app.blas.core, (unsigned long long)app.cfg.memory_budget,
             app.classifier ? app.cfg.classify_model : "", app.generator ? app.cfg.generate_model : "");
     uv_run(&app.loop, UV_RUN_DEFAULT); /* returns when the drain is complete */
     status = 0;

@@ -127,10 +127,38 @@ static void hist_render(sbuf *b, const char *name, const char *help, const srv_h
               (unsigned long long)cum, name, h->sum, name, (unsigned long long)h->count);
 }
 
+/* A Prometheus label value: backslash, double quote and newline escaped. */
+static size_t label_esc(char *out, size_t cap, const char *s)
+{
+    size_t n = 0;
+    for (; *s && n + 3 < cap; s++) {
+        if (*s == '\\' || *s == '"') out[n++] = '\\', out[n++] = *s;
+        else if (*s == '\n') out[n++] = '\\', out[n++] = 'n';
+        else out[n++] = *s;
+    }
+    out[n] = 0;
+    return n;
+}
+
+void srv_metrics_build_info(srv_metrics *m, const luna_blas_info *blas, int blas_threads)
+{
+    char core[80], version[80], cpu[200], sel[40];
+    label_esc(core, sizeof core, blas->core);
+    label_esc(version, sizeof version, blas->version);
+    label_esc(cpu, sizeof cpu, blas->cpu);
+    label_esc(sel, sizeof sel, blas->selection);
+    snprintf(m->build_labels, sizeof m->build_labels,
+             "version=\"%s\",blas=\"%s\",blas_version=\"%s\",blas_core=\"%s\",blas_core_selection=\"%s\","
+             "blas_threads=\"%d\",cpu=\"%s\"",
+             LUNASERVE_VERSION, blas->library, version, core, sel, blas_threads, cpu);
+}
+
 char *srv_metrics_render(srv_metrics *m)
 {
     sbuf b = {0};
     pthread_mutex_lock(&m->lock);
+    sb_printf(&b, "# HELP luna_build_info The server's version and the BLAS kernel it runs on (value 1).\n"
+                  "# TYPE luna_build_info gauge\nluna_build_info{%s} 1\n", m->build_labels);
     sb_printf(&b, "# HELP luna_requests_total HTTP requests answered, by endpoint and status code.\n"
                   "# TYPE luna_requests_total counter\n");
     for (int e = 0; e < SRV_N_ENDPOINTS; e++)

@@ -8,6 +8,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/blas.h"
+
+/* The server's version: /info, luna_build_info, and api/openapi.yaml's info.version. */
+#define LUNASERVE_VERSION "0.1.0"
+
 #define SRV_N_ENDPOINTS 12
 #define SRV_N_CODES 16
 #define SRV_N_BUCKETS 16
@@ -32,6 +37,7 @@ typedef struct {
     int64_t inflight;
     uint64_t reserved, reserved_peak, budget;
     int queue_depth;
+    char build_labels[1024]; /* luna_build_info's labels, escaped once at startup */
 } srv_metrics;
 
 typedef enum {
@@ -43,6 +49,8 @@ extern const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS];
 typedef enum { REJ_QUEUE_FULL = 0, REJ_MEMORY, REJ_DRAINING, REJ_DEADLINE } srv_rejection;
 
 void srv_metrics_init(srv_metrics *m, uint64_t budget);
+/* Sets the labels of the luna_build_info gauge: the server's version and the BLAS in use. */
+void srv_metrics_build_info(srv_metrics *m, const luna_blas_info *blas, int blas_threads);
 void srv_metrics_destroy(srv_metrics *m);
 void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int code, double seconds);
 void srv_metrics_queue_wait(srv_metrics *m, double seconds);

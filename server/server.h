@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "api/api.h"
+#include "engine/blas.h"
 #include "engine/luna.h"
 #include "server/config.h"
 #include "server/metrics.h"
@@ -65,6 +66,7 @@ typedef struct srv_worker srv_worker;
 
 typedef struct {
     srv_config cfg;
+    luna_blas_info blas;     /* the BLAS kernel in use and why (engine/blas.h) */
     luna_model *classifier;  /* either model may be absent, not both */
     luna_model *generator;
     const char *labels[LUNA_MAX_LABELS];

@@ -60,6 +60,50 @@ expect "bench json softmax" 0 "$luna" bench --model "$model" --lengths 40 --atte
 grep_out "bench json row" '"attention": "softmax"' out
 expect "sgemm bad size" 2 "$luna" sgemm --size 0
 
+# ---- the BLAS kernel (engine/blas.h): named, switched by re-execution, checked, fallen back ----
+expect "sgemm names the kernel" 0 "$luna" sgemm --size 64
+grep_out "sgemm line" "GFLOP/s" out
+grep_out "sgemm kernel line" "^# OpenBLAS [0-9.]*, core [A-Za-z0-9_]* (" out
+# OpenBLAS's own choice for this CPU, without the environment's OPENBLAS_CORETYPE (if any)
+expect "sgemm json" 0 env -u OPENBLAS_CORETYPE "$luna" --blas-core default sgemm --size 64 --json
+default_core=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["blas"]["core"])' "$tmp/out")
+grep_out "sgemm json blas" '"selection": "default"' out
+# a named core is switched to (a re-execution with OPENBLAS_CORETYPE), whatever the environment says
+expect "blas-core Prescott" 0 "$luna" --blas-core Prescott sgemm --size 64 --json
+grep_out "runs on Prescott" '"core": "Prescott", "selection": "setting"' out
+expect "blas-core= form" 0 "$luna" --blas-core=prescott sgemm --size 64 --json
+grep_out "case-insensitive" '"core": "Prescott"' out
+expect "LUNA_BLAS_CORE" 0 env LUNA_BLAS_CORE=Prescott "$luna" sgemm --size 64 --json
+grep_out "env selects" '"core": "Prescott", "selection": "setting"' out
+# the environment of the re-executed program is not left with the marker
+expect "bench-gen under a switch" 0 "$luna" --blas-core Prescott bench-gen --model tests/golden/lm_defaults --contexts 64 --steps 4
+grep_out "bench-gen header names the kernel" "^# OpenBLAS .*core Prescott (setting)" out
+expect "bench header names the kernel" 0 "$luna" --blas-core Prescott bench --model "$model" --lengths 16 --threads 1
+grep_out "bench header" "^# OpenBLAS .*core Prescott (setting)" out
+expect "bench json names the core" 0 "$luna" --blas-core Prescott bench --model "$model" --lengths 16 --json
+grep_out "bench json core" '"blas_core": "Prescott"' out
+# a kernel that fails the self-check (injected) falls back to OpenBLAS's default, and says so
+expect "self-check fallback" 0 env -u OPENBLAS_CORETYPE LUNA_BLAS_SELFCHECK_FAIL_ON=Prescott "$luna" --blas-core Prescott sgemm --size 64 --json
+grep_out "fallback core" "\"core\": \"$default_core\", \"selection\": \"fallback\"" out
+grep_out "fallback warning" "self-check failed on Prescott (error too large)" err
+expect "self-check crash fallback" 0 env -u OPENBLAS_CORETYPE LUNA_BLAS_SELFCHECK_FAIL_ON=crash:Prescott "$luna" --blas-core Prescott sgemm --size 64 --json
+grep_out "crash fallback warning" "self-check failed on Prescott (it crashed or hung)" err
+# after a switch, the fallback restores the environment's OPENBLAS_CORETYPE
+expect "fallback restores env" 0 env OPENBLAS_CORETYPE=Sandybridge LUNA_BLAS_SELFCHECK_FAIL_ON=Prescott "$luna" --blas-core Prescott sgemm --size 64 --json
+grep_out "env restored" '"core": "Sandybridge", "selection": "fallback"' out
+# a core set in the environment that fails goes back to OpenBLAS's own detection
+expect "env core fails" 0 env OPENBLAS_CORETYPE=Prescott LUNA_BLAS_SELFCHECK_FAIL_ON=Prescott "$luna" sgemm --size 64 --json
+grep_out "env core fallback" "\"core\": \"$default_core\", \"selection\": \"fallback\"" out
+# OpenBLAS's own core failing: refuse to compute (exit 1) rather than give wrong numbers
+expect "self-check default fails" 1 env -u OPENBLAS_CORETYPE LUNA_BLAS_SELFCHECK_FAIL_ON=$default_core "$luna" --blas-core default sgemm --size 64
+grep_out "default failure says so" "self-check failed on OpenBLAS's own core $default_core" err
+expect "blas-core bad name" 2 "$luna" --blas-core fast sgemm
+grep_out "bad name named" "'fast'" err
+expect "blas-core core not in library" 2 "$luna" --blas-core Sapphirerapids sgemm
+grep_out "not in library" "no such core" err
+expect "blas-core without value" 2 "$luna" --blas-core
+expect "blas-core without command" 2 "$luna" --blas-core auto
+
 # ---- generate and bench-gen on a golden causal LM ----
 lm=tests/golden/lm_defaults
 expect "generate without --model" 2 "$luna" generate --prompt hi

@@ -16,6 +16,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -133,6 +134,72 @@ def test_health_ready_info_metrics(s):
                  "luna_admission_rejections_total"]:
         assert name in text, name
     assert ":" not in "".join(l.split(" ")[0].split("{")[0] for l in text.splitlines() if not l.startswith("#"))
+
+
+def test_blas_kernel_reported(s):
+    # what every number ran on, the same in /info, /metrics and the startup log (engine/blas.h)
+    st, _, b = s.json("GET", "/info")
+    blas = b["blas"]
+    assert st == 200 and blas["library"] == "OpenBLAS" and re.match(r"^\d+\.\d+", blas["version"]), blas
+    assert blas["core"] and blas["default_core"] and blas["reason"] and blas["cpu"], blas
+    assert blas["selection"] in ("auto", "environment"), blas  # the test servers run the default setting
+    assert blas["threads"] == b["blas_threads"] == 1, b
+    assert b["version"], b
+    _, _, d = s.req("GET", "/metrics")
+    info = [l for l in d.decode().splitlines() if l.startswith("luna_build_info{")]
+    assert len(info) == 1 and info[0].endswith("} 1"), info
+    for label, value in [("version", b["version"]), ("blas", "OpenBLAS"), ("blas_version", blas["version"]),
+                         ("blas_core", blas["core"]), ("blas_core_selection", blas["selection"]), ("blas_threads", "1")]:
+        assert '%s="%s"' % (label, value) in info[0], (label, info[0])
+    logged = [json.loads(l) for l in s.log if '"msg":"blas"' in l]
+    assert len(logged) == 1, s.log[:3]
+    for k in ("library", "version", "core", "default_core", "selection", "reason", "cpu"):
+        assert logged[0][k] == blas[k], (k, logged[0], blas)
+    assert logged[0]["selfcheck"] == "passed" and 0 <= logged[0]["selfcheck_error"] < 1e-5, logged[0]
+    listening = [json.loads(l) for l in s.log if '"msg":"listening"' in l][0]
+    assert listening["blas_core"] == blas["core"], listening
+
+
+def test_blas_core_setting():
+    # --blas-core names a core: the server re-executes itself with OPENBLAS_CORETYPE set, and the
+    # setting wins over the environment's variable
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell")
+    s = Server("--blas-core", "Prescott", env=env)
+    try:
+        st, _, b = s.json("GET", "/info")
+        assert b["blas"]["core"] == "Prescott" and b["blas"]["selection"] == "setting", b["blas"]
+        assert "blas-core=Prescott" in b["blas"]["reason"], b["blas"]
+        st, _, r = s.json("POST", "/classify", {"inputs": "Subject: hi\n\nhello"})
+        assert st == 200, r
+    finally:
+        assert s.stop() == 0
+    # LUNASERVE_BLAS_CORE, from the one settings table
+    s = Server(env=dict(os.environ, LUNASERVE_BLAS_CORE="prescott"))
+    try:
+        assert s.json("GET", "/info")[2]["blas"]["core"] == "Prescott"
+    finally:
+        assert s.stop() == 0
+    # a core that fails the self-check (injected): back to the environment's core, said in the log
+    s = Server("--blas-core", "Prescott", env=dict(env, LUNA_BLAS_SELFCHECK_FAIL_ON="Prescott"))
+    try:
+        blas = s.json("GET", "/info")[2]["blas"]
+        assert blas["core"] == "Haswell" and blas["selection"] == "fallback", blas
+        assert "self-check failed on Prescott" in blas["reason"], blas
+        assert any('"msg":"blas"' in l and "fallback" in l for l in s.log), s.log[:3]
+    finally:
+        assert s.stop() == 0
+    # a bad name is a setting error (exit 2); the kernel in use failing is a refusal to serve (exit 1)
+    bad = subprocess.run([os.path.join(BIN, "lunaserve"), "--port", "0", "--blas-core", "fastest"], cwd=ROOT,
+                         capture_output=True, timeout=60)
+    assert bad.returncode == 2 and b"'fastest'" in bad.stderr, bad
+    plain = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    own = json.loads(subprocess.run([os.path.join(BIN, "luna"), "--blas-core", "default", "sgemm", "--size", "64", "--json"],
+                                    capture_output=True, check=True, env=plain, timeout=60).stdout)["blas"]["core"]
+    broken = subprocess.run([os.path.join(BIN, "lunaserve"), "--port", "0", "--blas-core", "default"], cwd=ROOT,
+                            capture_output=True, timeout=60, env=dict(plain, LUNA_BLAS_SELFCHECK_FAIL_ON=own))
+    assert broken.returncode == 1, broken
+    line = [json.loads(l) for l in broken.stderr.decode().splitlines() if "cannot use this BLAS" in l]
+    assert line and line[0]["level"] == "error" and "self-check failed" in line[0]["reason"], broken.stderr
 
 
 def test_classify_matches_cli(s):
@@ -881,7 +948,8 @@ def main():
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--causal", "--l", "32",
                         "--out", SLOW_LM], check=True, stdout=subprocess.DEVNULL)
     shared = Server("--max-input-bytes", "4096", "--max-body-bytes", "100000", gen=LM)
-    tests = [(test_health_ready_info_metrics, shared), (test_classify_matches_cli, shared),
+    tests = [(test_health_ready_info_metrics, shared), (test_blas_kernel_reported, shared), (test_blas_core_setting, None),
+             (test_classify_matches_cli, shared),
              (test_classify_list_and_base64, shared), (test_validation_errors, shared),
              (test_request_id, shared), (test_body_limit_before_the_body, shared),
              (test_input_too_long_and_truncate, shared), (test_openapi_describes_every_route, shared),
