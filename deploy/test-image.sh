@@ -207,6 +207,9 @@ get "POST /generate bad request is a JSON error" 422 'set(b["error"]) >= {"code"
   -H "$json" -d '{"inputs": "x", "parameters": {"best_of": 2}}' "$url/generate"
 get "GET /info: the bundled models are served" 200 \
   'b["models"]["classify"]["path"] == "models/spam" and b["models"]["generate"]["path"] == "models/austen-lm"' "$url/info"
+# the image's OpenBLAS and the kernel the server chose in it (engine/blas.h): a core is named
+get "GET /info: the BLAS kernel is named" 200 \
+  'b["blas"]["library"] == "OpenBLAS" and b["blas"]["core"] and b["blas"]["selection"] in ("auto", "environment", "setting", "default")' "$url/info"
 # A real spam and a real ham of the held-out test split (tests/models/spam.jsonl), as raw bytes.
 for label in spam ham; do
   /usr/bin/python3 -c 'import base64,json,sys
