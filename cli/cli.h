@@ -34,6 +34,14 @@ struct rusage;
 int run_in_child(void (*child)(void *arg, int fd), void *arg, void *result, size_t size,
                  struct rusage *ru);
 
+/* A plan specification: auto (the fastest plan whose workspace fits max_ws bytes), resident,
+ * streaming or partial:ROWS (k and M suffixes). Exits 2 naming the flag when it is malformed.
+ * parse_plan_spec checks it before the input's length is known; make_plan builds it. */
+void parse_plan_spec(const char *cmd, const char *spec);
+luna_plan make_plan(const luna_model *m, const char *spec, size_t n, size_t max_ws);
+/* "512M", "2G", "1048576" (K, M, G powers of 1024) as bytes, or exit 2 naming the flag. */
+size_t parse_bytes(const char *cmd, const char *flag, const char *s);
+
 /* cli_blas as a JSON object, into buf; returns buf. */
 const char *blas_json(char *buf, size_t cap);
 

@@ -32,7 +32,7 @@
 #define EVAL_PIECE 4096 /* tokens per luna_prefill call (--piece) */
 
 static const char eval_help[] =
-    "usage: luna eval --model DIR --data FILE [--limit N] [--piece N] [--json]\n"
+    "usage: luna eval --model DIR --data FILE [--limit N] [--piece N] [--plan PLAN] [--json]\n"
     "Scores a data file with the model in DIR, through the engine, and prints the metrics.\n"
     "  classification: FILE is JSONL, one {\"text\": ..., \"label\": ...} per line; \"text\" is the\n"
     "                  message's bytes decoded as latin-1 (each code point < U+0100 is one byte),\n"
@@ -44,6 +44,8 @@ static const char eval_help[] =
     "  --data FILE     the data file\n"
     "  --limit N       only the first N messages (classification) or bytes (causal-lm)\n"
     "  --piece N       causal-lm: tokens per prefill call (default 4096)\n"
+    "  --plan PLAN     classification: auto (the resident plan), resident, streaming or\n"
+    "                  partial:ROWS (luna classify --help); the metrics are the same under each\n"
     "  --json          print one JSON object instead of the table\n"
     "  --help          this text\n"
     "bytes are the messages' own (before the input transform); MB = 10^6 bytes; the times are\n"
@@ -55,6 +57,7 @@ typedef struct {
     const char *model_dir, *data_path;
     long long limit; /* 0 = all */
     int piece, json;
+    const char *plan; /* classification: a plan specification (cli.h) */
 } eval_args;
 
 static void json_str(FILE *out, const char *s)
@@ -215,7 +218,8 @@ static int eval_classifier(const eval_args *a, luna_model *m, FILE *f)
             goto out;
         }
         double t0 = now_s();
-        rc = luna_classify(ctx, msg, msg_len, probs, logits);
+        luna_plan plan = make_plan(m, a->plan, luna_input_tokens(m, msg, msg_len), SIZE_MAX);
+        rc = luna_classify_plan(ctx, &plan, msg, msg_len, probs, logits);
         seconds += now_s() - t0;
         if (rc) {
             fprintf(stderr, "%s eval: %s:%lld: %s (%s)\n", prog, a->data_path, lineno,
@@ -391,12 +395,13 @@ int cmd_eval(int argc, char **argv)
         {"model", required_argument, 0, 'm'}, {"data", required_argument, 0, 'd'},
         {"limit", required_argument, 0, 'n'}, {"piece", required_argument, 0, 'p'},
         {"json", no_argument, 0, 'j'},        {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
-    eval_args a = {NULL, NULL, 0, EVAL_PIECE, 0};
+        {"plan", required_argument, 0, 'P'},  {0, 0, 0, 0}};
+    eval_args a = {NULL, NULL, 0, EVAL_PIECE, 0, "auto"};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":m:d:n:p:jh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:d:n:p:jhP:", opts, NULL)) != -1) {
         switch (c) {
+        case 'P': a.plan = optarg, parse_plan_spec("eval", optarg); break;
         case 'm': a.model_dir = optarg; break;
         case 'd': a.data_path = optarg; break;
         case 'n': a.limit = parse_long("eval", "--limit", optarg, 1, 1L << 62); break;

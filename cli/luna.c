@@ -13,7 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -142,25 +145,84 @@ int parse_lengths(const char *cmd, const char *flag, const char *list, size_t *o
     return count;
 }
 
+/* ---- plans ------------------------------------------------------------------------------- */
+
+size_t parse_bytes(const char *cmd, const char *flag, const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    double mult = *end == 'K' || *end == 'k' ? 1024.0 : *end == 'M' ? 1048576.0 : *end == 'G' ? 1073741824.0 : 1.0;
+    if (mult > 1) end++;
+    if (errno || end == s || *end || !(v >= 0) || v * mult > 1e18) {
+        fprintf(stderr, "%s %s: %s expects bytes (e.g. 1048576, 512M, 2G), got '%s'\n", prog, cmd, flag, s);
+        exit(EXIT_USAGE);
+    }
+    return (size_t)(v * mult);
+}
+
+static size_t plan_rows_of(const char *cmd, const char *spec)
+{
+    const char *r = spec + 8; /* after "partial:" */
+    size_t mult = 1, tl = strlen(r);
+    char buf[32];
+    if (!tl || tl >= sizeof buf) die_usage(cmd, "--plan partial:ROWS needs a row count, got '%s'", spec);
+    memcpy(buf, r, tl + 1);
+    if (buf[tl - 1] == 'k' || buf[tl - 1] == 'K') mult = 1024, buf[tl - 1] = 0;
+    else if (buf[tl - 1] == 'M') mult = 1024 * 1024, buf[tl - 1] = 0;
+    return (size_t)parse_long(cmd, "--plan partial:ROWS", buf, 0, 1L << 40) * mult;
+}
+
+void parse_plan_spec(const char *cmd, const char *spec)
+{
+    if (!strcmp(spec, "auto") || !strcmp(spec, "resident") || !strcmp(spec, "streaming")) return;
+    if (!strncmp(spec, "partial:", 8)) {
+        plan_rows_of(cmd, spec);
+        return;
+    }
+    die_usage(cmd, "--plan must be auto, resident, streaming or partial:ROWS, got '%s'", spec);
+}
+
+luna_plan make_plan(const luna_model *m, const char *spec, size_t n, size_t max_ws)
+{
+    if (!strcmp(spec, "resident")) return luna_plan_resident(m, n);
+    if (!strcmp(spec, "streaming")) return luna_plan_streaming(m, n);
+    if (!strncmp(spec, "partial:", 8)) return luna_plan_rows(m, n, plan_rows_of("", spec));
+    return luna_plan_for(m, n, max_ws);
+}
+
 /* ---- classify --------------------------------------------------------------------------- */
 
 static const char classify_help[] =
-    "usage: luna classify --model DIR [FILE|-]\n"
+    "usage: luna classify --model DIR [--plan PLAN] [--max-workspace BYTES] [FILE|-]\n"
     "Classifies FILE (or standard input) with the classifier in DIR and prints JSON:\n"
-    "{\"label\", \"score\", \"probabilities\": {label: p}, \"logits\": [...], \"input_bytes\", \"tokens\"}.\n"
-    "  --model DIR   a model directory (config.json + model.safetensors)\n"
-    "  --help        this text\n";
+    "{\"label\", \"score\", \"probabilities\": {label: p}, \"logits\": [...], \"input_bytes\", \"tokens\",\n"
+    " \"plan\", \"plan_rows\", \"workspace_bytes\"}. FILE is mapped, not read into memory, so a file of any\n"
+    "size costs only the pages the passes touch.\n"
+    "  --model DIR            a model directory (config.json + model.safetensors)\n"
+    "  --plan PLAN            auto (default): the fastest plan whose workspace fits --max-workspace;\n"
+    "                         resident: keep every row (n x d floats); streaming: keep none and\n"
+    "                         recompute rows for each layer (no memory grows with the input);\n"
+    "                         partial:ROWS keep the first ROWS rows. Every plan gives the same result.\n"
+    "  --max-workspace BYTES  the auto plan's limit (K, M, G suffixes; default: no limit)\n"
+    "  --help                 this text\n";
 
 static int cmd_classify(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *model = NULL;
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"plan", required_argument, 0, 'p'},
+                                         {"max-workspace", required_argument, 0, 'w'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *model = NULL, *plan_spec = "auto";
+    size_t max_ws = SIZE_MAX;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":m:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:p:w:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
+        case 'p': plan_spec = optarg, parse_plan_spec("classify", optarg); break;
+        case 'w': max_ws = parse_bytes("classify", "--max-workspace", optarg); break;
         case 'h': fputs(classify_help, stdout); return 0;
         case ':': die_usage("classify", "option %s needs a value", argv[optind - 1]); break;
         default: die_usage("classify", "unknown option '%s'", argv[optind - 1]);
@@ -169,17 +231,47 @@ static int cmd_classify(int argc, char **argv)
     if (!model) die_usage("classify", "%s", "--model DIR is required");
     if (argc - optind > 1) die_usage("classify", "expects at most one FILE, got extra '%s'", argv[optind + 1]);
     const char *path = optind < argc ? argv[optind] : "-";
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!f) {
-        fprintf(stderr, "%s classify: cannot open %s: %s\n", prog, path, strerror(errno));
-        return EXIT_USAGE;
-    }
     size_t len = 0;
-    unsigned char *buf = read_all(f, &len);
-    if (f != stdin) fclose(f);
-    if (!buf) {
-        fprintf(stderr, "%s classify: cannot read %s: %s\n", prog, path, strerror(errno));
-        return 1;
+    unsigned char *buf = NULL;
+    void *map = NULL;
+    if (strcmp(path, "-")) {
+        /* a file is mapped and read in order, once per pass: no copy of it is ever made */
+        int fd = open(path, O_RDONLY);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) || S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "%s classify: cannot open %s: %s\n", prog, path, fd < 0 ? strerror(errno) : "a directory");
+            if (fd >= 0) close(fd);
+            return EXIT_USAGE;
+        }
+        if (!S_ISREG(st.st_mode)) { /* a pipe or a device: read it */
+            FILE *f = fdopen(fd, "rb");
+            buf = f ? read_all(f, &len) : NULL;
+            if (f) fclose(f);
+            else close(fd);
+            if (!buf) {
+                fprintf(stderr, "%s classify: cannot read %s: %s\n", prog, path, strerror(errno));
+                return 1;
+            }
+            fd = -1;
+        }
+        len = fd >= 0 ? (size_t)st.st_size : len;
+        if (fd >= 0 && len) {
+            map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (map == MAP_FAILED) {
+                fprintf(stderr, "%s classify: cannot map %s: %s\n", prog, path, strerror(errno));
+                close(fd);
+                return 1;
+            }
+            madvise(map, len, MADV_SEQUENTIAL);
+            buf = map;
+        }
+        if (fd >= 0) close(fd);
+    } else {
+        buf = read_all(stdin, &len);
+        if (!buf) {
+            fprintf(stderr, "%s classify: cannot read standard input: %s\n", prog, strerror(errno));
+            return 1;
+        }
     }
     luna_model *m = load_or_die(model);
     const luna_config *cfg = luna_model_config(m);
@@ -187,7 +279,9 @@ static int cmd_classify(int argc, char **argv)
     float *probs = calloc((size_t)cfg->n_labels, sizeof(float));
     float *logits = calloc((size_t)cfg->n_labels, sizeof(float));
     int rc = probs && logits ? luna_ctx_new(m, NULL, &ctx) : LUNA_ENOMEM;
-    if (!rc) rc = luna_classify(ctx, buf, len, probs, logits);
+    size_t n = luna_input_tokens(m, buf, len);
+    luna_plan plan = make_plan(m, plan_spec, n, max_ws);
+    if (!rc) rc = luna_classify_plan(ctx, &plan, buf, len, probs, logits);
     if (rc) {
         fprintf(stderr, "%s classify: %s (%s)\n", prog, luna_strerror(rc), luna_err_name(rc));
     } else {
@@ -204,13 +298,15 @@ static int cmd_classify(int argc, char **argv)
         }
         printf("}, \"logits\": [");
         for (int i = 0; i < cfg->n_labels; i++) printf("%s%.6g", i ? ", " : "", logits[i]);
-        printf("], \"input_bytes\": %zu, \"tokens\": %zu}\n", len, luna_input_tokens(m, buf, len));
+        printf("], \"input_bytes\": %zu, \"tokens\": %zu, \"plan\": \"%s\", \"plan_rows\": %zu, \"workspace_bytes\": %zu}\n",
+               len, n, luna_plan_name(&plan), plan.rows, plan.bytes);
     }
     luna_ctx_free(ctx);
     luna_model_free(m);
     free(probs);
     free(logits);
-    free(buf);
+    if (map) munmap(map, len);
+    else free(buf);
     return rc ? 1 : 0;
 }
 
@@ -228,7 +324,11 @@ static const char bench_help[] =
     "  --lanes N          threads that split one forward's chunks (Luna only; default 1)\n"
     "  --repeat N         forward passes per length; the fastest is reported (default 1)\n"
     "  --max-mb N         skip lengths whose workspace would exceed N MB (default 20480)\n"
-    "  --json             one JSON object per length instead of the table\n"
+    "  --plan PLAN        auto, resident, streaming or partial:ROWS (luna classify --help); the\n"
+    "                     default runs luna_encode, the resident plan\n"
+    "  --max-workspace B  the auto plan's limit in bytes (K, M, G suffixes)\n"
+    "  --json             one JSON object per length instead of the table (with anon_mb: the peak\n"
+    "                     RSS less the mapped weights, and the plan)\n"
     "  --help             this text\n"
     "Columns: n tokens; ms = fastest wall time of one forward; rss_mb = the child's peak RSS;\n"
     "base_mb = its RSS before the forward (weights + workspace); pred_mb = luna_workspace_bytes;\n"
@@ -265,6 +365,9 @@ typedef struct {
     int rc;
     double best_s;
     size_t base_kb;
+    size_t file_kb;   /* file-backed resident pages at the end (the mapped weights) */
+    size_t plan_rows; /* the plan that ran */
+    size_t plan_bytes;
 } bench_result;
 
 typedef struct {
@@ -272,7 +375,21 @@ typedef struct {
     const luna_ctx_opts *o;
     size_t n;
     int repeat;
+    const char *plan; /* NULL: luna_encode (resident) */
+    size_t max_ws;
 } bench_job;
+
+/* A field of /proc/self/status in kB ("RssFile"), or 0. */
+static size_t status_kb(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t v = 0, fl = strlen(field);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, fl) && line[fl] == ':') v = strtoull(line + fl + 1, NULL, 10);
+    if (f) fclose(f);
+    return v;
+}
 
 /* In the child: make a context, run `repeat` forwards over n tokens, report through fd. */
 static void bench_child(void *arg, int fd)
@@ -283,7 +400,7 @@ static void bench_child(void *arg, int fd)
     size_t n = job->n;
     int repeat = job->repeat;
     const luna_config *cfg = luna_model_config(m);
-    bench_result r = {0, 1e30, 0};
+    bench_result r = {0, 1e30, 0, 0, 0, 0};
     size_t special = 1 + (size_t)cfg->append_eos;
     size_t len = n > special ? n - special : 0;
     unsigned char *bytes = malloc(len ? len : 1);
@@ -298,12 +415,18 @@ static void bench_child(void *arg, int fd)
         r.rc = luna_ctx_new(m, o, &ctx);
     }
     r.base_kb = rss_kb();
+    luna_plan plan = job->plan ? make_plan(m, job->plan, luna_input_tokens(m, bytes, len), job->max_ws)
+                               : luna_plan_resident(m, luna_input_tokens(m, bytes, len));
+    r.plan_rows = plan.rows;
+    r.plan_bytes = plan.bytes;
     for (int i = 0; i < repeat && r.rc == 0; i++) {
         double t0 = now_s();
-        r.rc = luna_encode(ctx, bytes, len, NULL, NULL, NULL, NULL);
+        r.rc = job->plan ? luna_encode_plan(ctx, &plan, bytes, len, NULL, NULL, NULL)
+                         : luna_encode(ctx, bytes, len, NULL, NULL, NULL, NULL);
         double t = now_s() - t0;
         if (t < r.best_s) r.best_s = t;
     }
+    r.file_kb = status_kb("RssFile");
     if (write(fd, &r, sizeof r) != (ssize_t)sizeof r) _exit(3);
     luna_ctx_free(ctx);
     free(bytes);
@@ -318,14 +441,18 @@ static int cmd_bench(int argc, char **argv)
         {"threads", required_argument, 0, 't'}, {"repeat", required_argument, 0, 'r'},
         {"json", no_argument, 0, 'j'},          {"help", no_argument, 0, 'h'},
         {"max-mb", required_argument, 0, 'M'},  {"lanes", required_argument, 0, 'L'},
+        {"plan", required_argument, 0, 'p'},    {"max-workspace", required_argument, 0, 'w'},
         {0, 0, 0, 0}};
-    const char *model = NULL, *lengths = NULL, *attn_name = "luna";
+    const char *model = NULL, *lengths = NULL, *attn_name = "luna", *plan_spec = NULL;
+    size_t max_ws = SIZE_MAX;
     luna_ctx_opts o = {0, LUNA_ATTN_LUNA, 1};
     int threads = 0, repeat = 1, json = 0, c;
     double max_mb = 20480;
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":m:n:a:c:t:r:jhM:L:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:n:a:c:t:r:jhM:L:p:w:", opts, NULL)) != -1) {
         switch (c) {
+        case 'p': plan_spec = optarg, parse_plan_spec("bench", optarg); break;
+        case 'w': max_ws = parse_bytes("bench", "--max-workspace", optarg); break;
         case 'm': model = optarg; break;
         case 'n': lengths = optarg; break;
         case 'a': attn_name = optarg; break;
@@ -365,6 +492,7 @@ static int cmd_bench(int argc, char **argv)
     for (int i = 0; i < count; i++) {
         size_t n = ns[i];
         double pred = (double)luna_workspace_bytes_attn(m, n, o.attention, o.chunk) / 1048576.0;
+        if (plan_spec && o.attention == LUNA_ATTN_LUNA) pred = (double)make_plan(m, plan_spec, n, max_ws).bytes / 1048576.0;
         if (pred > max_mb) {
             if (json)
                 printf("{\"attention\": \"%s\", \"l\": %d, \"n\": %zu, \"skipped\": "
@@ -374,8 +502,8 @@ static int cmd_bench(int argc, char **argv)
                        cfg->l, n, pred, max_mb);
             continue;
         }
-        bench_job job = {m, &o, n, repeat};
-        bench_result r = {LUNA_EINVAL, 0, 0};
+        bench_job job = {m, &o, n, repeat, plan_spec, max_ws};
+        bench_result r = {LUNA_EINVAL, 0, 0, 0, 0, 0};
         struct rusage ru;
         if (run_in_child(bench_child, &job, &r, sizeof r, &ru)) {
             fprintf(stderr, "%s bench: n=%zu: the child died\n", prog, n);
@@ -389,12 +517,16 @@ static int cmd_bench(int argc, char **argv)
         }
         double gf = forward_flops(cfg, (double)n, o.attention) / r.best_s * 1e-9;
         double rss = (double)ru.ru_maxrss / 1024.0, base = (double)r.base_kb / 1024.0;
+        /* the peak of anonymous memory: the peak RSS less the mapped weights' pages */
+        double anon = rss - (double)r.file_kb / 1024.0;
+        luna_plan shown = {n, r.plan_rows, r.plan_bytes, 0};
+        const char *plan_name = o.attention == LUNA_ATTN_LUNA ? luna_plan_name(&shown) : "resident";
         if (json)
             printf("{\"attention\": \"%s\", \"l\": %d, \"n\": %zu, \"ms\": %.3f, \"rss_mb\": %.2f, "
-                   "\"base_mb\": %.2f, \"pred_mb\": %.2f, \"gflops\": %.2f, \"threads\": %d, \"lanes\": %d, "
-                   "\"blas_core\": \"%s\"}\n",
-                   attn_name, cfg->l, n, r.best_s * 1e3, rss, base, pred, gf, luna_blas_threads(),
-                   o.threads > 1 ? o.threads : 1, cli_blas.core);
+                   "\"anon_mb\": %.2f, \"base_mb\": %.2f, \"pred_mb\": %.2f, \"gflops\": %.2f, \"threads\": %d, "
+                   "\"lanes\": %d, \"plan\": \"%s\", \"plan_rows\": %zu, \"blas_core\": \"%s\"}\n",
+                   attn_name, cfg->l, n, r.best_s * 1e3, rss, anon, base, pred, gf, luna_blas_threads(),
+                   o.threads > 1 ? o.threads : 1, plan_name, r.plan_rows, cli_blas.core);
         else
             printf("%-15s %4d %9zu %11.2f %9.1f %9.1f %9.1f %8.1f\n", attn_name, cfg->l, n,
                    r.best_s * 1e3, rss, base, pred, gf);

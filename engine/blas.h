@@ -94,7 +94,7 @@ void luna_blas_describe(luna_blas_info *info);
  * the engine uses, against a double-precision reference. Returns 0 when they agree, 1 when they
  * do not, 2 when the child crashed or hung; *max_err gets the worst relative error (or -1).
  * For tests, LUNA_BLAS_SELFCHECK_FAIL_ON=CORE makes it fail on that core (=crash:CORE: the
- * child dies of SIGILL there). */
+ * child dies of SIGILL there). Under valgrind it runs in the caller (see blas.c). */
 int luna_blas_selfcheck(double *max_err);
 
 /* One line for benchmark headers: "OpenBLAS 0.3.21, core SkylakeX (auto), 2 threads; CPU ..." */

@@ -20,7 +20,12 @@
 /* Offsets (in floats) of the fixed workspace of a context. One function computes them, so
  * that luna_ctx_bytes() and luna_ctx_new() can never disagree. */
 typedef struct {
-    size_t P, Pn, QP, acc, pmax, psum, KU, VU; /* (l, d) and (Hp, l) pack/unpack state */
+    size_t P, Pn, QP, acc, pmax, psum;          /* (l, d) and (Hp, l) pack state */
+    size_t KU, VU;                              /* (layers, l, d): every layer's unpack keys and
+                                                   values, kept so that a plan that recomputes
+                                                   rows can run the earlier layers again */
+    size_t Xr;                                  /* (c, d) rows recomputed from the input */
+    size_t macc;                                /* (d) doubles: a lane's sum for mean pooling */
     size_t A, B, C, D;                          /* (c, d) chunk buffers */
     size_t F;                                   /* (c, ffn) FFN hidden */
     size_t S;                                   /* scores: (l, c), (c, l) or (c, c) */
@@ -38,7 +43,8 @@ typedef struct {
 
 /* The buffers one lane works in. Lane 0 uses the context's main layout. */
 typedef struct {
-    float *A, *B, *C, *D, *F, *S, *acc, *pmax, *psum;
+    float *A, *B, *C, *D, *F, *S, *acc, *pmax, *psum, *Xr;
+    double *macc;
 } lane_ws;
 
 struct luna_ctx {

@@ -46,11 +46,14 @@ static int resolve_threads(const luna_config *cfg, const luna_ctx_opts *opts)
     return resolve_attn(opts) == LUNA_ATTN_LUNA && cfg->task == LUNA_TASK_CLASSIFY ? t : 1;
 }
 
-/* One lane's private buffers: A..D (c, d), F (c, ffn), S (l, c), acc (l, d), pmax, psum (Hp, l) */
+/* One lane's private buffers: macc (d doubles, first, so that it is aligned), A..D and Xr
+ * (c, d), F (c, ffn), S (l, c), acc (l, d), pmax, psum (Hp, l); an even count, so that the
+ * next lane's doubles are aligned too. */
 static size_t lane_floats(const luna_config *cfg, size_t c)
 {
     size_t d = (size_t)cfg->d, l = (size_t)cfg->l;
-    return 4 * c * d + c * (size_t)cfg->ffn + l * c + l * d + 2 * (size_t)cfg->Hp * l;
+    size_t n = 2 * d + 5 * c * d + c * (size_t)cfg->ffn + l * c + l * d + 2 * (size_t)cfg->Hp * l;
+    return n + (n & 1);
 }
 
 static void layout(const luna_config *cfg, int chunk, luna_attn attn, int threads, ws_layout *L)
@@ -74,9 +77,12 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, int thread
         TAKE(acc, l * d);
         TAKE(pmax, (size_t)cfg->Hp * l);
         TAKE(psum, (size_t)cfg->Hp * l);
-        TAKE(KU, l * d);
-        TAKE(VU, l * d);
+        TAKE(KU, (size_t)cfg->layers * l * d);
+        TAKE(VU, (size_t)cfg->layers * l * d);
         TAKE(S, l * c);
+        TAKE(Xr, c * d);
+        off += off & 1; /* doubles */
+        TAKE(macc, 2 * d);
     } else {
         TAKE(S, c * c);
         TAKE(rmax, c * (size_t)cfg->H);
@@ -93,6 +99,7 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, int thread
     TAKE(head_b, hd);
     TAKE(logits, (size_t)cfg->n_labels);
     L->lane_size = lane_floats(cfg, c);
+    off += off & 1;
     TAKE(lanes, (size_t)(threads - 1) * L->lane_size);
 #undef TAKE
     L->total = off;
@@ -171,10 +178,13 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
     const luna_config *cfg = &m->cfg;
     size_t cd = (size_t)c->chunk * (size_t)cfg->d, l = (size_t)cfg->l;
     c->lane[0] = (lane_ws){c->ws + c->L.A, c->ws + c->L.B, c->ws + c->L.C, c->ws + c->L.D, c->ws + c->L.F,
-                           c->ws + c->L.S, c->ws + c->L.acc, c->ws + c->L.pmax, c->ws + c->L.psum};
+                           c->ws + c->L.S, c->ws + c->L.acc, c->ws + c->L.pmax, c->ws + c->L.psum,
+                           c->ws + c->L.Xr, (double *)(void *)(c->ws + c->L.macc)};
     for (int t = 1; t < c->threads; t++) {
         float *p = c->ws + c->L.lanes + (size_t)(t - 1) * c->L.lane_size;
         lane_ws *w = &c->lane[t];
+        w->macc = (double *)(void *)p, p += 2 * (size_t)cfg->d;
+        w->Xr = p, p += cd;
         w->A = p, p += cd;
         w->B = p, p += cd;
         w->C = p, p += cd;
@@ -368,14 +378,66 @@ static int run_lanes(luna_ctx *c, lane_fn fn, void *arg)
     return rc;
 }
 
+/* ---- plans: which rows of X are kept ------------------------------------------------------
+ *
+ * Layer k's pack is a softmax over all n rows of X_k (the input of layer k, X_0 the
+ * embeddings); its unpack and FFN need, for row t, only X_k's row t and layer k's unpack keys
+ * and values, which the pack gives. So a row of X_k can be recomputed at any time from the
+ * input bytes: embed it, then run layers 0 .. k-1's unpack + FFN on it with their kept keys and
+ * values. A plan keeps the first R rows of X in memory (R = n: the resident plan, today's;
+ * R = 0: the streaming plan, which allocates nothing that grows with n) and recomputes the
+ * others whenever a pass needs them. Chunks fall on the same rows in every plan and each row's
+ * arithmetic is the same, so every plan gives the resident plan's numbers. */
+
 typedef struct {
+    const luna_seq *seq;
+    float *X;     /* rows [0, R) of the current layer's input, in place; NULL when R = 0 */
+    size_t n, R, lp;
+    int k;        /* the layer */
     const luna_layer *ly;
-    float *X;
-    size_t n, lp;
+    size_t U;     /* unpack: rows [0, U) of X; the final pass: its first row (cls) or all */
 } layer_pass;
 
-/* Pack, one lane's share: chunks lane, lane + threads, ... of X, accumulated by an online
- * softmax into the lane's own (running max, running sum, unnormalised A_P V). */
+static float *ku_of(luna_ctx *c, int k) { return W(c, KU) + (size_t)k * c->m->cfg.l * c->m->cfg.d; }
+static float *vu_of(luna_ctx *c, int k)
+{
+    return c->m->cfg.tie_kv ? ku_of(c, k) : W(c, VU) + (size_t)k * c->m->cfg.l * c->m->cfg.d;
+}
+
+/* Unpack + FFN of layer k on `rows` rows of x (stride d), in place; the lane's A..D, F and S
+ * are scratch. */
+static void unpack_rows(luna_ctx *c, const lane_ws *w, int k, float *x, size_t rows, size_t lp)
+{
+    const luna_config *cfg = &c->m->cfg;
+    const luna_layer *ly = &c->m->layers[k];
+    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, hk = d / H;
+    const float *KU = ku_of(c, k), *VU = vu_of(c, k);
+    float *S = w->S, *T = w->A, *Q = w->B, *O = w->C, *Y = w->D, *F = w->F;
+    const float *xin = x;
+    if (cfg->normalize_before) {
+        kn_layernorm(&ly->self_attn_layer_norm, x, T, rows, d);
+        xin = T;
+    }
+    kn_linear(&ly->q_proj, xin, rows, d, Q, d, 1.0f / sqrtf((float)hk));
+    for (size_t h = 0; h < H; h++) {
+        kn_gemm_nt(rows, lp, hk, 1.0f, Q + h * hk, d, KU + h * hk, d, 0.0f, S, lp);
+        kn_softmax_rows(S, rows, lp, lp);
+        kn_gemm_nn(rows, hk, lp, 1.0f, S, lp, VU + h * hk, d, 0.0f, O + h * hk, d);
+    }
+    luna__attn_out_ffn(c, ly, x, O, rows, T, Y, F);
+}
+
+/* Rows [r0, r0 + rows) of X_k, recomputed from the input into the lane's Xr. */
+static float *recompute_rows(luna_ctx *c, const lane_ws *w, const layer_pass *a, size_t r0, size_t rows, int k)
+{
+    embed_rows(c, a->seq, r0, rows, w->Xr);
+    for (int j = 0; j < k; j++) unpack_rows(c, w, j, w->Xr, rows, a->lp);
+    return w->Xr;
+}
+
+/* Pack, one lane's share: chunks lane, lane + threads, ... of X_k (kept or recomputed),
+ * accumulated by an online softmax into the lane's own (running max, running sum,
+ * unnormalised A_P V). */
 static int pack_lane(luna_ctx *c, int lane, void *arg)
 {
     const layer_pass *a = arg;
@@ -394,7 +456,7 @@ static int pack_lane(luna_ctx *c, int lane, void *arg)
     for (size_t r0 = (size_t)lane * ch; r0 < n; r0 += (size_t)c->threads * ch) {
         if (canceled(c)) return LUNA_ECANCELED;
         size_t rows = n - r0 < ch ? n - r0 : ch;
-        const float *xin = a->X + r0 * d;
+        const float *xin = r0 < a->R ? a->X + r0 * d : recompute_rows(c, w, a, r0, rows, a->k);
         if (cfg->normalize_before) {
             kn_layernorm(&ly->self_attn_layer_norm, xin, w->C, rows, d);
             xin = w->C;
@@ -424,17 +486,16 @@ static int pack_lane(luna_ctx *c, int lane, void *arg)
     return 0;
 }
 
-/* Pack: Cp (lp, d) = concat_h softmax(Q_P K^T) V over all n rows of X. Each lane reduces its
+/* Pack: Cp (lp, d) = concat_h softmax(Q_P K^T) V over all n rows of X_k. Each lane reduces its
  * chunks; the partial softmaxes then merge exactly (rescaled to the larger running max) into
  * lane 0's, which is normalised into Cp, left in acc. Pre-norm reads LN_a(X) and LN_p(P). */
-static int luna_pack(luna_ctx *c, const luna_layer *ly, float *X, size_t n, size_t lp)
+static int luna_pack(luna_ctx *c, layer_pass *a)
 {
     const luna_config *cfg = &c->m->cfg;
-    size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp;
+    size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp, lp = a->lp;
     const float *Pin = cfg->normalize_before ? W(c, Pn) : W(c, P);
-    kn_linear(&ly->pq_proj, Pin, lp, d, W(c, QP), d, 1.0f / sqrtf((float)kp));
-    layer_pass a = {ly, X, n, lp};
-    int rc = run_lanes(c, pack_lane, &a);
+    kn_linear(&a->ly->pq_proj, Pin, lp, d, W(c, QP), d, 1.0f / sqrtf((float)kp));
+    int rc = run_lanes(c, pack_lane, a);
     if (rc) return rc;
     const lane_ws *w0 = &c->lane[0];
     for (int t = 1; t < c->threads; t++) {
@@ -460,49 +521,31 @@ static int luna_pack(luna_ctx *c, const luna_layer *ly, float *X, size_t n, size
     return 0;
 }
 
-/* Unpack and FFN, one lane's share of the chunks, in place in X. */
+/* Unpack and FFN of the pass's layer, one lane's share of the kept rows [0, U), in place. */
 static int unpack_lane(luna_ctx *c, int lane, void *arg)
 {
     const layer_pass *a = arg;
-    const luna_config *cfg = &c->m->cfg;
-    const luna_layer *ly = a->ly;
-    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, ch = (size_t)c->chunk, lp = a->lp, n = a->n;
-    const lane_ws *w = &c->lane[lane];
-    const float *KU = W(c, KU), *VU = cfg->tie_kv ? KU : W(c, VU);
-    float *S = w->S;
-    int pre = cfg->normalize_before;
-    float scale = 1.0f / sqrtf((float)k);
-    for (size_t r0 = (size_t)lane * ch; r0 < n; r0 += (size_t)c->threads * ch) {
+    size_t d = (size_t)c->m->cfg.d, ch = (size_t)c->chunk;
+    for (size_t r0 = (size_t)lane * ch; r0 < a->U; r0 += (size_t)c->threads * ch) {
         if (canceled(c)) return LUNA_ECANCELED;
-        size_t rows = n - r0 < ch ? n - r0 : ch;
-        float *x = a->X + r0 * d;
-        float *T = w->A, *Q = w->B, *O = w->C, *Y = w->D, *F = w->F;
-        const float *xin = x;
-        if (pre) {
-            kn_layernorm(&ly->self_attn_layer_norm, x, T, rows, d);
-            xin = T;
-        }
-        kn_linear(&ly->q_proj, xin, rows, d, Q, d, scale);
-        for (size_t h = 0; h < H; h++) {
-            kn_gemm_nt(rows, lp, k, 1.0f, Q + h * k, d, KU + h * k, d, 0.0f, S, lp);
-            kn_softmax_rows(S, rows, lp, lp);
-            kn_gemm_nn(rows, k, lp, 1.0f, S, lp, VU + h * k, d, 0.0f, O + h * k, d);
-        }
-        luna__attn_out_ffn(c, ly, x, O, rows, T, Y, F);
+        size_t rows = a->U - r0 < ch ? a->U - r0 : ch;
+        unpack_rows(c, &c->lane[lane], a->k, a->X + r0 * d, rows, a->lp);
     }
     return 0;
 }
 
-/* One Luna encoder layer over X (n, d) in place; P (lp, d) becomes P'. */
-static int luna_layer_forward(luna_ctx *c, const luna_layer *ly, float *X, size_t n, size_t lp)
+/* One Luna encoder layer: pack over all n rows of X_k, the layer's unpack keys and values, P
+ * becomes P', then unpack + FFN of the kept rows [0, a->U) in place. */
+static int luna_layer_forward(luna_ctx *c, layer_pass *a)
 {
     const luna_config *cfg = &c->m->cfg;
-    size_t d = (size_t)cfg->d;
-    float *P = W(c, P), *Pn = W(c, Pn), *Cp = W(c, acc), *KU = W(c, KU), *VU = W(c, VU);
+    const luna_layer *ly = a->ly;
+    size_t d = (size_t)cfg->d, lp = a->lp;
+    float *P = W(c, P), *Pn = W(c, Pn), *Cp = W(c, acc), *KU = ku_of(c, a->k), *VU = vu_of(c, a->k);
     int pre = cfg->normalize_before;
 
     if (pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, Pn, lp, d);
-    int rc = luna_pack(c, ly, X, n, lp);
+    int rc = luna_pack(c, a);
     if (rc) return rc;
 
     /* unpack keys and values from the packed context: K_U = V_U = c_proj(Cp) when tied */
@@ -516,8 +559,31 @@ static int luna_layer_forward(luna_ctx *c, const luna_layer *ly, float *X, size_
     kn_add(P, Cp, lp * d);
     if (!pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, P, lp, d);
 
-    layer_pass a = {ly, X, n, lp};
-    return run_lanes(c, unpack_lane, &a);
+    return a->U ? run_lanes(c, unpack_lane, a) : 0;
+}
+
+/* Mean pooling's sum over rows of the final X (after the final LayerNorm with pre-norm), one
+ * lane's chunks: kept rows are read, the others recomputed through every layer. */
+static int mean_lane(luna_ctx *c, int lane, void *arg)
+{
+    const layer_pass *a = arg;
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d, ch = (size_t)c->chunk;
+    const lane_ws *w = &c->lane[lane];
+    double *sum = w->macc;
+    for (size_t j = 0; j < d; j++) sum[j] = 0.0;
+    for (size_t r0 = (size_t)lane * ch; r0 < a->n; r0 += (size_t)c->threads * ch) {
+        if (canceled(c)) return LUNA_ECANCELED;
+        size_t rows = a->n - r0 < ch ? a->n - r0 : ch;
+        float *x = r0 < a->R ? a->X + r0 * d : recompute_rows(c, w, a, r0, rows, cfg->layers);
+        if (cfg->normalize_before) {
+            kn_layernorm(&c->m->layer_norm, x, w->A, rows, d);
+            x = w->A;
+        }
+        for (size_t r = 0; r < rows; r++)
+            for (size_t j = 0; j < d; j++) sum[j] += x[r * d + j];
+    }
+    return 0;
 }
 
 /* ---- softmax baselines ------------------------------------------------------------------- */
@@ -630,10 +696,75 @@ static void head_forward(luna_ctx *c, const float *pooled, float *logits)
               (size_t)cfg->n_labels, 1.0f);
 }
 
+/* ---- plans ------------------------------------------------------------------------------- */
+
+/* Multiply-adds x 2 of one row through one layer: the pack (K and V, scores, A V) and the
+ * unpack + FFN (Q, scores, A V, out_proj, FFN). */
+static double pack_row_flops(const luna_config *cfg, size_t lp)
+{
+    double d = cfg->d;
+    return 2.0 * d * d * (cfg->tie_kv ? 1 : 2) + 4.0 * (double)lp * d;
+}
+
+static double unpack_row_flops(const luna_config *cfg, size_t lp)
+{
+    double d = cfg->d;
+    return 4.0 * d * d + 4.0 * (double)lp * d + 4.0 * d * cfg->ffn;
+}
+
+/* Rows of the final X that the pooling reads: 0 (P), the first chunk (cls) or all (mean). */
+static size_t final_rows(const luna_config *cfg, size_t n, int chunk)
+{
+    if (cfg->pooling == LUNA_POOL_P) return 0;
+    if (cfg->pooling == LUNA_POOL_CLS) return n < (size_t)chunk ? n : (size_t)chunk;
+    return n;
+}
+
+static luna_plan make_plan(const luna_model *m, size_t n, size_t rows)
+{
+    const luna_config *cfg = &m->cfg;
+    luna_plan p = {0};
+    p.n = n;
+    if (cfg->task != LUNA_TASK_CLASSIFY) return p;
+    size_t lp = cfg->dynamic_projection && n < (size_t)cfg->l ? n : (size_t)cfg->l;
+    size_t Lyr = (size_t)cfg->layers;
+    if (rows > n) rows = n;
+    p.rows = rows;
+    p.bytes = luna_workspace_bytes(m, rows);
+    double pk = pack_row_flops(cfg, lp), up = unpack_row_flops(cfg, lp);
+    double kept = (double)rows, other = (double)(n - rows);
+    size_t fin = final_rows(cfg, n, DEFAULT_CHUNK);
+    /* kept rows: a pack per layer and an unpack per layer but the last, which only the rows the
+     * pooling reads need; other rows: before layer k's pack, k unpacks, and for the pooling a
+     * last pass through every layer */
+    double fin_kept = (double)(fin < rows ? fin : rows), fin_other = (double)(fin > rows ? fin - rows : 0);
+    p.flops = kept * (double)Lyr * pk + kept * (double)(Lyr - 1) * up + fin_kept * up +
+              other * (double)Lyr * pk + other * (double)(Lyr * (Lyr - 1) / 2) * up + fin_other * (double)Lyr * up;
+    return p;
+}
+
+luna_plan luna_plan_resident(const luna_model *m, size_t n) { return make_plan(m, n, n); }
+luna_plan luna_plan_streaming(const luna_model *m, size_t n) { return make_plan(m, n, 0); }
+luna_plan luna_plan_rows(const luna_model *m, size_t n, size_t rows) { return make_plan(m, n, rows); }
+
+luna_plan luna_plan_for(const luna_model *m, size_t n, size_t max_bytes)
+{
+    luna_plan p = make_plan(m, n, n);
+    if (p.bytes <= max_bytes) return p;
+    /* the most rows that fit, on the default chunk's boundaries: the fewer recomputed, the faster */
+    size_t rows = max_bytes / ((size_t)m->cfg.d * sizeof(float));
+    return make_plan(m, n, rows - rows % DEFAULT_CHUNK);
+}
+
+const char *luna_plan_name(const luna_plan *p)
+{
+    return p->rows >= p->n ? "resident" : p->rows == 0 ? "streaming" : "partial";
+}
+
 /* ---- entry points -------------------------------------------------------------------------- */
 
-int luna_encode(luna_ctx *c, const uint8_t *bytes, size_t len, float *hidden, float *pfinal,
-                float *pooled, float *logits)
+static int encode(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, size_t len, float *hidden, float *pfinal,
+                  float *pooled, float *logits)
 {
     if (!c || (!bytes && len)) return LUNA_EINVAL;
     const luna_model *m = c->m;
@@ -648,21 +779,34 @@ int luna_encode(luna_ctx *c, const uint8_t *bytes, size_t len, float *hidden, fl
     if (cfg->max_positions > 0 && n > (size_t)cfg->max_positions) return LUNA_ETOOLONG;
     size_t lp = cfg->dynamic_projection && n < (size_t)cfg->l ? n : (size_t)cfg->l;
 
-    size_t nfloats = forward_floats(cfg, n, c->attn);
+    /* the rows kept: all of them (the baselines always), or the plan's, on chunk boundaries */
+    size_t R = n;
+    if (plan && c->attn == LUNA_ATTN_LUNA) {
+        if (plan->n != n) return LUNA_EINVAL;
+        R = plan->rows >= n ? n : plan->rows - plan->rows % ch;
+    }
+    if (hidden && R < n) return LUNA_EINVAL; /* the hidden rows are the kept ones */
+
+    size_t nfloats = c->attn == LUNA_ATTN_LUNA ? (R == 0 ? 0 : forward_floats(cfg, R, c->attn)) : forward_floats(cfg, n, c->attn);
     if (nfloats == SIZE_MAX) return LUNA_ENOMEM;
     /* a size the client controls: try, never abort */
-    float *buf = malloc(nfloats * sizeof(float));
-    if (!buf) return LUNA_ENOMEM;
+    float *buf = NULL;
+    if (nfloats) {
+        buf = malloc(nfloats * sizeof(float));
+        if (!buf) return LUNA_ENOMEM;
+    }
     c->last_alloc_bytes = nfloats * sizeof(float);
     float *X = buf;
 
     int rc = 0;
-    for (size_t r0 = 0; r0 < n; r0 += ch) {
-        size_t rows = n - r0 < ch ? n - r0 : ch;
+    for (size_t r0 = 0; r0 < R; r0 += ch) {
+        size_t rows = R - r0 < ch ? R - r0 : ch;
         embed_rows(c, &seq, r0, rows, X + r0 * d);
     }
     if (c->attn == LUNA_ATTN_LUNA) embed_p(c, lp, W(c, P));
 
+    /* the kept rows the last layer must unpack: those the pooling or the caller reads */
+    size_t fin = hidden ? n : final_rows(cfg, n, c->chunk);
     for (int i = 0; i < cfg->layers && rc == 0; i++) {
         if (canceled(c)) {
             rc = LUNA_ECANCELED;
@@ -670,9 +814,11 @@ int luna_encode(luna_ctx *c, const uint8_t *bytes, size_t len, float *hidden, fl
         }
         const luna_layer *ly = &m->layers[i];
         switch (c->attn) {
-        case LUNA_ATTN_LUNA:
-            rc = luna_layer_forward(c, ly, X, n, lp);
+        case LUNA_ATTN_LUNA: {
+            layer_pass a = {&seq, X, n, R, lp, i, ly, i + 1 < cfg->layers ? R : (fin < R ? fin : R)};
+            rc = luna_layer_forward(c, &a);
             break;
+        }
         case LUNA_ATTN_SOFTMAX_STREAM:
             rc = softmax_stream_layer(c, ly, X, n, buf + n * d, buf + 2 * n * d);
             break;
@@ -685,34 +831,62 @@ int luna_encode(luna_ctx *c, const uint8_t *bytes, size_t len, float *hidden, fl
     if (rc) goto out;
 
     float *P = W(c, P);
-    if (cfg->normalize_before) {
-        kn_layernorm(&m->layer_norm, X, X, n, d);
-        if (c->attn == LUNA_ATTN_LUNA) kn_layernorm(&m->proj_layer_norm, P, P, lp, d);
-    }
+    int luna = c->attn == LUNA_ATTN_LUNA;
+    if (cfg->normalize_before && luna) kn_layernorm(&m->proj_layer_norm, P, P, lp, d);
     float *pool = W(c, pooled);
     switch (cfg->pooling) {
-    case LUNA_POOL_CLS:
-        memcpy(pool, X, d * sizeof(float));
-        break;
-    case LUNA_POOL_MEAN:
-    case LUNA_POOL_P: {
-        const float *rowsrc = X;
-        size_t count = n;
-        if (cfg->pooling == LUNA_POOL_P) {
-            rowsrc = P;
-            count = c->attn == LUNA_ATTN_LUNA ? lp : 0; /* the baselines have no P */
+    case LUNA_POOL_CLS: {
+        const float *x0 = X;
+        if (!luna || R == 0) {
+            /* the baselines keep every row; the streaming plan recomputes the first chunk */
+            if (luna) {
+                layer_pass a = {&seq, X, n, 0, lp, cfg->layers, NULL, 0};
+                x0 = recompute_rows(c, &c->lane[0], &a, 0, n < ch ? n : ch, cfg->layers);
+            }
         }
+        if (cfg->normalize_before) {
+            kn_layernorm(&m->layer_norm, x0, W(c, A), 1, d);
+            x0 = W(c, A);
+        }
+        memcpy(pool, x0, d * sizeof(float));
+        break;
+    }
+    case LUNA_POOL_MEAN:
+        if (luna) {
+            layer_pass a = {&seq, X, n, R, lp, cfg->layers, NULL, 0};
+            rc = run_lanes(c, mean_lane, &a);
+            if (rc) goto out;
+            for (size_t j = 0; j < d; j++) {
+                double s = c->lane[0].macc[j];
+                for (int t = 1; t < c->threads; t++) s += c->lane[t].macc[j];
+                pool[j] = n ? (float)(s / (double)n) : 0.0f;
+            }
+        } else {
+            if (cfg->normalize_before) kn_layernorm(&m->layer_norm, X, X, n, d);
+            for (size_t j = 0; j < d; j++) {
+                double s = 0.0;
+                for (size_t r = 0; r < n; r++) s += X[r * d + j];
+                pool[j] = n ? (float)(s / (double)n) : 0.0f;
+            }
+        }
+        break;
+    case LUNA_POOL_P:
         for (size_t j = 0; j < d; j++) {
             double s = 0.0;
-            for (size_t r = 0; r < count; r++) s += rowsrc[r * d + j];
+            size_t count = luna ? lp : 0; /* the baselines have no P */
+            for (size_t r = 0; r < count; r++) s += P[r * d + j];
             pool[j] = count ? (float)(s / (double)count) : 0.0f;
         }
         break;
     }
-    }
     head_forward(c, pool, W(c, logits));
-    if (hidden) memcpy(hidden, X, n * d * sizeof(float));
-    if (pfinal && c->attn == LUNA_ATTN_LUNA) memcpy(pfinal, P, lp * d * sizeof(float));
+    if (hidden) {
+        /* the final LayerNorm of pre-norm; only the baselines' mean pooling applied it in place */
+        int normed = !luna && cfg->pooling == LUNA_POOL_MEAN;
+        if (cfg->normalize_before && !normed) kn_layernorm(&m->layer_norm, X, X, n, d);
+        memcpy(hidden, X, n * d * sizeof(float));
+    }
+    if (pfinal && luna) memcpy(pfinal, P, lp * d * sizeof(float));
     if (pooled) memcpy(pooled, pool, d * sizeof(float));
     if (logits) memcpy(logits, W(c, logits), (size_t)cfg->n_labels * sizeof(float));
 out:
@@ -720,10 +894,24 @@ out:
     return rc;
 }
 
-int luna_classify(luna_ctx *c, const uint8_t *bytes, size_t len, float *probs, float *logits)
+int luna_encode(luna_ctx *c, const uint8_t *bytes, size_t len, float *hidden, float *pfinal,
+                float *pooled, float *logits)
+{
+    return encode(c, NULL, bytes, len, hidden, pfinal, pooled, logits);
+}
+
+int luna_encode_plan(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, size_t len, float *pfinal,
+                     float *pooled, float *logits)
+{
+    if (!plan) return LUNA_EINVAL;
+    return encode(c, plan, bytes, len, NULL, pfinal, pooled, logits);
+}
+
+int luna_classify_plan(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, size_t len, float *probs,
+                       float *logits)
 {
     if (!c) return LUNA_EINVAL;
-    int rc = luna_encode(c, bytes, len, NULL, NULL, NULL, NULL);
+    int rc = encode(c, plan, bytes, len, NULL, NULL, NULL, NULL);
     if (rc) return rc;
     const float *lg = W(c, logits);
     size_t nl = (size_t)c->m->cfg.n_labels;
@@ -733,4 +921,9 @@ int luna_classify(luna_ctx *c, const uint8_t *bytes, size_t len, float *probs, f
         kn_softmax_rows(probs, 1, nl, nl);
     }
     return 0;
+}
+
+int luna_classify(luna_ctx *c, const uint8_t *bytes, size_t len, float *probs, float *logits)
+{
+    return luna_classify_plan(c, NULL, bytes, len, probs, logits);
 }

@@ -152,6 +152,40 @@ int luna_classify(luna_ctx *c, const uint8_t *bytes, size_t len, float *probs, f
 int luna_encode(luna_ctx *c, const uint8_t *bytes, size_t len, float *hidden, float *pfinal,
                 float *pooled, float *logits);
 
+/* ---- plans: classify any length in bounded memory ------------------------------------------
+ *
+ * The resident forward keeps X, n * d floats. A plan keeps only its first `rows` rows and
+ * recomputes the others from the input bytes whenever a layer's pack needs them (layer k's
+ * rows need layers 0 .. k-1 again), so the streaming plan (rows = 0) allocates nothing that
+ * grows with the input: only the context's fixed workspace, whose per-layer unpack keys and
+ * values it keeps. Every plan gives the resident plan's numbers (the same chunks, the same
+ * arithmetic per row); they differ in time: the streaming plan of an L-layer model runs
+ * L packs and up to L (L + 1) / 2 unpacks per row instead of L and L (fewer when the pooling
+ * reads only P, or only the first row). */
+typedef struct {
+    size_t n;     /* the tokens the plan is for (luna_input_tokens) */
+    size_t rows;  /* rows of X kept: n = the resident plan, 0 = streaming, between = partial;
+                     a forward keeps the multiple of its context's chunk length at or below it
+                     (luna_plan_for makes multiples of the default chunk, 256) */
+    size_t bytes; /* what the forward allocates at most: rows * d * 4 (exact on a boundary) */
+    double flops; /* its floating-point operations, from the shapes */
+} luna_plan;
+
+luna_plan luna_plan_resident(const luna_model *m, size_t n);
+luna_plan luna_plan_streaming(const luna_model *m, size_t n);
+luna_plan luna_plan_rows(const luna_model *m, size_t n, size_t rows);
+/* The fastest plan for n tokens whose allocation fits max_bytes: the resident one when it
+ * fits, else the most rows that fit (the streaming plan needs 0 bytes, so there always is one). */
+luna_plan luna_plan_for(const luna_model *m, size_t n, size_t max_bytes);
+const char *luna_plan_name(const luna_plan *p); /* "resident", "partial" or "streaming" */
+
+/* luna_classify and luna_encode under a plan made for this input's token count (else EINVAL).
+ * The baselines (softmax attention) ignore the plan: they keep every row. */
+int luna_classify_plan(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, size_t len, float *probs,
+                       float *logits);
+int luna_encode_plan(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, size_t len, float *pfinal,
+                     float *pooled, float *logits);
+
 /* ---- generation (task causal-lm) -------------------------------------------------------
  *
  * A luna_gen_state holds what a causal model remembers of the tokens it has consumed. For

@@ -52,6 +52,34 @@ then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL classify JSON"; fi
 expect "classify stdin" 0 sh -c "\"$luna\" classify --model \"$model\" - < \"$tmp/doc\""
 if cmp -s "$tmp/out" "$tmp/classify.json"; then pass=$((pass + 1)); else
   fail=$((fail + 1)); echo "FAIL classify stdin differs from file"; fi
+# plans (engine/luna.h): every plan classifies the same; the file is mapped, not read
+head -c 5000 /dev/urandom > "$tmp/long"
+for plan in resident streaming partial:1k auto; do
+  expect "classify --plan $plan" 0 "$luna" classify --model "$model" --plan $plan "$tmp/long"
+  sed 's/, "plan".*//' "$tmp/out" > "$tmp/plan.$plan"
+done
+grep_out "auto without a limit is resident" '"plan": "resident"' out
+for plan in streaming partial:1k auto; do
+  if cmp -s "$tmp/plan.resident" "$tmp/plan.$plan"; then pass=$((pass + 1)); else
+    fail=$((fail + 1)); echo "FAIL plan $plan differs from resident"; diff "$tmp/plan.resident" "$tmp/plan.$plan" | head -4; fi
+done
+expect "classify streaming" 0 "$luna" classify --model "$model" --plan streaming "$tmp/long"
+grep_out "streaming keeps no row" '"plan": "streaming", "plan_rows": 0, "workspace_bytes": 0' out
+expect "classify --max-workspace" 0 "$luna" classify --model "$model" --max-workspace 100K "$tmp/long"
+# d 16: 100 KiB hold 1,600 rows of X; the plan keeps 1,536, on the 256-row boundary below
+grep_out "a small limit gives a partial plan" '"plan": "partial", "plan_rows": 1536, "workspace_bytes": 98304' out
+expect "classify --max-workspace 0" 0 "$luna" classify --model "$model" --max-workspace 0 "$tmp/long"
+grep_out "no room: streaming" '"plan": "streaming"' out
+: > "$tmp/empty"
+expect "classify empty file" 0 "$luna" classify --model "$model" --plan streaming "$tmp/empty"
+grep_out "empty file" '"input_bytes": 0' out
+expect "classify a directory" 2 "$luna" classify --model "$model" "$tmp"
+expect "classify bad plan" 2 "$luna" classify --model "$model" --plan sometimes "$tmp/long"
+grep_out "bad plan named" "sometimes" err
+expect "classify bad partial" 2 "$luna" classify --model "$model" --plan partial:x "$tmp/long"
+expect "classify bad max-workspace" 2 "$luna" classify --model "$model" --max-workspace 12Q "$tmp/long"
+expect "bench --plan streaming" 0 "$luna" bench --model "$model" --lengths 600 --plan streaming --json
+grep_out "bench streaming row" '"plan": "streaming", "plan_rows": 0' out
 expect "bench bad lengths" 2 "$luna" bench --model "$model" --lengths 12,x
 expect "bench bad attention" 2 "$luna" bench --model "$model" --lengths 16 --attention quadratic
 expect "bench runs" 0 "$luna" bench --model "$model" --lengths 16,64 --attention luna --threads 1

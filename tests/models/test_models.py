@@ -83,6 +83,19 @@ def eval_classifier():
     assert abs(got["log_loss"] - CLF["log_loss"]) <= TOL * max(1.0, CLF["log_loss"]), (got, CLF["log_loss"])
 
 
+def eval_plans_identical():
+    # the streaming plan (no row kept) and a partial plan (the first 1,024 rows of each message
+    # kept; the long message exceeds it) give the resident plan's metrics exactly
+    def metrics(plan):
+        got = json.loads(luna("eval", "--model", CLF["model"], "--data", "tests/models/spam.jsonl", "--plan", plan,
+                              "--json"))
+        return {k: v for k, v in got.items() if k not in ("seconds", "messages_per_s", "mb_per_s", "tokens_per_s")}
+    resident = metrics("resident")
+    assert resident["count"] == CLF["count"], resident
+    for plan in ("streaming", "partial:1024"):
+        assert metrics(plan) == resident, plan
+
+
 def eval_lm():
     got = json.loads(luna("eval", "--model", LM["model"], "--data", "tests/models/persuasion.txt", "--json"))
     assert got["bytes"] == LM["bytes"], got
@@ -147,6 +160,7 @@ def main():
     check("expected.json was made from the bundled models", same_models)
     check("fixture: held-out messages, one long, a real classifier", fixture_is_held_out_and_long)
     check("luna eval models/spam = reference (accuracy, log loss)", eval_classifier)
+    check("luna eval models/spam: the same metrics under every plan", eval_plans_identical)
     check("luna eval models/austen-lm = reference (bits per byte)", eval_lm)
     server_checks()
     print(f"models: {passed} passed, {failed} failed")

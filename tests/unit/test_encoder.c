@@ -34,6 +34,62 @@ static void check(const char *cs, int i, int chunk, const char *what, const floa
     free(ref);
 }
 
+/* Relative error of a against b (the resident plan's output), over n floats. */
+static double rel_err_f(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+#define PLAN_TOL 1e-5
+
+/* Every plan gives the resident plan's outputs: the streaming plan, partial plans that keep
+ * about a third and a half of the rows (not on a chunk boundary: the forward rounds them down
+ * to its own chunk length), and the resident plan through the plan API. Each allocates no
+ * more than the bytes it claims; the streaming plan nothing. */
+static void check_plans(const char *cs, int i, int chunk, const golden *g, luna_ctx *ctx, const uint8_t *in, size_t len,
+                        const float *pf, const float *pooled, const float *logits, const float *probs)
+{
+    const luna_config *cfg = luna_model_config(g->m);
+    size_t n = luna_input_tokens(g->m, in, len), d = (size_t)cfg->d, l = (size_t)cfg->l, C = (size_t)cfg->n_labels;
+    size_t lp = cfg->dynamic_projection && n < l ? n : l;
+    luna_plan plans[] = {luna_plan_streaming(g->m, n), luna_plan_rows(g->m, n, n / 3), luna_plan_rows(g->m, n, n / 2 + 5),
+                         luna_plan_resident(g->m, n)};
+    float *pf2 = malloc(lp * d * sizeof(float)), *pooled2 = malloc(d * sizeof(float));
+    float *logits2 = malloc(C * sizeof(float)), *probs2 = malloc(C * sizeof(float));
+    for (size_t p = 0; p < sizeof plans / sizeof plans[0]; p++) {
+        const luna_plan *pl = &plans[p];
+        cr_assert_eq(pl->n, n);
+        cr_assert_eq(pl->bytes, pl->rows * d * sizeof(float));
+        int rc = luna_encode_plan(ctx, pl, in, len, pf2, pooled2, logits2);
+        cr_assert_eq(rc, 0, "%s input %d chunk %d plan %s (%zu rows): %s", cs, i, chunk, luna_plan_name(pl), pl->rows,
+                     luna_strerror(rc));
+        size_t got = luna__ctx_last_alloc_bytes(ctx);
+        cr_expect_leq(got, pl->bytes, "plan %s allocated %zu > %zu", luna_plan_name(pl), got, pl->bytes);
+        if (pl->rows == 0) cr_expect_eq(got, 0, "the streaming plan allocates nothing");
+        const char *what[] = {"pfinal", "pooled", "logits"};
+        const float *ref[] = {pf, pooled, logits}, *out[] = {pf2, pooled2, logits2};
+        size_t count[] = {lp * d, d, C};
+        for (int k = 0; k < 3; k++) {
+            double e = rel_err_f(out[k], ref[k], count[k]);
+            cr_expect(e < PLAN_TOL, "%s input %d chunk %d plan %s (%zu of %zu rows): %s differs from resident by %.3g",
+                      cs, i, chunk, luna_plan_name(pl), pl->rows, n, what[k], e);
+        }
+        cr_assert_eq(luna_classify_plan(ctx, pl, in, len, probs2, NULL), 0);
+        double e = rel_err_f(probs2, probs, C);
+        cr_expect(e < PLAN_TOL, "%s input %d chunk %d plan %s: probs differ from resident by %.3g", cs, i, chunk,
+                  luna_plan_name(pl), e);
+    }
+    /* a plan made for another length is refused */
+    luna_plan other = luna_plan_streaming(g->m, n + 1);
+    cr_expect_eq(luna_classify_plan(ctx, &other, in, len, probs2, NULL), LUNA_EINVAL);
+    free(pf2), free(pooled2), free(logits2), free(probs2);
+}
+
 /* Runs every input of case `cs` with chunk length `chunk` and compares every output. */
 static void run_case(const char *cs, int chunk, int threads)
 {
@@ -69,6 +125,7 @@ static void run_case(const char *cs, int chunk, int threads)
         cr_assert_eq(luna_classify(ctx, in->data, in->nbytes, probs, logits2), 0);
         check(cs, i, chunk, "probs", probs, &g);
         check(cs, i, chunk, "logits", logits2, &g);
+        check_plans(cs, i, chunk, &g, ctx, in->data, in->nbytes, pf, pooled, logits, probs);
         free(hidden), free(pf), free(pooled), free(logits), free(probs), free(logits2);
     }
     luna_ctx_free(ctx);
