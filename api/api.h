@@ -80,6 +80,11 @@ typedef struct {
 api_err api_parse_classify(const char *body, size_t len, const api_limits *lim, api_classify_req *req,
                            api_error *err);
 void api_classify_free(api_classify_req *req);
+/* A raw /classify body (application/octet-stream or text/plain): one document, `body` itself
+ * (which must outlive req: nothing is copied). raw_scores and truncate are the query's values
+ * (NULL when absent; "true" or "false"). TEI's answer shape. Free with api_classify_free. */
+api_err api_classify_raw(const uint8_t *body, size_t len, const char *raw_scores, const char *truncate,
+                         const api_limits *lim, api_classify_req *req, api_error *err);
 
 /* scores: (n_docs, n_labels); labels: n_labels strings. TEI's shape: a single input gives
  * [{"label","score"},...] sorted by score, a list gives one such array per input. With

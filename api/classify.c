@@ -277,6 +277,40 @@ fail:
     return rc;
 }
 
+static int query_bool(const char *v, const char *name, int *out, api_error *err)
+{
+    if (!v) return 0;
+    if (!strcmp(v, "true")) *out = 1;
+    else if (!strcmp(v, "false")) *out = 0;
+    else {
+        api_fail(err, API_E_VALIDATION, "the query parameter %s must be true or false", name);
+        err->param = name;
+        return -1;
+    }
+    return 0;
+}
+
+api_err api_classify_raw(const uint8_t *body, size_t len, const char *raw_scores, const char *truncate,
+                         const api_limits *lim, api_classify_req *req, api_error *err)
+{
+    memset(req, 0, sizeof *req);
+    if (query_bool(raw_scores, "raw_scores", &req->raw_scores, err) || query_bool(truncate, "truncate", &req->truncate, err))
+        return err->kind;
+    if (len > lim->max_input_bytes && !req->truncate) {
+        api_fail(err, API_E_INPUT_TOO_LONG, "the document has %zu bytes; max-input-bytes is %llu (or ?truncate=true)", len,
+                 (unsigned long long)lim->max_input_bytes);
+        err->extra_key[0] = "max_input_bytes";
+        err->extra_val[0] = (double)lim->max_input_bytes;
+        return err->kind;
+    }
+    req->docs = malloc(sizeof *req->docs);
+    if (!req->docs) return api_fail(err, API_E_ENGINE_MEMORY, "out of memory parsing the request");
+    req->docs[0].data = body;
+    req->docs[0].len = len > lim->max_input_bytes ? lim->max_input_bytes : len;
+    req->n_docs = 1;
+    return API_OK;
+}
+
 void api_classify_free(api_classify_req *req)
 {
     storage *st = req->storage;

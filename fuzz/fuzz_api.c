@@ -1,6 +1,6 @@
 /* fuzz_api.c - libFuzzer harness for the request side of api/: the input is a request body,
- * given to every parser the server has (api_parse_classify, api_parse_generate,
- * api_parse_completions, api_parse_chat), as server/http.c gives it.
+ * given to every parser the server has (api_parse_classify, api_classify_raw for a raw body,
+ * api_parse_generate, api_parse_completions, api_parse_chat), as server/http.c gives it.
  *
  * Checked beyond ASan/UBSan:
  *   - a refusal has an error kind, and api_render_error gives one valid-UTF-8 JSON document
@@ -83,6 +83,37 @@ static void fuzz_classify(const char *body, size_t len)
     cJSON *j = fuzz_json_doc(s, "the classify answer");
     FUZZ_CHECK(req.vllm ? cJSON_IsObject(j) : cJSON_IsArray(j), "shape: %s", s);
     if (!req.vllm) FUZZ_CHECK(cJSON_GetArraySize(j) == (req.is_list ? (int)req.n_docs : 3), "size: %s", s);
+    cJSON_Delete(j);
+    free(s);
+    api_classify_free(&req);
+}
+
+/* The raw /classify body: the whole input is the document; its first bytes also choose the
+ * query's values (absent, true, false, or a bad one), as a client's URL would. */
+static void fuzz_classify_raw(const uint8_t *body, size_t len)
+{
+    static const char *const q[4] = {NULL, "true", "false", "tru"};
+    const char *rs = len ? q[body[0] & 3] : NULL, *tr = len > 1 ? q[(body[1] >> 2) & 3] : NULL;
+    api_limits lim = {MAX_INPUT, 8};
+    api_classify_req req;
+    api_error err;
+    memset(&err, 0, sizeof err);
+    memset(&req, 0xA5, sizeof req);
+    api_err rc = api_classify_raw(body, len, rs, tr, &lim, &req, &err);
+    if (rc != API_OK) {
+        check_error(rc, &err);
+        FUZZ_CHECK(api_err_status(rc) < 500, "a raw body gave %d", api_err_status(rc));
+        return;
+    }
+    FUZZ_CHECK(req.n_docs == 1 && req.docs[0].data == body, "the document is the body");
+    FUZZ_CHECK(req.docs[0].len == (len < MAX_INPUT ? len : MAX_INPUT), "length %zu of %zu", req.docs[0].len, len);
+    fuzz_touch(req.docs[0].data, req.docs[0].len);
+    float scores[3] = {0.25f, 0.75f, 0.0f};
+    static const char *const labels[3] = {"ham", "spam", "caf\xc3\xa9"};
+    api_classify_meta meta = {"clf-fuzz", "spam", 1700000000, 42};
+    char *s = api_render_classify(&req, scores, labels, 3, &meta);
+    cJSON *j = fuzz_json_doc(s, "the raw classify answer");
+    FUZZ_CHECK(cJSON_IsArray(j) && cJSON_GetArraySize(j) == 3, "shape: %s", s);
     cJSON_Delete(j);
     free(s);
     api_classify_free(&req);
@@ -172,6 +203,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(body, data, size);
     body[size] = 0;
     fuzz_classify(body, size);
+    fuzz_classify_raw(data, size);
     fuzz_generate(body, size, 0);
     fuzz_generate(body, size, 1);
     fuzz_generate(body, size, 2);

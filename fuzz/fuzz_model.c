@@ -144,6 +144,15 @@ static void forward(const luna_model *m)
                 sum += probs[k];
             }
             if (finite) FUZZ_CHECK(fabs(sum - 1) < 1e-3, "probabilities sum to %g", sum);
+            /* the streaming plan recomputes every row a pack needs: the same logits, exactly
+             * in practice (the same chunks, the same arithmetic per row) */
+            float slog[LUNA_MAX_LABELS];
+            luna_plan sp = luna_plan_streaming(m, luna_input_tokens(m, doc, len));
+            rc = luna_classify_plan(ctx, &sp, doc, len, NULL, slog);
+            FUZZ_CHECK(rc == 0, "luna_classify_plan (streaming): %s", luna_strerror(rc));
+            for (int k = 0; finite && k < c->n_labels; k++)
+                FUZZ_CHECK(fabs((double)slog[k] - logits[k]) <= 1e-4 * (1 + fabs((double)logits[k])),
+                           "streaming logit %d: %g, resident %g", k, slog[k], logits[k]);
         }
     } else {
         luna_gen_state *st = NULL;

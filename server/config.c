@@ -40,8 +40,8 @@ static const setting SETTINGS[] = {
     {"blas-core", T_STR, 0, 0, "auto", F(blas_core), 0, "OpenBLAS kernels: auto (the best this CPU runs, unless OPENBLAS_CORETYPE is set), default (OpenBLAS's own choice) or a core name (SkylakeX, Haswell, ...)"},
     {"memory-budget", T_BYTES, 1 << 20, 1e15, "2G", F(memory_budget), 0, "bytes that running requests may reserve in all (K/M/G/T suffixes)"},
     {"max-queue", T_INT, 1, 1000000, "64", F(max_queue), 0, "requests that may wait; more get 429"},
-    {"max-body-bytes", T_BYTES, 1024, 1e12, "16M", F(max_body_bytes), 0, "largest request body; larger gets 413 before it is read"},
-    {"max-input-bytes", T_BYTES, 1, 1e12, "8M", F(max_input_bytes), 0, "largest document after JSON decoding"},
+    {"max-body-bytes", T_BYTES, 0, 1e12, "0", F(max_body_bytes), 0, "largest request body; larger gets 413 before it is read; 0 = half the memory budget"},
+    {"max-input-bytes", T_BYTES, 0, 1e12, "0", F(max_input_bytes), 0, "largest document after JSON decoding; 0 = max-body-bytes"},
     {"max-new-tokens", T_INT, 1, 1000000, "1024", F(max_new_tokens), 0, "cap on max_new_tokens for generation"},
     {"default-new-tokens", T_INT, 1, 1000000, "100", F(default_new_tokens), 0, "max_new_tokens of a request that names none (capped by max-new-tokens)"},
     {"sse-ping-interval", T_SECONDS, 0.01, 3600, "10", F(sse_ping_interval), 0, "seconds without an event before a stream gets a keep-alive comment"},
@@ -308,6 +308,10 @@ int srv_config_load(srv_config *cfg, int argc, char **argv)
         snprintf(src, sizeof src, "flag --%s", s->name);
         if (set(cfg, s, val, src)) return -1;
     }
+    /* the body limits follow the budget unless set: a classification needs no memory that grows
+     * with its document (the streaming plan), so what bounds a document is holding its body */
+    if (!cfg->max_body_bytes) cfg->max_body_bytes = cfg->memory_budget / 2;
+    if (!cfg->max_input_bytes) cfg->max_input_bytes = cfg->max_body_bytes;
     char err[256];
     if (luna_blas_check_setting(cfg->blas_core, err, sizeof err)) {
         fprintf(stderr, "lunaserve: %s\n", err);

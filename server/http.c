@@ -64,6 +64,8 @@ typedef struct {
     int job_active;      /* queued or running: the loop thread will call on_job_done */
     int orphaned;        /* MHD is done with the request: on_job_done frees it */
     int no_body;         /* no Content-Length (or 0) and no Transfer-Encoding */
+    int raw;             /* /classify with a raw body (application/octet-stream, text/plain) */
+    size_t body_expect;  /* the Content-Length, allocated at the first chunk (0: unknown) */
     struct MHD_Response *early; /* an answer decided on the first call, queued on the second */
     unsigned early_status;
 } http_req;
@@ -88,6 +90,9 @@ static void free_req(http_req *r)
 /* What an engine request reserved in the memory budget, for clients that show it. */
 static void add_reserved_header(const http_req *r, struct MHD_Response *resp)
 {
+    /* which plan classified the (largest) document: resident, partial or streaming */
+    if (r->job.kind == JOB_CLASSIFY && r->job.t_end > 0 && r->job.rc == 0)
+        MHD_add_response_header(resp, "X-Luna-Plan", SRV_PLAN_NAMES[r->job.plan]);
     if (!r->job.reserve) return;
     char v[32];
     snprintf(v, sizeof v, "%llu", (unsigned long long)r->job.reserve);
@@ -485,6 +490,7 @@ static enum MHD_Result start_generate(http_req *r)
     uint64_t reserve = srv_gen_reservation(app, &r->greq);
     if (over_budget(r, reserve)) return respond_error(r, NULL);
     srv_job *job = &r->job;
+    job->min_reserve = reserve; /* a generation's reservation is fixed */
     job->out = malloc(r->greq.n_prompts * (size_t)r->greq.max_new_tokens);
     job->gres = calloc(r->greq.n_prompts, sizeof *job->gres);
     if (!job->out || !job->gres) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
@@ -504,10 +510,19 @@ static enum MHD_Result start_classify(http_req *r)
     srv_app *app = r->app;
     const luna_config *cfg = luna_model_config(app->classifier);
     api_limits lim = {app->cfg.max_input_bytes, 1024};
-    if (api_parse_classify(r->body ? r->body : "", r->body_len, &lim, &r->creq, &r->err) != API_OK)
-        return respond_error(r, NULL);
-    free(r->body); /* the parsed request holds what it needs */
-    r->body = NULL;
+    if (r->raw) {
+        /* one document, the body itself: no copy, no decoding */
+        const char *rs = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "raw_scores");
+        const char *tr = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "truncate");
+        if (api_classify_raw((const uint8_t *)(r->body ? r->body : ""), r->body_len, rs, tr, &lim, &r->creq, &r->err) !=
+            API_OK)
+            return respond_error(r, NULL);
+    } else {
+        if (api_parse_classify(r->body ? r->body : "", r->body_len, &lim, &r->creq, &r->err) != API_OK)
+            return respond_error(r, NULL);
+        free(r->body); /* the parsed request holds what it needs */
+        r->body = NULL;
+    }
 
     uint64_t reserve = 0;
     for (size_t i = 0; i < r->creq.n_docs; i++) {
@@ -526,19 +541,33 @@ static enum MHD_Result start_classify(http_req *r)
                 d->len -= n - app->max_doc_tokens < d->len ? n - app->max_doc_tokens : d->len,
                     n = luna_input_tokens(app->classifier, d->data, d->len);
         }
-        /* documents of one request run one after another: reserve the largest */
+        /* documents of one request run one after another: reserve the largest's resident plan;
+         * when that does not fit, the dispatcher runs it under the streaming plan instead, which
+         * needs no memory that grows with the input: no document is too large for the budget */
         uint64_t need = luna_workspace_bytes(app->classifier, n);
         if (need > reserve) reserve = need;
         srv_metrics_input_bytes(&app->metrics, d->len);
     }
-    if (over_budget(r, reserve)) return respond_error(r, NULL);
     srv_job *job = &r->job;
+    job->min_reserve = 0;
     job->scores = malloc(r->creq.n_docs * (size_t)cfg->n_labels * sizeof(float));
     if (!job->scores) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
     job->kind = JOB_CLASSIFY;
     job->classify = &r->creq;
     job->reserve = reserve;
     return submit(r);
+}
+
+/* A raw document for /classify: application/octet-stream or text/plain (any parameters). */
+static int is_raw(const char *ctype)
+{
+    if (!ctype) return 0;
+    static const char *const raw[] = {"application/octet-stream", "text/plain"};
+    for (size_t i = 0; i < 2; i++) {
+        size_t n = strlen(raw[i]);
+        if (!strncasecmp(ctype, raw[i], n) && (ctype[n] == 0 || ctype[n] == ';' || ctype[n] == ' ')) return 1;
+    }
+    return 0;
 }
 
 static int is_json(const char *ctype)
@@ -617,14 +646,20 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         if (r->ep == EP_CLASSIFY && !app->classifier)
             return fail(r, API_E_NO_MODEL, "%s", "no classification model is loaded");
         r->stream_route = !strcmp(url, "/generate_stream");
-        if (!is_json(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type")))
-            return fail(r, API_E_MEDIA_TYPE, "%s", "the body must be JSON: Content-Type: application/json");
+        const char *ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+        r->raw = r->ep == EP_CLASSIFY && is_raw(ctype);
+        if (!r->raw && !is_json(ctype))
+            return fail(r, API_E_MEDIA_TYPE, "%s",
+                        r->ep == EP_CLASSIFY ? "the body must be JSON (Content-Type: application/json) or one raw document "
+                                               "(application/octet-stream or text/plain)"
+                                             : "the body must be JSON: Content-Type: application/json");
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > app->cfg.max_body_bytes) {
             api_fail(&r->err, API_E_TOO_LARGE, "the body is %s bytes; max-body-bytes is %llu", cl,
                      (unsigned long long)app->cfg.max_body_bytes);
             return respond_error(r, NULL); /* before a byte of the body is read */
         }
+        if (cl) r->body_expect = (size_t)strtoull(cl, NULL, 10);
         r->timeout = app->cfg.request_timeout;
         const char *to = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Timeout");
         if (to) {
@@ -663,7 +698,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             return MHD_YES;
         }
         if (r->body_len + n + 1 > r->body_cap) {
-            size_t cap = r->body_cap ? r->body_cap : 4096;
+            /* the declared length at once (no doubling: a large raw body is held once, exactly),
+             * else double */
+            size_t cap = r->body_cap ? r->body_cap : r->body_expect >= n ? r->body_expect + 1 : 4096;
             while (cap < r->body_len + n + 1) cap *= 2;
             char *nb = realloc(r->body, cap); /* a client-controlled size: try, never abort */
             if (!nb) {
@@ -717,10 +754,13 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
     if (r->ep == EP_CLASSIFY || generates(r->ep) || status >= 400) {
         srv_job *j = &r->job;
         double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
+        char plan[48] = "";
+        if (j->kind == JOB_CLASSIFY && j->t_end > 0 && j->rc == 0)
+            snprintf(plan, sizeof plan, ",\"plan\":\"%s\"", SRV_PLAN_NAMES[j->plan]);
         srv_log(status >= 500 ? LOG_WARN : LOG_INFO, "request",
                 "\"request_id\":\"%s\",\"endpoint\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes_out\":%zu,"
-                "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f",
-                r->request_id, SRV_EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, dt);
+                "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f%s",
+                r->request_id, SRV_EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, dt, plan);
     }
     *con_cls = NULL;
     pthread_mutex_lock(&r->life);

@@ -38,6 +38,7 @@ typedef struct {
     uint64_t reserved, reserved_peak, budget;
     int queue_depth;
     char build_labels[1024]; /* luna_build_info's labels, escaped once at startup */
+    uint64_t plans[3];       /* documents classified, by plan: resident, partial, streaming */
 } srv_metrics;
 
 typedef enum {
@@ -54,6 +55,7 @@ void srv_metrics_build_info(srv_metrics *m, const luna_blas_info *blas, int blas
 void srv_metrics_destroy(srv_metrics *m);
 void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int code, double seconds);
 void srv_metrics_queue_wait(srv_metrics *m, double seconds);
+void srv_metrics_plan(srv_metrics *m, int plan); /* one document classified under plan SRV_PLAN_* */
 void srv_metrics_input_bytes(srv_metrics *m, uint64_t bytes);
 /* One generation: its token counts and how long the prefill and the decode took. */
 void srv_metrics_generated(srv_metrics *m, uint64_t generated, uint64_t prompt, double prefill_s,

@@ -94,14 +94,25 @@ api_err srv_job_error(const srv_job *job, api_error *e)
 
 /* ---- the worker threads -------------------------------------------------------------------- */
 
+const char *const SRV_PLAN_NAMES[SRV_N_PLANS] = {"resident", "partial", "streaming"};
+
+/* Each document runs under the fastest plan that fits what the job reserved: the resident one
+ * when the dispatcher could give it its whole workspace, else the streaming one (see dispatch). */
 static int run_classify(srv_worker *w, srv_job *job)
 {
     const api_classify_req *req = job->classify;
-    int nl = luna_model_config(w->app->classifier)->n_labels;
+    const luna_model *m = w->app->classifier;
+    int nl = luna_model_config(m)->n_labels;
+    size_t largest = 0;
     for (size_t i = 0; i < req->n_docs; i++) {
         float *out = job->scores + i * (size_t)nl;
-        int rc = req->raw_scores ? luna_classify(w->ctx, req->docs[i].data, req->docs[i].len, NULL, out)
-                                 : luna_classify(w->ctx, req->docs[i].data, req->docs[i].len, out, NULL);
+        size_t n = luna_input_tokens(m, req->docs[i].data, req->docs[i].len);
+        luna_plan plan = luna_plan_for(m, n, job->reserve);
+        int kind = plan.rows >= n ? SRV_PLAN_RESIDENT : plan.rows ? SRV_PLAN_PARTIAL : SRV_PLAN_STREAMING;
+        if (n >= largest) largest = n, job->plan = kind;
+        srv_metrics_plan(&w->app->metrics, kind);
+        int rc = req->raw_scores ? luna_classify_plan(w->ctx, &plan, req->docs[i].data, req->docs[i].len, NULL, out)
+                                 : luna_classify_plan(w->ctx, &plan, req->docs[i].data, req->docs[i].len, out, NULL);
         if (rc) return rc;
     }
     return 0;
@@ -376,6 +387,11 @@ static void dispatch(srv_app *app)
         if (!idle) return;
         pthread_mutex_lock(&app->lock);
         srv_job *job = app->q_head;
+        /* a job that does not fit what is free runs in its least reservation when that fits (a
+         * classification: the streaming plan); else the head waits for memory */
+        if (job && app->reserved + job->reserve > app->cfg.memory_budget &&
+            app->reserved + job->min_reserve <= app->cfg.memory_budget)
+            job->reserve = job->min_reserve;
         if (!job || app->reserved + job->reserve > app->cfg.memory_budget) {
             pthread_mutex_unlock(&app->lock);
             return; /* nothing queued, or the head waits for memory */

@@ -41,6 +41,10 @@ typedef struct {
 } srv_stream;
 
 typedef struct srv_job srv_job;
+/* The classification plans (engine/luna.h), as the server counts and reports them. */
+enum { SRV_PLAN_RESIDENT = 0, SRV_PLAN_PARTIAL, SRV_PLAN_STREAMING, SRV_N_PLANS };
+extern const char *const SRV_PLAN_NAMES[SRV_N_PLANS];
+
 struct srv_job {
     srv_job_kind kind;
     const api_classify_req *classify; /* the input, owned by the request */
@@ -50,7 +54,12 @@ struct srv_job {
     api_gen_result *gres;             /* OUT: (n_prompts) what each generation produced */
     srv_stream *stream;               /* NULL unless the answer streams */
     void (*on_stream)(srv_job *);     /* any thread: the stream has data (or has started) */
-    uint64_t reserve;                 /* bytes reserved while it runs */
+    uint64_t reserve;                 /* bytes reserved while it runs: what it wants, set at
+                                         admission; the dispatcher may lower it to min_reserve */
+    uint64_t min_reserve;             /* the least it can run in: a classification's streaming
+                                         plan needs no bytes that grow with the input */
+    int plan;                         /* OUT (classify): the plan of its largest document,
+                                         SRV_PLAN_* */
     double t_submit, t_start, t_end;  /* monotonic seconds */
     double deadline;                  /* monotonic seconds */
     int client_fd;                    /* to notice a client that went away; -1 if unknown */

@@ -417,7 +417,7 @@ def json_cases():
     add("a long non-ASCII field name cut mid-character", R("POST", "/generate", '{"inputs": "a", "x' + "\u00e9" * 40 +
                                                               '": 1}'), 422, "validation_error")
     # content types
-    add("Content-Type: text/plain", R("POST", "/classify", GOOD_CLASSIFY, ctype="text/plain"), 415,
+    add("Content-Type: application/xml", R("POST", "/classify", GOOD_CLASSIFY, ctype="application/xml"), 415,
         "unsupported_media_type")
     add("Content-Type: form (curl -d's default)", R("POST", "/generate", GOOD_GENERATE,
                                                      ctype="application/x-www-form-urlencoded"), 415,
@@ -630,7 +630,7 @@ def case_early_error_with_a_body_closes(s):
     """An answer decided from the headers of a request that has a body it will not read (415,
     404, 413 by Content-Length) closes the connection, so that the unread body is never taken
     for the next request."""
-    for req, status in [(R("POST", "/classify", GOOD_CLASSIFY, ctype="text/plain", close=False), 415),
+    for req, status in [(R("POST", "/classify", GOOD_CLASSIFY, ctype="application/xml", close=False), 415),
                         (R("POST", "/nope", GOOD_CLASSIFY, close=False), 404),
                         (R("POST", "/classify", {"inputs": "a" * (MAX_BODY + 10)}, close=False), 413)]:
         c = Conn(s.port, 10)

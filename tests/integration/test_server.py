@@ -238,8 +238,10 @@ def test_validation_errors(s):
         is_error(st, b, code)
     st, _, b = s.json("POST", "/classify", "{not json")
     is_error(st, b, 400, "invalid_json")
-    st, _, b = s.json("POST", "/classify", '{"inputs": "a"}', {"Content-Type": "text/plain"})
+    st, _, b = s.json("POST", "/classify", '{"inputs": "a"}', {"Content-Type": "application/xml"})
     is_error(st, b, 415, "unsupported_media_type")
+    st, _, b = s.json("POST", "/generate", '{"inputs": "a"}', {"Content-Type": "text/plain"})
+    is_error(st, b, 415, "unsupported_media_type")  # a raw body is for /classify only
     st, _, b = s.json("GET", "/nowhere")
     is_error(st, b, 404, "not_found")
     st, h, b = s.json("DELETE", "/classify")
@@ -315,14 +317,69 @@ def test_auth_and_cors():
 
 
 def test_memory_never_fits():
+    # a document whose resident workspace (2,002 tokens x 1 KiB) exceeds the whole budget is
+    # classified all the same, under the streaming plan, with the resident plan's answer
+    doc = {"inputs": "z" * 2000}
+    big = Server(model=SLOW)
     s = Server("--memory-budget", "1M", model=SLOW)
     try:
-        st, _, b = s.json("POST", "/classify", {"inputs": "z" * 2000})  # 2002 tokens x 1 KiB
-        is_error(st, b, 413, "memory_budget_exceeded")
-        assert b["error"]["memory_required_bytes"] > b["error"]["memory_budget_bytes"] == 1048576, b
-        st, _, b = s.json("POST", "/classify", {"inputs": "z" * 100})
-        assert st == 200, b
-        assert s.metrics()['luna_admission_rejections_total{reason="memory"}'] == 1
+        st, h, want = big.json("POST", "/classify", doc)
+        assert st == 200 and h["x-luna-plan"] == "resident", (st, h)
+        st, h, b = s.json("POST", "/classify", doc)
+        assert st == 200 and h["x-luna-plan"] == "streaming", (st, h, b)
+        assert "x-memory-reserved-bytes" not in h, h  # the streaming plan reserves nothing
+        for x, y in zip(b, want):
+            assert x["label"] == y["label"] and abs(x["score"] - y["score"]) < 1e-6, (b, want)
+        st, h, b = s.json("POST", "/classify", {"inputs": "z" * 100})
+        assert st == 200 and h["x-luna-plan"] == "resident", (st, h)
+        m = s.metrics()
+        assert m['luna_plan_total{plan="streaming"}'] == 1 and m['luna_plan_total{plan="resident"}'] == 1, m
+        assert m['luna_admission_rejections_total{reason="memory"}'] == 0
+        logged = [json.loads(l) for l in s.log if '"msg":"request"' in l]
+        assert [l.get("plan") for l in logged] == ["streaming", "resident"], logged
+    finally:
+        assert s.stop() == 0 and big.stop() == 0
+
+
+def test_classify_raw_body():
+    # one document as the body itself (curl --data-binary @file), TEI's answer shape
+    s = Server("--max-input-bytes", "3000", "--max-body-bytes", "100000", model=FAST)
+    try:
+        doc = bytes(range(256)) * 4 + b"Subject: hello\r\n\r\nbody text\n"
+        st, h, want = s.json("POST", "/classify", {"inputs_base64": base64.b64encode(doc).decode()})
+        assert st == 200, want
+        for ctype in ("application/octet-stream", "text/plain; charset=utf-8", "TEXT/PLAIN"):
+            st, h, b = s.json("POST", "/classify", doc, headers={"Content-Type": ctype})
+            assert st == 200 and b == want and h["x-luna-plan"] == "resident", (ctype, st, b)
+        st, _, b = s.json("POST", "/predict?raw_scores=true", doc, headers={"Content-Type": "application/octet-stream"})
+        st2, _, b2 = s.json("POST", "/classify", {"inputs_base64": base64.b64encode(doc).decode(), "raw_scores": True})
+        assert st == st2 == 200 and b == b2, (b, b2)
+        st, _, b = s.json("POST", "/classify?raw_scores=yes", doc, headers={"Content-Type": "text/plain"})
+        is_error(st, b, 422)
+        assert "raw_scores" in b["error"]["message"] and b["error"]["param"] == "raw_scores", b
+        # over max-input-bytes: 413, or cut with ?truncate=true
+        st, _, b = s.json("POST", "/classify", b"x" * 3001, headers={"Content-Type": "text/plain"})
+        is_error(st, b, 413)
+        assert b["error"]["max_input_bytes"] == 3000, b
+        st, _, b = s.json("POST", "/classify?truncate=true", b"x" * 3001, headers={"Content-Type": "text/plain"})
+        st2, _, b2 = s.json("POST", "/classify", b"x" * 3000, headers={"Content-Type": "text/plain"})
+        assert st == st2 == 200 and b == b2, (b, b2)
+        # an empty body is an empty document (just bos), as {"inputs": ""} is
+        st, _, b = s.json("POST", "/classify", b"", headers={"Content-Type": "application/octet-stream"})
+        st2, _, b2 = s.json("POST", "/classify", {"inputs": ""})
+        assert st == st2 == 200 and b == b2, (b, b2)
+        # other types are refused, and the message names the raw ones; generation takes JSON only
+        st, _, b = s.json("POST", "/classify", doc, headers={"Content-Type": "image/png"})
+        is_error(st, b, 415)
+        assert "application/octet-stream" in b["error"]["message"], b
+        # a body that ends early: the server answers nothing for it and keeps serving
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 5000\r\n\r\n" + b"y" * 100)
+        c.close()
+        st, _, b = s.json("POST", "/classify", doc, headers={"Content-Type": "text/plain"})
+        assert st == 200 and b == want, b
+        m = wait_idle(s)
+        assert m["luna_memory_reserved_bytes"] == 0 and m["luna_inflight_requests"] == 0, m
     finally:
         assert s.stop() == 0
 
@@ -459,6 +516,8 @@ def test_config():
     assert r.returncode == 0, r.stderr
     cfg = dict(l.split(" = ", 1) for l in r.stdout.splitlines())
     assert cfg["max-queue"] == "7" and cfg["port"] == "2345" and cfg["memory-budget"] == str(1 << 30), cfg
+    # the body limits follow the budget unless set: half of it, and the input the body's
+    assert cfg["max-body-bytes"] == str(1 << 29) and cfg["max-input-bytes"] == str(1 << 29), cfg
     with open(conf, "w") as f:
         f.write("max-queue = many\n")
     r = subprocess.run([lunaserve, "--config", conf], capture_output=True, text=True)
@@ -478,7 +537,7 @@ def test_openapi_describes_every_route(s):
         assert method in spec["paths"][path], path
     types = spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["type"]["enum"]
     # every error type the server can send is documented: provoke a few and check
-    for body, hdr in [("{", {}), ('{"inputs": 1}', {}), ('{"inputs": "a"}', {"Content-Type": "text/plain"})]:
+    for body, hdr in [("{", {}), ('{"inputs": 1}', {}), ('{"inputs": "a"}', {"Content-Type": "application/xml"})]:
         st, _, b = s.json("POST", "/classify", body, hdr)
         assert b["error"]["type"] in types, b
 
@@ -960,7 +1019,7 @@ def main():
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),
              (test_generate_limits, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
-             (test_memory_never_fits, None), (test_budget_invariant_32_clients, None),
+             (test_memory_never_fits, None), (test_classify_raw_body, None), (test_budget_invariant_32_clients, None),
              (test_queue_full_429, None), (test_deadline_504, None), (test_100_disconnects, None),
              (test_drain_on_sigterm, None), (test_config, None)]
     only = sys.argv[1:]

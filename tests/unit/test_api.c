@@ -91,6 +91,35 @@ Test(api, classify_errors)
     cr_assert_str_eq(e.extra_key[0], "max_input_bytes");
 }
 
+Test(api, classify_raw_body)
+{
+    api_limits lim = {10, 1024};
+    api_classify_req req;
+    api_error err = {0};
+    const uint8_t body[] = "abc\0def";
+    cr_assert_eq(api_classify_raw(body, 7, NULL, NULL, &lim, &req, &err), API_OK);
+    cr_assert_eq(req.n_docs, 1);
+    cr_assert_eq(req.docs[0].data, body, "the document is the body itself, not a copy");
+    cr_assert_eq(req.docs[0].len, 7, "NUL bytes are data");
+    cr_assert(!req.raw_scores && !req.truncate && !req.is_list && !req.vllm);
+    api_classify_free(&req);
+    cr_assert_eq(api_classify_raw(body, 7, "true", "false", &lim, &req, &err), API_OK);
+    cr_assert(req.raw_scores && !req.truncate);
+    api_classify_free(&req);
+    cr_assert_eq(api_classify_raw(body, 7, "1", NULL, &lim, &req, &err), API_E_VALIDATION);
+    cr_assert_str_eq(err.param, "raw_scores");
+    cr_assert_eq(api_classify_raw(body, 7, NULL, "yes", &lim, &req, &err), API_E_VALIDATION);
+    cr_assert_str_eq(err.param, "truncate");
+    const uint8_t big[12] = {0};
+    cr_assert_eq(api_classify_raw(big, 12, NULL, NULL, &lim, &req, &err), API_E_INPUT_TOO_LONG);
+    cr_assert_eq(err.extra_val[0], 10.0);
+    cr_assert_eq(api_classify_raw(big, 12, NULL, "true", &lim, &req, &err), API_OK);
+    cr_assert_eq(req.docs[0].len, 10, "truncated to max-input-bytes");
+    api_classify_free(&req);
+    cr_assert_eq(api_classify_raw(big, 0, NULL, NULL, &lim, &req, &err), API_OK, "an empty document is valid");
+    api_classify_free(&req);
+}
+
 Test(api, render_scores_sorted_and_errors)
 {
     api_classify_req r;
