@@ -4,13 +4,24 @@ its port read from the "listening" log line, and its stderr collected by a backg
 
     from lunaserve_proc import start
     proc, port, log = start([binary, "--port", "0", ...])
+
+LUNASERVE_WRAP, when set, is a command that prefixes the server's (split like a shell's words,
+e.g. "taskset -c 0"): `make check-slow` runs the suites with the server pinned to one core that
+way. The wrapper must exec the server (taskset, nice, chrt do), so that the process the tests
+signal is the server itself.
 """
 import json
 import os
+import shlex
 import subprocess
 import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wrap(argv):
+    """argv prefixed with $LUNASERVE_WRAP's words (none when it is unset or empty)."""
+    return shlex.split(os.environ.get("LUNASERVE_WRAP", "")) + list(argv)
 
 
 def start(argv, env=None, timeout=60):
@@ -18,7 +29,7 @@ def start(argv, env=None, timeout=60):
     waits for its "listening" line. Returns (proc, port, log): log is a list of the server's
     stderr lines that keeps growing while it runs. A server that exits, or logs no "listening"
     line within `timeout` seconds, is killed, and RuntimeError carries its log."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    proc = subprocess.Popen(wrap(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     log, found, listening = [], [], threading.Event()
 
     def drain():
