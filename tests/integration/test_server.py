@@ -130,11 +130,11 @@ def long_enough(run, n, seconds, tries=4):
     """For a test that needs work to last longer than a timeout, on a machine of any speed:
     run(n) does the work on an input of size n, checks its answers and returns how long it took;
     n doubles until that is more than `seconds` (once on this machine; more on a faster one).
-    Returns the duration; fails if `tries` doublings never got there."""
+    Returns the n that did; fails if `tries` doublings never got there."""
     for _ in range(tries):
         dt = run(n)
         if dt > seconds:
-            return dt
+            return n
         n *= 2
     raise AssertionError("the work took %.2f s at most (n = %d), not more than %.2f s" % (dt, n // 2, seconds))
 
@@ -614,22 +614,30 @@ def slow_prompt(n):
 def test_stream_pings_deadline_and_disconnects():
     s = Server("--workers", "2", "--sse-ping-interval", "0.2", "--max-queue", "100", model="", gen=SLOW_LM)
     try:
-        # a long prefill sends keep-alive comments before the first token
-        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
-        c.request("POST", "/generate_stream", json.dumps({"inputs": slow_prompt(40000), "parameters": {"max_new_tokens": 5}}),
-                  {"Content-Type": "application/json"})
-        r = c.getresponse()
-        data = r.read()
-        c.close()
-        assert r.status == 200 and b": keep-alive" in data and data.index(b": keep-alive") < data.index(b"data: "), data[:200]
-        assert sse_events(data)[-1]["details"]["generated_tokens"] == 5
-        # a deadline that passes mid-stream ends it with an error event
-        st, _, d = s.req("POST", "/generate_stream", {"inputs": slow_prompt(40000), "parameters": {"max_new_tokens": 5}},
+        # a long prefill sends keep-alive comments before the first token: a stream of 5 ping
+        # intervals at least (40000 bytes take several seconds here; a faster machine doubles them)
+        def pinged(n):
+            c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=600)
+            t0 = time.monotonic()
+            c.request("POST", "/generate_stream", json.dumps({"inputs": slow_prompt(n), "parameters": {"max_new_tokens": 5}}),
+                      {"Content-Type": "application/json"})
+            r = c.getresponse()
+            data = r.read()
+            c.close()
+            dt = time.monotonic() - t0
+            assert r.status == 200 and sse_events(data)[-1]["details"]["generated_tokens"] == 5, data[-300:]
+            if dt > 1.0:
+                assert b": keep-alive" in data and data.index(b": keep-alive") < data.index(b"data: "), data[:200]
+            return dt
+        n = long_enough(pinged, 40000, 1.0)
+        # a deadline (0.5 s) that passes mid-stream, during that prefill (over 1 s), ends it with
+        # an error event
+        st, _, d = s.req("POST", "/generate_stream", {"inputs": slow_prompt(n), "parameters": {"max_new_tokens": 5}},
                          {"X-Request-Timeout": "0.5"})
         ev = sse_events(d)
         assert st == 200 and ev[-1].get("error_type") == "timeout", ev
         # the same without streaming: 504
-        st, _, b = s.json("POST", "/generate", {"inputs": slow_prompt(40000)}, {"X-Request-Timeout": "0.5"})
+        st, _, b = s.json("POST", "/generate", {"inputs": slow_prompt(n)}, {"X-Request-Timeout": "0.5"})
         is_error(st, b, 504, "timeout")
         # 30 clients leave mid-stream: every job stops, nothing stays reserved, still serving
         def leave():
