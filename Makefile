@@ -108,7 +108,7 @@ check: $(BINS)
 # The suites that start lunaserve, again on a stand-in for a slow machine (issue 23: a test that
 # assumes how fast the machine is fails for someone): the server pinned to one core
 # (LUNASERVE_WRAP, honoured by tests/lunaserve_proc.py and the shell starters) and OpenBLAS's
-# generic Prescott kernels. About 5 minutes here; .ci/run runs it after make test.
+# generic Prescott kernels. 5 to 7 minutes here (docs/reliability.md); .ci/run runs it after make test.
 SLOW_ENV := OPENBLAS_CORETYPE=Prescott LUNASERVE_WRAP="taskset -c 0" LUNA_BIN_DIR=$(BUILD)/bin
 check-slow: $(BUILD)/bin/lunaserve $(BUILD)/bin/luna
 	$(SLOW_ENV) sh tests/integration/run.sh
