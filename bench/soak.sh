@@ -13,7 +13,12 @@
 # more than this from the end of the warm-up to the end; default 64), SOAK_BIN (the server
 # binary; default build/asan/bin/lunaserve, built if missing), SOAK_OUT (default build/soak).
 # ASan's quarantine is capped at 64 MB (quarantine_size_mb) so that the RSS it adds levels off
-# early instead of growing towards ASan's default of 256 MB over the run.
+# early instead of growing towards ASan's default of 256 MB over the run. LUNASERVE_WRAP (e.g.
+# "taskset -c 0") prefixes the server command.
+#
+# Timing: every request but the deliberate 1 us deadlines must get 200; the server's deadline is
+# set here (--request-timeout 120), below mixed.py's client timeout (180 s), so that a request
+# slowed down by the sanitizers on a loaded machine is neither a 504 nor a client timeout.
 set -eu
 cd "$(dirname "$0")/.."
 secs=${1:-120}
@@ -33,15 +38,15 @@ log="$out/server.log"
 rm -f "$log"  # the port is read from it: never from an earlier run's
 ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:quarantine_size_mb=64:malloc_context_size=20${ASAN_EXTRA:+:$ASAN_EXTRA}" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-  "$bin" --port 0 --classify-model tests/golden/email_subject_body --generate-model tests/golden/lm_defaults \
+  ${LUNASERVE_WRAP:-} "$bin" --port 0 --classify-model tests/golden/email_subject_body --generate-model tests/golden/lm_defaults \
     --workers 2 --max-queue 64 --max-new-tokens 128 --max-body-bytes 65536 --sse-ping-interval 0.5 \
-    --drain-timeout 20 2>"$log" &
+    --request-timeout 120 --drain-timeout 20 2>"$log" &
 pid=$!
 trap 'kill -9 $pid 2>/dev/null || true' EXIT INT TERM
 
 port=""
 i=0
-while [ $i -lt 300 ]; do
+while [ $i -lt 600 ]; do  # 60 s: only a server that hangs takes that long
   port=$(grep -o '"msg":"listening".*"port":[0-9]*' "$log" 2>/dev/null | grep -o '[0-9]*$' || true)
   [ -n "$port" ] && break
   kill -0 $pid 2>/dev/null || break

@@ -51,7 +51,7 @@ class Client:
     def __init__(self, port, rng):
         self.port, self.rng = port, rng
 
-    def conn(self, timeout=60):
+    def conn(self, timeout=180):  # past the server's deadline (bench/soak.sh: 120 s): it answers first
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
     def call(self, method, path, body=None, headers=None, ctype="application/json"):
@@ -206,7 +206,7 @@ def main():
     for t in ts:
         t.start()
     for t in ts:
-        t.join(a.seconds + 120)
+        t.join(a.seconds + 200)  # a request in flight at the end has its client timeout (180 s)
     st.join(5)
     alive = rss_kb(a.pid) is not None
 

@@ -27,7 +27,8 @@
 # LOAD_CLASSIFY_MODEL / LOAD_GENERATE_MODEL (default models/spam and models/austen-lm when
 # trained, else random models of the same shapes made in build/load-models), LOAD_OUT (default
 # bench/load/results; build/load/quick with --quick), LOAD_STRICT=1 (exit non-zero when a performance target is missed too;
-# errors and the RSS bound always count).
+# errors and the RSS bound always count), LUNASERVE_WRAP (a command prefixed to the server's, e.g.
+# "taskset -c 0").
 set -eu
 cd "$(dirname "$0")/../.."
 quick=0
@@ -92,7 +93,8 @@ fi
 # ---- the server ------------------------------------------------------------------------------
 log=$work/server.log
 rm -f "$work"/*.json "$work/rss.txt" "$work/phases.txt" "$work/cpu.txt" "$log"  # the port is read from the log
-bin/lunaserve --port 0 --classify-model "$clf" --generate-model "$gen" --workers "$workers" --blas-threads 1 \
+# shellcheck disable=SC2086
+${LUNASERVE_WRAP:-} bin/lunaserve --port 0 --classify-model "$clf" --generate-model "$gen" --workers "$workers" --blas-threads 1 \
   --memory-budget "$budget" --max-queue "$queue" --max-new-tokens 256 --request-timeout 300 \
   --max-request-timeout 600 2>"$log" &
 pid=$!

@@ -62,7 +62,7 @@ def main():
     if alive:
         p.terminate()
     rc = p.wait()
-    time.sleep(0.5)
+    log.wait_end()  # the report at exit, read by lunaserve_proc's thread after the exit
     text = "".join(log)
     bad = "ERROR: AddressSanitizer" in text or "runtime error" in text
     print("%d streams left early in %.0f s; server %s, exit %d" % (count[0], secs, "alive" if alive else "DIED", rc))

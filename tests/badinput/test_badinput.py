@@ -18,7 +18,13 @@ only; every wait is bounded; the server is stopped with SIGTERM and must exit 0.
 The server runs with --connection-timeout 3, which the slowloris, idle-connection and
 keep-alive cases measure. Prints "N passed, N failed".
 
-Env: LUNA_BIN_DIR (default build/bin). Args: case names (substrings) to run only those."""
+Timing: no case assumes how fast the machine is (make check-slow runs this file with the server
+on one core and OpenBLAS's slowest kernels). A connection closed by the timeout must not close
+before it (less 0.5 s for the clock); how long after is bounded by SLACK, a limit that only
+catches a timeout that does not work, as are the other waits.
+
+Env: LUNA_BIN_DIR (default build/bin), LUNASERVE_WRAP (tests/lunaserve_proc.py). Args: case
+names (substrings) to run only those."""
 import base64
 import json
 import os
@@ -45,6 +51,7 @@ MAX_BODY = 65536
 MAX_INPUT = 16384
 MAX_NEW = 64
 CONN_TIMEOUT = 3  # seconds: --connection-timeout
+SLACK = 15  # seconds past the timeout before a connection still open is a failure (a hang bound)
 
 
 # ---- the server ---------------------------------------------------------------------------
@@ -166,8 +173,8 @@ class Conn:
 
     def closed_after_timeout(self, timeout, since):
         """The server closes this idle connection by its connection timeout: not before
-        `timeout` seconds (less 0.5 for the clock) since `since`, and within 3 s after."""
-        closed = self.closed_by_peer(since + timeout + 3 - time.monotonic())
+        `timeout` seconds (less 0.5 for the clock) since `since`, and within SLACK s after."""
+        closed = self.closed_by_peer(since + timeout + SLACK - time.monotonic())
         dt = time.monotonic() - since
         assert closed, "still open %.1f s after the last byte; the connection timeout is %d s" % (dt, timeout)
         assert dt >= timeout - 0.5, "closed %.1f s after the last byte, before the %d s timeout" % (dt, timeout)
@@ -524,7 +531,7 @@ def case_body_shorter_than_content_length(s):
         c.send(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
                b'{"inputs":')
         c.s.shutdown(socket.SHUT_WR)
-        wait = s.conn_timeout + 3
+        wait = s.conn_timeout + SLACK
         r, _, _ = select.select([c.s], [], [], wait)
         assert r, "still open %d s after the client's FIN; the connection timeout is %d s" % (wait, s.conn_timeout)
         resp = c.response()
@@ -637,7 +644,7 @@ def case_early_error_with_a_body_closes(s):
         try:
             c.send(req)
             error_shape(c.response(), status)
-            assert c.closed_by_peer(5), "still open after an early %d" % status
+            assert c.closed_by_peer(SLACK), "still open %d s after an early %d" % (SLACK, status)
         finally:
             c.close()
 
@@ -736,8 +743,9 @@ def case_slowloris_stalled_body(s):
 
 
 def case_slowloris_trickle(s):
-    """Ten clients that send a header byte every 0.2 s for 3 s: every other client is answered
-    meanwhile, promptly."""
+    """Ten clients that send a header byte every 0.2 s (their headers take 40 s): every other
+    client is answered meanwhile, for 3 s, each well before the trickle could end (10 s: a
+    request that waited behind the tricklers would take 40 s, or time out)."""
     stop = threading.Event()
     conns = [Conn(s.port, 30) for _ in range(10)]
 
@@ -760,7 +768,7 @@ def case_slowloris_trickle(s):
         while time.monotonic() < end:
             t0 = time.monotonic()
             still_answers(s)
-            assert time.monotonic() - t0 < 2, "a request took %.2f s during the trickle" % (time.monotonic() - t0)
+            assert time.monotonic() - t0 < 10, "a request took %.2f s during the trickle" % (time.monotonic() - t0)
             time.sleep(0.2)
     finally:
         stop.set()
@@ -772,7 +780,9 @@ def case_slowloris_trickle(s):
 
 def case_1000_idle_connections(s):
     """1000 connections that send nothing: the server still answers at once (/classify and
-    /generate), keeps them open until the connection timeout, then closes every one."""
+    /generate), keeps each open until the connection timeout, then closes every one. Each
+    connection's age is checked on its own, newest first: one closed before its timeout fails,
+    one older than that may be closed already (on a slow machine the first ones may be)."""
     def still_open(c):
         try:
             return c.recv(1) != b""
@@ -781,23 +791,28 @@ def case_1000_idle_connections(s):
         except OSError:
             return False
 
-    conns = []
+    conns, opened = [], []
     try:
-        t_first = time.monotonic()
         for _ in range(1000):
             conns.append(socket.create_connection(("127.0.0.1", s.port), timeout=10))
-        t_last = time.monotonic()
+            opened.append(time.monotonic())
+        t_last = opened[-1]
         time.sleep(0.5)
-        for c in conns:
+        young = 0  # connections seen open before their timeout could have closed them
+        for c, t in reversed(list(zip(conns, opened))):
             c.setblocking(False)
-        n_open = sum(still_open(c) for c in conns)
-        dt = time.monotonic() - t_first
-        assert dt < s.conn_timeout - 0.5, "opening 1000 connections took %.1f s" % dt
-        assert n_open == 1000, "%d of 1000 idle connections closed %.1f s in, before the timeout" % (1000 - n_open, dt)
+            is_open = still_open(c)
+            age = time.monotonic() - t
+            if is_open:
+                young += age < s.conn_timeout - 0.5
+            else:
+                assert age >= s.conn_timeout - 0.5, "an idle connection closed %.1f s after it was opened, before the " \
+                    "%d s timeout" % (age, s.conn_timeout)
+        assert young > 0, "no connection was checked before its timeout"
         t0 = time.monotonic()
         still_answers(s, generate=True)
         assert time.monotonic() - t0 < 5, "slow answer with 1000 idle connections: %.2f s" % (time.monotonic() - t0)
-        end = t_last + s.conn_timeout + 3
+        end = t_last + s.conn_timeout + SLACK
         while True:
             n_open = sum(still_open(c) for c in conns)
             if n_open == 0 or time.monotonic() > end:
@@ -891,6 +906,7 @@ def main():
         print("FAIL  5xx answers during the run:\n  " + "\n  ".join(five))
         failed += 1
     rc = s.stop()
+    s.log.wait_end()  # a sanitizer's report at exit is the last thing the server writes
     log = "".join(s.log)
     if rc != 0 or "AddressSanitizer" in log or "runtime error" in log or "LeakSanitizer" in log:
         print("FAIL  the server exited %s\n%s" % (rc, log[-3000:]))

@@ -125,8 +125,11 @@ await check("load / at 1280x800 and 390x844: no console errors, no CSP violation
       const res = await p.page.request.get(`${base}/`);
       assert(/script-src 'self'/.test(res.headers()["content-security-policy"] || ""), "the page is served with its CSP");
       await statusUp(p.page);
-      await sleep(1200); // a second poll: requests per second
-      assert(/^\d+\.\d$/.test(await p.page.textContent("#st-rps")), "requests/s shows");
+      // requests per second show from the second poll of /metrics (the page polls once a second,
+      // later on a loaded machine): waited for, not slept for
+      const rps = await p.page.waitForFunction(() => /^\d+\.\d$/.test(document.getElementById("st-rps").textContent), null,
+                                               { timeout: T }).then(() => true, () => false);
+      assert(rps, `requests/s shows (it reads ${JSON.stringify(await p.page.textContent("#st-rps"))})`);
       assert(/\/ \d/.test(await p.page.textContent("#st-memory")), "memory reserved against the budget shows");
       const chart = await p.page.evaluate(() => { const c = document.getElementById("mem-chart"); return [c.width, c.height]; });
       assert(chart[0] > 0 && chart[1] > 0, "the memory chart is drawn");

@@ -6,6 +6,7 @@
 # (long streams to stop, a 413 to show), one with --api-key. Installs chromium when it is missing.
 # Uses $LUNA_BIN_DIR/lunaserve (default build/bin). Prints "N passed, N failed" (playground.mjs);
 # bounded: the node run has 3 minutes. --update-screenshots writes docs/playground-{1280,390}.png.
+# LUNASERVE_WRAP (e.g. "taskset -c 0") prefixes the server command.
 set -eu
 cd "$(dirname "$0")"
 root=../..
@@ -33,11 +34,12 @@ trap 'for p in $pids; do kill $p 2>/dev/null; done; for p in $pids; do wait $p 2
 # start NAME ARGS...: a server on an ephemeral port; sets $port once it logs "listening"
 start() {
   name=$1; shift
-  "$bin" --port 0 --classify-model "$cls" --generate-model "$gen" "$@" 2>"$logs/$name.log" &
+  # shellcheck disable=SC2086
+  ${LUNASERVE_WRAP:-} "$bin" --port 0 --classify-model "$cls" --generate-model "$gen" "$@" 2>"$logs/$name.log" &
   pid=$!
   pids="$pids $pid"
   port=""
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 600); do  # 60 s: only a server that hangs takes that long
     port=$(grep '"msg":"listening"' "$logs/$name.log" | grep -o '"port":[0-9]*' | head -1 | cut -d: -f2)
     [ -n "$port" ] && return 0
     kill -0 $pid 2>/dev/null || break

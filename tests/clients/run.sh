@@ -3,6 +3,7 @@
 # installed with npm ci) against bin/lunaserve on an ephemeral loopback port: the bundled models
 # when they are there, else the golden test models. Uses $LUNA_BIN_DIR/lunaserve (default
 # build/bin). Prints "N passed, N failed" (clients.mjs); bounded: the node run has 5 minutes.
+# LUNASERVE_WRAP (e.g. "taskset -c 0", as make check-slow sets it) prefixes the server command.
 set -eu
 cd "$(dirname "$0")"
 root=../..
@@ -13,11 +14,12 @@ gen=$root/models/austen-lm
 cls=$root/models/spam
 [ -f "$cls/model.safetensors" ] || cls=$root/tests/golden/email_subject_body
 log=$(mktemp)
-"$bin" --port 0 --classify-model "$cls" --generate-model "$gen" 2>"$log" &
+# shellcheck disable=SC2086
+${LUNASERVE_WRAP:-} "$bin" --port 0 --classify-model "$cls" --generate-model "$gen" 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
 port=""
-for _ in $(seq 1 200); do
+for _ in $(seq 1 600); do  # 60 s: only a server that hangs takes that long
   port=$(grep -o '"port":[0-9]*' "$log" | head -1 | cut -d: -f2)
   [ -n "$port" ] && break
   kill -0 $pid 2>/dev/null || break

@@ -109,9 +109,11 @@ class DefaultServer:
         self.proc, self.port, self.log = start([os.path.join(BIN, "lunaserve"), "--host", "127.0.0.1", "--port", "0"])
 
     def post(self, path, body):
+        # the server runs with its defaults, whose request deadline (60 s) a slow machine can pass
+        # on the long message: each request asks for the client's own bound instead
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=300) as r:
+                                     headers={"Content-Type": "application/json", "X-Request-Timeout": "300"})
+        with urllib.request.urlopen(req, timeout=330) as r:
             return json.loads(r.read())
 
     def get(self, path):
