@@ -66,12 +66,15 @@ typedef struct {
     int no_body;         /* no Content-Length (or 0) and no Transfer-Encoding */
     int raw;             /* /classify with a raw body (application/octet-stream, text/plain) */
     size_t body_expect;  /* the Content-Length, allocated at the first chunk (0: unknown) */
+    uint64_t held;       /* bytes this request holds in the ledger for its body and, once
+                            parsed, its input (about the same size), until it is freed */
     struct MHD_Response *early; /* an answer decided on the first call, queued on the second */
     unsigned early_status;
 } http_req;
 
 static void free_req(http_req *r)
 {
+    srv_release(r->app, r->held);
     if (r->early) MHD_destroy_response(r->early);
     api_classify_free(&r->creq);
     api_generate_free(&r->greq);
@@ -498,7 +501,7 @@ static enum MHD_Result start_generate(http_req *r)
     job->generate = &r->greq;
     job->reserve = reserve;
     if (r->greq.stream) {
-        r->stream.limit = r->greq.n_prompts * ((size_t)r->greq.max_new_tokens * 512 + 65536);
+        r->stream.limit = srv_stream_limit(r->greq.n_prompts, (size_t)r->greq.max_new_tokens);
         job->stream = &r->stream;
         job->on_stream = on_stream;
     }
@@ -660,6 +663,27 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             return respond_error(r, NULL); /* before a byte of the body is read */
         }
         if (cl) r->body_expect = (size_t)strtoull(cl, NULL, 10);
+        /* the declared body is reserved before a byte of it is read: held by this request
+         * until it is freed (the parsed input stands in for the body once parsed) */
+        if (r->body_expect) {
+            uint64_t need = (uint64_t)r->body_expect + 1;
+            if (need > app->cfg.memory_budget) {
+                api_fail(&r->err, API_E_MEMORY, "the body is %s bytes; the memory budget is %llu", cl,
+                         (unsigned long long)app->cfg.memory_budget);
+                r->err.extra_key[0] = "memory_required_bytes";
+                r->err.extra_val[0] = (double)need;
+                r->err.extra_key[1] = "memory_budget_bytes";
+                r->err.extra_val[1] = (double)app->cfg.memory_budget;
+                srv_metrics_reject(&app->metrics, REJ_MEMORY);
+                return respond_error(r, NULL);
+            }
+            if (srv_reserve(app, need)) {
+                srv_metrics_reject(&app->metrics, REJ_MEMORY);
+                return fail(r, API_E_ENGINE_MEMORY, "%s",
+                            "the memory budget cannot hold this body now (other requests hold it); retry");
+            }
+            r->held = need;
+        }
         r->timeout = app->cfg.request_timeout;
         const char *to = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Timeout");
         if (to) {
@@ -702,6 +726,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
              * else double */
             size_t cap = r->body_cap ? r->body_cap : r->body_expect >= n ? r->body_expect + 1 : 4096;
             while (cap < r->body_len + n + 1) cap *= 2;
+            if (cap > r->held) { /* chunked, or more than declared: reserve the growth first */
+                if (srv_reserve(app, cap - r->held)) {
+                    srv_metrics_reject(&app->metrics, REJ_MEMORY);
+                    api_fail(&r->err, API_E_ENGINE_MEMORY, "the memory budget cannot hold this body now; retry");
+                    free(r->body);
+                    r->body = NULL;
+                    return MHD_YES;
+                }
+                r->held = cap;
+            }
             char *nb = realloc(r->body, cap); /* a client-controlled size: try, never abort */
             if (!nb) {
                 api_fail(&r->err, API_E_ENGINE_MEMORY, "out of memory reading the body");

@@ -2,6 +2,7 @@
  * settings -> models -> workers and loop -> HTTP -> serve until SIGTERM/SIGINT -> drain -> exit.
  * Exit codes: 0 after a clean drain, 1 when a model or the socket cannot be set up, 2 for a bad
  * setting. A second signal exits at once with 1. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,11 @@ static int want_model(const char *dir, const char *bundled)
 int main(int argc, char **argv)
 {
     static srv_app app; /* large (labels); static keeps it off the stack */
+    /* Blocks of 256 KiB and more (bodies, workspaces) are mapped on their own and unmapped when
+     * freed, and the heap's top is trimmed past 1 MiB: with glibc's adaptive thresholds, a burst
+     * of large requests would leave their memory in the heap for good. */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
     int rc = srv_config_load(&app.cfg, argc, argv);
     if (rc) return rc > 0 ? 0 : 2;
     srv_log_init(app.cfg.log_level);

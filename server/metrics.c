@@ -86,6 +86,10 @@ void srv_metrics_reserved(srv_metrics *m, uint64_t r)
 {
     LOCKED(m->reserved = r; if (r > m->reserved_peak) m->reserved_peak = r);
 }
+void srv_metrics_reserved_add(srv_metrics *m, int64_t delta)
+{
+    LOCKED(m->reserved = (uint64_t)((int64_t)m->reserved + delta); if (m->reserved > m->reserved_peak) m->reserved_peak = m->reserved);
+}
 int64_t srv_metrics_get_inflight(srv_metrics *m)
 {
     int64_t v;

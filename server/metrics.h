@@ -56,6 +56,7 @@ void srv_metrics_destroy(srv_metrics *m);
 void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int code, double seconds);
 void srv_metrics_queue_wait(srv_metrics *m, double seconds);
 void srv_metrics_plan(srv_metrics *m, int plan); /* one document classified under plan SRV_PLAN_* */
+void srv_metrics_reserved_add(srv_metrics *m, int64_t delta); /* the ledger moved (sched.c) */
 void srv_metrics_input_bytes(srv_metrics *m, uint64_t bytes);
 /* One generation: its token counts and how long the prefill and the decode took. */
 void srv_metrics_generated(srv_metrics *m, uint64_t generated, uint64_t prompt, double prefill_s,

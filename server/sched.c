@@ -11,6 +11,7 @@
  * (the engine stops at the next chunk or layer), and cancels the jobs of clients that went away:
  * libmicrohttpd does not watch suspended connections, so the loop peeks at each client socket. */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,8 +44,27 @@ double srv_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* A stream event of one byte token is about 100 bytes of JSON; 256 bounds it with room. */
-#define EVENT_BYTES 256
+int srv_reserve(srv_app *app, uint64_t bytes)
+{
+    uint64_t cur = atomic_load(&app->reserved);
+    do {
+        if (bytes > app->cfg.memory_budget - cur) return -1;
+    } while (!atomic_compare_exchange_weak(&app->reserved, &cur, cur + bytes));
+    srv_metrics_reserved_add(&app->metrics, (int64_t)bytes);
+    return 0;
+}
+
+void srv_release(srv_app *app, uint64_t bytes)
+{
+    if (!bytes) return;
+    atomic_fetch_sub(&app->reserved, bytes);
+    srv_metrics_reserved_add(&app->metrics, -(int64_t)bytes);
+    if (bytes >= SRV_TRIM_BYTES) atomic_store(&app->trim, 1);
+}
+
+/* A stream's buffer holds at most this per token of each prompt, plus 64 KiB (http.c sets its
+ * limit from the same numbers): one byte token's event is about 100 bytes of JSON, and a
+ * token that completes a multi-byte character or a stop sequence held back carries more. */
 
 uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
 {
@@ -56,7 +76,7 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
      * unread events. None of it grows with the prompt. */
     uint64_t prompts = req->n_prompts ? req->n_prompts : 1;
     return (uint64_t)luna_gen_state_bytes(app->generator) + (uint64_t)luna_ctx_bytes(app->generator, NULL) +
-           V * 17 + prompts * (n * 4 + (req->stream ? n * EVENT_BYTES : 0));
+           V * 17 + prompts * (n * 4 + (req->stream ? srv_stream_limit(1, (size_t)n) : 0));
 }
 
 uint64_t srv_min_reservation(const srv_app *app)
@@ -389,17 +409,17 @@ static void dispatch(srv_app *app)
         srv_job *job = app->q_head;
         /* a job that does not fit what is free runs in its least reservation when that fits (a
          * classification: the streaming plan); else the head waits for memory */
-        if (job && app->reserved + job->reserve > app->cfg.memory_budget &&
-            app->reserved + job->min_reserve <= app->cfg.memory_budget)
+        int ok = job && srv_reserve(app, job->reserve) == 0;
+        if (job && !ok && job->min_reserve < job->reserve && srv_reserve(app, job->min_reserve) == 0) {
             job->reserve = job->min_reserve;
-        if (!job || app->reserved + job->reserve > app->cfg.memory_budget) {
+            ok = 1;
+        }
+        if (!ok) {
             pthread_mutex_unlock(&app->lock);
             return; /* nothing queued, or the head waits for memory */
         }
         queue_remove(app, job);
         pthread_mutex_unlock(&app->lock);
-        app->reserved += job->reserve;
-        srv_metrics_reserved(&app->metrics, app->reserved);
         job->t_start = srv_now();
         srv_metrics_queue_wait(&app->metrics, job->t_start - job->t_submit);
         idle->busy = 1;
@@ -419,8 +439,7 @@ static void on_wakeup(uv_async_t *h)
     pthread_mutex_unlock(&app->lock);
     while (done) {
         srv_job *next = done->next;
-        app->reserved -= done->reserve;
-        srv_metrics_reserved(&app->metrics, app->reserved);
+        srv_release(app, done->reserve);
         done->on_done(done); /* after this, the job belongs to http.c */
         done = next;
     }
@@ -456,6 +475,12 @@ static void on_tick(uv_timer_t *t)
 {
     srv_app *app = t->data;
     double now = srv_now();
+    /* large blocks were freed and nothing runs: give the heap's free pages back to the system,
+     * so that an idle server's RSS comes back down after a burst */
+    if (atomic_load(&app->trim) && atomic_load(&app->reserved) == 0) {
+        atomic_store(&app->trim, 0);
+        malloc_trim(0);
+    }
     /* queued jobs: expire, or drop when the client left */
     srv_job *expired = NULL;
     pthread_mutex_lock(&app->lock);

@@ -93,7 +93,9 @@ typedef struct {
 
     srv_worker *workers;
     int n_workers;
-    uint64_t reserved;    /* loop thread only; mirrored in metrics */
+    _Atomic uint64_t reserved; /* the ledger: every byte reserved against the budget, by any
+                                  thread, through srv_reserve and srv_release only */
+    atomic_int trim;           /* large blocks were freed: the loop returns them when idle */
 
     atomic_int draining;  /* SIGTERM seen: refuse new work, finish the rest */
     atomic_int ready;     /* models loaded and serving */
@@ -109,12 +111,25 @@ typedef struct {
 double srv_now(void); /* monotonic seconds */
 
 /* ---- sched.c ---- */
+/* A stream's buffer limit for n_prompts prompts of max_new_tokens each (what it reserves). */
+static inline size_t srv_stream_limit(size_t n_prompts, size_t max_new_tokens)
+{
+    return n_prompts * (max_new_tokens * 512 + 65536);
+}
+/* Freeing a block this large marks the heap for a trim when the server is next idle. */
+#define SRV_TRIM_BYTES (4u << 20)
 int srv_sched_start(srv_app *app);          /* workers and loop handles; main thread, before MHD */
 void srv_sched_stop(srv_app *app);          /* after uv_run returns */
 /* Queues a job (any thread). Returns 0, or -1 when the queue is full (answer 429). */
 int srv_submit(srv_app *app, srv_job *job);
 int srv_queue_len(srv_app *app);
 uint64_t srv_min_reservation(const srv_app *app);
+/* The one ledger of the memory budget, for every thread: running jobs' workspaces (the
+ * dispatcher), request bodies and their parsed input while a request holds them (http.c).
+ * srv_reserve takes `bytes` if they fit what is left and returns 0, else -1 and takes nothing;
+ * the sum of reservations never exceeds the budget. srv_release gives them back. */
+int srv_reserve(srv_app *app, uint64_t bytes);
+void srv_release(srv_app *app, uint64_t bytes);
 
 /* Generation (sched.c). The bytes a request reserves in the ledger: the generation state and a
  * prefill chunk (the worker's, allocated once), the sampler's scratch, the output, and for a
