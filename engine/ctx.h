@@ -50,7 +50,8 @@ typedef struct {
 struct luna_ctx {
     const luna_model *m;
     int chunk;
-    int threads;                              /* lanes of the Luna chunk loops */
+    int threads;                              /* lanes of the Luna chunk loops in use */
+    int lanes_max;                            /* lanes whose buffers the workspace holds */
     lane_ws lane[LUNA_MAX_THREADS];
     luna_attn attn;
     const atomic_int *cancel;

@@ -168,7 +168,7 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
     c->m = m;
     c->chunk = resolve_chunk(opts);
     c->attn = attn;
-    c->threads = resolve_threads(&m->cfg, opts);
+    c->threads = c->lanes_max = resolve_threads(&m->cfg, opts);
     layout(&m->cfg, c->chunk, attn, c->threads, &c->L);
     c->ws = calloc(c->L.total, sizeof(float));
     if (!c->ws) {
@@ -212,6 +212,12 @@ void luna_ctx_free(luna_ctx *c)
 }
 
 void luna_ctx_set_cancel(luna_ctx *c, const atomic_int *flag) { c->cancel = flag; }
+
+int luna_ctx_set_lanes(luna_ctx *c, int lanes)
+{
+    c->threads = lanes < 1 ? 1 : lanes > c->lanes_max ? c->lanes_max : lanes;
+    return c->threads;
+}
 
 size_t luna__ctx_last_alloc_bytes(const luna_ctx *c) { return c->last_alloc_bytes; }
 

@@ -135,6 +135,12 @@ size_t luna_ctx_bytes(const luna_model *m, const luna_ctx_opts *opts);
 size_t luna_workspace_bytes(const luna_model *m, size_t n);
 size_t luna_workspace_bytes_attn(const luna_model *m, size_t n, luna_attn attn, int chunk);
 
+/* Lanes the next forwards use, at most the `threads` the context was made with (whose buffers
+ * it holds); returns the number in effect. A server gives a lone job every core and shares
+ * them when jobs run side by side. Results agree to float rounding across lane counts (the
+ * pack's partial softmaxes merge in another grouping), not bit for bit. */
+int luna_ctx_set_lanes(luna_ctx *c, int lanes);
+
 /* The flag is polled between chunks and layers; when it becomes non-zero the running call
  * returns LUNA_ECANCELED. NULL detaches it. The flag must outlive its use by the context. */
 void luna_ctx_set_cancel(luna_ctx *c, const atomic_int *flag);

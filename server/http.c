@@ -788,9 +788,9 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
     if (r->ep == EP_CLASSIFY || generates(r->ep) || status >= 400) {
         srv_job *j = &r->job;
         double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
-        char plan[48] = "";
+        char plan[64] = "";
         if (j->kind == JOB_CLASSIFY && j->t_end > 0 && j->rc == 0)
-            snprintf(plan, sizeof plan, ",\"plan\":\"%s\"", SRV_PLAN_NAMES[j->plan]);
+            snprintf(plan, sizeof plan, ",\"plan\":\"%s\",\"lanes\":%d", SRV_PLAN_NAMES[j->plan], j->lanes);
         srv_log(status >= 500 ? LOG_WARN : LOG_INFO, "request",
                 "\"request_id\":\"%s\",\"endpoint\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes_out\":%zu,"
                 "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f%s",

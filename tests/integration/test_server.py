@@ -486,6 +486,35 @@ def test_bodies_are_reserved():
         assert s.stop() == 0
 
 
+def test_lone_classification_uses_every_core():
+    # a classification that runs alone gets a lane per core; side by side, one lane each; the
+    # answers agree to float rounding
+    cores = min(os.cpu_count() or 1, 2)
+    s = Server("--workers", "2", model=SLOW)
+    try:
+        doc = {"inputs": slow_doc(20000)}
+        st, _, alone = s.json("POST", "/classify", doc)
+        assert st == 200, alone
+        out = []
+        barrier = threading.Barrier(4)
+        def client():
+            barrier.wait()
+            out.append(s.json("POST", "/classify", doc, timeout=600))
+        run_threads(client, 4)
+        assert [o[0] for o in out] == [200] * 4, out
+        for o in out:
+            for x, y in zip(o[2], alone):
+                assert x["label"] == y["label"] and abs(x["score"] - y["score"]) < 1e-5, (o[2], alone)
+        end = time.monotonic() + 30
+        while sum('"msg":"request"' in l for l in s.log) < 5 and time.monotonic() < end:
+            time.sleep(0.05)
+        lanes = [json.loads(l)["lanes"] for l in s.log if '"msg":"request"' in l]
+        assert len(lanes) == 5 and lanes[0] == cores, lanes
+        assert min(lanes[1:]) == 1, lanes  # four at once on two workers: some shared the cores
+    finally:
+        assert s.stop() == 0
+
+
 def test_budget_invariant_32_clients():
     # each job reserves ~2 MiB (2000 to 2004 tokens x 1 KiB exactly); the budget admits 2 at
     # once, not 3; 4 workers
@@ -1153,7 +1182,7 @@ def main():
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),
              (test_generate_limits, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
-             (test_memory_never_fits, None), (test_classify_raw_body, None), (test_bodies_are_reserved, None), (test_budget_invariant_32_clients, None),
+             (test_memory_never_fits, None), (test_classify_raw_body, None), (test_bodies_are_reserved, None), (test_lone_classification_uses_every_core, None), (test_budget_invariant_32_clients, None),
              (test_queue_full_429, None), (test_deadline_504, None), (test_100_disconnects, None),
              (test_drain_on_sigterm, None), (test_config, None)]
     only = sys.argv[1:]
