@@ -459,7 +459,9 @@ static enum MHD_Result start_generate(http_req *r)
 {
     srv_app *app = r->app;
     const luna_config *cfg = luna_model_config(app->generator);
-    api_gen_limits lim = {app->cfg.max_input_bytes, app->cfg.max_new_tokens, app->cfg.default_new_tokens};
+    char model[256];
+    model_id(app->cfg.generate_model, model, sizeof model);
+    api_gen_limits lim = {app->cfg.max_input_bytes, app->cfg.max_new_tokens, app->cfg.default_new_tokens, model};
     const char *b = r->body ? r->body : "";
     api_err rc = r->ep == EP_COMPLETIONS ? api_parse_completions(b, r->body_len, &lim, &r->greq, &r->err)
                  : r->ep == EP_CHAT      ? api_parse_chat(b, r->body_len, &lim, &r->greq, &r->err)
@@ -468,8 +470,6 @@ static enum MHD_Result start_generate(http_req *r)
     free(r->body); /* the parsed request holds what it needs */
     r->body = NULL;
     r->greq.stream |= r->stream_route;
-    char model[256];
-    model_id(app->cfg.generate_model, model, sizeof model);
     api_generate_set_meta(&r->greq, model, r->request_id, (long long)time(NULL));
     for (size_t i = 0; i < r->greq.n_prompts; i++) {
         uint64_t tokens = (uint64_t)r->greq.prompts[i].len + 1; /* bos */
@@ -503,7 +503,9 @@ static enum MHD_Result start_classify(http_req *r)
 {
     srv_app *app = r->app;
     const luna_config *cfg = luna_model_config(app->classifier);
-    api_limits lim = {app->cfg.max_input_bytes, 1024};
+    char model[256];
+    model_id(app->cfg.classify_model, model, sizeof model);
+    api_limits lim = {app->cfg.max_input_bytes, 1024, model};
     if (api_parse_classify(r->body ? r->body : "", r->body_len, &lim, &r->creq, &r->err) != API_OK)
         return respond_error(r, NULL);
     free(r->body); /* the parsed request holds what it needs */

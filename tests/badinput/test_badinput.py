@@ -429,10 +429,41 @@ def json_cases():
     add("Content-Type: application/json; charset=utf-8", R("POST", "/classify", GOOD_CLASSIFY,
                                                            ctype="application/json; charset=utf-8"), 200, None)
     add("Content-Type: APPLICATION/JSON", R("POST", "/classify", GOOD_CLASSIFY, ctype="APPLICATION/JSON"), 200, None)
-    # duplicate keys: accepted, the first one wins (checked against the plain request below)
-    add("duplicate keys (first wins)", R("POST", "/classify", '{"inputs": "Subject: hello\\n\\nAre we still on for '
-                                                               'lunch?", "inputs": 5}'), 200, None)
-    add("duplicate unknown key", R("POST", "/classify", '{"inputs": "a", "x": 1, "x": 2}'), 422, "validation_error")
+    # duplicate keys (issue 27): refused, whichever the parser would have read (a proxy that reads
+    # the last would see another request than the server)
+    add("duplicate keys", R("POST", "/classify", '{"inputs": "Subject: hello\\n\\nAre we still on for '
+                                                  'lunch?", "inputs": 5}'), 400, "invalid_json")
+    add("duplicate max_new_tokens (2, then 1000)", R("POST", "/generate", '{"inputs": "a", "parameters": '
+                                                     '{"max_new_tokens": 2, "max_new_tokens": 1000}}'), 400, "invalid_json")
+    add("duplicate max_tokens (OpenAI)", R("POST", "/v1/completions", '{"prompt": "a", "max_tokens": 2, "max_tokens": 9}'),
+        400, "invalid_json")
+    add("duplicate role in a chat message", R("POST", "/v1/chat/completions", '{"messages": [{"role": "user", '
+                                              '"content": "a", "role": "system"}]}'), 400, "invalid_json")
+    add("duplicate unknown key", R("POST", "/classify", '{"inputs": "a", "x": 1, "x": 2}'), 400, "invalid_json")
+    # sampling parameters that underflow as floats (issue 27): 422, never the engine's 500
+    for path, where in (("/generate", "p"), ("/generate_stream", "p"), ("/v1/completions", "o"),
+                        ("/v1/chat/completions", "c")):
+        for field, value in (("top_p", "1e-46"), ("top_p", "1e-320"), ("repetition_penalty", "1e-320")):
+            body = ('{"inputs": "a", "parameters": {"%s": %s}}' if where == "p" else
+                    '{"prompt": "a", "%s": %s}' if where == "o" else
+                    '{"messages": [{"role": "user", "content": "a"}], "%s": %s}') % (field, value)
+            add("%s %s on %s" % (field, value, path), R("POST", path, body), 422, "validation_error")
+    add("top_p 1e-40 (a float above 0) is fine", R("POST", "/generate", '{"inputs": "a", "parameters": {"top_p": 1e-40, '
+                                                    '"max_new_tokens": 2}}'), 200, None)
+    # NUL (issue 27): an escaped backslash and the text u0000 is no NUL; \u0000 anywhere is refused
+    add("C:\\\\u0000x is a backslash and text", R("POST", "/generate", '{"inputs": "C:\\\\u0000x", "parameters": '
+                                                   '{"max_new_tokens": 2}}'), 200, None)
+    add("\\u0000 in a stop sequence of a base64 prompt", R("POST", "/generate", '{"inputs_base64": "YWJj", "parameters": '
+                                                            '{"stop": ["a\\u0000b"]}}'), 422, "validation_error")
+    # model names (issue 27): OpenAI's and vLLM's 404 model_not_found
+    add("model nonexistent (completions)", R("POST", "/v1/completions", {"model": "nonexistent", "prompt": "a"}), 404,
+        "model_not_found")
+    add("model nonexistent (chat)", R("POST", "/v1/chat/completions", {"model": "nonexistent", "messages": [
+        {"role": "user", "content": "a"}]}), 404, "model_not_found")
+    add("model nonexistent (vLLM classify)", R("POST", "/classify", {"model": "nonexistent", "input": "a"}), 404,
+        "model_not_found")
+    add("model lm_defaults (the one served)", R("POST", "/v1/completions", {"model": "lm_defaults", "prompt": "a",
+                                                                            "max_tokens": 2}), 200, None)
     # sizes
     add("body over max-body-bytes (Content-Length)", R("POST", "/classify", {"inputs": "a" * (MAX_BODY + 10)}), 413,
         "payload_too_large")
@@ -458,11 +489,12 @@ def json_cases():
 
 # ---- cases that need more than one request and response --------------------------------------
 
-def case_duplicate_first_wins(s):
-    a = classify_ok(roundtrip(s.port, R("POST", "/classify", GOOD_CLASSIFY)))
-    b = classify_ok(roundtrip(s.port, R("POST", "/classify", '{"inputs": ' + json.dumps(GOOD_CLASSIFY["inputs"]) +
-                                          ', "inputs": "something else entirely"}')))
-    assert a == b, (a, b)
+def case_duplicate_key_named(s):
+    """A duplicate key is refused with 400, and the message names it (issue 27: it used to be
+    read first-wins, {"max_new_tokens": 2, "max_new_tokens": 1000} gave 2 tokens)."""
+    e = error_shape(roundtrip(s.port, R("POST", "/generate", '{"inputs": "a", "parameters": {"max_new_tokens": 2, '
+                                                             '"max_new_tokens": 1000}}')), 400, "invalid_json")
+    assert '"max_new_tokens"' in e["message"] and "duplicate" in e["message"], e
 
 
 def case_top_p_one_is_greedy(s):
@@ -831,7 +863,7 @@ def case_head_and_options(s):
     assert r is not None and r.status == 204, r
 
 
-MULTI = [case_duplicate_first_wins, case_top_p_one_is_greedy, case_mhd_oversize_header, case_mhd_many_headers,
+MULTI = [case_duplicate_key_named, case_top_p_one_is_greedy, case_mhd_oversize_header, case_mhd_many_headers,
          case_mhd_oversize_url, case_mhd_garbage_request_line, case_mhd_bad_content_length, case_mhd_bad_chunk,
          case_body_shorter_than_content_length, case_expect_100_over_limit, case_te_and_content_length,
          case_pipelined, case_pipelined_after_get, case_pipelined_100, case_keepalive_after_error,
