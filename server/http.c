@@ -53,6 +53,8 @@ typedef struct {
     char *body;
     size_t body_len, body_cap;
     int raw_answer;      /* answered on the socket itself and closed (answer_mid_body) */
+    int done_status;     /* MHD's part is over: the status answered (499: none), and when */
+    double done_dt;
     double timeout;
     int stream_route;    /* /generate_stream */
     const char *url;     /* the request's path (MHD's, valid while the request lives) */
@@ -338,7 +340,9 @@ static void check_origin(http_req *r)
 {
     const srv_config *c = &r->app->cfg;
     const char *o = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin");
-    if (!o || strlen(o) >= sizeof r->origin) return;
+    /* "null" is the origin of sandboxed frames, file: pages and some redirects: any page can
+     * send it, so echoing it would open the API to every page, whatever the list says */
+    if (!o || strlen(o) >= sizeof r->origin || !strcmp(o, "null")) return;
     for (int i = 0; i < c->n_cors_origins; i++)
         if (!strcmp(c->cors_origins[i], "*") || !strcmp(c->cors_origins[i], o)) {
             snprintf(r->origin, sizeof r->origin, "%s", o);
@@ -451,6 +455,34 @@ static enum MHD_Result answer_get(http_req *r)
 
 /* ---- engine requests ------------------------------------------------------------------------ */
 
+/* Counts and logs a request once both are over: MHD's part (the answer sent, or the client
+ * gone) and the job's (run_time and a stream's outcome are known only then). A stream answers
+ * 200 before it runs; one that ends in an error event (a deadline, a shutdown, an engine error)
+ * is counted and logged with that error's status, and the log line names the error. */
+static void log_request(srv_app *app, http_req *r)
+{
+    srv_job *j = &r->job;
+    int status = r->done_status;
+    const char *stream_error = NULL;
+    /* a stream whose client left ends "completed" once its last bytes reach the socket buffer */
+    if (atomic_load(&j->cancel_reason) == CANCEL_DISCONNECT) status = 499;
+    else if (status == 200 && r->ph == PH_STREAM && j->rc != 0) {
+        api_error e;
+        api_err k = srv_job_error(j, &e);
+        status = k == API_OK ? 499 : api_err_status(k);
+        if (k != API_OK) stream_error = api_err_type(k);
+    }
+    srv_metrics_request(&app->metrics, r->ep, status, r->done_dt);
+    if (r->ep == EP_CLASSIFY || generates(r->ep) || status >= 400) {
+        double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
+        srv_log(status >= 500 ? LOG_WARN : LOG_INFO, "request",
+                "\"request_id\":\"%s\",\"endpoint\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes_out\":%zu,"
+                "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f%s%s%s",
+                r->request_id, SRV_EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, r->done_dt,
+                stream_error ? ",\"stream_error\":\"" : "", stream_error ? stream_error : "", stream_error ? "\"" : "");
+    }
+}
+
 /* The loop thread, once a job is over (run or not). */
 static void on_job_done(srv_job *job)
 {
@@ -469,6 +501,7 @@ static void on_job_done(srv_job *job)
     int orphaned = r->orphaned;
     pthread_mutex_unlock(&r->life);
     if (orphaned) { /* MHD ended the request already: nobody to answer */
+        log_request(r->app, r);
         free_req(r);
         return;
     }
@@ -730,6 +763,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s", allow[0] ? ", " : "", ROUTES[i].method);
             if (!strcmp(ROUTES[i].method, method) || (!strcmp(method, "HEAD") && !strcmp(ROUTES[i].method, "GET"))) rt = &ROUTES[i];
         }
+        if (!strcmp(url, "/metrics")) r->cors = 0; /* for Prometheus, never for another origin's page */
         if (!strcmp(method, "OPTIONS")) { /* CORS preflight, answered before auth */
             r->ep = EP_PREFLIGHT;
             struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
@@ -753,7 +787,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             return fail(r, API_E_NOT_FOUND, "no route %s", url);
         }
         r->ep = rt->ep;
-        if (!rt->public_ && !authorized(r))
+        if ((!rt->public_ || (rt->ep == EP_METRICS && app->cfg.metrics_auth)) && !authorized(r))
             return fail(r, API_E_UNAUTHORIZED, "%s", "a valid API key is required: Authorization: Bearer <key>");
         if (strcmp(rt->method, "GET") == 0) return answer_get(r);
 
@@ -851,32 +885,33 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
     srv_app *app = cls;
     http_req *r = *con_cls;
     if (!r) return;
-    double dt = srv_now() - r->t0;
-    int status = r->status ? r->status : 499; /* the client left before an answer was sent */
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->status && !r->raw_answer) status = 499;
-    /* a stream whose client left ends "completed" once its last bytes reach the socket buffer */
-    if (atomic_load(&r->job.cancel_reason) == CANCEL_DISCONNECT) status = 499;
-    srv_metrics_request(&app->metrics, r->ep, status, dt);
+    r->done_dt = srv_now() - r->t0;
+    r->done_status = r->status ? r->status : 499; /* the client left before an answer was sent */
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->status && !r->raw_answer) r->done_status = 499;
     if (r->inflight) srv_metrics_inflight(&app->metrics, -1);
-    if (r->ep == EP_CLASSIFY || generates(r->ep) || status >= 400) {
-        srv_job *j = &r->job;
-        double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
-        srv_log(status >= 500 ? LOG_WARN : LOG_INFO, "request",
-                "\"request_id\":\"%s\",\"endpoint\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes_out\":%zu,"
-                "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f",
-                r->request_id, SRV_EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, dt);
-    }
     *con_cls = NULL;
     pthread_mutex_lock(&r->life);
     int active = r->job_active;
-    if (active) { /* a worker still runs it (a client that left mid-stream): stop it */
+    if (active) { /* on_job_done logs and frees it */
         r->orphaned = 1;
-        int none = CANCEL_NONE;
-        atomic_compare_exchange_strong(&r->job.cancel_reason, &none, CANCEL_DISCONNECT);
-        atomic_store(&r->job.cancel, 1);
+        int finished = 0;
+        if (r->job.stream) {
+            pthread_mutex_lock(&r->stream.lock);
+            finished = r->stream.finished;
+            pthread_mutex_unlock(&r->stream.lock);
+        }
+        if (!finished || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+            /* a worker still runs it for a client that left mid-stream: stop it */
+            int none = CANCEL_NONE;
+            atomic_compare_exchange_strong(&r->job.cancel_reason, &none, CANCEL_DISCONNECT);
+            atomic_store(&r->job.cancel, 1);
+        }
     }
     pthread_mutex_unlock(&r->life);
-    if (!active) free_req(r);
+    if (!active) {
+        log_request(app, r);
+        free_req(r);
+    }
 }
 
 int srv_http_start(srv_app *app)
