@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "api/internal.h"
 #include "api/utf8.h"
 
 static const struct {
@@ -236,7 +237,7 @@ api_err api_parse_classify(const char *body, size_t len, const api_limits *lim, 
             rc = api_fail(err, API_E_VALIDATION, "\"model\" must be a string");
             goto fail;
         }
-        if (cJSON_IsString(model) && lim->model && strcmp(model->valuestring, lim->model)) {
+        if (cJSON_IsString(model) && !api__names_model(model->valuestring, lim->model)) {
             rc = api_fail(err, API_E_MODEL_NOT_FOUND, "the model \"%.128s\" does not exist; this server classifies with "
                           "\"%.128s\" (GET /v1/models)", model->valuestring, lim->model);
             err->param = "model";

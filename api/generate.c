@@ -30,6 +30,12 @@
 /* A JSON value that means "not given": absent or null. */
 int api__given(const cJSON *v) { return v && !cJSON_IsNull(v); }
 
+int api__names_model(const char *model, const char *served)
+{
+    return !served || !strcmp(model, served) || !strcmp(model, "tgi") || !strncmp(model, "http://", 7) ||
+           !strncmp(model, "https://", 8);
+}
+
 static const char *const SUPPORTED[] = {
     "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
     "stop", "details", "return_full_text", "truncate", "return_raw_bytes", NULL};

@@ -18,6 +18,10 @@ typedef struct {
 api_err api__gen_begin(api_generate_req *req, api_gen_format fmt, cJSON *root, api_error *err);
 
 int api__given(const cJSON *v); /* present and not null */
+/* Whether a request's "model" names the model served, whose id is `served` (NULL: any name
+ * does): that id, TGI's placeholder "tgi", or an http(s) URL, which Hugging Face's clients send
+ * as the model when they are given an endpoint (the endpoint is the model). */
+int api__names_model(const char *model, const char *served);
 api_err api__get_bool(const cJSON *o, const char *name, int *out, api_error *err);
 /* A number in [lo, hi] (lo excluded with lo_open); *set tells whether it was given. */
 api_err api__get_num(const cJSON *o, const char *name, double lo, int lo_open, double hi, int integer,

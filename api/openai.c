@@ -4,8 +4,9 @@
  * A token is a byte: max_tokens counts bytes, usage counts prompt bytes and generated tokens.
  * Sampling is OpenAI's: temperature defaults to 1 and 0 is greedy. finish_reason is "length"
  * or "stop" (eos or a stop sequence). The model field of a request, when given, must name the
- * generator (its directory's base name, as GET /v1/models lists it): any other is 404
- * model_not_found, as OpenAI and vLLM answer.
+ * generator (its directory's base name, as GET /v1/models lists it; or TGI's "tgi", or a URL,
+ * which Hugging Face's clients send for an endpoint): any other is 404 model_not_found, as
+ * OpenAI and vLLM answer.
  *
  * Chat has no template in a byte-level LM, so this one is plain and documented: each message
  * becomes "<role>: <content>\n", then "assistant: " starts the answer; "\nuser:" is added to
@@ -97,7 +98,7 @@ static api_err parse_common(const cJSON *root, const api_gen_limits *lim, api_ge
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (api__given(model) && !cJSON_IsString(model))
         return api_fail(err, API_E_VALIDATION, "\"model\" must be a string"), err->param = "model", err->kind;
-    if (api__given(model) && lim->model && strcmp(model->valuestring, lim->model))
+    if (api__given(model) && !api__names_model(model->valuestring, lim->model))
         return api_fail(err, API_E_MODEL_NOT_FOUND, "the model \"%.128s\" does not exist; this server serves \"%.128s\" "
                         "(GET /v1/models)", model->valuestring, lim->model), err->param = "model", err->kind;
     req->max_new_tokens = 16 < lim->max_new_tokens ? 16 : lim->max_new_tokens; /* OpenAI's default */

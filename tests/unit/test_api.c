@@ -475,8 +475,11 @@ Test(api, unknown_model_is_404)
     cr_expect_eq(api_parse_chat(cbad, strlen(cbad), &glim, &g, &e), API_E_MODEL_NOT_FOUND);
     const char vbad[] = "{\"model\": \"austen-lm\", \"input\": \"a\"}";
     cr_expect_eq(api_parse_classify(vbad, strlen(vbad), &clim, &c, &e), API_E_MODEL_NOT_FOUND);
-    const char *good[] = {"{\"model\": \"austen-lm\", \"prompt\": \"a\"}", "{\"prompt\": \"a\"}", "{\"model\": null, \"prompt\": \"a\"}"};
-    for (int i = 0; i < 3; i++) {
+    /* TGI's placeholder and an endpoint's URL (Hugging Face's clients send it as the model) */
+    const char *good[] = {"{\"model\": \"austen-lm\", \"prompt\": \"a\"}", "{\"prompt\": \"a\"}", "{\"model\": null, \"prompt\": \"a\"}",
+                          "{\"model\": \"tgi\", \"prompt\": \"a\"}", "{\"model\": \"http://127.0.0.1:8080\", \"prompt\": \"a\"}",
+                          "{\"model\": \"https://x.example/v1/\", \"prompt\": \"a\"}"};
+    for (int i = 0; i < 6; i++) {
         cr_assert_eq(api_parse_completions(good[i], strlen(good[i]), &glim, &g, &e), API_OK, "%s", good[i]);
         api_generate_free(&g);
     }
