@@ -235,14 +235,15 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
         h->n_te++;
         for (const char *p = value; *p;) { /* a list of codings: chunked, or none we know */
             while (*p == ' ' || *p == '\t' || *p == ',') p++;
+            if (!*p) break;
             const char *t = p;
             while (*p && *p != ',' && *p != ';') p++;
             const char *e = p;
             while (e > t && (e[-1] == ' ' || e[-1] == '\t')) e--;
-            if (e == t) continue;
+            /* anything but a bare "chunked" (another coding, parameters, a lone ";") */
             if (e - t == 7 && !strncasecmp(t, "chunked", 7) && *p != ';') h->te_chunked++;
             else h->te_other++;
-            while (*p && *p != ',') p++; /* parameters */
+            while (*p && *p != ',') p++; /* the parameters: each step moves on */
         }
     }
     if (ks == 0) h->bad_name = 1;

@@ -615,6 +615,11 @@ def protocol_cases():
          "not_implemented"),
         ("Transfer-Encoding: chunked;ext", head(b"Transfer-Encoding: chunked;q=1\r\n") + chunk(BODY) + b"0\r\n\r\n",
          501, "not_implemented"),
+        ("Transfer-Encoding: ; (a parameter without a coding)", head(b"Transfer-Encoding: ;\r\n") + BODY, 501,
+         "not_implemented"),
+        ("Transfer-Encoding: , ;q, chunked", head(b"Transfer-Encoding: , ;q, chunked\r\n") + chunk(BODY) +
+         b"0\r\n\r\n", 501, "not_implemented"),
+        ("Transfer-Encoding: (empty)", head(b"Transfer-Encoding: \r\n") + BODY, 400, "bad_request"),
         ("Transfer-Encoding: chunked, chunked", head(b"Transfer-Encoding: chunked, chunked\r\n") + chunk(BODY) +
          b"0\r\n\r\n", 400, "bad_request"),
         ("two Transfer-Encoding headers", head(te + te) + chunk(BODY) + b"0\r\n\r\n" + SMUGGLED, 400, "bad_request"),
