@@ -100,7 +100,7 @@ static void fuzz_classify_raw(const uint8_t *body, size_t len)
 {
     static const char *const q[4] = {NULL, "true", "false", "tru"};
     const char *rs = len ? q[body[0] & 3] : NULL, *tr = len > 1 ? q[(body[1] >> 2) & 3] : NULL;
-    api_limits lim = {MAX_INPUT, 8};
+    api_limits lim = {MAX_INPUT, 8, "spam"};
     api_classify_req req;
     api_error err;
     memset(&err, 0, sizeof err);

@@ -93,7 +93,7 @@ Test(api, classify_errors)
 
 Test(api, classify_raw_body)
 {
-    api_limits lim = {10, 1024};
+    api_limits lim = {10, 1024, NULL};
     api_classify_req req;
     api_error err = {0};
     const uint8_t body[] = "abc\0def";
