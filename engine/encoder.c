@@ -757,7 +757,8 @@ luna_plan luna_plan_rows(const luna_model *m, size_t n, size_t rows) { return ma
 
 luna_plan luna_plan_for(const luna_model *m, size_t n, size_t max_bytes)
 {
-    luna_plan p = make_plan(m, n, n);
+    luna_plan p = make_plan(m, n, n), s = make_plan(m, n, 0);
+    if (s.flops <= p.flops) return s; /* keeping rows buys no time (a 2-layer, P-pooled model) */
     if (p.bytes <= max_bytes) return p;
     /* the most rows that fit, on the default chunk's boundaries: the fewer recomputed, the faster */
     size_t rows = max_bytes / ((size_t)m->cfg.d * sizeof(float));

@@ -180,8 +180,10 @@ typedef struct {
 luna_plan luna_plan_resident(const luna_model *m, size_t n);
 luna_plan luna_plan_streaming(const luna_model *m, size_t n);
 luna_plan luna_plan_rows(const luna_model *m, size_t n, size_t rows);
-/* The fastest plan for n tokens whose allocation fits max_bytes: the resident one when it
- * fits, else the most rows that fit (the streaming plan needs 0 bytes, so there always is one). */
+/* The fastest plan for n tokens whose allocation fits max_bytes: the streaming one when keeping
+ * rows saves no work (a 2-layer model pooled from P recomputes nothing the resident plan does
+ * not compute), else the resident one when it fits, else the most rows that fit (the streaming
+ * plan needs 0 bytes, so there always is one). */
 luna_plan luna_plan_for(const luna_model *m, size_t n, size_t max_bytes);
 const char *luna_plan_name(const luna_plan *p); /* "resident", "partial" or "streaming" */
 

@@ -728,10 +728,11 @@ static enum MHD_Result start_classify(http_req *r)
                 d->len -= n - app->max_doc_tokens < d->len ? n - app->max_doc_tokens : d->len,
                     n = luna_input_tokens(app->classifier, d->data, d->len);
         }
-        /* documents of one request run one after another: reserve the largest's resident plan;
-         * when that does not fit, the dispatcher runs it under the streaming plan instead, which
-         * needs no memory that grows with the input: no document is too large for the budget */
-        uint64_t need = luna_workspace_bytes(app->classifier, n);
+        /* documents of one request run one after another: reserve the largest's plan with the
+         * whole budget (resident, unless streaming costs no more time); when that does not fit
+         * what is free, the dispatcher runs it under the streaming plan instead, which needs no
+         * memory that grows with the input: no document is too large for the budget */
+        uint64_t need = luna_plan_for(app->classifier, n, app->cfg.memory_budget).bytes;
         if (need > reserve) reserve = need;
         srv_metrics_input_bytes(&app->metrics, d->len);
     }

@@ -63,6 +63,9 @@ for plan in streaming partial:1k auto; do
   if cmp -s "$tmp/plan.resident" "$tmp/plan.$plan"; then pass=$((pass + 1)); else
     fail=$((fail + 1)); echo "FAIL plan $plan differs from resident"; diff "$tmp/plan.resident" "$tmp/plan.$plan" | head -4; fi
 done
+# the bundled spam model (2 layers, pooled from P): keeping rows saves no work, so auto streams
+expect "spam auto plan" 0 "$luna" classify --model models/spam "$tmp/long"
+grep_out "spam streams" '"plan": "streaming", "plan_rows": 0, "workspace_bytes": 0' out
 expect "classify streaming" 0 "$luna" classify --model "$model" --plan streaming "$tmp/long"
 grep_out "streaming keeps no row" '"plan": "streaming", "plan_rows": 0, "workspace_bytes": 0' out
 expect "classify --max-workspace" 0 "$luna" classify --model "$model" --max-workspace 100K "$tmp/long"

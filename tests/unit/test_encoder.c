@@ -322,3 +322,26 @@ Test(encoder, streaming_plan_stops_mid_forward)
     luna_ctx_free(ctx);
     luna_model_free(m);
 }
+
+/* auto: the streaming plan when keeping rows saves no work (2 layers pooled from P), else the
+ * resident plan when it fits, else the most rows that fit, on the default chunk's boundaries */
+Test(encoder, plan_for_picks_the_fastest_that_fits)
+{
+    luna_model *p = golden_model("hp1_h4_nopos_ppool"), *c = golden_model("defaults");
+    size_t n = 5000;
+    luna_plan a = luna_plan_for(p, n, SIZE_MAX);
+    cr_assert(luna_model_config(p)->layers == 2 && luna_model_config(p)->pooling == LUNA_POOL_P);
+    cr_assert_eq(a.rows, 0, "P-pooled, 2 layers: streaming even with room");
+    cr_assert_leq(luna_plan_streaming(p, n).flops, luna_plan_resident(p, n).flops);
+    luna_plan r = luna_plan_for(c, n, SIZE_MAX);
+    cr_assert_eq(r.rows, n, "room for all: resident");
+    cr_assert_gt(luna_plan_streaming(c, n).flops, r.flops, "recomputing costs time here");
+    size_t row = (size_t)luna_model_config(c)->d * sizeof(float);
+    luna_plan q = luna_plan_for(c, n, 1000 * row);
+    cr_assert_eq(q.rows, 768, "the most rows that fit, on a 256-row boundary");
+    cr_assert_eq(q.bytes, 768 * row);
+    cr_assert_eq(luna_plan_for(c, n, 100 * row).rows, 0, "less than a chunk: streaming");
+    cr_assert_str_eq(luna_plan_name(&q), "partial");
+    luna_model_free(p);
+    luna_model_free(c);
+}
