@@ -7,15 +7,15 @@
 #   make check-slow the server-starting suites on a stand-in for a slow machine (one core, Prescott)
 #   make asan       build under AddressSanitizer + UBSan into build/asan and run every test there
 #   make valgrind   run the unit and golden tests under valgrind's memcheck
-#   make bench      run the encoder benchmark under bench/ (prints tables, writes docs/bench-encoder*)
-#   make bench-gen  run the generation benchmark (Luna decoder vs KV cache; docs/bench-generate*)
+#   make bench      run the encoder benchmark under bench/ (prints tables, writes docs/bench/encoder-<cpu>-<core>*)
+#   make bench-gen  run the generation benchmark (Luna decoder vs KV cache; docs/bench/generate-<cpu>-<core>*)
 #   make golden     regenerate tests/golden with the PyTorch reference (needs python3-torch)
 #   make cluster    3 replicas behind HAProxy on loopback: kill -9 and SIGTERM under load
 #   make image      build the container image (podman here, docker where an engine runs) and test it
 #   make fuzz       libFuzzer harnesses, FUZZ_SECONDS (60) each (clang; fuzz/run.sh installs it)
 #   make badinput   the bad-input matrix against $(BUILD)/bin/lunaserve (also part of make check)
 #   make soak       the ASan build under mixed load for SOAK_SECONDS (120): 0 leaks, RSS drift
-#   make load       the wrk load test; table and plot in bench/load/results (load-quick: smoke)
+#   make load       the wrk load test; table and plot in docs/bench/load-<cpu>-<core>* (load-quick: smoke)
 #
 # V=1 shows the compile lines. BUILD selects the output tree (build/ by default).
 

@@ -6,13 +6,16 @@
 #   sh bench/gen.sh                  the full table (about 5 minutes on 2 cores)
 #   BENCH_QUICK=1 sh bench/gen.sh    a smoke run with small contexts (seconds)
 #
-# Writes docs/bench-generate.csv, docs/bench-generate.md and docs/bench-generate.png.
+# Writes docs/bench/generate-<cpu>-<core>.{csv,md,png} (BENCH_OUT instead of docs/bench; BENCH_NAME
+# instead of <cpu>-<core>, see bench/run.sh and bench/blasinfo.py): runs on other CPUs or
+# kernels sit beside it, and the table's header names the CPU and the BLAS kernel. The raw JSON
+# lines stay in build/bench/generate.jsonl and build/bench/generate-sgemm.json.
 set -eu
 cd "$(dirname "$0")/.."
 sh tools/deps.sh bench
 make --no-print-directory bin/luna
 
-out=${BENCH_OUT:-docs}
+out=${BENCH_OUT:-docs/bench}
 model=build/bench-models/lm-l32
 threads=${BENCH_THREADS:-$(nproc)}
 mkdir -p "$out"
@@ -26,12 +29,16 @@ fi
 [ -f "$model/model.safetensors" ] ||
   /usr/bin/python3 tools/make_random_model.py --causal --l 32 --out "$model"
 
-raw=$(mktemp)
-trap 'rm -f "$raw" "$raw.sgemm"' EXIT
-bin/luna sgemm --size 1024 --threads "$threads" --json > "$raw.sgemm"
+mkdir -p build/bench
+raw=build/bench/generate.jsonl
+sgemm=build/bench/generate-sgemm.json
+: >"$raw"
+bin/luna sgemm --size 1024 --threads "$threads" --json > "$sgemm"
+echo "bench-gen: $(cat "$sgemm")"
 bin/luna bench-gen --model "$model" --attention luna --threads "$threads" --steps "$steps" \
   --contexts "$luna_ctx" --json | tee -a "$raw"
 bin/luna bench-gen --model "$model" --attention softmax --threads "$threads" --steps "$steps" \
   --contexts "$kv_ctx" --json | tee -a "$raw"
-/usr/bin/python3 bench/report_gen.py --sgemm "$raw.sgemm" --results "$raw" --out "$out" \
-  --machine "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, $threads BLAS threads"
+/usr/bin/python3 bench/report_gen.py --sgemm "$sgemm" --results "$raw" --out "$out" ${BENCH_NAME:+--name "$BENCH_NAME"} \
+  --date "$(date -u +%Y-%m-%d)$([ "${BENCH_QUICK:-0}" = 1 ] && echo ' (BENCH_QUICK smoke run)')" \
+  --machine "$threads BLAS threads"

@@ -2,11 +2,15 @@
 """bench/report.py - turn the JSON lines of `luna bench` and tools/bench_ref.py into the encoder
 benchmark report: a CSV, a Markdown table with the issue's targets checked, and a gnuplot PNG.
 
-Every ratio compares rows measured in the same run of bench/run.sh. Standard library only."""
+Every ratio compares rows measured in the same run of bench/run.sh. The files are named after
+the CPU and the BLAS kernel the run used (bench/blasinfo.py): OUT/encoder-<cpu>-<core>.{csv,md,png},
+and the table's header says both. Standard library only."""
 import argparse
 import json
 import os
 import subprocess
+
+import blasinfo
 
 
 def load(path):
@@ -42,25 +46,31 @@ def main():
     ap.add_argument("--sgemm", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--machine", default="")
+    ap.add_argument("--machine", default="", help="how the contenders used the cores")
+    ap.add_argument("--name", default=None, help="the files' stem (default: <cpu slug>-<core>)")
+    ap.add_argument("--date", default=None)
     a = ap.parse_args()
-    sgemm = load(a.sgemm)[0]["gflops"]
+    sg = load(a.sgemm)[0]
+    sgemm = sg["gflops"]
+    m = blasinfo.machine(sg.get("blas"))
     rows = load(a.results)
     os.makedirs(a.out, exist_ok=True)
+    stem = os.path.join(a.out, "encoder-" + blasinfo.run_name(m, a.name))
 
-    csv = os.path.join(a.out, "bench-encoder.csv")
-    with open(csv, "w") as f:
-        f.write("attention,l,n,ms,rss_mb,base_mb,pred_mb,gflops\n")
+    with open(stem + ".csv", "w") as f:
+        f.write("attention,l,n,ms,rss_mb,base_mb,pred_mb,gflops,blas_core\n")
         for r in rows:
-            f.write("%s,%s,%d,%.3f,%.2f,%.2f,%.2f,%.2f\n" % (
+            f.write("%s,%s,%d,%.3f,%.2f,%.2f,%.2f,%.2f,%s\n" % (
                 r["attention"], r.get("l", ""), r["n"], r["ms"], r["rss_mb"],
-                r.get("base_mb", 0), r.get("pred_mb", 0), r.get("gflops", 0)))
+                r.get("base_mb", 0), r.get("pred_mb", 0), r.get("gflops", 0), r.get("blas_core", "")))
 
     ls = sorted({r["l"] for r in rows if r["attention"] == "luna"})
     ns = sorted({r["n"] for r in rows})
     kinds = [("luna", l) for l in ls] + [("softmax", None), ("softmax-stream", None), ("pytorch-ref", None)]
-    md = ["# Encoder benchmark", "",
-          "Machine: %s. sgemm (1024^3, same run): %.1f GFLOP/s." % (a.machine, sgemm),
+    md = ["# Encoder benchmark: %s, %s kernels" % (m["cpu"], m["core"]), ""] + blasinfo.header(m) + [
+          "", "Run%s: %s. sgemm (1024^3, same run, same kernel): %.1f GFLOP/s." % (
+              " of " + a.date if a.date else "", a.machine, sgemm)] + \
+        blasinfo.check_cores(m, rows, "benchmark") + ["",
           "Model: LRA byte-level text shape (d 256, 4 heads, 4 layers, FFN 1024, GELU, untied K/V),"
           " random weights. One forward pass per cell (fastest of the repeats); RSS is the peak"
           " resident set of a fresh process. Reproduce with `make bench` (see docs/benchmarks.md).",
@@ -120,12 +130,12 @@ def main():
             target("n=%d: >= 3x faster than PyTorch" % n, "%.2fx" % (pr["ms"] / lu["ms"]), pr["ms"] / lu["ms"] >= 3)
             target("n=%d: <= 1/4 the RSS of PyTorch" % n, "%.0f vs %.0f MB" % (lu["rss_mb"], pr["rss_mb"]),
                    lu["rss_mb"] <= pr["rss_mb"] / 4)
-    with open(os.path.join(a.out, "bench-encoder.md"), "w") as f:
+    with open(stem + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
 
     # plot: latency and RSS against n, log-log
-    dat = os.path.join(a.out, ".bench-encoder.dat")
+    dat = stem + ".dat"
     series = []
     with open(dat, "w") as f:
         for k, l in kinds:
@@ -138,7 +148,7 @@ def main():
             for n, ms, rss in sorted(pts):
                 f.write("%d %f %f\n" % (n, ms, rss))
             f.write("\n\n")
-    png = os.path.join(a.out, "bench-encoder.png")
+    png = stem + ".png"
     plots = lambda col: ", ".join('"%s" index %d using 1:%d with linespoints title "%s"' % (dat, i, col, s)
                                   for i, s in enumerate(series))
     gp = """set terminal pngcairo size 1200,500 font ",10"
@@ -149,13 +159,13 @@ set grid
 set key left top
 set xlabel "n (tokens)"
 set ylabel "latency (ms)"
-set title "Forward latency"
+set title "Forward latency (%s, %s kernels)"
 plot %s
 set ylabel "peak RSS (MB)"
-set title "Peak RSS"
+set title "Peak RSS (%s, %s kernels)"
 plot %s
 unset multiplot
-""" % (png, plots(2), plots(3))
+""" % (png, m["cpu"], m["core"], plots(2), m["cpu"], m["core"], plots(3))
     try:
         subprocess.run(["gnuplot"], input=gp.encode(), check=True)
     except (OSError, subprocess.CalledProcessError) as e:

@@ -4,12 +4,16 @@ benchmark report: a CSV, a Markdown table with issue 3's targets checked, and a 
 
 The KV cache's bytes at contexts its quadratic prefill cannot reach in the run are computed
 from its layout, layers x t x d floats (tied K/V), and marked "formula"; the rows it did reach
-check that formula against the measured size."""
+check that formula against the measured size. The files are named after the CPU and the BLAS
+kernel the run used (bench/blasinfo.py): OUT/generate-<cpu>-<core>.{csv,md,png}, and the table's
+header says both."""
 import argparse
 import csv
 import json
 import os
 import subprocess
+
+import blasinfo
 
 
 def load(path):
@@ -26,10 +30,16 @@ def main():
     ap.add_argument("--sgemm", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--machine", default="")
+    ap.add_argument("--machine", default="", help="how the run used the cores")
+    ap.add_argument("--name", default=None, help="the files' stem (default: <cpu slug>-<core>)")
+    ap.add_argument("--date", default=None)
     a = ap.parse_args()
-    sgemm = load(a.sgemm)[0]["gflops"]
+    sg = load(a.sgemm)[0]
+    sgemm = sg["gflops"]
+    m = blasinfo.machine(sg.get("blas"))
     rows = load(a.results)
+    os.makedirs(a.out, exist_ok=True)
+    stem = os.path.join(a.out, "generate-" + blasinfo.run_name(m, a.name))
     luna = {r["n"]: r for r in rows if r["attention"] == "luna"}
     kv = {r["n"]: r for r in rows if r["attention"] == "softmax"}
     any_row = rows[0]
@@ -38,18 +48,22 @@ def main():
     def kv_bytes(n):
         return layers * n * d * 4
 
-    with open(os.path.join(a.out, "bench-generate.csv"), "w", newline="") as f:
+    with open(stem + ".csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["attention", "n", "prefill_s", "prefill_tok_s", "gflops", "step_ms", "state_bytes", "rss_mb"])
+        w.writerow(["attention", "n", "prefill_s", "prefill_tok_s", "gflops", "step_ms", "state_bytes", "rss_mb",
+                    "blas_core"])
         for r in rows:
             w.writerow([r["attention"], r["n"], r["prefill_s"], r["prefill_tok_s"], r["gflops"],
-                        r["step_ms"], r["state_bytes"], r["rss_mb"]])
+                        r["step_ms"], r["state_bytes"], r["rss_mb"], r.get("blas_core", "")])
 
     ns = sorted(set(luna) | set(kv))
-    lines = ["# Generation benchmark", "",
-             "Machine: %s. sgemm (1024³) in the same run: %.1f GFLOP/s. Model: random weights, "
+    lines = ["# Generation benchmark: %s, %s kernels" % (m["cpu"], m["core"]), ""] + blasinfo.header(m) + [
+             "",
+             "Run%s: %s. sgemm (1024³) in the same run, same kernel: %.1f GFLOP/s. Model: random weights, "
              "d %d, %d layers, 4 heads, FFN 1024, l %d, pre-norm, tied K/V. Produced by "
-             "`sh bench/gen.sh`; method in docs/benchmarks.md." % (a.machine, sgemm, d, layers, any_row["l"]),
+             "`sh bench/gen.sh`; method in docs/benchmarks.md." % (
+                 " of " + a.date if a.date else "", a.machine, sgemm, d, layers, any_row["l"])] + \
+        blasinfo.check_cores(m, rows, "benchmark") + [
              "",
              "| context | Luna ms/token (÷ at ref, alternated) | KV-cache ms/token (÷ at ref) | Luna state | KV-cache state | Luna prefill tok/s | Luna prefill GFLOP/s (% of the sgemm rate sampled along it) | Luna peak RSS MB | KV peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -95,11 +109,11 @@ def main():
                          kv[top]["state_bytes"] / luna[first]["state_bytes"], human(last),
                          kv_bytes(last) / luna[first]["state_bytes"]))
         lines.append("")
-    with open(os.path.join(a.out, "bench-generate.md"), "w") as f:
+    with open(stem + ".md", "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
 
-    dat = os.path.join(a.out, ".bench-generate.dat")
+    dat = stem + ".dat"
     with open(dat, "w") as f:
         for kind, table in (("luna", luna), ("kv", kv)):
             f.write("# %s\n" % kind)
@@ -109,10 +123,10 @@ def main():
         f.write("# kv formula\n")
         for n in ns:
             f.write("%d 0 %g\n" % (n, kv_bytes(n)))
-    png = os.path.join(a.out, "bench-generate.png")
+    png = stem + ".png"
     gp = """set terminal pngcairo size 1200,480 font ",10"
 set output "%s"
-set multiplot layout 1,2
+set multiplot layout 1,2 title "%s, %s kernels"
 set logscale x 2
 set xtics ("1k" 1024, "4k" 4096, "16k" 16384, "64k" 65536, "256k" 262144, "1M" 1048576)
 set xlabel "context (tokens)"
@@ -128,7 +142,7 @@ plot "%s" index 0 using 1:($3/1048576) with linespoints lw 2 title "Luna state",
      "%s" index 1 using 1:($3/1048576) with points pt 7 ps 1.5 title "KV cache (measured)", \\
      "%s" index 2 using 1:($3/1048576) with lines dt 2 title "KV cache (layers·t·d·4 B)"
 unset multiplot
-""" % (png, dat, dat, dat, dat, dat)
+""" % (png, m["cpu"], m["core"], dat, dat, dat, dat, dat)
     try:
         subprocess.run(["gnuplot"], input=gp.encode(), check=True)
     except (OSError, subprocess.CalledProcessError) as e:

@@ -6,13 +6,19 @@
 #   sh bench/run.sh            the full table (about 20-30 minutes on 2 cores)
 #   BENCH_QUICK=1 sh bench/run.sh   a smoke run with small lengths (seconds)
 #
-# Writes docs/bench-encoder.csv, docs/bench-encoder.md and docs/bench-encoder.png.
+# Writes docs/bench/encoder-<cpu>-<core>.{csv,md,png} (BENCH_OUT instead of docs/bench; BENCH_NAME
+# instead of <cpu>-<core>, which bench/blasinfo.py makes from /proc/cpuinfo's model name and the
+# OpenBLAS kernel in use, e.g. amd-epyc-cooperlake): runs on other CPUs or kernels sit beside it.
+# The table's header names the CPU and the BLAS library, version, kernel and how it was chosen
+# (luna picks the kernel at startup: --blas-core auto, unless OPENBLAS_CORETYPE is set; run with
+# `env -u OPENBLAS_CORETYPE` to let it choose, or LUNA_BLAS_CORE=NAME to force one). The raw JSON
+# lines stay in build/bench/encoder.jsonl and build/bench/encoder-sgemm.json.
 set -eu
 cd "$(dirname "$0")/.."
 sh tools/deps.sh bench
 make --no-print-directory bin/luna
 
-out=${BENCH_OUT:-docs}
+out=${BENCH_OUT:-docs/bench}
 models=build/bench-models
 threads=${BENCH_THREADS:-$(nproc)}
 mkdir -p "$out" "$models"
@@ -28,9 +34,13 @@ for l in $ls_; do
     /usr/bin/python3 tools/make_random_model.py --lra --l "$l" --out "$models/lra-l$l"
 done
 
-raw=$(mktemp)
-trap 'rm -f "$raw"' EXIT
-bin/luna sgemm --size 1024 --threads "$threads" --json > "$raw.sgemm"
+mkdir -p build/bench
+raw=build/bench/encoder.jsonl
+sgemm=build/bench/encoder-sgemm.json
+: >"$raw"
+bin/luna sgemm --size 1024 --threads "$threads" --json > "$sgemm"
+core=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("blas", {}).get("core", ""))' "$sgemm")
+echo "bench: $(cat "$sgemm")"
 # Each contender uses the cores its best way: Luna splits a forward's chunks over lanes (one
 # BLAS thread each); the softmax baselines and PyTorch give the cores to BLAS.
 for l in $ls_; do
@@ -43,12 +53,13 @@ for kind in softmax softmax-stream; do
     --lengths "$both" --json | tee -a "$raw"
 done
 # The PyTorch reference on the same weights (needs python3-torch; skipped with a note without it).
+# Debian's torch does its matrix products in the system's OpenBLAS: it gets the core luna runs on.
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
-  /usr/bin/python3 tools/bench_ref.py --model "$models/lra-l$first" --lengths "$pyref" \
+  env ${core:+OPENBLAS_CORETYPE=$core} /usr/bin/python3 tools/bench_ref.py --model "$models/lra-l$first" --lengths "$pyref" \
     --threads "$threads" | tee -a "$raw"
 else
   echo "bench: python3-torch is not installed; the PyTorch column is left out" >&2
 fi
-/usr/bin/python3 bench/report.py --sgemm "$raw.sgemm" --results "$raw" --out "$out" \
-  --machine "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; Luna on $threads lanes of 1 BLAS thread, the baselines and PyTorch on $threads BLAS threads"
-rm -f "$raw.sgemm"
+/usr/bin/python3 bench/report.py --sgemm "$sgemm" --results "$raw" --out "$out" ${BENCH_NAME:+--name "$BENCH_NAME"} \
+  --date "$(date -u +%Y-%m-%d)$([ "${BENCH_QUICK:-0}" = 1 ] && echo ' (BENCH_QUICK smoke run)')" \
+  --machine "Luna on $threads lanes of 1 BLAS thread, the baselines and PyTorch on $threads BLAS threads"

@@ -34,8 +34,16 @@ with torch.inference_mode():
         model.forward(raw)
         best = min(best, time.perf_counter() - t0)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-print(json.dumps({{"attention": "pytorch-ref", "l": cfg["l"], "n": {n}, "ms": best * 1e3,
-                  "rss_mb": rss, "threads": {threads}}}))
+row = {{"attention": "pytorch-ref", "l": cfg["l"], "n": {n}, "ms": best * 1e3, "rss_mb": rss,
+       "threads": {threads}}}
+try:  # the OpenBLAS kernel torch ran on, when it uses the system's OpenBLAS (Debian's does)
+    import ctypes
+    lib = ctypes.CDLL("libopenblas.so.0", mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+    lib.openblas_get_corename.restype = ctypes.c_char_p
+    row["blas_core"] = lib.openblas_get_corename().decode()
+except (OSError, AttributeError):
+    pass
+print(json.dumps(row))
 """
 
 

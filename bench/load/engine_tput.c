@@ -2,9 +2,10 @@
  * /classify throughput with no HTTP in the way. THREADS threads, each with its own luna_ctx
  * (made as server/sched.c makes a worker's: default options, one BLAS thread for the process),
  * classify the very documents the HTTP run sends, round robin, for SECONDS; prints one line
- *   {"threads", "docs", "seconds", "rate", "mean_ms", "cpu_s", "p50_ms", "p99_ms"}
+ *   {"threads", "docs", "seconds", "rate", "mean_ms", "cpu_s", "p50_ms", "p99_ms", "blas_core"}
  * (cpu_s: the process's CPU time, user + system, while the threads ran: on a shared machine,
- * documents per CPU second compare fairly where documents per second do not).
+ * documents per CPU second compare fairly where documents per second do not; blas_core: the
+ * OpenBLAS kernel it ran on, which run.sh sets, through OPENBLAS_CORETYPE, to the server's).
  *
  *   engine_tput MODEL_DIR DOCS_FILE DOC_BYTES THREADS SECONDS
  *
@@ -19,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/blas.h"
 #include "engine/luna.h"
 
 static const luna_model *model;
@@ -153,9 +155,11 @@ int main(int argc, char **argv)
         for (long i = 0; i < ws[t].done && i < MAX_SAMPLES; i++) all[n++] = ws[t].ms[i];
     qsort(all, n, sizeof *all, cmp_float);
     double p50 = n ? all[n / 2] : 0, p99 = n ? all[(size_t)(0.99 * (double)(n - 1))] : 0;
+    luna_blas_info blas;
+    luna_blas_describe(&blas);
     printf("{\"threads\": %d, \"docs\": %ld, \"seconds\": %.3f, \"rate\": %.4f, \"mean_ms\": %.3f, \"cpu_s\": %.3f, "
-           "\"p50_ms\": %.3f, \"p99_ms\": %.3f}\n",
-           threads, total, dt, total / dt, total ? 1000 * busy / total : 0, cpu, p50, p99);
+           "\"p50_ms\": %.3f, \"p99_ms\": %.3f, \"blas_core\": \"%s\"}\n",
+           threads, total, dt, total / dt, total ? 1000 * busy / total : 0, cpu, p50, p99, blas.core);
     free(all);
     for (int t = 0; t < threads; t++) free(ws[t].ms);
     luna_model_free(m);

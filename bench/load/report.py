@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """report.py - the load test's report (bench/load/run.sh runs it): reads the wrk results, the
-engine baseline, the RSS samples and the phases from --work, writes to --out
-    report.md     the Markdown table and the targets
-    load.png      RSS over the run against the bound, and latency percentiles at 80% load
-    results.json  everything, raw
-and prints the report. Exits 1 on errors other than deliberate 429s, a server that did not exit
+engine baseline, the RSS samples, the phases and the server's /info from --work, writes to --out
+    load-NAME.md     the Markdown table and the targets, under a header naming the CPU and the
+                     BLAS library, version, kernel and how it was selected (from /info's "blas")
+    load-NAME.png    RSS over the run against the bound, and latency percentiles at 80% load
+    load-NAME.json   everything, raw
+(NAME: --name, default <cpu slug>-<core>, bench/blasinfo.py) and prints the report. Exits 1 on errors other than deliberate 429s, a server that did not exit
 0, or an RSS above the bound; with --strict also when a performance target is missed."""
 import argparse
 import glob
@@ -12,6 +13,9 @@ import json
 import os
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import blasinfo  # noqa: E402
 
 
 def parse_bytes(s):
@@ -45,16 +49,27 @@ def main():
     ap.add_argument("--strict", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--arrivals", default="paced")
+    ap.add_argument("--info", default=None, help="the server's GET /info")
+    ap.add_argument("--name", default=None, help="the files' stem (default: <cpu slug>-<core>)")
+    ap.add_argument("--date", default=None)
     a = ap.parse_args()
     w = a.work
     os.makedirs(a.out, exist_ok=True)
+    info = {}
+    if a.info:
+        try:
+            info = load(a.info)
+        except (OSError, ValueError):
+            pass
+    m = blasinfo.machine(info.get("blas"))
+    stem = os.path.join(a.out, "load-" + blasinfo.run_name(m, a.name))
 
     tokens = load(os.path.join(w, "data", "tokens.json"))
     with open(os.path.join(w, "data", "source.txt")) as f:
         source = f.read().strip()
     sizes = [s for s in ["1k", "4k", "16k", "64k"] if os.path.exists(os.path.join(w, "classify-%s-sat.json" % s))]
     runs = {os.path.basename(p)[:-5]: load(p) for p in glob.glob(os.path.join(w, "*.json"))
-            if not os.path.basename(p).startswith(("report", "engine"))}
+            if not os.path.basename(p).startswith(("report", "engine", "info"))}
 
     # RSS samples and phases
     rss = []
@@ -135,12 +150,20 @@ def main():
 
     lines = []
     add = lines.append
-    add("# Load test: lunaserve over HTTP (wrk)")
+    add("# Load test: lunaserve over HTTP (wrk): %s, %s kernels" % (m["cpu"], m["core"]))
     add("")
-    add("%s run, %s. Server: %d workers x 1 BLAS thread, memory budget %s, queue %d; classifier `%s`, "
+    for line in blasinfo.header(m):
+        add(line)
+    add("")
+    eng_cores = sorted({e.get("blas_core") for e in eng.values() if e.get("blas_core")})
+    if eng_cores and eng_cores != [m["core"]]:
+        add("**Warning: the in-process baseline ran on another core (%s) than the server (%s).**" % (
+            ", ".join(eng_cores), m["core"]))
+        add("")
+    add("%s run%s, %s. Server: %d workers x 1 BLAS thread, memory budget %s, queue %d; classifier `%s`, "
         "generator `%s`. Documents: %s. One wrk thread; saturation runs use %d connections back to back; the 80%% runs send on a "
         "schedule at 80%% of the saturation rate, %s, over 32 connections." % (
-            "A quick (smoke)" if a.quick else "A full", "the same machine as the server (2 cores, shared)",
+            "A quick (smoke)" if a.quick else "A full", " of " + a.date if a.date else "", "the same machine as the server (2 cores, shared)",
             a.workers, a.budget, a.queue, a.classify_model, a.generate_model, source, 2 * a.workers + 2,
             "evenly spaced (as wrk2's constant throughput)" if a.arrivals == "paced" else
             "exponentially spaced (Poisson)"))
@@ -224,18 +247,18 @@ def main():
     for name, ok, detail, _ in targets:
         add("| %s | %s | %s |" % (name, "PASS" if ok else "MISS", detail))
     add("")
-    add("RSS: idle %.1f MB, max %.1f MB, bound %.1f MB. ![RSS and latency](load.png)" % (
-        mb(a.idle_kb), mb(max_kb), mb(bound_kb)))
+    add("RSS: idle %.1f MB, max %.1f MB, bound %.1f MB. ![RSS and latency](%s.png)" % (
+        mb(a.idle_kb), mb(max_kb), mb(bound_kb), os.path.basename(stem)))
     add("")
-    with open(os.path.join(a.out, "report.md"), "w") as f:
+    with open(stem + ".md", "w") as f:
         f.write("\n".join(lines))
 
-    with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump({"runs": runs, "tokens": tokens, "engine": eng, "engine_rate": eng_rate, "cpu_s": cpu,
+    with open(stem + ".json", "w") as f:
+        json.dump({"machine": m, "info_blas": info.get("blas"), "runs": runs, "tokens": tokens, "engine": eng, "engine_rate": eng_rate, "cpu_s": cpu,
                    "rss": rss, "phases": phases, "idle_kb": a.idle_kb, "bound_kb": bound_kb, "budget": budget,
                    "targets": [(n, ok, d) for n, ok, d, _ in targets]}, f, indent=1)
 
-    plot(a, w, rss, phases, bound_kb, sizes, runs)
+    plot(a, w, rss, phases, bound_kb, sizes, runs, stem + ".png", m)
     print("\n".join(lines))
     hard = [n for n, ok, _, h in targets if h and not ok]
     soft = [n for n, ok, _, h in targets if not h and not ok]
@@ -246,7 +269,7 @@ def main():
     return 1 if hard or (a.strict and soft) else 0
 
 
-def plot(a, w, rss, phases, bound_kb, sizes, runs):
+def plot(a, w, rss, phases, bound_kb, sizes, runs, png, m):
     dat = os.path.join(w, "rss.dat")
     with open(dat, "w") as f:
         for t, kb in rss:
@@ -268,7 +291,7 @@ def plot(a, w, rss, phases, bound_kb, sizes, runs):
     script = """
 set terminal pngcairo size 1100,820 font ",10"
 set output "%(png)s"
-set multiplot layout 2,1 title "lunaserve under wrk: %(workers)d workers, budget %(budget)s"
+set multiplot layout 2,1 title "lunaserve under wrk: %(workers)d workers, budget %(budget)s; %(cpu)s, %(core)s kernels"
 set title "server RSS (sampled from /proc every 0.25 s)"
 set xlabel "seconds"
 set ylabel "MB"
@@ -293,7 +316,7 @@ set key top left
 plot "%(lat)s" using 2:xtic(1) title "p50" lc rgb "#2ca02c", "" using 3 title "p90" lc rgb "#ff7f0e", \\
      "" using 4 title "p99" lc rgb "#d62728"
 unset multiplot
-""" % {"png": os.path.join(a.out, "load.png"), "workers": a.workers, "budget": a.budget, "dat": dat,
+""" % {"png": png, "cpu": m["cpu"], "core": m["core"], "workers": a.workers, "budget": a.budget, "dat": dat,
        "bound": mb(bound_kb), "idle": mb(a.idle_kb), "lat": lat, "labels": "\n".join(labels),
        "ymax": mb(bound_kb) * 1.15}
     gp = os.path.join(w, "load.gp")

@@ -26,9 +26,16 @@
 # Env: LOAD_WORKERS (default: the cores), LOAD_BUDGET (default 96M), LOAD_QUEUE (default 64),
 # LOAD_CLASSIFY_MODEL / LOAD_GENERATE_MODEL (default models/spam and models/austen-lm when
 # trained, else random models of the same shapes made in build/load-models), LOAD_OUT (default
-# bench/load/results; build/load/quick with --quick), LOAD_STRICT=1 (exit non-zero when a performance target is missed too;
-# errors and the RSS bound always count), LUNASERVE_WRAP (a command prefixed to the server's, e.g.
-# "taskset -c 0").
+# docs/bench; build/load/quick with --quick), LOAD_NAME (default <cpu>-<core>, see below),
+# LOAD_STRICT=1 (exit non-zero when a performance target is missed too; errors and the RSS bound
+# always count), LUNASERVE_WRAP (a command prefixed to the server's, e.g. "taskset -c 0").
+#
+# The report is LOAD_OUT/load-<cpu>-<core>.{md,json,png}: <cpu> from /proc/cpuinfo's model name,
+# <core> the OpenBLAS kernel the server runs on, from its /info "blas" (bench/blasinfo.py), so
+# that runs on other CPUs or kernels sit beside each other; its header names both. The server
+# picks its kernel at startup (--blas-core auto, unless OPENBLAS_CORETYPE is set: run with
+# `env -u OPENBLAS_CORETYPE` to let it choose, LUNASERVE_BLAS_CORE=NAME to force one); the
+# in-process baseline (engine_tput) runs on the same kernel, through OPENBLAS_CORETYPE.
 set -eu
 cd "$(dirname "$0")/../.."
 quick=0
@@ -38,7 +45,7 @@ workers=${LOAD_WORKERS:-$(nproc)}
 arrivals=${LOAD_ARRIVALS:-paced}
 budget=${LOAD_BUDGET:-96M}
 queue=${LOAD_QUEUE:-64}
-out=${LOAD_OUT:-bench/load/results}
+out=${LOAD_OUT:-docs/bench}
 [ "$quick" = 1 ] && out=${LOAD_OUT:-build/load/quick}  # a smoke run never replaces the committed results
 work=build/load
 data=$work/data
@@ -119,6 +126,9 @@ i=0
 until curl -sf "$url/health" >/dev/null 2>&1; do
   i=$((i + 1)); [ $i -lt 300 ] || { echo "load: /health does not answer"; exit 1; }; sleep 0.1
 done
+curl -sf "$url/info" >"$work/info.json" || { echo "load: /info does not answer"; exit 1; }
+core=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("blas", {}).get("core", ""))' \
+  "$work/info.json")
 
 t0=$(date +%s.%N)
 ( while kill -0 $pid 2>/dev/null; do
@@ -130,6 +140,7 @@ phase() { printf '%s %s\n' "$(date +%s.%N)" "$1" >>"$work/phases.txt"; }
 
 echo "load: lunaserve pid $pid on $url: $workers workers, budget $budget, queue $queue"
 echo "load: classify model $clf_src, generate model $gen_src"
+echo "load: blas $(/usr/bin/python3 -c 'import json,sys; b=json.load(open(sys.argv[1])).get("blas", {}); print(b.get("library"), b.get("version"), "core", b.get("core"), "(%s);" % b.get("selection"), "CPU", b.get("cpu"))' "$work/info.json")"
 sleep 1
 idle_kb=$(awk '/^VmRSS/ { print $2 }' /proc/$pid/status)
 
@@ -146,7 +157,8 @@ eng_secs=$([ "$quick" = 1 ] && echo 4 || echo 10)
 rm -f "$work"/engine-*.json
 engine() {  # tag
   phase "engine-$1"
-  "$work/engine_tput" "$clf" "$data/classify-4k.raw" 4096 "$workers" "$eng_secs" >"$work/engine-$1.json"
+  env ${core:+OPENBLAS_CORETYPE=$core} "$work/engine_tput" "$clf" "$data/classify-4k.raw" 4096 "$workers" \
+    "$eng_secs" >"$work/engine-$1.json"
   phase idle
 }
 
@@ -205,4 +217,5 @@ trap - EXIT INT TERM
 
 /usr/bin/python3 bench/load/report.py --work "$work" --out "$out" --budget "$budget" --idle-kb "$idle_kb" \
   --workers "$workers" --queue "$queue" --t0 "$t0" --classify-model "$clf_src" --generate-model "$gen_src" --models "$work/models" \
-  --server-exit "$rc" --arrivals "$arrivals" ${LOAD_STRICT:+--strict} $([ "$quick" = 1 ] && echo --quick)
+  --server-exit "$rc" --arrivals "$arrivals" --info "$work/info.json" ${LOAD_NAME:+--name "$LOAD_NAME"} \
+  --date "$(date -u +%Y-%m-%d)" ${LOAD_STRICT:+--strict} $([ "$quick" = 1 ] && echo --quick)
