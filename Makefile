@@ -15,7 +15,7 @@
 #   make fuzz       libFuzzer harnesses, FUZZ_SECONDS (60) each (clang; fuzz/run.sh installs it)
 #   make badinput   the bad-input matrix against $(BUILD)/bin/lunaserve (also part of make check)
 #   make soak       the ASan build under mixed load for SOAK_SECONDS (120): 0 leaks, RSS drift
-#   make load       the wrk load test; table and plot in docs/bench/load-<cpu>-<core>* (load-quick: smoke)
+#   make load       the wrk load test and its long documents; docs/bench/load-[longdoc-]<cpu>-<core>* (load-quick: smoke)
 #
 # V=1 shows the compile lines. BUILD selects the output tree (build/ by default).
 
