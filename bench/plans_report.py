@@ -91,7 +91,7 @@ def report(a):
     rows = load_lines(os.path.join(w, "plans.jsonl"))
     cfg_lra = load_json(os.path.join(a.model_lra, "config.json"), {})
     d_lra = cfg_lra.get("d", 256)
-    loads = open(os.path.join(w, "loadavg.txt")).read().split("\n") if os.path.exists(os.path.join(w, "loadavg.txt")) else []
+    loads = open(os.path.join(w, "loadavg.txt")).read().strip().split("\n") if os.path.exists(os.path.join(w, "loadavg.txt")) else []
 
     # ---- (a) LRA shape ----
     lra = [r for r in rows if r["kind"] in ("lra", "lra-big")]
@@ -162,11 +162,13 @@ def report(a):
     md += blasinfo.header(m)
     md += ["", "Run%s, %d s in all: luna on %d lanes of 1 BLAS thread (`luna bench --lanes %d --threads 1`; "
            "bench/plan_time.c likewise), sgemm (1024^3, %d threads, same run): %.1f GFLOP/s. The machine was "
-           "shared with other jobs (load average %s at the start, %s at the end): absolute times move with "
+           "shared with other jobs (1-, 5- and 15-minute load averages: %s): absolute times move with "
            "that load, the ratios compare runs alternated in the same minutes. Reproduce with "
            "`env -u OPENBLAS_CORETYPE sh bench/plans.sh` (docs/benchmarks.md, Plans)." % (
                " of " + a.date if a.date else "", a.seconds, a.lanes, a.lanes, sg.get("threads", a.lanes),
-               sg.get("gflops", 0), loads[0] if loads else "?", loads[1] if len(loads) > 1 else "?")]
+               sg.get("gflops", 0), "; ".join("%s %s" % (w_, l_) for w_, l_ in zip(
+                   ["at the start", "at phase 2", "at the end"] if len(loads) > 2 else ["at the start", "at the end"],
+                   loads)) or "?")]
     md += blasinfo.check_cores(m, lra + spam, "plan")
 
     md += ["", "## LRA shape (d %d, %d layers, l %d, CLS pooling), random weights and bytes" % (
@@ -174,8 +176,9 @@ def report(a):
         "`luna bench --plan resident|streaming --lengths N --lanes %d --threads 1 --json`, one fresh process per "
         "run, the plans alternated per length (resident, streaming, resident, ...); time: the best of the rounds; "
         "anon: the child's peak RSS less its mapped files (the largest of the rounds), which includes the n "
-        "input bytes the benchmark holds. The largest length runs the streaming plan only, in phase 2 beside "
-        "two other jobs (its time is not compared); its resident bytes are predicted (n x d x 4, luna_plan)." % a.lanes,
+        "input bytes the benchmark holds.%s" % (a.lanes, " A length with no resident run ran the streaming plan only, "
+        "in phase 2 beside two other jobs (its time is not compared); its resident bytes are predicted (n x d x 4)."
+        if any(r["kind"] == "lra-big" for r in lra) else ""),
         "", "| n tokens | rounds | resident ms | streaming ms | streaming / resident | resident anon MiB "
         "| streaming anon MiB | input MiB | streaming anon less input MiB |", "|---|---|---|---|---|---|---|---|---|"]
     ratios_lra, over = [], []
@@ -213,7 +216,7 @@ def report(a):
 
     limit_c = 1.1 * mail_bytes + 48 * MiB
     md += ["", "## A %s e-mail (%d bytes)" % (human(mail_bytes), mail_bytes), "",
-           "Phase 2, the three jobs at once: `/usr/bin/time -f %%M bin/luna classify --model %s --plan streaming "
+           "Phase 2, these jobs at once (their times are not compared): `/usr/bin/time -f %%M bin/luna classify --model %s --plan streaming "
            "FILE` (the file is mapped: its pages count in the peak RSS), and the same file to `bin/lunaserve "
            "--classify-model %s --generate-model '' --memory-budget 256M --workers %d --blas-threads 1` as "
            "`curl --data-binary @FILE -H 'Content-Type: application/octet-stream'` (the server's VmHWM from "
