@@ -82,6 +82,25 @@ def human(n):
     return str(n)
 
 
+def plan_flops(cfg, n, rows):
+    """luna_plan.flops (engine/encoder.c make_plan): the floating-point operations of a forward
+    over n tokens that keeps `rows` rows, from the shapes."""
+    d, ffn, L = cfg.get("d", 256), cfg.get("ffn", 1024), cfg.get("layers", 4)
+    lp = n if cfg.get("dynamic_projection") and n < cfg.get("l", 16) else cfg.get("l", 16)
+    pk = 2.0 * d * d * (1 if cfg.get("tie_kv") else 2) + 4.0 * lp * d
+    up = 4.0 * d * d + 4.0 * lp * d + 4.0 * d * ffn
+    pool = cfg.get("pooling", "cls")
+    fin = 0 if pool == "p" else min(n, 256) if pool == "cls" else n
+    kept, other = rows, n - rows
+    fk, fo = min(fin, rows), max(fin - rows, 0)
+    return (kept * L * pk + kept * (L - 1) * up + fk * up +
+            other * L * pk + other * (L * (L - 1) // 2) * up + fo * L * up)
+
+
+def flop_ratio(cfg, n):
+    return plan_flops(cfg, n, 0) / plan_flops(cfg, n, n)
+
+
 def report(a):
     w = a.work
     sg = load_json(os.path.join(w, "sgemm.json"), {})
@@ -179,8 +198,9 @@ def report(a):
         "input bytes the benchmark holds.%s" % (a.lanes, " A length with no resident run ran the streaming plan only, "
         "in phase 2 beside two other jobs (its time is not compared); its resident bytes are predicted (n x d x 4)."
         if any(r["kind"] == "lra-big" for r in lra) else ""),
-        "", "| n tokens | rounds | resident ms | streaming ms | streaming / resident | resident anon MiB "
-        "| streaming anon MiB | input MiB | streaming anon less input MiB |", "|---|---|---|---|---|---|---|---|---|"]
+        "", "| n tokens | rounds | resident ms | streaming ms | streaming / resident | FLOP ratio (luna_plan) "
+        "| every time, ms (res, str, ...) | resident anon MiB | streaming anon MiB | input MiB "
+        "| streaming anon less input MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios_lra, over = [], []
     for n in ns:
         r, s = best.get((n, "resident")), best.get((n, "streaming"))
@@ -195,9 +215,12 @@ def report(a):
         s_anon = anon.get((n, "streaming"))
         if s_anon is not None:
             over.append((n, s_anon - input_mb(n)))
-        md.append("| %s (%d) | %s | %s | %s | %s | %s | %s | %.2f | %s |" % (
+        every = ", ".join("%.0f" % x["ms"] for x in sorted((x for x in lra if x["n"] == n),
+                                                           key=lambda x: (x["round"], x["plan"])))
+        md.append("| %s (%d) | %s | %s | %s | %s | %.2f | %s | %s | %s | %.2f | %s |" % (
             human(n), n, "%d+%d" % (r["rounds"] if r else 0, s["rounds"] if s else 0),
-            res_ms, "%.0f" % s["ms"] if s else "", ratio, res_anon, "%.1f" % s_anon if s_anon is not None else "",
+            res_ms, "%.0f" % s["ms"] if s else "", ratio, flop_ratio(cfg_lra, n), every, res_anon,
+            "%.1f" % s_anon if s_anon is not None else "",
             input_mb(n), "%.1f" % (s_anon - input_mb(n)) if s_anon is not None else ""))
 
     md += ["", "## Bundled spam model (d %d, %d layers, l %d, %s pooling), e-mail bytes" % (
@@ -205,13 +228,15 @@ def report(a):
         "`bench/plan_time.c`: both plans alternated in one process on the same mapped e-mail (the held-out "
         "messages of tests/models/spam.jsonl back to back, ham and spam alternating), luna_classify_plan; "
         "the best of the rounds.", "",
-        "| e-mail | tokens | rounds | resident ms | streaming ms | streaming / resident | resident workspace MiB "
-        "| every time, ms (res, str, ...) | max probability difference |", "|---|---|---|---|---|---|---|---|---|"]
+        "| e-mail | tokens | rounds | resident ms | streaming ms | streaming / resident | FLOP ratio (luna_plan) "
+        "| resident workspace MiB | every time, ms (res, str, ...) | max probability difference |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     ratios_spam = []
     for r in spam:
         ratios_spam.append((r["bytes"], r["ratio"]))
-        md.append("| %s | %d | %d | %.0f | %.0f | %.2f | %.0f | %s | %s |" % (
+        md.append("| %s | %d | %d | %.0f | %.0f | %.2f | %.2f | %.0f | %s | %s |" % (
             human(r["bytes"]), r["tokens"], r["rounds"], r["resident_ms"], r["streaming_ms"], r["ratio"],
+            flop_ratio(cfg_spam, r["tokens"]),
             r["resident_bytes"] / MiB, ", ".join("%.0f" % t for t in r["times_ms"]), r["max_prob_diff"]))
 
     limit_c = 1.1 * mail_bytes + 48 * MiB
@@ -284,30 +309,32 @@ def report(a):
 
 
 def plot(stem, m, ns, best, anon, d_lra, ratios_lra, ratios_spam, input_mb):
-    dat = stem + ".dat"
-    with open(dat, "w") as f:
-        f.write("# resident anon MiB (measured)\n")
-        for n in ns:
-            if (n, "resident") in best:
-                f.write("%d %f\n" % (n, anon[(n, "resident")]))
-        f.write("\n\n# resident (predicted, n x d x 4 + the input)\n")
-        for n in ns:
-            if (n, "resident") not in best:
-                f.write("%d %f\n" % (n, n * d_lra * 4 / MiB + input_mb(n)))
-        f.write("\n\n# streaming anon MiB\n")
-        for n in ns:
-            if (n, "streaming") in anon:
-                f.write("%d %f\n" % (n, anon[(n, "streaming")]))
-        f.write("\n\n# 32 MiB + input\n")
-        for n in ns:
-            f.write("%d %f\n" % (n, 32 + input_mb(n)))
-        f.write("\n\n# LRA ratio\n")
-        for n, r in ratios_lra:
-            f.write("%d %f\n" % (n, r))
-        f.write("\n\n# spam ratio\n")
-        for b, r in ratios_spam:
-            f.write("%d %f\n" % (b, r))
-        f.write("\n\n")
+    """Two panels: the LRA shape's peak anonymous RSS against n, and the time ratios. Each series
+    goes to its own data file (gnuplot's indices shift past an empty block); empty ones are left out."""
+    series = {
+        "resident": [(n, anon[(n, "resident")]) for n in ns if (n, "resident") in best],
+        "resident (predicted, n x d x 4 + input)": [(n, n * d_lra * 4 / MiB + input_mb(n)) for n in ns
+                                                     if (n, "resident") not in best],
+        "streaming": [(n, anon[(n, "streaming")]) for n in ns if (n, "streaming") in anon],
+        "target: 32 MiB + input": [(n, 32 + input_mb(n)) for n in ns],
+        "LRA shape (x: tokens)": ratios_lra,
+        "spam model (x: e-mail bytes)": ratios_spam,
+    }
+    style = {"resident": "linespoints lw 2 pt 7", "resident (predicted, n x d x 4 + input)": "points pt 6 ps 2",
+             "streaming": "linespoints lw 2 pt 5", "target: 32 MiB + input": "lines dt 2",
+             "LRA shape (x: tokens)": "linespoints lw 2 pt 7", "spam model (x: e-mail bytes)": "linespoints lw 2 pt 5"}
+    files = {}
+    for i, (name, pts) in enumerate(series.items()):
+        if pts:
+            files[name] = "%s.%d.dat" % (stem, i)
+            with open(files[name], "w") as f:
+                for x, y in pts:
+                    f.write("%d %f\n" % (x, y))
+
+    def plots(names, extra=""):
+        p = ['"%s" using 1:2 with %s title "%s"' % (files[k], style[k], k) for k in names if k in files]
+        return ", \\\n     ".join(p + ([extra] if extra else []))
+
     gp = """set terminal pngcairo size 1200,500 font ",10"
 set output "%(png)s"
 set multiplot layout 1,2 title "Plans: streaming vs resident (%(cpu)s, %(core)s kernels)"
@@ -317,26 +344,25 @@ set key left top
 set xlabel "n (tokens)"
 set ylabel "peak anonymous RSS (MiB)"
 set title "LRA shape (d 256, 4 layers): peak RssAnon"
-plot "%(dat)s" index 0 using 1:2 with linespoints lw 2 pt 7 title "resident", \\
-     "%(dat)s" index 1 using 1:2 with points pt 6 ps 2 title "resident (predicted)", \\
-     "%(dat)s" index 2 using 1:2 with linespoints lw 2 pt 5 title "streaming", \\
-     "%(dat)s" index 3 using 1:2 with lines dt 2 title "target: 32 MiB + input"
+plot %(mem)s
 unset logscale y
 set yrange [0:3]
 set ylabel "streaming time / resident time"
 set xlabel "n (tokens; bytes for the spam e-mails)"
 set title "Time ratio (alternated, best of rounds)"
-set key left bottom
-plot "%(dat)s" index 4 using 1:2 with linespoints lw 2 pt 7 title "LRA shape", \\
-     "%(dat)s" index 5 using 1:2 with linespoints lw 2 pt 5 title "spam model", \\
-     2.6 with lines dt 2 title "LRA target 2.6", 1.15 with lines dt 3 title "spam target 1.15"
+set key left top
+plot %(ratio)s
 unset multiplot
-""" % {"png": stem + ".png", "cpu": m["cpu"], "core": m["core"], "dat": dat}
+""" % {"png": stem + ".png", "cpu": m["cpu"], "core": m["core"],
+       "mem": plots(["resident", "resident (predicted, n x d x 4 + input)", "streaming", "target: 32 MiB + input"]),
+       "ratio": plots(["LRA shape (x: tokens)", "spam model (x: e-mail bytes)"],
+                      '2.6 with lines dt 2 title "LRA target 2.6", 1.15 with lines dt 3 title "spam target 1.15"')}
     try:
         subprocess.run(["gnuplot"], input=gp.encode(), check=True)
     except (OSError, subprocess.CalledProcessError) as e:
         print("plans: gnuplot failed (%s); no PNG written" % e)
-    os.remove(dat)
+    for f in files.values():
+        os.remove(f)
 
 
 def main():
