@@ -34,7 +34,7 @@ else
   n=${LONGDOC_N:-16} size=${LONGDOC_SIZE:-4M} budget=${LONGDOC_BUDGET:-256M}
   out=${LOAD_OUT:-docs/bench}
 fi
-work=build/load/longdoc
+work=build/load/longdoc$([ "$quick" = 1 ] && echo -quick)  # a smoke run never clears a full run's files
 mkdir -p "$out" "$work"
 rm -f "$work"/*
 make --no-print-directory bin/lunaserve >/dev/null
