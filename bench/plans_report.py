@@ -300,7 +300,7 @@ def report(a):
                                                                srv.get("hwm_kb", 0) / 1024),
                curl.get("http_code") == 200)
     md += ["", "The load kit's long-document scenario (16 concurrent 4 MiB documents under a 256 MiB budget) is "
-           "reported by bench/load (docs/bench/longdoc-<cpu>-<core>.md).", "",
+           "reported by bench/load (docs/bench/load-longdoc-<cpu>-<core>.md).", "",
            "![plans](%s.png)" % os.path.basename(stem), ""]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(md))
