@@ -14,8 +14,10 @@
 /* XX(name, http status, type string): every error the server answers with. */
 #define API_ERROR_MAP(XX)                                   \
     XX(BAD_JSON, 400, "invalid_json")                       \
+    XX(BAD_REQUEST, 400, "bad_request")                     \
     XX(UNAUTHORIZED, 401, "unauthorized")                   \
     XX(NOT_FOUND, 404, "not_found")                         \
+    XX(MODEL_NOT_FOUND, 404, "model_not_found")             \
     XX(METHOD, 405, "method_not_allowed")                   \
     XX(TOO_LARGE, 413, "payload_too_large")                 \
     XX(INPUT_TOO_LONG, 413, "input_too_long")               \
@@ -24,6 +26,7 @@
     XX(VALIDATION, 422, "validation_error")                 \
     XX(OVERLOADED, 429, "overloaded")                       \
     XX(INTERNAL, 500, "internal_error")                     \
+    XX(NOT_IMPLEMENTED, 501, "not_implemented")             \
     XX(NOT_READY, 503, "not_ready")                         \
     XX(SHUTTING_DOWN, 503, "shutting_down")                 \
     XX(NO_MODEL, 503, "model_not_loaded")                   \
@@ -73,6 +76,7 @@ typedef struct {
 typedef struct {
     uint64_t max_input_bytes;
     size_t max_batch;
+    const char *model;       /* the classifier's id: vLLM's "model" must name it (404); NULL: any */
 } api_limits;
 
 /* Parses body[0..len) into *req. On failure returns the error kind with *err filled, and *req
@@ -140,6 +144,8 @@ typedef struct {
     uint64_t max_input_bytes;
     int max_new_tokens;      /* the server's cap */
     int default_new_tokens;  /* when a TGI request names none (OpenAI's default is 16) */
+    const char *model;       /* the generator's id: OpenAI's "model" must name it (404 model_not_found,
+                              * as OpenAI and vLLM answer); NULL: any */
 } api_gen_limits;
 
 /* Parses a TGI request: {"inputs": "text" (or "inputs_base64"), "parameters": {...},

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "api/internal.h"
 #include "api/utf8.h"
 
 static const struct {
@@ -115,6 +116,45 @@ typedef struct {
     uint8_t *decoded; /* base64 documents, back to back */
 } storage;
 
+static int key_order(const void *a, const void *b)
+{
+    return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+/* RFC 8259 leaves the meaning of a repeated key open: cJSON keeps both and its lookups find
+ * the first, while many proxies and clients keep the last. Two readers of one body must never
+ * see two requests, so a key twice in one object, anywhere in the tree, is refused (400 naming
+ * the key). Sorting the keys of each object keeps this O(n log n) for a body of a million keys.
+ * (cJSON cuts a key at \u0000, so "a\u0000x" and "a" count as the same key.) 0 or -1. */
+static int refuse_duplicate_keys(const cJSON *v, api_error *err)
+{
+    for (; v; v = v->next) {
+        if (!cJSON_IsObject(v) && !cJSON_IsArray(v)) continue;
+        if (cJSON_IsObject(v) && v->child && v->child->next) {
+            size_t n = 0;
+            for (const cJSON *c = v->child; c; c = c->next) n++;
+            const cJSON **keys = malloc(n * sizeof *keys); /* a size the client controls: try */
+            if (!keys) {
+                api_fail(err, API_E_ENGINE_MEMORY, "out of memory checking the body's keys");
+                return -1;
+            }
+            n = 0;
+            for (const cJSON *c = v->child; c; c = c->next) keys[n++] = c;
+            qsort(keys, n, sizeof *keys, key_order);
+            for (size_t i = 1; i < n; i++)
+                if (!strcmp(keys[i - 1]->string, keys[i]->string)) {
+                    api_fail(err, API_E_BAD_JSON, "duplicate key \"%.64s\" in one object: send each key once",
+                             keys[i]->string);
+                    free(keys);
+                    return -1;
+                }
+            free(keys);
+        }
+        if (refuse_duplicate_keys(v->child, err)) return -1; /* depth: cJSON stops at 1000 */
+    }
+    return 0;
+}
+
 cJSON *api__parse_json(const char *body, size_t len, api_error *err)
 {
     /* cJSON would end a string at a raw NUL byte and parse on: JSON forbids it, so refuse */
@@ -139,15 +179,23 @@ cJSON *api__parse_json(const char *body, size_t len, api_error *err)
         api_fail(err, API_E_BAD_JSON, "the body is not valid JSON (data after the JSON value at byte %zu)", at);
         return NULL;
     }
+    if (refuse_duplicate_keys(root, err)) {
+        cJSON_Delete(root);
+        return NULL;
+    }
     return root;
 }
 
 int api__has_nul_escape(const char *body, size_t len)
 {
-    for (size_t i = 0; i + 6 <= len; i++)
-        if (body[i] == '\\' && body[i + 1] == 'u' && body[i + 2] == '0' && body[i + 3] == '0' &&
-            body[i + 4] == '0' && body[i + 5] == '0')
-            return 1;
+    /* called on a body that parsed: every backslash starts an escape inside a string, so
+     * stepping over each escape whole never mistakes an escaped backslash followed by the
+     * text "u0000" ("C:\\u0000x") for the escape \u0000 */
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (body[i] != '\\') continue;
+        if (body[i + 1] == 'u' && i + 6 <= len && !memcmp(body + i + 2, "0000", 4)) return 1;
+        i++; /* the escaped character: \\, \", \n, ... or the u of another \uXXXX */
+    }
     return 0;
 }
 
@@ -187,6 +235,12 @@ api_err api_parse_classify(const char *body, size_t len, const api_limits *lim, 
         cJSON *tpt = cJSON_GetObjectItemCaseSensitive(root, "truncate_prompt_tokens");
         if (model && !cJSON_IsNull(model) && !cJSON_IsString(model)) {
             rc = api_fail(err, API_E_VALIDATION, "\"model\" must be a string");
+            goto fail;
+        }
+        if (cJSON_IsString(model) && !api__names_model(model->valuestring, lim->model)) {
+            rc = api_fail(err, API_E_MODEL_NOT_FOUND, "the model \"%.128s\" does not exist; this server classifies with "
+                          "\"%.128s\" (GET /v1/models)", model->valuestring, lim->model);
+            err->param = "model";
             goto fail;
         }
         if (tpt && !cJSON_IsNull(tpt)) {
@@ -236,8 +290,9 @@ api_err api_parse_classify(const char *body, size_t len, const api_limits *lim, 
         }
         total_b64 += strlen(it->valuestring);
     }
-    if (text && api__has_nul_escape(body, len)) {
-        rc = api_fail(err, API_E_VALIDATION, "\"inputs\" contains U+0000; send documents with NUL bytes in \"inputs_base64\"");
+    if (api__has_nul_escape(body, len)) { /* cJSON would cut the string there */
+        rc = api_fail(err, API_E_VALIDATION, "%s contains U+0000 (\\u0000), which cannot pass through JSON here; "
+                      "send documents with NUL bytes in \"inputs_base64\"", text ? "\"inputs\" or another string" : "a string of the body");
         goto fail;
     }
     if (b64 && !(st->decoded = malloc(total_b64 / 4 * 3 + 1))) {

@@ -30,6 +30,12 @@
 /* A JSON value that means "not given": absent or null. */
 int api__given(const cJSON *v) { return v && !cJSON_IsNull(v); }
 
+int api__names_model(const char *model, const char *served)
+{
+    return !served || !strcmp(model, served) || !strcmp(model, "tgi") || !strncmp(model, "http://", 7) ||
+           !strncmp(model, "https://", 8);
+}
+
 static const char *const SUPPORTED[] = {
     "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
     "stop", "details", "return_full_text", "truncate", "return_raw_bytes", NULL};
@@ -79,6 +85,27 @@ api_err api__get_num(const cJSON *p, const char *name, double lo, int lo_open, d
     return API_OK;
 }
 
+api_err api__get_float(const cJSON *p, const char *name, double lo, int lo_open, double hi, float *out,
+                       int *set, api_error *err)
+{
+    double x = 0;
+    api_err rc = api__get_num(p, name, lo, lo_open, hi, 0, &x, set, err);
+    if (rc || !*set) return rc;
+    /* the engine samples in float: a double in range may round out of it there (top_p 1e-46
+     * is 0.0f), and the engine would refuse it once the request runs (a 500, or a stream that
+     * has sent its 200); so the range is checked again on the float the engine gets */
+    float f = (float)x;
+    if (!isfinite(f) || (lo_open ? !(f > (float)lo) : !(f >= (float)lo)) || !(f <= (float)hi)) {
+        *set = 0;
+        api_fail(err, API_E_VALIDATION, "\"%s\" is %g, which is %g as a 32-bit float; it must be in %c%g, %g] as one",
+                 name, x, (double)f, lo_open ? '(' : '[', lo, hi);
+        err->param = name;
+        return err->kind;
+    }
+    *out = f;
+    return API_OK;
+}
+
 api_err api__parse_stop(const cJSON *p, api_generate_req *req, api_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(p, "stop");
@@ -125,20 +152,13 @@ static api_err parse_parameters(const cJSON *p, const api_gen_limits *lim, api_g
     if ((rc = api__get_num(p, "max_new_tokens", 1, 0, lim->max_new_tokens, 1, &x, &set, err))) return rc;
     if (set) req->max_new_tokens = (int)x;
     if ((rc = api__get_bool(p, "do_sample", &req->do_sample, err))) return rc;
-    if ((rc = api__get_num(p, "temperature", 0, 0, 1e6, 0, &x, &set, err))) return rc;
-    if (set) {
-        req->temperature = (float)x;
-        if (x != 1) req->do_sample = 1; /* a warper: TGI samples */
-    }
+    if ((rc = api__get_float(p, "temperature", 0, 0, 1e6, &req->temperature, &set, err))) return rc;
+    if (set && req->temperature != 1) req->do_sample = 1; /* a warper: TGI samples */
     if ((rc = api__get_num(p, "top_k", 1, 0, 1 << 24, 1, &x, &set, err))) return rc;
     if (set) req->top_k = (int)x, req->do_sample = 1;
-    if ((rc = api__get_num(p, "top_p", 0, 1, 1, 0, &x, &set, err))) return rc;
-    if (set) {
-        req->top_p = (float)x;
-        if (x < 1) req->do_sample = 1;
-    }
-    if ((rc = api__get_num(p, "repetition_penalty", 0, 1, 1e6, 0, &x, &set, err))) return rc;
-    if (set) req->repetition_penalty = (float)x;
+    if ((rc = api__get_float(p, "top_p", 0, 1, 1, &req->top_p, &set, err))) return rc;
+    if (set && req->top_p < 1) req->do_sample = 1;
+    if ((rc = api__get_float(p, "repetition_penalty", 0, 1, 1e6, &req->repetition_penalty, &set, err))) return rc;
     if ((rc = api__get_num(p, "seed", 0, 0, 9007199254740992.0, 1, &x, &set, err))) return rc;
     if (set) req->seed = (uint64_t)x, req->has_seed = 1;
     if ((rc = api__parse_stop(p, req, err))) return rc;
@@ -216,11 +236,15 @@ api_err api_parse_generate(const char *body, size_t len, const api_gen_limits *l
         }
         req->prompts[0] = (api_doc){st->bytes, (size_t)got};
     } else {
-        if (api__has_nul_escape(body, len)) {
-            rc = api_fail(err, API_E_VALIDATION, "\"inputs\" contains U+0000; send prompts with NUL bytes in \"inputs_base64\"");
-            goto fail;
-        }
         req->prompts[0] = (api_doc){(const uint8_t *)in->valuestring, sl};
+    }
+    /* cJSON ends a string at \u0000, so a prompt or a stop sequence that holds one would be
+     * silently cut: refused, whichever string it is in (base64 prompts carry NUL bytes) */
+    if (api__has_nul_escape(body, len)) {
+        rc = api_fail(err, API_E_VALIDATION, "%s contains U+0000 (\\u0000), which cannot pass through JSON here; "
+                      "send prompts with NUL bytes in \"inputs_base64\" (stop sequences cannot hold one)",
+                      given(text) ? "\"inputs\" or another string" : "a string of the body");
+        goto fail;
     }
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
     if (given(stream) && !cJSON_IsBool(stream)) {

@@ -18,10 +18,18 @@ typedef struct {
 api_err api__gen_begin(api_generate_req *req, api_gen_format fmt, cJSON *root, api_error *err);
 
 int api__given(const cJSON *v); /* present and not null */
+/* Whether a request's "model" names the model served, whose id is `served` (NULL: any name
+ * does): that id, TGI's placeholder "tgi", or an http(s) URL, which Hugging Face's clients send
+ * as the model when they are given an endpoint (the endpoint is the model). */
+int api__names_model(const char *model, const char *served);
 api_err api__get_bool(const cJSON *o, const char *name, int *out, api_error *err);
 /* A number in [lo, hi] (lo excluded with lo_open); *set tells whether it was given. */
 api_err api__get_num(const cJSON *o, const char *name, double lo, int lo_open, double hi, int integer,
                      double *out, int *set, api_error *err);
+/* The same for a float field: the range also holds for the value rounded to float, which is
+ * what the engine gets (1e-46 is a double in (0, 1] and 0.0f); *out is set only when given. */
+api_err api__get_float(const cJSON *o, const char *name, double lo, int lo_open, double hi, float *out,
+                       int *set, api_error *err);
 /* "stop": a string or a list of strings, 1..API_MAX_STOP_LEN bytes each, at most API_MAX_STOPS. */
 api_err api__parse_stop(const cJSON *o, api_generate_req *req, api_error *err);
 

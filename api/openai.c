@@ -3,8 +3,10 @@
  *
  * A token is a byte: max_tokens counts bytes, usage counts prompt bytes and generated tokens.
  * Sampling is OpenAI's: temperature defaults to 1 and 0 is greedy. finish_reason is "length"
- * or "stop" (eos or a stop sequence). The model field of a request is echoed, not checked: one
- * server serves one generator, as TGI's OpenAI routes do.
+ * or "stop" (eos or a stop sequence). The model field of a request, when given, must name the
+ * generator (its directory's base name, as GET /v1/models lists it; or TGI's "tgi", or a URL,
+ * which Hugging Face's clients send for an endpoint): any other is 404 model_not_found, as
+ * OpenAI and vLLM answer.
  *
  * Chat has no template in a byte-level LM, so this one is plain and documented: each message
  * becomes "<role>: <content>\n", then "assistant: " starts the answer; "\nuser:" is added to
@@ -96,19 +98,19 @@ static api_err parse_common(const cJSON *root, const api_gen_limits *lim, api_ge
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (api__given(model) && !cJSON_IsString(model))
         return api_fail(err, API_E_VALIDATION, "\"model\" must be a string"), err->param = "model", err->kind;
+    if (api__given(model) && !api__names_model(model->valuestring, lim->model))
+        return api_fail(err, API_E_MODEL_NOT_FOUND, "the model \"%.128s\" does not exist; this server serves \"%.128s\" "
+                        "(GET /v1/models)", model->valuestring, lim->model), err->param = "model", err->kind;
     req->max_new_tokens = 16 < lim->max_new_tokens ? 16 : lim->max_new_tokens; /* OpenAI's default */
     if ((rc = api__get_num(root, max_name, 1, 0, lim->max_new_tokens, 1, &x, &set, err))) return rc;
     if (set) req->max_new_tokens = (int)x;
-    if ((rc = api__get_num(root, "temperature", 0, 0, 2, 0, &x, &set, err))) return rc;
-    if (set) req->temperature = (float)x;
-    if ((rc = api__get_num(root, "top_p", 0, 1, 1, 0, &x, &set, err))) return rc;
-    if (set) req->top_p = (float)x;
+    if ((rc = api__get_float(root, "temperature", 0, 0, 2, &req->temperature, &set, err))) return rc;
+    if ((rc = api__get_float(root, "top_p", 0, 1, 1, &req->top_p, &set, err))) return rc;
     if ((rc = api__get_num(root, "seed", 0, 0, 9007199254740992.0, 1, &x, &set, err))) return rc;
     if (set) req->seed = (uint64_t)x, req->has_seed = 1;
     if ((rc = api__get_num(root, "top_k", 1, 0, 1 << 24, 1, &x, &set, err))) return rc;
     if (set) req->top_k = (int)x;
-    if ((rc = api__get_num(root, "repetition_penalty", 0, 1, 1e6, 0, &x, &set, err))) return rc;
-    if (set) req->repetition_penalty = (float)x;
+    if ((rc = api__get_float(root, "repetition_penalty", 0, 1, 1e6, &req->repetition_penalty, &set, err))) return rc;
     if ((rc = api__get_num(root, "n", 1, 0, 1, 1, &x, &set, err))) {
         api_fail(err, API_E_VALIDATION, "\"n\" must be 1: this server returns one choice per prompt");
         err->param = "n";

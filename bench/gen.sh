@@ -4,7 +4,7 @@
 # l 32, pre-norm, tied K/V), with this machine's sgemm rate measured in the same run.
 #
 #   sh bench/gen.sh                  the full table (about 5 minutes on 2 cores)
-#   BENCH_QUICK=1 sh bench/gen.sh    a smoke run with small contexts (seconds)
+#   BENCH_QUICK=1 sh bench/gen.sh    a smoke run with small contexts (seconds), into build/bench/quick
 #
 # Writes docs/bench/generate-<cpu>-<core>.{csv,md,png} (BENCH_OUT instead of docs/bench; BENCH_NAME
 # instead of <cpu>-<core>, see bench/run.sh and bench/blasinfo.py): runs on other CPUs or
@@ -16,6 +16,7 @@ sh tools/deps.sh bench
 make --no-print-directory bin/luna
 
 out=${BENCH_OUT:-docs/bench}
+[ "${BENCH_QUICK:-0}" = 1 ] && out=${BENCH_OUT:-build/bench/quick}  # a smoke run never replaces a committed run
 model=build/bench-models/lm-l32
 threads=${BENCH_THREADS:-$(nproc)}
 mkdir -p "$out"

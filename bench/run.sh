@@ -4,7 +4,7 @@
 # GELU, untied K/V) with random weights, all in one run so that the ratios are side by side.
 #
 #   sh bench/run.sh            the full table (about 20-30 minutes on 2 cores)
-#   BENCH_QUICK=1 sh bench/run.sh   a smoke run with small lengths (seconds)
+#   BENCH_QUICK=1 sh bench/run.sh   a smoke run with small lengths (seconds), into build/bench/quick
 #
 # Writes docs/bench/encoder-<cpu>-<core>.{csv,md,png} (BENCH_OUT instead of docs/bench; BENCH_NAME
 # instead of <cpu>-<core>, which bench/blasinfo.py makes from /proc/cpuinfo's model name and the
@@ -19,6 +19,7 @@ sh tools/deps.sh bench
 make --no-print-directory bin/luna
 
 out=${BENCH_OUT:-docs/bench}
+[ "${BENCH_QUICK:-0}" = 1 ] && out=${BENCH_OUT:-build/bench/quick}  # a smoke run never replaces a committed run
 models=build/bench-models
 threads=${BENCH_THREADS:-$(nproc)}
 mkdir -p "$out" "$models"

@@ -48,5 +48,6 @@ const char *blas_json(char *buf, size_t cap);
 /* cli/generate.c */
 int cmd_generate(int argc, char **argv);
 int cmd_bench_gen(int argc, char **argv);
+int cmd_bench_batch(int argc, char **argv);
 
 #endif

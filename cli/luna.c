@@ -614,6 +614,7 @@ static const char main_help[] =
     "  bench      measure latency and peak memory of a forward pass at several lengths\n"
     "  generate   generate text with a causal LM, streaming bytes to stdout\n"
     "  bench-gen  measure prefill throughput, time per token and state bytes at several contexts\n"
+    "  bench-batch measure batched decode steps: tokens/s of B streams stepping together\n"
     "  eval       score a model on a data file: accuracy and F1, or bits per byte\n"
     "  sgemm      measure this machine's sgemm rate\n"
     "Run 'luna COMMAND --help' for a command's options.\n"
@@ -660,6 +661,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "sgemm")) return cmd_sgemm(argc - 1, argv + 1);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-gen")) return cmd_bench_gen(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-batch")) return cmd_bench_batch(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) { int cmd_eval(int, char **); return cmd_eval(argc - 1, argv + 1); } /* cli/eval.c */
     fprintf(stderr, "%s: unknown command '%s'\n", prog, cmd);
     fputs(main_help, stderr);

@@ -252,25 +252,36 @@ static void tril(float *G, size_t rows)
 
 /* ---- causal Luna attention ------------------------------------------------------------------ */
 
-/* O (rows, d) = the attention output of layer li for the chunk rows xin (rows, d) at positions
- * t0 + 1 .. t0 + rows (1-based counts), and the state's sums advanced over them. */
-static void luna_causal_attn(luna_ctx *c, int li, luna_gen_state *s, const float *xin, size_t rows,
-                             uint64_t t0, float *O)
+/* The projections of layer li for rows of xin (rows, d): Q (scaled), K, V (K when tied) and
+ * the rows that feed phi (C: pc_proj's, or xin itself), in the context's buffers; `fixed` uses
+ * kn_linear_fixed (decode steps). */
+static void causal_proj(luna_ctx *c, int li, const float *xin, size_t rows, int fixed, const float **C)
+{
+    const luna_config *cfg = &c->m->cfg;
+    const luna_layer *ly = &c->m->layers[li];
+    size_t d = (size_t)cfg->d, k = d / (size_t)cfg->H;
+    int tied = cfg->tie_kv;
+    void (*linear)(const luna_linear *, const float *, size_t, size_t, float *, size_t, float) =
+        fixed ? kn_linear_fixed : kn_linear;
+    linear(&ly->q_proj, xin, rows, d, W(c, dQ), d, 1.0f / sqrtf((float)k));
+    linear(tied ? &ly->c_proj : &ly->k_proj, xin, rows, d, W(c, dK), d, 1.0f);
+    if (!tied) linear(&ly->v_proj, xin, rows, d, W(c, dV), d, 1.0f);
+    *C = xin;
+    if (cfg->causal_pc_proj) {
+        linear(&ly->pc_proj, xin, rows, d, W(c, dC), d, 1.0f);
+        *C = W(c, dC);
+    }
+}
+
+/* The attention of layer li for `rows` rows whose projections are Q, K, V, C (row stride d) at
+ * positions t0 + 1 .. t0 + rows, into O (stride d); the state's sums advance over them. */
+static void causal_core(luna_ctx *c, int li, luna_gen_state *s, const float *Q, const float *K, const float *V,
+                        const float *C, size_t rows, uint64_t t0, float *O)
 {
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
-    const luna_layer *ly = &m->layers[li];
     size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, l = (size_t)cfg->l;
     int tied = cfg->tie_kv;
-    float *Q = W(c, dQ), *K = W(c, dK), *V = tied ? K : W(c, dV);
-    const float *C = xin;
-    kn_linear(&ly->q_proj, xin, rows, d, Q, d, 1.0f / sqrtf((float)k));
-    kn_linear(tied ? &ly->c_proj : &ly->k_proj, xin, rows, d, K, d, 1.0f);
-    if (!tied) kn_linear(&ly->v_proj, xin, rows, d, V, d, 1.0f);
-    if (cfg->causal_pc_proj) {
-        kn_linear(&ly->pc_proj, xin, rows, d, W(c, dC), d, 1.0f);
-        C = W(c, dC);
-    }
     const float *Pq = m->pq + (size_t)li * l * d;
     double *SK64 = s->sum + (size_t)li * sums_per_layer(cfg), *SV64 = SK64 + d * l;
     float *SK = W(c, dSK), *SV = W(c, dSV), *Wt = W(c, dW), *A = W(c, dA), *G = W(c, dG), *U = W(c, dU);
@@ -313,6 +324,87 @@ static void luna_causal_attn(luna_ctx *c, int li, luna_gen_state *s, const float
             for (size_t i = 0; i < l * k; i++) sv[i] += U[i];
         }
     }
+}
+
+/* causal_core for one row, written out as loops in one fixed order: a decode step is O(d l)
+ * of small products per layer, where a BLAS call's overhead would cost more than the work.
+ * The same arithmetic as causal_core's up to the order of the sums. */
+static void causal_row(luna_ctx *c, int li, luna_gen_state *s, const float *q, const float *kk, const float *v,
+                       const float *cc, uint64_t t0, float *o)
+{
+    const luna_model *m = c->m;
+    const luna_config *cfg = &m->cfg;
+    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, l = (size_t)cfg->l;
+    int tied = cfg->tie_kv;
+    const float *Pq = m->pq + (size_t)li * l * d;
+    double *SK64 = s->sum + (size_t)li * sums_per_layer(cfg), *SV64 = SK64 + d * l;
+    float *w = W(c, dW), *a = W(c, dA);
+    float inv_t = (float)(1.0 / (double)(t0 + 1));
+    for (size_t h = 0; h < H; h++) {
+        const float *qh = q + h * k, *kh = kk + h * k, *vh = v + h * k, *ch = cc + h * k;
+        double *sk = SK64 + h * k * l, *sv = SV64 + h * l * k;
+        float *oh = o + h * k;
+        /* w = phi(c Pq^T) */
+        for (size_t j = 0; j < l; j++) {
+            const float *p = Pq + j * d + h * k;
+            float acc = 0.0f;
+            for (size_t i = 0; i < k; i++) acc += ch[i] * p[i];
+            w[j] = acc;
+        }
+        kn_phi(cfg->causal_phi, w, l);
+        /* a = (q S_K + (q . k) w) / t, alpha = softmax(a) */
+        float qk = 0.0f;
+        for (size_t i = 0; i < k; i++) qk += qh[i] * kh[i];
+        for (size_t j = 0; j < l; j++) a[j] = 0.0f;
+        for (size_t i = 0; i < k; i++) {
+            const double *row = sk + i * l;
+            float qi = qh[i];
+            for (size_t j = 0; j < l; j++) a[j] += qi * (float)row[j];
+        }
+        for (size_t j = 0; j < l; j++) a[j] = (a[j] + qk * w[j]) * inv_t;
+        kn_softmax_rows(a, 1, l, l);
+        /* o = (alpha S_V + (alpha . w) v) / t; tied, S_V is S_K^T */
+        float aw = 0.0f;
+        for (size_t j = 0; j < l; j++) aw += a[j] * w[j];
+        if (tied) {
+            for (size_t i = 0; i < k; i++) {
+                const double *row = sk + i * l;
+                float acc = 0.0f;
+                for (size_t j = 0; j < l; j++) acc += a[j] * (float)row[j];
+                oh[i] = (acc + aw * vh[i]) * inv_t;
+            }
+        } else {
+            for (size_t i = 0; i < k; i++) oh[i] = 0.0f;
+            for (size_t j = 0; j < l; j++) {
+                const double *row = sv + j * k;
+                float aj = a[j];
+                for (size_t i = 0; i < k; i++) oh[i] += aj * (float)row[i];
+            }
+            for (size_t i = 0; i < k; i++) oh[i] = (oh[i] + aw * vh[i]) * inv_t;
+        }
+        /* the state: S_K += k^T w, S_V += w^T v, products in float, summed in double */
+        for (size_t i = 0; i < k; i++) {
+            double *row = sk + i * l;
+            float ki = kh[i];
+            for (size_t j = 0; j < l; j++) row[j] += (double)(ki * w[j]);
+        }
+        if (!tied)
+            for (size_t j = 0; j < l; j++) {
+                double *row = sv + j * k;
+                float wj = w[j];
+                for (size_t i = 0; i < k; i++) row[i] += (double)(wj * vh[i]);
+            }
+    }
+}
+
+/* O (rows, d) = the attention output of layer li for the chunk rows xin (rows, d) at positions
+ * t0 + 1 .. t0 + rows (1-based counts), and the state's sums advanced over them. */
+static void luna_causal_attn(luna_ctx *c, int li, luna_gen_state *s, const float *xin, size_t rows,
+                             uint64_t t0, float *O)
+{
+    const float *C;
+    causal_proj(c, li, xin, rows, 0, &C);
+    causal_core(c, li, s, W(c, dQ), W(c, dK), c->m->cfg.tie_kv ? W(c, dK) : W(c, dV), C, rows, t0, O);
 }
 
 /* ---- the softmax baseline: attention over a KV cache ---------------------------------------- */
@@ -405,7 +497,7 @@ int luna_prefill(luna_ctx *c, luna_gen_state *s, const int32_t *tokens, size_t n
             }
             if (luna) luna_causal_attn(c, li, s, xin, rows, s->t, O);
             else kv_attn(c, li, s, xin, rows, s->t, O);
-            luna__attn_out_ffn(c, ly, X, O, rows, T, W(c, dY), W(c, F));
+            luna__attn_out_ffn(c, ly, X, O, rows, T, W(c, dY), W(c, F), 0);
         }
         s->t += rows;
         if (cfg->normalize_before) kn_layernorm(&m->layer_norm, X, X, rows, d);
@@ -419,7 +511,48 @@ int luna_prefill(luna_ctx *c, luna_gen_state *s, const int32_t *tokens, size_t n
     return 0;
 }
 
+int luna_step_batch(luna_ctx *c, luna_gen_state *const *s, const int32_t *tokens, size_t B, float *logits)
+{
+    if (!c || !s || !tokens || B == 0 || B > (size_t)c->chunk) return LUNA_EINVAL;
+    const luna_model *m = c->m;
+    const luna_config *cfg = &m->cfg;
+    if (cfg->task != LUNA_TASK_CAUSAL_LM) return LUNA_ETASK;
+    if (c->attn != LUNA_ATTN_LUNA) return LUNA_EINVAL;
+    for (size_t b = 0; b < B; b++) {
+        if (!s[b] || s[b]->m != m || s[b]->kind != LUNA_ATTN_LUNA) return LUNA_EINVAL;
+        if (tokens[b] < 0 || tokens[b] >= cfg->vocab_size) return LUNA_EINVAL;
+        if (cfg->max_positions > 0 && s[b]->t >= (uint64_t)cfg->max_positions) return LUNA_ETOOLONG;
+        for (size_t e = 0; e < b; e++)
+            if (s[e] == s[b]) return LUNA_EINVAL; /* one row per state: they advance */
+    }
+    if (canceled(c)) return LUNA_ECANCELED;
+    c->last_alloc_bytes = 0;
+    size_t d = (size_t)cfg->d, V = (size_t)cfg->vocab_size;
+    float *X = W(c, dX), *T = W(c, dT), *O = W(c, dO);
+    for (size_t b = 0; b < B; b++) dec_embed(c, s[b], tokens + b, 1, X + b * d);
+    for (int li = 0; li < cfg->layers; li++) {
+        const luna_layer *ly = &m->layers[li];
+        const float *xin = X, *C;
+        if (cfg->normalize_before) {
+            kn_layernorm(&ly->self_attn_layer_norm, X, T, B, d);
+            xin = T;
+        }
+        /* the weights once for every row; each row's attention against its own state */
+        causal_proj(c, li, xin, B, 1, &C);
+        const float *Q = W(c, dQ), *K = W(c, dK), *Vv = cfg->tie_kv ? K : W(c, dV);
+        for (size_t b = 0; b < B; b++)
+            causal_row(c, li, s[b], Q + b * d, K + b * d, Vv + b * d, C + b * d, s[b]->t, O + b * d);
+        luna__attn_out_ffn(c, ly, X, O, B, T, W(c, dY), W(c, F), 1);
+    }
+    for (size_t b = 0; b < B; b++) s[b]->t += 1;
+    if (cfg->normalize_before) kn_layernorm(&m->layer_norm, X, X, B, d);
+    if (logits) kn_linear_fixed(&m->output_projection, X, B, d, logits, V, 1.0f);
+    return 0;
+}
+
 int luna_step(luna_ctx *c, luna_gen_state *s, int32_t token, float *logits)
 {
+    /* a Luna state steps as a batch of one, so that a stream gives the same bits alone or batched */
+    if (c && s && c->attn == LUNA_ATTN_LUNA && s->kind == LUNA_ATTN_LUNA) return luna_step_batch(c, &s, &token, 1, logits);
     return luna_prefill(c, s, &token, 1, logits, 0);
 }

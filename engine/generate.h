@@ -67,4 +67,57 @@ int luna_generate(luna_ctx *c, luna_gen_state *s, luna_sampler *smp, const uint8
                   size_t len, const luna_gen_params *params, luna_emit_fn emit, void *user,
                   luna_gen_result *result);
 
+/* ---- the same loop, one move at a time: for a scheduler that batches many generations ------
+ *
+ * luna_generate is this, run to the end:
+ *     luna_gen_begin(&g, ...);
+ *     while (luna_gen_prefilling(&g)) luna_gen_prefill(&g, c, LUNA_GEN_PREFILL_PIECE);
+ *     int32_t tok;
+ *     while (luna_gen_next(&g, &tok) == 1) luna_step(c, g.state, tok, g.logits);
+ *     luna_gen_end(&g, &result);
+ * A scheduler instead prefills a slice of each new prompt per iteration, and steps every
+ * generation that luna_gen_next gave a token with one luna_step_batch, the rows' logits
+ * copied (or written) into each g.logits: since a batched row is bit for bit a step alone,
+ * the bytes are the same. */
+typedef struct luna_gen {
+    luna_gen_state *state;       /* the generation's state (fresh at begin) */
+    float *logits;               /* (vocab_size): the next token's, once the prompt is in */
+    /* the rest is the loop's own */
+    const luna_model *m;
+    luna_sampler *smp;
+    const uint8_t *prompt;
+    size_t len, at;              /* prompt bytes, and how many are prefilled */
+    int bos_done, prefilled, done, rc;
+    int k;                       /* tokens sampled */
+    luna_gen_params p;
+    luna_emit_fn emit;
+    void *user;
+    luna_gen_result res;
+    struct luna_holdback { uint8_t buf[LUNA_GEN_MAX_STOP_LEN]; size_t len; } hold;
+    double t0, t1;
+} luna_gen;
+
+/* Starts a generation on a fresh state s of model m. The prompt, params' stop sequences,
+ * sampler and state are borrowed until luna_gen_end. EINVAL, ETASK, ENOMEM (the logits). */
+int luna_gen_begin(luna_gen *g, const luna_model *m, luna_gen_state *s, luna_sampler *smp, const uint8_t *prompt,
+                   size_t len, const luna_gen_params *params, luna_emit_fn emit, void *user);
+/* Whether prompt tokens (bos first) remain to prefill. */
+int luna_gen_prefilling(const luna_gen *g);
+/* Prefills about max_tokens more of them with c (of the state's kind): the slice ends on a
+ * multiple of c's chunk length (at least the next one) or at the prompt's end, so that any
+ * slicing gives the same logits. After the last, g.logits holds the first token's distribution.
+ * Returns the tokens consumed, or a negative error (the generation is then over:
+ * luna_gen_end reports it). */
+long luna_gen_prefill(luna_gen *g, luna_ctx *c, size_t max_tokens);
+/* Once the prompt is in: samples from g.logits, emits what is final, and returns 1 with *token
+ * to step (then g.logits must receive the step's logits before the next call), or 0 when the
+ * generation is over (max_new_tokens, eos, a stop sequence, max_positions, or an emit that
+ * asked to stop), or a negative error. */
+int luna_gen_next(luna_gen *g, int32_t *token);
+/* Marks the generation failed (a step's error, a cancel): luna_gen_end returns rc. */
+void luna_gen_fail(luna_gen *g, int rc);
+/* Emits what is held back (unless it failed), fills *result, frees what begin allocated.
+ * Returns 0 or the generation's error. */
+int luna_gen_end(luna_gen *g, luna_gen_result *result);
+
 #endif

@@ -41,6 +41,58 @@ void kn_linear(const luna_linear *L, const float *x, size_t rows, size_t ldx, fl
     }
 }
 
+/* 8 floats, loaded from any float address. */
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+
+/* Sums the lanes in one fixed order. */
+static inline float hsum8(v8f v)
+{
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+/* out[r][i] = dot(w[i], x[r]) over n for 4 rows of W and 2 rows of x (a row of either may
+ * repeat: each output's arithmetic is its own chain, the same whichever group computes it). */
+static inline void dot4x2_fixed(const float *const w[4], const float *const x[2], size_t n, float out[2][4])
+{
+    v8f a[2][4] = {{{0}}};
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        v8f x0 = *(const v8f *)(x[0] + k), x1 = *(const v8f *)(x[1] + k);
+        for (int i = 0; i < 4; i++) {
+            v8f wv = *(const v8f *)(w[i] + k);
+            a[0][i] += wv * x0;
+            a[1][i] += wv * x1;
+        }
+    }
+    for (int r = 0; r < 2; r++) {
+        for (int i = 0; i < 4; i++) {
+            float acc = hsum8(a[r][i]);
+            for (size_t t = k; t < n; t++) acc += w[i][t] * x[r][t];
+            out[r][i] = acc;
+        }
+    }
+}
+
+void kn_linear_fixed(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
+                     float alpha)
+{
+    size_t out = (size_t)L->out, in = (size_t)L->in;
+    for (size_t j = 0; j < out; j += 4) {
+        const float *w[4];
+        for (size_t i = 0; i < 4; i++) w[i] = L->w + (j + i < out ? j + i : j) * in;
+        for (size_t r = 0; r < rows; r += 2) {
+            const float *xr[2] = {x + r * ldx, x + (r + 1 < rows ? r + 1 : r) * ldx};
+            float o[2][4];
+            dot4x2_fixed(w, xr, in, o);
+            for (size_t q = 0; q < 2 && r + q < rows; q++) {
+                float *yr = y + (r + q) * ldy;
+                for (size_t i = 0; i < 4 && j + i < out; i++)
+                    yr[j + i] = alpha * o[q][i] + (L->b ? alpha * L->b[j + i] : 0.0f);
+            }
+        }
+    }
+}
+
 void kn_layernorm(const luna_norm *N, const float *x, float *y, size_t rows, size_t d)
 {
     for (size_t r = 0; r < rows; r++) {

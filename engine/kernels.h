@@ -17,6 +17,15 @@
 void kn_linear(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
                float alpha);
 
+/* The same as kn_linear, but every element of y is computed in one fixed order, whatever
+ * `rows` is and wherever the row sits: a decode step's row gives the same bits alone or in a
+ * batch of any size. OpenBLAS's sgemm does not (its per-row results change with M on the
+ * Prescott, Haswell, Zen, SkylakeX and Cooperlake kernels of 0.3.21, and sgemv differs from
+ * sgemm), so the decode steps use this. W is read once for all rows: 4 of its rows stay in
+ * cache while every x row passes. */
+void kn_linear_fixed(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
+                     float alpha);
+
 /* C (m, n; ldc) = alpha * A (m, k; lda) B^T (n, k; ldb) + beta * C */
 void kn_gemm_nt(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
                 const float *b, size_t ldb, float beta, float *c, size_t ldc);

@@ -135,6 +135,12 @@ size_t luna_ctx_bytes(const luna_model *m, const luna_ctx_opts *opts);
 size_t luna_workspace_bytes(const luna_model *m, size_t n);
 size_t luna_workspace_bytes_attn(const luna_model *m, size_t n, luna_attn attn, int chunk);
 
+/* Lanes the next forwards use, at most the `threads` the context was made with (whose buffers
+ * it holds); returns the number in effect. A server gives a lone job every core and shares
+ * them when jobs run side by side. Results agree to float rounding across lane counts (the
+ * pack's partial softmaxes merge in another grouping), not bit for bit. */
+int luna_ctx_set_lanes(luna_ctx *c, int lanes);
+
 /* The flag is polled between chunks and layers; when it becomes non-zero the running call
  * returns LUNA_ECANCELED. NULL detaches it. The flag must outlive its use by the context. */
 void luna_ctx_set_cancel(luna_ctx *c, const atomic_int *flag);
@@ -225,8 +231,17 @@ size_t luna_gen_state_size(const luna_gen_state *s); /* bytes held now (a KV cac
  * consumed so far, as luna_gen_state_tokens reports). */
 int luna_prefill(luna_ctx *c, luna_gen_state *s, const int32_t *tokens, size_t n, float *logits,
                  int all);
-/* One token: luna_prefill of n = 1. O(1) time and memory for a Luna state. */
+/* One token: luna_prefill of n = 1. O(1) time and memory for a Luna state, which steps as
+ * luna_step_batch of one. */
 int luna_step(luna_ctx *c, luna_gen_state *s, int32_t token, float *logits);
+/* One token for each of B different Luna states (B <= the context's chunk length) in one pass:
+ * the weights are read once for all B rows, each row attends over its own state. logits gets
+ * B rows of vocab_size. Every row's result is bit for bit the same whatever B is, wherever the
+ * row sits and whatever the other rows hold (kn_linear_fixed; each row's attention alone), so
+ * a seeded generation gives the same bytes alone or in any batch. EINVAL (a state of another
+ * model or kind, a state twice, a bad token), ETOOLONG (a state at max_positions), ECANCELED;
+ * on an error no state has moved. */
+int luna_step_batch(luna_ctx *c, luna_gen_state *const *s, const int32_t *tokens, size_t B, float *logits);
 
 /* ---- BLAS ------------------------------------------------------------------------------- */
 

@@ -3,8 +3,11 @@
  * api_parse_generate, api_parse_completions, api_parse_chat), as server/http.c gives it.
  *
  * Checked beyond ASan/UBSan:
- *   - a refusal has an error kind, and api_render_error gives one valid-UTF-8 JSON document
+ *   - a refusal has an error kind whose status is 4xx (503 for a failed allocation: never a
+ *     500, for any input), and api_render_error gives one valid-UTF-8 JSON document
  *     {"error": {"code" = the kind's status, "type", "message", "param", "request_id"}};
+ *   - the engine's sampler (engine/sample.c, made as server/sched.c makes it) accepts the
+ *     sampling parameters of every request the parser accepts (top_p 1e-46 was a 500);
  *   - an accepted request respects the limits it was parsed with (documents and prompts within
  *     max-input-bytes, max_new_tokens within the cap, stop sequences within theirs, sampling
  *     parameters in range), and every view into its storage is readable (ASan);
@@ -15,7 +18,7 @@
  *     that is not streamed says the same (fuzz/fuzz_stream.h), NUL bytes included.
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -I. -D_GNU_SOURCE $(pkg-config --cflags libcjson) \
- *       fuzz/fuzz_api.c api/classify.c api/generate.c api/openai.c api/utf8.c -lcjson -lm
+ *       fuzz/fuzz_api.c api/classify.c api/generate.c api/openai.c api/utf8.c engine/sample.c -lcjson -lm
  * fuzz/run.sh builds and runs it. */
 #include <math.h>
 #include <stdint.h>
@@ -24,6 +27,7 @@
 
 #include "api/api.h"
 #include "api/utf8.h"
+#include "engine/sample.h"
 #include "fuzz/fuzz_common.h"
 #include "fuzz/fuzz_stream.h"
 
@@ -35,7 +39,9 @@ static void check_error(api_err rc, const api_error *e)
 {
     FUZZ_CHECK(rc != API_OK && rc == e->kind, "refusal without a kind (%d, %d)", rc, e->kind);
     int status = api_err_status(rc);
-    FUZZ_CHECK(status >= 400 && status < 600, "status %d", status);
+    /* a 500 for any input is a bug: a refusal is the client's (4xx), or a failed allocation (503) */
+    FUZZ_CHECK(status >= 400 && (status < 500 || rc == API_E_ENGINE_MEMORY), "a parser answered %d %s: %s", status,
+               api_err_type(rc), e->message);
     FUZZ_CHECK(e->message[0] != 0, "empty error message");
     char *s = api_render_error(e, "fuzz-request-id");
     cJSON *j = fuzz_json_doc(s, "the error body");
@@ -57,7 +63,7 @@ static void check_error(api_err rc, const api_error *e)
 
 static void fuzz_classify(const char *body, size_t len)
 {
-    api_limits lim = {MAX_INPUT, 8};
+    api_limits lim = {MAX_INPUT, 8, "spam"};
     api_classify_req req;
     api_error err;
     memset(&err, 0, sizeof err);
@@ -94,7 +100,7 @@ static void fuzz_classify_raw(const uint8_t *body, size_t len)
 {
     static const char *const q[4] = {NULL, "true", "false", "tru"};
     const char *rs = len ? q[body[0] & 3] : NULL, *tr = len > 1 ? q[(body[1] >> 2) & 3] : NULL;
-    api_limits lim = {MAX_INPUT, 8};
+    api_limits lim = {MAX_INPUT, 8, "spam"};
     api_classify_req req;
     api_error err;
     memset(&err, 0, sizeof err);
@@ -121,7 +127,7 @@ static void fuzz_classify_raw(const uint8_t *body, size_t len)
 
 static void fuzz_generate(const char *body, size_t len, int which)
 {
-    api_gen_limits lim = {MAX_INPUT, MAX_NEW, 16};
+    api_gen_limits lim = {MAX_INPUT, MAX_NEW, 16, "austen-lm"};
     api_generate_req req;
     api_error err;
     memset(&err, 0, sizeof err);
@@ -141,6 +147,15 @@ static void fuzz_generate(const char *body, size_t len, int which)
     FUZZ_CHECK(isfinite(req.repetition_penalty) && req.repetition_penalty > 0, "repetition_penalty %g",
                req.repetition_penalty);
     FUZZ_CHECK(!req.has_seed || req.seed <= (1ull << 53), "seed %llu", (unsigned long long)req.seed);
+    /* the engine takes what the parser took (a request it refuses would be a 500, or a 200
+     * stream with an error event): the sampler is made as server/sched.c makes it */
+    luna_sampling sp = {req.do_sample ? req.temperature : 0.0f, req.do_sample ? req.top_k : 0,
+                        req.do_sample ? req.top_p : 1.0f, req.repetition_penalty, req.seed};
+    luna_sampler *smp = NULL;
+    int src = luna_sampler_new(260, &sp, &smp);
+    FUZZ_CHECK(src == 0, "the engine refuses an accepted request's sampling (%d): temperature %g top_k %d top_p %g "
+               "repetition_penalty %g", src, sp.temperature, sp.top_k, sp.top_p, sp.repetition_penalty);
+    luna_sampler_free(smp);
     FUZZ_CHECK(req.n_stop >= 0 && req.n_stop <= API_MAX_STOPS, "n_stop %d", req.n_stop);
     for (int i = 0; i < req.n_stop; i++) {
         FUZZ_CHECK(req.stop_len[i] >= 1 && req.stop_len[i] <= API_MAX_STOP_LEN, "stop %d: %zu bytes", i, req.stop_len[i]);

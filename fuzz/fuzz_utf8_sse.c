@@ -95,7 +95,7 @@ static int make_req(uint8_t flags, api_generate_req *req)
     };
     int fmt = (flags & 3) % 3, variant = (flags >> 2) & 1;
     const char *b = bodies[fmt][variant];
-    api_gen_limits lim = {1 << 20, 1 << 20, 100};
+    api_gen_limits lim = {1 << 20, 1 << 20, 100, NULL};
     api_error err;
     api_err rc = fmt == 0 ? api_parse_generate(b, strlen(b), &lim, req, &err)
                  : fmt == 1 ? api_parse_completions(b, strlen(b), &lim, req, &err)

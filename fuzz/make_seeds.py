@@ -74,6 +74,15 @@ RAW_API = {
     "long_key": '{"' + "k\u00e9" * 40 + '": 1}',
     "not_object": '["inputs", 1]',
     "chat_bad_role": '{"messages": [{"role": "a\\nb", "content": "x"}]}',
+    # issue 27: float underflow (a 500 once), nested duplicates, an escaped backslash before u0000,
+    # \u0000 in a base64 request's stop, a model the server does not serve
+    "float_underflow": '{"inputs": "a", "parameters": {"top_p": 1e-46, "repetition_penalty": 1e-320, "temperature": 1e-40}}',
+    "float_underflow_openai": '{"prompt": "a", "top_p": 1e-320, "repetition_penalty": 1e-46, "temperature": 1e-46}',
+    "duplicate_nested": '{"inputs": "a", "parameters": {"max_new_tokens": 2, "max_new_tokens": 1000}}',
+    "duplicate_chat": '{"messages": [{"role": "user", "content": "a", "role": "system"}]}',
+    "escaped_backslash_u0000": '{"inputs": "C:\\\\u0000x"}',
+    "stop_nul_b64": '{"inputs_base64": "YWJj", "parameters": {"stop": ["a\\u0000b"]}}',
+    "model_unknown": '{"model": "nonexistent", "prompt": "a"}',
 }
 
 

@@ -52,6 +52,7 @@ static const setting SETTINGS[] = {
     {"max-connections-per-ip", T_INT, 0, 1024, "0", F(max_connections_per_ip), 0, "connections one client address may hold, more are closed at once; 0 = no limit (right behind a proxy, whose address is every client's)"},
     {"api-key", T_LIST, 0, 0, NULL, L(api_keys, n_api_keys), "accepted Bearer token (repeatable); none = no auth"},
     {"api-key-file", T_STR, 0, 0, NULL, F(api_key_file), 0, "file with one accepted token per line"},
+    {"metrics-auth", T_INT, 0, 1, "0", F(metrics_auth), 0, "1: /metrics needs an API key too (when keys are set); it is never readable cross-origin"},
     {"cors-allow-origin", T_LIST, 0, 0, NULL, L(cors_origins, n_cors_origins), "origin allowed by CORS (repeatable; * = any)"},
     {"log-level", T_STR, 0, 0, "info", F(log_level), 0, "debug, info, warn or error"},
 };
@@ -155,6 +156,42 @@ static char *trim(char *s)
     return s;
 }
 
+/* The value of a file line, after its '=': "a quoted value" is taken as it is between the
+ * quotes ('#' included); an unquoted one ends at a comment, a '#' after a blank. A '#' right
+ * after other characters is refused rather than guessed at: "api-key = abc#def" once became the
+ * key "abc" without a word. 0 and *val, or -1 and *val the reason. Edits s in place. */
+static int file_value(char *s, char **val)
+{
+    while (isspace((unsigned char)*s)) s++;
+    if (*s == '"') {
+        char *end = strchr(s + 1, '"');
+        if (!end) {
+            *val = "the quoted value has no closing '\"'";
+            return -1;
+        }
+        *end = 0;
+        char *rest = end + 1;
+        while (isspace((unsigned char)*rest)) rest++;
+        if (*rest && *rest != '#') {
+            *val = "only a comment may follow a quoted value";
+            return -1;
+        }
+        *val = s + 1;
+        return 0;
+    }
+    for (char *p = s; *p; p++) {
+        if (*p != '#') continue;
+        if (p > s && !isspace((unsigned char)p[-1])) {
+            *val = "'#' inside an unquoted value: quote the value (\"abc#def\") or put a blank before a comment";
+            return -1;
+        }
+        *p = 0;
+        break;
+    }
+    *val = trim(s);
+    return 0;
+}
+
 static int load_file(srv_config *cfg, const char *path, int must_exist)
 {
     FILE *f = fopen(path, "r");
@@ -169,10 +206,8 @@ static int load_file(srv_config *cfg, const char *path, int must_exist)
     while (fgets(line, sizeof line, f)) {
         lineno++;
         snprintf(src, sizeof src, "%s:%d", path, lineno);
-        char *hash = strchr(line, '#');
-        if (hash) *hash = 0;
         char *t = trim(line);
-        if (!*t) continue;
+        if (!*t || *t == '#') continue;
         char *eq = strchr(t, '=');
         if (!eq) {
             fprintf(stderr, "lunaserve: %s: expected 'name = value'\n", src);
@@ -180,7 +215,11 @@ static int load_file(srv_config *cfg, const char *path, int must_exist)
             break;
         }
         *eq = 0;
-        char *name = trim(t), *val = trim(eq + 1);
+        char *name = trim(t), *val;
+        if ((rc = file_value(eq + 1, &val))) {
+            fprintf(stderr, "lunaserve: %s: %s: %s\n", src, name, val);
+            break;
+        }
         const setting *s = find(name, strlen(name));
         if (!s || s->off == offsetof(srv_config, config_file)) {
             fprintf(stderr, "lunaserve: %s: unknown setting '%s'\n", src, name);

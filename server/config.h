@@ -35,6 +35,7 @@ typedef struct {
     char api_keys[SRV_MAX_LIST][256];
     int n_api_keys;
     char api_key_file[1024];
+    int metrics_auth;         /* 1: /metrics needs an API key (when there are keys) */
     char cors_origins[SRV_MAX_LIST][256];
     int n_cors_origins;
     char log_level[16];

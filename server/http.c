@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "server/assets.h"
@@ -51,7 +52,9 @@ typedef struct {
     api_error err;       /* kind != API_OK: answer this error */
     char *body;
     size_t body_len, body_cap;
-    int body_over;       /* a chunked body passed max-body-bytes: discard the rest */
+    int raw_answer;      /* answered on the socket itself and closed (answer_mid_body) */
+    int done_status;     /* MHD's part is over: the status answered (499: none), and when */
+    double done_dt;
     double timeout;
     int stream_route;    /* /generate_stream */
     const char *url;     /* the request's path (MHD's, valid while the request lives) */
@@ -68,6 +71,7 @@ typedef struct {
     size_t body_expect;  /* the Content-Length, allocated at the first chunk (0: unknown) */
     uint64_t held;       /* bytes this request holds in the ledger for its body and, once
                             parsed, its input (about the same size), until it is freed */
+    int close;           /* answer with Connection: close (the request's framing is in doubt) */
     struct MHD_Response *early; /* an answer decided on the first call, queued on the second */
     unsigned early_status;
 } http_req;
@@ -140,6 +144,7 @@ static enum MHD_Result respond(http_req *r, int status, const char *ctype, char 
     if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
     add_reserved_header(r, resp);
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (r->close) MHD_add_response_header(resp, "Connection", "close");
     r->status = status;
     r->resp_bytes = len;
     return queue(r, (unsigned)status, resp);
@@ -151,10 +156,153 @@ static enum MHD_Result respond_error(http_req *r, const char *allow)
     return respond(r, api_err_status(r->err.kind), "application/json", body, allow);
 }
 
+/* Answers r->err in the middle of a chunked body, and closes. libmicrohttpd 0.9.75 queues an
+ * answer only before the body or after its end, and a chunked body need not end: one chunk may
+ * say it is 2^64-1 bytes long (MHD refuses only sizes past 64 bits). Discarding until the end
+ * would read for ever, closing without a word leaves the client guessing; so the error goes
+ * to the socket from here, in one non-blocking write (a few hundred bytes into an idle send
+ * buffer: MHD writes nothing while it reads a body, its 100 Continue included), and MHD_NO
+ * makes MHD close the connection. The client reads the answer before the reset that the rest
+ * of its unread body causes. */
+static enum MHD_Result answer_mid_body(http_req *r)
+{
+    int status = api_err_status(r->err.kind);
+    char *body = api_render_error(&r->err, r->request_id);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (body && ci) {
+        char head[1024];
+        int n = snprintf(head, sizeof head,
+                         "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                         "X-Request-Id: %s\r\nCache-Control: no-store\r\n%s%s%s%sContent-Length: %zu\r\n\r\n",
+                         status, MHD_get_reason_phrase_for((unsigned)status), r->request_id,
+                         r->cors ? "Access-Control-Allow-Origin: " : "", r->cors ? r->origin : "",
+                         r->cors ? "\r\n" : "", r->cors ? "Vary: Origin\r\n" : "", strlen(body));
+        struct iovec iov[2] = {{head, (size_t)n}, {body, strlen(body)}};
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+        if (n > 0 && (size_t)n < sizeof head && sendmsg(ci->connect_fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) > 0) {
+            r->status = status;
+            r->resp_bytes = strlen(body);
+            r->raw_answer = 1;
+        }
+    }
+    free(body);
+    free(r->body);
+    r->body = NULL;
+    return MHD_NO;
+}
+
 static enum MHD_Result fail(http_req *r, api_err kind, const char *fmt, const char *arg)
 {
     api_fail(&r->err, kind, fmt, arg);
     return respond_error(r, NULL);
+}
+
+/* ---- HTTP framing ---------------------------------------------------------------------------- */
+
+/* libmicrohttpd 0.9.75 parses the head before the handler's first call and is lenient where a
+ * proxy in front may read the same bytes otherwise (request smuggling): it takes the first of
+ * two Content-Length headers, reads a body with any Transfer-Encoding but chunked until the
+ * connection closes, takes HTTP/1.1 without a Host, keeps a bare CR inside a value and ends a
+ * value at a NUL byte (the rest of the line is silently dropped: "Bearer key<NUL>junk"). So the
+ * first call checks the head as RFC 9112 wants it and refuses, closing the connection, what a
+ * second reader could take for something else. (MHD_OPTION_STRICT_FOR_CLIENT only adds the Host
+ * rule and answers it in HTML; see docs/reliability.md for which layer refuses what.) */
+typedef struct {
+    int n_cl, n_te, n_host, n_auth;
+    int bad_name, ctl, misframed; /* a field name that is no token; a control character in a
+                                   * value; a line that does not end where its value does */
+    int te_other, te_chunked;     /* transfer codings: other than chunked; chunked */
+    const char *line_end;         /* where the previous line's value ended ('\0' there) */
+} head_scan;
+
+static int is_tchar(unsigned char c)
+{
+    return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* The bytes from `end` (the NUL that ended a line's value) to `next` must be that line's own
+ * terminator as MHD leaves it: CRLF or LF, each byte replaced by NUL. A NUL byte inside the
+ * value leaves the rest of the line between them; a folded line moves the value elsewhere. */
+static int line_ends_at(const char *end, const char *next, int lines)
+{
+    if (next < end + lines || next > end + 2 * lines) return 0;
+    for (const char *p = end; p < next; p++)
+        if (*p) return 0;
+    return 1;
+}
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t ks,
+                                   const char *value, size_t vs)
+{
+    (void)kind;
+    head_scan *h = cls;
+    if (ks == 14 && !strncasecmp(key, "Content-Length", 14)) h->n_cl++;
+    else if (ks == 4 && !strncasecmp(key, "Host", 4)) h->n_host++;
+    else if (ks == 13 && !strncasecmp(key, "Authorization", 13)) h->n_auth++;
+    else if (ks == 17 && !strncasecmp(key, "Transfer-Encoding", 17)) {
+        h->n_te++;
+        for (const char *p = value; *p;) { /* a list of codings: chunked, or none we know */
+            while (*p == ' ' || *p == '\t' || *p == ',') p++;
+            if (!*p) break;
+            const char *t = p;
+            while (*p && *p != ',' && *p != ';') p++;
+            const char *e = p;
+            while (e > t && (e[-1] == ' ' || e[-1] == '\t')) e--;
+            /* anything but a bare "chunked" (another coding, parameters, a lone ";") */
+            if (e - t == 7 && !strncasecmp(t, "chunked", 7) && *p != ';') h->te_chunked++;
+            else h->te_other++;
+            while (*p && *p != ',') p++; /* the parameters: each step moves on */
+        }
+    }
+    if (ks == 0) h->bad_name = 1;
+    for (size_t i = 0; i < ks; i++)
+        if (!is_tchar((unsigned char)key[i])) h->bad_name = 1;
+    for (size_t i = 0; i < vs; i++) {
+        unsigned char c = (unsigned char)value[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7F) h->ctl = 1; /* a bare CR among them */
+    }
+    /* the layout MHD 0.9.75 leaves in its read buffer: "name\0" (the colon), blanks, value, the
+     * line's terminator as NULs, then the next line */
+    if (!line_ends_at(h->line_end, key, 1) || key[ks] != 0) h->misframed = 1;
+    for (const char *p = key + ks + 1; !h->misframed && p < value; p++)
+        if (*p != ' ' && *p != '\t') h->misframed = 1;
+    if (value < key + ks + 1) h->misframed = 1;
+    h->line_end = value + vs;
+    return MHD_YES;
+}
+
+/* 0, or the error the request's head earns (r->err set, and the connection will close). */
+static int check_head(http_req *r, const char *method, const char *version)
+{
+    head_scan h = {0};
+    h.line_end = version + strlen(version); /* the request line's end */
+    MHD_get_connection_values_n(r->conn, MHD_HEADER_KIND, scan_header, &h);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    /* the last line, then the empty line that ends the head */
+    if (!ci || !line_ends_at(h.line_end, method + ci->header_size, 2)) h.misframed = 1;
+    const char *why = NULL;
+    if (h.misframed) why = "a header line holds a NUL byte or is folded (obs-fold)";
+    else if (h.bad_name) why = "a header name is not a token";
+    else if (h.ctl) why = "a header value holds a control character (a bare CR?)";
+    else if (h.n_cl > 1) why = "the request has more than one Content-Length";
+    else if (h.n_cl && h.n_te) why = "the request has both Content-Length and Transfer-Encoding";
+    else if (h.n_auth > 1) why = "the request has more than one Authorization header";
+    else if (h.n_host > 1 || (h.n_host == 0 && !strcmp(version, MHD_HTTP_VERSION_1_1)))
+        why = "an HTTP/1.1 request needs exactly one Host header";
+    if (why) {
+        api_fail(&r->err, API_E_BAD_REQUEST, "%s; the connection is closed", why);
+        return -1;
+    }
+    if (h.te_other) {
+        api_fail(&r->err, API_E_NOT_IMPLEMENTED,
+                 "Transfer-Encoding: this server implements only \"chunked\"; the connection is closed");
+        return -1;
+    }
+    if (h.n_te && (h.te_chunked != 1 || h.n_te > 1)) {
+        api_fail(&r->err, API_E_BAD_REQUEST, "Transfer-Encoding must be \"chunked\", once; the connection is closed");
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- request ids, auth, CORS ------------------------------------------------------------------ */
@@ -201,7 +349,9 @@ static void check_origin(http_req *r)
 {
     const srv_config *c = &r->app->cfg;
     const char *o = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin");
-    if (!o || strlen(o) >= sizeof r->origin) return;
+    /* "null" is the origin of sandboxed frames, file: pages and some redirects: any page can
+     * send it, so echoing it would open the API to every page, whatever the list says */
+    if (!o || strlen(o) >= sizeof r->origin || !strcmp(o, "null")) return;
     for (int i = 0; i < c->n_cors_origins; i++)
         if (!strcmp(c->cors_origins[i], "*") || !strcmp(c->cors_origins[i], o)) {
             snprintf(r->origin, sizeof r->origin, "%s", o);
@@ -314,6 +464,37 @@ static enum MHD_Result answer_get(http_req *r)
 
 /* ---- engine requests ------------------------------------------------------------------------ */
 
+/* Counts and logs a request once both are over: MHD's part (the answer sent, or the client
+ * gone) and the job's (run_time and a stream's outcome are known only then). A stream answers
+ * 200 before it runs; one that ends in an error event (a deadline, a shutdown, an engine error)
+ * is counted and logged with that error's status, and the log line names the error. */
+static void log_request(srv_app *app, http_req *r)
+{
+    srv_job *j = &r->job;
+    int status = r->done_status;
+    const char *stream_error = NULL;
+    /* a stream whose client left ends "completed" once its last bytes reach the socket buffer */
+    if (atomic_load(&j->cancel_reason) == CANCEL_DISCONNECT) status = 499;
+    else if (status == 200 && r->ph == PH_STREAM && j->rc != 0) {
+        api_error e;
+        api_err k = srv_job_error(j, &e);
+        status = k == API_OK ? 499 : api_err_status(k);
+        if (k != API_OK) stream_error = api_err_type(k);
+    }
+    srv_metrics_request(&app->metrics, r->ep, status, r->done_dt);
+    if (r->ep == EP_CLASSIFY || generates(r->ep) || status >= 400) {
+        double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
+        char plan[64] = "";
+        if (j->kind == JOB_CLASSIFY && j->t_end > 0 && j->rc == 0)
+            snprintf(plan, sizeof plan, ",\"plan\":\"%s\",\"lanes\":%d", SRV_PLAN_NAMES[j->plan], j->lanes);
+        srv_log(status >= 500 ? LOG_WARN : LOG_INFO, "request",
+                "\"request_id\":\"%s\",\"endpoint\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes_out\":%zu,"
+                "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f%s%s%s%s",
+                r->request_id, SRV_EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, r->done_dt,
+                stream_error ? ",\"stream_error\":\"" : "", stream_error ? stream_error : "", stream_error ? "\"" : "", plan);
+    }
+}
+
 /* The loop thread, once a job is over (run or not). */
 static void on_job_done(srv_job *job)
 {
@@ -332,6 +513,7 @@ static void on_job_done(srv_job *job)
     int orphaned = r->orphaned;
     pthread_mutex_unlock(&r->life);
     if (orphaned) { /* MHD ended the request already: nobody to answer */
+        log_request(r->app, r);
         free_req(r);
         return;
     }
@@ -467,7 +649,9 @@ static enum MHD_Result start_generate(http_req *r)
 {
     srv_app *app = r->app;
     const luna_config *cfg = luna_model_config(app->generator);
-    api_gen_limits lim = {app->cfg.max_input_bytes, app->cfg.max_new_tokens, app->cfg.default_new_tokens};
+    char model[256];
+    model_id(app->cfg.generate_model, model, sizeof model);
+    api_gen_limits lim = {app->cfg.max_input_bytes, app->cfg.max_new_tokens, app->cfg.default_new_tokens, model};
     const char *b = r->body ? r->body : "";
     api_err rc = r->ep == EP_COMPLETIONS ? api_parse_completions(b, r->body_len, &lim, &r->greq, &r->err)
                  : r->ep == EP_CHAT      ? api_parse_chat(b, r->body_len, &lim, &r->greq, &r->err)
@@ -476,8 +660,6 @@ static enum MHD_Result start_generate(http_req *r)
     free(r->body); /* the parsed request holds what it needs */
     r->body = NULL;
     r->greq.stream |= r->stream_route;
-    char model[256];
-    model_id(app->cfg.generate_model, model, sizeof model);
     api_generate_set_meta(&r->greq, model, r->request_id, (long long)time(NULL));
     for (size_t i = 0; i < r->greq.n_prompts; i++) {
         uint64_t tokens = (uint64_t)r->greq.prompts[i].len + 1; /* bos */
@@ -512,7 +694,9 @@ static enum MHD_Result start_classify(http_req *r)
 {
     srv_app *app = r->app;
     const luna_config *cfg = luna_model_config(app->classifier);
-    api_limits lim = {app->cfg.max_input_bytes, 1024};
+    char model[256];
+    model_id(app->cfg.classify_model, model, sizeof model);
+    api_limits lim = {app->cfg.max_input_bytes, 1024, model};
     if (r->raw) {
         /* one document, the body itself: no copy, no decoding */
         const char *rs = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "raw_scores");
@@ -583,7 +767,6 @@ static int is_json(const char *ctype)
 static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                const char *version, const char *upload, size_t *upload_size, void **con_cls)
 {
-    (void)version;
     srv_app *app = cls;
     http_req *r = *con_cls;
     if (!r) {
@@ -599,6 +782,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         r->url = url;
         set_request_id(r);
         check_origin(r);
+        if (check_head(r, method, version)) {
+            r->close = 1;
+            return respond_error(r, NULL);
+        }
         const char *cl0 = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         r->no_body = !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding") &&
                      (!cl0 || strtoull(cl0, NULL, 10) == 0);
@@ -612,6 +799,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s", allow[0] ? ", " : "", ROUTES[i].method);
             if (!strcmp(ROUTES[i].method, method) || (!strcmp(method, "HEAD") && !strcmp(ROUTES[i].method, "GET"))) rt = &ROUTES[i];
         }
+        if (!strcmp(url, "/metrics")) r->cors = 0; /* for Prometheus, never for another origin's page */
         if (!strcmp(method, "OPTIONS")) { /* CORS preflight, answered before auth */
             r->ep = EP_PREFLIGHT;
             struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
@@ -635,7 +823,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             return fail(r, API_E_NOT_FOUND, "no route %s", url);
         }
         r->ep = rt->ep;
-        if (!rt->public_ && !authorized(r))
+        if ((!rt->public_ || (rt->ep == EP_METRICS && app->cfg.metrics_auth)) && !authorized(r))
             return fail(r, API_E_UNAUTHORIZED, "%s", "a valid API key is required: Authorization: Bearer <key>");
         if (strcmp(rt->method, "GET") == 0) return answer_get(r);
 
@@ -714,12 +902,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     if (r->ph == PH_BODY && *upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (r->body_over || r->err.kind) return MHD_YES;
-        if (r->body_len + n > app->cfg.max_body_bytes) { /* chunked, or a lying Content-Length */
-            r->body_over = 1;
-            free(r->body);
-            r->body = NULL;
-            return MHD_YES;
+        if (r->err.kind) return MHD_YES;
+        if (r->body_len + n > app->cfg.max_body_bytes) { /* chunked: Content-Length was checked */
+            api_fail(&r->err, API_E_TOO_LARGE, "the body is larger than max-body-bytes (%llu)",
+                     (unsigned long long)app->cfg.max_body_bytes);
+            return answer_mid_body(r);
         }
         if (r->body_len + n + 1 > r->body_cap) {
             /* the declared length at once (no doubling: a large raw body is held once, exactly),
@@ -732,7 +919,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                     api_fail(&r->err, API_E_ENGINE_MEMORY, "the memory budget cannot hold this body now; retry");
                     free(r->body);
                     r->body = NULL;
-                    return MHD_YES;
+                    return answer_mid_body(r);
                 }
                 r->held = cap;
             }
@@ -750,11 +937,6 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         return MHD_YES;
     }
     if (r->ph == PH_BODY) {
-        if (r->body_over) {
-            api_fail(&r->err, API_E_TOO_LARGE, "the body is larger than max-body-bytes (%llu)",
-                     (unsigned long long)app->cfg.max_body_bytes);
-            return respond_error(r, NULL);
-        }
         if (r->err.kind) return respond_error(r, NULL);
         return generates(r->ep) ? start_generate(r) : start_classify(r);
     }
@@ -778,35 +960,33 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
     srv_app *app = cls;
     http_req *r = *con_cls;
     if (!r) return;
-    double dt = srv_now() - r->t0;
-    int status = r->status ? r->status : 499; /* the client left before an answer was sent */
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->status) status = 499;
-    /* a stream whose client left ends "completed" once its last bytes reach the socket buffer */
-    if (atomic_load(&r->job.cancel_reason) == CANCEL_DISCONNECT) status = 499;
-    srv_metrics_request(&app->metrics, r->ep, status, dt);
+    r->done_dt = srv_now() - r->t0;
+    r->done_status = r->status ? r->status : 499; /* the client left before an answer was sent */
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->status && !r->raw_answer) r->done_status = 499;
     if (r->inflight) srv_metrics_inflight(&app->metrics, -1);
-    if (r->ep == EP_CLASSIFY || generates(r->ep) || status >= 400) {
-        srv_job *j = &r->job;
-        double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
-        char plan[48] = "";
-        if (j->kind == JOB_CLASSIFY && j->t_end > 0 && j->rc == 0)
-            snprintf(plan, sizeof plan, ",\"plan\":\"%s\"", SRV_PLAN_NAMES[j->plan]);
-        srv_log(status >= 500 ? LOG_WARN : LOG_INFO, "request",
-                "\"request_id\":\"%s\",\"endpoint\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes_out\":%zu,"
-                "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f%s",
-                r->request_id, SRV_EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, dt, plan);
-    }
     *con_cls = NULL;
     pthread_mutex_lock(&r->life);
     int active = r->job_active;
-    if (active) { /* a worker still runs it (a client that left mid-stream): stop it */
+    if (active) { /* on_job_done logs and frees it */
         r->orphaned = 1;
-        int none = CANCEL_NONE;
-        atomic_compare_exchange_strong(&r->job.cancel_reason, &none, CANCEL_DISCONNECT);
-        atomic_store(&r->job.cancel, 1);
+        int finished = 0;
+        if (r->job.stream) {
+            pthread_mutex_lock(&r->stream.lock);
+            finished = r->stream.finished;
+            pthread_mutex_unlock(&r->stream.lock);
+        }
+        if (!finished || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+            /* a worker still runs it for a client that left mid-stream: stop it */
+            int none = CANCEL_NONE;
+            atomic_compare_exchange_strong(&r->job.cancel_reason, &none, CANCEL_DISCONNECT);
+            atomic_store(&r->job.cancel, 1);
+        }
     }
     pthread_mutex_unlock(&r->life);
-    if (!active) free_req(r);
+    if (!active) {
+        log_request(app, r);
+        free_req(r);
+    }
 }
 
 int srv_http_start(srv_app *app)

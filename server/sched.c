@@ -18,6 +18,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "api/utf8.h"
 #include "engine/generate.h"
@@ -330,6 +331,7 @@ static void worker_main(void *arg)
         if (!job) break; /* quit */
         luna_ctx *ctx = job->kind == JOB_GENERATE ? w->gctx : w->ctx;
         luna_ctx_set_cancel(ctx, &job->cancel);
+        if (job->kind == JOB_CLASSIFY) job->lanes = luna_ctx_set_lanes(ctx, job->lanes);
         if (atomic_load(&job->cancel)) job->rc = LUNA_ECANCELED;
         else job->rc = job->kind == JOB_GENERATE ? run_generate(w, job) : run_classify(w, job);
         luna_ctx_set_cancel(ctx, NULL);
@@ -419,7 +421,12 @@ static void dispatch(srv_app *app)
             return; /* nothing queued, or the head waits for memory */
         }
         queue_remove(app, job);
+        int queued = app->q_len;
         pthread_mutex_unlock(&app->lock);
+        /* a classification that runs alone, with nothing waiting, gets every core's lane */
+        int busy = 0;
+        for (int i = 0; i < app->n_workers; i++) busy += app->workers[i].busy;
+        job->lanes = job->kind == JOB_CLASSIFY && busy == 0 && queued == 0 ? app->n_workers * app->cfg.blas_threads : 1;
         job->t_start = srv_now();
         srv_metrics_queue_wait(&app->metrics, job->t_start - job->t_submit);
         idle->busy = 1;
@@ -590,7 +597,11 @@ int srv_sched_start(srv_app *app)
         w->id = i;
         pthread_mutex_init(&w->lock, NULL);
         pthread_cond_init(&w->cond, NULL);
-        int rc = app->classifier ? luna_ctx_new(app->classifier, NULL, &w->ctx) : 0;
+        /* a classification context holds a lane for every core: a job that runs alone uses them
+         * all (dispatch), jobs side by side one each */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        luna_ctx_opts co = {0, LUNA_ATTN_LUNA, (int)(cores < 1 ? 1 : cores > LUNA_MAX_THREADS ? LUNA_MAX_THREADS : cores)};
+        int rc = app->classifier ? luna_ctx_new(app->classifier, &co, &w->ctx) : 0;
         if (!rc && app->generator) rc = luna_ctx_new(app->generator, NULL, &w->gctx);
         if (!rc && app->generator) rc = luna_gen_state_new(app->generator, &w->gstate);
         if (rc || uv_thread_create(&w->thread, worker_main, w)) {

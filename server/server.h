@@ -60,6 +60,8 @@ struct srv_job {
                                          plan needs no bytes that grow with the input */
     int plan;                         /* OUT (classify): the plan of its largest document,
                                          SRV_PLAN_* */
+    int lanes;                        /* classify: lanes its forwards use (dispatch; the worker
+                                         records the number in effect) */
     double t_submit, t_start, t_end;  /* monotonic seconds */
     double deadline;                  /* monotonic seconds */
     int client_fd;                    /* to notice a client that went away; -1 if unknown */

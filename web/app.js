@@ -538,7 +538,7 @@
 
   async function poll() {
     try {
-      const r = await fetch("/metrics", { cache: "no-store" });
+      const r = await fetch("/metrics", { headers: headers(false), cache: "no-store" }); // the key, for --metrics-auth
       if (!r.ok) throw new Error(`HTTP ${r.status}`);
       const m = parseMetrics(await r.text());
       const now = performance.now();

@@ -101,8 +101,19 @@ class Client:
         return "left"
 
 
+def model_names(port):
+    """The served models' names, as OpenAI's and vLLM's routes want them: their directories'."""
+    import json
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:%d/info" % port, timeout=60) as r:
+        models = json.loads(r.read())["models"]
+    name = lambda k: os.path.basename(models[k]["path"].rstrip("/")) if k in models else "none"  # noqa: E731
+    return name("classify"), name("generate")
+
+
 def actions(port, rng, big_doc):
     c = Client(port, rng)
+    clf_name, lm_name = model_names(port)
     seed = lambda: rng.randrange(1 << 31)  # noqa: E731
     bad = [
         ("/classify", "{\"inputs\": ", 400), ("/generate", "", 400), ("/classify", {"inputs": 5}, 422),
@@ -125,7 +136,7 @@ def actions(port, rng, big_doc):
                                                                    "raw_scores": rng.random() < 0.5}), {200}),
         (3, "classify base64", lambda: c.call("POST", "/classify", {
             "inputs_base64": base64.b64encode(os.urandom(rng.randrange(1, 3000))).decode()}), {200}),
-        (3, "classify vllm", lambda: c.call("POST", "/classify", {"model": "x", "input": [text(rng, 100)]}), {200}),
+        (3, "classify vllm", lambda: c.call("POST", "/classify", {"model": clf_name, "input": [text(rng, 100)]}), {200}),
         (10, "generate", lambda: c.call("POST", "/generate", {"inputs": text(rng, 40), "parameters": {
             "max_new_tokens": rng.randrange(1, 48), "do_sample": True, "seed": seed(), "top_k": 20, "top_p": 0.9,
             "details": rng.random() < 0.5, "stop": ["\n\n"], "return_raw_bytes": rng.random() < 0.3}}), {200}),
@@ -137,7 +148,7 @@ def actions(port, rng, big_doc):
             rng.choice(["/classify", "/generate"]), {"inputs": big_doc[:30000]} if rng.random() < 0.5 else
             {"inputs": "x", "parameters": {"max_new_tokens": 64}}), {"left"}),
         (5, "completions", lambda: c.call("POST", "/v1/completions", {
-            "model": "m", "prompt": [text(rng, 30), text(rng, 20)], "max_tokens": rng.randrange(1, 32),
+            "model": lm_name, "prompt": [text(rng, 30), text(rng, 20)], "max_tokens": rng.randrange(1, 32),
             "seed": seed(), "echo": rng.random() < 0.5}), {200}),
         (4, "completions stream", lambda: c.stream("/v1/completions", {
             "prompt": text(rng, 30), "max_tokens": 24, "stream": True,
@@ -150,7 +161,9 @@ def actions(port, rng, big_doc):
         (3, "deadline 1 us", lambda: c.call("POST", "/generate", {"inputs": big_doc[:20000], "parameters": {
             "max_new_tokens": 64}}, headers={"X-Request-Timeout": "0.000001"}), {504, 200}),
         (10, "bad request", bad_request, {"ok"}),
-        (2, "415", lambda: c.call("POST", "/classify", {"inputs": "a"}, ctype="text/plain"), {415}),
+        (2, "415", lambda: c.call("POST", "/classify", {"inputs": "a"}, ctype="application/xml"), {415}),
+        (2, "classify raw body", lambda: c.call("POST", "/classify", text(rng, rng.randrange(0, 3000)).encode(),
+                                                ctype=rng.choice(["text/plain", "application/octet-stream"])), {200}),
         (2, "404/405", lambda: c.call(rng.choice(["GET", "DELETE"]), rng.choice(["/nope", "/classify"])), {404, 405}),
         (3, "health/metrics/info", lambda: c.call("GET", rng.choice(["/health", "/metrics", "/info", "/v1/models"])),
          {200}),

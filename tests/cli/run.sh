@@ -29,7 +29,7 @@ grep_out() {
 expect "help" 0 "$luna" --help;                       grep_out "help lists classify" classify out
 expect "no command" 2 "$luna"
 expect "unknown command" 2 "$luna" frobnicate;        grep_out "unknown command named" frobnicate err
-for cmd in classify bench sgemm generate bench-gen; do
+for cmd in classify bench sgemm generate bench-gen bench-batch; do
   expect "$cmd --help" 0 "$luna" $cmd --help;         grep_out "$cmd help has usage" usage out
 done
 expect "classify without --model" 2 "$luna" classify; grep_out "names --model" "--model" err
@@ -175,6 +175,13 @@ for at, n in ((0, 1), (30, 3), (100, 5)):
 PY
 then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL generate --stop"; fi
 expect "generate softmax baseline" 0 "$luna" generate --model "$lm" --prompt "Once" --max-new-tokens 8 --temperature 0 --attention softmax
+expect "bench-batch runs" 0 "$luna" bench-batch --model "$lm" --batch 1,3 --context 40 --steps 3
+grep_out "bench-batch names the kernel" "^# OpenBLAS" out
+grep_out "bench-batch row" "^ *3 " out
+expect "bench-batch json" 0 "$luna" bench-batch --model "$lm" --batch 2 --context 8 --steps 2 --json
+grep_out "bench-batch json row" '"batch": 2' out
+expect "bench-batch bad batch" 2 "$luna" bench-batch --model "$lm" --batch 0
+expect "bench-batch classifier" 1 "$luna" bench-batch --model "$model"
 expect "bench-gen bad attention" 2 "$luna" bench-gen --model "$lm" --contexts 64 --attention softmax-stream
 expect "bench-gen bad contexts" 2 "$luna" bench-gen --model "$lm" --contexts 64,x
 expect "bench-gen luna" 0 "$luna" bench-gen --model "$lm" --contexts 64,2k --steps 20 --json

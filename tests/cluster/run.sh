@@ -6,9 +6,12 @@
 #     deploys them (deploy/lunaserve.env, deploy/haproxy.cfg), under load; one replica is
 #     killed with SIGKILL mid-load and another is sent SIGTERM, and every request must still get
 #     a well-formed answer (200, or 429/503 with Retry-After), none hung, none vanished.
+#  3. tests/cluster/protocol.py: the request-smuggling cases of the bad-input matrix through
+#     HAProxy on deploy/haproxy.cfg: each refused (and closed, the replica never reached) or
+#     normalised and served, as its table says (issue 27).
 # Installs HAProxy and python3-yaml (Debian's) when missing. Uses $LUNA_BIN_DIR/lunaserve
 # (default build/bin: run make first). Prints "N passed, N failed" for each part; exits 1 if
-# either fails. Bounded: about 25 s here, 5 minutes at most (cluster.py's own bounds on a hang
+# either fails. Bounded: about 35 s here, 7 minutes at most (cluster.py's own bounds on a hang
 # come first). LUNASERVE_WRAP prefixes each replica's command (make check-slow).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
@@ -28,4 +31,6 @@ echo "== deployment files"
 /usr/bin/python3 deploy/check_config.py || rc=1
 echo "== local cluster"
 timeout -k 5 300 /usr/bin/python3 tests/cluster/cluster.py "$@" || rc=1
+echo "== request smuggling through HAProxy"
+timeout -k 5 120 /usr/bin/python3 tests/cluster/protocol.py || rc=1
 exit $rc

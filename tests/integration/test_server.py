@@ -373,6 +373,9 @@ def test_memory_never_fits():
         m = s.metrics()
         assert m['luna_plan_total{plan="streaming"}'] == 1 and m['luna_plan_total{plan="resident"}'] == 1, m
         assert m['luna_admission_rejections_total{reason="memory"}'] == 0
+        end = time.monotonic() + 30  # the log is read on another thread
+        while sum('"msg":"request"' in l for l in s.log) < 2 and time.monotonic() < end:
+            time.sleep(0.05)
         logged = [json.loads(l) for l in s.log if '"msg":"request"' in l]
         assert [l.get("plan") for l in logged] == ["streaming", "resident"], logged
     finally:
@@ -436,7 +439,11 @@ def test_bodies_are_reserved():
     # a client closed in the middle of a body that it is still reading; the connection timeout
     # ends such a connection, so it is short here.)
     mib = 1 << 20
-    s = Server("--memory-budget", "16M", "--max-body-bytes", "64M", "--connection-timeout", "3", model=FAST)
+    # under ASan (make asan), its allocator must hand freed memory back as glibc's does here:
+    # no quarantine, pages released at once (harmless for the plain build)
+    asan = (os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=0:allocator_release_to_os_interval_ms=0").lstrip(":")
+    s = Server("--memory-budget", "16M", "--max-body-bytes", "64M", "--connection-timeout", "3", model=FAST,
+               env=dict(os.environ, ASAN_OPTIONS=asan))
     conns = []
     try:
         rss0 = vm_kb(s.proc.pid, "VmRSS")
@@ -483,6 +490,35 @@ def test_bodies_are_reserved():
     finally:
         for c in conns:
             c.close()
+        assert s.stop() == 0
+
+
+def test_lone_classification_uses_every_core():
+    # a classification that runs alone gets a lane per core; side by side, one lane each; the
+    # answers agree to float rounding
+    cores = min(os.cpu_count() or 1, 2)
+    s = Server("--workers", "2", model=SLOW)
+    try:
+        doc = {"inputs": slow_doc(20000)}
+        st, _, alone = s.json("POST", "/classify", doc)
+        assert st == 200, alone
+        out = []
+        barrier = threading.Barrier(4)
+        def client():
+            barrier.wait()
+            out.append(s.json("POST", "/classify", doc, timeout=600))
+        run_threads(client, 4)
+        assert [o[0] for o in out] == [200] * 4, out
+        for o in out:
+            for x, y in zip(o[2], alone):
+                assert x["label"] == y["label"] and abs(x["score"] - y["score"]) < 1e-5, (o[2], alone)
+        end = time.monotonic() + 30
+        while sum('"msg":"request"' in l for l in s.log) < 5 and time.monotonic() < end:
+            time.sleep(0.05)
+        lanes = [json.loads(l)["lanes"] for l in s.log if '"msg":"request"' in l]
+        assert len(lanes) == 5 and lanes[0] == cores, lanes
+        assert min(lanes[1:]) == 1, lanes  # four at once on two workers: some shared the cores
+    finally:
         assert s.stop() == 0
 
 
@@ -1133,6 +1169,83 @@ def test_hashed_ngram_model():
         assert s.stop() == 0 and plain.stop() == 0
 
 
+# ---- issue 27: streams that end in an error, /metrics and CORS ---------------------------------
+
+def log_line(s, rid, timeout=5):
+    """The server's access-log line of the request whose X-Request-Id is rid (it may come a
+    moment after the answer: it is written once both the answer and the job are over)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for line in list(s.log):
+            if '"msg":"request"' in line and '"request_id":"%s"' % rid in line:
+                return json.loads(line)
+        time.sleep(0.02)
+    raise AssertionError("no log line for %s" % rid)
+
+
+def test_stream_errors_logged_and_counted():
+    """A stream that ends in an error event is logged and counted with that error's status (it
+    was 200, the status its head carried), and a stream's run_time is never 0 (the line used to
+    be written before the worker recorded its end)."""
+    s = Server("--workers", "1", "--max-queue", "100", model="", gen=SLOW_LM)
+    try:
+        for i in range(8):
+            rid = "stream-ok-%d" % i
+            st, _, d = s.req("POST", "/generate_stream", {"inputs": "a", "parameters": {"max_new_tokens": 3}},
+                             {"X-Request-Id": rid})
+            assert st == 200 and sse_events(d)[-1]["details"]["generated_tokens"] == 3, d
+            line = log_line(s, rid)
+            assert line["status"] == 200 and line["run_time"] > 0 and "stream_error" not in line, line
+        st, _, d = s.req("POST", "/generate_stream", {"inputs": slow_prompt(40000), "parameters": {"max_new_tokens": 5}},
+                         {"X-Request-Timeout": "0.5", "X-Request-Id": "stream-deadline"})
+        assert st == 200 and sse_events(d)[-1].get("error_type") == "timeout", d
+        line = log_line(s, "stream-deadline")
+        assert line["status"] == 504 and line["stream_error"] == "timeout" and line["run_time"] > 0, line
+        st, _, d = s.req("POST", "/v1/completions", {"prompt": slow_prompt(40000), "max_tokens": 5, "stream": True},
+                         {"X-Request-Timeout": "0.5", "X-Request-Id": "openai-deadline"})
+        assert st == 200 and b'"type":"timeout"' in d, d
+        assert log_line(s, "openai-deadline")["status"] == 504
+        m = wait_idle(s)
+        assert m.get('luna_requests_total{endpoint="generate",code="504"}') == 1, m
+        assert m.get('luna_requests_total{endpoint="completions",code="504"}') == 1, m
+        assert m.get('luna_requests_total{endpoint="generate",code="200"}') == 8, m
+    finally:
+        assert s.stop() == 0
+
+
+def test_metrics_auth_and_cors_null():
+    """--metrics-auth 1 puts /metrics behind the API key; with or without it /metrics carries no
+    CORS header (with --cors-allow-origin '*' any page could read it), and the origin "null"
+    (sandboxed frames, file: pages) is never echoed."""
+    s = Server("--api-key", "k1", "--cors-allow-origin", "*", "--metrics-auth", "1")
+    key = {"Authorization": "Bearer k1"}
+    try:
+        st, h, b = s.json("GET", "/metrics")
+        is_error(st, b, 401, "unauthorized")
+        st, h, d = s.req("GET", "/metrics", headers=dict(key, Origin="http://evil.example"))
+        assert st == 200 and b"luna_requests_total" in d and "access-control-allow-origin" not in h, h
+        st, h, _ = s.req("OPTIONS", "/metrics", headers={"Origin": "http://evil.example",
+                                                         "Access-Control-Request-Method": "GET"})
+        assert "access-control-allow-origin" not in h, h
+        st, h, _ = s.req("GET", "/info", headers=dict(key, Origin="http://a.example"))
+        assert st == 200 and h["access-control-allow-origin"] == "http://a.example", h
+        st, h, _ = s.req("GET", "/info", headers=dict(key, Origin="null"))
+        assert st == 200 and "access-control-allow-origin" not in h, h
+        st, h, _ = s.req("OPTIONS", "/classify", headers={"Origin": "null", "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in h, h
+        assert s.req("GET", "/health")[0] == 200 and s.req("GET", "/ready")[0] == 200
+    finally:
+        assert s.stop() == 0
+    s = Server("--api-key", "k1", "--cors-allow-origin", "null", "--cors-allow-origin", "*")
+    try:
+        st, h, d = s.req("GET", "/metrics", headers={"Origin": "http://evil.example"})
+        assert st == 200 and "access-control-allow-origin" not in h, "public, but for no other origin: %r" % h
+        st, h, _ = s.req("POST", "/classify", {"inputs": "a"}, dict(key, Origin="null"))
+        assert st == 200 and "access-control-allow-origin" not in h, "null even when listed: %r" % h
+    finally:
+        assert s.stop() == 0
+
+
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
@@ -1153,9 +1266,10 @@ def main():
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),
              (test_generate_limits, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
-             (test_memory_never_fits, None), (test_classify_raw_body, None), (test_bodies_are_reserved, None), (test_budget_invariant_32_clients, None),
+             (test_memory_never_fits, None), (test_classify_raw_body, None), (test_bodies_are_reserved, None), (test_lone_classification_uses_every_core, None), (test_budget_invariant_32_clients, None),
              (test_queue_full_429, None), (test_deadline_504, None), (test_100_disconnects, None),
-             (test_drain_on_sigterm, None), (test_config, None)]
+             (test_drain_on_sigterm, None), (test_config, None),
+             (test_stream_errors_logged_and_counted, None), (test_metrics_auth_and_cors_null, None)]
     only = sys.argv[1:]
     passed = failed = 0
     for fn, arg in tests:

@@ -35,7 +35,7 @@ Test(api, base64_rejects_malformed)
 
 static api_err parse(const char *body, api_classify_req *req, api_error *err)
 {
-    api_limits lim = {100, 4};
+    api_limits lim = {100, 4, NULL};
     return api_parse_classify(body, strlen(body), &lim, req, err);
 }
 
@@ -93,7 +93,7 @@ Test(api, classify_errors)
 
 Test(api, classify_raw_body)
 {
-    api_limits lim = {10, 1024};
+    api_limits lim = {10, 1024, NULL};
     api_classify_req req;
     api_error err = {0};
     const uint8_t body[] = "abc\0def";
@@ -170,7 +170,7 @@ Test(api, base64_encode_round_trips)
 
 static api_err gparse(const char *body, api_generate_req *req, api_error *err)
 {
-    api_gen_limits lim = {50, 500, 100};
+    api_gen_limits lim = {50, 500, 100, NULL};
     return api_parse_generate(body, strlen(body), &lim, req, err);
 }
 
@@ -273,7 +273,7 @@ Test(api, openai_bad_json_and_error_messages_stay_valid)
 {
     api_generate_req q;
     api_error e;
-    api_gen_limits lim = {100, 10, 5};
+    api_gen_limits lim = {100, 10, 5, NULL};
     memset(&q, 0xA5, sizeof q); /* garbage, as on a caller's stack */
     cr_expect_eq(api_parse_completions("{no", 3, &lim, &q, &e), API_E_BAD_JSON);
     memset(&q, 0xA5, sizeof q);
@@ -289,8 +289,8 @@ Test(api, openai_bad_json_and_error_messages_stay_valid)
 /* A body is exactly one JSON document: whitespace may follow it, nothing else (every parser). */
 Test(api, one_json_document_per_body)
 {
-    api_gen_limits glim = {100, 10, 5};
-    api_limits clim = {100, 4};
+    api_gen_limits glim = {100, 10, 5, NULL};
+    api_limits clim = {100, 4, NULL};
     const char *bad[] = {"{\"inputs\": \"a\"} {\"inputs\": \"b\"}", "{\"inputs\": \"a\"}x", "{\"inputs\": \"a\"}}",
                          "{\"inputs\": \"a\"}\n,"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -351,7 +351,7 @@ Test(api, echo_of_a_prompt_cut_mid_character_streams_as_answered)
 {
     api_generate_req q;
     api_error e;
-    api_gen_limits lim = {100, 10, 5};
+    api_gen_limits lim = {100, 10, 5, NULL};
     const char body[] = "{\"prompt\": \"ab\xE2\x82\", \"echo\": true, \"max_tokens\": 2}";
     cr_assert_eq(api_parse_completions(body, strlen(body), &lim, &q, &e), API_OK);
     api_generate_set_meta(&q, "m", "rid", 1);
@@ -370,4 +370,149 @@ Test(api, echo_of_a_prompt_cut_mid_character_streams_as_answered)
     free(e1);
     free(e2);
     api_generate_free(&q);
+}
+
+/* Issue 27. A key twice in one object, at any depth, is refused by every parser with 400 naming
+ * the key: cJSON reads the first, a proxy may read the last, and the two must not disagree. */
+Test(api, duplicate_keys_are_refused_everywhere)
+{
+    api_gen_limits glim = {100, 10, 5, NULL};
+    api_limits clim = {100, 4, NULL};
+    const char *gen[] = {"{\"inputs\": \"a\", \"parameters\": {\"max_new_tokens\": 2, \"max_new_tokens\": 10}}",
+                         "{\"inputs\": \"a\", \"inputs\": \"b\"}",
+                         "{\"parameters\": {}, \"inputs\": \"a\", \"parameters\": {\"seed\": 1}}"};
+    for (size_t i = 0; i < sizeof gen / sizeof gen[0]; i++) {
+        api_generate_req g;
+        api_error e;
+        cr_expect_eq(api_parse_generate(gen[i], strlen(gen[i]), &glim, &g, &e), API_E_BAD_JSON, "%s", gen[i]);
+        cr_expect(strstr(e.message, "duplicate key") != NULL, "%s", e.message);
+    }
+    api_generate_req g;
+    api_classify_req c;
+    api_error e;
+    const char cmp[] = "{\"prompt\": \"a\", \"max_tokens\": 1, \"max_tokens\": 9}";
+    cr_expect_eq(api_parse_completions(cmp, strlen(cmp), &glim, &g, &e), API_E_BAD_JSON);
+    cr_expect(strstr(e.message, "\"max_tokens\"") != NULL, "names the key: %s", e.message);
+    const char chat[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"a\", \"role\": \"system\"}]}";
+    cr_expect_eq(api_parse_chat(chat, strlen(chat), &glim, &g, &e), API_E_BAD_JSON);
+    cr_expect(strstr(e.message, "\"role\"") != NULL, "%s", e.message);
+    const char deep[] = "{\"inputs\": \"a\", \"parameters\": {\"grammar\": {\"x\": [{\"k\": 1, \"k\": 2}]}}}";
+    cr_expect_eq(api_parse_generate(deep, strlen(deep), &glim, &g, &e), API_E_BAD_JSON, "nested in a list");
+    const char cls[] = "{\"inputs\": \"a\", \"raw_scores\": true, \"raw_scores\": false}";
+    cr_expect_eq(api_parse_classify(cls, strlen(cls), &clim, &c, &e), API_E_BAD_JSON);
+    cr_expect_eq(api_err_status(API_E_BAD_JSON), 400);
+    /* the same key in two different objects is fine, and so is a key that differs in case */
+    const char ok[] = "{\"inputs\": \"a\", \"parameters\": {\"stop\": [\"x\"], \"Stop\": null, \"seed\": 1}}";
+    cr_assert_eq(api_parse_generate(ok, strlen(ok), &glim, &g, &e), API_E_VALIDATION, "%s", e.message);
+    const char ok2[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": \"b\"}]}";
+    cr_assert_eq(api_parse_chat(ok2, strlen(ok2), &glim, &g, &e), API_OK, "%s", e.message);
+    api_generate_free(&g);
+    /* many keys: sorted, not compared pairwise (a million would be 10^12 comparisons) */
+    size_t n = 200000, at = 0;
+    char *big = malloc(n * 16 + 64);
+    at += (size_t)sprintf(big, "{\"inputs\": \"a\", \"parameters\": {\"grammar\": {");
+    for (size_t i = 0; i < n; i++) at += (size_t)sprintf(big + at, "%s\"k%zu\":0", i ? "," : "", i);
+    at += (size_t)sprintf(big + at, ",\"k%zu\":0}}}", n / 2);
+    cr_expect_eq(api_parse_generate(big, at, &glim, &g, &e), API_E_BAD_JSON);
+    cr_expect(strstr(e.message, "\"k100000\"") != NULL, "%s", e.message);
+    free(big);
+}
+
+/* Issue 27. \u0000 is refused wherever it is (cJSON would cut the string there), a base64
+ * request's stop sequence included; an escaped backslash followed by the text u0000 is no NUL. */
+Test(api, nul_escapes_found_exactly)
+{
+    cr_expect(api__has_nul_escape("\"a\\u0000b\"", 10));
+    cr_expect(!api__has_nul_escape("\"C:\\\\u0000x\"", 12), "an escaped backslash, then u0000");
+    cr_expect(api__has_nul_escape("\"C:\\\\\\u0000x\"", 13), "an escaped backslash, then \\u0000");
+    cr_expect(!api__has_nul_escape("\"\\u0000\"", 6), "the length counts");
+    cr_expect(!api__has_nul_escape("\"\\\"u0000\"", 9));
+    api_gen_limits glim = {100, 10, 5, NULL};
+    api_limits clim = {100, 4, NULL};
+    api_generate_req g;
+    api_classify_req c;
+    api_error e;
+    const char path[] = "{\"inputs\": \"C:\\\\u0000x\"}";
+    cr_assert_eq(api_parse_generate(path, strlen(path), &glim, &g, &e), API_OK, "%s", e.message);
+    cr_expect_eq(g.prompts[0].len, 9);
+    cr_expect(!memcmp(g.prompts[0].data, "C:\\u0000x", 9));
+    api_generate_free(&g);
+    cr_assert_eq(api_parse_classify(path, strlen(path), &clim, &c, &e), API_OK, "%s", e.message);
+    api_classify_free(&c);
+    const char cpath[] = "{\"prompt\": \"C:\\\\u0000x\"}";
+    cr_assert_eq(api_parse_completions(cpath, strlen(cpath), &glim, &g, &e), API_OK, "%s", e.message);
+    api_generate_free(&g);
+    const char stop[] = "{\"inputs_base64\": \"YWJj\", \"parameters\": {\"stop\": [\"a\\u0000b\"]}}";
+    cr_expect_eq(api_parse_generate(stop, strlen(stop), &glim, &g, &e), API_E_VALIDATION, "not cut to \"a\"");
+    cr_expect(strstr(e.message, "U+0000") != NULL, "%s", e.message);
+    const char cstop[] = "{\"inputs_base64\": \"YWJj\", \"model\": \"a\\u0000\"}";
+    cr_expect_eq(api_parse_classify(cstop, strlen(cstop), &clim, &c, &e), API_E_VALIDATION);
+}
+
+/* Issue 27. Sampling parameters are checked as the float the engine samples with: a double in
+ * range that rounds to 0.0f (top_p 1e-46, 1e-320; repetition_penalty 1e-320) is a 422 here, not
+ * a 500 from the engine once the request runs (a stream has sent its 200 by then). */
+Test(api, sampling_ranges_hold_as_floats)
+{
+    api_gen_limits glim = {100, 10, 5, NULL};
+    const char *bad[] = {"{\"inputs\": \"a\", \"parameters\": {\"top_p\": 1e-46}}",
+                         "{\"inputs\": \"a\", \"parameters\": {\"top_p\": 1e-320}}",
+                         "{\"inputs\": \"a\", \"parameters\": {\"repetition_penalty\": 1e-320}}",
+                         "{\"inputs\": \"a\", \"parameters\": {\"repetition_penalty\": 1e-46}}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        api_generate_req g;
+        api_error e;
+        cr_expect_eq(api_parse_generate(bad[i], strlen(bad[i]), &glim, &g, &e), API_E_VALIDATION, "%s", bad[i]);
+        cr_expect(strstr(e.message, "32-bit float") != NULL, "%s", e.message);
+        cr_expect(e.param != NULL);
+    }
+    const char *obad[] = {"{\"prompt\": \"a\", \"top_p\": 1e-46}", "{\"prompt\": \"a\", \"repetition_penalty\": 1e-320}"};
+    for (size_t i = 0; i < 2; i++) {
+        api_generate_req g;
+        api_error e;
+        cr_expect_eq(api_parse_completions(obad[i], strlen(obad[i]), &glim, &g, &e), API_E_VALIDATION, "%s", obad[i]);
+        char chat[160];
+        snprintf(chat, sizeof chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], %s", strchr(obad[i], ',') + 2);
+        cr_expect_eq(api_parse_chat(chat, strlen(chat), &glim, &g, &e), API_E_VALIDATION, "%s", chat);
+    }
+    /* the smallest floats above 0 pass, as floats > 0 (the engine takes them); temperature 1e-46
+     * is 0.0f, which is greedy */
+    api_generate_req g;
+    api_error e;
+    const char ok[] = "{\"inputs\": \"a\", \"parameters\": {\"top_p\": 1e-40, \"repetition_penalty\": 1e-40, \"temperature\": 1e-46}}";
+    cr_assert_eq(api_parse_generate(ok, strlen(ok), &glim, &g, &e), API_OK, "%s", e.message);
+    cr_expect(g.top_p > 0 && g.repetition_penalty > 0 && g.temperature == 0 && !g.do_sample);
+    api_generate_free(&g);
+}
+
+/* Issue 27. OpenAI's "model" (and vLLM's on /classify) must name the served model: another
+ * is 404 model_not_found, as OpenAI and vLLM answer; absent or null is fine. */
+Test(api, unknown_model_is_404)
+{
+    api_gen_limits glim = {100, 10, 5, "austen-lm"};
+    api_limits clim = {100, 4, "spam"};
+    api_generate_req g;
+    api_classify_req c;
+    api_error e;
+    const char bad[] = "{\"model\": \"nonexistent\", \"prompt\": \"a\"}";
+    cr_assert_eq(api_parse_completions(bad, strlen(bad), &glim, &g, &e), API_E_MODEL_NOT_FOUND);
+    cr_expect_eq(api_err_status(e.kind), 404);
+    cr_expect_str_eq(api_err_type(e.kind), "model_not_found");
+    cr_expect_str_eq(e.param, "model");
+    cr_expect(strstr(e.message, "nonexistent") && strstr(e.message, "austen-lm"), "%s", e.message);
+    const char cbad[] = "{\"model\": \"gpt-4o\", \"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}";
+    cr_expect_eq(api_parse_chat(cbad, strlen(cbad), &glim, &g, &e), API_E_MODEL_NOT_FOUND);
+    const char vbad[] = "{\"model\": \"austen-lm\", \"input\": \"a\"}";
+    cr_expect_eq(api_parse_classify(vbad, strlen(vbad), &clim, &c, &e), API_E_MODEL_NOT_FOUND);
+    /* TGI's placeholder and an endpoint's URL (Hugging Face's clients send it as the model) */
+    const char *good[] = {"{\"model\": \"austen-lm\", \"prompt\": \"a\"}", "{\"prompt\": \"a\"}", "{\"model\": null, \"prompt\": \"a\"}",
+                          "{\"model\": \"tgi\", \"prompt\": \"a\"}", "{\"model\": \"http://127.0.0.1:8080\", \"prompt\": \"a\"}",
+                          "{\"model\": \"https://x.example/v1/\", \"prompt\": \"a\"}"};
+    for (int i = 0; i < 6; i++) {
+        cr_assert_eq(api_parse_completions(good[i], strlen(good[i]), &glim, &g, &e), API_OK, "%s", good[i]);
+        api_generate_free(&g);
+    }
+    const char vgood[] = "{\"model\": \"spam\", \"input\": \"a\"}";
+    cr_assert_eq(api_parse_classify(vgood, strlen(vgood), &clim, &c, &e), API_OK);
+    api_classify_free(&c);
 }

@@ -448,3 +448,75 @@ Test(decoder, loader_binds_exactly_the_causal_tensors)
                                  "\"tie_embeddings\": false}",
                          "tensor \"output_projection.weight\" is missing");
 }
+
+/* ---- batched steps (luna_step_batch) ------------------------------------------------------ */
+
+/* Every stream steps to the same bits alone and inside batches of 2 to 32, in any position,
+ * with other streams joining and leaving between steps: the property that lets the server batch
+ * decode steps and still give a seeded request the same bytes whatever else runs. */
+static void batch_invariance(const char *model)
+{
+    enum { S = 32, STEPS = 6 };
+    luna_model *m = golden_model(model);
+    const luna_config *cfg = luna_model_config(m);
+    size_t V = (size_t)cfg->vocab_size;
+    luna_ctx *c;
+    luna_ctx_opts o = {64, LUNA_ATTN_LUNA, 1};
+    cr_assert_eq(luna_ctx_new(m, &o, &c), 0);
+    luna_gen_state *alone[S], *batched[S];
+    unsigned x = 12345;
+    for (int i = 0; i < S; i++) {
+        cr_assert_eq(luna_gen_state_new(m, &alone[i]), 0);
+        cr_assert_eq(luna_gen_state_new(m, &batched[i]), 0);
+        int32_t prompt[40];
+        size_t n = 1 + (size_t)i % 37;
+        for (size_t t = 0; t < n; t++) x = x * 1103515245u + 12345u, prompt[t] = (int32_t)(cfg->byte_offset + (x >> 16) % 256);
+        prompt[0] = cfg->bos_id;
+        cr_assert_eq(luna_prefill(c, alone[i], prompt, n, NULL, 0), 0);
+        cr_assert_eq(luna_gen_state_copy(batched[i], alone[i]), 0);
+    }
+    float *la = malloc(V * sizeof(float)), *lb = malloc(S * V * sizeof(float));
+    for (int step = 0; step < STEPS; step++) {
+        /* this step's batch: a random subset of 2..32 streams in a random order */
+        int order[S], B = 2 + (int)((x = x * 1103515245u + 12345u) >> 16) % (S - 1);
+        for (int i = 0; i < S; i++) order[i] = i;
+        for (int i = S - 1; i > 0; i--) {
+            x = x * 1103515245u + 12345u;
+            int j = (int)((x >> 16) % (unsigned)(i + 1)), t = order[i];
+            order[i] = order[j], order[j] = t;
+        }
+        luna_gen_state *bs[S];
+        int32_t tok[S];
+        for (int b = 0; b < B; b++) {
+            bs[b] = batched[order[b]];
+            tok[b] = (int32_t)(cfg->byte_offset + (order[b] * 7 + step * 13) % 256);
+        }
+        cr_assert_eq(luna_step_batch(c, bs, tok, (size_t)B, lb), 0);
+        for (int b = 0; b < B; b++) {
+            cr_assert_eq(luna_step(c, alone[order[b]], tok[b], la), 0);
+            cr_assert(!memcmp(la, lb + (size_t)b * V, V * sizeof(float)),
+                      "%s step %d: stream %d at row %d of %d differs from its step alone", model, step, order[b], b, B);
+            cr_assert_eq(luna_gen_state_tokens(alone[order[b]]), luna_gen_state_tokens(bs[b]));
+        }
+    }
+    /* errors move no state */
+    uint64_t t0 = luna_gen_state_tokens(batched[0]);
+    luna_gen_state *dup[2] = {batched[0], batched[0]};
+    int32_t two[2] = {cfg->byte_offset, cfg->byte_offset};
+    cr_assert_eq(luna_step_batch(c, dup, two, 2, lb), LUNA_EINVAL, "a state twice in one batch");
+    int32_t bad[2] = {cfg->byte_offset, (int32_t)V};
+    luna_gen_state *pair[2] = {batched[0], batched[1]};
+    cr_assert_eq(luna_step_batch(c, pair, bad, 2, lb), LUNA_EINVAL, "a token out of the vocabulary");
+    cr_assert_eq(luna_step_batch(c, batched, two, 65, lb), LUNA_EINVAL, "more rows than the chunk holds");
+    cr_assert_eq(luna_gen_state_tokens(batched[0]), t0);
+    free(la), free(lb);
+    for (int i = 0; i < S; i++) luna_gen_state_free(alone[i]), luna_gen_state_free(batched[i]);
+    luna_ctx_free(c);
+    luna_model_free(m);
+}
+
+Test(decoder, batched_steps_are_batch_invariant) { batch_invariance("lm_defaults"); }
+Test(decoder, batched_steps_are_batch_invariant_untied_prenorm) { batch_invariance("lm_legacy_untied_prenorm_learned"); }
+Test(decoder, batched_steps_are_batch_invariant_hash_ngrams) { batch_invariance("lm_hash_ngrams"); }
+Test(decoder, batched_steps_are_batch_invariant_ngram_embed) { batch_invariance("lm_ngram_embed"); }
+Test(decoder, batched_steps_are_batch_invariant_f16) { batch_invariance("lm_f16_h1"); }

@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -270,5 +271,54 @@ Test(encoder, softmax_baselines_agree)
     cr_assert_gt(sqrt(num / den), 1e-2);
     luna_ctx_free(ca), luna_ctx_free(cb), luna_ctx_free(cl);
     free(a), free(b);
+    luna_model_free(m);
+}
+
+/* The streaming plan polls the cancel flag between chunks in every pass: a cancel that comes
+ * in the middle of a forward stops it there. Machine speed is not assumed: the document doubles
+ * until the forward outlasts the 5 ms after which another thread sets the flag. */
+typedef struct {
+    atomic_int *flag;
+    int delay_us;
+} canceller;
+
+static void *cancel_later(void *p)
+{
+    canceller *cl = p;
+    usleep((useconds_t)cl->delay_us);
+    atomic_store(cl->flag, 1);
+    return NULL;
+}
+
+Test(encoder, streaming_plan_stops_mid_forward)
+{
+    luna_model *m = golden_model("defaults"); /* no max_positions */
+    luna_ctx *ctx;
+    luna_ctx_opts o = {64, LUNA_ATTN_LUNA, 2};
+    cr_assert_eq(luna_ctx_new(m, &o, &ctx), 0);
+    atomic_int flag = 0;
+    luna_ctx_set_cancel(ctx, &flag);
+    int canceled_mid = 0;
+    for (size_t len = 1 << 16; len <= (1u << 26) && !canceled_mid; len *= 2) {
+        uint8_t *doc = calloc(len, 1);
+        cr_assert_not_null(doc);
+        luna_plan p = luna_plan_streaming(m, luna_input_tokens(m, doc, len));
+        atomic_store(&flag, 0);
+        canceller cl = {&flag, 5000};
+        pthread_t th;
+        cr_assert_eq(pthread_create(&th, NULL, cancel_later, &cl), 0);
+        int rc = luna_classify_plan(ctx, &p, doc, len, NULL, NULL);
+        pthread_join(th, NULL);
+        cr_assert(rc == 0 || rc == LUNA_ECANCELED, "%s", luna_strerror(rc));
+        canceled_mid = rc == LUNA_ECANCELED;
+        free(doc);
+    }
+    cr_assert(canceled_mid, "no forward was ever canceled in the middle");
+    atomic_store(&flag, 0);
+    float probs[16];
+    uint8_t small[300] = {1};
+    luna_plan p = luna_plan_streaming(m, luna_input_tokens(m, small, sizeof small));
+    cr_assert_eq(luna_classify_plan(ctx, &p, small, sizeof small, probs, NULL), 0, "reusable after a cancel");
+    luna_ctx_free(ctx);
     luna_model_free(m);
 }

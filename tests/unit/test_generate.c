@@ -356,3 +356,139 @@ Test(generate, seed_is_reproducible_across_threads_and_load)
     free(alone.out.buf), free(other.out.buf);
     for (int i = 0; i < 4; i++) free(js[i].out.buf);
 }
+
+/* ---- many generations batched (luna_gen_* with luna_step_batch) ----------------------------- */
+
+/* A scheduler written out here: generations join at different iterations, their prompts are
+ * prefilled in slices of random sizes between steps, every generation that has a token steps
+ * in one batch (in a random order), and each one leaves as soon as it ends. Each must give
+ * exactly the bytes, finish reason and counts of the same generation run alone. */
+Test(generate, batched_generations_give_the_bytes_of_each_alone)
+{
+    enum { N = 24 };
+    lm x = lm_open("lm_defaults", LUNA_ATTN_LUNA);
+    const luna_config *cfg = luna_model_config(x.m);
+    size_t V = (size_t)cfg->vocab_size;
+    static const uint8_t stop_a[] = "e t", stop_b[] = "zz";
+    char prompts[N][400];
+    luna_sampling sp[N];
+    luna_gen_params p[N];
+    sink alone[N], batched[N];
+    luna_gen_result ra[N], rb[N];
+    unsigned r = 99;
+    for (int i = 0; i < N; i++) {
+        size_t plen = 1 + (size_t)(i * 37) % 390;
+        for (size_t j = 0; j < plen; j++) r = r * 1103515245u + 12345u, prompts[i][j] = (char)('a' + (r >> 16) % 26);
+        prompts[i][plen] = 0;
+        sp[i] = (luna_sampling)LUNA_SAMPLING_DEFAULTS;
+        if (i % 3) sp[i].temperature = 0.7f + 0.1f * (float)(i % 4), sp[i].top_k = i % 5 ? 20 : 0, sp[i].top_p = 0.9f;
+        else sp[i].temperature = 0;
+        sp[i].repetition_penalty = i % 2 ? 1.2f : 1.0f;
+        sp[i].seed = (uint64_t)(1000 + i);
+        p[i] = (luna_gen_params){.max_new_tokens = 5 + (i * 7) % 40};
+        if (i % 4 == 1) p[i].n_stop = 1, p[i].stop[0] = stop_a, p[i].stop_len[0] = 3;
+        if (i % 4 == 2) p[i].n_stop = 2, p[i].stop[0] = stop_a, p[i].stop_len[0] = 3, p[i].stop[1] = stop_b, p[i].stop_len[1] = 2;
+        memset(&alone[i], 0, sizeof alone[i]);
+        memset(&batched[i], 0, sizeof batched[i]);
+        cr_assert_eq(gen(&x, prompts[i], strlen(prompts[i]), &sp[i], &p[i], &alone[i], &ra[i]), 0);
+    }
+    luna_gen g[N];
+    luna_gen_state *st[N];
+    luna_sampler *smp[N];
+    int joined = 0, live[N] = {0}, ended = 0;
+    float *lb = malloc(N * V * sizeof(float));
+    for (int iter = 0; ended < N; iter++) {
+        cr_assert_lt(iter, 100000, "the scheduler makes progress");
+        /* join: a few new generations per iteration */
+        for (int k = 0; k < 3 && joined < N; k++, joined++) {
+            int i = joined;
+            cr_assert_eq(luna_gen_state_new(x.m, &st[i]), 0);
+            cr_assert_eq(luna_sampler_new((int)V, &sp[i], &smp[i]), 0);
+            cr_assert_eq(luna_gen_begin(&g[i], x.m, st[i], smp[i], (const uint8_t *)prompts[i], strlen(prompts[i]), &p[i],
+                                        sink_emit, &batched[i]), 0);
+            live[i] = 1;
+        }
+        /* prefill slices: a random budget each */
+        for (int i = 0; i < joined; i++)
+            if (live[i] && luna_gen_prefilling(&g[i])) {
+                r = r * 1103515245u + 12345u;
+                cr_assert_geq(luna_gen_prefill(&g[i], x.c, 1 + (r >> 16) % 150), 0);
+            }
+        /* sample, then one batched step of every generation that has a token, in a random order */
+        luna_gen_state *bs[N];
+        int32_t tok[N];
+        int who[N], B = 0;
+        for (int i = 0; i < joined; i++) {
+            if (!live[i] || luna_gen_prefilling(&g[i])) continue;
+            int32_t t;
+            int rc = luna_gen_next(&g[i], &t);
+            cr_assert_geq(rc, 0);
+            if (rc == 1) {
+                int at = B ? (int)((r = r * 1103515245u + 12345u) >> 16) % (B + 1) : 0;
+                bs[B] = bs[at], tok[B] = tok[at], who[B] = who[at];
+                bs[at] = st[i], tok[at] = t, who[at] = i;
+                B++;
+            } else {
+                cr_assert_eq(luna_gen_end(&g[i], &rb[i]), 0);
+                live[i] = 0, ended++;
+            }
+        }
+        if (B) {
+            cr_assert_eq(luna_step_batch(x.c, bs, tok, (size_t)B, lb), 0);
+            for (int b = 0; b < B; b++) memcpy(g[who[b]].logits, lb + (size_t)b * V, V * sizeof(float));
+        }
+    }
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(batched[i].len, alone[i].len, "generation %d: %zu bytes batched, %zu alone", i, batched[i].len, alone[i].len);
+        cr_assert(!memcmp(batched[i].buf, alone[i].buf, alone[i].len), "generation %d: other bytes batched", i);
+        cr_assert_eq(rb[i].finish, ra[i].finish, "generation %d", i);
+        cr_assert_eq(rb[i].stop_index, ra[i].stop_index);
+        cr_assert_eq(rb[i].generated_tokens, ra[i].generated_tokens);
+        cr_assert_eq(rb[i].prompt_tokens, ra[i].prompt_tokens);
+        luna_gen_state_free(st[i]);
+        luna_sampler_free(smp[i]);
+        free(alone[i].buf), free(batched[i].buf);
+    }
+    free(lb);
+    lm_close(&x);
+}
+
+/* Prefill slices end on chunk boundaries, so any slicing leaves the same logits, bit for bit. */
+Test(generate, prefill_slices_give_the_same_logits)
+{
+    lm x = lm_open("lm_legacy_untied_prenorm_learned", LUNA_ATTN_LUNA);
+    const luna_config *cfg = luna_model_config(x.m);
+    size_t V = (size_t)cfg->vocab_size;
+    uint8_t prompt[450];
+    for (size_t i = 0; i < sizeof prompt; i++) prompt[i] = (uint8_t)('a' + (i * 7919) % 26);
+    luna_gen_params p = {.max_new_tokens = 1};
+    luna_sampling sp = LUNA_SAMPLING_DEFAULTS;
+    float *want = malloc(V * sizeof(float));
+    unsigned r = 5;
+    for (int trial = 0; trial < 8; trial++) {
+        luna_gen_state *s;
+        luna_sampler *smp;
+        luna_gen g;
+        cr_assert_eq(luna_gen_state_new(x.m, &s), 0);
+        cr_assert_eq(luna_sampler_new((int)V, &sp, &smp), 0);
+        cr_assert_eq(luna_gen_begin(&g, x.m, s, smp, prompt, sizeof prompt, &p, NULL, NULL), 0);
+        long total = 0;
+        while (luna_gen_prefilling(&g)) {
+            r = r * 1103515245u + 12345u;
+            long n = luna_gen_prefill(&g, x.c, trial == 0 ? 4096 : 1 + (r >> 16) % 100);
+            cr_assert_gt(n, 0);
+            total += n;
+            if (luna_gen_prefilling(&g)) cr_assert_eq(luna_gen_state_tokens(s) % 64, 0, "a slice ends on a chunk boundary");
+        }
+        cr_assert_eq(total, (long)sizeof prompt + 1, "bos and every byte");
+        if (trial == 0) memcpy(want, g.logits, V * sizeof(float));
+        else cr_assert(!memcmp(want, g.logits, V * sizeof(float)), "slicing %d changed the logits", trial);
+        luna_gen_result res;
+        cr_assert_eq(luna_gen_end(&g, &res), 0);
+        cr_assert_eq(res.prompt_tokens, sizeof prompt + 1);
+        luna_gen_state_free(s);
+        luna_sampler_free(smp);
+    }
+    free(want);
+    lm_close(&x);
+}
