@@ -9,13 +9,14 @@
 #   make valgrind   run the unit and golden tests under valgrind's memcheck
 #   make bench      run the encoder benchmark under bench/ (prints tables, writes docs/bench/encoder-<cpu>-<core>*)
 #   make bench-gen  run the generation benchmark (Luna decoder vs KV cache; docs/bench/generate-<cpu>-<core>*)
+#   make bench-plans  the plans' cost: streaming vs resident, 64 MiB e-mail (docs/bench/plans-<cpu>-<core>*)
 #   make golden     regenerate tests/golden with the PyTorch reference (needs python3-torch)
 #   make cluster    3 replicas behind HAProxy on loopback: kill -9 and SIGTERM under load
 #   make image      build the container image (podman here, docker where an engine runs) and test it
 #   make fuzz       libFuzzer harnesses, FUZZ_SECONDS (60) each (clang; fuzz/run.sh installs it)
 #   make badinput   the bad-input matrix against $(BUILD)/bin/lunaserve (also part of make check)
 #   make soak       the ASan build under mixed load for SOAK_SECONDS (120): 0 leaks, RSS drift
-#   make load       the wrk load test; table and plot in docs/bench/load-<cpu>-<core>* (load-quick: smoke)
+#   make load       the wrk load test and its long documents; docs/bench/load-[longdoc-]<cpu>-<core>* (load-quick: smoke)
 #
 # V=1 shows the compile lines. BUILD selects the output tree (build/ by default).
 
@@ -150,6 +151,10 @@ bench: bin/luna
 bench-gen: bin/luna
 	sh bench/gen.sh
 
+# The plans (issue 24): streaming vs resident time and memory, a 64 MiB e-mail (CLI and server).
+bench-plans: bin/luna bin/lunaserve
+	sh bench/plans.sh
+
 golden:
 	/usr/bin/python3 tools/make_golden.py tests/golden
 
@@ -179,5 +184,5 @@ load-quick:
 clean:
 	rm -rf build bin
 
-.PHONY: all check check-slow asan valgrind deps test run bench bench-gen golden cluster image fuzz badinput soak load load-quick clean
+.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans golden cluster image fuzz badinput soak load load-quick clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -140,7 +140,7 @@ def tokens(a):
         counts = []
         for d in docs:  # one at a time: the usage is per request
             c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=120)
-            c.request("POST", "/classify", json.dumps({"model": "load", "input": d}),
+            c.request("POST", "/classify", json.dumps({"model": "classify", "input": d}),
                       {"Content-Type": "application/json"})
             r = c.getresponse()
             b = json.loads(r.read())
