@@ -100,7 +100,7 @@ static void add_reserved_header(const http_req *r, struct MHD_Response *resp)
     /* which plan classified the (largest) document: resident, partial or streaming */
     if (r->job.kind == JOB_CLASSIFY && r->job.t_end > 0 && r->job.rc == 0)
         MHD_add_response_header(resp, "X-Luna-Plan", SRV_PLAN_NAMES[r->job.plan]);
-    if (!r->job.reserve) return;
+    if (!r->job.reserve && !(r->job.t_start > 0)) return; /* a job that ran says what it held, 0 included */
     char v[32];
     snprintf(v, sizeof v, "%llu", (unsigned long long)r->job.reserve);
     MHD_add_response_header(resp, "X-Memory-Reserved-Bytes", v);

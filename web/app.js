@@ -269,11 +269,12 @@
       if (!r.ok) throw await readError(r);
       const scores = await r.json();
       const ms = performance.now() - t0;
-      const reserved = r.headers.get("X-Memory-Reserved-Bytes");
+      const reserved = r.headers.get("X-Memory-Reserved-Bytes"), plan = r.headers.get("X-Luna-Plan");
       renderScores(Array.isArray(scores[0]) ? scores[0] : scores);
       $("cls-bytes").textContent = exactBytes(bytes) + note;
       $("cls-latency").textContent = `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`;
-      $("cls-mem").textContent = reserved != null ? exactBytes(Number(reserved)) : estimateReserved(bytes);
+      $("cls-mem").textContent = (reserved != null ? exactBytes(Number(reserved)) : estimateReserved(bytes)) +
+        (plan ? ` (${plan} plan)` : "");
       clsRes.hidden = false;
     } catch (e) {
       clsRes.hidden = true;

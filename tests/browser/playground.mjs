@@ -175,9 +175,11 @@ await check("classify a pasted spam email: the top label, bars, bytes, latency a
     const bytes = await p.page.textContent("#cls-bytes");
     assert(bytes.includes(`${Buffer.byteLength(spam)} B`), `input bytes: ${bytes}`);
     assert(/^\d+(\.\d)? ms$/.test(await p.page.textContent("#cls-latency")), "latency shows");
-    const reserved = Number(direct.headers.get("x-memory-reserved-bytes"));
+    const reservedHeader = direct.headers.get("x-memory-reserved-bytes"), plan = direct.headers.get("x-luna-plan");
+    const reserved = Number(reservedHeader);
     const mem = await p.page.textContent("#cls-mem");
-    assert(reserved > 0 && mem.replace(/,/g, "").includes(String(reserved)), `memory reserved ${mem}, the header says ${reserved}`);
+    assert(reservedHeader !== null && mem.replace(/,/g, "").includes(String(reserved)), `memory reserved ${mem}, the header says ${reservedHeader}`);
+    assert(plan && mem.includes(`(${plan} plan)`), `the plan shows: ${mem}, the header says ${plan}`);
     assert(p.problems.length === 0, p.problems.join("; "));
     console.log(`     top label ${top}; memory reserved ${mem}`);
   } finally {
