@@ -177,6 +177,9 @@ typedef struct {
     double flops; /* its floating-point operations, from the shapes */
 } luna_plan;
 
+/* Why rows and not layers: keeping X whole after some layer K (a layer checkpoint) would cost
+ * the resident plan's n * d floats and more time than it, so it is never the fastest plan for
+ * any budget; keeping the first R rows of X is what trades memory for time in between. */
 luna_plan luna_plan_resident(const luna_model *m, size_t n);
 luna_plan luna_plan_streaming(const luna_model *m, size_t n);
 luna_plan luna_plan_rows(const luna_model *m, size_t n, size_t rows);
