@@ -31,6 +31,7 @@
 # OUT/plans-<cpu>-<core>.{md,csv,png}; raw JSON lines stay in build/plans/.
 set -eu
 cd "$(dirname "$0")/.."
+. bench/serve.sh
 make --no-print-directory bin/luna bin/lunaserve >/dev/null
 command -v gnuplot >/dev/null 2>&1 || echo "plans: gnuplot not found (apt-get install gnuplot-nox): no PNG" >&2
 
@@ -117,24 +118,11 @@ cleanup() {
   kill "$pid" 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
-port=""
-i=0
-while [ $i -lt 600 ] && [ -z "$port" ]; do
-  port=$(grep -o '"msg":"listening".*"port":[0-9]*' "$log" 2>/dev/null | grep -o '[0-9]*$' || true)
-  kill -0 $pid 2>/dev/null || break
-  [ -n "$port" ] || sleep 0.1
-  i=$((i + 1))
-done
-[ -n "$port" ] || { echo "plans: the server did not start"; cat "$log"; exit 1; }
-url=http://127.0.0.1:$port
-until curl -sf "$url/health" >/dev/null 2>&1; do sleep 0.1; done
+serve_wait "$log" "$pid" plans
 curl -sf "$url/info" >"$work/info.json"
 sleep 1
 idle_kb=$(awk '/^VmRSS/ { print $2 }' /proc/$pid/status)
-( while kill -0 $pid 2>/dev/null; do
-    printf '%s %s\n' "$(date +%s.%N)" "$(awk '/^VmRSS/ { print $2 }' /proc/$pid/status 2>/dev/null)"
-    sleep 0.25
-  done ) >"$work/server-rss.txt" &
+rss_sample "$pid" >"$work/server-rss.txt" &
 sampler=$!
 curl -s -o "$work/server-answer.json" -D "$work/server-headers.txt" \
   -w '{"http_code": %{http_code}, "time_total": %{time_total}, "size_upload": %{size_upload}}\n' \

@@ -24,6 +24,7 @@
 # Exits 1 when a document is not answered 200 or the RSS goes above the bound.
 set -eu
 cd "$(dirname "$0")/../.."
+. bench/serve.sh
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 workers=${LOAD_WORKERS:-$(nproc)}
@@ -69,25 +70,12 @@ cleanup() {
   kill "$pid" 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
-port=""
-i=0
-while [ $i -lt 600 ] && [ -z "$port" ]; do
-  port=$(grep -o '"msg":"listening".*"port":[0-9]*' "$log" 2>/dev/null | grep -o '[0-9]*$' || true)
-  kill -0 $pid 2>/dev/null || break
-  [ -n "$port" ] || sleep 0.1
-  i=$((i + 1))
-done
-[ -n "$port" ] || { echo "longdoc: the server did not start"; cat "$log"; exit 1; }
-url=http://127.0.0.1:$port
-until curl -sf "$url/health" >/dev/null 2>&1; do sleep 0.1; done
+serve_wait "$log" "$pid" longdoc
 curl -sf "$url/info" >"$work/info.json"
 sleep 1
 idle_kb=$(awk '/^VmRSS/ { print $2 }' /proc/$pid/status)
 t0=$(date +%s.%N)
-( while kill -0 $pid 2>/dev/null; do
-    printf '%s %s\n' "$(date +%s.%N)" "$(awk '/^VmRSS/ { print $2 }' /proc/$pid/status 2>/dev/null)"
-    sleep 0.25
-  done ) >"$work/rss.txt" &
+rss_sample "$pid" >"$work/rss.txt" &
 sampler=$!
 echo "longdoc: lunaserve pid $pid, $workers workers, budget $budget: $n concurrent $size documents ($clf_src)"
 

@@ -43,6 +43,7 @@
 # in-process baseline (engine_tput) runs on the same kernel, through OPENBLAS_CORETYPE.
 set -eu
 cd "$(dirname "$0")/../.."
+. bench/serve.sh
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
@@ -116,30 +117,13 @@ cleanup() {
   kill "$pid" 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
-port=""
-i=0
-while [ $i -lt 600 ]; do
-  port=$(grep -o '"msg":"listening".*"port":[0-9]*' "$log" 2>/dev/null | grep -o '[0-9]*$' || true)
-  [ -n "$port" ] && break
-  kill -0 $pid 2>/dev/null || break
-  sleep 0.1
-  i=$((i + 1))
-done
-[ -n "$port" ] || { echo "load: the server did not start"; cat "$log"; exit 1; }
-url=http://127.0.0.1:$port
-i=0
-until curl -sf "$url/health" >/dev/null 2>&1; do
-  i=$((i + 1)); [ $i -lt 300 ] || { echo "load: /health does not answer"; exit 1; }; sleep 0.1
-done
+serve_wait "$log" "$pid" load
 curl -sf "$url/info" >"$work/info.json" || { echo "load: /info does not answer"; exit 1; }
 core=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("blas", {}).get("core", ""))' \
   "$work/info.json")
 
 t0=$(date +%s.%N)
-( while kill -0 $pid 2>/dev/null; do
-    printf '%s %s\n' "$(date +%s.%N)" "$(awk '/^VmRSS/ { print $2 }' /proc/$pid/status 2>/dev/null)"
-    sleep 0.25
-  done ) >"$work/rss.txt" &
+rss_sample "$pid" >"$work/rss.txt" &
 sampler=$!
 phase() { printf '%s %s\n' "$(date +%s.%N)" "$1" >>"$work/phases.txt"; }
 
