@@ -40,7 +40,7 @@ mkdir -p "$out"
 CC=${FUZZ_CC:-clang}
 SAN="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 CFLAGS="-std=c11 -D_GNU_SOURCE -g -O1 -I. $(pkg-config --cflags libcjson openblas) -Wall -Wno-unused-function"
-API_SRC="api/classify.c api/generate.c api/openai.c api/utf8.c"
+API_SRC=$(ls api/*.c)
 ENGINE_SRC=$(ls engine/*.c | grep -v '^engine/model.c$')
 LIBS="$(pkg-config --libs libcjson openblas) -lm -lpthread"
 

@@ -42,6 +42,8 @@ static const setting SETTINGS[] = {
     {"max-queue", T_INT, 1, 1000000, "64", F(max_queue), 0, "requests that may wait; more get 429"},
     {"max-body-bytes", T_BYTES, 0, 1e12, "0", F(max_body_bytes), 0, "largest request body; larger gets 413 before it is read; 0 = half the memory budget"},
     {"max-input-bytes", T_BYTES, 0, 1e12, "0", F(max_input_bytes), 0, "largest document after JSON decoding; 0 = max-body-bytes"},
+    {"max-batch", T_INT, 1, 256, "32", F(max_batch), 0, "generations stepped together in one batched decode step (continuous batching); 1 = each generation runs alone on a worker, start to end"},
+    {"max-batch-tokens", T_INT, 1, 1000000, "256", F(max_batch_tokens), 0, "prompt tokens per prefill slice run between decode steps (rounded up to the engine's 256-token chunk)"},
     {"max-new-tokens", T_INT, 1, 1000000, "1024", F(max_new_tokens), 0, "cap on max_new_tokens for generation"},
     {"default-new-tokens", T_INT, 1, 1000000, "100", F(default_new_tokens), 0, "max_new_tokens of a request that names none (capped by max-new-tokens)"},
     {"sse-ping-interval", T_SECONDS, 0.01, 3600, "10", F(sse_ping_interval), 0, "seconds without an event before a stream gets a keep-alive comment"},

@@ -24,6 +24,8 @@ typedef struct {
     int max_queue;
     uint64_t max_body_bytes;
     uint64_t max_input_bytes;
+    int max_batch;            /* generations per batched decode step; 1 = no batching */
+    int max_batch_tokens;     /* prompt tokens per prefill slice */
     int max_new_tokens;
     int default_new_tokens;   /* max_new_tokens of a request that names none */
     double sse_ping_interval; /* seconds without an event before a stream gets a comment */

@@ -33,7 +33,6 @@
 #include "server/assets.h"
 #include "server/server.h"
 
-char *api_render_info(const srv_app *app); /* api/info.c */
 
 typedef enum { PH_NEW = 0, PH_EARLY, PH_BODY, PH_QUEUED, PH_ANSWER, PH_STREAM, PH_DONE } phase;
 
@@ -419,7 +418,7 @@ static enum MHD_Result answer_get(http_req *r)
         return respond(r, 200, "application/json", strdup("{\"status\":\"ready\"}"), NULL);
     }
     case EP_INFO:
-        return respond(r, 200, "application/json", api_render_info(app), NULL);
+        return respond(r, 200, "application/json", srv_render_info(app), NULL);
     case EP_METRICS:
         return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_metrics_render(&app->metrics), NULL);
     case EP_PAGE:
@@ -602,13 +601,14 @@ static enum MHD_Result answer_job(http_req *r)
 static int over_budget(http_req *r, uint64_t reserve)
 {
     srv_app *app = r->app;
-    if (reserve <= app->cfg.memory_budget) return 0;
-    api_fail(&r->err, API_E_MEMORY, "this request needs %llu bytes of workspace; the memory budget is %llu",
-             (unsigned long long)reserve, (unsigned long long)app->cfg.memory_budget);
+    uint64_t budget = srv_request_budget(app);
+    if (reserve <= budget) return 0;
+    api_fail(&r->err, API_E_MEMORY, "this request needs %llu bytes of workspace; requests may reserve %llu of the memory budget",
+             (unsigned long long)reserve, (unsigned long long)budget);
     r->err.extra_key[0] = "memory_required_bytes";
     r->err.extra_val[0] = (double)reserve;
     r->err.extra_key[1] = "memory_budget_bytes";
-    r->err.extra_val[1] = (double)app->cfg.memory_budget;
+    r->err.extra_val[1] = (double)budget;
     srv_metrics_reject(&app->metrics, REJ_MEMORY);
     return 1;
 }
@@ -732,7 +732,7 @@ static enum MHD_Result start_classify(http_req *r)
          * whole budget (resident, unless streaming costs no more time); when that does not fit
          * what is free, the dispatcher runs it under the streaming plan instead, which needs no
          * memory that grows with the input: no document is too large for the budget */
-        uint64_t need = luna_plan_for(app->classifier, n, app->cfg.memory_budget).bytes;
+        uint64_t need = luna_plan_for(app->classifier, n, srv_request_budget(app)).bytes;
         if (need > reserve) reserve = need;
         srv_metrics_input_bytes(&app->metrics, d->len);
     }
@@ -856,13 +856,13 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
          * until it is freed (the parsed input stands in for the body once parsed) */
         if (r->body_expect) {
             uint64_t need = (uint64_t)r->body_expect + 1;
-            if (need > app->cfg.memory_budget) {
-                api_fail(&r->err, API_E_MEMORY, "the body is %s bytes; the memory budget is %llu", cl,
-                         (unsigned long long)app->cfg.memory_budget);
+            if (need > srv_request_budget(app)) {
+                api_fail(&r->err, API_E_MEMORY, "the body is %s bytes; requests may reserve %llu of the memory budget", cl,
+                         (unsigned long long)srv_request_budget(app));
                 r->err.extra_key[0] = "memory_required_bytes";
                 r->err.extra_val[0] = (double)need;
                 r->err.extra_key[1] = "memory_budget_bytes";
-                r->err.extra_val[1] = (double)app->cfg.memory_budget;
+                r->err.extra_val[1] = (double)srv_request_budget(app);
                 srv_metrics_reject(&app->metrics, REJ_MEMORY);
                 return respond_error(r, NULL);
             }

@@ -39,6 +39,11 @@ void srv_metrics_init(srv_metrics *m, uint64_t budget)
     static const double tok[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1};
     hist_init(&m->prefill, secs, 15);
     hist_init(&m->per_token, tok, 12);
+    hist_init(&m->ttft, secs, 15);
+    static const double rows[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+    hist_init(&m->batch_size, rows, 9);
+    static const double slice[] = {16, 64, 256, 512, 1024, 2048, 4096, 16384, 65536};
+    hist_init(&m->batch_prefill, slice, 9);
     m->budget = budget;
 }
 
@@ -51,7 +56,8 @@ void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int code, double secon
     while (c < m->n_codes && m->codes[c] != code) c++;
     if (c == m->n_codes && c < SRV_N_CODES) m->codes[m->n_codes++] = code;
     if (c < SRV_N_CODES) m->requests[ep][c]++;
-    if (ep == EP_CLASSIFY || ep == EP_GENERATE) hist_add(&m->duration, seconds);
+    if (ep == EP_CLASSIFY || ep == EP_GENERATE || ep == EP_COMPLETIONS || ep == EP_CHAT)
+        hist_add(&m->duration, seconds);
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -80,6 +86,11 @@ void srv_metrics_generated(srv_metrics *m, uint64_t generated, uint64_t prompt, 
     pthread_mutex_unlock(&m->lock);
 }
 void srv_metrics_reject(srv_metrics *m, srv_rejection r) { LOCKED(m->rejections[r]++); }
+void srv_metrics_ttft(srv_metrics *m, double s) { LOCKED(hist_add(&m->ttft, s)); }
+void srv_metrics_batch_step(srv_metrics *m, int rows) { LOCKED(hist_add(&m->batch_size, rows)); }
+void srv_metrics_batch_prefill(srv_metrics *m, long tokens) { LOCKED(hist_add(&m->batch_prefill, (double)tokens)); }
+void srv_metrics_fixed(srv_metrics *m, uint64_t bytes) { LOCKED(m->fixed = bytes); }
+void srv_metrics_batch_streams(srv_metrics *m, int streams) { LOCKED(m->batch_streams = streams); }
 void srv_metrics_inflight(srv_metrics *m, int delta) { LOCKED(m->inflight += delta); }
 void srv_metrics_queue_depth(srv_metrics *m, int depth) { LOCKED(m->queue_depth = depth); }
 void srv_metrics_reserved(srv_metrics *m, uint64_t r)
@@ -186,11 +197,18 @@ char *srv_metrics_render(srv_metrics *m)
                   "# TYPE luna_prompt_tokens_total counter\nluna_prompt_tokens_total %llu\n",
               (unsigned long long)m->prompt_tokens);
     hist_render(&b, "luna_prefill_seconds", "Time to prefill a generation's prompt (the time to first token, less the queue).", &m->prefill);
+    hist_render(&b, "luna_time_to_first_token_seconds", "Time from a generation's arrival to its first token, queue included.", &m->ttft);
+    hist_render(&b, "luna_batch_size", "Generations stepped together, one value per batched decode step.", &m->batch_size);
+    hist_render(&b, "luna_batch_prefill_tokens", "Prompt tokens of each prefill slice run between decode steps.", &m->batch_prefill);
+    sb_printf(&b, "# HELP luna_batch_current_size Generations in the continuous batch now (prefilling or decoding).\n"
+                  "# TYPE luna_batch_current_size gauge\nluna_batch_current_size %d\n", m->batch_streams);
     hist_render(&b, "luna_time_per_output_token_seconds", "Decode time per generated token, one value per generation.", &m->per_token);
     sb_printf(&b, "# HELP luna_memory_budget_bytes The memory budget of running requests.\n"
                   "# TYPE luna_memory_budget_bytes gauge\nluna_memory_budget_bytes %llu\n", (unsigned long long)m->budget);
     sb_printf(&b, "# HELP luna_memory_reserved_bytes Bytes reserved by running requests.\n"
                   "# TYPE luna_memory_reserved_bytes gauge\nluna_memory_reserved_bytes %llu\n", (unsigned long long)m->reserved);
+    sb_printf(&b, "# HELP luna_memory_reserved_fixed_bytes Bytes of the reservation held for the server's life (the batch's scratch).\n"
+                  "# TYPE luna_memory_reserved_fixed_bytes gauge\nluna_memory_reserved_fixed_bytes %llu\n", (unsigned long long)m->fixed);
     sb_printf(&b, "# HELP luna_memory_reserved_peak_bytes The most ever reserved at once.\n"
                   "# TYPE luna_memory_reserved_peak_bytes gauge\nluna_memory_reserved_peak_bytes %llu\n",
               (unsigned long long)m->reserved_peak);

@@ -32,10 +32,14 @@ typedef struct {
     int n_codes;
     srv_histogram duration, queue_wait, input_bytes;
     srv_histogram prefill, per_token; /* generation: the prompt's prefill; decode time per token */
+    srv_histogram ttft;               /* generation: submit to first token */
+    srv_histogram batch_size;         /* rows of each batched decode step */
+    srv_histogram batch_prefill;      /* tokens of each prefill slice */
+    int batch_streams;                /* generations in the batch now */
     uint64_t generated_tokens, prompt_tokens;
     uint64_t rejections[4]; /* queue_full, memory, draining, deadline */
     int64_t inflight;
-    uint64_t reserved, reserved_peak, budget;
+    uint64_t reserved, reserved_peak, budget, fixed; /* fixed: reserved for the server's life */
     int queue_depth;
     char build_labels[1024]; /* luna_build_info's labels, escaped once at startup */
     uint64_t plans[3];       /* documents classified, by plan: resident, partial, streaming */
@@ -61,6 +65,14 @@ void srv_metrics_input_bytes(srv_metrics *m, uint64_t bytes);
 /* One generation: its token counts and how long the prefill and the decode took. */
 void srv_metrics_generated(srv_metrics *m, uint64_t generated, uint64_t prompt, double prefill_s,
                            double decode_s);
+/* A generation's first token, `seconds` after its request was queued. */
+void srv_metrics_ttft(srv_metrics *m, double seconds);
+/* The continuous batch: one decode step of `rows` rows; one prefill slice of `tokens`; the
+ * number of generations in the batch. */
+void srv_metrics_batch_step(srv_metrics *m, int rows);
+void srv_metrics_batch_prefill(srv_metrics *m, long tokens);
+void srv_metrics_batch_streams(srv_metrics *m, int streams);
+void srv_metrics_fixed(srv_metrics *m, uint64_t bytes); /* reserved for the server's life */
 void srv_metrics_reject(srv_metrics *m, srv_rejection r);
 void srv_metrics_inflight(srv_metrics *m, int delta);
 void srv_metrics_reserved(srv_metrics *m, uint64_t reserved);

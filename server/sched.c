@@ -15,14 +15,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "api/utf8.h"
-#include "engine/generate.h"
-#include "server/server.h"
+#include "server/batch.h"
+
+/* What a worker does: a whole job (a classification, or a generation alone), or a task of the
+ * continuous batch (batch.h). */
+typedef enum { TASK_NONE = 0, TASK_JOB, TASK_PREFILL, TASK_STEP } srv_task;
 
 struct srv_worker {
     srv_app *app;
@@ -30,8 +31,12 @@ struct srv_worker {
     uv_thread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    srv_job *job;   /* assigned by the loop, cleared by the worker when done */
-    int busy;       /* loop thread's view: a job is assigned and not yet completed */
+    srv_task task;  /* set by the loop (lock held), TASK_NONE again once the loop took it back */
+    srv_job *job;   /* TASK_JOB */
+    srv_seq *seq;   /* TASK_PREFILL */
+    int lanes;      /* TASK_PREFILL */
+    int finished;   /* the worker is done with the task (lock held) */
+    int busy;       /* loop thread's view: a task is assigned and not yet taken back */
     int quit;
     luna_ctx *ctx;  /* the classifier's, allocated once at start (NULL without one) */
     luna_ctx *gctx; /* the generator's, and its fixed-size state, allocated once at start */
@@ -55,6 +60,11 @@ int srv_reserve(srv_app *app, uint64_t bytes)
     return 0;
 }
 
+uint64_t srv_request_budget(const srv_app *app)
+{
+    return app->cfg.memory_budget - (app->batch ? app->batch->scratch : 0);
+}
+
 void srv_release(srv_app *app, uint64_t bytes)
 {
     if (!bytes) return;
@@ -71,13 +81,18 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
 {
     uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size;
     uint64_t n = (uint64_t)req->max_new_tokens;
-    /* the worker's generation state and its context's prefill chunk (allocated once per worker,
-     * but a running job's working set all the same); sampler scratch (12 B and a bit per id)
-     * and logits (4 B per id); the output bytes and their UTF-8 rendering (3x); a stream's
-     * unread events. None of it grows with the prompt. */
+    /* per prompt running at once (one alone; up to max-batch in the batch): its generation
+     * state, sampler scratch (12 B and a bit per id) and logits (4 B per id); the context
+     * that prefills it (a worker's, allocated once, but the job's working set all the same);
+     * per prompt: the output bytes and their UTF-8 rendering (3x), a stream's unread events.
+     * None of it grows with the prompt. */
     uint64_t prompts = req->n_prompts ? req->n_prompts : 1;
-    return (uint64_t)luna_gen_state_bytes(app->generator) + (uint64_t)luna_ctx_bytes(app->generator, NULL) +
-           V * 17 + prompts * (n * 4 + (req->stream ? srv_stream_limit(1, (size_t)n) : 0));
+    uint64_t rows = app->batch && prompts > (uint64_t)app->cfg.max_batch ? (uint64_t)app->cfg.max_batch
+                    : app->batch                                         ? prompts
+                                                                         : 1;
+    return rows * ((uint64_t)luna_gen_state_bytes(app->generator) + V * 17) +
+           (uint64_t)luna_ctx_bytes(app->generator, NULL) +
+           prompts * (n * 4 + (req->stream ? srv_stream_limit(1, (size_t)n) : 0));
 }
 
 uint64_t srv_min_reservation(const srv_app *app)
@@ -173,176 +188,33 @@ int srv_stream_push(srv_job *job, const char *data, size_t len)
     return 0;
 }
 
-/* The events of one streamed generation. Each byte is a token; its event goes out when the
- * next byte arrives, so that the last one of a choice can carry its result (TGI's final event
- * has generated_text and details; OpenAI's last chunk has the finish_reason). */
-typedef struct {
-    srv_job *job;
-    int byte_offset;
-    size_t choice;      /* the prompt being generated */
-    api_gen_result *res;/* its result; res->out is its output */
-    api_utf8 utf8;
-    uint64_t index;     /* events of this choice so far */
-    int pending;        /* a byte waits for its event */
-    uint8_t pend_byte;
-    char pend_text[API_UTF8_MAX_OUT(1) + 3];
-    size_t pend_len;
-    int failed;         /* an event could not be rendered or queued */
-} gen_emit;
-
-static void push_or_fail(gen_emit *g, char *ev, int skip)
-{
-    if (skip) return;
-    if (!ev || srv_stream_push(g->job, ev, strlen(ev))) {
-        g->failed = 1;
-        atomic_store(&g->job->cancel, 1); /* the engine stops at its next step */
-    }
-    free(ev);
-}
-
-static void emit_event(gen_emit *g, int id, const uint8_t *bytes, size_t nb, const char *text, size_t nt,
-                       int special, const api_gen_result *res)
-{
-    g->index++;
-    api_stream_token t = {g->choice, g->index, g->index == 1, id, text, nt, bytes, nb, special, res};
-    int skip;
-    char *ev = api_render_stream_token(g->job->generate, &t, &skip);
-    push_or_fail(g, ev, skip);
-}
-
-static void flush_pending(gen_emit *g, const api_gen_result *res)
-{
-    if (!g->pending) return;
-    g->pending = 0;
-    emit_event(g, g->byte_offset + g->pend_byte, &g->pend_byte, 1, g->pend_text, g->pend_len, 0, res);
-}
-
-static int on_bytes(void *user, const uint8_t *b, size_t n)
-{
-    gen_emit *g = user;
-    uint8_t *out = (uint8_t *)g->res->out;
-    memcpy(out + g->res->out_len, b, n); /* out holds max_new_tokens bytes: enough */
-    g->res->out_len += n;
-    if (!g->job->stream) return 0;
-    for (size_t i = 0; i < n && !g->failed; i++) {
-        flush_pending(g, NULL);
-        g->pending = 1;
-        g->pend_byte = b[i];
-        g->pend_len = api_utf8_feed(&g->utf8, b + i, 1, g->pend_text);
-    }
-    return g->failed;
-}
-
-static void seed_from_os(uint64_t *seed)
-{
-    if (getrandom(seed, sizeof *seed, 0) != (ssize_t)sizeof *seed)
-        *seed = (uint64_t)(srv_now() * 1e9) ^ (uint64_t)pthread_self();
-    *seed &= (1ull << 53) - 1; /* a JSON number keeps it exactly */
-}
-
-/* The last events of a streamed choice: the held-back end of a UTF-8 sequence, then the event
- * that carries the result (after eos: the eos token itself). */
-static void finish_choice(gen_emit *g, luna_finish finish, int eos_id)
-{
-    if (g->pending) g->pend_len += api_utf8_finish(&g->utf8, g->pend_text + g->pend_len);
-    if (finish == LUNA_FINISH_EOS || !g->pending) {
-        flush_pending(g, NULL);
-        emit_event(g, finish == LUNA_FINISH_EOS ? eos_id : -1, NULL, 0, "", 0, 1, g->res);
-    } else {
-        flush_pending(g, g->res);
-    }
-}
-
-/* Generates every prompt of the job in turn on the worker's context and state. */
-static int run_generate(srv_worker *w, srv_job *job)
-{
-    const api_generate_req *q = job->generate;
-    const luna_config *cfg = luna_model_config(w->app->generator);
-    uint64_t seed = q->seed;
-    if (q->do_sample && !q->has_seed) seed_from_os(&seed);
-    luna_sampling sp = {q->do_sample ? q->temperature : 0.0f, q->do_sample ? q->top_k : 0,
-                        q->do_sample ? q->top_p : 1.0f, q->repetition_penalty, seed};
-    luna_gen_params gp = {.max_new_tokens = q->max_new_tokens, .n_stop = q->n_stop};
-    for (int i = 0; i < q->n_stop; i++) gp.stop[i] = q->stop[i], gp.stop_len[i] = q->stop_len[i];
-    if (job->stream) { /* the 200 response can go out now */
-        pthread_mutex_lock(&job->stream->lock);
-        job->stream->started = 1;
-        job->stream->last_push = srv_now();
-        pthread_mutex_unlock(&job->stream->lock);
-        job->on_stream(job);
-    }
-    int rc = 0, failed = 0;
-    for (size_t c = 0; c < q->n_prompts && !rc && !failed; c++) {
-        api_gen_result *res = &job->gres[c];
-        res->out = job->out + c * (size_t)q->max_new_tokens;
-        res->byte_offset = cfg->byte_offset;
-        res->has_seed = q->do_sample;
-        res->seed = seed;
-        luna_sampler *smp = NULL;
-        if ((rc = luna_sampler_new(cfg->vocab_size, &sp, &smp))) break; /* each prompt: a fresh sampler */
-        gen_emit g = {.job = job, .byte_offset = cfg->byte_offset, .choice = c, .res = res};
-        luna_gen_state_reset(w->gstate);
-        luna_gen_result r;
-        rc = luna_generate(w->gctx, w->gstate, smp, q->prompts[c].data, q->prompts[c].len, &gp, on_bytes, &g, &r);
-        luna_sampler_free(smp);
-        res->finish = luna_finish_name(r.finish);
-        res->generated_tokens = r.generated_tokens;
-        res->prompt_tokens = r.prompt_tokens;
-        srv_metrics_generated(&w->app->metrics, r.generated_tokens, r.prompt_tokens, r.prefill_seconds, r.decode_seconds);
-        if (job->stream && !rc && !g.failed) finish_choice(&g, r.finish, cfg->eos_id);
-        else if (job->stream && !g.failed) flush_pending(&g, NULL);
-        failed = g.failed;
-    }
-    if (!job->stream) return rc;
-    gen_emit end = {.job = job};
-    if (rc == 0 && !failed) {
-        int skip;
-        char *ev = api_render_stream_end(q, job->gres, &skip);
-        push_or_fail(&end, ev, skip);
-        failed = end.failed;
-    } else if (!failed) {
-        job->rc = rc;
-        api_error e;
-        if (srv_job_error(job, &e) != API_OK) {
-            char *ev = api_render_stream_error(q, &e);
-            if (ev) srv_stream_push(job, ev, strlen(ev));
-            free(ev);
-        }
-    }
-    if (failed && rc == 0) rc = LUNA_ENOMEM;
-    pthread_mutex_lock(&job->stream->lock);
-    job->stream->finished = 1;
-    int wake = job->stream->waiting;
-    job->stream->waiting = 0;
-    pthread_mutex_unlock(&job->stream->lock);
-    if (wake) job->on_stream(job);
-    return rc;
-}
-
 static void worker_main(void *arg)
 {
     srv_worker *w = arg;
     srv_app *app = w->app;
     for (;;) {
         pthread_mutex_lock(&w->lock);
-        while (!w->job && !w->quit) pthread_cond_wait(&w->cond, &w->lock);
+        while ((w->task == TASK_NONE || w->finished) && !w->quit) pthread_cond_wait(&w->cond, &w->lock);
+        srv_task task = w->quit ? TASK_NONE : w->task;
         srv_job *job = w->job;
         pthread_mutex_unlock(&w->lock);
-        if (!job) break; /* quit */
-        luna_ctx *ctx = job->kind == JOB_GENERATE ? w->gctx : w->ctx;
-        luna_ctx_set_cancel(ctx, &job->cancel);
-        if (job->kind == JOB_CLASSIFY) job->lanes = luna_ctx_set_lanes(ctx, job->lanes);
-        if (atomic_load(&job->cancel)) job->rc = LUNA_ECANCELED;
-        else job->rc = job->kind == JOB_GENERATE ? run_generate(w, job) : run_classify(w, job);
-        luna_ctx_set_cancel(ctx, NULL);
-        job->t_end = srv_now();
+        if (task == TASK_NONE) break; /* quit */
+        if (task == TASK_PREFILL) {
+            srv_batch_run_prefill(app, w->gctx, w->seq, w->lanes);
+        } else if (task == TASK_STEP) {
+            srv_batch_run_step(app);
+        } else {
+            luna_ctx *ctx = job->kind == JOB_GENERATE ? w->gctx : w->ctx;
+            luna_ctx_set_cancel(ctx, &job->cancel);
+            if (job->kind == JOB_CLASSIFY) job->lanes = luna_ctx_set_lanes(ctx, job->lanes);
+            if (atomic_load(&job->cancel)) job->rc = LUNA_ECANCELED;
+            else job->rc = job->kind == JOB_GENERATE ? srv_gen_run(app, w->gctx, w->gstate, job) : run_classify(w, job);
+            luna_ctx_set_cancel(ctx, NULL);
+            job->t_end = srv_now();
+        }
         pthread_mutex_lock(&w->lock);
-        w->job = NULL;
+        w->finished = 1;
         pthread_mutex_unlock(&w->lock);
-        pthread_mutex_lock(&app->lock);
-        job->next = app->done_head;
-        app->done_head = job;
-        pthread_mutex_unlock(&app->lock);
         uv_async_send(&app->wakeup);
     }
 }
@@ -378,6 +250,7 @@ int srv_queue_len(srv_app *app)
 /* Unlinks job from the queue; app->lock held. */
 static void queue_remove(srv_app *app, srv_job *job)
 {
+    assert(pthread_mutex_trylock(&app->lock) == EBUSY);
     srv_job **pp = &app->q_head, *prev = NULL;
     while (*pp && *pp != job) {
         prev = *pp;
@@ -400,68 +273,140 @@ static void complete_unrun(srv_job *job, int rc)
     job->on_done(job); /* after this, the job belongs to http.c */
 }
 
+static void assign(srv_worker *w, srv_task task, srv_job *job, srv_seq *seq, int lanes)
+{
+    w->busy = 1;
+    pthread_mutex_lock(&w->lock);
+    w->task = task;
+    w->job = job;
+    w->seq = seq;
+    w->lanes = lanes;
+    w->finished = 0;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Pops the queue's head when it can start now: a generation when the batch has rows for it, a
+ * job for a worker when one is idle; either when its reservation fits what is free. A job that
+ * does not fit runs in its least reservation when that fits (a classification: the streaming
+ * plan); else the head waits, and so does everything behind it, so a large job cannot starve. */
+static srv_job *queue_take(srv_app *app, int idle)
+{
+    pthread_mutex_lock(&app->lock);
+    srv_job *job = app->q_head;
+    int batched = job && job->kind == JOB_GENERATE && app->batch;
+    int ok = job && (batched ? srv_batch_room(app, job) : idle);
+    if (ok && srv_reserve(app, job->reserve) != 0) {
+        ok = job->min_reserve < job->reserve && srv_reserve(app, job->min_reserve) == 0;
+        if (ok) job->reserve = job->min_reserve;
+    }
+    if (ok) queue_remove(app, job);
+    pthread_mutex_unlock(&app->lock);
+    if (!ok) return NULL;
+    job->t_start = srv_now();
+    srv_metrics_queue_wait(&app->metrics, job->t_start - job->t_submit);
+    return job;
+}
+
+/* Hands out work. The queue's generations join the batch as soon as it has rows for them.
+ * Then each idle worker gets, in this order: the batch's decode step when it is due (the
+ * streams wait on it), unless the other work has had no worker since the last step (on one
+ * worker, steps and the rest take turns); else a prefill slice or the queue's head, taking
+ * turns when both wait. A lone job (nothing else running or waiting) gets every core's lane. */
 static void dispatch(srv_app *app)
 {
+    SRV_ON_LOOP(app);
+    srv_batch_reap(app);
+    while (app->batch && app->q_head) { /* the queue's generations join the batch */
+        pthread_mutex_lock(&app->lock);
+        int gen = app->q_head && app->q_head->kind == JOB_GENERATE;
+        pthread_mutex_unlock(&app->lock);
+        srv_job *job = gen ? queue_take(app, 0) : NULL;
+        if (!job) break;
+        srv_batch_admit(app, job);
+    }
     for (;;) {
         srv_worker *idle = NULL;
-        for (int i = 0; i < app->n_workers && !idle; i++)
-            if (!app->workers[i].busy) idle = &app->workers[i];
+        int running = 0, others = 0; /* tasks out; of them, not decode steps */
+        for (int i = 0; i < app->n_workers; i++) {
+            srv_worker *w = &app->workers[i];
+            if (!w->busy && !idle) idle = w;
+            running += w->busy;
+            others += w->busy && w->task != TASK_STEP;
+        }
         if (!idle) return;
-        pthread_mutex_lock(&app->lock);
-        srv_job *job = app->q_head;
-        /* a job that does not fit what is free runs in its least reservation when that fits (a
-         * classification: the streaming plan); else the head waits for memory */
-        int ok = job && srv_reserve(app, job->reserve) == 0;
-        if (job && !ok && job->min_reserve < job->reserve && srv_reserve(app, job->min_reserve) == 0) {
-            job->reserve = job->min_reserve;
-            ok = 1;
+        int queued = srv_queue_len(app);
+        srv_batch *b = app->batch;
+        int prefill = b && b->pf_head, step = srv_batch_step_due(app);
+        int other = prefill || queued;
+        if (step && (!other || others > 0 || !app->step_last)) {
+            srv_batch_step_out(app);
+            assign(idle, TASK_STEP, NULL, NULL, 1);
+            app->step_last = 1;
+            continue;
         }
-        if (!ok) {
-            pthread_mutex_unlock(&app->lock);
-            return; /* nothing queued, or the head waits for memory */
+        int waiting = queued + (prefill ? 1 + (b->pf_head->next != NULL) : 0);
+        int lanes = running == 0 && !step && waiting <= 1 ? app->n_workers * app->cfg.blas_threads : 1;
+        srv_job *job = NULL;
+        if (prefill && (!queued || !app->queue_turn)) {
+            app->queue_turn = 1;
+        } else if (queued && (job = queue_take(app, 1)) != NULL) {
+            app->queue_turn = 0;
+            if (job->kind == JOB_GENERATE && app->batch) { /* rows came free meanwhile */
+                srv_batch_admit(app, job);
+                continue;
+            }
+        } else if (!prefill) { /* the head waits for memory, or for rows of the batch */
+            if (!step) return;
+            srv_batch_step_out(app); /* which only the steps can free */
+            assign(idle, TASK_STEP, NULL, NULL, 1);
+            app->step_last = 1;
+            continue;
         }
-        queue_remove(app, job);
-        int queued = app->q_len;
-        pthread_mutex_unlock(&app->lock);
-        /* a classification that runs alone, with nothing waiting, gets every core's lane */
-        int busy = 0;
-        for (int i = 0; i < app->n_workers; i++) busy += app->workers[i].busy;
-        job->lanes = job->kind == JOB_CLASSIFY && busy == 0 && queued == 0 ? app->n_workers * app->cfg.blas_threads : 1;
-        job->t_start = srv_now();
-        srv_metrics_queue_wait(&app->metrics, job->t_start - job->t_submit);
-        idle->busy = 1;
-        pthread_mutex_lock(&idle->lock);
-        idle->job = job;
-        pthread_cond_signal(&idle->cond);
-        pthread_mutex_unlock(&idle->lock);
+        app->step_last = 0;
+        if (job) {
+            job->lanes = job->kind == JOB_CLASSIFY ? lanes : 1;
+            assign(idle, TASK_JOB, job, NULL, 0);
+        } else {
+            assign(idle, TASK_PREFILL, NULL, srv_batch_next_prefill(app), lanes);
+        }
     }
 }
 
 static void on_wakeup(uv_async_t *h)
 {
     srv_app *app = h->data;
-    pthread_mutex_lock(&app->lock);
-    srv_job *done = app->done_head;
-    app->done_head = NULL;
-    pthread_mutex_unlock(&app->lock);
-    while (done) {
-        srv_job *next = done->next;
-        srv_release(app, done->reserve);
-        done->on_done(done); /* after this, the job belongs to http.c */
-        done = next;
-    }
-    /* workers whose slot is empty are idle again (a worker empties its slot before it posts
-     * the job to the done list, so an empty slot always means the job is on its way here) */
+    SRV_ON_LOOP(app);
+    /* take back what the workers finished: a job is answered, a batch task's sequences move on */
     for (int i = 0; i < app->n_workers; i++) {
         srv_worker *w = &app->workers[i];
         pthread_mutex_lock(&w->lock);
-        if (w->busy && !w->job) w->busy = 0;
+        int done = w->busy && w->finished;
         pthread_mutex_unlock(&w->lock);
+        if (!done) continue;
+        srv_task task = w->task;
+        srv_job *job = w->job;
+        srv_seq *seq = w->seq;
+        pthread_mutex_lock(&w->lock);
+        w->task = TASK_NONE;
+        w->job = NULL;
+        w->seq = NULL;
+        w->finished = 0;
+        pthread_mutex_unlock(&w->lock);
+        w->busy = 0;
+        if (task == TASK_JOB) {
+            srv_release(app, job->reserve);
+            job->on_done(job); /* after this, the job belongs to http.c */
+        } else if (task == TASK_PREFILL) {
+            srv_batch_prefilled(app, seq);
+        } else {
+            srv_batch_stepped(app);
+        }
     }
     dispatch(app);
 }
 
-static int client_gone(int fd)
+int srv__client_gone(int fd)
 {
     if (fd < 0) return 0;
     char c;
@@ -469,11 +414,21 @@ static int client_gone(int fd)
     return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
-static void cancel_job(srv_job *job, srv_cancel_reason why)
+void srv__cancel_job(srv_job *job, srv_cancel_reason why)
 {
     int none = CANCEL_NONE;
     atomic_compare_exchange_strong(&job->cancel_reason, &none, (int)why);
     atomic_store(&job->cancel, 1);
+}
+
+/* A long prefill sends nothing: a comment keeps proxies from timing the stream out. */
+void srv__stream_ping(srv_app *app, srv_job *job, double now)
+{
+    if (!job->stream) return;
+    pthread_mutex_lock(&job->stream->lock);
+    int ping = job->stream->started && !job->stream->finished && now - job->stream->last_push >= app->cfg.sse_ping_interval;
+    pthread_mutex_unlock(&job->stream->lock);
+    if (ping) srv_stream_push(job, ": keep-alive\n\n", 14);
 }
 
 static void maybe_stop(srv_app *app);
@@ -481,10 +436,11 @@ static void maybe_stop(srv_app *app);
 static void on_tick(uv_timer_t *t)
 {
     srv_app *app = t->data;
+    SRV_ON_LOOP(app);
     double now = srv_now();
     /* large blocks were freed and nothing runs: give the heap's free pages back to the system,
      * so that an idle server's RSS comes back down after a burst */
-    if (atomic_load(&app->trim) && atomic_load(&app->reserved) == 0) {
+    if (atomic_load(&app->trim) && atomic_load(&app->reserved) == (app->batch ? app->batch->scratch : 0)) {
         atomic_store(&app->trim, 0);
         malloc_trim(0);
     }
@@ -493,7 +449,7 @@ static void on_tick(uv_timer_t *t)
     pthread_mutex_lock(&app->lock);
     for (srv_job *j = app->q_head, *next; j; j = next) {
         next = j->next;
-        int gone = client_gone(j->client_fd);
+        int gone = srv__client_gone(j->client_fd);
         if (now >= j->deadline || gone) {
             atomic_store(&j->cancel_reason, gone ? CANCEL_DISCONNECT : CANCEL_DEADLINE);
             queue_remove(app, j);
@@ -512,27 +468,23 @@ static void on_tick(uv_timer_t *t)
     for (int i = 0; i < app->n_workers; i++) {
         srv_worker *w = &app->workers[i];
         pthread_mutex_lock(&w->lock);
-        srv_job *j = w->job;
+        srv_job *j = w->task == TASK_JOB && !w->finished ? w->job : NULL;
         if (j && !atomic_load(&j->cancel)) {
-            if (now >= j->deadline) cancel_job(j, CANCEL_DEADLINE);
-            else if (client_gone(j->client_fd)) cancel_job(j, CANCEL_DISCONNECT);
+            if (now >= j->deadline) srv__cancel_job(j, CANCEL_DEADLINE);
+            else if (srv__client_gone(j->client_fd)) srv__cancel_job(j, CANCEL_DISCONNECT);
         }
-        if (j && j->stream) { /* a long prefill sends nothing: keep proxies from timing out */
-            pthread_mutex_lock(&j->stream->lock);
-            int ping = j->stream->started && !j->stream->finished &&
-                       now - j->stream->last_push >= app->cfg.sse_ping_interval;
-            pthread_mutex_unlock(&j->stream->lock);
-            if (ping) srv_stream_push(j, ": keep-alive\n\n", 14);
-        }
+        if (j) srv__stream_ping(app, j, now);
         pthread_mutex_unlock(&w->lock);
     }
+    srv_batch_tick(app, now);
+    dispatch(app); /* a cancelled sequence of the batch leaves now, not at the next step */
     if (atomic_load(&app->draining)) maybe_stop(app);
 }
 
 /* While draining: stop when nothing is queued or running; past the drain deadline, cancel. */
 static void maybe_stop(srv_app *app)
 {
-    int busy = 0;
+    int busy = srv_batch_jobs(app);
     for (int i = 0; i < app->n_workers; i++) busy |= app->workers[i].busy;
     int queued = srv_queue_len(app);
     if (!busy && !queued && srv_metrics_get_inflight(&app->metrics) == 0) {
@@ -554,9 +506,11 @@ static void maybe_stop(srv_app *app)
         }
         for (int i = 0; i < app->n_workers; i++) {
             pthread_mutex_lock(&app->workers[i].lock);
-            if (app->workers[i].job) cancel_job(app->workers[i].job, CANCEL_SHUTDOWN);
+            if (app->workers[i].task == TASK_JOB && app->workers[i].job)
+                srv__cancel_job(app->workers[i].job, CANCEL_SHUTDOWN);
             pthread_mutex_unlock(&app->workers[i].lock);
         }
+        srv_batch_cancel_all(app, CANCEL_SHUTDOWN);
     }
 }
 
@@ -576,6 +530,7 @@ static void on_signal(uv_signal_t *h, int signum)
 
 int srv_sched_start(srv_app *app)
 {
+    app->loop_thread = uv_thread_self(); /* the caller runs the loop (server/main.c) */
     pthread_mutex_init(&app->lock, NULL);
     if (uv_loop_init(&app->loop)) return -1;
     uv_async_init(&app->loop, &app->wakeup, on_wakeup);
@@ -613,7 +568,7 @@ int srv_sched_start(srv_app *app)
             return -1;
         }
     }
-    return 0;
+    return srv_batch_new(app);
 }
 
 static void close_cb(uv_handle_t *h) { (void)h; }
@@ -638,6 +593,7 @@ void srv_sched_stop(srv_app *app)
     }
     free(app->workers);
     app->workers = NULL;
+    srv_batch_free(app);
     uv_close((uv_handle_t *)&app->wakeup, close_cb);
     uv_close((uv_handle_t *)&app->tick, close_cb);
     uv_close((uv_handle_t *)&app->sigterm, close_cb);

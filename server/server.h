@@ -12,6 +12,7 @@
 #ifndef SRV_SERVER_H
 #define SRV_SERVER_H
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -71,9 +72,18 @@ struct srv_job {
     void (*on_done)(srv_job *);       /* called on the loop thread when the job is done */
     void *owner;
     srv_job *next;                    /* queue link (loop thread / queue lock) */
+    /* a generation in the continuous batch (server/batch.c; the loop thread's) */
+    int rows;                         /* prompts it may run at once */
+    size_t next_choice;               /* the next prompt to start */
+    int live;                         /* its prompts in the batch now */
+    int failed;                       /* an event could not be delivered */
+    int first_token;                  /* its first token has been counted (TTFT) */
+    uint64_t seed;                    /* the sampling seed, one for all its prompts */
+    srv_job *bnext;                   /* the batch's list of its jobs */
 };
 
 typedef struct srv_worker srv_worker;
+typedef struct srv_batch srv_batch;
 
 typedef struct {
     srv_config cfg;
@@ -84,17 +94,20 @@ typedef struct {
     size_t max_doc_tokens; /* tokens the classifier accepts (max_positions), or SIZE_MAX */
 
     uv_loop_t loop;
+    uv_thread_t loop_thread; /* the thread that runs the loop: SRV_ON_LOOP checks it */
     uv_async_t wakeup;    /* a job was submitted or finished */
     uv_timer_t tick;      /* deadlines, disconnects, drain */
     uv_signal_t sigterm, sigint;
 
-    pthread_mutex_t lock; /* guards the queue and the done list */
+    pthread_mutex_t lock; /* guards the queue */
     srv_job *q_head, *q_tail;
     int q_len;
-    srv_job *done_head;   /* finished by workers, not yet completed by the loop */
 
     srv_worker *workers;
     int n_workers;
+    srv_batch *batch;     /* continuous batching of generations; NULL with --max-batch 1 */
+    int step_last;        /* dispatch: the last task handed out was a decode step */
+    int queue_turn;       /* dispatch: the queue's head goes before the next prefill slice */
     _Atomic uint64_t reserved; /* the ledger: every byte reserved against the budget, by any
                                   thread, through srv_reserve and srv_release only */
     atomic_int trim;           /* large blocks were freed: the loop returns them when idle */
@@ -111,6 +124,15 @@ typedef struct {
 } srv_app;
 
 double srv_now(void); /* monotonic seconds */
+
+/* The invariant "the loop thread only" (the queue's consumer, the ledger's dispatcher, the
+ * batch), checked by assert() in every build that keeps asserts (all of ours). */
+#define SRV_ON_LOOP(app)                                                   \
+    do {                                                                   \
+        uv_thread_t self_ = uv_thread_self();                              \
+        assert(uv_thread_equal(&self_, &(app)->loop_thread));              \
+        (void)self_;                                                       \
+    } while (0)
 
 /* ---- sched.c ---- */
 /* A stream's buffer limit for n_prompts prompts of max_new_tokens each (what it reserves). */
@@ -131,6 +153,9 @@ uint64_t srv_min_reservation(const srv_app *app);
  * srv_reserve takes `bytes` if they fit what is left and returns 0, else -1 and takes nothing;
  * the sum of reservations never exceeds the budget. srv_release gives them back. */
 int srv_reserve(srv_app *app, uint64_t bytes);
+/* What requests may reserve: the budget less what the server holds for its life (the batch's
+ * scratch). A request that needs more is refused at once (413). */
+uint64_t srv_request_budget(const srv_app *app);
 void srv_release(srv_app *app, uint64_t bytes);
 
 /* Generation (sched.c). The bytes a request reserves in the ledger: the generation state and a
@@ -143,6 +168,9 @@ int srv_stream_push(srv_job *job, const char *data, size_t len);
 /* The error a failed job answers with (its rc and cancel reason); returns e->kind, or API_OK
  * when nobody is left to answer (the client went away). */
 api_err srv_job_error(const srv_job *job, api_error *e);
+
+/* ---- info.c ---- */
+char *srv_render_info(const srv_app *app); /* GET /info's body, malloc'd */
 
 /* ---- http.c ---- */
 int srv_http_start(srv_app *app);           /* binds and serves; sets app->port */

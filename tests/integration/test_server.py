@@ -105,6 +105,11 @@ def is_error(status, body, code, typ=None):
         assert e["type"] == typ, body
 
 
+def reserved_idle(m):
+    """Nothing is reserved but what the server holds for its life (the batch's scratch)."""
+    return m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"]
+
+
 def run_threads(fn, n):
     ts = [threading.Thread(target=fn) for _ in range(n)]
     for t in ts:
@@ -119,7 +124,7 @@ def wait_idle(s, seconds=60):
     end = time.monotonic() + seconds
     while True:
         m = s.metrics()
-        idle = m["luna_inflight_requests"] == 0 and m["luna_queue_depth"] == 0 and m["luna_memory_reserved_bytes"] == 0
+        idle = m["luna_inflight_requests"] == 0 and m["luna_queue_depth"] == 0 and m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"]
         if idle or time.monotonic() > end:
             return m
         time.sleep(0.1)
@@ -420,7 +425,7 @@ def test_classify_raw_body():
         st, _, b = s.json("POST", "/classify", doc, headers={"Content-Type": "text/plain"})
         assert st == 200 and b == want, b
         m = wait_idle(s)
-        assert m["luna_memory_reserved_bytes"] == 0 and m["luna_inflight_requests"] == 0, m
+        assert m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"] and m["luna_inflight_requests"] == 0, m
     finally:
         assert s.stop() == 0
 
@@ -478,7 +483,7 @@ def test_bodies_are_reserved():
             c.close()
         conns = []
         m = wait_idle(s, 20)
-        assert m["luna_memory_reserved_bytes"] == 0, m
+        assert m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"], m
         end = time.monotonic() + 10
         while vm_kb(s.proc.pid, "VmRSS") > rss0 * 1.1 + 1024 and time.monotonic() < end:
             time.sleep(0.1)
@@ -546,7 +551,7 @@ def test_budget_invariant_32_clients():
         m = s.metrics()
         assert 0 < m["luna_memory_reserved_peak_bytes"] <= budget, m["luna_memory_reserved_peak_bytes"]
         assert m["luna_memory_reserved_peak_bytes"] > budget / 2, "two jobs did run at once"
-        assert m["luna_memory_reserved_bytes"] == 0 and m["luna_inflight_requests"] == 0
+        assert m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"] and m["luna_inflight_requests"] == 0
     finally:
         assert s.stop() == 0
 
@@ -590,7 +595,7 @@ def test_deadline_504():
         st, _, b = s.json("POST", "/classify", {"inputs": "a"}, {"X-Request-Timeout": "-1"})
         is_error(st, b, 422)
         st, _, b = s.json("POST", "/classify", {"inputs": "fine"})
-        assert st == 200 and s.metrics()["luna_memory_reserved_bytes"] == 0
+        assert st == 200 and reserved_idle(s.metrics())
     finally:
         assert s.stop() == 0
 
@@ -608,7 +613,7 @@ def test_100_disconnects():
         for batch in range(10):
             run_threads(hangup, 10)
         m = wait_idle(s)
-        assert m["luna_inflight_requests"] == 0 and m["luna_memory_reserved_bytes"] == 0, m
+        assert m["luna_inflight_requests"] == 0 and m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"], m
         assert m.get('luna_requests_total{endpoint="classify",code="499"}', 0) == 100, m
         # 100 jobs of ~2 s each cannot have run: most were canceled
         t0 = time.monotonic()
@@ -816,6 +821,164 @@ def test_generate_seed_under_load(s):
     assert len(out) == 8 and all(st == 200 and b == alone for st, _, b in out), out[:1]
 
 
+# ---- continuous batching ------------------------------------------------------------------------
+
+def open_stream(port, path, body, timeout=600):
+    """Sends a streamed request; returns the connection and the response, headers read."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    r = c.getresponse()
+    assert r.status == 200, (r.status, r.read()[:300])
+    return c, r
+
+
+def next_event(r):
+    """The next data event of a stream (comments skipped), parsed; None at its end."""
+    lines = []
+    while True:
+        line = r.readline()  # the response's own: it takes the chunked framing off
+        if not line:
+            return None
+        line = line.decode().rstrip("\n")
+        if line == "" and lines:
+            return json.loads("".join(lines))
+        if line.startswith("data: "):
+            lines.append(line[6:])
+
+
+BATCH_BODIES = [
+    ("/generate", {"inputs": "Elinor", "parameters": {"max_new_tokens": 150, "do_sample": True, "temperature": 0.9,
+                                                      "top_p": 0.95, "repetition_penalty": 1.2, "seed": 77}}),
+    ("/generate", {"inputs": "It is a truth", "parameters": {"max_new_tokens": 90}}),
+    ("/generate", {"inputs": "x" * 700, "parameters": {"max_new_tokens": 60, "do_sample": True, "seed": 5,
+                                                       "top_k": 20, "stop": ["ab", "q"]}}),
+    ("/v1/completions", {"prompt": ["Marianne", "a" * 300, ""], "max_tokens": 40, "temperature": 0.7, "seed": 9}),
+    ("/generate", {"inputs": "", "parameters": {"max_new_tokens": 1, "do_sample": True, "seed": 1}}),
+    ("/generate", {"inputs": "y" * 1500, "parameters": {"max_new_tokens": 120, "do_sample": True, "seed": 123456,
+                                                        "temperature": 1.3}}),
+]
+
+
+def batch_answer(b):
+    """What must not depend on the batch: the texts and the details, not the ids or times."""
+    if "choices" in b:
+        return [(c["index"], c["text"], c["finish_reason"]) for c in b["choices"]]
+    return b
+
+
+def test_batch_bytes_match_alone():
+    # Continuous batching gives every request the bytes it gets alone: one server runs each
+    # request on its own (--max-batch 1, whole prompts, one stream at a time); the other batches
+    # them while 24 clients send them in random order and at random times, beside streams that
+    # join and leave (read a few events, then hang up).
+    import random
+    rng = random.Random(2026)
+    alone = Server("--max-batch", "1", model="", gen=LM)
+    try:
+        want = [batch_answer(alone.json("POST", p, b)[2]) for p, b in BATCH_BODIES]
+    finally:
+        assert alone.stop() == 0
+    s = Server("--max-batch", "8", "--max-batch-tokens", "1", "--max-queue", "100", model="", gen=LM)
+    try:
+        st, _, info = s.json("GET", "/info")
+        assert info["batch"] == {"continuous": True, "max_batch": 8, "max_batch_tokens": 1}, info["batch"]
+        out, errors = [], []
+        plan = [(rng.randrange(len(BATCH_BODIES)), rng.random() * 0.05, rng.random() < 0.3) for _ in range(24)]
+
+        def go(i):
+            k, delay, leave = plan[i]
+            time.sleep(delay)
+            try:
+                if leave:  # a stream that reads a few events and hangs up
+                    c, r = open_stream(s.port, "/generate_stream", {"inputs": "Mr.", "parameters": {"max_new_tokens": 500}})
+                    for _ in range(rng.randrange(1, 5)):
+                        assert next_event(r) is not None
+                    c.close()
+                    return
+                p, b = BATCH_BODIES[k]
+                st, _, got = s.json("POST", p, b)
+                out.append((k, st, batch_answer(got)))
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+        ts = [threading.Thread(target=go, args=(i,)) for i in range(len(plan))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not errors, errors
+        assert len(out) == sum(1 for p in plan if not p[2]), out
+        for k, st, got in out:
+            assert st == 200 and got == want[k], (k, st, got, want[k])
+        m = wait_idle(s)
+        assert reserved_idle(m) and m["luna_batch_current_size"] == 0, m
+        # streamed, the events say what the answer said
+        for p, b in BATCH_BODIES[:2]:
+            c, r = open_stream(s.port, "/generate_stream", b)
+            ev, text = None, ""
+            while True:
+                e = next_event(r)
+                if e is None:
+                    break
+                ev = e
+                text += "" if e["token"]["special"] else e["token"]["text"]
+            c.close()
+            assert ev["generated_text"] == text == want[BATCH_BODIES.index((p, b))]["generated_text"], (ev, text)
+    finally:
+        assert s.stop() == 0
+
+
+def test_batch_streams_step_together():
+    # Four streams, each held open: once each has sent its first token they all decode in the
+    # same steps (luna_batch_current_size is 4, and steps of 4 rows are counted); when their
+    # clients hang up they leave, and the batch holds nothing.
+    s = Server("--sse-ping-interval", "3600", "--max-new-tokens", "100000", model="", gen=SLOW_LM)
+    try:
+        conns = [open_stream(s.port, "/generate_stream", {"inputs": p, "parameters": {"max_new_tokens": 100000}})
+                 for p in ("Emma", "Anne", "Fanny", "Catherine")]
+        for _, r in conns:
+            assert next_event(r)["index"] == 1
+        m = s.metrics()
+        assert m["luna_batch_current_size"] == 4, m["luna_batch_current_size"]
+        for _, r in conns:  # each reads on: the steps go on with all four
+            for _ in range(20):
+                assert next_event(r) is not None
+        m = s.metrics()
+        assert m["luna_batch_size_count"] > m['luna_batch_size_bucket{le="2"}'], m
+        assert m["luna_time_to_first_token_seconds_count"] == 4, m
+        for c, _ in conns:
+            c.close()
+        m = wait_idle(s)
+        assert reserved_idle(m) and m["luna_batch_current_size"] == 0 and m["luna_inflight_requests"] == 0, m
+    finally:
+        assert s.stop() == 0
+
+
+def test_long_prompt_prefilled_between_steps():
+    # A long prompt is prefilled in slices that take turns with the other work, even on one
+    # worker: a short request sent after it is answered while the long one is still being
+    # prefilled (its stream has sent no token yet). Measured in work, not time: the long prompt
+    # is 32 Ki tokens, 128 slices, and the short one needs one slice and 20 steps.
+    s = Server("--workers", "1", "--sse-ping-interval", "3600", model="", gen=SLOW_LM)
+    try:
+        c, r = open_stream(s.port, "/generate_stream", {"inputs": slow_prompt(32768), "parameters": {"max_new_tokens": 2}})
+        st, _, b = s.json("POST", "/generate", {"inputs": "Emma", "parameters": {"max_new_tokens": 20, "details": True}})
+        assert st == 200 and b["details"]["generated_tokens"] == 20, b
+        c.sock.setblocking(False)  # what the long stream has sent so far, without waiting
+        try:
+            early = r.fp.peek(1)
+        except (BlockingIOError, TypeError):
+            early = b""
+        c.sock.setblocking(True)
+        assert not early, "the long prompt's first token came before the short answer: %r" % early[:200]
+        events = []
+        while (e := next_event(r)) is not None:
+            events.append(e)
+        assert events[-1]["details"]["generated_tokens"] == 2 and events[-1]["details"]["input_length"] == 32769, events[-1]
+        c.close()
+    finally:
+        assert s.stop() == 0
+
+
 def test_generate_limits():
     s = Server("--memory-budget", "1M", "--max-new-tokens", "100000", model="", gen=LM_MAXPOS)
     try:
@@ -879,7 +1042,7 @@ def test_stream_pings_deadline_and_disconnects():
             c.close()
         run_threads(leave, 30)
         m = wait_idle(s, 120)
-        assert m["luna_inflight_requests"] == 0 and m["luna_memory_reserved_bytes"] == 0 and m["luna_queue_depth"] == 0, m
+        assert m["luna_inflight_requests"] == 0 and m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"] and m["luna_queue_depth"] == 0, m
         assert m.get('luna_requests_total{endpoint="generate",code="499"}', 0) >= 1, m
         st, _, b = s.json("POST", "/generate", {"inputs": "still", "parameters": {"max_new_tokens": 3}})
         assert st == 200, b
@@ -1264,7 +1427,8 @@ def main():
              (test_openai_completions, shared), (test_openai_chat, shared), (test_vllm_classify, shared),
              (test_playground_assets, shared), (test_gets_share_one_connection, shared),
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),
-             (test_generate_limits, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
+             (test_generate_limits, None), (test_batch_bytes_match_alone, None), (test_batch_streams_step_together, None),
+             (test_long_prompt_prefilled_between_steps, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
              (test_memory_never_fits, None), (test_classify_raw_body, None), (test_bodies_are_reserved, None), (test_lone_classification_uses_every_core, None), (test_budget_invariant_32_clients, None),
              (test_queue_full_429, None), (test_deadline_504, None), (test_100_disconnects, None),

@@ -1,8 +1,8 @@
-/* info.c - GET /info: the models, their configs, the limits and the memory budget. */
+/* info.c - GET /info: the models, their configs, the limits, the memory budget and the batch. */
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 
-#include "server/server.h"
+#include "server/batch.h"
 
 static const char *act_name(luna_act a) { return a == LUNA_ACT_GELU ? "gelu" : a == LUNA_ACT_TANH ? "tanh" : "relu"; }
 static const char *pos_name(luna_pos p) { return p == LUNA_POS_LEARNED ? "learned" : p == LUNA_POS_SINUSOIDAL ? "sinusoidal" : "none"; }
@@ -49,7 +49,7 @@ static cJSON *model_json(const char *dir, const luna_model *m)
     return o;
 }
 
-char *api_render_info(const srv_app *app)
+char *srv_render_info(const srv_app *app)
 {
     const srv_config *c = &app->cfg;
     cJSON *root = cJSON_CreateObject();
@@ -69,6 +69,12 @@ char *api_render_info(const srv_app *app)
     cJSON_AddNumberToObject(lim, "max_document_tokens", app->max_doc_tokens == (size_t)-1 ? -1 : (double)app->max_doc_tokens);
     cJSON *mem = cJSON_AddObjectToObject(root, "memory");
     cJSON_AddNumberToObject(mem, "budget_bytes", (double)c->memory_budget);
+    /* held for the server's life (the batch's scratch); requests share the rest */
+    cJSON_AddNumberToObject(mem, "fixed_bytes", (double)(app->batch ? app->batch->scratch : 0));
+    cJSON *batch = cJSON_AddObjectToObject(root, "batch");
+    cJSON_AddBoolToObject(batch, "continuous", app->batch != NULL);
+    cJSON_AddNumberToObject(batch, "max_batch", c->max_batch);
+    cJSON_AddNumberToObject(batch, "max_batch_tokens", c->max_batch_tokens);
     cJSON_AddNumberToObject(root, "workers", app->n_workers);
     cJSON_AddNumberToObject(root, "blas_threads", c->blas_threads);
     /* what every number this server reports ran on */

@@ -1,0 +1,504 @@
+/* batch.c - generation: alone on a worker, or in the continuous batch (see batch.h). */
+#include "server/batch.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+/* ---- what both ways share ------------------------------------------------------------------- */
+
+/* Delivers one event to the job's stream; a stream past its limit (a client that does not
+ * read) cancels the job: the engine stops at its next step. */
+static int push_event(void *user, const char *ev, int skip, const api_stream_token *t)
+{
+    (void)t;
+    srv_job *job = user;
+    if (skip) return 0;
+    if (!ev || srv_stream_push(job, ev, strlen(ev))) {
+        atomic_store(&job->cancel, 1);
+        return -1;
+    }
+    return 0;
+}
+
+static int on_bytes(void *user, const uint8_t *b, size_t n) { return api_seq_bytes(user, b, n); }
+
+/* The job's seed: the request's, or one from the OS when it samples without one (reported
+ * back, so the answer can be reproduced). */
+static void gen_seed(srv_job *job)
+{
+    const api_generate_req *q = job->generate;
+    job->seed = q->seed;
+    if (q->do_sample && !q->has_seed) {
+        if (getrandom(&job->seed, sizeof job->seed, 0) != (ssize_t)sizeof job->seed)
+            job->seed = (uint64_t)(srv_now() * 1e9) ^ (uint64_t)(uintptr_t)job;
+        job->seed &= (1ull << 53) - 1; /* a JSON number keeps it exactly */
+    }
+}
+
+static void gen_params(const srv_job *job, luna_sampling *sp, luna_gen_params *gp)
+{
+    const api_generate_req *q = job->generate;
+    *sp = (luna_sampling){q->do_sample ? q->temperature : 0.0f, q->do_sample ? q->top_k : 0,
+                          q->do_sample ? q->top_p : 1.0f, q->repetition_penalty, job->seed};
+    *gp = (luna_gen_params){.max_new_tokens = q->max_new_tokens, .n_stop = q->n_stop};
+    for (int i = 0; i < q->n_stop; i++) gp->stop[i] = q->stop[i], gp->stop_len[i] = q->stop_len[i];
+}
+
+/* Prompt c's result record and event sequencer. */
+static void choice_begin(srv_app *app, srv_job *job, size_t c, api_seq *ev)
+{
+    const luna_config *cfg = luna_model_config(app->generator);
+    api_gen_result *res = &job->gres[c];
+    res->out = job->out + c * (size_t)job->generate->max_new_tokens;
+    res->byte_offset = cfg->byte_offset;
+    res->has_seed = job->generate->do_sample;
+    res->seed = job->seed;
+    api_seq_init(ev, job->generate, c, res, cfg->byte_offset, cfg->eos_id, job->stream ? push_event : NULL, job);
+}
+
+/* Prompt c is over (rc: its error): the result, the metrics, its last events. */
+static void choice_end(srv_app *app, srv_job *job, size_t c, api_seq *ev, const luna_gen_result *r, int rc)
+{
+    api_gen_result *res = &job->gres[c];
+    res->finish = luna_finish_name(r->finish);
+    res->generated_tokens = r->generated_tokens;
+    res->prompt_tokens = r->prompt_tokens;
+    srv_metrics_generated(&app->metrics, r->generated_tokens, r->prompt_tokens, r->prefill_seconds, r->decode_seconds);
+    if (job->stream && !rc) api_seq_finish(ev, r->finish == LUNA_FINISH_EOS);
+    else if (job->stream) api_seq_abort(ev);
+    if (ev->failed) job->failed = 1;
+}
+
+/* Any thread: the 200 response of a stream can go out. */
+static void stream_start(srv_job *job)
+{
+    if (!job->stream) return;
+    pthread_mutex_lock(&job->stream->lock);
+    job->stream->started = 1;
+    job->stream->last_push = srv_now();
+    pthread_mutex_unlock(&job->stream->lock);
+    job->on_stream(job);
+}
+
+/* Every prompt is over: a stream gets its end (or error) event and is finished. Returns the
+ * job's result code: rc, or ENOMEM when an event could not be delivered. */
+static int gen_close(srv_job *job, int rc)
+{
+    if (job->failed && rc == 0) rc = LUNA_ENOMEM;
+    if (!job->stream) return rc;
+    if (rc == 0) {
+        int skip = 0;
+        char *ev = api_render_stream_end(job->generate, job->gres, &skip);
+        if (!skip && (!ev || srv_stream_push(job, ev, strlen(ev)))) rc = LUNA_ENOMEM;
+        free(ev);
+    } else if (!job->failed) {
+        job->rc = rc;
+        api_error e;
+        if (srv_job_error(job, &e) != API_OK) {
+            char *ev = api_render_stream_error(job->generate, &e);
+            if (ev) srv_stream_push(job, ev, strlen(ev));
+            free(ev);
+        }
+    }
+    pthread_mutex_lock(&job->stream->lock);
+    job->stream->finished = 1;
+    int wake = job->stream->waiting;
+    job->stream->waiting = 0;
+    pthread_mutex_unlock(&job->stream->lock);
+    if (wake) job->on_stream(job);
+    return rc;
+}
+
+/* ---- alone on a worker (--max-batch 1) ------------------------------------------------------ */
+
+int srv_gen_run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job)
+{
+    const api_generate_req *q = job->generate;
+    const luna_config *cfg = luna_model_config(app->generator);
+    luna_sampling sp;
+    luna_gen_params gp;
+    gen_seed(job);
+    gen_params(job, &sp, &gp);
+    stream_start(job);
+    int rc = 0;
+    for (size_t c = 0; c < q->n_prompts && !rc && !job->failed; c++) {
+        luna_sampler *smp = NULL;
+        if ((rc = luna_sampler_new(cfg->vocab_size, &sp, &smp))) break; /* each prompt: a fresh sampler */
+        api_seq ev;
+        choice_begin(app, job, c, &ev);
+        luna_gen_state_reset(state);
+        luna_gen_result r;
+        rc = luna_generate(ctx, state, smp, q->prompts[c].data, q->prompts[c].len, &gp, on_bytes, &ev, &r);
+        luna_sampler_free(smp);
+        if (c == 0 && r.prompt_tokens) /* the prefill's end is when the first token was due */
+            srv_metrics_ttft(&app->metrics, job->t_start - job->t_submit + r.prefill_seconds);
+        choice_end(app, job, c, &ev, &r, rc);
+    }
+    return gen_close(job, rc);
+}
+
+/* ---- the continuous batch ------------------------------------------------------------------- */
+
+int srv_batch_new(srv_app *app)
+{
+    if (app->cfg.max_batch <= 1 || !app->generator) return 0;
+    srv_batch *b = calloc(1, sizeof *b);
+    if (!b) return -1;
+    size_t R = (size_t)app->cfg.max_batch, V = (size_t)luna_model_config(app->generator)->vocab_size;
+    b->max_rows = (int)R;
+    b->slice = (size_t)app->cfg.max_batch_tokens;
+    /* a step of B rows needs a context whose chunk holds B rows, and it never prefills */
+    luna_ctx_opts co = {(int)R, LUNA_ATTN_LUNA, 1};
+    b->scratch = luna_ctx_bytes(app->generator, &co) + R * (V * sizeof(float) + 4 * sizeof(void *) + sizeof(int32_t));
+    b->logits = malloc(R * V * sizeof(float));
+    b->states = malloc(R * sizeof *b->states);
+    b->tokens = malloc(R * sizeof *b->tokens);
+    b->rows = malloc(R * sizeof *b->rows);
+    b->step = malloc(R * sizeof *b->step);
+    b->decode = malloc(R * sizeof *b->decode);
+    int rc = b->logits && b->states && b->tokens && b->rows && b->step && b->decode ? 0 : LUNA_ENOMEM;
+    if (!rc) rc = luna_ctx_new(app->generator, &co, &b->ctx);
+    if (!rc && srv_reserve(app, b->scratch)) {
+        srv_log(LOG_ERROR, "the memory budget cannot hold the batch's scratch",
+                "\"max_batch\":%d,\"scratch_bytes\":%llu,\"memory_budget\":%llu", b->max_rows,
+                (unsigned long long)b->scratch, (unsigned long long)app->cfg.memory_budget);
+        b->scratch = 0;
+        rc = LUNA_ENOMEM;
+    } else if (rc) {
+        srv_log(LOG_ERROR, "cannot allocate the batch", "\"error\":\"%s\"", luna_strerror(rc));
+    }
+    app->batch = b;
+    srv_metrics_fixed(&app->metrics, b->scratch);
+    if (rc) {
+        srv_batch_free(app);
+        return -1;
+    }
+    return 0;
+}
+
+void srv_batch_free(srv_app *app)
+{
+    srv_batch *b = app->batch;
+    if (!b) return;
+    srv_release(app, b->scratch);
+    luna_ctx_free(b->ctx);
+    free(b->logits);
+    free(b->states);
+    free(b->tokens);
+    free(b->rows);
+    free(b->step);
+    free(b->decode);
+    free(b);
+    app->batch = NULL;
+}
+
+int srv_batch_room(const srv_app *app, const srv_job *job)
+{
+    const srv_batch *b = app->batch;
+    int rows = (int)(job->generate->n_prompts < (size_t)b->max_rows ? job->generate->n_prompts : (size_t)b->max_rows);
+    return b->rows_used + rows <= b->max_rows;
+}
+
+int srv_batch_jobs(const srv_app *app)
+{
+    int n = 0;
+    for (const srv_job *j = app->batch ? app->batch->jobs : NULL; j; j = j->bnext) n++;
+    return n;
+}
+
+static void pf_push(srv_batch *b, srv_seq *s)
+{
+    s->next = NULL;
+    if (b->pf_tail) b->pf_tail->next = s;
+    else b->pf_head = s;
+    b->pf_tail = s;
+}
+
+/* Starts the job's next prompt as a sequence waiting for its prefill; the job fails (rc) when
+ * its state or sampler cannot be had. */
+static void seq_start(srv_app *app, srv_job *job)
+{
+    const luna_config *cfg = luna_model_config(app->generator);
+    const api_generate_req *q = job->generate;
+    size_t c = job->next_choice++;
+    luna_sampling sp;
+    luna_gen_params gp;
+    gen_params(job, &sp, &gp);
+    srv_seq *s = calloc(1, sizeof *s);
+    int rc = s ? 0 : LUNA_ENOMEM;
+    if (!rc) rc = luna_gen_state_new(app->generator, &s->state);
+    if (!rc) rc = luna_sampler_new(cfg->vocab_size, &sp, &s->smp);
+    if (!rc) {
+        s->job = job;
+        s->choice = c;
+        choice_begin(app, job, c, &s->ev);
+        rc = luna_gen_begin(&s->g, app->generator, s->state, s->smp, q->prompts[c].data, q->prompts[c].len, &gp,
+                            on_bytes, &s->ev);
+    }
+    if (rc) {
+        if (s) {
+            luna_sampler_free(s->smp);
+            luna_gen_state_free(s->state);
+            free(s);
+        }
+        if (!job->rc) job->rc = rc;
+        return;
+    }
+    job->live++;
+    pf_push(app->batch, s);
+}
+
+static void job_finish(srv_app *app, srv_job *job)
+{
+    srv_batch *b = app->batch;
+    int rc = job->rc;
+    if (!rc && atomic_load(&job->cancel)) rc = LUNA_ECANCELED;
+    job->rc = gen_close(job, rc);
+    job->t_end = srv_now();
+    srv_release(app, job->reserve);
+    b->rows_used -= job->rows;
+    for (srv_job **pp = &b->jobs; *pp; pp = &(*pp)->bnext)
+        if (*pp == job) {
+            *pp = job->bnext;
+            break;
+        }
+    srv_metrics_batch_streams(&app->metrics, b->rows_used);
+    job->on_done(job); /* after this, the job belongs to http.c */
+}
+
+/* The job is over when nothing of it runs and nothing more will start. */
+static void job_next(srv_app *app, srv_job *job)
+{
+    int stop = job->rc || job->failed || atomic_load(&job->cancel);
+    while (!stop && job->live < job->rows && job->next_choice < job->generate->n_prompts) {
+        seq_start(app, job);
+        stop = job->rc != 0;
+    }
+    if (job->live == 0 && (stop || job->next_choice == job->generate->n_prompts)) job_finish(app, job);
+}
+
+/* The sequence has left the batch (finished, failed or cancelled): its choice's result. */
+static void seq_end(srv_app *app, srv_seq *s)
+{
+    srv_job *job = s->job;
+    luna_gen_result r;
+    int rc = luna_gen_end(&s->g, &r);
+    choice_end(app, job, s->choice, &s->ev, &r, rc);
+    if (rc && !job->rc) job->rc = rc;
+    luna_sampler_free(s->smp);
+    luna_gen_state_free(s->state);
+    free(s);
+    job->live--;
+    job_next(app, job);
+}
+
+void srv_batch_admit(srv_app *app, srv_job *job)
+{
+    SRV_ON_LOOP(app);
+    srv_batch *b = app->batch;
+    size_t n = job->generate->n_prompts;
+    job->rows = (int)(n < (size_t)b->max_rows ? n : (size_t)b->max_rows);
+    job->next_choice = 0;
+    job->live = 0;
+    b->rows_used += job->rows;
+    job->bnext = b->jobs;
+    b->jobs = job;
+    srv_metrics_batch_streams(&app->metrics, b->rows_used);
+    gen_seed(job);
+    stream_start(job);
+    job_next(app, job);
+}
+
+static int seq_over(const srv_seq *s)
+{
+    return s->job->rc || s->job->failed || atomic_load(&s->job->cancel);
+}
+
+static int seq_done(const srv_seq *s) { return s->phase == SEQ_DONE; }
+
+/* Moves the decoding sequences for which `leaves` holds onto the list `to`; returns it. */
+static srv_seq *decode_take(srv_batch *b, int (*leaves)(const srv_seq *), srv_seq *to)
+{
+    int k = 0;
+    for (int i = 0; i < b->n_decode; i++) {
+        srv_seq *s = b->decode[i];
+        if (leaves(s)) {
+            s->next = to;
+            to = s;
+        } else {
+            b->decode[k++] = s;
+        }
+    }
+    b->n_decode = k;
+    return to;
+}
+
+/* Ends every sequence of the list; rc: marks them failed first (0: they are over already). */
+static void ends(srv_app *app, srv_seq *list, int rc)
+{
+    while (list) {
+        srv_seq *next = list->next;
+        if (rc) luna_gen_fail(&list->g, rc);
+        seq_end(app, list);
+        list = next;
+    }
+}
+
+void srv_batch_reap(srv_app *app)
+{
+    SRV_ON_LOOP(app);
+    srv_batch *b = app->batch;
+    if (!b) return;
+    srv_seq *over = NULL;
+    for (srv_seq **pp = &b->pf_head, *prev = NULL; *pp;) {
+        srv_seq *s = *pp;
+        if (!seq_over(s)) {
+            prev = s;
+            pp = &s->next;
+            continue;
+        }
+        *pp = s->next;
+        if (b->pf_tail == s) b->pf_tail = prev;
+        s->next = over;
+        over = s;
+    }
+    if (!b->decode_out) over = decode_take(b, seq_over, over);
+    ends(app, over, LUNA_ECANCELED);
+}
+
+srv_seq *srv_batch_next_prefill(srv_app *app)
+{
+    SRV_ON_LOOP(app);
+    srv_batch *b = app->batch;
+    srv_seq *s = b ? b->pf_head : NULL;
+    if (!s) return NULL;
+    b->pf_head = s->next;
+    if (!b->pf_head) b->pf_tail = NULL;
+    s->next = NULL;
+    s->in_task = 1;
+    return s;
+}
+
+void srv_batch_prefilled(srv_app *app, srv_seq *s)
+{
+    SRV_ON_LOOP(app);
+    srv_batch *b = app->batch;
+    assert(s->in_task && b->n_decode < b->max_rows);
+    s->in_task = 0;
+    switch (s->phase) {
+    case SEQ_DONE: seq_end(app, s); break;
+    case SEQ_DECODE: b->decode[b->n_decode++] = s; break; /* rows_used bounds n_decode */
+    default: pf_push(b, s); break; /* its turn again after the others' */
+    }
+}
+
+int srv_batch_step_due(const srv_app *app)
+{
+    const srv_batch *b = app->batch;
+    return b && b->n_decode > 0 && !b->decode_out;
+}
+
+void srv_batch_step_out(srv_app *app)
+{
+    SRV_ON_LOOP(app);
+    srv_batch *b = app->batch;
+    assert(!b->decode_out); /* one decode step out at a time: the batch's context is its own */
+    for (int i = 0; i < b->n_decode; i++) {
+        b->step[i] = b->decode[i];
+        b->step[i]->in_task = 1;
+    }
+    b->n_step = b->n_decode;
+    b->decode_out = 1;
+}
+
+void srv_batch_stepped(srv_app *app)
+{
+    SRV_ON_LOOP(app);
+    srv_batch *b = app->batch;
+    double now = srv_now();
+    for (int i = 0; i < b->n_step; i++) {
+        srv_seq *s = b->step[i];
+        s->in_task = 0;
+        if (!s->job->first_token && s->g.k > 0) {
+            s->job->first_token = 1;
+            srv_metrics_ttft(&app->metrics, now - s->job->t_submit);
+        }
+    }
+    b->decode_out = 0;
+    b->n_step = 0;
+    ends(app, decode_take(b, seq_done, NULL), 0);
+}
+
+void srv_batch_tick(srv_app *app, double now)
+{
+    SRV_ON_LOOP(app);
+    for (srv_job *j = app->batch ? app->batch->jobs : NULL; j; j = j->bnext) {
+        if (!atomic_load(&j->cancel)) {
+            if (now >= j->deadline) srv__cancel_job(j, CANCEL_DEADLINE);
+            else if (srv__client_gone(j->client_fd)) srv__cancel_job(j, CANCEL_DISCONNECT);
+        }
+        srv__stream_ping(app, j, now);
+    }
+}
+
+void srv_batch_cancel_all(srv_app *app, srv_cancel_reason why)
+{
+    for (srv_job *j = app->batch ? app->batch->jobs : NULL; j; j = j->bnext) srv__cancel_job(j, why);
+}
+
+/* ---- worker threads -------------------------------------------------------------------------- */
+
+void srv_batch_run_prefill(srv_app *app, luna_ctx *ctx, srv_seq *s, int lanes)
+{
+    srv_job *job = s->job;
+    if (atomic_load(&job->cancel)) {
+        luna_gen_fail(&s->g, LUNA_ECANCELED);
+        s->phase = SEQ_DONE;
+        return;
+    }
+    luna_ctx_set_cancel(ctx, &job->cancel);
+    luna_ctx_set_lanes(ctx, lanes);
+    long n = luna_gen_prefill(&s->g, ctx, app->batch->slice);
+    luna_ctx_set_cancel(ctx, NULL);
+    if (n < 0) {
+        s->phase = SEQ_DONE; /* the generation failed: luna_gen_end reports it */
+        return;
+    }
+    srv_metrics_batch_prefill(&app->metrics, n);
+    if (!luna_gen_prefilling(&s->g)) s->phase = SEQ_DECODE;
+}
+
+void srv_batch_run_step(srv_app *app)
+{
+    srv_batch *b = app->batch;
+    size_t V = (size_t)luna_model_config(app->generator)->vocab_size, B = 0;
+    for (int i = 0; i < b->n_step; i++) {
+        srv_seq *s = b->step[i];
+        if (atomic_load(&s->job->cancel)) {
+            luna_gen_fail(&s->g, LUNA_ECANCELED);
+            s->phase = SEQ_DONE;
+            continue;
+        }
+        int32_t tok;
+        if (luna_gen_next(&s->g, &tok) != 1) { /* finished, or failed: luna_gen_end says which */
+            s->phase = SEQ_DONE;
+            continue;
+        }
+        b->states[B] = s->state;
+        b->tokens[B] = tok;
+        b->rows[B++] = s;
+    }
+    if (!B) return;
+    srv_metrics_batch_step(&app->metrics, (int)B);
+    int rc = luna_step_batch(b->ctx, b->states, b->tokens, B, b->logits);
+    for (size_t i = 0; i < B; i++) {
+        srv_seq *s = b->rows[i];
+        if (rc) {
+            luna_gen_fail(&s->g, rc);
+            s->phase = SEQ_DONE;
+        } else {
+            memcpy(s->g.logits, b->logits + i * V, V * sizeof(float));
+        }
+    }
+}
