@@ -14,8 +14,8 @@ missing=""
 for p in $want; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
-# The client tests (tests/clients) run on Node.js and npm: the machine's own when it has them
-# (Node 20 here), else Debian's.
+# The client tests (tests/clients) and the API description's checks (tests/openapi: Redocly,
+# Prism) run on Node.js and npm: the machine's own when it has them (Node 20 here), else Debian's.
 case "${1:-all}" in test|all) command -v node >/dev/null && command -v npm >/dev/null || missing="$missing nodejs npm" ;; esac
 [ -z "$missing" ] && exit 0
 echo "deps.sh: installing$missing" >&2
