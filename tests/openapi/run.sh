@@ -30,7 +30,7 @@ LUNA_OPENAPI_PROXY="$PWD/node_modules/.bin/prism" exec /usr/bin/python3 ../integ
   test_health_ready_info_metrics test_blas_kernel_reported test_classify_matches_cli \
   test_classify_list_and_base64 test_validation_errors test_request_id test_input_too_long_and_truncate \
   test_openapi_describes_every_route test_generate_matches_cli test_generate_stream test_generate_validation \
-  test_generate_seed_under_load test_openai_completions test_openai_chat test_vllm_classify \
+  test_generate_seed_under_load test_batch_bytes_match_alone test_openai_completions test_openai_chat test_vllm_classify \
   test_playground_assets test_generate_limits test_hashed_ngram_model \
   test_auth_and_cors test_memory_never_fits test_classify_raw_body test_queue_full_429 test_deadline_504 \
   test_stream_errors_logged_and_counted test_metrics_auth_and_cors_null
