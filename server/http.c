@@ -126,6 +126,14 @@ static enum MHD_Result queue(http_req *r, unsigned status, struct MHD_Response *
 
 static enum MHD_Result respond(http_req *r, int status, const char *ctype, char *body, const char *allow)
 {
+    char oom[256];
+    if (!body && status < 300) { /* the answer could not be rendered: never a 200 without it */
+        snprintf(oom, sizeof oom, "{\"error\":{\"code\":500,\"type\":\"internal_error\",\"message\":\"out of memory "
+                 "while rendering the answer\",\"param\":null,\"request_id\":\"%s\"}}", r->request_id);
+        body = strdup(oom);
+        status = 500;
+        ctype = "application/json";
+    }
     size_t len = body ? strlen(body) : 0;
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, body ? body : (char *)"", body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!resp) {
