@@ -286,16 +286,36 @@ static void assign(srv_worker *w, srv_task task, srv_job *job, srv_seq *seq, int
     pthread_mutex_unlock(&w->lock);
 }
 
-/* Pops the queue's head when it can start now: a generation when the batch has rows for it, a
- * job for a worker when one is idle; either when its reservation fits what is free. A job that
- * does not fit runs in its least reservation when that fits (a classification: the streaming
- * plan); else the head waits, and so does everything behind it, so a large job cannot starve. */
-static srv_job *queue_take(srv_app *app, int idle)
+/* Two lanes share the queue: generations that join the batch (LANE_BATCH) and jobs that need
+ * a worker of their own (LANE_WORKER: classifications; generations with --max-batch 1). */
+enum { LANE_BATCH = 0, LANE_WORKER = 1 };
+
+static int job_lane(const srv_app *app, const srv_job *j)
+{
+    return j->kind == JOB_GENERATE && app->batch ? LANE_BATCH : LANE_WORKER;
+}
+
+/* Pops the oldest job of the lane when it can start now: a generation when the batch has rows
+ * for it, a job for a worker when one is idle; either when its reservation fits what is free.
+ * A job that does not fit runs in its least reservation when that fits (a classification:
+ * the streaming plan); else it waits, and so does everything behind it, so a large job cannot
+ * starve. The lanes do not wait on each other's rows or workers (a classification is not held
+ * up by streams that wait for rows of the batch, nor those by a long classification), but a
+ * job that waits for memory holds up both: an older job of the other lane that could start but
+ * for memory goes first. */
+static srv_job *queue_take(srv_app *app, int lane, int idle)
 {
     pthread_mutex_lock(&app->lock);
-    srv_job *job = app->q_head;
-    int batched = job && job->kind == JOB_GENERATE && app->batch;
-    int ok = job && (batched ? srv_batch_room(app, job) : idle);
+    srv_job *job = NULL;
+    for (srv_job *j = app->q_head; j; j = j->next) {
+        int room = job_lane(app, j) == LANE_BATCH ? srv_batch_room(app, j) : idle;
+        if (job_lane(app, j) == lane) {
+            job = room ? j : NULL;
+            break;
+        }
+        if (room) break; /* the other lane's older job waits for memory */
+    }
+    int ok = job != NULL;
     if (ok && srv_reserve(app, job->reserve) != 0) {
         ok = job->min_reserve < job->reserve && srv_reserve(app, job->min_reserve) == 0;
         if (ok) job->reserve = job->min_reserve;
@@ -311,20 +331,13 @@ static srv_job *queue_take(srv_app *app, int idle)
 /* Hands out work. The queue's generations join the batch as soon as it has rows for them.
  * Then each idle worker gets, in this order: the batch's decode step when it is due (the
  * streams wait on it), unless the other work has had no worker since the last step (on one
- * worker, steps and the rest take turns); else a prefill slice or the queue's head, taking
- * turns when both wait. A lone job (nothing else running or waiting) gets every core's lane. */
+ * worker, steps and the rest take turns); else a prefill slice or the worker lane's oldest
+ * job, taking turns when both wait. A lone job (nothing else running or waiting) gets every
+ * core's lane. */
 static void dispatch(srv_app *app)
 {
     SRV_ON_LOOP(app);
     srv_batch_reap(app);
-    while (app->batch && app->q_head) { /* the queue's generations join the batch */
-        pthread_mutex_lock(&app->lock);
-        int gen = app->q_head && app->q_head->kind == JOB_GENERATE;
-        pthread_mutex_unlock(&app->lock);
-        srv_job *job = gen ? queue_take(app, 0) : NULL;
-        if (!job) break;
-        srv_batch_admit(app, job);
-    }
     for (;;) {
         srv_worker *idle = NULL;
         int running = 0, others = 0; /* tasks out; of them, not decode steps */
@@ -334,6 +347,8 @@ static void dispatch(srv_app *app)
             running += w->busy;
             others += w->busy && w->task != TASK_STEP;
         }
+        srv_job *job;
+        while (app->batch && (job = queue_take(app, LANE_BATCH, idle != NULL)) != NULL) srv_batch_admit(app, job);
         if (!idle) return;
         int queued = srv_queue_len(app);
         srv_batch *b = app->batch;
@@ -347,16 +362,12 @@ static void dispatch(srv_app *app)
         }
         int waiting = queued + (prefill ? 1 + (b->pf_head->next != NULL) : 0);
         int lanes = running == 0 && !step && waiting <= 1 ? app->n_workers * app->cfg.blas_threads : 1;
-        srv_job *job = NULL;
+        job = NULL;
         if (prefill && (!queued || !app->queue_turn)) {
             app->queue_turn = 1;
-        } else if (queued && (job = queue_take(app, 1)) != NULL) {
+        } else if (queued && (job = queue_take(app, LANE_WORKER, 1)) != NULL) {
             app->queue_turn = 0;
-            if (job->kind == JOB_GENERATE && app->batch) { /* rows came free meanwhile */
-                srv_batch_admit(app, job);
-                continue;
-            }
-        } else if (!prefill) { /* the head waits for memory, or for rows of the batch */
+        } else if (!prefill) { /* the lane's oldest waits for memory, or nothing waits */
             if (!step) return;
             srv_batch_step_out(app); /* which only the steps can free */
             assign(idle, TASK_STEP, NULL, NULL, 1);

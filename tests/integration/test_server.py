@@ -1015,6 +1015,43 @@ def test_long_prompt_prefilled_between_steps():
         assert s.stop() == 0
 
 
+def test_classify_not_held_by_waiting_streams():
+    # Generations that wait for rows of the batch do not hold up a classification queued after
+    # them: the queue's two lanes (the batch's, and the workers') each keep their own order. Two
+    # streams fill the batch (--max-batch 2), two more wait for rows, and a /classify sent after
+    # them is answered while all four are still open.
+    s = Server("--max-batch", "2", "--workers", "2", "--sse-ping-interval", "3600", "--max-new-tokens", "100000",
+               gen=SLOW_LM)
+    try:
+        conns = [open_stream(s.port, "/generate_stream", {"inputs": p, "parameters": {"max_new_tokens": 100000}})
+                 for p in ("Emma", "Anne")]
+        for _, r in conns:
+            assert next_event(r)["index"] == 1
+        waiting = []
+        for p in ("Fanny", "Catherine"):  # their 200 waits for rows: send, do not read
+            c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=600)
+            c.request("POST", "/generate_stream", json.dumps({"inputs": p, "parameters": {"max_new_tokens": 10}}),
+                      {"Content-Type": "application/json"})
+            waiting.append(c)
+        end = time.monotonic() + 60
+        while s.metrics()["luna_queue_depth"] < 2 and time.monotonic() < end:
+            time.sleep(0.02)
+        assert s.metrics()["luna_queue_depth"] == 2
+        st, _, b = s.json("POST", "/classify", {"inputs": "Subject: hello\n\nlunch at noon?"}, timeout=60)
+        assert st == 200 and len(b) == 2, b
+        m = s.metrics()
+        assert m["luna_queue_depth"] == 2 and m["luna_batch_current_size"] == 2, m
+        for c, _ in conns:  # rows come free: the two waiting streams run and end
+            c.close()
+        for c in waiting:
+            r = c.getresponse()
+            assert r.status == 200 and sse_events(r.read())[-1]["details"]["generated_tokens"] == 10
+            c.close()
+        assert reserved_idle(wait_idle(s))
+    finally:
+        assert s.stop() == 0
+
+
 def test_generate_limits():
     s = Server("--memory-budget", "1M", "--max-new-tokens", "100000", model="", gen=LM_MAXPOS)
     try:
@@ -1465,7 +1502,7 @@ def main():
              (test_playground_assets, shared), (test_gets_share_one_connection, shared),
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),
              (test_generate_limits, None), (test_batch_bytes_match_alone, None), (test_batch_streams_step_together, None),
-             (test_long_prompt_prefilled_between_steps, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
+             (test_long_prompt_prefilled_between_steps, None), (test_classify_not_held_by_waiting_streams, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
              (test_memory_never_fits, None), (test_classify_raw_body, None), (test_classify_raw_body_cut_short, None),
              (test_bodies_are_reserved, None), (test_lone_classification_uses_every_core, None), (test_budget_invariant_32_clients, None),
