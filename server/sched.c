@@ -60,6 +60,40 @@ int srv_reserve(srv_app *app, uint64_t bytes)
     return 0;
 }
 
+double srv_prefill_rate(const srv_app *app)
+{
+    pthread_mutex_t *lock = (pthread_mutex_t *)&app->rate_lock; /* a read, under the writers' lock */
+    pthread_mutex_lock(lock);
+    double r = app->prefill_rate;
+    pthread_mutex_unlock(lock);
+    return r;
+}
+
+void srv_prefill_observe(srv_app *app, uint64_t tokens, double seconds)
+{
+    if (tokens < 128 || seconds <= 0) return; /* a short slice's rate is mostly its overhead */
+    double r = (double)tokens / seconds;
+    pthread_mutex_lock(&app->rate_lock);
+    app->prefill_rate = app->prefill_rate > 0 ? 0.8 * app->prefill_rate + 0.2 * r : r;
+    pthread_mutex_unlock(&app->rate_lock);
+}
+
+/* The first prefill rate: 1024 tokens of text prefilled once on a worker's context, before the
+ * server listens (it also brings the weights into memory). */
+static void calibrate_prefill(srv_app *app, srv_worker *w)
+{
+    int32_t tok[1024];
+    const luna_config *cfg = luna_model_config(app->generator);
+    for (size_t i = 0; i < 1024; i++) tok[i] = cfg->byte_offset + "It is a truth universally acknowledged. "[i % 40];
+    luna_gen_state_reset(w->gstate);
+    double t0 = srv_now();
+    int rc = luna_prefill(w->gctx, w->gstate, tok, 1024, NULL, 0);
+    double dt = srv_now() - t0;
+    luna_gen_state_reset(w->gstate);
+    if (!rc) srv_prefill_observe(app, 1024, dt);
+    srv_log(LOG_INFO, "prefill rate", "\"tokens_per_second\":%.0f", srv_prefill_rate(app));
+}
+
 uint64_t srv_request_budget(const srv_app *app)
 {
     return app->cfg.memory_budget - (app->batch ? app->batch->scratch : 0);
@@ -106,26 +140,33 @@ uint64_t srv_min_reservation(const srv_app *app)
     return c < g ? c : g;
 }
 
+/* Engine results (and, for a cancelled job, why) to API errors: the one table. API_OK: nobody
+ * is left to answer (the client went away). The message may use the deadline (%g, seconds). */
+static const struct {
+    int rc;     /* LUNA_E* */
+    int reason; /* srv_cancel_reason, for LUNA_ECANCELED; -1: any */
+    api_err kind;
+    const char *message;
+} ENGINE_ERRORS[] = {
+    {LUNA_ECANCELED, CANCEL_DEADLINE, API_E_TIMEOUT, "the request did not finish within its deadline of %gs"},
+    {LUNA_ECANCELED, CANCEL_SHUTDOWN, API_E_SHUTTING_DOWN, "the server is shutting down"},
+    {LUNA_ECANCELED, -1, API_OK, NULL},
+    {LUNA_ENOMEM, -1, API_E_ENGINE_MEMORY, "the engine could not allocate its workspace; retry later"},
+    {LUNA_ETOOLONG, -1, API_E_INPUT_TOO_LONG, "the input is longer than the model accepts"},
+};
+
 api_err srv_job_error(const srv_job *job, api_error *e)
 {
     double timeout = job->deadline - job->t_submit;
-    switch (job->rc) {
-    case LUNA_ECANCELED:
-        switch (atomic_load(&job->cancel_reason)) {
-        case CANCEL_DEADLINE:
-            return api_fail(e, API_E_TIMEOUT, "the request did not finish within its deadline of %gs", timeout);
-        case CANCEL_SHUTDOWN:
-            return api_fail(e, API_E_SHUTTING_DOWN, "the server is shutting down");
-        default: /* the client went away: nobody to answer */
-            return API_OK;
-        }
-    case LUNA_ENOMEM:
-        return api_fail(e, API_E_ENGINE_MEMORY, "the engine could not allocate its workspace; retry later");
-    case LUNA_ETOOLONG:
-        return api_fail(e, API_E_INPUT_TOO_LONG, "the input is longer than the model accepts");
-    default:
-        return api_fail(e, API_E_INTERNAL, "engine error: %s", luna_strerror(job->rc));
+    int reason = atomic_load(&job->cancel_reason);
+    for (size_t i = 0; i < sizeof ENGINE_ERRORS / sizeof ENGINE_ERRORS[0]; i++) {
+        if (ENGINE_ERRORS[i].rc != job->rc || (ENGINE_ERRORS[i].reason >= 0 && ENGINE_ERRORS[i].reason != reason))
+            continue;
+        if (ENGINE_ERRORS[i].kind == API_OK) return API_OK;
+        return api_fail(e, ENGINE_ERRORS[i].kind, ENGINE_ERRORS[i].message, timeout);
     }
+    return api_fail(e, API_E_INTERNAL, "engine error: %s", luna_strerror(job->rc));
+}
 }
 
 /* ---- the worker threads -------------------------------------------------------------------- */
@@ -542,6 +583,7 @@ static void on_signal(uv_signal_t *h, int signum)
 int srv_sched_start(srv_app *app)
 {
     app->loop_thread = uv_thread_self(); /* the caller runs the loop (server/main.c) */
+    pthread_mutex_init(&app->rate_lock, NULL);
     pthread_mutex_init(&app->lock, NULL);
     if (uv_loop_init(&app->loop)) return -1;
     uv_async_init(&app->loop, &app->wakeup, on_wakeup);
@@ -579,6 +621,7 @@ int srv_sched_start(srv_app *app)
             return -1;
         }
     }
+    if (app->generator && app->n_workers > 0) calibrate_prefill(app, &app->workers[0]);
     return srv_batch_new(app);
 }
 
@@ -612,4 +655,5 @@ void srv_sched_stop(srv_app *app)
     uv_run(&app->loop, UV_RUN_DEFAULT);
     uv_loop_close(&app->loop);
     pthread_mutex_destroy(&app->lock);
+    pthread_mutex_destroy(&app->rate_lock);
 }
