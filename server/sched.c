@@ -167,7 +167,6 @@ api_err srv_job_error(const srv_job *job, api_error *e)
     }
     return api_fail(e, API_E_INTERNAL, "engine error: %s", luna_strerror(job->rc));
 }
-}
 
 /* ---- the worker threads -------------------------------------------------------------------- */
 
