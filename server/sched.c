@@ -246,7 +246,7 @@ static void worker_main(void *arg)
         } else {
             luna_ctx *ctx = job->kind == JOB_GENERATE ? w->gctx : w->ctx;
             luna_ctx_set_cancel(ctx, &job->cancel);
-            if (job->kind == JOB_CLASSIFY) job->lanes = luna_ctx_set_lanes(ctx, job->lanes);
+            job->lanes = luna_ctx_set_lanes(ctx, job->lanes);
             if (atomic_load(&job->cancel)) job->rc = LUNA_ECANCELED;
             else job->rc = job->kind == JOB_GENERATE ? srv_gen_run(app, w->gctx, w->gstate, job) : run_classify(w, job);
             luna_ctx_set_cancel(ctx, NULL);
@@ -416,7 +416,7 @@ static void dispatch(srv_app *app)
         }
         app->step_last = 0;
         if (job) {
-            job->lanes = job->kind == JOB_CLASSIFY ? lanes : 1;
+            job->lanes = lanes; /* a classification's, or a lone generation's prefill */
             assign(idle, TASK_JOB, job, NULL, 0);
         } else {
             assign(idle, TASK_PREFILL, NULL, srv_batch_next_prefill(app), lanes);
@@ -604,12 +604,12 @@ int srv_sched_start(srv_app *app)
         w->id = i;
         pthread_mutex_init(&w->lock, NULL);
         pthread_cond_init(&w->cond, NULL);
-        /* a classification context holds a lane for every core: a job that runs alone uses them
-         * all (dispatch), jobs side by side one each */
+        /* each context holds a lane for every core: a classification, or a prefill (slice), that
+         * runs alone uses them all (dispatch), jobs side by side one each */
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         luna_ctx_opts co = {0, LUNA_ATTN_LUNA, (int)(cores < 1 ? 1 : cores > LUNA_MAX_THREADS ? LUNA_MAX_THREADS : cores)};
         int rc = app->classifier ? luna_ctx_new(app->classifier, &co, &w->ctx) : 0;
-        if (!rc && app->generator) rc = luna_ctx_new(app->generator, NULL, &w->gctx);
+        if (!rc && app->generator) rc = luna_ctx_new(app->generator, &co, &w->gctx);
         if (!rc && app->generator) rc = luna_gen_state_new(app->generator, &w->gstate);
         if (rc || uv_thread_create(&w->thread, worker_main, w)) {
             srv_log(LOG_ERROR, "cannot start a worker", "\"worker\":%d,\"error\":\"%s\"", i, luna_strerror(rc));
