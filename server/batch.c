@@ -131,6 +131,7 @@ int srv_gen_run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job
         luna_gen_result r;
         rc = luna_generate(ctx, state, smp, q->prompts[c].data, q->prompts[c].len, &gp, on_bytes, &ev, &r);
         luna_sampler_free(smp);
+        srv_prefill_observe(app, r.prompt_tokens, r.prefill_seconds);
         if (c == 0 && r.prompt_tokens) /* the prefill's end is when the first token was due */
             srv_metrics_ttft(&app->metrics, job->t_start - job->t_submit + r.prefill_seconds);
         choice_end(app, job, c, &ev, &r, rc);
@@ -458,14 +459,17 @@ void srv_batch_run_prefill(srv_app *app, luna_ctx *ctx, srv_seq *s, int lanes)
         return;
     }
     luna_ctx_set_cancel(ctx, &job->cancel);
-    luna_ctx_set_lanes(ctx, lanes);
+    int in_use = luna_ctx_set_lanes(ctx, lanes);
+    double t0 = srv_now();
     long n = luna_gen_prefill(&s->g, ctx, app->batch->slice);
+    double dt = srv_now() - t0;
     luna_ctx_set_cancel(ctx, NULL);
     if (n < 0) {
         s->phase = SEQ_DONE; /* the generation failed: luna_gen_end reports it */
         return;
     }
     srv_metrics_batch_prefill(&app->metrics, n);
+    srv_prefill_observe(app, (uint64_t)n, dt * in_use); /* the rate of one lane */
     if (!luna_gen_prefilling(&s->g)) s->phase = SEQ_DECODE;
 }
 

@@ -26,6 +26,7 @@ typedef struct {
     uint64_t max_input_bytes;
     int max_batch;            /* generations per batched decode step; 1 = no batching */
     int max_batch_tokens;     /* prompt tokens per prefill slice */
+    int prefill_admission;    /* refuse a prompt that cannot be prefilled before its deadline */
     int max_new_tokens;
     int default_new_tokens;   /* max_new_tokens of a request that names none */
     double sse_ping_interval; /* seconds without an event before a stream gets a comment */

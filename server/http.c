@@ -19,6 +19,7 @@
  * active; otherwise it cancels the job and leaves the free to on_job_done, which the loop
  * thread calls once the job is over. `life` guards that hand-over. */
 #include <ctype.h>
+#include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -126,6 +127,14 @@ static enum MHD_Result queue(http_req *r, unsigned status, struct MHD_Response *
 
 static enum MHD_Result respond(http_req *r, int status, const char *ctype, char *body, const char *allow)
 {
+    char oom[256];
+    if (!body && status < 300) { /* the answer could not be rendered: never a 200 without it */
+        snprintf(oom, sizeof oom, "{\"error\":{\"code\":500,\"type\":\"internal_error\",\"message\":\"out of memory "
+                 "while rendering the answer\",\"param\":null,\"request_id\":\"%s\"}}", r->request_id);
+        body = strdup(oom);
+        status = 500;
+        ctype = "application/json";
+    }
     size_t len = body ? strlen(body) : 0;
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, body ? body : (char *)"", body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!resp) {
@@ -661,6 +670,7 @@ static enum MHD_Result start_generate(http_req *r)
     r->body = NULL;
     r->greq.stream |= r->stream_route;
     api_generate_set_meta(&r->greq, model, r->request_id, (long long)time(NULL));
+    uint64_t prompt_tokens = 0;
     for (size_t i = 0; i < r->greq.n_prompts; i++) {
         uint64_t tokens = (uint64_t)r->greq.prompts[i].len + 1; /* bos */
         if (cfg->max_positions > 0 && tokens > (uint64_t)cfg->max_positions) {
@@ -671,6 +681,19 @@ static enum MHD_Result start_generate(http_req *r)
             return respond_error(r, NULL);
         }
         srv_metrics_input_bytes(&app->metrics, r->greq.prompts[i].len);
+        prompt_tokens += tokens;
+    }
+    /* a prompt that cannot be prefilled before its deadline is refused now, not cut off later */
+    double rate = srv_prefill_rate(app);
+    if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout) {
+        api_fail(&r->err, API_E_INPUT_TOO_LONG,
+                 "the prompt is %llu tokens: at this server's prefill rate (%.0f tokens/s) it would take about %.1f s, "
+                 "longer than the request's deadline of %g s", (unsigned long long)prompt_tokens, rate,
+                 (double)prompt_tokens / rate, r->timeout);
+        r->err.extra_key[0] = "max_tokens";
+        r->err.extra_val[0] = floor(rate * r->timeout);
+        srv_metrics_reject(&app->metrics, REJ_PREFILL_TIME);
+        return respond_error(r, NULL);
     }
     uint64_t reserve = srv_gen_reservation(app, &r->greq);
     if (over_budget(r, reserve)) return respond_error(r, NULL);

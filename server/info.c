@@ -75,6 +75,9 @@ char *srv_render_info(const srv_app *app)
     cJSON_AddBoolToObject(batch, "continuous", app->batch != NULL);
     cJSON_AddNumberToObject(batch, "max_batch", c->max_batch);
     cJSON_AddNumberToObject(batch, "max_batch_tokens", c->max_batch_tokens);
+    /* what admission estimates a prompt's prefill time with (prefill-admission) */
+    cJSON_AddNumberToObject(batch, "prefill_tokens_per_second", srv_prefill_rate(app));
+    cJSON_AddBoolToObject(batch, "prefill_admission", c->prefill_admission);
     cJSON_AddNumberToObject(root, "workers", app->n_workers);
     cJSON_AddNumberToObject(root, "blas_threads", c->blas_threads);
     /* what every number this server reports ran on */

@@ -9,7 +9,7 @@
 const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS] = {"classify", "generate", "health", "ready", "info",
                                                    "metrics", "other", "preflight", "completions",
                                                    "chat_completions", "models", "page"};
-static const char *const REJ_NAMES[4] = {"queue_full", "memory", "draining", "deadline"};
+static const char *const REJ_NAMES[SRV_N_REJECTIONS] = {"queue_full", "memory", "draining", "deadline", "prefill_time"};
 
 static void hist_init(srv_histogram *h, const double *b, int n)
 {
@@ -219,7 +219,7 @@ char *srv_metrics_render(srv_metrics *m)
         sb_printf(&b, "luna_plan_total{plan=\"%s\"} %llu\n", plan_names[p], (unsigned long long)m->plans[p]);
     sb_printf(&b, "# HELP luna_admission_rejections_total Requests refused at admission, by reason.\n"
                   "# TYPE luna_admission_rejections_total counter\n");
-    for (int r = 0; r < 4; r++)
+    for (int r = 0; r < SRV_N_REJECTIONS; r++)
         sb_printf(&b, "luna_admission_rejections_total{reason=\"%s\"} %llu\n", REJ_NAMES[r], (unsigned long long)m->rejections[r]);
     pthread_mutex_unlock(&m->lock);
     return b.buf;

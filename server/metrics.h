@@ -37,7 +37,7 @@ typedef struct {
     srv_histogram batch_prefill;      /* tokens of each prefill slice */
     int batch_streams;                /* generations in the batch now */
     uint64_t generated_tokens, prompt_tokens;
-    uint64_t rejections[4]; /* queue_full, memory, draining, deadline */
+    uint64_t rejections[5]; /* queue_full, memory, draining, deadline, prefill_time */
     int64_t inflight;
     uint64_t reserved, reserved_peak, budget, fixed; /* fixed: reserved for the server's life */
     int queue_depth;
@@ -51,7 +51,7 @@ typedef enum {
 } srv_endpoint;
 /* The endpoint label of metrics and logs. */
 extern const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS];
-typedef enum { REJ_QUEUE_FULL = 0, REJ_MEMORY, REJ_DRAINING, REJ_DEADLINE } srv_rejection;
+typedef enum { REJ_QUEUE_FULL = 0, REJ_MEMORY, REJ_DRAINING, REJ_DEADLINE, REJ_PREFILL_TIME, SRV_N_REJECTIONS } srv_rejection;
 
 void srv_metrics_init(srv_metrics *m, uint64_t budget);
 /* Sets the labels of the luna_build_info gauge: the server's version and the BLAS in use. */

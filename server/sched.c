@@ -60,6 +60,40 @@ int srv_reserve(srv_app *app, uint64_t bytes)
     return 0;
 }
 
+double srv_prefill_rate(const srv_app *app)
+{
+    pthread_mutex_t *lock = (pthread_mutex_t *)&app->rate_lock; /* a read, under the writers' lock */
+    pthread_mutex_lock(lock);
+    double r = app->prefill_rate;
+    pthread_mutex_unlock(lock);
+    return r;
+}
+
+void srv_prefill_observe(srv_app *app, uint64_t tokens, double seconds)
+{
+    if (tokens < 128 || seconds <= 0) return; /* a short slice's rate is mostly its overhead */
+    double r = (double)tokens / seconds;
+    pthread_mutex_lock(&app->rate_lock);
+    app->prefill_rate = app->prefill_rate > 0 ? 0.8 * app->prefill_rate + 0.2 * r : r;
+    pthread_mutex_unlock(&app->rate_lock);
+}
+
+/* The first prefill rate: 1024 tokens of text prefilled once on a worker's context, before the
+ * server listens (it also brings the weights into memory). */
+static void calibrate_prefill(srv_app *app, srv_worker *w)
+{
+    int32_t tok[1024];
+    const luna_config *cfg = luna_model_config(app->generator);
+    for (size_t i = 0; i < 1024; i++) tok[i] = cfg->byte_offset + "It is a truth universally acknowledged. "[i % 40];
+    luna_gen_state_reset(w->gstate);
+    double t0 = srv_now();
+    int rc = luna_prefill(w->gctx, w->gstate, tok, 1024, NULL, 0);
+    double dt = srv_now() - t0;
+    luna_gen_state_reset(w->gstate);
+    if (!rc) srv_prefill_observe(app, 1024, dt);
+    srv_log(LOG_INFO, "prefill rate", "\"tokens_per_second\":%.0f", srv_prefill_rate(app));
+}
+
 uint64_t srv_request_budget(const srv_app *app)
 {
     return app->cfg.memory_budget - (app->batch ? app->batch->scratch : 0);
@@ -106,26 +140,32 @@ uint64_t srv_min_reservation(const srv_app *app)
     return c < g ? c : g;
 }
 
+/* Engine results (and, for a cancelled job, why) to API errors: the one table. API_OK: nobody
+ * is left to answer (the client went away). The message may use the deadline (%g, seconds). */
+static const struct {
+    int rc;     /* LUNA_E* */
+    int reason; /* srv_cancel_reason, for LUNA_ECANCELED; -1: any */
+    api_err kind;
+    const char *message;
+} ENGINE_ERRORS[] = {
+    {LUNA_ECANCELED, CANCEL_DEADLINE, API_E_TIMEOUT, "the request did not finish within its deadline of %gs"},
+    {LUNA_ECANCELED, CANCEL_SHUTDOWN, API_E_SHUTTING_DOWN, "the server is shutting down"},
+    {LUNA_ECANCELED, -1, API_OK, NULL},
+    {LUNA_ENOMEM, -1, API_E_ENGINE_MEMORY, "the engine could not allocate its workspace; retry later"},
+    {LUNA_ETOOLONG, -1, API_E_INPUT_TOO_LONG, "the input is longer than the model accepts"},
+};
+
 api_err srv_job_error(const srv_job *job, api_error *e)
 {
     double timeout = job->deadline - job->t_submit;
-    switch (job->rc) {
-    case LUNA_ECANCELED:
-        switch (atomic_load(&job->cancel_reason)) {
-        case CANCEL_DEADLINE:
-            return api_fail(e, API_E_TIMEOUT, "the request did not finish within its deadline of %gs", timeout);
-        case CANCEL_SHUTDOWN:
-            return api_fail(e, API_E_SHUTTING_DOWN, "the server is shutting down");
-        default: /* the client went away: nobody to answer */
-            return API_OK;
-        }
-    case LUNA_ENOMEM:
-        return api_fail(e, API_E_ENGINE_MEMORY, "the engine could not allocate its workspace; retry later");
-    case LUNA_ETOOLONG:
-        return api_fail(e, API_E_INPUT_TOO_LONG, "the input is longer than the model accepts");
-    default:
-        return api_fail(e, API_E_INTERNAL, "engine error: %s", luna_strerror(job->rc));
+    int reason = atomic_load(&job->cancel_reason);
+    for (size_t i = 0; i < sizeof ENGINE_ERRORS / sizeof ENGINE_ERRORS[0]; i++) {
+        if (ENGINE_ERRORS[i].rc != job->rc || (ENGINE_ERRORS[i].reason >= 0 && ENGINE_ERRORS[i].reason != reason))
+            continue;
+        if (ENGINE_ERRORS[i].kind == API_OK) return API_OK;
+        return api_fail(e, ENGINE_ERRORS[i].kind, ENGINE_ERRORS[i].message, timeout);
     }
+    return api_fail(e, API_E_INTERNAL, "engine error: %s", luna_strerror(job->rc));
 }
 
 /* ---- the worker threads -------------------------------------------------------------------- */
@@ -286,16 +326,36 @@ static void assign(srv_worker *w, srv_task task, srv_job *job, srv_seq *seq, int
     pthread_mutex_unlock(&w->lock);
 }
 
-/* Pops the queue's head when it can start now: a generation when the batch has rows for it, a
- * job for a worker when one is idle; either when its reservation fits what is free. A job that
- * does not fit runs in its least reservation when that fits (a classification: the streaming
- * plan); else the head waits, and so does everything behind it, so a large job cannot starve. */
-static srv_job *queue_take(srv_app *app, int idle)
+/* Two lanes share the queue: generations that join the batch (LANE_BATCH) and jobs that need
+ * a worker of their own (LANE_WORKER: classifications; generations with --max-batch 1). */
+enum { LANE_BATCH = 0, LANE_WORKER = 1 };
+
+static int job_lane(const srv_app *app, const srv_job *j)
+{
+    return j->kind == JOB_GENERATE && app->batch ? LANE_BATCH : LANE_WORKER;
+}
+
+/* Pops the oldest job of the lane when it can start now: a generation when the batch has rows
+ * for it, a job for a worker when one is idle; either when its reservation fits what is free.
+ * A job that does not fit runs in its least reservation when that fits (a classification:
+ * the streaming plan); else it waits, and so does everything behind it, so a large job cannot
+ * starve. The lanes do not wait on each other's rows or workers (a classification is not held
+ * up by streams that wait for rows of the batch, nor those by a long classification), but a
+ * job that waits for memory holds up both: an older job of the other lane that could start but
+ * for memory goes first. */
+static srv_job *queue_take(srv_app *app, int lane, int idle)
 {
     pthread_mutex_lock(&app->lock);
-    srv_job *job = app->q_head;
-    int batched = job && job->kind == JOB_GENERATE && app->batch;
-    int ok = job && (batched ? srv_batch_room(app, job) : idle);
+    srv_job *job = NULL;
+    for (srv_job *j = app->q_head; j; j = j->next) {
+        int room = job_lane(app, j) == LANE_BATCH ? srv_batch_room(app, j) : idle;
+        if (job_lane(app, j) == lane) {
+            job = room ? j : NULL;
+            break;
+        }
+        if (room) break; /* the other lane's older job waits for memory */
+    }
+    int ok = job != NULL;
     if (ok && srv_reserve(app, job->reserve) != 0) {
         ok = job->min_reserve < job->reserve && srv_reserve(app, job->min_reserve) == 0;
         if (ok) job->reserve = job->min_reserve;
@@ -311,20 +371,13 @@ static srv_job *queue_take(srv_app *app, int idle)
 /* Hands out work. The queue's generations join the batch as soon as it has rows for them.
  * Then each idle worker gets, in this order: the batch's decode step when it is due (the
  * streams wait on it), unless the other work has had no worker since the last step (on one
- * worker, steps and the rest take turns); else a prefill slice or the queue's head, taking
- * turns when both wait. A lone job (nothing else running or waiting) gets every core's lane. */
+ * worker, steps and the rest take turns); else a prefill slice or the worker lane's oldest
+ * job, taking turns when both wait. A lone job (nothing else running or waiting) gets every
+ * core's lane. */
 static void dispatch(srv_app *app)
 {
     SRV_ON_LOOP(app);
     srv_batch_reap(app);
-    while (app->batch && app->q_head) { /* the queue's generations join the batch */
-        pthread_mutex_lock(&app->lock);
-        int gen = app->q_head && app->q_head->kind == JOB_GENERATE;
-        pthread_mutex_unlock(&app->lock);
-        srv_job *job = gen ? queue_take(app, 0) : NULL;
-        if (!job) break;
-        srv_batch_admit(app, job);
-    }
     for (;;) {
         srv_worker *idle = NULL;
         int running = 0, others = 0; /* tasks out; of them, not decode steps */
@@ -334,6 +387,8 @@ static void dispatch(srv_app *app)
             running += w->busy;
             others += w->busy && w->task != TASK_STEP;
         }
+        srv_job *job;
+        while (app->batch && (job = queue_take(app, LANE_BATCH, idle != NULL)) != NULL) srv_batch_admit(app, job);
         if (!idle) return;
         int queued = srv_queue_len(app);
         srv_batch *b = app->batch;
@@ -347,16 +402,12 @@ static void dispatch(srv_app *app)
         }
         int waiting = queued + (prefill ? 1 + (b->pf_head->next != NULL) : 0);
         int lanes = running == 0 && !step && waiting <= 1 ? app->n_workers * app->cfg.blas_threads : 1;
-        srv_job *job = NULL;
+        job = NULL;
         if (prefill && (!queued || !app->queue_turn)) {
             app->queue_turn = 1;
-        } else if (queued && (job = queue_take(app, 1)) != NULL) {
+        } else if (queued && (job = queue_take(app, LANE_WORKER, 1)) != NULL) {
             app->queue_turn = 0;
-            if (job->kind == JOB_GENERATE && app->batch) { /* rows came free meanwhile */
-                srv_batch_admit(app, job);
-                continue;
-            }
-        } else if (!prefill) { /* the head waits for memory, or for rows of the batch */
+        } else if (!prefill) { /* the lane's oldest waits for memory, or nothing waits */
             if (!step) return;
             srv_batch_step_out(app); /* which only the steps can free */
             assign(idle, TASK_STEP, NULL, NULL, 1);
@@ -531,6 +582,7 @@ static void on_signal(uv_signal_t *h, int signum)
 int srv_sched_start(srv_app *app)
 {
     app->loop_thread = uv_thread_self(); /* the caller runs the loop (server/main.c) */
+    pthread_mutex_init(&app->rate_lock, NULL);
     pthread_mutex_init(&app->lock, NULL);
     if (uv_loop_init(&app->loop)) return -1;
     uv_async_init(&app->loop, &app->wakeup, on_wakeup);
@@ -568,6 +620,7 @@ int srv_sched_start(srv_app *app)
             return -1;
         }
     }
+    if (app->generator && app->n_workers > 0) calibrate_prefill(app, &app->workers[0]);
     return srv_batch_new(app);
 }
 
@@ -601,4 +654,5 @@ void srv_sched_stop(srv_app *app)
     uv_run(&app->loop, UV_RUN_DEFAULT);
     uv_loop_close(&app->loop);
     pthread_mutex_destroy(&app->lock);
+    pthread_mutex_destroy(&app->rate_lock);
 }

@@ -111,6 +111,9 @@ typedef struct {
     _Atomic uint64_t reserved; /* the ledger: every byte reserved against the budget, by any
                                   thread, through srv_reserve and srv_release only */
     atomic_int trim;           /* large blocks were freed: the loop returns them when idle */
+    pthread_mutex_t rate_lock; /* guards prefill_rate */
+    double prefill_rate;       /* prompt tokens per second, one lane: measured at start, then
+                                  a moving average of the prefills (srv_prefill_observe) */
 
     atomic_int draining;  /* SIGTERM seen: refuse new work, finish the rest */
     atomic_int ready;     /* models loaded and serving */
@@ -168,6 +171,11 @@ int srv_stream_push(srv_job *job, const char *data, size_t len);
 /* The error a failed job answers with (its rc and cancel reason); returns e->kind, or API_OK
  * when nobody is left to answer (the client went away). */
 api_err srv_job_error(const srv_job *job, api_error *e);
+
+/* The prefill rate (tokens/s) that admission estimates a prompt's prefill time with: measured
+ * at startup, then updated from every prefill of 128 tokens or more. Any thread. */
+double srv_prefill_rate(const srv_app *app);
+void srv_prefill_observe(srv_app *app, uint64_t tokens, double seconds);
 
 /* ---- info.c ---- */
 char *srv_render_info(const srv_app *app); /* GET /info's body, malloc'd */

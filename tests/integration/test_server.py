@@ -917,7 +917,9 @@ def test_batch_bytes_match_alone():
     s = Server("--max-batch", "8", "--max-batch-tokens", "1", "--max-queue", "100", model="", gen=LM)
     try:
         st, _, info = s.json("GET", "/info")
-        assert info["batch"] == {"continuous": True, "max_batch": 8, "max_batch_tokens": 1}, info["batch"]
+        assert {k: info["batch"][k] for k in ("continuous", "max_batch", "max_batch_tokens", "prefill_admission")} == \
+            {"continuous": True, "max_batch": 8, "max_batch_tokens": 1, "prefill_admission": True}, info["batch"]
+        assert info["batch"]["prefill_tokens_per_second"] > 0, info["batch"]
         out, errors = [], []
         plan = [(rng.randrange(len(BATCH_BODIES)), rng.random() * 0.05, rng.random() < 0.3) for _ in range(24)]
 
@@ -1015,6 +1017,77 @@ def test_long_prompt_prefilled_between_steps():
         assert s.stop() == 0
 
 
+def test_classify_not_held_by_waiting_streams():
+    # Generations that wait for rows of the batch do not hold up a classification queued after
+    # them: the queue's two lanes (the batch's, and the workers') each keep their own order. Two
+    # streams fill the batch (--max-batch 2), two more wait for rows, and a /classify sent after
+    # them is answered while all four are still open.
+    s = Server("--max-batch", "2", "--workers", "2", "--sse-ping-interval", "3600", "--max-new-tokens", "100000",
+               gen=SLOW_LM)
+    try:
+        conns = [open_stream(s.port, "/generate_stream", {"inputs": p, "parameters": {"max_new_tokens": 100000}})
+                 for p in ("Emma", "Anne")]
+        for _, r in conns:
+            assert next_event(r)["index"] == 1
+        waiting = []
+        for p in ("Fanny", "Catherine"):  # their 200 waits for rows: send, do not read
+            c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=600)
+            c.request("POST", "/generate_stream", json.dumps({"inputs": p, "parameters": {"max_new_tokens": 10}}),
+                      {"Content-Type": "application/json"})
+            waiting.append(c)
+        end = time.monotonic() + 60
+        while s.metrics()["luna_queue_depth"] < 2 and time.monotonic() < end:
+            time.sleep(0.02)
+        assert s.metrics()["luna_queue_depth"] == 2
+        st, _, b = s.json("POST", "/classify", {"inputs": "Subject: hello\n\nlunch at noon?"}, timeout=60)
+        assert st == 200 and len(b) == 2, b
+        m = s.metrics()
+        assert m["luna_queue_depth"] == 2 and m["luna_batch_current_size"] == 2, m
+        for c, _ in conns:  # rows come free: the two waiting streams run and end
+            c.close()
+        for c in waiting:
+            r = c.getresponse()
+            assert r.status == 200 and sse_events(r.read())[-1]["details"]["generated_tokens"] == 10
+            c.close()
+        assert reserved_idle(wait_idle(s))
+    finally:
+        assert s.stop() == 0
+
+
+def test_prompt_that_cannot_be_prefilled_in_time():
+    # A prompt whose prefill, at the rate the server measured (at startup, then on every
+    # prefill), would outlast its deadline is refused at once with 413, before any of it runs:
+    # 8 MB at the 2 s deadline would need 4 million tokens a second, far beyond this model on
+    # any CPU. The server reports the rate, and the same prompt with a deadline long enough
+    # is admitted (X-Request-Timeout up to --max-request-timeout).
+    s = Server("--request-timeout", "2", "--max-request-timeout", "86400", "--max-input-bytes", "16M",
+               "--max-body-bytes", "16M", model="", gen=SLOW_LM)
+    try:
+        assert any('"msg":"prefill rate"' in l for l in s.log), s.log[-5:]
+        m0 = s.metrics()
+        big = {"inputs": "a" * (8 << 20), "parameters": {"max_new_tokens": 1}}
+        st, _, b = s.json("POST", "/generate", big)
+        is_error(st, b, 413, "input_too_long")
+        assert "prefill rate" in b["error"]["message"] and 0 < b["error"]["max_tokens"] < (8 << 20), b
+        st, _, b = s.json("POST", "/v1/completions", {"prompt": ["a" * (4 << 20), "b" * (4 << 20)], "max_tokens": 1})
+        is_error(st, b, 413, "input_too_long")
+        m = s.metrics()
+        assert m["luna_prompt_tokens_total"] == m0["luna_prompt_tokens_total"], m  # nothing ran
+        assert m['luna_admission_rejections_total{reason="prefill_time"}'] == 2, m
+        st, _, b = s.json("POST", "/generate", {"inputs": "Emma", "parameters": {"max_new_tokens": 3}})
+        assert st == 200, b
+        # with a deadline it can meet (rate x deadline >> 8 Mi tokens), the same prompt is admitted
+        # (and cancelled at once here, by hanging up: the test need not wait for it)
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+        c.request("POST", "/generate_stream", json.dumps(big), {"Content-Type": "application/json", "X-Request-Timeout": "86400"})
+        r = c.getresponse()
+        assert r.status == 200, r.read()[:300]
+        c.close()
+        assert reserved_idle(wait_idle(s))
+    finally:
+        assert s.stop() == 0
+
+
 def test_generate_limits():
     s = Server("--memory-budget", "1M", "--max-new-tokens", "100000", model="", gen=LM_MAXPOS)
     try:
@@ -1041,7 +1114,9 @@ def slow_prompt(n):
 
 
 def test_stream_pings_deadline_and_disconnects():
-    s = Server("--workers", "2", "--sse-ping-interval", "0.2", "--max-queue", "100", model="", gen=SLOW_LM)
+    # (--prefill-admission 0: the deadlines below must pass mid-prefill, not refuse the prompts)
+    s = Server("--workers", "2", "--sse-ping-interval", "0.2", "--max-queue", "100", "--prefill-admission", "0",
+               model="", gen=SLOW_LM)
     try:
         # a long prefill sends keep-alive comments before the first token: a stream of 5 ping
         # intervals at least (40000 bytes take several seconds here; a faster machine doubles them)
@@ -1387,7 +1462,7 @@ def test_stream_errors_logged_and_counted():
     """A stream that ends in an error event is logged and counted with that error's status (it
     was 200, the status its head carried), and a stream's run_time is never 0 (the line used to
     be written before the worker recorded its end)."""
-    s = Server("--workers", "1", "--max-queue", "100", model="", gen=SLOW_LM)
+    s = Server("--workers", "1", "--max-queue", "100", "--prefill-admission", "0", model="", gen=SLOW_LM)
     try:
         for i in range(8):
             rid = "stream-ok-%d" % i
@@ -1465,7 +1540,8 @@ def main():
              (test_playground_assets, shared), (test_gets_share_one_connection, shared),
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),
              (test_generate_limits, None), (test_batch_bytes_match_alone, None), (test_batch_streams_step_together, None),
-             (test_long_prompt_prefilled_between_steps, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
+             (test_long_prompt_prefilled_between_steps, None), (test_classify_not_held_by_waiting_streams, None),
+             (test_prompt_that_cannot_be_prefilled_in_time, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
              (test_memory_never_fits, None), (test_classify_raw_body, None), (test_classify_raw_body_cut_short, None),
              (test_bodies_are_reserved, None), (test_lone_classification_uses_every_core, None), (test_budget_invariant_32_clients, None),
