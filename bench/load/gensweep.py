@@ -551,6 +551,18 @@ def lone_prefill(srv, long_text, cap):
     return ms(ttft), s.error
 
 
+def commit():
+    """The checkout the servers were built from: its commit, "-dirty" when it has changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("-dirty" if dirty else "")) or None
+
+
 def sgemm(luna, threads):
     r = subprocess.run([luna, "sgemm", "--size", "1024", "--threads", str(threads), "--json"],
                        capture_output=True, text=True, timeout=120)
@@ -607,7 +619,7 @@ def main():
            "prompt_bytes_mean": round(sum(len(p.encode()) for p in prompts) / len(prompts), 1),
            "new_tokens": NEW_TOKENS, "duration_s": dur, "warm_s": warm, "long_window_s": long_window,
            "rounds": rounds, "drain_cap_s": drain_cap, "workers": a.workers, "cores": os.cpu_count(), "concurrency": CONCURRENCY,
-           "env_openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "sweep": {}, "lone": {}}
+           "env_openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "commit": commit(), "sweep": {}, "lone": {}}
     servers = {}
     t_run = time.monotonic()
     try:

@@ -77,7 +77,7 @@ def main():
     add = lines.append
     c = raw["config"]
     binfo = info.get("batch", {})
-    add("%s run of %s. The bundled LM `%s` (d %d, %d layers, FFN %d, l %d, vocab %d), two servers started "
+    add("%s run of %s, servers built from commit %s. The bundled LM `%s` (d %d, %d layers, FFN %d, l %d, vocab %d), two servers started "
         "side by side, each with %d workers x 1 BLAS thread: continuous batching (`--max-batch 64`, "
         "`--max-batch-tokens %s`) and `--max-batch 1` (each generation alone on a worker, start to end: the "
         "server before batching). Closed loop: each client sends its next `/generate_stream` request when its "
@@ -88,7 +88,8 @@ def main():
         "token event, for every request sent in the window. The client (one Python thread) shares the "
         "%d-core machine with the servers: its CPU time is in the table, beside what every other process "
         "used." % (
-            "A quick (smoke)" if raw.get("quick") else "A full", raw.get("date", "?"), raw["model"], c["d"],
+            "A quick (smoke)" if raw.get("quick") else "A full", raw.get("date", "?"), raw.get("commit") or "?",
+            raw["model"], c["d"],
             c["layers"], c["ffn"], c["l"], c["vocab_size"], raw["workers"], binfo.get("max_batch_tokens", "256"),
             raw["new_tokens"], raw["prompts"], raw["text_source"], raw["prompt_bytes_mean"], raw["warm_s"],
             raw["duration_s"], raw["cores"]))
