@@ -15,7 +15,7 @@
 # A missed target is reported, not fatal unless GEN_STRICT=1; a failed stream (an error answer,
 # a lost event) or a server that does not exit 0 on SIGTERM always is.
 #
-#   sh bench/load/gensweep.sh           the full run (10 s per point; about 6 minutes on the
+#   sh bench/load/gensweep.sh           the full run (10 s per point; about 7 minutes on the
 #                                       shared 2-core machine)
 #   sh bench/load/gensweep.sh --quick   a smoke run: 2.5 s per point, a 32 KiB long prompt, one
 #                                       round (about a minute), into build/gensweep/quick

@@ -322,10 +322,12 @@ set grid
 set title "aggregate tokens/s"
 set logscale y
 set ylabel "tokens/s (log)"
+set yrange [*:%(ymax)s]
 plot "%(batch)s" using 1:2 with linespoints lw 2 pt 7 lc rgb "#1f77b4" title "batch (--max-batch 64)", \\
      "%(alone)s" using 1:2 with linespoints lw 2 pt 5 lc rgb "#d62728" title "--max-batch 1"%(ceil)s
 set title "time per output token"
 set ylabel "ms (log)"
+set yrange [*:*]
 plot "%(batch)s" using 1:3 with linespoints lw 2 pt 7 lc rgb "#1f77b4" title "batch p50", \\
      "" using 1:4 with linespoints lw 2 dt 2 pt 6 lc rgb "#1f77b4" title "batch p99", \\
      "%(alone)s" using 1:3 with linespoints lw 2 pt 5 lc rgb "#d62728" title "--max-batch 1 p50", \\
@@ -355,7 +357,7 @@ plot "%(tl)s" using 1:3 with lines lw 2 lc rgb "#1f77b4" title "p99 gap", \\
 unset multiplot
 """ % {"png": png, "model": raw["model"], "cpu": m["cpu"], "core": m["core"], "cores": raw["cores"],
        "batch": files["batch"], "alone": files["alone"], "tl": tl, "tfirst": t_first / 1000.0,
-       "n": (lp or {}).get("streams", 0), "long": "{:,}".format((lp or {}).get("long_bytes", 0)),
+       "ymax": "%.0f" % (3 * ceiling) if ceiling else "*", "n": (lp or {}).get("streams", 0), "long": "{:,}".format((lp or {}).get("long_bytes", 0)),
        "ceil": (', \\\n     %.1f with lines dt 3 lw 2 lc rgb "#2ca02c" title "ceiling (sgemm rate / FLOPs per token)"'
                 % ceiling) if ceiling else ""}
     r = subprocess.run(["gnuplot"], input=script, capture_output=True, text=True)
