@@ -10,6 +10,7 @@
 #   make bench      run the encoder benchmark under bench/ (prints tables, writes docs/bench/encoder-<cpu>-<core>*)
 #   make bench-gen  run the generation benchmark (Luna decoder vs KV cache; docs/bench/generate-<cpu>-<core>*)
 #   make bench-plans  the plans' cost: streaming vs resident, 64 MiB e-mail (docs/bench/plans-<cpu>-<core>*)
+#   make bench-gensweep  continuous batching vs --max-batch 1 over HTTP (docs/bench/gensweep-<cpu>-<core>*; -quick: smoke)
 #   make golden     regenerate tests/golden with the PyTorch reference (needs python3-torch)
 #   make cluster    3 replicas behind HAProxy on loopback: kill -9 and SIGTERM under load
 #   make image      build the container image (podman here, docker where an engine runs) and test it
@@ -160,6 +161,13 @@ bench-gen: bin/luna
 bench-plans: bin/luna bin/lunaserve
 	sh bench/plans.sh
 
+# Continuous batching against --max-batch 1 (issue 25): concurrent streams, a long prompt among
+# them, a lone long prefill, the ceiling; the quick variant is a smoke test (about a minute).
+bench-gensweep: bin/luna bin/lunaserve
+	sh bench/load/gensweep.sh
+bench-gensweep-quick: bin/luna bin/lunaserve
+	sh bench/load/gensweep.sh --quick
+
 golden:
 	/usr/bin/python3 tools/make_golden.py tests/golden
 
@@ -189,5 +197,5 @@ load-quick:
 clean:
 	rm -rf build bin
 
-.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans golden cluster image fuzz badinput soak load load-quick clean
+.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans bench-gensweep bench-gensweep-quick golden cluster image fuzz badinput soak load load-quick clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
