@@ -258,4 +258,19 @@ int luna_blas_threads(void);
  * least `seconds`; for benchmarks, which report the engine's throughput as a share of it. */
 double luna_sgemm_gflops(int m, int n, int k, double seconds);
 
+/* ---- a model's identity, portable states, log-probabilities (issue 26) ---------------------
+ *
+ * A Luna state is the same size after 10 tokens and after 10 million, so a server can keep it
+ * between requests, hand it to a client, and take it back on any replica that loads the same
+ * model. These calls are the engine's part of that; the server decides where states live. */
+
+#define LUNA_MODEL_ID_BYTES 32
+
+/* The model's identity: SHA-256 of its config and its weights as loaded (model_id.c lists the
+ * encoding), computed once by luna_model_load. Two directories with the same config values and
+ * weight values give the same id (spacing in config.json, F16 against the same values in F32:
+ * the same); any changed weight gives another. A NULL model gives 32 zero bytes. */
+void luna_model_id(const luna_model *m, uint8_t out[LUNA_MODEL_ID_BYTES]);
+void luna_model_id_hex(const luna_model *m, char out[2 * LUNA_MODEL_ID_BYTES + 1]); /* lowercase, NUL-ended */
+
 #endif
