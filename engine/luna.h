@@ -273,4 +273,48 @@ double luna_sgemm_gflops(int m, int n, int k, double seconds);
 void luna_model_id(const luna_model *m, uint8_t out[LUNA_MODEL_ID_BYTES]);
 void luna_model_id_hex(const luna_model *m, char out[2 * LUNA_MODEL_ID_BYTES + 1]); /* lowercase, NUL-ended */
 
+/* A Luna state as bytes (docs/model-format.md, "Portable generation states", byte by byte):
+ * magic, format version, the model id, the token count, the running sums (doubles), the recent
+ * tokens of n-gram embeddings, optionally the logits after the last token, and a SHA-256 of
+ * everything before it. Continuing from an imported state gives bit for bit the logits that
+ * continuing the original would (the same calls on the same context settings).
+ *
+ * The logits ride along because a server that resumes a state must sample the next token
+ * from them; without them it would have to run the last token again, which the state cannot
+ * do (it has consumed it). Export them whenever a generation may resume.
+ *
+ * The byte count of an export: fixed by the model (with_logits: 0 or 1). 0 if not causal-lm. */
+size_t luna_gen_state_export_bytes(const luna_model *m, int with_logits);
+/* Writes the state s (and logits, vocab_size floats after its last token, or NULL for none) into
+ * buf (cap bytes); *len receives the byte count, also when cap is too small. EINVAL: s NULL or a
+ * KV state, non-finite logits or sums (no import would take them), cap too small (buf untouched). */
+int luna_gen_state_export(const luna_gen_state *s, const float *logits, uint8_t *buf, size_t cap,
+                          size_t *len);
+/* Replaces s (a Luna state of the model to continue with) by the state in buf[0..len). logits
+ * (vocab_size floats, may be NULL) receives the exported logits when there are some;
+ * *has_logits (may be NULL) says whether there were. Everything is checked before anything
+ * is written: on an error s, logits and *has_logits are unchanged, and *why (may be NULL)
+ * points at one static sentence naming the first fault found, in this order:
+ *   "not a Luna state (bad magic)"                    the first 8 bytes are not "LUNASTAT"
+ *   "unsupported state format version"                a version other than 1
+ *   "truncated state"                                 fewer bytes than the header announces
+ *   "oversized state (bytes after its end)"           more bytes than the header announces
+ *   "malformed state header"                          a reserved field that is not zero
+ *   "state checksum mismatch (corrupted)"             the SHA-256 does not match
+ *   "state of another model"                          the model id differs from s's model's
+ *   "state layout does not match the model"           sums, recent tokens or logits counts
+ *                                                     differ (a forged state: the id matched)
+ *   "state token count beyond the model's max_positions"  (or beyond 2^53 when unlimited)
+ *   "non-finite running sum in state"                 NaN, inf, or beyond the float range
+ *                                                     that the decoder converts them to
+ *   "recent token out of the vocabulary in state"     an id outside [0, vocab_size), or a slot
+ *                                                     before the first token that is not 0
+ *   "non-finite logits in state"
+ * A checksum does not authenticate: whoever can edit a state can seal it again, and the
+ * checks after the checksum are what keep such a state from crashing or misleading the
+ * decoder. EINVAL for all of these and for NULL arguments or a KV state. Never reads outside
+ * buf[0..len), whatever it holds (fuzz/fuzz_state.c). */
+int luna_gen_state_import(luna_gen_state *s, const uint8_t *buf, size_t len, float *logits, int *has_logits,
+                          const char **why);
+
 #endif

@@ -213,3 +213,458 @@ Test(model_id, f16_and_f32_of_the_same_values)
     luna_model_free(a), luna_model_free(b);
     fx_rmtree(d16), fx_rmtree(d32);
 }
+
+/* ---- state.c: the round trip ------------------------------------------------------------------- */
+
+static luna_ctx *ctx_new(const luna_model *m, int chunk)
+{
+    luna_ctx_opts o = {chunk, LUNA_ATTN_LUNA, 1};
+    luna_ctx *c;
+    cr_assert_eq(luna_ctx_new(m, &o, &c), 0);
+    return c;
+}
+
+static luna_gen_state *state_new(const luna_model *m)
+{
+    luna_gen_state *s;
+    cr_assert_eq(luna_gen_state_new(m, &s), 0);
+    return s;
+}
+
+/* Pseudo-random byte tokens: bos, then bytes. */
+static int32_t *tokens(const luna_config *cfg, size_t n, uint64_t seed)
+{
+    int32_t *t = malloc(n * sizeof *t);
+    t[0] = cfg->bos_id;
+    for (size_t i = 1; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        t[i] = cfg->byte_offset + (int32_t)((seed >> 33) % 256);
+    }
+    return t;
+}
+
+/* Exports s (with logits when not NULL) into a malloc'd buffer. */
+static uint8_t *export(const luna_gen_state *s, const float *logits, size_t *len)
+{
+    size_t need = 0;
+    cr_assert_eq(luna_gen_state_export(s, logits, NULL, 0, &need), LUNA_EINVAL, "no buffer: EINVAL");
+    uint8_t *b = malloc(need);
+    cr_assert_eq(luna_gen_state_export(s, logits, b, need, len), 0);
+    cr_assert_eq(*len, need);
+    return b;
+}
+
+/* Seals a hand-edited state again: the SHA-256 of everything before the last 32 bytes. */
+static void reseal(uint8_t *b, size_t len) { luna_sha256(b, len - 32, b + len - 32); }
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+
+/* After N tokens (N = 0 included), a state exported with its logits and imported into another
+ * state (one that had consumed other tokens) continues bit for bit as the original: a prefill
+ * of every row's logits, then single steps. The import gives back the logits, and exporting
+ * the imported state gives back the same bytes. */
+static void round_trip(const char *model, int chunk)
+{
+    luna_model *m = golden_model(model);
+    const luna_config *cfg = luna_model_config(m);
+    size_t V = (size_t)cfg->vocab_size, M = 37, steps = 5;
+    luna_ctx *c = ctx_new(m, chunk);
+    int32_t *t = tokens(cfg, 400, 17);
+    size_t Ns[] = {0, 1, 2, 3, (size_t)chunk - 1, (size_t)chunk, (size_t)chunk + 1, 2 * (size_t)chunk + 5, 150};
+    float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float));
+    float *ra = malloc((M + steps) * V * sizeof(float)), *rb = malloc((M + steps) * V * sizeof(float));
+    for (size_t k = 0; k < sizeof Ns / sizeof Ns[0]; k++) {
+        size_t N = Ns[k];
+        luna_gen_state *a = state_new(m), *b = state_new(m);
+        if (N > 0) cr_assert_eq(luna_prefill(c, a, t, N, la, 0), 0);
+        size_t len;
+        uint8_t *buf = export(a, N > 0 ? la : NULL, &len);
+        cr_expect_eq(len, luna_gen_state_export_bytes(m, N > 0));
+        cr_assert_eq(luna_prefill(c, b, t + 200, 9, NULL, 0), 0); /* something to overwrite */
+        int has = -1;
+        const char *why = NULL;
+        memset(lb, 0, V * sizeof(float));
+        int rc = luna_gen_state_import(b, buf, len, lb, &has, &why);
+        cr_assert_eq(rc, 0, "%s N %zu: %s", model, N, why ? why : "?");
+        cr_expect_eq(has, N > 0);
+        if (N > 0) cr_expect_arr_eq(la, lb, V * sizeof(float), "%s N %zu: the logits come back", model, N);
+        cr_expect_eq(luna_gen_state_tokens(b), N);
+        size_t len2;
+        uint8_t *again = export(b, N > 0 ? lb : NULL, &len2);
+        cr_expect(len2 == len && memcmp(buf, again, len) == 0, "%s N %zu: export(import(x)) == x", model, N);
+        /* the continuation: every row of a prefill, then steps */
+        cr_assert_eq(luna_prefill(c, a, t + N, M, ra, 1), 0);
+        cr_assert_eq(luna_prefill(c, b, t + N, M, rb, 1), 0);
+        for (size_t i = 0; i < steps; i++) {
+            cr_assert_eq(luna_step(c, a, t[N + M + i], ra + (M + i) * V), 0);
+            cr_assert_eq(luna_step(c, b, t[N + M + i], rb + (M + i) * V), 0);
+        }
+        cr_expect_arr_eq(ra, rb, (M + steps) * V * sizeof(float), "%s chunk %d N %zu: bit for bit", model,
+                         chunk, N);
+        free(buf), free(again);
+        luna_gen_state_free(a), luna_gen_state_free(b);
+    }
+    free(la), free(lb), free(ra), free(rb), free(t);
+    luna_ctx_free(c);
+    luna_model_free(m);
+}
+
+Test(state, round_trip_is_bit_exact) { round_trip("lm_defaults", 16); }
+Test(state, round_trip_untied_learned_positions) { round_trip("lm_legacy_untied_prenorm_learned", 7); }
+Test(state, round_trip_ngram_embed) { round_trip("lm_ngram_embed", 16); }
+Test(state, round_trip_hash_ngrams) { round_trip("lm_hash_ngrams", 5); }
+Test(state, round_trip_f16_one_head) { round_trip("lm_f16_h1", 64); }
+
+/* A state at max_positions goes through too, and refuses one more token on both sides. */
+Test(state, round_trip_at_max_positions)
+{
+    luna_model *m = golden_model("lm_ngram_embed");
+    const luna_config *cfg = luna_model_config(m);
+    size_t max = (size_t)cfg->max_positions;
+    luna_ctx *c = ctx_new(m, 64);
+    int32_t *t = tokens(cfg, max + 1, 5);
+    luna_gen_state *a = state_new(m), *b = state_new(m);
+    cr_assert_eq(luna_prefill(c, a, t, max, NULL, 0), 0);
+    size_t len;
+    uint8_t *buf = export(a, NULL, &len);
+    cr_assert_eq(luna_gen_state_import(b, buf, len, NULL, NULL, NULL), 0);
+    cr_expect_eq(luna_gen_state_tokens(b), max);
+    cr_expect_eq(luna_step(c, b, t[max], NULL), LUNA_ETOOLONG);
+    free(buf), free(t);
+    luna_gen_state_free(a), luna_gen_state_free(b);
+    luna_ctx_free(c);
+    luna_model_free(m);
+}
+
+/* ---- state.c: what import refuses ------------------------------------------------------------ */
+
+/* The layout of docs/model-format.md, for the edits below. */
+enum { OFF_VERSION = 8, OFF_NLOGITS = 12, OFF_ID = 16, OFF_T = 48, OFF_NSUMS = 56, OFF_NRECENT = 64, OFF_ZERO = 68,
+       HEADER = 72 };
+
+typedef struct {
+    luna_model *m;
+    const luna_config *cfg;
+    size_t V, n_sums, n_recent;
+    uint8_t *good; /* a state after 50 tokens of lm_ngram_embed, with logits */
+    size_t len;
+    luna_gen_state *target; /* a state after 3 other tokens: what every refusal must leave alone */
+    uint8_t *before;
+    size_t before_len;
+} corrupt_fx;
+
+static void corrupt_open(corrupt_fx *f)
+{
+    f->m = golden_model("lm_ngram_embed"); /* 4 recent tokens, max_positions 600 */
+    f->cfg = luna_model_config(f->m);
+    f->V = (size_t)f->cfg->vocab_size;
+    f->n_sums = (size_t)f->cfg->layers * (size_t)f->cfg->d * (size_t)f->cfg->l; /* tied */
+    f->n_recent = 4;
+    luna_ctx *c = ctx_new(f->m, 16);
+    int32_t *t = tokens(f->cfg, 60, 2);
+    luna_gen_state *s = state_new(f->m);
+    float *lg = malloc(f->V * sizeof(float));
+    cr_assert_eq(luna_prefill(c, s, t, 50, lg, 0), 0);
+    f->good = export(s, lg, &f->len);
+    cr_assert_eq(f->len, HEADER + 8 * f->n_sums + 4 * f->n_recent + 4 * f->V + 32);
+    f->target = state_new(f->m);
+    cr_assert_eq(luna_prefill(c, f->target, t + 50, 3, NULL, 0), 0);
+    f->before = export(f->target, NULL, &f->before_len);
+    free(lg), free(t);
+    luna_gen_state_free(s);
+    luna_ctx_free(c);
+}
+
+static void corrupt_close(corrupt_fx *f)
+{
+    free(f->good), free(f->before);
+    luna_gen_state_free(f->target);
+    luna_model_free(f->m);
+}
+
+/* Imports b[0..len) into the target and expects a refusal whose reason contains `reason`,
+ * with the target and the logits buffer untouched. */
+static void expect_refused(corrupt_fx *f, const uint8_t *b, size_t len, const char *reason, const char *what)
+{
+    float *lg = malloc(f->V * sizeof(float));
+    for (size_t i = 0; i < f->V; i++) lg[i] = 12345.0f;
+    int has = 7;
+    const char *why = NULL;
+    int rc = luna_gen_state_import(f->target, b, len, lg, &has, &why);
+    cr_expect_eq(rc, LUNA_EINVAL, "%s: import returned %d", what, rc);
+    cr_expect(why && strstr(why, reason), "%s: reason \"%s\", expected \"%s\"", what, why ? why : "(none)", reason);
+    cr_expect_eq(has, 7, "%s: has_logits written", what);
+    for (size_t i = 0; i < f->V; i++)
+        if (lg[i] != 12345.0f) {
+            cr_expect_fail("%s: logits written", what);
+            break;
+        }
+    size_t n;
+    uint8_t *now = export(f->target, NULL, &n);
+    cr_expect(n == f->before_len && memcmp(now, f->before, n) == 0, "%s: the state changed", what);
+    free(now), free(lg);
+}
+
+/* A copy of the good state to edit (len + extra bytes of room). */
+static uint8_t *dup(const corrupt_fx *f, size_t extra)
+{
+    uint8_t *b = malloc(f->len + extra);
+    memcpy(b, f->good, f->len);
+    return b;
+}
+
+Test(state, refuses_bad_magic_version_and_sizes)
+{
+    corrupt_fx f;
+    corrupt_open(&f);
+    uint8_t *b = dup(&f, 1);
+    b[0] = 'X';
+    expect_refused(&f, b, f.len, "bad magic", "first byte");
+    expect_refused(&f, (const uint8_t *)"LUX", 3, "bad magic", "3 bytes of something else");
+    expect_refused(&f, (const uint8_t *)"{\"state\": 1}", 12, "bad magic", "JSON");
+    memcpy(b, f.good, f.len);
+    put32(b + OFF_VERSION, 2);
+    expect_refused(&f, b, f.len, "version", "version 2");
+    put32(b + OFF_VERSION, 0);
+    expect_refused(&f, b, f.len, "version", "version 0");
+    memcpy(b, f.good, f.len);
+    expect_refused(&f, b, 0, "truncated", "empty");
+    expect_refused(&f, b, 5, "truncated", "5 bytes of the magic");
+    expect_refused(&f, b, 11, "truncated", "no whole version");
+    expect_refused(&f, b, 50, "truncated", "half a header");
+    expect_refused(&f, b, HEADER + 31, "truncated", "a header and less than a checksum");
+    expect_refused(&f, b, f.len - 1, "truncated", "one byte short");
+    expect_refused(&f, b, f.len / 2, "truncated", "half");
+    b[f.len] = 0;
+    expect_refused(&f, b, f.len + 1, "oversized", "one byte more");
+    put64(b + OFF_NSUMS, UINT64_MAX / 4); /* a count whose size overflows */
+    expect_refused(&f, b, f.len, "truncated", "n_sums overflows");
+    memcpy(b, f.good, f.len);
+    put32(b + OFF_ZERO, 1);
+    expect_refused(&f, b, f.len, "malformed state header", "reserved field");
+    free(b);
+    corrupt_close(&f);
+}
+
+Test(state, refuses_a_corrupted_body)
+{
+    corrupt_fx f;
+    corrupt_open(&f);
+    uint8_t *b = dup(&f, 0);
+    size_t at[] = {OFF_ID, OFF_T, HEADER, HEADER + 8 * f.n_sums, f.len - 33, f.len - 1};
+    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+        memcpy(b, f.good, f.len);
+        b[at[i]] ^= 0x10;
+        char what[64];
+        snprintf(what, sizeof what, "a flipped bit at byte %zu", at[i]);
+        expect_refused(&f, b, f.len, "checksum mismatch", what);
+    }
+    free(b);
+    corrupt_close(&f);
+}
+
+/* Every single-byte change anywhere and every truncation is refused (and, under make asan,
+ * read nothing outside the buffer). */
+Test(state, refuses_every_flipped_byte_and_every_truncation)
+{
+    corrupt_fx f;
+    corrupt_open(&f);
+    uint8_t *b = dup(&f, 0);
+    luna_gen_state *s = state_new(f.m);
+    for (size_t i = 0; i < f.len; i++) {
+        b[i] ^= 0xA5;
+        const char *why = NULL;
+        cr_expect_eq(luna_gen_state_import(s, b, f.len, NULL, NULL, &why), LUNA_EINVAL, "byte %zu", i);
+        cr_expect_not_null(why);
+        b[i] ^= 0xA5;
+    }
+    for (size_t n = 0; n < f.len; n++) {
+        uint8_t *cut = malloc(n ? n : 1); /* exactly n bytes: ASan sees a read past them */
+        memcpy(cut, f.good, n);
+        cr_expect_eq(luna_gen_state_import(s, cut, n, NULL, NULL, NULL), LUNA_EINVAL, "%zu bytes", n);
+        free(cut);
+    }
+    cr_expect_eq(luna_gen_state_tokens(s), 0);
+    free(b);
+    luna_gen_state_free(s);
+    corrupt_close(&f);
+}
+
+Test(state, refuses_a_state_of_another_model)
+{
+    corrupt_fx f;
+    corrupt_open(&f);
+    /* another architecture */
+    luna_model *o = golden_model("lm_f16_h1");
+    luna_gen_state *os = state_new(o);
+    luna_ctx *oc = ctx_new(o, 16);
+    int32_t tok[3] = {0, 10, 11};
+    cr_assert_eq(luna_prefill(oc, os, tok, 3, NULL, 0), 0);
+    size_t len;
+    uint8_t *b = export(os, NULL, &len);
+    expect_refused(&f, b, len, "another model", "lm_f16_h1's state");
+    free(b);
+    /* the same shapes, another weight: only the id tells them apart */
+    uint8_t *good = dup(&f, 0);
+    good[OFF_ID] ^= 1;
+    reseal(good, f.len);
+    expect_refused(&f, good, f.len, "another model", "another id, resealed");
+    free(good);
+    luna_gen_state_free(os);
+    luna_ctx_free(oc);
+    luna_model_free(o);
+    corrupt_close(&f);
+}
+
+/* A state that was edited and sealed again: the checksum passes, the values must not. */
+Test(state, refuses_forged_values)
+{
+    corrupt_fx f;
+    corrupt_open(&f);
+    uint8_t *b = dup(&f, 0);
+    size_t recent = HEADER + 8 * f.n_sums, logits = recent + 4 * f.n_recent;
+
+    /* counts that do not match the model (the size still adds up) */
+    uint8_t *short_recent = malloc(f.len);
+    memcpy(short_recent, f.good, recent + 12);                            /* 3 recent tokens */
+    memcpy(short_recent + recent + 12, f.good + recent + 16, f.len - recent - 16);
+    put32(short_recent + OFF_NRECENT, 3);
+    reseal(short_recent, f.len - 4);
+    expect_refused(&f, short_recent, f.len - 4, "layout does not match", "3 recent tokens");
+    free(short_recent);
+    memcpy(b, f.good, logits);
+    put32(b + OFF_NLOGITS, 0);
+    memcpy(b + logits, f.good + f.len - 32, 32);
+    reseal(b, logits + 32);
+    cr_expect_eq(luna_gen_state_import(f.target, b, logits + 32, NULL, NULL, NULL), 0, "no logits is a state too");
+    cr_assert_eq(luna_gen_state_import(f.target, f.before, f.before_len, NULL, NULL, NULL), 0);
+    uint8_t *few = malloc(logits + 5 * 4 + 32);
+    memcpy(few, f.good, logits + 5 * 4);
+    put32(few + OFF_NLOGITS, 5);
+    reseal(few, logits + 5 * 4 + 32);
+    expect_refused(&f, few, logits + 5 * 4 + 32, "layout does not match", "5 logits");
+    free(few);
+
+    /* the token count */
+    memcpy(b, f.good, f.len);
+    put64(b + OFF_T, (uint64_t)f.cfg->max_positions + 1);
+    reseal(b, f.len);
+    expect_refused(&f, b, f.len, "max_positions", "max_positions + 1");
+    put64(b + OFF_T, UINT64_MAX);
+    reseal(b, f.len);
+    expect_refused(&f, b, f.len, "max_positions", "2^64 - 1");
+    put64(b + OFF_T, (uint64_t)f.cfg->max_positions);
+    reseal(b, f.len);
+    cr_expect_eq(luna_gen_state_import(f.target, b, f.len, NULL, NULL, NULL), 0, "t = max_positions is fine");
+    cr_assert_eq(luna_gen_state_import(f.target, f.before, f.before_len, NULL, NULL, NULL), 0);
+
+    /* the sums */
+    const double bad_sums[] = {NAN, INFINITY, -INFINITY, 1e300, -(double)FLT_MAX * 2};
+    for (size_t i = 0; i < sizeof bad_sums / sizeof bad_sums[0]; i++) {
+        memcpy(b, f.good, f.len);
+        uint64_t u;
+        memcpy(&u, &bad_sums[i], 8);
+        put64(b + HEADER + 8 * (i * 37 % f.n_sums), u);
+        reseal(b, f.len);
+        char what[64];
+        snprintf(what, sizeof what, "a sum of %g", bad_sums[i]);
+        expect_refused(&f, b, f.len, "non-finite running sum", what);
+    }
+
+    /* the recent tokens: in the vocabulary, and 0 in a slot before the first token */
+    const uint32_t bad_ids[] = {(uint32_t)f.V, 0xFFFFFFFFu, 0x80000000u};
+    for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
+        memcpy(b, f.good, f.len);
+        put32(b + recent + 4 * (i % f.n_recent), bad_ids[i]);
+        reseal(b, f.len);
+        expect_refused(&f, b, f.len, "recent token", "a recent token out of range");
+    }
+    memcpy(b, f.good, f.len);
+    put64(b + OFF_T, 2); /* two tokens consumed: slots 2 and 3 must be 0 */
+    reseal(b, f.len);
+    expect_refused(&f, b, f.len, "recent token", "a token in a slot before the first");
+    put32(b + recent + 8, 0), put32(b + recent + 12, 0);
+    reseal(b, f.len);
+    cr_expect_eq(luna_gen_state_import(f.target, b, f.len, NULL, NULL, NULL), 0, "t = 2 with 2 recent tokens");
+    cr_assert_eq(luna_gen_state_import(f.target, f.before, f.before_len, NULL, NULL, NULL), 0);
+
+    /* the logits */
+    const float bad_logits[] = {NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof bad_logits / sizeof bad_logits[0]; i++) {
+        memcpy(b, f.good, f.len);
+        uint32_t u;
+        memcpy(&u, &bad_logits[i], 4);
+        put32(b + logits + 4 * (i * 11 % f.V), u);
+        reseal(b, f.len);
+        expect_refused(&f, b, f.len, "non-finite logits", "a bad logit");
+    }
+    free(b);
+    corrupt_close(&f);
+}
+
+/* Without max_positions, the count stops at 2^53 (exact in the double that divides by it). */
+Test(state, refuses_an_absurd_count_without_max_positions)
+{
+    luna_model *m = golden_model("lm_defaults");
+    cr_assert_eq(luna_model_config(m)->max_positions, 0);
+    luna_gen_state *s = state_new(m), *d = state_new(m);
+    size_t len;
+    uint8_t *b = export(s, NULL, &len);
+    put64(b + OFF_T, (1ull << 53) + 1);
+    reseal(b, len);
+    const char *why = NULL;
+    cr_expect_eq(luna_gen_state_import(d, b, len, NULL, NULL, &why), LUNA_EINVAL);
+    cr_expect(why && strstr(why, "max_positions"));
+    put64(b + OFF_T, 1ull << 53);
+    reseal(b, len);
+    cr_expect_eq(luna_gen_state_import(d, b, len, NULL, NULL, &why), 0);
+    cr_expect_eq(luna_gen_state_tokens(d), 1ull << 53);
+    free(b);
+    luna_gen_state_free(s), luna_gen_state_free(d);
+    luna_model_free(m);
+}
+
+Test(state, bad_arguments)
+{
+    luna_model *m = golden_model("lm_defaults"), *cls = golden_model("defaults");
+    const luna_config *cfg = luna_model_config(m);
+    luna_gen_state *s = state_new(m), *kv;
+    cr_assert_eq(luna_kv_state_new(m, &kv), 0);
+    size_t len = 0, need = luna_gen_state_export_bytes(m, 0);
+    cr_expect_gt(need, 0);
+    cr_expect_eq(luna_gen_state_export_bytes(m, 1), need + 4 * (size_t)cfg->vocab_size);
+    cr_expect_eq(luna_gen_state_export_bytes(cls, 0), 0, "a classifier has no state");
+    cr_expect_eq(luna_gen_state_export_bytes(NULL, 0), 0);
+    uint8_t *b = malloc(need);
+    memset(b, 0xEE, need);
+    cr_expect_eq(luna_gen_state_export(s, NULL, b, need - 1, &len), LUNA_EINVAL, "one byte short");
+    cr_expect_eq(len, need, "the size it needs");
+    cr_expect_eq(b[0], 0xEE, "nothing written");
+    cr_expect_eq(luna_gen_state_export(NULL, NULL, b, need, &len), LUNA_EINVAL);
+    cr_expect_eq(luna_gen_state_export(s, NULL, b, need, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_gen_state_export(kv, NULL, b, need, &len), LUNA_EINVAL, "a KV cache is not portable");
+    float *lg = calloc((size_t)cfg->vocab_size, sizeof(float));
+    uint8_t *bl = malloc(need + 4 * (size_t)cfg->vocab_size);
+    lg[3] = NAN;
+    cr_expect_eq(luna_gen_state_export(s, lg, bl, need + 4 * (size_t)cfg->vocab_size, &len), LUNA_EINVAL,
+                 "NaN logits are not exported");
+    cr_assert_eq(luna_gen_state_export(s, NULL, b, need, &len), 0);
+    const char *why = NULL;
+    cr_expect_eq(luna_gen_state_import(kv, b, len, NULL, NULL, &why), LUNA_EINVAL);
+    cr_expect_not_null(why);
+    cr_expect_eq(luna_gen_state_import(NULL, b, len, NULL, NULL, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_gen_state_import(s, NULL, len, NULL, NULL, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_gen_state_import(s, b, len, NULL, NULL, NULL), 0, "no out-parameters needed");
+    free(b), free(bl), free(lg);
+    luna_gen_state_free(s), luna_gen_state_free(kv);
+    luna_model_free(m), luna_model_free(cls);
+}
