@@ -317,4 +317,39 @@ int luna_gen_state_export(const luna_gen_state *s, const float *logits, uint8_t 
 int luna_gen_state_import(luna_gen_state *s, const uint8_t *buf, size_t len, float *logits, int *has_logits,
                           const char **why);
 
+/* Log-probabilities: the model's own distribution, log_softmax(logits) over every token id,
+ * computed in double. Not the distribution after temperature, top-k, top-p or the repetition
+ * penalty: so a token's log-probability is the same in the prompt (echo, prompt logprobs,
+ * /score) and in the output, whatever the sampling parameters, as OpenAI's API and vLLM by
+ * default report it (lm-evaluation-harness scores with it). TGI instead reports the generated
+ * tokens' after its penalty and warpers (but its prompt tokens' before them). Pass logits with
+ * -inf where a token is banned to get the distribution over the others; -inf logits get
+ * -inf. Errors (EINVAL): V < 1, a NaN or +inf logit, every logit -inf, NULL pointers. */
+int luna_logprobs(const float *logits, int V, double *out); /* out: V values */
+/* The log-probability of `token` (into *token_lp, unless token < 0 or token_lp is NULL; EINVAL
+ * for token >= V), and the n best tokens (ranked by logit, ties to the lower id, -inf left out)
+ * into top_ids/top_lps (n entries each; may be NULL when n is 0). Returns how many top entries
+ * it wrote (<= n) or a negative error. O(V log n). */
+int luna_logprob_top(const float *logits, int V, int32_t token, double *token_lp, int n, int32_t *top_ids,
+                     double *top_lps);
+
+/* Scores a continuation: the log-probability of tokens[0..n) following the state s, whose next
+ * token's distribution is `logits` (vocab_size floats: a prefill's last logits, or an imported
+ * state's). per_token (n doubles, may be NULL) receives each token's log-probability (as
+ * luna_logprob_top gives it), *total (may be NULL) their sum in order. s advances by all n
+ * tokens and next_logits (may be NULL) receives the distribution after the last one, so that
+ * echo-with-logprobs can go on generating (it is the last row of a prefill with `all`, which
+ * agrees with a prefill without `all` to float rounding, not bit for bit: BLAS rounds a
+ * product of one row and of many differently). For /score: prefill the prefix once, then for
+ * each candidate luna_gen_state_copy it into a scratch state and score that.
+ * The tokens go through luna_prefill in slices that end on multiples of the context's chunk
+ * length in absolute positions (as luna_gen_prefill's do), so the numbers do not depend on how
+ * the tokens were split between calls at those boundaries. Allocates
+ * luna_score_workspace_bytes(c, n) for the call. Errors: EINVAL (a bad token or argument,
+ * a state of another model or kind), ETASK, ETOOLONG (t + n past max_positions; nothing is
+ * consumed), ENOMEM, ECANCELED (s has then consumed part of the tokens: discard it). */
+int luna_score(luna_ctx *c, luna_gen_state *s, const float *logits, const int32_t *tokens, size_t n,
+               double *per_token, double *total, float *next_logits);
+size_t luna_score_workspace_bytes(const luna_ctx *c, size_t n); /* min(n, chunk) * vocab_size * 4 */
+
 #endif

@@ -231,15 +231,12 @@ static luna_gen_state *state_new(const luna_model *m)
     return s;
 }
 
-/* Pseudo-random byte tokens: bos, then bytes. */
+/* bos, then pseudo-random bytes */
 static int32_t *tokens(const luna_config *cfg, size_t n, uint64_t seed)
 {
     int32_t *t = malloc(n * sizeof *t);
     t[0] = cfg->bos_id;
-    for (size_t i = 1; i < n; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        t[i] = cfg->byte_offset + (int32_t)((seed >> 33) % 256);
-    }
+    for (size_t i = 1; i < n; i++) t[i] = cfg->byte_offset + (int32_t)(fx_rand(&seed) % 256);
     return t;
 }
 
@@ -666,5 +663,253 @@ Test(state, bad_arguments)
     cr_expect_eq(luna_gen_state_import(s, b, len, NULL, NULL, NULL), 0, "no out-parameters needed");
     free(b), free(bl), free(lg);
     luna_gen_state_free(s), luna_gen_state_free(kv);
+    luna_model_free(m), luna_model_free(cls);
+}
+
+/* ---- logprob.c ------------------------------------------------------------------------------- */
+
+/* The reference: log(exp(l_i) / sum_j exp(l_j)) written out in long double, no shift (the
+ * test logits are small enough that nothing overflows). */
+static void ref_logprobs(const float *l, int V, long double *out)
+{
+    long double z = 0;
+    for (int i = 0; i < V; i++) z += expl((long double)l[i]);
+    for (int i = 0; i < V; i++) out[i] = logl(expl((long double)l[i]) / z);
+}
+
+static void random_logits(float *l, int V, uint64_t seed, float scale)
+{
+    for (int i = 0; i < V; i++) l[i] = scale * ((float)(fx_rand(&seed) >> 40) / (float)(1 << 24) * 2 - 1);
+}
+
+Test(logprob, matches_a_long_double_reference)
+{
+    int Vs[] = {1, 2, 7, 260, 5000};
+    for (size_t k = 0; k < sizeof Vs / sizeof Vs[0]; k++) {
+        int V = Vs[k];
+        float *l = malloc((size_t)V * sizeof(float));
+        double *lp = malloc((size_t)V * sizeof(double));
+        long double *ref = malloc((size_t)V * sizeof(long double));
+        random_logits(l, V, (uint64_t)k + 1, 20.0f);
+        if (V > 3) l[2] = -INFINITY; /* a banned token */
+        ref_logprobs(l, V, ref);
+        cr_assert_eq(luna_logprobs(l, V, lp), 0);
+        double sum = 0;
+        for (int i = 0; i < V; i++) {
+            if (l[i] == -INFINITY) {
+                cr_expect(lp[i] == -INFINITY, "a banned token: -inf");
+                continue;
+            }
+            cr_expect(fabsl((long double)lp[i] - ref[i]) <= 1e-12L * (1 + fabsl(ref[i])), "V %d id %d: %.17g vs %.17Lg",
+                      V, i, lp[i], ref[i]);
+            sum += exp(lp[i]);
+        }
+        cr_expect(fabs(sum - 1) < 1e-12, "V %d: probabilities sum to %.17g", V, sum);
+        /* the chosen token's, from luna_logprob_top, is the same number */
+        double one;
+        cr_assert_eq(luna_logprob_top(l, V, V - 1, &one, 0, NULL, NULL), 0);
+        cr_expect(one == lp[V - 1]);
+        free(l), free(lp), free(ref);
+    }
+}
+
+/* Logits far beyond exp's range: the shift keeps them exact (a shift of every logit leaves the
+ * log-probabilities as they were, up to the shift's rounding). */
+Test(logprob, huge_logits_do_not_overflow)
+{
+    float l[4] = {1e30f, 1e30f, -1e30f, 0};
+    double lp[4];
+    cr_assert_eq(luna_logprobs(l, 4, lp), 0);
+    cr_expect(fabs(lp[0] - log(0.5)) < 1e-15 && fabs(lp[1] - log(0.5)) < 1e-15);
+    cr_expect(lp[2] < -1e29 && isfinite(lp[2]));
+    float s[5] = {3, 1, 4, 1, 5};
+    double a[5], b[5];
+    cr_assert_eq(luna_logprobs(s, 5, a), 0);
+    for (int i = 0; i < 5; i++) s[i] += 1000.0f;
+    cr_assert_eq(luna_logprobs(s, 5, b), 0);
+    for (int i = 0; i < 5; i++) cr_expect(fabs(a[i] - b[i]) < 1e-12, "shift invariance at %d", i);
+}
+
+/* The top n against a sort: larger logit first, ties to the lower id, banned tokens left out. */
+static int by_rank(const void *pa, const void *pb, void *ctx)
+{
+    const float *l = ctx;
+    int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
+    if (l[a] != l[b]) return l[a] > l[b] ? -1 : 1;
+    return a < b ? -1 : 1;
+}
+
+Test(logprob, top_n_is_the_ranking)
+{
+    int V = 300;
+    float *l = malloc((size_t)V * sizeof(float));
+    int32_t *order = malloc((size_t)V * sizeof(int32_t)), ids[310];
+    double lps[310], full[300];
+    for (int trial = 0; trial < 4; trial++) {
+        uint64_t seed = (uint64_t)trial + 100;
+        for (int i = 0; i < V; i++) /* few distinct values: many ties */
+            l[i] = trial == 3 ? 0.0f : (float)(fx_rand(&seed) % 7) - 3.0f;
+        for (int i = 0; i < V; i += 5) l[i] = -INFINITY;
+        int finite = 0;
+        for (int i = 0; i < V; i++) order[i] = i, finite += l[i] != -INFINITY;
+        qsort_r(order, (size_t)V, sizeof *order, by_rank, l);
+        cr_assert_eq(luna_logprobs(l, V, full), 0);
+        int ns[] = {0, 1, 5, 20, finite, finite + 1, V + 10};
+        for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+            int n = ns[k];
+            double tlp = 0;
+            int got = luna_logprob_top(l, V, 7, &tlp, n, ids, lps);
+            cr_assert_eq(got, n < finite ? n : finite, "trial %d n %d: %d entries", trial, n, got);
+            for (int j = 0; j < got; j++) {
+                cr_expect_eq(ids[j], order[j], "trial %d n %d rank %d", trial, n, j);
+                cr_expect(lps[j] == full[ids[j]]);
+            }
+            cr_expect(tlp == full[7]);
+        }
+    }
+    free(l), free(order);
+}
+
+Test(logprob, bad_arguments)
+{
+    float l[3] = {0, 1, 2};
+    double out[3], lp;
+    int32_t id;
+    cr_expect_eq(luna_logprobs(l, 0, out), LUNA_EINVAL);
+    cr_expect_eq(luna_logprobs(NULL, 3, out), LUNA_EINVAL);
+    cr_expect_eq(luna_logprobs(l, 3, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_logprob_top(l, 3, 3, &lp, 0, NULL, NULL), LUNA_EINVAL, "token out of range");
+    cr_expect_eq(luna_logprob_top(l, 3, -1, NULL, 1, NULL, &lp), LUNA_EINVAL, "no ids buffer");
+    cr_expect_eq(luna_logprob_top(l, 3, -1, NULL, -1, &id, &lp), LUNA_EINVAL);
+    cr_expect_eq(luna_logprob_top(l, 3, -1, NULL, 1, &id, &lp), 1, "no token asked for");
+    cr_expect_eq(id, 2);
+    float nan[3] = {0, NAN, 1}, inf[3] = {0, INFINITY, 1}, banned[3] = {-INFINITY, -INFINITY, -INFINITY};
+    cr_expect_eq(luna_logprobs(nan, 3, out), LUNA_EINVAL);
+    cr_expect_eq(luna_logprobs(inf, 3, out), LUNA_EINVAL);
+    cr_expect_eq(luna_logprobs(banned, 3, out), LUNA_EINVAL);
+}
+
+/* ---- logprob.c: scoring ---------------------------------------------------------------------- */
+
+/* luna_score against the PyTorch reference's float64 logits: the golden inputs after bos. */
+Test(score, matches_the_pytorch_reference)
+{
+    const char *cases[] = {"lm_defaults", "lm_ngram_embed", "lm_hash_ngrams"};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        golden g;
+        golden_open(&g, cases[k]);
+        size_t V = (size_t)luna_model_config(g.m)->vocab_size;
+        luna_ctx *c = ctx_new(g.m, 16);
+        for (int i = 0; i < g.count; i++) {
+            size_t n, nref;
+            int32_t *tok = golden_i32(&g, "tokens", i, &n);
+            double *ref = golden_tensor(&g, "logits", i, &nref);
+            if (n < 2) {
+                free(tok), free(ref);
+                continue;
+            }
+            luna_gen_state *s = state_new(g.m);
+            float *lg = malloc(V * sizeof(float));
+            cr_assert_eq(luna_prefill(c, s, tok, 1, lg, 0), 0);
+            double *per = malloc((n - 1) * sizeof(double)), total;
+            cr_assert_eq(luna_score(c, s, lg, tok + 1, n - 1, per, &total, NULL), 0);
+            cr_expect_eq(luna_gen_state_tokens(s), n);
+            double worst = 0, sum = 0;
+            for (size_t j = 0; j + 1 < n; j++) {
+                const double *row = ref + j * V; /* after token j: scores token j + 1 */
+                double mx = row[0], z = 0;
+                for (size_t v = 1; v < V; v++) mx = fmax(mx, row[v]);
+                for (size_t v = 0; v < V; v++) z += exp(row[v] - mx);
+                double want = row[tok[j + 1]] - mx - log(z);
+                worst = fmax(worst, fabs(per[j] - want));
+                sum += per[j];
+            }
+            cr_expect(worst < 2e-3, "%s input %d: worst |logprob - reference| %.3g", cases[k], i, worst);
+            cr_expect(total == sum, "the total is the per-token sum in order");
+            free(per), free(lg), free(tok), free(ref);
+            luna_gen_state_free(s);
+        }
+        luna_ctx_free(c);
+        golden_close(&g);
+    }
+}
+
+/* The /score flow: a prefix prefilled once, each candidate scored on a copy. The same numbers
+ * as scoring each candidate from its own prefill of the prefix, bit for bit, and the state and
+ * next logits that an all-rows prefill of the candidate gives. */
+Test(score, candidates_on_copies_of_one_prefix)
+{
+    luna_model *m = golden_model("lm_ngram_embed");
+    const luna_config *cfg = luna_model_config(m);
+    size_t V = (size_t)cfg->vocab_size, P = 45;
+    luna_ctx *c = ctx_new(m, 16);
+    int32_t *t = tokens(cfg, 200, 8);
+    luna_gen_state *prefix = state_new(m), *work = state_new(m), *solo = state_new(m), *plain = state_new(m);
+    float *lp = malloc(V * sizeof(float)), *ls = malloc(V * sizeof(float));
+    float *na = malloc(V * sizeof(float)), *nb = malloc(V * sizeof(float)), *rows = malloc(64 * V * sizeof(float));
+    cr_assert_eq(luna_prefill(c, prefix, t, P, lp, 0), 0);
+    const size_t lens[] = {1, 2, 3, 30, 60};
+    for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+        const int32_t *cand = t + 100 + 7 * k;
+        size_t n = lens[k];
+        double per[64], per2[64], tot, tot2;
+        cr_assert_eq(luna_gen_state_copy(work, prefix), 0);
+        cr_assert_eq(luna_score(c, work, lp, cand, n, per, &tot, na), 0);
+        luna_gen_state_reset(solo);
+        cr_assert_eq(luna_prefill(c, solo, t, P, ls, 0), 0);
+        cr_assert_eq(luna_score(c, solo, ls, cand, n, per2, &tot2, nb), 0);
+        cr_expect_arr_eq(per, per2, n * sizeof(double), "candidate %zu", k);
+        cr_expect(tot == tot2);
+        cr_expect_arr_eq(na, nb, V * sizeof(float));
+        /* it leaves the state, and the last row of logits, that an all-rows prefill of the
+         * candidate in the same slices gives */
+        luna_gen_state_reset(plain);
+        cr_assert_eq(luna_prefill(c, plain, t, P, NULL, 0), 0);
+        size_t first = 16 - P % 16 < n ? 16 - P % 16 : n;
+        cr_assert_eq(luna_prefill(c, plain, cand, first, rows, 1), 0);
+        if (n > first) cr_assert_eq(luna_prefill(c, plain, cand + first, n - first, rows + first * V, 1), 0);
+        cr_expect_arr_eq(na, rows + (n - 1) * V, V * sizeof(float), "next logits, candidate %zu", k);
+        cr_expect_eq(luna_gen_state_tokens(work), P + n);
+        uint8_t *ea, *eb;
+        size_t la, lb;
+        ea = export(work, NULL, &la);
+        eb = export(plain, NULL, &lb);
+        cr_expect(la == lb && memcmp(ea, eb, la) == 0, "the same state, candidate %zu", k);
+        free(ea), free(eb);
+    }
+    free(lp), free(ls), free(na), free(nb), free(rows), free(t);
+    luna_gen_state_free(prefix), luna_gen_state_free(work), luna_gen_state_free(solo), luna_gen_state_free(plain);
+    luna_ctx_free(c);
+    luna_model_free(m);
+}
+
+Test(score, errors)
+{
+    luna_model *m = golden_model("lm_ngram_embed"), *cls = golden_model("defaults");
+    const luna_config *cfg = luna_model_config(m);
+    size_t V = (size_t)cfg->vocab_size, max = (size_t)cfg->max_positions;
+    luna_ctx *c = ctx_new(m, 16), *cc = ctx_new(cls, 16);
+    int32_t *t = tokens(cfg, max + 2, 4);
+    luna_gen_state *s = state_new(m);
+    float *lg = malloc(V * sizeof(float));
+    cr_assert_eq(luna_prefill(c, s, t, max - 10, lg, 0), 0);
+    double per[16], tot;
+    cr_expect_eq(luna_score(c, s, lg, t, 11, per, &tot, NULL), LUNA_ETOOLONG);
+    cr_expect_eq(luna_gen_state_tokens(s), max - 10, "nothing consumed");
+    int32_t bad[2] = {5, (int32_t)V};
+    cr_expect_eq(luna_score(c, s, lg, bad, 2, per, &tot, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_score(c, s, lg, t, 0, per, &tot, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_score(c, s, NULL, t, 1, per, &tot, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_score(cc, s, lg, t, 1, per, &tot, NULL), LUNA_ETASK);
+    lg[0] = NAN;
+    cr_expect_eq(luna_score(c, s, lg, t, 1, per, &tot, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_gen_state_tokens(s), max - 10);
+    lg[0] = 0;
+    cr_expect_eq(luna_score(c, s, lg, t, 10, per, &tot, NULL), 0, "up to max_positions");
+    cr_expect_eq(luna_score_workspace_bytes(c, 3), 3 * V * sizeof(float));
+    cr_expect_eq(luna_score_workspace_bytes(c, 1000), 16 * V * sizeof(float));
+    free(lg), free(t);
+    luna_gen_state_free(s);
+    luna_ctx_free(c), luna_ctx_free(cc);
     luna_model_free(m), luna_model_free(cls);
 }
