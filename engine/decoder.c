@@ -556,3 +556,13 @@ int luna_step(luna_ctx *c, luna_gen_state *s, int32_t token, float *logits)
     if (c && s && c->attn == LUNA_ATTN_LUNA && s->kind == LUNA_ATTN_LUNA) return luna_step_batch(c, &s, &token, 1, logits);
     return luna_prefill(c, s, &token, 1, logits, 0);
 }
+
+/* ---- the fields, for state.c (export and import) ------------------------------------------ */
+
+#include "state.h"
+
+void luna__gen_state_fields(const luna_gen_state *s, luna__state_fields *f)
+{
+    luna_gen_state *w = (luna_gen_state *)s; /* state.h: import owns the state it writes */
+    *f = (luna__state_fields){s->m, s->kind, &w->t, w->sum, s->sum_len, w->recent, history(&s->m->cfg)};
+}
