@@ -19,6 +19,7 @@
  * per chunk, linear in the sequence; the state never grows. */
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -185,33 +186,36 @@ size_t luna_gen_state_size(const luna_gen_state *s)
 
 static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
-/* One lane's attention scratch: W and A (c, l), G (c, c), a head's state update U (k, l) or
- * (l, k). Each part starts on 16 floats, so that every lane's buffers sit at the same
- * alignment as lane 0's (a kernel that peels for alignment then splits its sums alike). */
+/* One lane's buffers: T (c, d), its copy of the layer's normalised input (lanes compute the
+ * row-wise norms each for itself, which spares two barriers a layer); the attention's scratch W
+ * and A (c, l), G (c, c), a head's state update U (k, l) or (l, k). Lane 0's T is the context's
+ * dT. Every buffer of the decoder starts on 16 floats of a workspace aligned to 64 bytes, so
+ * that a lane's buffers sit at the same alignment as lane 0's, and a column block of 16
+ * floats' multiple starts on a cache line. */
 typedef struct {
-    float *W, *A, *G, *U;
+    float *T, *W, *A, *G, *U;
 } lane_scratch;
 
 static size_t scratch_floats(const luna_config *cfg, size_t c)
 {
-    size_t l = (size_t)cfg->l, k = (size_t)(cfg->d / cfg->H);
-    return 2 * round16(c * l) + round16(c * c) + round16(k * l);
+    size_t d = (size_t)cfg->d, l = (size_t)cfg->l, k = d / (size_t)cfg->H;
+    return round16(c * d) + 2 * round16(c * l) + round16(c * c) + round16(k * l);
 }
 
 static lane_scratch scratch_of(const luna_ctx *c, int lane)
 {
-    size_t ch = (size_t)c->chunk, cl = round16(ch * (size_t)c->m->cfg.l);
+    const luna_config *cfg = &c->m->cfg;
+    size_t ch = (size_t)c->chunk, cd = round16(ch * (size_t)cfg->d), cl = round16(ch * (size_t)cfg->l);
     float *p = W(c, dL) + (size_t)lane * c->L.dL_size;
-    return (lane_scratch){p, p + cl, p + 2 * cl, p + 2 * cl + round16(ch * ch)};
+    return (lane_scratch){p, p + cd, p + cd + cl, p + cd + 2 * cl, p + cd + 2 * cl + round16(ch * ch)};
 }
 
 void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lanes, ws_layout *L, size_t *off)
 {
     size_t d = (size_t)cfg->d, l = (size_t)cfg->l, c = (size_t)chunk, H = (size_t)cfg->H;
     size_t o = *off;
-#define TAKE(field, count) (L->field = o, o += (count))
+#define TAKE(field, count) (o = round16(o), L->field = o, o += (count))
     TAKE(dX, c * d);
-    TAKE(dT, c * d);
     TAKE(dQ, c * d);
     TAKE(dK, c * d);
     TAKE(dV, c * d);
@@ -223,9 +227,10 @@ void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lan
         TAKE(dSK, d * l);
         TAKE(dSV, d * l);
         L->dL_size = scratch_floats(cfg, c);
-        o = round16(o);
         TAKE(dL, (size_t)lanes * L->dL_size);
+        L->dT = L->dL; /* lane 0's T */
     } else {
+        TAKE(dT, c * d);
         TAKE(S, c * c);
         TAKE(rmax, c * H);
         TAKE(rsum, c * H);
@@ -250,9 +255,12 @@ void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lan
  * Haswell, an (r, 256) x (256, 256) product split in two column halves differs from the whole
  * at some r < 300; measured with 0.3.21), through its small-matrix kernels and edge blocks. */
 
-/* A barrier polls this many times (some tens of microseconds) before it sleeps: a phase lasts
- * 0.1 to 1 ms, and waking a sleeping thread costs more than the polls. */
-#define SPIN_POLLS 2000
+/* A barrier polls SPIN_PAUSES times with a pause between polls (some microseconds: the lanes
+ * of a phase finish close together), then yields the core between polls (a lane that shares
+ * its core with another, on a busy machine, lets it run), and after SPIN_POLLS polls sleeps:
+ * a phase lasts 0.05 to 1 ms, and waking a sleeping thread costs tens of microseconds. */
+#define SPIN_PAUSES 256
+#define SPIN_POLLS 1024
 
 typedef int (*lane_fn)(luna_ctx *c, int lane, int lanes, void *arg);
 
@@ -308,7 +316,8 @@ static void lanes_sync(luna_lanes *t, int lanes)
         unsigned now = t->bar_gen;
         pthread_spin_unlock(&t->spin);
         if (now != gen) return;
-        cpu_relax();
+        if (i < SPIN_PAUSES) cpu_relax();
+        else sched_yield();
     }
     /* bar_gen is gen or gen + 1 here: barrier gen + 1 cannot complete without this lane */
     pthread_mutex_lock(&t->mu);
@@ -441,7 +450,8 @@ static void col_span(size_t n, size_t nb, size_t b, size_t *j0, size_t *j1)
 }
 
 /* y (rows, L->out; stride ldy) = alpha x L^T + b, then the activation `act` (act_on), then
- * res += y (res non-NULL, stride ldy), one column block at a time. */
+ * res = base + y (res non-NULL; res and base of stride ldy, base may be res), one column block
+ * at a time. */
 typedef struct {
     const luna_linear *L;
     const float *x;
@@ -452,6 +462,7 @@ typedef struct {
     int act_on;
     luna_act act;
     float *res;
+    const float *base;
 } lin_job;
 
 /* One lane's share of the column blocks of the layers j[0 .. count): the blocks are numbered
@@ -470,8 +481,12 @@ static void linears_lane(const lin_job *j, int count, size_t rows, int lane, int
             float *y = j[q].y + j0;
             kn_linear(&part, j[q].x, rows, j[q].ldx, y, j[q].ldy, j[q].alpha);
             for (size_t r = 0; r < rows; r++) {
-                if (j[q].act_on) kn_act(j[q].act, y + r * j[q].ldy, j1 - j0);
-                if (j[q].res) kn_add(j[q].res + j0 + r * j[q].ldy, y + r * j[q].ldy, j1 - j0);
+                float *yr = y + r * j[q].ldy;
+                if (j[q].act_on) kn_act(j[q].act, yr, j1 - j0);
+                if (!j[q].res) continue;
+                float *out = j[q].res + j0 + r * j[q].ldy;
+                const float *in = j[q].base + j0 + r * j[q].ldy;
+                for (size_t i = 0; i < j1 - j0; i++) out[i] = in[i] + yr[i];
             }
         }
     }
@@ -744,14 +759,13 @@ typedef struct {
     int stop;     /* lane 0 reads the cancel flag before a chunk; every lane obeys it */
 } prefill_job;
 
-/* Rows [a, b) of X through the norm N into out (X itself post-norm); no norm: nothing. */
-static void norm_rows(const luna_norm *N, const float *X, float *out, size_t a, size_t b, size_t d)
-{
-    if (b > a) kn_layernorm(N, X + a * d, out + a * d, b - a, d);
-}
-
-/* One lane of a prefill: every chunk through every layer, each phase's share of the work,
- * a barrier after each phase (see "lanes"). With one lane, the whole prefill in order. */
+/* One lane of a prefill: every chunk through every layer, each phase's share of the work, a
+ * barrier after each phase (see "lanes"): the embeddings (rows), the projections (column
+ * blocks), the heads, out_proj (column blocks), fc1, fc2 (column blocks). The norms between
+ * them each lane computes over all rows into its own T, instead of a barrier on each side. X
+ * holds the residual stream, the sum before the norm; T the normalised rows that the next
+ * products read (post-norm: T is the layer's x, and X + y is formed from it). With one lane,
+ * the whole prefill in order. */
 static int prefill_lane(luna_ctx *c, int lane, int lanes, void *arg)
 {
     prefill_job *job = arg;
@@ -762,10 +776,9 @@ static int prefill_lane(luna_ctx *c, int lane, int lanes, void *arg)
     int luna = c->attn == LUNA_ATTN_LUNA, pre = cfg->normalize_before, tied = cfg->tie_kv;
     size_t d = (size_t)cfg->d, ch = (size_t)c->chunk, V = (size_t)cfg->vocab_size, ffn = (size_t)cfg->ffn;
     size_t H = (size_t)cfg->H, k = d / H;
-    float *X = W(c, dX), *T = W(c, dT), *O = W(c, dO), *Y = W(c, dY), *F = W(c, F);
+    lane_scratch scratch = luna ? scratch_of(c, lane) : (lane_scratch){W(c, dT), 0, 0, 0, 0};
+    float *X = W(c, dX), *T = scratch.T, *O = W(c, dO), *Y = W(c, dY), *F = W(c, F);
     float *Q = W(c, dQ), *K = W(c, dK), *Vb = tied ? K : W(c, dV);
-    const float *xin = pre ? T : X, *C = cfg->causal_pc_proj ? W(c, dC) : xin;
-    lane_scratch scratch = luna ? scratch_of(c, lane) : (lane_scratch){0};
     /* the heads of this lane */
     size_t h0 = H * (size_t)lane / (size_t)lanes, h1 = H * (size_t)(lane + 1) / (size_t)lanes;
     for (size_t r0 = 0; r0 < job->n; r0 += ch) {
@@ -777,49 +790,51 @@ static int prefill_lane(luna_ctx *c, int lane, int lanes, void *arg)
         const int32_t *tok = job->tokens + r0;
         lane_rows(rows, lane, lanes, &a, &b);
         if (b > a) dec_embed(c, s, tok, a, b - a, t, X + a * d);
-        if (pre) norm_rows(&m->layers[0].self_attn_layer_norm, X, T, a, b, d);
         lanes_sync(team, lanes);
         if (lane == 0) dec_remember(s, tok, rows); /* every lane has read the old ones */
+        if (pre) kn_layernorm(&m->layers[0].self_attn_layer_norm, X, T, rows, d);
         for (int li = 0; li < cfg->layers; li++) {
             const luna_layer *ly = &m->layers[li];
+            /* the layer's input x: post-norm, the embeddings, then the last layer's output */
+            const float *xin = pre || li > 0 ? T : X;
             if (luna) {
-                lin_job proj[4] = {{&ly->q_proj, xin, d, Q, d, 1.0f / sqrtf((float)k), 0, 0, NULL},
-                                   {tied ? &ly->c_proj : &ly->k_proj, xin, d, K, d, 1.0f, 0, 0, NULL}};
+                lin_job proj[4] = {{&ly->q_proj, xin, d, Q, d, 1.0f / sqrtf((float)k), 0, 0, NULL, NULL},
+                                   {tied ? &ly->c_proj : &ly->k_proj, xin, d, K, d, 1.0f, 0, 0, NULL, NULL}};
                 int np = 2;
-                if (!tied) proj[np++] = (lin_job){&ly->v_proj, xin, d, W(c, dV), d, 1.0f, 0, 0, NULL};
-                if (cfg->causal_pc_proj) proj[np++] = (lin_job){&ly->pc_proj, xin, d, W(c, dC), d, 1.0f, 0, 0, NULL};
+                if (!tied) proj[np++] = (lin_job){&ly->v_proj, xin, d, W(c, dV), d, 1.0f, 0, 0, NULL, NULL};
+                if (cfg->causal_pc_proj) proj[np++] = (lin_job){&ly->pc_proj, xin, d, W(c, dC), d, 1.0f, 0, 0, NULL, NULL};
                 linears_lane(proj, np, rows, lane, lanes);
                 lanes_sync(team, lanes);
+                const float *C = cfg->causal_pc_proj ? W(c, dC) : xin;
                 for (size_t h = h0; h < h1; h++) causal_head(c, li, s, Q, K, Vb, C, rows, t, O, h, &scratch);
             } else {
                 kv_attn(c, li, s, xin, rows, t, O); /* a KV context has one lane */
             }
             lanes_sync(team, lanes);
-            /* X += out_proj(O); post-norm: X = LN(X) */
-            lin_job out = {&ly->out_proj, O, d, Y, d, 1.0f, 0, 0, X};
+            /* X = x + out_proj(O); then T = LN(X): pre-norm the FFN's input, post-norm the new x */
+            lin_job out = {&ly->out_proj, O, d, Y, d, 1.0f, 0, 0, X, pre ? X : xin};
             linears_lane(&out, 1, rows, lane, lanes);
             lanes_sync(team, lanes);
-            norm_rows(pre ? &ly->final_layer_norm : &ly->self_attn_layer_norm, X, pre ? T : X, a, b, d);
-            lanes_sync(team, lanes);
-            /* X += fc2(act(fc1(LN(X)))) */
-            lin_job fc1 = {&ly->fc1, xin, d, F, ffn, 1.0f, 1, cfg->activation, NULL};
+            kn_layernorm(pre ? &ly->final_layer_norm : &ly->self_attn_layer_norm, X, T, rows, d);
+            /* X = x + fc2(act(fc1(T))) */
+            lin_job fc1 = {&ly->fc1, T, d, F, ffn, 1.0f, 1, cfg->activation, NULL, NULL};
             linears_lane(&fc1, 1, rows, lane, lanes);
             lanes_sync(team, lanes);
-            lin_job fc2 = {&ly->fc2, F, ffn, Y, d, 1.0f, 0, 0, X};
+            lin_job fc2 = {&ly->fc2, F, ffn, Y, d, 1.0f, 0, 0, X, pre ? X : T};
             linears_lane(&fc2, 1, rows, lane, lanes);
             lanes_sync(team, lanes);
-            /* post-norm: X = LN(X); pre-norm: the next layer's input norm, or the final one */
-            if (!pre) norm_rows(&ly->final_layer_norm, X, X, a, b, d);
-            else if (li + 1 < cfg->layers) norm_rows(&m->layers[li + 1].self_attn_layer_norm, X, T, a, b, d);
-            else norm_rows(&m->layer_norm, X, X, a, b, d);
-            lanes_sync(team, lanes);
+            /* the next layer's input: pre-norm its norm of X (or the final norm), post-norm the
+             * layer's final norm */
+            const luna_norm *next = !pre ? &ly->final_layer_norm
+                                    : li + 1 < cfg->layers ? &m->layers[li + 1].self_attn_layer_norm : &m->layer_norm;
+            kn_layernorm(next, X, T, rows, d);
         }
         if (lane == 0) s->t += rows; /* no lane reads s->t: they count from job->t0 */
         if (job->logits && job->all) {
-            lin_job lg = {&m->output_projection, X, d, job->logits + r0 * V, V, 1.0f, 0, 0, NULL};
+            lin_job lg = {&m->output_projection, T, d, job->logits + r0 * V, V, 1.0f, 0, 0, NULL, NULL};
             linears_lane(&lg, 1, rows, lane, lanes);
         } else if (job->logits && r0 + rows == job->n && lane == 0) {
-            kn_linear(&m->output_projection, X + (rows - 1) * d, 1, d, W(c, dlogits), V, 1.0f);
+            kn_linear(&m->output_projection, T + (rows - 1) * d, 1, d, W(c, dlogits), V, 1.0f);
             memcpy(job->logits, W(c, dlogits), V * sizeof(float));
         }
         /* the next chunk's first barrier keeps X until every lane has read it */

@@ -66,8 +66,8 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, int thread
 #define TAKE(field, count) (L->field = off, off += (count))
     memset(L, 0, sizeof *L);
     if (cfg->task == LUNA_TASK_CAUSAL_LM) {
+        TAKE(F, c * (size_t)cfg->ffn); /* first: on a cache line (decoder.c's lanes) */
         TAKE(freq, d / 2);
-        TAKE(F, c * (size_t)cfg->ffn);
         luna__dec_layout(cfg, chunk, attn, threads, L, &off);
         L->total = off;
         return;
@@ -172,11 +172,15 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
     c->attn = attn;
     c->threads = c->lanes_max = resolve_threads(&m->cfg, opts);
     layout(&m->cfg, c->chunk, attn, c->threads, &c->L);
-    c->ws = calloc(c->L.total, sizeof(float));
+    /* on a cache line: lanes write neighbouring column blocks of one row (decoder.c), and a
+     * block that starts on a line shares none with its neighbour */
+    size_t ws_bytes = (c->L.total * sizeof(float) + 63) & ~(size_t)63;
+    c->ws = aligned_alloc(64, ws_bytes ? ws_bytes : 64);
     if (!c->ws) {
         free(c);
         return LUNA_ENOMEM;
     }
+    memset(c->ws, 0, ws_bytes);
     const luna_config *cfg = &m->cfg;
     size_t cd = (size_t)c->chunk * (size_t)cfg->d, l = (size_t)cfg->l;
     c->lane[0] = (lane_ws){c->ws + c->L.A, c->ws + c->L.B, c->ws + c->L.C, c->ws + c->L.D, c->ws + c->L.F,
