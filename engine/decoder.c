@@ -274,12 +274,11 @@ struct luna_lanes {
     pthread_t th[LUNA_MAX_THREADS];  /* th[i] runs lane i, for i = 1 .. started */
     helper_arg who[LUNA_MAX_THREADS];
     int started;
-    pthread_mutex_t mu;
+    pthread_mutex_t mu;              /* adaptive: held for a few instructions at a time */
     pthread_cond_t go;               /* helpers wait on it for a job or quit */
     pthread_cond_t met;              /* a barrier's sleepers wait on it */
-    pthread_spinlock_t spin;         /* lets a barrier poll bar_gen without taking mu */
     unsigned job_gen;                /* mu: bumped by each job */
-    unsigned bar_gen;                /* written holding mu and spin; read holding either */
+    unsigned bar_gen;                /* mu: bumped by each barrier met */
     int arrived;                     /* mu: lanes at the current barrier */
     int lanes, quit;                 /* mu: the job's lane count; stop the helpers */
     lane_fn fn;                      /* mu: the job */
@@ -295,7 +294,10 @@ static inline void cpu_relax(void)
 }
 
 /* Returns when all `lanes` lanes of the running job have called it. Everything a lane wrote
- * before it is visible to every lane after it (mu, or spin after mu, orders them). */
+ * before it is visible to every lane after it: each reads and writes bar_gen holding mu. A
+ * poll takes mu only when it is free (trylock), so that it never delays the lane that
+ * arrives last; plain locks and condition variables are also what helgrind and TSan model,
+ * where C11 atomics or pthread spin locks would want annotations. */
 static void lanes_sync(luna_lanes *t, int lanes)
 {
     if (lanes <= 1) return;
@@ -303,19 +305,18 @@ static void lanes_sync(luna_lanes *t, int lanes)
     unsigned gen = t->bar_gen;
     if (++t->arrived == lanes) {
         t->arrived = 0;
-        pthread_spin_lock(&t->spin);
         t->bar_gen = gen + 1;
-        pthread_spin_unlock(&t->spin);
         pthread_cond_broadcast(&t->met);
         pthread_mutex_unlock(&t->mu);
         return;
     }
     pthread_mutex_unlock(&t->mu);
     for (int i = 0; i < SPIN_POLLS; i++) {
-        pthread_spin_lock(&t->spin);
-        unsigned now = t->bar_gen;
-        pthread_spin_unlock(&t->spin);
-        if (now != gen) return;
+        if (pthread_mutex_trylock(&t->mu) == 0) {
+            unsigned now = t->bar_gen;
+            pthread_mutex_unlock(&t->mu);
+            if (now != gen) return;
+        }
         if (i < SPIN_PAUSES) cpu_relax();
         else sched_yield();
     }
@@ -375,7 +376,6 @@ void luna__lanes_stop(luna_ctx *c)
     pthread_cond_broadcast(&t->go);
     pthread_mutex_unlock(&t->mu);
     for (int i = 1; i <= t->started; i++) pthread_join(t->th[i], NULL);
-    pthread_spin_destroy(&t->spin);
     pthread_cond_destroy(&t->met);
     pthread_cond_destroy(&t->go);
     pthread_mutex_destroy(&t->mu);
@@ -389,10 +389,14 @@ int luna__lanes_start(luna_ctx *c)
     luna_lanes *t = calloc(1, sizeof *t);
     if (!t) return LUNA_ENOMEM;
     t->c = c;
-    if (pthread_mutex_init(&t->mu, NULL)) goto fail_mu;
+    pthread_mutexattr_t ma;
+    if (pthread_mutexattr_init(&ma)) goto fail_mu;
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP); /* spins a little when taken */
+    int bad = pthread_mutex_init(&t->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
+    if (bad) goto fail_mu;
     if (pthread_cond_init(&t->go, NULL)) goto fail_go;
     if (pthread_cond_init(&t->met, NULL)) goto fail_met;
-    if (pthread_spin_init(&t->spin, PTHREAD_PROCESS_PRIVATE)) goto fail_spin;
     c->team = t;
     /* the helpers take no signals: those are for the threads of the program that made the
      * context (a server's handlers, a CLI's SIGINT) */
@@ -408,8 +412,6 @@ int luna__lanes_start(luna_ctx *c)
     if (t->started + 1 == c->lanes_max) return 0;
     luna__lanes_stop(c); /* joins those that started */
     return LUNA_ENOMEM;
-fail_spin:
-    pthread_cond_destroy(&t->met);
 fail_met:
     pthread_cond_destroy(&t->go);
 fail_go:
