@@ -186,28 +186,25 @@ size_t luna_gen_state_size(const luna_gen_state *s)
 
 static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
-/* One lane's buffers: T (c, d), its copy of the layer's normalised input (lanes compute the
- * row-wise norms each for itself, which spares two barriers a layer); the attention's scratch W
- * and A (c, l), G (c, c), a head's state update U (k, l) or (l, k). Lane 0's T is the context's
- * dT. Every buffer of the decoder starts on 16 floats of a workspace aligned to 64 bytes, so
- * that a lane's buffers sit at the same alignment as lane 0's, and a column block of 16
- * floats' multiple starts on a cache line. */
+/* One lane's attention scratch: W and A (c, l), G (c, c), a head's state update U (k, l) or
+ * (l, k). Every buffer of the decoder starts on 16 floats of a workspace aligned to 64 bytes:
+ * a lane's scratch sits at the same alignment as lane 0's (whose kernels then take the same
+ * path), and a column block of a multiple of 16 floats starts on a cache line. */
 typedef struct {
-    float *T, *W, *A, *G, *U;
+    float *W, *A, *G, *U;
 } lane_scratch;
 
 static size_t scratch_floats(const luna_config *cfg, size_t c)
 {
-    size_t d = (size_t)cfg->d, l = (size_t)cfg->l, k = d / (size_t)cfg->H;
-    return round16(c * d) + 2 * round16(c * l) + round16(c * c) + round16(k * l);
+    size_t l = (size_t)cfg->l, k = (size_t)(cfg->d / cfg->H);
+    return 2 * round16(c * l) + round16(c * c) + round16(k * l);
 }
 
 static lane_scratch scratch_of(const luna_ctx *c, int lane)
 {
-    const luna_config *cfg = &c->m->cfg;
-    size_t ch = (size_t)c->chunk, cd = round16(ch * (size_t)cfg->d), cl = round16(ch * (size_t)cfg->l);
+    size_t ch = (size_t)c->chunk, cl = round16(ch * (size_t)c->m->cfg.l);
     float *p = W(c, dL) + (size_t)lane * c->L.dL_size;
-    return (lane_scratch){p, p + cd, p + cd + cl, p + cd + 2 * cl, p + cd + 2 * cl + round16(ch * ch)};
+    return (lane_scratch){p, p + cl, p + 2 * cl, p + 2 * cl + round16(ch * ch)};
 }
 
 void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lanes, ws_layout *L, size_t *off)
@@ -216,6 +213,7 @@ void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lan
     size_t o = *off;
 #define TAKE(field, count) (o = round16(o), L->field = o, o += (count))
     TAKE(dX, c * d);
+    TAKE(dT, c * d);
     TAKE(dQ, c * d);
     TAKE(dK, c * d);
     TAKE(dV, c * d);
@@ -228,9 +226,7 @@ void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lan
         TAKE(dSV, d * l);
         L->dL_size = scratch_floats(cfg, c);
         TAKE(dL, (size_t)lanes * L->dL_size);
-        L->dT = L->dL; /* lane 0's T */
     } else {
-        TAKE(dT, c * d);
         TAKE(S, c * c);
         TAKE(rmax, c * H);
         TAKE(rsum, c * H);
@@ -241,49 +237,54 @@ void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lan
 
 /* ---- lanes ------------------------------------------------------------------------------------
  *
- * A prefill with k > 1 lanes runs prefill_lane on the calling thread (lane 0) and on k - 1 of
- * the context's helper threads, which park between prefills. Within a chunk the lanes meet at
- * a barrier (lanes_sync) between phases: the projections, the heads, out_proj, fc1, fc2 and the
- * row-wise norms (some 7 per layer). The chunks themselves cannot be split: each needs the
- * running sums that the one before leaves.
+ * A prefill with k > 1 lanes runs on the calling thread (lane 0) and on k - 1 of the
+ * context's helper threads, which live as long as the context. The calling thread walks the
+ * chunks and layers as one lane would, and cuts each step into a phase of items: the column
+ * blocks of the linear layers, the heads, groups of 64 rows for the row-wise steps (embedding,
+ * norms). It publishes a phase, takes items itself, and goes on once every item is done
+ * (lanes_phase). Helpers take the items they can while a phase lasts; between phases they poll
+ * briefly, then sleep. Nobody waits for a lane that has no item: on a busy machine, a helper
+ * that is not scheduled costs nothing but its help (a barrier would stall every phase on it).
  *
- * Bits. The work of a phase is cut into pieces whose shapes do not depend on k: the column
- * blocks of a linear layer (col_blocks: a function of its width alone), the heads, single
- * rows. A piece is the same calls with the same arguments whichever lane runs it, so a prefill
- * gives the same bits with any number of lanes. Cutting a product by the lane count would not:
- * OpenBLAS's results for an element change with the product's shape (on Cooperlake and
- * Haswell, an (r, 256) x (256, 256) product split in two column halves differs from the whole
- * at some r < 300; measured with 0.3.21), through its small-matrix kernels and edge blocks. */
+ * Bits. An item's shape does not depend on k: a column block is a function of its layer's
+ * width alone (col_blocks), a head is a head, a row a row. An item is the same calls with the
+ * same arguments whichever lane runs it, so a prefill gives the same bits with any number of
+ * lanes. Cutting a product by the lane count would not: OpenBLAS's results for an element
+ * change with the product's shape (on Cooperlake and Haswell, an (r, 256) x (256, 256) product
+ * split in two column halves differs from the whole at some r < 300; measured with 0.3.21),
+ * through its small-matrix kernels and edge blocks. */
 
-/* A barrier polls SPIN_PAUSES times with a pause between polls (some microseconds: the lanes
- * of a phase finish close together), then yields the core between polls (a lane that shares
- * its core with another, on a busy machine, lets it run), and after SPIN_POLLS polls sleeps:
- * a phase lasts 0.05 to 1 ms, and waking a sleeping thread costs tens of microseconds. */
+/* Waiting for a phase's items or for the next phase, a lane polls SPIN_PAUSES times with a
+ * pause between polls (some microseconds: phases follow each other closely), then yields the
+ * core between polls (on a busy machine the lane it waits for may share it), and after
+ * SPIN_POLLS polls sleeps: a phase lasts 0.02 to 1 ms, waking a sleeping thread costs tens of
+ * microseconds. */
 #define SPIN_PAUSES 256
 #define SPIN_POLLS 1024
 
-typedef int (*lane_fn)(luna_ctx *c, int lane, int lanes, void *arg);
+/* Item `item` of a phase, on lane `lane` (whose scratch it may use). */
+typedef void (*item_fn)(luna_ctx *c, int lane, size_t item, void *arg);
 
 typedef struct {
     luna_lanes *t;
     int lane;
 } helper_arg;
 
+/* Every field below mu is read and written holding mu: plain locks and condition variables
+ * are what helgrind and TSan model (C11 atomics or pthread spin locks would want annotations). */
 struct luna_lanes {
     luna_ctx *c;
     pthread_t th[LUNA_MAX_THREADS];  /* th[i] runs lane i, for i = 1 .. started */
     helper_arg who[LUNA_MAX_THREADS];
     int started;
     pthread_mutex_t mu;              /* adaptive: held for a few instructions at a time */
-    pthread_cond_t go;               /* helpers wait on it for a job or quit */
-    pthread_cond_t met;              /* a barrier's sleepers wait on it */
-    unsigned job_gen;                /* mu: bumped by each job */
-    unsigned bar_gen;                /* mu: bumped by each barrier met */
-    int arrived;                     /* mu: lanes at the current barrier */
-    int lanes, quit;                 /* mu: the job's lane count; stop the helpers */
-    lane_fn fn;                      /* mu: the job */
+    pthread_cond_t work;             /* helpers sleep on it: a phase was published, or quit */
+    pthread_cond_t done;             /* the caller sleeps on it: a phase's last item is done */
+    int lanes;                       /* lanes 1 .. lanes - 1 may take items of the phase */
+    size_t items, next, finished;    /* the phase's items, the next to take, those done */
+    item_fn fn;
     void *arg;
-    int rc[LUNA_MAX_THREADS];        /* a helper's result, written before its last barrier */
+    int quit;
 };
 
 static inline void cpu_relax(void)
@@ -293,78 +294,68 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Returns when all `lanes` lanes of the running job have called it. Everything a lane wrote
- * before it is visible to every lane after it: each reads and writes bar_gen holding mu. A
- * poll takes mu only when it is free (trylock), so that it never delays the lane that
- * arrives last; plain locks and condition variables are also what helgrind and TSan model,
- * where C11 atomics or pthread spin locks would want annotations. */
-static void lanes_sync(luna_lanes *t, int lanes)
+/* One poll of a wait that holds mu: lets mu go for a pause or a yield (see SPIN_POLLS). */
+static void poll_once(luna_lanes *t, int poll)
 {
-    if (lanes <= 1) return;
-    pthread_mutex_lock(&t->mu);
-    unsigned gen = t->bar_gen;
-    if (++t->arrived == lanes) {
-        t->arrived = 0;
-        t->bar_gen = gen + 1;
-        pthread_cond_broadcast(&t->met);
-        pthread_mutex_unlock(&t->mu);
-        return;
-    }
     pthread_mutex_unlock(&t->mu);
-    for (int i = 0; i < SPIN_POLLS; i++) {
-        if (pthread_mutex_trylock(&t->mu) == 0) {
-            unsigned now = t->bar_gen;
-            pthread_mutex_unlock(&t->mu);
-            if (now != gen) return;
-        }
-        if (i < SPIN_PAUSES) cpu_relax();
-        else sched_yield();
-    }
-    /* bar_gen is gen or gen + 1 here: barrier gen + 1 cannot complete without this lane */
+    if (poll < SPIN_PAUSES) cpu_relax();
+    else sched_yield();
     pthread_mutex_lock(&t->mu);
-    while (t->bar_gen == gen) pthread_cond_wait(&t->met, &t->mu);
-    pthread_mutex_unlock(&t->mu);
 }
 
 static void *helper_main(void *p)
 {
     const helper_arg *h = p;
     luna_lanes *t = h->t;
-    unsigned seen = 0;
-    for (;;) {
-        pthread_mutex_lock(&t->mu);
-        while (!t->quit && t->job_gen == seen) pthread_cond_wait(&t->go, &t->mu);
-        int quit = t->quit, lanes = t->lanes;
-        lane_fn fn = t->fn;
-        void *arg = t->arg;
-        seen = t->job_gen;
-        pthread_mutex_unlock(&t->mu);
-        if (quit) return NULL;
-        /* a job of fewer lanes leaves this one parked; the caller waits at the last barrier
-         * for those that run, so no job can start while one of its lanes is still busy */
-        if (h->lane < lanes) {
-            t->rc[h->lane] = fn(t->c, h->lane, lanes, arg);
-            lanes_sync(t, lanes);
+    int polls = 0;
+    pthread_mutex_lock(&t->mu);
+    while (!t->quit) {
+        if (h->lane < t->lanes && t->next < t->items) {
+            size_t i = t->next++;
+            item_fn fn = t->fn;
+            void *arg = t->arg;
+            pthread_mutex_unlock(&t->mu);
+            fn(t->c, h->lane, i, arg);
+            pthread_mutex_lock(&t->mu);
+            if (++t->finished == t->items) pthread_cond_signal(&t->done);
+            polls = 0;
+        } else if (polls < SPIN_POLLS) {
+            poll_once(t, polls++);
+        } else {
+            pthread_cond_wait(&t->work, &t->mu);
+            polls = 0;
         }
     }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
 }
 
-/* Runs fn on lanes 0 .. lanes - 1 (lane 0 here) and returns the first lane's non-zero result;
- * every lane must meet the same barriers. Without helpers, fn runs alone as lane 0 of 1. */
-static int lanes_run(luna_ctx *c, int lanes, lane_fn fn, void *arg)
+/* Runs fn on items 0 .. items - 1, here and on the helpers of lanes 1 .. lanes - 1, and
+ * returns when all are done; everything an item wrote is then visible to the caller, and to
+ * every item of the next phase (mu orders them). With one lane, in order, here. */
+static void lanes_phase(luna_ctx *c, int lanes, item_fn fn, void *arg, size_t items)
 {
     luna_lanes *t = c->team;
-    if (!t || lanes <= 1) return fn(c, 0, 1, arg);
-    if (lanes > t->started + 1) lanes = t->started + 1;
+    if (!t || lanes <= 1 || items <= 1) {
+        for (size_t i = 0; i < items; i++) fn(c, 0, i, arg);
+        return;
+    }
     pthread_mutex_lock(&t->mu);
     t->fn = fn, t->arg = arg, t->lanes = lanes;
-    t->job_gen++;
-    pthread_cond_broadcast(&t->go);
+    t->items = items, t->next = 0, t->finished = 0;
+    pthread_cond_broadcast(&t->work);
+    while (t->next < t->items) {
+        size_t i = t->next++;
+        pthread_mutex_unlock(&t->mu);
+        fn(c, 0, i, arg);
+        pthread_mutex_lock(&t->mu);
+        t->finished++;
+    }
+    for (int polls = 0; t->finished < t->items;) { /* the items that helpers took */
+        if (polls < SPIN_POLLS) poll_once(t, polls++);
+        else pthread_cond_wait(&t->done, &t->mu);
+    }
     pthread_mutex_unlock(&t->mu);
-    int rc = fn(c, 0, lanes, arg);
-    lanes_sync(t, lanes);
-    for (int i = 1; i < lanes && !rc; i++) rc = t->rc[i];
-    return rc;
 }
 
 void luna__lanes_stop(luna_ctx *c)
@@ -373,11 +364,11 @@ void luna__lanes_stop(luna_ctx *c)
     if (!t) return;
     pthread_mutex_lock(&t->mu);
     t->quit = 1;
-    pthread_cond_broadcast(&t->go);
+    pthread_cond_broadcast(&t->work);
     pthread_mutex_unlock(&t->mu);
     for (int i = 1; i <= t->started; i++) pthread_join(t->th[i], NULL);
-    pthread_cond_destroy(&t->met);
-    pthread_cond_destroy(&t->go);
+    pthread_cond_destroy(&t->done);
+    pthread_cond_destroy(&t->work);
     pthread_mutex_destroy(&t->mu);
     free(t);
     c->team = NULL;
@@ -395,8 +386,8 @@ int luna__lanes_start(luna_ctx *c)
     int bad = pthread_mutex_init(&t->mu, &ma);
     pthread_mutexattr_destroy(&ma);
     if (bad) goto fail_mu;
-    if (pthread_cond_init(&t->go, NULL)) goto fail_go;
-    if (pthread_cond_init(&t->met, NULL)) goto fail_met;
+    if (pthread_cond_init(&t->work, NULL)) goto fail_work;
+    if (pthread_cond_init(&t->done, NULL)) goto fail_done;
     c->team = t;
     /* the helpers take no signals: those are for the threads of the program that made the
      * context (a server's handlers, a CLI's SIGINT) */
@@ -412,24 +403,24 @@ int luna__lanes_start(luna_ctx *c)
     if (t->started + 1 == c->lanes_max) return 0;
     luna__lanes_stop(c); /* joins those that started */
     return LUNA_ENOMEM;
-fail_met:
-    pthread_cond_destroy(&t->go);
-fail_go:
+fail_done:
+    pthread_cond_destroy(&t->work);
+fail_work:
     pthread_mutex_destroy(&t->mu);
 fail_mu:
     free(t);
     return LUNA_ENOMEM;
 }
 
-/* Rows [*a, *b) of a chunk's `rows` for one lane of a row-wise phase, in whole groups of 64
- * rows: the sinusoid restarts its rotation every 64 rows of a call (luna__add_sinusoid), so a
- * group's rows get the bits that one call over the chunk gives them. */
-static void lane_rows(size_t rows, int lane, int lanes, size_t *a, size_t *b)
+/* Rows [*a, *b) of group g of a chunk's `rows`: groups of 64 rows, because the sinusoid
+ * restarts its rotation every 64 rows of a call (luna__add_sinusoid), so a group's rows get
+ * the bits that one call over the chunk gives them. */
+#define ROW_GROUP 64
+static size_t row_groups(size_t rows) { return (rows + ROW_GROUP - 1) / ROW_GROUP; }
+static void row_span(size_t rows, size_t g, size_t *a, size_t *b)
 {
-    size_t groups = (rows + 63) / 64;
-    size_t g0 = groups * (size_t)lane / (size_t)lanes, g1 = groups * (size_t)(lane + 1) / (size_t)lanes;
-    *a = g0 * 64 < rows ? g0 * 64 : rows;
-    *b = g1 * 64 < rows ? g1 * 64 : rows;
+    *a = g * ROW_GROUP;
+    *b = *a + ROW_GROUP < rows ? *a + ROW_GROUP : rows;
 }
 
 /* The column blocks of a linear layer with n outputs: up to 4 blocks of at least 128 columns,
@@ -442,8 +433,8 @@ static size_t col_blocks(size_t n)
     return nb < 1 ? 1 : nb > 4 ? 4 : nb;
 }
 
-/* Columns [*j0, *j1) of block b of nb over n: equal widths, a multiple of 16, the last block
- * taking the rest. */
+/* Columns [*j0, *j1) of block b of nb over n: equal widths, a multiple of 16 (a block starts
+ * on a cache line), the last block taking the rest. */
 static void col_span(size_t n, size_t nb, size_t b, size_t *j0, size_t *j1)
 {
     size_t w = (n / nb) & ~(size_t)15;
@@ -452,8 +443,7 @@ static void col_span(size_t n, size_t nb, size_t b, size_t *j0, size_t *j1)
 }
 
 /* y (rows, L->out; stride ldy) = alpha x L^T + b, then the activation `act` (act_on), then
- * res = base + y (res non-NULL; res and base of stride ldy, base may be res), one column block
- * at a time. */
+ * res += y (res non-NULL, stride ldy), one column block at a time. */
 typedef struct {
     const luna_linear *L;
     const float *x;
@@ -464,33 +454,29 @@ typedef struct {
     int act_on;
     luna_act act;
     float *res;
-    const float *base;
 } lin_job;
 
-/* One lane's share of the column blocks of the layers j[0 .. count): the blocks are numbered
- * layer after layer, and block i goes to lane i % lanes. */
-static void linears_lane(const lin_job *j, int count, size_t rows, int lane, int lanes)
+/* The column blocks of the layers j[0 .. count), numbered layer after layer. */
+static size_t lin_items(const lin_job *j, int count)
 {
-    size_t item = 0;
-    for (int q = 0; q < count; q++) {
-        const luna_linear *L = j[q].L;
-        size_t n = (size_t)L->out, in = (size_t)L->in, nb = col_blocks(n);
-        for (size_t b = 0; b < nb; b++, item++) {
-            if (item % (size_t)lanes != (size_t)lane) continue;
-            size_t j0, j1;
-            col_span(n, nb, b, &j0, &j1);
-            luna_linear part = {L->w + j0 * in, L->b ? L->b + j0 : NULL, (int)(j1 - j0), L->in};
-            float *y = j[q].y + j0;
-            kn_linear(&part, j[q].x, rows, j[q].ldx, y, j[q].ldy, j[q].alpha);
-            for (size_t r = 0; r < rows; r++) {
-                float *yr = y + r * j[q].ldy;
-                if (j[q].act_on) kn_act(j[q].act, yr, j1 - j0);
-                if (!j[q].res) continue;
-                float *out = j[q].res + j0 + r * j[q].ldy;
-                const float *in = j[q].base + j0 + r * j[q].ldy;
-                for (size_t i = 0; i < j1 - j0; i++) out[i] = in[i] + yr[i];
-            }
-        }
+    size_t items = 0;
+    for (int q = 0; q < count; q++) items += col_blocks((size_t)j[q].L->out);
+    return items;
+}
+
+/* Block `item` of lin_items' numbering. */
+static void lin_item(const lin_job *j, size_t rows, size_t item)
+{
+    while (item >= col_blocks((size_t)j->L->out)) item -= col_blocks((size_t)j->L->out), j++;
+    const luna_linear *L = j->L;
+    size_t n = (size_t)L->out, in = (size_t)L->in, j0, j1;
+    col_span(n, col_blocks(n), item, &j0, &j1);
+    luna_linear part = {L->w + j0 * in, L->b ? L->b + j0 : NULL, (int)(j1 - j0), L->in};
+    float *y = j->y + j0;
+    kn_linear(&part, j->x, rows, j->ldx, y, j->ldy, j->alpha);
+    for (size_t r = 0; r < rows; r++) {
+        if (j->act_on) kn_act(j->act, y + r * j->ldy, j1 - j0);
+        if (j->res) kn_add(j->res + j0 + r * j->ldy, y + r * j->ldy, j1 - j0);
     }
 }
 
@@ -751,95 +737,135 @@ static void kv_attn(luna_ctx *c, int li, luna_gen_state *s, const float *xin, si
 
 /* ---- prefill and step -------------------------------------------------------------------------- */
 
+/* A prefill's steps, each a phase of items (see "lanes"). */
+typedef enum { P_EMBED, P_PROJ, P_HEADS, P_LINEAR, P_NORM } prefill_step;
+
 typedef struct {
     luna_gen_state *s;
     const int32_t *tokens;
     size_t n;
     float *logits;
     int all;
-    uint64_t t0;  /* s->t before the first chunk */
-    int stop;     /* lane 0 reads the cancel flag before a chunk; every lane obeys it */
+    /* the step in progress: set by lane 0 between phases, read by the phase's items */
+    prefill_step step;
+    int li;                 /* the layer */
+    size_t r0, rows;        /* the chunk: its first token in tokens, its rows */
+    uint64_t t;             /* tokens consumed before the chunk */
+    lin_job lin[4];         /* P_PROJ, P_LINEAR: the layers whose column blocks are the items */
+    const float *xin;       /* P_HEADS: the layer's input (phi's rows without pc_proj) */
+    const luna_norm *norm;  /* P_NORM: rows of X through norm into out; P_EMBED: after it */
+    float *out;
 } prefill_job;
 
-/* One lane of a prefill: every chunk through every layer, each phase's share of the work, a
- * barrier after each phase (see "lanes"): the embeddings (rows), the projections (column
- * blocks), the heads, out_proj (column blocks), fc1, fc2 (column blocks). The norms between
- * them each lane computes over all rows into its own T, instead of a barrier on each side. X
- * holds the residual stream, the sum before the norm; T the normalised rows that the next
- * products read (post-norm: T is the layer's x, and X + y is formed from it). With one lane,
- * the whole prefill in order. */
-static int prefill_lane(luna_ctx *c, int lane, int lanes, void *arg)
+static void prefill_item(luna_ctx *c, int lane, size_t item, void *arg)
 {
-    prefill_job *job = arg;
-    luna_lanes *team = c->team;
+    const prefill_job *job = arg;
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d, a, b;
+    switch (job->step) {
+    case P_EMBED:
+        row_span(job->rows, item, &a, &b);
+        dec_embed(c, job->s, job->tokens + job->r0, a, b - a, job->t, W(c, dX) + a * d);
+        if (job->norm) kn_layernorm(job->norm, W(c, dX) + a * d, job->out + a * d, b - a, d);
+        break;
+    case P_NORM:
+        row_span(job->rows, item, &a, &b);
+        kn_layernorm(job->norm, W(c, dX) + a * d, job->out + a * d, b - a, d);
+        break;
+    case P_PROJ:
+    case P_LINEAR:
+        lin_item(job->lin, job->rows, item);
+        break;
+    case P_HEADS: {
+        lane_scratch w = scratch_of(c, lane);
+        const float *K = W(c, dK), *V = cfg->tie_kv ? K : W(c, dV);
+        const float *C = cfg->causal_pc_proj ? W(c, dC) : job->xin;
+        causal_head(c, job->li, job->s, W(c, dQ), K, V, C, job->rows, job->t, W(c, dO), item, &w);
+        break;
+    }
+    }
+}
+
+/* Sets the job's linear layers (up to 4) and runs their column blocks as one phase. */
+static void linear_phase(luna_ctx *c, int lanes, prefill_job *job, prefill_step step, const lin_job *lin, int count)
+{
+    job->step = step;
+    memcpy(job->lin, lin, (size_t)count * sizeof *lin);
+    lanes_phase(c, lanes, prefill_item, job, lin_items(lin, count));
+}
+
+/* Rows of X through `norm` into out (X itself, or T) as one phase. */
+static void norm_phase(luna_ctx *c, int lanes, prefill_job *job, const luna_norm *norm, float *out)
+{
+    job->step = P_NORM;
+    job->norm = norm;
+    job->out = out;
+    lanes_phase(c, lanes, prefill_item, job, row_groups(job->rows));
+}
+
+/* The prefill of job->n tokens on `lanes` lanes: chunk after chunk, layer after layer, each
+ * step a phase: the embeddings (and the first norm), the projections, the heads, out_proj,
+ * the norm, fc1, fc2, the norm; then the logits. Lane 0 alone reads the cancel flag, keeps the
+ * state's recent tokens and its count: helpers only run the items of a phase. */
+static int prefill_run(luna_ctx *c, int lanes, prefill_job *job)
+{
     luna_gen_state *s = job->s;
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
     int luna = c->attn == LUNA_ATTN_LUNA, pre = cfg->normalize_before, tied = cfg->tie_kv;
     size_t d = (size_t)cfg->d, ch = (size_t)c->chunk, V = (size_t)cfg->vocab_size, ffn = (size_t)cfg->ffn;
-    size_t H = (size_t)cfg->H, k = d / H;
-    lane_scratch scratch = luna ? scratch_of(c, lane) : (lane_scratch){W(c, dT), 0, 0, 0, 0};
-    float *X = W(c, dX), *T = scratch.T, *O = W(c, dO), *Y = W(c, dY), *F = W(c, F);
-    float *Q = W(c, dQ), *K = W(c, dK), *Vb = tied ? K : W(c, dV);
-    /* the heads of this lane */
-    size_t h0 = H * (size_t)lane / (size_t)lanes, h1 = H * (size_t)(lane + 1) / (size_t)lanes;
+    size_t k = d / (size_t)cfg->H;
+    float *X = W(c, dX), *T = W(c, dT), *O = W(c, dO), *Y = W(c, dY), *F = W(c, F);
+    const float *xin = pre ? T : X;
+    job->xin = xin;
     for (size_t r0 = 0; r0 < job->n; r0 += ch) {
-        if (lane == 0) job->stop = canceled(c);
-        lanes_sync(team, lanes);
-        if (job->stop) return LUNA_ECANCELED;
-        size_t rows = job->n - r0 < ch ? job->n - r0 : ch, a, b;
-        uint64_t t = job->t0 + r0;
-        const int32_t *tok = job->tokens + r0;
-        lane_rows(rows, lane, lanes, &a, &b);
-        if (b > a) dec_embed(c, s, tok, a, b - a, t, X + a * d);
-        lanes_sync(team, lanes);
-        if (lane == 0) dec_remember(s, tok, rows); /* every lane has read the old ones */
-        if (pre) kn_layernorm(&m->layers[0].self_attn_layer_norm, X, T, rows, d);
+        if (canceled(c)) return LUNA_ECANCELED;
+        job->r0 = r0;
+        job->rows = job->n - r0 < ch ? job->n - r0 : ch;
+        job->t = s->t;
+        size_t rows = job->rows;
+        job->step = P_EMBED;
+        job->norm = pre ? &m->layers[0].self_attn_layer_norm : NULL;
+        job->out = T;
+        lanes_phase(c, lanes, prefill_item, job, row_groups(rows));
+        dec_remember(s, job->tokens + r0, rows);
         for (int li = 0; li < cfg->layers; li++) {
             const luna_layer *ly = &m->layers[li];
-            /* the layer's input x: post-norm, the embeddings, then the last layer's output */
-            const float *xin = pre || li > 0 ? T : X;
+            job->li = li;
             if (luna) {
-                lin_job proj[4] = {{&ly->q_proj, xin, d, Q, d, 1.0f / sqrtf((float)k), 0, 0, NULL, NULL},
-                                   {tied ? &ly->c_proj : &ly->k_proj, xin, d, K, d, 1.0f, 0, 0, NULL, NULL}};
+                lin_job proj[4] = {{&ly->q_proj, xin, d, W(c, dQ), d, 1.0f / sqrtf((float)k), 0, 0, NULL},
+                                   {tied ? &ly->c_proj : &ly->k_proj, xin, d, W(c, dK), d, 1.0f, 0, 0, NULL}};
                 int np = 2;
-                if (!tied) proj[np++] = (lin_job){&ly->v_proj, xin, d, W(c, dV), d, 1.0f, 0, 0, NULL, NULL};
-                if (cfg->causal_pc_proj) proj[np++] = (lin_job){&ly->pc_proj, xin, d, W(c, dC), d, 1.0f, 0, 0, NULL, NULL};
-                linears_lane(proj, np, rows, lane, lanes);
-                lanes_sync(team, lanes);
-                const float *C = cfg->causal_pc_proj ? W(c, dC) : xin;
-                for (size_t h = h0; h < h1; h++) causal_head(c, li, s, Q, K, Vb, C, rows, t, O, h, &scratch);
+                if (!tied) proj[np++] = (lin_job){&ly->v_proj, xin, d, W(c, dV), d, 1.0f, 0, 0, NULL};
+                if (cfg->causal_pc_proj) proj[np++] = (lin_job){&ly->pc_proj, xin, d, W(c, dC), d, 1.0f, 0, 0, NULL};
+                linear_phase(c, lanes, job, P_PROJ, proj, np);
+                job->step = P_HEADS;
+                lanes_phase(c, lanes, prefill_item, job, (size_t)cfg->H);
             } else {
-                kv_attn(c, li, s, xin, rows, t, O); /* a KV context has one lane */
+                kv_attn(c, li, s, xin, rows, s->t, O); /* a KV context has one lane */
             }
-            lanes_sync(team, lanes);
-            /* X = x + out_proj(O); then T = LN(X): pre-norm the FFN's input, post-norm the new x */
-            lin_job out = {&ly->out_proj, O, d, Y, d, 1.0f, 0, 0, X, pre ? X : xin};
-            linears_lane(&out, 1, rows, lane, lanes);
-            lanes_sync(team, lanes);
-            kn_layernorm(pre ? &ly->final_layer_norm : &ly->self_attn_layer_norm, X, T, rows, d);
-            /* X = x + fc2(act(fc1(T))) */
-            lin_job fc1 = {&ly->fc1, T, d, F, ffn, 1.0f, 1, cfg->activation, NULL, NULL};
-            linears_lane(&fc1, 1, rows, lane, lanes);
-            lanes_sync(team, lanes);
-            lin_job fc2 = {&ly->fc2, F, ffn, Y, d, 1.0f, 0, 0, X, pre ? X : T};
-            linears_lane(&fc2, 1, rows, lane, lanes);
-            lanes_sync(team, lanes);
-            /* the next layer's input: pre-norm its norm of X (or the final norm), post-norm the
-             * layer's final norm */
-            const luna_norm *next = !pre ? &ly->final_layer_norm
-                                    : li + 1 < cfg->layers ? &m->layers[li + 1].self_attn_layer_norm : &m->layer_norm;
-            kn_layernorm(next, X, T, rows, d);
+            /* X += out_proj(O); post-norm X = LN(X), pre-norm T = LN(X) for the FFN */
+            lin_job out = {&ly->out_proj, O, d, Y, d, 1.0f, 0, 0, X};
+            linear_phase(c, lanes, job, P_LINEAR, &out, 1);
+            norm_phase(c, lanes, job, pre ? &ly->final_layer_norm : &ly->self_attn_layer_norm, pre ? T : X);
+            /* X += fc2(act(fc1(x))) */
+            lin_job fc1 = {&ly->fc1, xin, d, F, ffn, 1.0f, 1, cfg->activation, NULL};
+            linear_phase(c, lanes, job, P_LINEAR, &fc1, 1);
+            lin_job fc2 = {&ly->fc2, F, ffn, Y, d, 1.0f, 0, 0, X};
+            linear_phase(c, lanes, job, P_LINEAR, &fc2, 1);
+            /* post-norm X = LN(X); pre-norm the next layer's input T, or the final norm of X */
+            if (!pre) norm_phase(c, lanes, job, &ly->final_layer_norm, X);
+            else if (li + 1 < cfg->layers) norm_phase(c, lanes, job, &m->layers[li + 1].self_attn_layer_norm, T);
+            else norm_phase(c, lanes, job, &m->layer_norm, X);
         }
-        if (lane == 0) s->t += rows; /* no lane reads s->t: they count from job->t0 */
+        s->t += rows;
         if (job->logits && job->all) {
-            lin_job lg = {&m->output_projection, T, d, job->logits + r0 * V, V, 1.0f, 0, 0, NULL, NULL};
-            linears_lane(&lg, 1, rows, lane, lanes);
-        } else if (job->logits && r0 + rows == job->n && lane == 0) {
-            kn_linear(&m->output_projection, T + (rows - 1) * d, 1, d, W(c, dlogits), V, 1.0f);
+            lin_job lg = {&m->output_projection, X, d, job->logits + r0 * V, V, 1.0f, 0, 0, NULL};
+            linear_phase(c, lanes, job, P_LINEAR, &lg, 1);
+        } else if (job->logits && r0 + rows == job->n) {
+            kn_linear(&m->output_projection, X + (rows - 1) * d, 1, d, W(c, dlogits), V, 1.0f);
             memcpy(job->logits, W(c, dlogits), V * sizeof(float));
         }
-        /* the next chunk's first barrier keeps X until every lane has read it */
     }
     return 0;
 }
@@ -863,9 +889,9 @@ int luna_prefill(luna_ctx *c, luna_gen_state *s, const int32_t *tokens, size_t n
         int rc = kv_reserve(s, s->t + n);
         if (rc) return rc;
     }
-    prefill_job job = {s, tokens, n, logits, all, s->t, 0};
+    prefill_job job = {.s = s, .tokens = tokens, .n = n, .logits = logits, .all = all};
     /* a single row is not worth waking the helpers for (the bits are the same either way) */
-    return lanes_run(c, n > 1 ? c->threads : 1, prefill_lane, &job);
+    return prefill_run(c, n > 1 ? c->threads : 1, &job);
 }
 
 int luna_step_batch(luna_ctx *c, luna_gen_state *const *s, const int32_t *tokens, size_t B, float *logits)
