@@ -605,7 +605,8 @@ static luna_model *austen_lm(void)
 }
 
 /* Prefills of each length with 1, 2 and 3 lanes give the same bits: the logits after every
- * token, the logits of the last token alone, and the state's running sums. */
+ * token, the state's running sums, and (at the last length) the logits of the last token
+ * alone. */
 static void expect_lanes_agree(luna_model *m, const char *what, int chunk, const size_t *lens, size_t count)
 {
     const luna_config *cfg = luna_model_config(m);
@@ -624,7 +625,7 @@ static void expect_lanes_agree(luna_model *m, const char *what, int chunk, const
             cr_assert_eq(luna_ctx_set_lanes(c, lanes), lanes);
             luna_gen_state *s = state_new(m, LUNA_ATTN_LUNA), *s1 = state_new(m, LUNA_ATTN_LUNA);
             cr_assert_eq(luna_prefill(c, s, t, n, lanes == 1 ? ref : out, 1), 0);
-            cr_assert_eq(luna_prefill(c, s1, t, n, lanes == 1 ? ref_last : last, 0), 0);
+            if (i + 1 == count) cr_assert_eq(luna_prefill(c, s1, t, n, lanes == 1 ? ref_last : last, 0), 0);
             cr_assert_eq(luna_gen_state_tokens(s), n);
             const double *sums = luna__gen_state_sums(s, &ns);
             if (lanes == 1) {
@@ -633,8 +634,8 @@ static void expect_lanes_agree(luna_model *m, const char *what, int chunk, const
             } else {
                 cr_expect(!memcmp(ref, out, n * V * sizeof(float)), "%s chunk %d, %zu tokens: the logits of %d lanes differ from 1 lane's",
                           what, chunk, n, lanes);
-                cr_expect(!memcmp(ref_last, last, V * sizeof(float)), "%s chunk %d, %zu tokens: the last logits of %d lanes differ",
-                          what, chunk, n, lanes);
+                cr_expect(i + 1 < count || !memcmp(ref_last, last, V * sizeof(float)),
+                          "%s chunk %d, %zu tokens: the last logits of %d lanes differ", what, chunk, n, lanes);
                 cr_expect(!memcmp(ref_sums, sums, ns * sizeof(double)), "%s chunk %d, %zu tokens: the sums of %d lanes differ",
                           what, chunk, n, lanes);
             }
@@ -678,26 +679,29 @@ static void expect_slices_agree(luna_model *m, const char *what, int chunk, size
     luna_ctx_free(c);
 }
 
-/* Lengths around the 64-row groups of the row-wise phases and the chunk lengths: one token,
- * a partial chunk, exactly one, one and a bit, several with a partial last. */
-static const size_t lane_lens[] = {1, 2, 5, 63, 64, 65, 130, 300};
+/* Lengths around the 64-row groups of the row-wise phases and a chunk of 64: one token, a
+ * partial chunk, exactly one, one and a bit, several with a partial last (kept short: the
+ * unit tests also run under valgrind). */
+static const size_t lane_lens[] = {1, 5, 64, 65, 150};
 #define N_LANE_LENS (sizeof lane_lens / sizeof lane_lens[0])
 
 Test(decoder, lanes_give_the_same_bits_austen)
 {
     luna_model *m = austen_lm();
-    expect_lanes_agree(m, "austen-lm", 256, lane_lens, N_LANE_LENS);
-    expect_lanes_agree(m, "austen-lm", 64, lane_lens, N_LANE_LENS);
-    expect_slices_agree(m, "austen-lm", 64, 700);
+    static const size_t lens[] = {1, 65, 150}, long_one[] = {260}; /* the default chunk, and past it */
+    expect_lanes_agree(m, "austen-lm", 64, lens, 3);
+    expect_lanes_agree(m, "austen-lm", 256, long_one, 1);
+    expect_slices_agree(m, "austen-lm", 64, 300);
     luna_model_free(m);
 }
 
 Test(decoder, lanes_give_the_same_bits_wide_untied_postnorm)
 {
     luna_model *m = wide_lm();
-    expect_lanes_agree(m, "wide", 256, lane_lens, N_LANE_LENS);
-    expect_lanes_agree(m, "wide", 7, lane_lens, N_LANE_LENS);
-    expect_slices_agree(m, "wide", 32, 500);
+    static const size_t odd[] = {1, 30}; /* a chunk of 7: groups and blocks across chunks */
+    expect_lanes_agree(m, "wide", 64, lane_lens, N_LANE_LENS);
+    expect_lanes_agree(m, "wide", 7, odd, 2);
+    expect_slices_agree(m, "wide", 32, 200);
     luna_model_free(m);
 }
 
@@ -762,7 +766,7 @@ Test(decoder, lanes_cancel_at_a_chunk_boundary)
 {
     luna_model *m = wide_lm();
     const luna_config *cfg = luna_model_config(m);
-    size_t n = 3000, V = (size_t)cfg->vocab_size, ns, ns1;
+    size_t n = 800, V = (size_t)cfg->vocab_size, ns, ns1;
     int32_t *t = tokens(cfg, n, 8);
     luna_ctx_opts o = {32, LUNA_ATTN_LUNA, 2};
     luna_ctx *c;
@@ -777,7 +781,7 @@ Test(decoder, lanes_cancel_at_a_chunk_boundary)
     cr_expect_eq(luna_prefill(c, s, t, n, got, 0), LUNA_ECANCELED);
     cr_expect_eq(luna_gen_state_tokens(s), 0);
     atomic_store(&flag, 0);
-    canceler k = {&flag, 20000};
+    canceler k = {&flag, 3000};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, cancel_later, &k), 0);
     int rc = luna_prefill(c, s, t, n, got, 0);
