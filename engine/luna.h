@@ -113,10 +113,14 @@ typedef enum {
 typedef struct luna_ctx_opts {
     int chunk;          /* rows per chunk along the sequence; 0 = default (256) */
     luna_attn attention;/* LUNA_ATTN_LUNA unless benchmarking a baseline */
-    int threads;        /* threads that share one forward's chunks (Luna attention only; each
-                           needs its own chunk buffers): 0 or 1 = the calling thread alone. For
-                           one long document's latency; a server with as many workers as cores
-                           keeps 1. Combine with luna_blas_set_threads(1). */
+    int threads;        /* lanes (threads) that share one forward (Luna attention only; each
+                           needs buffers of its own, counted in luna_ctx_bytes): 0 or 1 = the
+                           calling thread alone. A classifier's lanes share its chunks; a causal
+                           LM's share each chunk of a prefill (its columns and heads), on
+                           threads - 1 helper threads that the context starts and keeps, parked
+                           between prefills, until luna_ctx_free. For one long input's latency;
+                           luna_ctx_set_lanes picks how many of them the next calls use.
+                           Combine with luna_blas_set_threads(1): each lane calls OpenBLAS. */
 } luna_ctx_opts;
 
 typedef struct luna_ctx luna_ctx;
@@ -137,8 +141,11 @@ size_t luna_workspace_bytes_attn(const luna_model *m, size_t n, luna_attn attn, 
 
 /* Lanes the next forwards use, at most the `threads` the context was made with (whose buffers
  * it holds); returns the number in effect. A server gives a lone job every core and shares
- * them when jobs run side by side. Results agree to float rounding across lane counts (the
- * pack's partial softmaxes merge in another grouping), not bit for bit. */
+ * them when jobs run side by side. A classifier's results agree to float rounding across lane
+ * counts (the pack's partial softmaxes merge in another grouping), not bit for bit. A causal
+ * LM's prefill gives the same bits with any lane count (its work is cut into pieces whose
+ * shapes do not depend on it), so the lanes may change between the slices of one prompt;
+ * decode steps (luna_step_batch) always run on the calling thread alone. */
 int luna_ctx_set_lanes(luna_ctx *c, int lanes);
 
 /* The flag is polled between chunks and layers; when it becomes non-zero the running call
@@ -229,6 +236,8 @@ size_t luna_gen_state_size(const luna_gen_state *s); /* bytes held now (a KV cac
 
 /* Feeds n >= 1 tokens, in chunks of the context's chunk length, and advances the state. Time
  * O(n); memory: nothing beyond the context's fixed workspace (a KV state grows its cache).
+ * A Luna context made with threads > 1 splits each chunk across luna_ctx_set_lanes' lanes:
+ * the same bits as one lane, in up to 1/lanes of the time (a single token runs alone).
  * logits (may be NULL) receives vocab_size floats, the distribution after the last token, or
  * with `all` n rows of them, one after each token. Errors: EINVAL (bad token, a state of
  * another model or kind), ETASK, ETOOLONG (past max_positions; nothing is consumed), ENOMEM
