@@ -98,9 +98,9 @@ int main(int argc, char **argv)
     if (srv_http_start(&app)) goto stop_sched;
     atomic_store(&app.ready, 1);
     srv_log(LOG_INFO, "listening",
-            "\"host\":\"%s\",\"port\":%d,\"workers\":%d,\"blas_threads\":%d,\"blas_core\":\"%s\",\"memory_budget\":%llu,"
+            "\"host\":\"%s\",\"port\":%d,\"health_port\":%d,\"workers\":%d,\"blas_threads\":%d,\"blas_core\":\"%s\",\"memory_budget\":%llu,"
             "\"classify_model\":\"%s\",\"generate_model\":\"%s\"",
-            app.cfg.host, app.port, app.n_workers, app.cfg.blas_threads, app.blas.core, (unsigned long long)app.cfg.memory_budget,
+            app.cfg.host, app.port, app.health_port, app.n_workers, app.cfg.blas_threads, app.blas.core, (unsigned long long)app.cfg.memory_budget,
             app.classifier ? app.cfg.classify_model : "", app.generator ? app.cfg.generate_model : "");
     uv_run(&app.loop, UV_RUN_DEFAULT); /* returns when the drain is complete */
     status = 0;
