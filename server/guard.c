@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <assert.h>
+#include <malloc.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -17,6 +18,7 @@
 #define N_BUCKETS 1024          /* client hash buckets: at most one client per connection */
 #define WATCH_PERIOD_NS 100000000L /* the watchdog looks every 0.1 s */
 #define GONE_SECONDS 1.0           /* a client gone this long, with no progress, is cut */
+#define QUIET_SECONDS 1.0          /* quiet this long after requests: the heaps are trimmed */
 
 struct srv_conn {
     int fd;
@@ -49,6 +51,9 @@ struct srv_guard {
     int polls_cap;
     srv_client *buckets[N_BUCKETS];
     int n_clients;
+    uint64_t requests;     /* requests whose head came in (entered BUSY), ever */
+    uint64_t trimmed_at;   /* `requests` at the last trim */
+    double quiet_since;    /* no request in progress since (0: there is one) */
     pthread_cond_t wake;   /* stop */
     int stop;
     pthread_t thread;
@@ -110,6 +115,26 @@ static void find_gone(srv_guard *g, double now)
     }
 }
 
+/* True, once per quiet spell, when requests came and went and for QUIET_SECONDS none has been in
+ * progress (every connection waits for a request, no client holds a job): the memory that
+ * requests and connections freed then goes back to the system (malloc_trim, every thread's
+ * heap). The loop trims after large blocks only; a burst of small ones (a thousand connections'
+ * buffers, the parse trees of many requests) stayed in the threads' heaps, and the idle RSS
+ * after make soak-hostile was 12% over its level before. Lock held. */
+static int quiet(srv_guard *g, double now)
+{
+    int busy = g->n_clients > 0;
+    for (srv_conn *c = g->conns; c && !busy; c = c->next) busy = c->phase != CONN_WAIT;
+    if (busy) {
+        g->quiet_since = 0;
+        return 0;
+    }
+    if (!g->quiet_since) g->quiet_since = now;
+    if (g->requests == g->trimmed_at || now - g->quiet_since < QUIET_SECONDS) return 0;
+    g->trimmed_at = g->requests;
+    return 1;
+}
+
 /* Closes the connections past their time, or whose client is gone, every WATCH_PERIOD_NS;
  * logs the slow ones after unlocking (a log line may block on a full pipe, and the listeners'
  * threads must not wait on that). */
@@ -127,6 +152,7 @@ static void *watchdog(void *arg)
     while (!g->stop) {
         double now = srv_now();
         find_gone(g, now);
+        int trim = quiet(g, now);
         int n = 0, more = 0;
         for (srv_conn *c = g->conns; c; c = c->next) {
             if (c->cut == SRV_CUT_NONE && now >= deadline(g, c)) c->cut = (srv_cut)c->phase;
@@ -154,6 +180,7 @@ static void *watchdog(void *arg)
                     ip, CUT_NAMES[closed[i].cut], closed[i].seconds, (unsigned long long)closed[i].body_bytes);
         }
         if (more) srv_log(LOG_INFO, "closed more slow connections", "\"count\":%d", more);
+        if (trim) malloc_trim(0);
         struct timespec next;
         clock_gettime(CLOCK_MONOTONIC, &next);
         next.tv_nsec += WATCH_PERIOD_NS;
@@ -256,6 +283,7 @@ void srv_guard_conn_phase(srv_guard *g, srv_conn *c, srv_conn_phase phase)
     c->phase = phase;
     c->since = now;
     c->body_bytes = 0;
+    g->requests += phase == CONN_BUSY;
     pthread_mutex_unlock(&g->lock);
 }
 

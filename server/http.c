@@ -52,7 +52,11 @@ struct srv_http {
     http_listener main, health;
     struct MHD_Daemon *health_daemon;
     srv_guard *guard; /* connections' clocks, per-client counts (server/guard.h) */
+    _Atomic uint64_t bodies; /* bytes the requests hold in the ledger for their bodies (and
+                                parsed input), at most bodies_cap */
+    uint64_t bodies_cap;     /* half the budget; a body past it is 413 */
 };
+
 
 typedef struct {
     srv_app *app;
@@ -96,9 +100,46 @@ typedef struct {
                                done: on_job_done, or a refused submit) */
 } http_req;
 
+/* Holds `bytes` more for r's body in the ledger: 0, or -1 and nothing taken. Bodies together
+ * may hold only part of the budget (bodies_cap, half of it): the rest is the jobs'. The ledger
+ * is first come, first served, and a job that waits for memory at the head of the queue was
+ * starved by uploads, which took every byte a finished job gave back before the dispatcher
+ * could (make soak-hostile: generations waited 30 s, the queue behind them 120 s). Any thread. */
+static int hold(http_req *r, uint64_t bytes)
+{
+    struct srv_http *h = r->app->http;
+    uint64_t cur = atomic_load(&h->bodies);
+    do {
+        if (cur + bytes > h->bodies_cap) return -1;
+    } while (!atomic_compare_exchange_weak(&h->bodies, &cur, cur + bytes));
+    if (srv_reserve(r->app, bytes)) {
+        atomic_fetch_sub(&h->bodies, bytes);
+        return -1;
+    }
+    r->held += bytes;
+    return 0;
+}
+
+/* Refuses a body that can never be held (413 memory_budget_exceeded, the error set): past the
+ * bodies' half of the budget. Returns what respond_error does, for the first call. */
+static enum MHD_Result respond_error(http_req *r, const char *allow);
+static enum MHD_Result body_never_fits(http_req *r, uint64_t need)
+{
+    const srv_app *app = r->app;
+    api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; request bodies may hold %llu, half the memory budget (%llu)",
+             (unsigned long long)need, (unsigned long long)app->http->bodies_cap, (unsigned long long)app->cfg.memory_budget);
+    r->err.extra_key[0] = "memory_required_bytes";
+    r->err.extra_val[0] = (double)need;
+    r->err.extra_key[1] = "memory_budget_bytes";
+    r->err.extra_val[1] = (double)app->cfg.memory_budget;
+    srv_metrics_reject(&r->app->metrics, REJ_MEMORY);
+    return r->ph == PH_NEW ? respond_error(r, NULL) : MHD_YES;
+}
+
 static void free_req(http_req *r)
 {
     srv_release(r->app, r->held);
+    atomic_fetch_sub(&r->app->http->bodies, r->held);
     if (r->early) MHD_destroy_response(r->early);
     api_classify_free(&r->creq);
     api_generate_free(&r->greq);
@@ -943,22 +984,12 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
          * until it is freed (the parsed input stands in for the body once parsed) */
         if (r->body_expect) {
             uint64_t need = (uint64_t)r->body_expect + 1;
-            if (need > app->cfg.memory_budget) {
-                api_fail(&r->err, API_E_MEMORY, "the body is %s bytes; the memory budget is %llu", cl,
-                         (unsigned long long)app->cfg.memory_budget);
-                r->err.extra_key[0] = "memory_required_bytes";
-                r->err.extra_val[0] = (double)need;
-                r->err.extra_key[1] = "memory_budget_bytes";
-                r->err.extra_val[1] = (double)app->cfg.memory_budget;
-                srv_metrics_reject(&app->metrics, REJ_MEMORY);
-                return respond_error(r, NULL);
-            }
-            if (srv_reserve(app, need)) {
+            if (need > app->http->bodies_cap) return body_never_fits(r, need);
+            if (hold(r, need)) {
                 srv_metrics_reject(&app->metrics, REJ_MEMORY);
                 return fail(r, API_E_ENGINE_MEMORY, "%s",
                             "the memory budget cannot hold this body now (other requests hold it); retry");
             }
-            r->held = need;
         }
         r->timeout = app->cfg.request_timeout;
         const char *to = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Timeout");
@@ -1004,14 +1035,17 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             size_t cap = r->body_cap ? r->body_cap : r->body_expect >= n ? r->body_expect + 1 : 4096;
             while (cap < r->body_len + n + 1) cap *= 2;
             if (cap > r->held) { /* chunked, or more than declared: reserve the growth first */
-                if (srv_reserve(app, cap - r->held)) {
+                if (cap > app->http->bodies_cap) {
+                    body_never_fits(r, cap);
+                    return answer_mid_body(r);
+                }
+                if (hold(r, cap - r->held)) {
                     srv_metrics_reject(&app->metrics, REJ_MEMORY);
                     api_fail(&r->err, API_E_ENGINE_MEMORY, "the memory budget cannot hold this body now; retry");
                     free(r->body);
                     r->body = NULL;
                     return answer_mid_body(r);
                 }
-                r->held = cap;
             }
             char *nb = realloc(r->body, cap); /* a client-controlled size: try, never abort */
             if (!nb) {
@@ -1172,6 +1206,7 @@ int srv_http_start(srv_app *app)
     app->health_port = -1;
     h->main = (http_listener){app, 0};
     h->health = (http_listener){app, 1};
+    h->bodies_cap = c->memory_budget / 2; /* max-body-bytes' default: the largest body fits */
     /* the WAIT bound is a second past the idle timeout, so that libmicrohttpd closes an idle
      * connection first and the guard only one that trickles its request line */
     srv_guard_limits lim = {(double)c->connection_timeout + 1, c->header_timeout, c->body_timeout,
