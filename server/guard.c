@@ -83,6 +83,13 @@ static const char *const CUT_NAMES[] = {"request_line_timeout", "head_timeout", 
  * will. Marks them SRV_CUT_GONE. Lock held. */
 static void find_gone(srv_guard *g, double now)
 {
+    if (g->polls_cap > 4 * g->n_conns + 64) { /* a flood is over: give its scratch back */
+        free(g->polls);
+        free(g->polled);
+        g->polls = NULL;
+        g->polled = NULL;
+        g->polls_cap = 0;
+    }
     if (g->polls_cap < g->n_conns) {
         int cap = g->n_conns * 2;
         struct pollfd *p = realloc(g->polls, (size_t)cap * sizeof *p);
