@@ -132,6 +132,11 @@ def is_error(status, body, code, typ=None):
         assert e["type"] == typ, body
 
 
+def requests_hold(m):
+    """What requests hold in the ledger: the reservation less the server's own for its life."""
+    return m["luna_memory_reserved_bytes"] - m["luna_memory_reserved_fixed_bytes"]
+
+
 def reserved_idle(m):
     """Nothing is reserved but what the server holds for its life (the batch's scratch)."""
     return m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"]
@@ -518,10 +523,10 @@ def test_bodies_are_reserved():
             c.sendall(b"x" * (3 * mib - 1))
             conns.append(c)
         end = time.monotonic() + 30
-        while s.metrics()["luna_memory_reserved_bytes"] < 5 * (3 * mib + 1) and time.monotonic() < end:
+        while requests_hold(s.metrics()) < 5 * (3 * mib + 1) and time.monotonic() < end:
             time.sleep(0.05)
         m = s.metrics()
-        assert m["luna_memory_reserved_bytes"] == 5 * (3 * mib + 1), m["luna_memory_reserved_bytes"]
+        assert requests_hold(m) == 5 * (3 * mib + 1), m["luna_memory_reserved_bytes"]
         # the sixth does not fit the bodies' half now (the ledger has 17 MiB free): 503 before its
         # body, and the server keeps answering
         c = upload(3 * mib)
@@ -533,7 +538,7 @@ def test_bodies_are_reserved():
         # a generation runs meanwhile, in the jobs' half: the five uploads are still held after it
         st, _, b = s.json("POST", "/generate", {"inputs": "a", "parameters": {"max_new_tokens": 64}})
         assert st == 200, b
-        assert s.metrics()["luna_memory_reserved_bytes"] == 5 * (3 * mib + 1)
+        assert requests_hold(s.metrics()) == 5 * (3 * mib + 1)
         # a body larger than the whole budget: 413 before it is read
         c = upload(40 * mib)
         head = c.recv(65536)
@@ -946,7 +951,8 @@ def test_batch_bytes_match_alone():
         want = [batch_answer(alone.json("POST", p, b)[2]) for p, b in BATCH_BODIES]
     finally:
         assert alone.stop() == 0
-    s = Server("--max-batch", "8", "--max-batch-tokens", "1", "--max-queue", "100", model="", gen=LM)
+    s = Server("--max-batch", "8", "--max-batch-tokens", "1", "--max-queue", "100", "--max-queued-per-key", "100",
+               "--max-requests-per-key", "100", model="", gen=LM)
     try:
         st, _, info = s.json("GET", "/info")
         assert {k: info["batch"][k] for k in ("continuous", "max_batch", "max_batch_tokens", "prefill_admission")} == \
@@ -1606,7 +1612,7 @@ def test_slow_clients_are_cut_off():
         assert m['luna_connections_cut_total{reason="head_timeout"}'] == 1, m
         assert m['luna_connections_cut_total{reason="body_too_slow"}'] == 1, m
         assert m['luna_requests_total{endpoint="classify",code="408"}'] == 1, m
-        assert m["luna_memory_reserved_bytes"] == 0, m
+        assert requests_hold(m) == 0, m
         # a client that closes in the middle of its body, the end of file with its last bytes:
         # libmicrohttpd 0.9.75 may never read that end of file, and held the request (its
         # reservation, its client's slot) until the connection timeout; the guard sees it
@@ -1615,7 +1621,7 @@ def test_slow_clients_are_cut_off():
             c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n"
                       b"\r\n" + b"y" * 10)
             c.close()
-        wait_for(lambda: s.metrics()["luna_memory_reserved_bytes"] == 0, "the bodies' reservations back", 10)
+        wait_for(lambda: requests_hold(s.metrics()) == 0, "the bodies' reservations back", 10)
         # 512 KiB in pieces of 16 KiB every 0.05 s: longer than the body timeout, far above the
         # rate (a short document and blanks, which cost the model nothing)
         body = b'{"inputs": "z"}' + b" " * (512 * 1024)
@@ -1781,7 +1787,7 @@ def test_per_client_limits():
         wait_for(lambda: s.metrics()["luna_clients_active"] == 0, "every client gone")
         # requests: A's three uploads, held mid-body, take its three request slots
         ups = [upload_head(s.port, "ka") for _ in range(3)]
-        wait_for(lambda: s.metrics()["luna_memory_reserved_bytes"] == 3 * 100001, "three uploads reserved")
+        wait_for(lambda: requests_hold(s.metrics()) == 3 * 100001, "three uploads reserved")
         st, h, b = s.json("POST", "/classify", {"inputs": "a"}, headers=A)
         is_error(st, b, 429, "overloaded")
         assert h["retry-after"] == "1" and b["error"]["limit"] == 3 and "max-requests-per-key" in b["error"]["message"], b
@@ -1821,7 +1827,7 @@ def test_per_client_limits():
     s = Server("--workers", "1", "--max-requests-per-key", "1")
     try:
         c = upload_head(s.port)
-        wait_for(lambda: s.metrics()["luna_memory_reserved_bytes"] == 100001, "the upload reserved")
+        wait_for(lambda: requests_hold(s.metrics()) == 100001, "the upload reserved")
         got = answer_of(upload_head(s.port, length=10))  # a whole body, from the same address
         assert got.startswith(b"HTTP/1.1 429") and b"127.0.0.1" in got and b"Retry-After: 1" in got, got
         got = answer_of(upload_head(s.port, src="127.0.0.2", length=10))  # from another
