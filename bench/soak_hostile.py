@@ -402,11 +402,12 @@ def main():
     os.nice(5)
 
     def wait_idle(seconds):
-        """True once nothing is reserved, in flight or held by a client (within `seconds`)."""
+        """True once nothing is reserved (but the server's own, the batch's scratch), in flight or
+        held by a client (within `seconds`)."""
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             m = metrics(health_port)
-            if (m["luna_memory_reserved_bytes"] == 0 and m["luna_inflight_requests"] == 0
+            if (m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"] and m["luna_inflight_requests"] == 0
                     and m["luna_clients_active"] == 0):
                 return m
             time.sleep(0.1)
