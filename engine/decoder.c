@@ -3,8 +3,9 @@
  * compare it with.
  *
  * The data flows in this order, and so does this file:
- *   states -> workspace layout -> embedding -> causal Luna attention -> KV-cache attention
- *   -> the layer loop (prefill; a step is a prefill of one token).
+ *   states -> workspace layout -> lanes (a prefill's work on several threads) -> embedding
+ *   -> causal Luna attention -> KV-cache attention -> the layer loop (prefill, in phases that
+ *   the lanes share; a step is a batch of rows on the calling thread).
  *
  * A chunk of c tokens goes through every layer before the next chunk starts: position t of
  * layer L depends only on positions <= t of layer L-1, so nothing of the sequence is kept

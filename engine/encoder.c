@@ -206,9 +206,9 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
     float *freq = c->ws + c->L.freq;
     for (int j = 0; j < half; j++)
         freq[j] = half > 1 ? (float)exp(-(double)j * log(10000.0) / (half - 1)) : 1.0f;
-    /* the decoder's lanes are threads that live as long as the context: a prefill syncs them
-     * some 30 times per chunk, too often to start threads for it (the encoder's few passes
-     * per layer start theirs, run_lanes) */
+    /* the decoder's lanes are threads that live as long as the context: a prefill hands them
+     * some 30 phases per chunk, too many to start threads for (the encoder's few passes per
+     * layer start theirs, run_lanes) */
     if (cfg->task == LUNA_TASK_CAUSAL_LM && luna__lanes_start(c)) {
         free(c->ws);
         free(c);
