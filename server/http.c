@@ -76,6 +76,7 @@ typedef struct {
     int done_status;     /* MHD's part is over: the status answered (499: none), and when */
     double done_dt;
     double timeout;
+    int timeout_from_client; /* X-Request-Timeout set it */
     int stream_route;    /* /generate_stream */
     const char *url;     /* the request's path (MHD's, valid while the request lives) */
     api_classify_req creq;
@@ -793,15 +794,24 @@ static enum MHD_Result start_generate(http_req *r)
         srv_metrics_input_bytes(&app->metrics, r->greq.prompts[i].len);
         prompt_tokens += tokens;
     }
-    /* a prompt that cannot be prefilled before its deadline is refused now, not cut off later */
+    /* A prompt that cannot be prefilled before its deadline is refused now, not cut off later.
+     * Against the server's own deadline the prompt is too long (413, with the tokens it could
+     * take); against the client's X-Request-Timeout the deadline is too short: 504, the answer
+     * the deadline would have given, without spending the cores first. */
     double rate = srv_prefill_rate(app);
     if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout) {
-        api_fail(&r->err, API_E_INPUT_TOO_LONG,
-                 "the prompt is %llu tokens: at this server's prefill rate (%.0f tokens/s) it would take about %.1f s, "
-                 "longer than the request's deadline of %g s", (unsigned long long)prompt_tokens, rate,
-                 (double)prompt_tokens / rate, r->timeout);
-        r->err.extra_key[0] = "max_tokens";
-        r->err.extra_val[0] = floor(rate * r->timeout);
+        double need = (double)prompt_tokens / rate;
+        if (r->timeout_from_client) {
+            api_fail(&r->err, API_E_TIMEOUT,
+                     "the prompt is %llu tokens: at this server's prefill rate (%.0f tokens/s) it would take about %.1f s, "
+                     "longer than the X-Request-Timeout of %g s", (unsigned long long)prompt_tokens, rate, need, r->timeout);
+        } else {
+            api_fail(&r->err, API_E_INPUT_TOO_LONG,
+                     "the prompt is %llu tokens: at this server's prefill rate (%.0f tokens/s) it would take about %.1f s, "
+                     "longer than the request's deadline of %g s", (unsigned long long)prompt_tokens, rate, need, r->timeout);
+            r->err.extra_key[0] = "max_tokens";
+            r->err.extra_val[0] = floor(rate * r->timeout);
+        }
         srv_metrics_reject(&app->metrics, REJ_PREFILL_TIME);
         return respond_error(r, NULL);
     }
@@ -1024,6 +1034,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                 return respond_error(r, NULL);
             }
             r->timeout = t;
+            r->timeout_from_client = 1;
         }
         r->ph = PH_BODY;
         if (!r->no_body) srv_guard_conn_phase(guard, r->clock, CONN_BODY);

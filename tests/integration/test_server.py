@@ -1114,9 +1114,14 @@ def test_prompt_that_cannot_be_prefilled_in_time():
         assert "prefill rate" in b["error"]["message"] and 0 < b["error"]["max_tokens"] < (8 << 20), b
         st, _, b = s.json("POST", "/v1/completions", {"prompt": ["a" * (4 << 20), "b" * (4 << 20)], "max_tokens": 1})
         is_error(st, b, 413, "input_too_long")
+        # the client's own deadline too short for the prompt: 504 at once (the prompt is not too long)
+        st, _, b = s.json("POST", "/generate", {"inputs": "a" * 20000, "parameters": {"max_new_tokens": 1}},
+                          headers={"X-Request-Timeout": "0.000001"})
+        is_error(st, b, 504, "timeout")
+        assert "X-Request-Timeout" in b["error"]["message"] and "max_tokens" not in b["error"], b
         m = s.metrics()
         assert m["luna_prompt_tokens_total"] == m0["luna_prompt_tokens_total"], m  # nothing ran
-        assert m['luna_admission_rejections_total{reason="prefill_time"}'] == 2, m
+        assert m['luna_admission_rejections_total{reason="prefill_time"}'] == 3, m
         st, _, b = s.json("POST", "/generate", {"inputs": "Emma", "parameters": {"max_new_tokens": 3}})
         assert st == 200, b
         # with a deadline it can meet (rate x deadline >> 8 Mi tokens), the same prompt is admitted
