@@ -951,8 +951,9 @@ def test_batch_bytes_match_alone():
         want = [batch_answer(alone.json("POST", p, b)[2]) for p, b in BATCH_BODIES]
     finally:
         assert alone.stop() == 0
-    s = Server("--max-batch", "8", "--max-batch-tokens", "1", "--max-queue", "100", "--max-queued-per-key", "100",
-               "--max-requests-per-key", "100", model="", gen=LM)
+    # 24 clients of one address: the per-client defaults (the batch, 8, and a quarter of the
+    # queue, 25: 33 jobs) take them all
+    s = Server("--max-batch", "8", "--max-batch-tokens", "1", "--max-queue", "100", model="", gen=LM)
     try:
         st, _, info = s.json("GET", "/info")
         assert {k: info["batch"][k] for k in ("continuous", "max_batch", "max_batch_tokens", "prefill_admission")} == \
