@@ -54,7 +54,7 @@ struct srv_http {
     srv_guard *guard; /* connections' clocks, per-client counts (server/guard.h) */
     _Atomic uint64_t bodies; /* bytes the requests hold in the ledger for their bodies (and
                                 parsed input), at most bodies_cap */
-    uint64_t bodies_cap;     /* half the budget; a body past it is 413 */
+    uint64_t bodies_cap;     /* half of what requests may reserve; a body past it is 413 */
 };
 
 
@@ -127,12 +127,12 @@ static enum MHD_Result respond_error(http_req *r, const char *allow);
 static enum MHD_Result body_never_fits(http_req *r, uint64_t need)
 {
     const srv_app *app = r->app;
-    api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; request bodies may hold %llu, half the memory budget (%llu)",
-             (unsigned long long)need, (unsigned long long)app->http->bodies_cap, (unsigned long long)app->cfg.memory_budget);
+    api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; request bodies may hold %llu, half of what requests may reserve (%llu)",
+             (unsigned long long)need, (unsigned long long)app->http->bodies_cap, (unsigned long long)srv_request_budget(app));
     r->err.extra_key[0] = "memory_required_bytes";
     r->err.extra_val[0] = (double)need;
     r->err.extra_key[1] = "memory_budget_bytes";
-    r->err.extra_val[1] = (double)app->cfg.memory_budget;
+    r->err.extra_val[1] = (double)srv_request_budget(app);
     srv_metrics_reject(&r->app->metrics, REJ_MEMORY);
     return r->ph == PH_NEW ? respond_error(r, NULL) : MHD_YES;
 }
@@ -1248,7 +1248,7 @@ int srv_http_start(srv_app *app)
     app->health_port = -1;
     h->main = (http_listener){app, 0};
     h->health = (http_listener){app, 1};
-    h->bodies_cap = c->memory_budget / 2; /* max-body-bytes' default: the largest body fits */
+    h->bodies_cap = srv_request_budget(app) / 2; /* after the scheduler's fixed reservation */
     /* the WAIT bound is a second past the idle timeout, so that libmicrohttpd closes an idle
      * connection first and the guard only one that trickles its request line */
     srv_guard_limits lim = {(double)c->connection_timeout + 1, c->header_timeout, c->body_timeout,

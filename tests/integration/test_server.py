@@ -518,27 +518,33 @@ def test_bodies_are_reserved():
             c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
             c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % n)
             return c
-        for _ in range(5):  # 5 x (3 MiB + 1) fit in 16 MiB, half the budget; all but the last byte sent
+        # bodies may hold half of what requests may reserve (the budget less the batch's scratch):
+        # n uploads of 3 MiB + 1 fit in it; all but their last byte sent
+        m = s.metrics()
+        cap = (m["luna_memory_budget_bytes"] - m["luna_memory_reserved_fixed_bytes"]) // 2
+        n = int(cap // (3 * mib + 1))
+        assert n >= 4, m
+        for _ in range(n):
             c = upload(3 * mib)
             c.sendall(b"x" * (3 * mib - 1))
             conns.append(c)
         end = time.monotonic() + 30
-        while requests_hold(s.metrics()) < 5 * (3 * mib + 1) and time.monotonic() < end:
+        while requests_hold(s.metrics()) < n * (3 * mib + 1) and time.monotonic() < end:
             time.sleep(0.05)
         m = s.metrics()
-        assert requests_hold(m) == 5 * (3 * mib + 1), m["luna_memory_reserved_bytes"]
-        # the sixth does not fit the bodies' half now (the ledger has 17 MiB free): 503 before its
-        # body, and the server keeps answering
+        assert requests_hold(m) == n * (3 * mib + 1), m["luna_memory_reserved_bytes"]
+        # the next does not fit the bodies' half now (the ledger has as much free again): 503
+        # before its body, and the server keeps answering
         c = upload(3 * mib)
         head = c.recv(65536)
         c.close()
         assert head.startswith(b"HTTP/1.1 503") and b"out_of_memory" in head and b"Retry-After" in head, head[:300]
         st, _, b = s.json("GET", "/health")
         assert st == 200, b
-        # a generation runs meanwhile, in the jobs' half: the five uploads are still held after it
+        # a generation runs meanwhile, in the jobs' half: the uploads are still held after it
         st, _, b = s.json("POST", "/generate", {"inputs": "a", "parameters": {"max_new_tokens": 64}})
         assert st == 200, b
-        assert requests_hold(s.metrics()) == 5 * (3 * mib + 1)
+        assert requests_hold(s.metrics()) == n * (3 * mib + 1)
         # a body larger than the whole budget: 413 before it is read
         c = upload(40 * mib)
         head = c.recv(65536)
@@ -951,8 +957,9 @@ def test_batch_bytes_match_alone():
         want = [batch_answer(alone.json("POST", p, b)[2]) for p, b in BATCH_BODIES]
     finally:
         assert alone.stop() == 0
-    s = Server("--max-batch", "8", "--max-batch-tokens", "1", "--max-queue", "100", "--max-queued-per-key", "100",
-               "--max-requests-per-key", "100", model="", gen=LM)
+    # 24 clients of one address: the per-client defaults (the batch, 8, and a quarter of the
+    # queue, 25: 33 jobs) take them all
+    s = Server("--max-batch", "8", "--max-batch-tokens", "1", "--max-queue", "100", model="", gen=LM)
     try:
         st, _, info = s.json("GET", "/info")
         assert {k: info["batch"][k] for k in ("continuous", "max_batch", "max_batch_tokens", "prefill_admission")} == \
