@@ -96,19 +96,42 @@ static void ban_special(const luna_config *cfg, float *logits)
 int luna_gen_begin(luna_gen *g, const luna_model *m, luna_gen_state *s, luna_sampler *smp, const uint8_t *prompt,
                    size_t len, const luna_gen_params *p, luna_emit_fn emit, void *user)
 {
+    if (s && luna_gen_state_tokens(s) != 0) {
+        if (g) memset(g, 0, sizeof *g), g->res.stop_index = -1;
+        return LUNA_EINVAL;
+    }
+    return luna_gen_resume(g, m, s, NULL, smp, prompt, len, p, emit, user);
+}
+
+int luna_gen_resume(luna_gen *g, const luna_model *m, luna_gen_state *s, const float *logits, luna_sampler *smp,
+                    const uint8_t *prompt, size_t len, const luna_gen_params *p, luna_emit_fn emit, void *user)
+{
     if (!g) return LUNA_EINVAL;
     memset(g, 0, sizeof *g);
     g->res.stop_index = -1;
     if (!m || !s || !smp || (len && !prompt) || check_params(p)) return LUNA_EINVAL;
     const luna_config *cfg = luna_model_config(m);
     if (cfg->task != LUNA_TASK_CAUSAL_LM) return LUNA_ETASK;
-    if (luna_gen_state_tokens(s) != 0) return LUNA_EINVAL;
+    uint64_t t = luna_gen_state_tokens(s); /* bos and the prompt's first t - 1 bytes */
+    if (t > (uint64_t)len + 1 || (t == (uint64_t)len + 1 && !logits)) return LUNA_EINVAL;
     g->logits = malloc((size_t)cfg->vocab_size * sizeof(float));
     if (!g->logits) return LUNA_ENOMEM;
     g->m = m, g->state = s, g->smp = smp, g->prompt = prompt, g->len = len, g->p = *p;
     g->emit = emit, g->user = user;
     g->res.finish = LUNA_FINISH_LENGTH;
     g->t0 = g->t1 = now();
+    if (t > 0) { /* what prefill would have observed of those tokens, for the repetition penalty */
+        luna_sampler_observe(smp, cfg->bos_id);
+        for (size_t i = 0; i + 1 < t; i++) luna_sampler_observe(smp, cfg->byte_offset + prompt[i]);
+        g->bos_done = 1;
+        g->at = (size_t)t - 1;
+        g->res.prompt_tokens = t;
+    }
+    if (t == (uint64_t)len + 1 && logits) { /* (checked above: logits is there) */
+        memcpy(g->logits, logits, (size_t)cfg->vocab_size * sizeof(float));
+        g->prefilled = 1;
+        if (p->max_new_tokens == 0) g->done = 1;
+    }
     return 0;
 }
 
@@ -138,7 +161,9 @@ long luna_gen_prefill(luna_gen *g, luna_ctx *c, size_t max_tokens)
     while (n < max_tokens && g->at < g->len) piece[n++] = cfg->byte_offset + g->prompt[g->at++];
     for (size_t i = 0; i < n; i++) luna_sampler_observe(g->smp, piece[i]);
     int last = g->at == g->len;
-    int rc = luna_prefill(c, g->state, piece, n, last ? g->logits : NULL, 0);
+    /* every slice leaves its last row's distribution in g->logits (one row of the output
+     * layer), so that a state stored after any slice comes with its next token's logits */
+    int rc = luna_prefill(c, g->state, piece, n, g->logits, 0);
     g->res.prompt_tokens = luna_gen_state_tokens(g->state);
     if (rc) {
         luna_gen_fail(g, rc);

@@ -101,11 +101,22 @@ typedef struct luna_gen {
  * sampler and state are borrowed until luna_gen_end. EINVAL, ETASK, ENOMEM (the logits). */
 int luna_gen_begin(luna_gen *g, const luna_model *m, luna_gen_state *s, luna_sampler *smp, const uint8_t *prompt,
                    size_t len, const luna_gen_params *params, luna_emit_fn emit, void *user);
+/* Starts the generation from a state s that already holds the prompt's first t tokens (bos,
+ * then the prompt's first t - 1 bytes; 0 <= t <= len + 1), e.g. a copy of a cached prefix's
+ * state: prefill goes on from token t. `logits` is the distribution after those t tokens:
+ * required when t = len + 1 (the whole prompt; nothing is left to prefill), ignored otherwise.
+ * The sampler observes the t tokens as prefill would have (the repetition penalty), so the
+ * output is the same as from a fresh state when s holds what a prefill of those tokens, in
+ * slices ending on chunk multiples, leaves. luna_gen_begin is this with t = 0. EINVAL (also
+ * t > len + 1, or no logits at t = len + 1), ETASK, ENOMEM. */
+int luna_gen_resume(luna_gen *g, const luna_model *m, luna_gen_state *s, const float *logits, luna_sampler *smp,
+                    const uint8_t *prompt, size_t len, const luna_gen_params *params, luna_emit_fn emit, void *user);
 /* Whether prompt tokens (bos first) remain to prefill. */
 int luna_gen_prefilling(const luna_gen *g);
 /* Prefills about max_tokens more of them with c (of the state's kind): the slice ends on a
  * multiple of c's chunk length (at least the next one) or at the prompt's end, so that any
- * slicing gives the same logits. After the last, g.logits holds the first token's distribution.
+ * slicing gives the same logits. After each slice g.logits holds the distribution of the token
+ * after it (after the last, the first generated token's).
  * Returns the tokens consumed, or a negative error (the generation is then over:
  * luna_gen_end reports it). */
 long luna_gen_prefill(luna_gen *g, luna_ctx *c, size_t max_tokens);
