@@ -171,6 +171,7 @@ typedef struct {
     size_t out_len;
     const char *finish;      /* "length", "eos_token", "stop_sequence" */
     uint64_t generated_tokens, prompt_tokens;
+    uint64_t cached_tokens;  /* of prompt_tokens, those the state cache had (bos included) */
     int has_seed;            /* the request sampled: seed is the one used */
     uint64_t seed;
     int byte_offset;         /* token id of byte 0, for the token lists */

@@ -298,15 +298,17 @@ static cJSON *head(const api_generate_req *req, const char *object)
 
 static void add_usage(cJSON *root, const api_generate_req *req, const api_gen_result *res)
 {
-    uint64_t prompt = 0, completion = 0;
+    uint64_t prompt = 0, completion = 0, cached = 0;
     for (size_t i = 0; i < req->n_prompts; i++) {
         prompt += req->prompts[i].len;
         completion += res[i].generated_tokens;
+        cached += res[i].cached_tokens ? res[i].cached_tokens - 1 : 0; /* OpenAI's tokens: no bos */
     }
     cJSON *u = cJSON_AddObjectToObject(root, "usage");
     cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt);
     cJSON_AddNumberToObject(u, "completion_tokens", (double)completion);
     cJSON_AddNumberToObject(u, "total_tokens", (double)(prompt + completion));
+    cJSON_AddNumberToObject(cJSON_AddObjectToObject(u, "prompt_tokens_details"), "cached_tokens", (double)cached);
 }
 
 char *api__render_openai(const api_generate_req *req, const api_gen_result *res)

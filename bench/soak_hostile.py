@@ -409,7 +409,8 @@ def main():
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             m = metrics(health_port)
-            if (m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"] and m["luna_inflight_requests"] == 0
+            if (m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"] + m["luna_state_cache_bytes"]
+                    and m["luna_inflight_requests"] == 0
                     and m["luna_clients_active"] == 0):
                 return m
             time.sleep(0.1)

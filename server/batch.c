@@ -1,6 +1,8 @@
 /* batch.c - generation: alone on a worker, or in the continuous batch (see batch.h). */
 #include "server/batch.h"
 
+#include "server/cache.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -43,6 +45,41 @@ static void gen_params(const srv_job *job, luna_sampling *sp, luna_gen_params *g
                           q->do_sample ? q->top_p : 1.0f, q->repetition_penalty, job->seed};
     *gp = (luna_gen_params){.max_new_tokens = q->max_new_tokens, .n_stop = q->n_stop};
     for (int i = 0; i < q->n_stop; i++) gp->stop[i] = q->stop[i], gp->stop_len[i] = q->stop_len[i];
+}
+
+/* Before the first prefill slice of prompt c (g begun on a fresh state): when the state cache
+ * holds a prefix of the prompt, g goes on from a copy of it instead (luna_gen_resume), with
+ * the same bytes to come. *pin receives the cache's entry. A failure fails g. */
+static void cache_resume(srv_app *app, srv_job *job, size_t c, luna_gen *g, luna_sampler *smp, api_seq *ev, srv_cnode **pin)
+{
+    const api_doc *pr = &job->generate->prompts[c];
+    float *logits = app->cache ? malloc(luna_model_config(app->generator)->vocab_size * sizeof(float)) : NULL;
+    if (!logits) return; /* no cache, or no memory for a lookup: prefill it all */
+    *pin = srv_cache_lookup(app->cache, pr->data, pr->len, g->state, logits);
+    if (*pin) {
+        luna_sampling sp;
+        luna_gen_params gp;
+        gen_params(job, &sp, &gp);
+        luna_gen_state *st = g->state;
+        luna_gen_end(g, NULL); /* nothing was prefilled or emitted yet */
+        int rc = luna_gen_resume(g, app->generator, st, logits, smp, pr->data, pr->len, &gp, on_bytes, ev);
+        if (rc) luna_gen_fail(g, rc);
+    }
+    free(logits);
+}
+
+/* One prefill slice of at most max_tokens that stops where the state cache stores, and stores
+ * there. Returns what luna_gen_prefill does. */
+static long prefill_slice(srv_app *app, luna_ctx *ctx, srv_job *job, size_t c, luna_gen *g, srv_cnode **pin,
+                          size_t max_tokens)
+{
+    const api_doc *pr = &job->generate->prompts[c];
+    uint64_t t = luna_gen_state_tokens(g->state);
+    size_t stop = srv_cache_next_stop(app->cache, t, pr->len);
+    if (stop - t < max_tokens) max_tokens = stop - t;
+    long n = luna_gen_prefill(g, ctx, max_tokens);
+    if (n > 0) srv_cache_put(app->cache, pin, pr->data, pr->len, g->state, g->logits);
+    return n;
 }
 
 /* Prompt c's result record and event sequencer. */
@@ -129,9 +166,25 @@ int srv_gen_run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job
         choice_begin(app, job, c, &ev);
         luna_gen_state_reset(state);
         luna_gen_result r;
-        rc = luna_generate(ctx, state, smp, q->prompts[c].data, q->prompts[c].len, &gp, on_bytes, &ev, &r);
+        luna_gen g;
+        srv_cnode *pin = NULL;
+        uint64_t reused = 0;
+        rc = luna_gen_begin(&g, app->generator, state, smp, q->prompts[c].data, q->prompts[c].len, &gp, on_bytes, &ev);
+        if (!rc) {
+            cache_resume(app, job, c, &g, smp, &ev, &pin);
+            reused = luna_gen_state_tokens(state);
+            while (luna_gen_prefilling(&g)) prefill_slice(app, ctx, job, c, &g, &pin, LUNA_GEN_PREFILL_PIECE);
+            int32_t tok;
+            while ((rc = luna_gen_next(&g, &tok)) == 1)
+                if ((rc = luna_step(ctx, state, tok, g.logits)) != 0) luna_gen_fail(&g, rc);
+            rc = luna_gen_end(&g, &r);
+        } else {
+            memset(&r, 0, sizeof r);
+        }
+        srv_cache_unpin(app->cache, pin);
         luna_sampler_free(smp);
-        srv_prefill_observe(app, r.prompt_tokens, r.prefill_seconds);
+        srv_prefill_observe(app, r.prompt_tokens - reused, r.prefill_seconds);
+        job->gres[c].cached_tokens = reused;
         if (c == 0 && r.prompt_tokens) /* the prefill's end is when the first token was due */
             srv_metrics_ttft(&app->metrics, job->t_start - job->t_submit + r.prefill_seconds);
         choice_end(app, job, c, &ev, &r, rc);
@@ -285,6 +338,7 @@ static void seq_end(srv_app *app, srv_seq *s)
     srv_job *job = s->job;
     luna_gen_result r;
     int rc = luna_gen_end(&s->g, &r);
+    srv_cache_unpin(app->cache, s->pin);
     choice_end(app, job, s->choice, &s->ev, &r, rc);
     if (rc && !job->rc) job->rc = rc;
     luna_sampler_free(s->smp);
@@ -460,8 +514,18 @@ void srv_batch_run_prefill(srv_app *app, luna_ctx *ctx, srv_seq *s, int lanes)
     }
     luna_ctx_set_cancel(ctx, &job->cancel);
     int in_use = luna_ctx_set_lanes(ctx, lanes);
+    if (!s->looked_up) {
+        s->looked_up = 1;
+        cache_resume(app, job, s->choice, &s->g, s->smp, &s->ev, &s->pin);
+        job->gres[s->choice].cached_tokens = luna_gen_state_tokens(s->state);
+        if (!luna_gen_prefilling(&s->g)) { /* the whole prompt was there, or the resume failed */
+            luna_ctx_set_cancel(ctx, NULL);
+            s->phase = s->g.done ? SEQ_DONE : SEQ_DECODE;
+            return;
+        }
+    }
     double t0 = srv_now();
-    long n = luna_gen_prefill(&s->g, ctx, app->batch->slice);
+    long n = prefill_slice(app, ctx, job, s->choice, &s->g, &s->pin, app->batch->slice);
     double dt = srv_now() - t0;
     luna_ctx_set_cancel(ctx, NULL);
     if (n < 0) {

@@ -45,6 +45,8 @@ static const setting SETTINGS[] = {
     {"max-batch", T_INT, 1, 256, "32", F(max_batch), 0, "generations stepped together in one batched decode step (continuous batching); 1 = each generation runs alone on a worker, start to end"},
     {"max-batch-tokens", T_INT, 1, 1000000, "256", F(max_batch_tokens), 0, "prompt tokens per prefill slice run between decode steps (rounded up to the engine's 256-token chunk)"},
     {"prefill-admission", T_INT, 0, 1, "1", F(prefill_admission), 0, "1: a prompt whose prefill, at the rate this server measures, would outlast the request's deadline is refused at once (413 against the server's deadline, 504 against X-Request-Timeout); 0: it runs until the deadline stops it (504)"},
+    {"state-cache-bytes", T_BYTES, 0, 1e15, "256M", F(state_cache_bytes), 0, "the prefix state cache: generation states of prompts, so that a prompt that begins like an earlier one is prefilled only from where they part; at most this many bytes, counted in the memory budget (requests come first: the cache gives its least recently used states back when a request needs the memory); 0 = no cache"},
+    {"state-cache-interval", T_INT, 1, 1 << 30, "4096", F(state_cache_interval), 0, "prompt tokens between the states a prefill stores (rounded up to the 256-token chunk); each prompt's last chunk boundary and end are stored too"},
     {"max-new-tokens", T_INT, 1, 1000000, "1024", F(max_new_tokens), 0, "cap on max_new_tokens for generation"},
     {"default-new-tokens", T_INT, 1, 1000000, "100", F(default_new_tokens), 0, "max_new_tokens of a request that names none (capped by max-new-tokens)"},
     {"sse-ping-interval", T_SECONDS, 0.01, 3600, "10", F(sse_ping_interval), 0, "seconds without an event before a stream gets a keep-alive comment"},

@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include "server/assets.h"
+#include "server/cache.h"
 #include "server/guard.h"
 #include "server/server.h"
 
@@ -507,6 +508,13 @@ static uint64_t reserved_now(srv_app *app)
     return r;
 }
 
+static uint64_t cache_bytes(srv_app *app)
+{
+    srv_cache_stats st;
+    srv_cache_stats_get(app->cache, &st);
+    return st.bytes;
+}
+
 static enum MHD_Result answer_get(http_req *r)
 {
     srv_app *app = r->app;
@@ -517,7 +525,8 @@ static enum MHD_Result answer_get(http_req *r)
         const char *why = NULL;
         if (!atomic_load(&app->ready)) why = "loading";
         else if (atomic_load(&app->draining)) why = "draining";
-        else if (app->cfg.memory_budget - reserved_now(app) < srv_min_reservation(app)) why = "memory budget exhausted";
+        else if (app->cfg.memory_budget - reserved_now(app) + cache_bytes(app) < srv_min_reservation(app))
+            why = "memory budget exhausted"; /* (the state cache gives way to requests) */
         else if (srv_queue_len(app) >= app->cfg.max_queue) why = "queue full";
         if (why) {
             api_fail(&r->err, API_E_NOT_READY, "not ready: %s", why);
@@ -527,8 +536,12 @@ static enum MHD_Result answer_get(http_req *r)
     }
     case EP_INFO:
         return respond(r, 200, "application/json", srv_render_info(app), NULL);
-    case EP_METRICS:
+    case EP_METRICS: {
+        srv_cache_stats st;
+        srv_cache_stats_get(app->cache, &st);
+        srv_metrics_state_cache(&app->metrics, &st);
         return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_metrics_render(&app->metrics), NULL);
+    }
     case EP_PAGE:
         for (const srv_asset *a = srv_assets; a->path; a++) {
             if (strcmp(a->path, r->url)) continue;

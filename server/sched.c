@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "server/batch.h"
+#include "server/cache.h"
 
 /* What a worker does: a whole job (a classification, or a generation alone), or a task of the
  * continuous batch (batch.h). */
@@ -50,7 +51,7 @@ double srv_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-int srv_reserve(srv_app *app, uint64_t bytes)
+static int reserve_raw(srv_app *app, uint64_t bytes)
 {
     uint64_t cur = atomic_load(&app->reserved);
     do {
@@ -58,6 +59,28 @@ int srv_reserve(srv_app *app, uint64_t bytes)
     } while (!atomic_compare_exchange_weak(&app->reserved, &cur, cur + bytes));
     srv_metrics_reserved_add(&app->metrics, (int64_t)bytes);
     return 0;
+}
+
+/* Requests come before the state cache: what does not fit makes the cache give back states. */
+int srv_reserve(srv_app *app, uint64_t bytes)
+{
+    if (reserve_raw(app, bytes) == 0) return 0;
+    if (!app->cache) return -1;
+    uint64_t cur = atomic_load(&app->reserved);
+    uint64_t short_by = bytes > app->cfg.memory_budget - cur ? bytes - (app->cfg.memory_budget - cur) : 0;
+    srv_cache_reclaim(app->cache, short_by);
+    return reserve_raw(app, bytes);
+}
+
+/* The cache's side of the ledger: no reclaim (it evicts its own states itself). */
+static int cache_reserve(void *app, uint64_t bytes) { return reserve_raw(app, bytes); }
+static void cache_release(void *app, uint64_t bytes) { srv_release(app, bytes); }
+
+uint64_t srv_reserved_idle(srv_app *app)
+{
+    srv_cache_stats st;
+    srv_cache_stats_get(app->cache, &st);
+    return (app->batch ? app->batch->scratch : 0) + st.bytes;
 }
 
 double srv_prefill_rate(const srv_app *app)
@@ -492,7 +515,7 @@ static void on_tick(uv_timer_t *t)
     double now = srv_now();
     /* large blocks were freed and nothing runs: give the heap's free pages back to the system,
      * so that an idle server's RSS comes back down after a burst */
-    if (atomic_load(&app->trim) && atomic_load(&app->reserved) == (app->batch ? app->batch->scratch : 0)) {
+    if (atomic_load(&app->trim) && atomic_load(&app->reserved) == srv_reserved_idle(app)) {
         atomic_store(&app->trim, 0);
         malloc_trim(0);
     }
@@ -610,7 +633,9 @@ int srv_sched_start(srv_app *app)
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         luna_ctx_opts co = {0, LUNA_ATTN_LUNA, (int)(cores < 1 ? 1 : cores > LUNA_MAX_THREADS ? LUNA_MAX_THREADS : cores)};
         int rc = app->classifier ? luna_ctx_new(app->classifier, &co, &w->ctx) : 0;
-        if (!rc && app->generator) rc = luna_ctx_new(app->generator, &co, &w->gctx);
+        luna_ctx_opts gco = co;
+        gco.chunk = SRV_PREFILL_CHUNK; /* the state cache's stops are on its multiples */
+        if (!rc && app->generator) rc = luna_ctx_new(app->generator, &gco, &w->gctx);
         if (!rc && app->generator) rc = luna_gen_state_new(app->generator, &w->gstate);
         if (rc || uv_thread_create(&w->thread, worker_main, w)) {
             srv_log(LOG_ERROR, "cannot start a worker", "\"worker\":%d,\"error\":\"%s\"", i, luna_strerror(rc));
@@ -622,6 +647,12 @@ int srv_sched_start(srv_app *app)
         }
     }
     if (app->generator && app->n_workers > 0) calibrate_prefill(app, &app->workers[0]);
+    if (app->generator && app->cfg.state_cache_bytes) {
+        app->cache = srv_cache_new(app->generator, app->cfg.state_cache_bytes, (size_t)app->cfg.state_cache_interval,
+                                   SRV_PREFILL_CHUNK, (srv_ledger){cache_reserve, cache_release, app});
+        if (!app->cache) srv_log(LOG_WARN, "no state cache: out of memory", "\"state_cache_bytes\":%llu",
+                                 (unsigned long long)app->cfg.state_cache_bytes);
+    }
     return srv_batch_new(app);
 }
 
@@ -648,6 +679,8 @@ void srv_sched_stop(srv_app *app)
     free(app->workers);
     app->workers = NULL;
     srv_batch_free(app);
+    srv_cache_free(app->cache);
+    app->cache = NULL;
     uv_close((uv_handle_t *)&app->wakeup, close_cb);
     uv_close((uv_handle_t *)&app->tick, close_cb);
     uv_close((uv_handle_t *)&app->sigterm, close_cb);

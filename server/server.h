@@ -106,6 +106,7 @@ typedef struct {
     srv_worker *workers;
     int n_workers;
     srv_batch *batch;     /* continuous batching of generations; NULL with --max-batch 1 */
+    struct srv_cache *cache; /* the prefix state cache (server/cache.h); NULL: none */
     int step_last;        /* dispatch: the last task handed out was a decode step */
     int queue_turn;       /* dispatch: the queue's head goes before the next prefill slice */
     _Atomic uint64_t reserved; /* the ledger: every byte reserved against the budget, by any
@@ -158,6 +159,11 @@ uint64_t srv_min_reservation(const srv_app *app);
  * srv_reserve takes `bytes` if they fit what is left and returns 0, else -1 and takes nothing;
  * the sum of reservations never exceeds the budget. srv_release gives them back. */
 int srv_reserve(srv_app *app, uint64_t bytes);
+/* What the ledger holds when no request runs: the batch's scratch and the state cache. */
+uint64_t srv_reserved_idle(srv_app *app);
+/* The chunk length of the workers' generator contexts: prefill slices, and so the states the
+ * state cache stores, end on its multiples. */
+#define SRV_PREFILL_CHUNK 256
 /* What requests may reserve: the budget less what the server holds for its life (the batch's
  * scratch). A request that needs more is refused at once (413). */
 uint64_t srv_request_budget(const srv_app *app);

@@ -133,13 +133,14 @@ def is_error(status, body, code, typ=None):
 
 
 def requests_hold(m):
-    """What requests hold in the ledger: the reservation less the server's own for its life."""
-    return m["luna_memory_reserved_bytes"] - m["luna_memory_reserved_fixed_bytes"]
+    """What requests hold in the ledger: the reservation less the server's own (the batch's
+    scratch, for its life, and the state cache, which gives way to requests)."""
+    return m["luna_memory_reserved_bytes"] - m["luna_memory_reserved_fixed_bytes"] - m["luna_state_cache_bytes"]
 
 
 def reserved_idle(m):
-    """Nothing is reserved but what the server holds for its life (the batch's scratch)."""
-    return m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"]
+    """Nothing is reserved but what the server holds itself (the batch's scratch, the state cache)."""
+    return requests_hold(m) == 0
 
 
 def run_threads(fn, n):
@@ -156,7 +157,7 @@ def wait_idle(s, seconds=60):
     end = time.monotonic() + seconds
     while True:
         m = s.metrics()
-        idle = m["luna_inflight_requests"] == 0 and m["luna_queue_depth"] == 0 and m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"]
+        idle = m["luna_inflight_requests"] == 0 and m["luna_queue_depth"] == 0 and reserved_idle(m)
         if idle or time.monotonic() > end:
             return m
         time.sleep(0.1)
@@ -487,7 +488,7 @@ def test_classify_raw_body_cut_short():
         st, _, b = s.json("POST", "/classify", b"Subject: hello\r\n\r\nbody text\n", headers={"Content-Type": "text/plain"})
         assert st == 200 and sorted(x["label"] for x in b) == ["ham", "spam"], b
         m = wait_idle(s)
-        assert m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"] and m["luna_inflight_requests"] == 0, m
+        assert reserved_idle(m) and m["luna_inflight_requests"] == 0, m
     finally:
         assert s.stop() == 0
 
@@ -556,7 +557,7 @@ def test_bodies_are_reserved():
             c.close()
         conns = []
         m = wait_idle(s, 20)
-        assert m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"], m
+        assert reserved_idle(m), m
         end = time.monotonic() + 10
         while vm_kb(s.proc.pid, "VmRSS") > rss0 * 1.1 + 1024 and time.monotonic() < end:
             time.sleep(0.1)
@@ -625,7 +626,7 @@ def test_budget_invariant_32_clients():
         m = s.metrics()
         assert 0 < m["luna_memory_reserved_peak_bytes"] <= budget, m["luna_memory_reserved_peak_bytes"]
         assert m["luna_memory_reserved_peak_bytes"] > budget / 2, "two jobs did run at once"
-        assert m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"] and m["luna_inflight_requests"] == 0
+        assert reserved_idle(m) and m["luna_inflight_requests"] == 0
     finally:
         assert s.stop() == 0
 
@@ -691,7 +692,7 @@ def test_100_disconnects():
             for t in ts:
                 t.join()
         m = wait_idle(s)
-        assert m["luna_inflight_requests"] == 0 and m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"], m
+        assert m["luna_inflight_requests"] == 0 and reserved_idle(m), m
         assert m.get('luna_requests_total{endpoint="classify",code="499"}', 0) == 100, m
         # 100 jobs of ~2 s each cannot have run: most were canceled
         t0 = time.monotonic()
@@ -1208,7 +1209,7 @@ def test_stream_pings_deadline_and_disconnects():
             c.close()
         run_threads(leave, 30)
         m = wait_idle(s, 120)
-        assert m["luna_inflight_requests"] == 0 and m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"] and m["luna_queue_depth"] == 0, m
+        assert m["luna_inflight_requests"] == 0 and reserved_idle(m) and m["luna_queue_depth"] == 0, m
         assert m.get('luna_requests_total{endpoint="generate",code="499"}', 0) >= 1, m
         st, _, b = s.json("POST", "/generate", {"inputs": "still", "parameters": {"max_new_tokens": 3}})
         assert st == 200, b
