@@ -171,10 +171,10 @@ typedef struct {
     size_t out_len;
     const char *finish;      /* "length", "eos_token", "stop_sequence" */
     uint64_t generated_tokens, prompt_tokens;
-    uint64_t cached_tokens;  /* of prompt_tokens, those the state cache had (bos included) */
     int has_seed;            /* the request sampled: seed is the one used */
     uint64_t seed;
     int byte_offset;         /* token id of byte 0, for the token lists */
+    uint64_t cached_tokens;  /* of prompt_tokens, those the state cache had (bos included) */
 } api_gen_result;
 
 /* The answer to a whole request, res[0 .. n_prompts): TGI's {"generated_text", "details"?,

@@ -212,35 +212,48 @@ static int fill(srv_cache *c, srv_cnode *n, const luna_gen_state *s, const float
 
 /* ---- the interface ------------------------------------------------------------------------- */
 
+/* The longest stored prefix with a state that a generation of the prompt may resume from, or
+ * NULL; under the lock. h: the candidates' hashes (longest_hashes). */
+static srv_cnode *longest(srv_cache *c, const uint8_t *prompt, size_t len, const uint64_t *h)
+{
+    size_t T = len + 1, n_aligned = T / c->chunk;
+    if (T < c->chunk) return NULL;
+    srv_cnode *hit = find(c, T, h[n_aligned], prompt, len);
+    if (hit && hit->state) return hit;
+    for (size_t k = n_aligned; k >= 1; k--) {
+        if (k * c->chunk == T) continue; /* the whole prompt: looked up above */
+        hit = find(c, k * c->chunk, h[k - 1], prompt, len);
+        if (hit && hit->state) return hit;
+    }
+    return NULL;
+}
+
+/* The candidates, longest first: the whole prompt, then each chunk boundary below it. Their
+ * hashes in one pass over the bytes (outside the lock): h[k - 1] is the prefix of k chunks',
+ * h[T / chunk] the whole prompt's. malloc'd; NULL when out of memory. */
+static uint64_t *longest_hashes(const srv_cache *c, const uint8_t *prompt, size_t len)
+{
+    size_t T = len + 1, n_aligned = T / c->chunk;
+    uint64_t *h = malloc((n_aligned + 1) * sizeof *h);
+    if (!h) return NULL;
+    uint64_t x = FNV_BASIS;
+    size_t done = 0;
+    for (size_t k = 1; k <= n_aligned; k++) {
+        size_t bytes = k * c->chunk - 1;
+        x = fnv(x, prompt + done, bytes - done);
+        done = bytes;
+        h[k - 1] = x;
+    }
+    h[n_aligned] = fnv(x, prompt + done, len - done);
+    return h;
+}
+
 srv_cnode *srv_cache_lookup(srv_cache *c, const uint8_t *prompt, size_t len, luna_gen_state *s, float *logits)
 {
     if (!c) return NULL;
-    /* the candidates, longest first: the whole prompt, then each chunk boundary below it; their
-     * hashes in one pass over the bytes, outside the lock */
-    size_t T = len + 1, n_aligned = T / c->chunk;
-    uint64_t *h = malloc((n_aligned + 1) * sizeof *h);
-    srv_cnode *hit = NULL;
-    if (h) {
-        uint64_t x = FNV_BASIS;
-        size_t done = 0;
-        for (size_t k = 1; k <= n_aligned; k++) {
-            size_t bytes = k * c->chunk - 1;
-            x = fnv(x, prompt + done, bytes - done);
-            done = bytes;
-            h[k - 1] = x;
-        }
-        h[n_aligned] = fnv(x, prompt + done, len - done);
-    }
+    uint64_t *h = longest_hashes(c, prompt, len);
     pthread_mutex_lock(&c->lock);
-    if (h && T >= c->chunk) {
-        hit = find(c, T, h[n_aligned], prompt, len);
-        if (hit && !hit->state) hit = NULL;
-        for (size_t k = n_aligned; !hit && k >= 1; k--) {
-            if (k * c->chunk == T) continue; /* the whole prompt: looked up above */
-            hit = find(c, k * c->chunk, h[k - 1], prompt, len);
-            if (hit && !hit->state) hit = NULL;
-        }
-    }
+    srv_cnode *hit = h ? longest(c, prompt, len, h) : NULL;
     if (hit && luna_gen_state_copy(s, hit->state) == 0) {
         memcpy(logits, hit->logits, c->V * sizeof(float));
         touch(c, hit);
@@ -254,6 +267,19 @@ srv_cnode *srv_cache_lookup(srv_cache *c, const uint8_t *prompt, size_t len, lun
     pthread_mutex_unlock(&c->lock);
     free(h);
     return hit;
+}
+
+uint64_t srv_cache_peek(srv_cache *c, const uint8_t *prompt, size_t len)
+{
+    if (!c) return 0;
+    uint64_t *h = longest_hashes(c, prompt, len);
+    if (!h) return 0;
+    pthread_mutex_lock(&c->lock);
+    srv_cnode *hit = longest(c, prompt, len, h);
+    uint64_t pos = hit ? hit->pos : 0;
+    pthread_mutex_unlock(&c->lock);
+    free(h);
+    return pos;
 }
 
 size_t srv_cache_next_stop(const srv_cache *c, uint64_t t, size_t len)

@@ -65,6 +65,10 @@ void srv_cache_free(srv_cache *c);
  * the hit (and the tokens it saves) or the miss. */
 srv_cnode *srv_cache_lookup(srv_cache *c, const uint8_t *prompt, size_t len, luna_gen_state *s, float *logits);
 
+/* The tokens of the prompt that a lookup would find now (0: none), without taking anything or
+ * counting a hit: for admission's estimate of the prefill still to run. */
+uint64_t srv_cache_peek(srv_cache *c, const uint8_t *prompt, size_t len);
+
 /* The position (in tokens, bos included) where a prefill now at token t should stop next to
  * store a state: the next multiple of the interval, the prompt's last chunk boundary or its
  * end (len + 1), whichever comes first. SIZE_MAX without a cache. */

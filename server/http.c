@@ -812,6 +812,9 @@ static enum MHD_Result start_generate(http_req *r)
      * take); against the client's X-Request-Timeout the deadline is too short: 504, the answer
      * the deadline would have given, without spending the cores first. */
     double rate = srv_prefill_rate(app);
+    if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout && app->cache)
+        for (size_t i = 0; i < r->greq.n_prompts; i++) /* what the state cache holds is not prefilled again */
+            prompt_tokens -= srv_cache_peek(app->cache, r->greq.prompts[i].data, r->greq.prompts[i].len);
     if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout) {
         double need = (double)prompt_tokens / rate;
         if (r->timeout_from_client) {

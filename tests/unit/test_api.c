@@ -244,7 +244,7 @@ Test(api, generate_renders_tgi_shapes)
     cr_assert_eq(gparse("{\"inputs\": \"Hi\", \"parameters\": {\"details\": true, \"return_full_text\": true, "
                         "\"return_raw_bytes\": true, \"seed\": 7}}", &q, &e), API_OK);
     const uint8_t out[] = {'!', 0xE2, 0x82}; /* '!' then an unfinished euro sign */
-    api_gen_result r = {out, 3, "length", 3, 3, 1, 7, 4};
+    api_gen_result r = {out, 3, "length", 3, 3, 1, 7, 4, 0};
     char *s = api_render_generate(&q, &r);
     cr_expect_str_eq(s, "{\"generated_text\":\"Hi!\xEF\xBF\xBD\",\"details\":{\"finish_reason\":\"length\","
                         "\"generated_tokens\":3,\"input_length\":3,\"seed\":7,\"prefill\":[],\"tokens\":["
@@ -324,7 +324,7 @@ Test(api, nul_bytes_render_as_u0000)
     const char body[] = "{\"inputs_base64\": \"YQBi\", \"parameters\": {\"details\": true, \"return_full_text\": true}}";
     cr_assert_eq(gparse(body, &q, &e), API_OK); /* the prompt is a, NUL, b */
     const uint8_t out[] = {'x', 0, '"', 1};
-    api_gen_result r = {out, 4, "length", 4, 4, 0, 0, 4};
+    api_gen_result r = {out, 4, "length", 4, 4, 0, 0, 4, 0};
     char *s = api_render_generate(&q, &r);
     cr_expect_str_eq(s, "{\"generated_text\":\"a\\u0000bx\\u0000\\\"\\u0001\",\"details\":{\"finish_reason\":\"length\","
                         "\"generated_tokens\":4,\"input_length\":4,\"seed\":null,\"prefill\":[],\"tokens\":["
@@ -356,7 +356,7 @@ Test(api, echo_of_a_prompt_cut_mid_character_streams_as_answered)
     cr_assert_eq(api_parse_completions(body, strlen(body), &lim, &q, &e), API_OK);
     api_generate_set_meta(&q, "m", "rid", 1);
     const uint8_t out[] = {0xAC, '!'}; /* with the prompt's E2 82: a euro sign */
-    api_gen_result r = {out, 2, "length", 2, 5, 0, 0, 4};
+    api_gen_result r = {out, 2, "length", 2, 5, 0, 0, 4, 0};
     char *s = api_render_generate(&q, &r);
     cr_expect(strstr(s, "\"text\":\"ab\xEF\xBF\xBD\xEF\xBF\xBD!\"") != NULL, "%s", s);
     free(s);
