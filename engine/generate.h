@@ -89,6 +89,7 @@ typedef struct luna_gen {
     size_t len, at;              /* prompt bytes, and how many are prefilled */
     int bos_done, prefilled, done, rc;
     int k;                       /* tokens sampled */
+    int32_t last;                /* the last token sampled, while the state has not seen it */
     luna_gen_params p;
     luna_emit_fn emit;
     void *user;
@@ -111,6 +112,13 @@ int luna_gen_begin(luna_gen *g, const luna_model *m, luna_gen_state *s, luna_sam
  * t > len + 1, or no logits at t = len + 1), ETASK, ENOMEM. */
 int luna_gen_resume(luna_gen *g, const luna_model *m, luna_gen_state *s, const float *logits, luna_sampler *smp,
                     const uint8_t *prompt, size_t len, const luna_gen_params *params, luna_emit_fn emit, void *user);
+/* Starts the generation from a state s that holds a context of its own (imported from another
+ * request: luna_gen_state_import), the prompt's bytes coming after it (no bos). `logits` is the
+ * distribution after the state's last token: required when len = 0, ignored otherwise. The
+ * sampler does not see the state's tokens (the repetition penalty counts the prompt and the
+ * output only). EINVAL (also a state with no tokens), ETASK, ENOMEM. */
+int luna_gen_continue(luna_gen *g, const luna_model *m, luna_gen_state *s, const float *logits, luna_sampler *smp,
+                      const uint8_t *prompt, size_t len, const luna_gen_params *params, luna_emit_fn emit, void *user);
 /* Whether prompt tokens (bos first) remain to prefill. */
 int luna_gen_prefilling(const luna_gen *g);
 /* Prefills about max_tokens more of them with c (of the state's kind): the slice ends on a
@@ -125,6 +133,12 @@ long luna_gen_prefill(luna_gen *g, luna_ctx *c, size_t max_tokens);
  * generation is over (max_new_tokens, eos, a stop sequence, max_positions, or an emit that
  * asked to stop), or a negative error. */
 int luna_gen_next(luna_gen *g, int32_t *token);
+/* Once a generation is over without error: the token it sampled last, which the state has not
+ * consumed (no generation steps its last token: nothing reads its logits), or -1 when there is
+ * none (max_new_tokens 0). A caller that keeps the state to continue from it steps this token
+ * first: the state then holds the prompt and every generated token (the text, then the eos or
+ * stop sequence that ended it). */
+int32_t luna_gen_last(const luna_gen *g);
 /* Marks the generation failed (a step's error, a cancel): luna_gen_end returns rc. */
 void luna_gen_fail(luna_gen *g, int rc);
 /* Emits what is held back (unless it failed), fills *result, frees what begin allocated.

@@ -578,3 +578,86 @@ Test(generate, resumed_from_a_prefix_state_gives_the_same_bytes)
     free(logits);
     lm_close(&x);
 }
+
+/* Portable states (issue 26): a generation's state, its last token stepped, holds the prompt
+ * and every generated token; exported and imported, a continuation from it gives the bytes of
+ * the same continuation from the original state, and its logits are within float noise of a
+ * prefill of that whole context from scratch. */
+Test(generate, continued_from_an_exported_state)
+{
+    lm x = lm_open("lm_defaults", LUNA_ATTN_LUNA);
+    const luna_config *cfg = luna_model_config(x.m);
+    size_t V = (size_t)cfg->vocab_size;
+    const char *prompt = "Elinor and Marianne walked to the village";
+    luna_sampling sp = {0.9f, 0, 1.0f, 1.1f, 3};
+    luna_gen_params p = {.max_new_tokens = 12};
+    luna_gen_state *s, *s2;
+    luna_sampler *smp;
+    luna_gen g;
+    sink out = {0};
+    cr_assert_eq(luna_gen_state_new(x.m, &s), 0);
+    cr_assert_eq(luna_gen_state_new(x.m, &s2), 0);
+    cr_assert_eq(luna_sampler_new((int)V, &sp, &smp), 0);
+    cr_assert_eq(luna_gen_begin(&g, x.m, s, smp, (const uint8_t *)prompt, strlen(prompt), &p, sink_emit, &out), 0);
+    while (luna_gen_prefilling(&g)) cr_assert_gt(luna_gen_prefill(&g, x.c, 64), 0);
+    int32_t tok, ctx_tokens[256];
+    size_t n = 0;
+    ctx_tokens[n++] = cfg->bos_id;
+    for (const char *c = prompt; *c; c++) ctx_tokens[n++] = cfg->byte_offset + (uint8_t)*c;
+    while (luna_gen_next(&g, &tok) == 1) {
+        ctx_tokens[n++] = tok;
+        cr_assert_eq(luna_step(x.c, s, tok, g.logits), 0);
+    }
+    int32_t last = luna_gen_last(&g);
+    cr_assert_geq(last, 0, "a generation of 12 tokens ends with one the state has not seen");
+    luna_gen_result r;
+    cr_assert_eq(luna_gen_end(&g, &r), 0);
+    luna_sampler_free(smp);
+    float *logits = malloc(V * sizeof(float)), *want = malloc(V * sizeof(float)), *got = malloc(V * sizeof(float));
+    cr_assert_eq(luna_step(x.c, s, last, logits), 0);
+    ctx_tokens[n++] = last;
+    cr_assert_eq(luna_gen_state_tokens(s), n, "bos, the prompt and every generated token");
+    /* the whole context prefilled from scratch: the same distribution, to float noise */
+    luna_gen_state *fresh;
+    cr_assert_eq(luna_gen_state_new(x.m, &fresh), 0);
+    cr_assert_eq(luna_prefill(x.c, fresh, ctx_tokens, n, want, 0), 0);
+    for (size_t i = 0; i < V; i++) cr_assert_float_eq(logits[i], want[i], 1e-3, "logit %zu", i);
+    /* export, import, continue both */
+    size_t cap = luna_gen_state_export_bytes(x.m, 1), len;
+    uint8_t *buf = malloc(cap);
+    cr_assert_eq(luna_gen_state_export(s, logits, buf, cap, &len), 0);
+    int has = 0;
+    cr_assert_eq(luna_gen_state_import(s2, buf, len, got, &has, NULL), 0);
+    cr_assert(has && !memcmp(got, logits, V * sizeof(float)));
+    const char *more = " and then";
+    sink a = {0}, b = {0};
+    luna_gen_result ra, rb;
+    luna_gen_state *from[2] = {s, s2};
+    sink *outs[2] = {&a, &b};
+    luna_gen_result *rs[2] = {&ra, &rb};
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(luna_sampler_new((int)V, &sp, &smp), 0);
+        cr_assert_eq(luna_gen_continue(&g, x.m, from[k], NULL, smp, (const uint8_t *)more, strlen(more), &p, sink_emit,
+                                       outs[k]), 0);
+        while (luna_gen_prefilling(&g)) cr_assert_gt(luna_gen_prefill(&g, x.c, 64), 0);
+        while (luna_gen_next(&g, &tok) == 1) cr_assert_eq(luna_step(x.c, from[k], tok, g.logits), 0);
+        cr_assert_eq(luna_gen_end(&g, rs[k]), 0);
+        luna_sampler_free(smp);
+    }
+    cr_assert(a.len == b.len && a.len > 0 && !memcmp(a.buf, b.buf, a.len), "the imported state continues as the original");
+    cr_assert_eq(ra.prompt_tokens, n + strlen(more), "the context: the state's tokens and the prompt");
+    /* no prompt: the state's logits are the first token's; without them, EINVAL */
+    cr_assert_eq(luna_sampler_new((int)V, &sp, &smp), 0);
+    cr_assert_eq(luna_gen_continue(&g, x.m, s2, NULL, smp, NULL, 0, &p, NULL, NULL), LUNA_EINVAL);
+    cr_assert_eq(luna_gen_state_import(s2, buf, len, got, &has, NULL), 0);
+    cr_assert_eq(luna_gen_continue(&g, x.m, s2, got, smp, NULL, 0, &p, NULL, NULL), 0);
+    cr_assert(!luna_gen_prefilling(&g));
+    cr_assert_eq(luna_gen_end(&g, NULL), 0);
+    luna_gen_state_reset(s2);
+    cr_assert_eq(luna_gen_continue(&g, x.m, s2, got, smp, (const uint8_t *)"a", 1, &p, NULL, NULL), LUNA_EINVAL,
+                 "a state with no tokens is not a context");
+    luna_sampler_free(smp);
+    free(logits), free(want), free(got), free(buf), free(out.buf), free(a.buf), free(b.buf);
+    luna_gen_state_free(s), luna_gen_state_free(s2), luna_gen_state_free(fresh);
+    lm_close(&x);
+}
