@@ -134,6 +134,9 @@ typedef struct {
     int return_full_text;    /* prepend the prompt to the text (TGI return_full_text, OpenAI echo) */
     int raw_bytes;           /* TGI: also the raw output bytes, base64 ("return_raw_bytes") */
     int include_usage;       /* OpenAI stream_options.include_usage: a usage chunk at the end */
+    int return_state;        /* answer with each prompt's state after its generation */
+    const uint8_t *state;    /* a state to continue from (its export, decoded), or NULL */
+    size_t state_len;
     char model[128];         /* OpenAI answers: the model's id (api_generate_set_meta) */
     char id[96];             /* OpenAI answers: "cmpl-<request id>" or "chatcmpl-<request id>" */
     long long created;       /* OpenAI answers: unix seconds */
@@ -175,6 +178,10 @@ typedef struct {
     uint64_t seed;
     int byte_offset;         /* token id of byte 0, for the token lists */
     uint64_t cached_tokens;  /* of prompt_tokens, those the state cache had (bos included) */
+    const uint8_t *state;    /* return_state: the state's export (luna_gen_state_export), or NULL */
+    size_t state_len;
+    uint64_t state_tokens;   /* the tokens of its context */
+    const char *state_model_id; /* the model's id, hex */
 } api_gen_result;
 
 /* The answer to a whole request, res[0 .. n_prompts): TGI's {"generated_text", "details"?,

@@ -12,6 +12,7 @@ typedef struct {
     cJSON *tree;
     uint8_t *bytes;  /* decoded base64 or a rendered chat prompt */
     api_doc docs[API_MAX_PROMPTS];
+    uint8_t *state;  /* the decoded "state" */
 } api__gen_storage;
 
 /* Sets up req with the defaults every format shares and its storage; API_OK or ENGINE_MEMORY. */
@@ -43,6 +44,12 @@ int api__add_text(cJSON *o, const char *name, const uint8_t *a, size_t na, const
 int api__add_string(cJSON *o, const char *name, const char *s, size_t n);
 char *api__print(cJSON *root); /* unformatted, and frees root */
 char *api__sse(char *json);    /* "data: " json "\n\n"; frees json; NULL in, NULL out */
+
+/* api/state.c: "state" (in root) and "return_state" (in flags, may be NULL) parsed into req
+ * (after its prompts: a state continues exactly one); a result's "state" object added to o
+ * (nothing without one; -1 on ENOMEM). */
+api_err api__parse_state(const cJSON *root, const cJSON *flags, api_generate_req *req, api_error *err);
+int api__add_state(cJSON *o, const api_gen_result *res);
 
 /* api/openai.c: the OpenAI renderers behind api_render_generate and the stream ones. */
 char *api__render_openai(const api_generate_req *req, const api_gen_result *res);

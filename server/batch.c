@@ -74,12 +74,64 @@ static long prefill_slice(srv_app *app, luna_ctx *ctx, srv_job *job, size_t c, l
                           size_t max_tokens)
 {
     const api_doc *pr = &job->generate->prompts[c];
+    srv_cache *cache = job->cont ? NULL : app->cache; /* a continued prompt is not its context */
     uint64_t t = luna_gen_state_tokens(g->state);
-    size_t stop = srv_cache_next_stop(app->cache, t, pr->len);
+    size_t stop = srv_cache_next_stop(cache, t, pr->len);
     if (stop - t < max_tokens) max_tokens = stop - t;
     long n = luna_gen_prefill(g, ctx, max_tokens);
-    if (n > 0) srv_cache_put(app->cache, pin, pr->data, pr->len, g->state, g->logits);
+    if (n > 0) srv_cache_put(cache, pin, pr->data, pr->len, g->state, g->logits);
     return n;
+}
+
+/* Starts prompt c's generation on the fresh state st: from nothing, or after the request's
+ * imported state. */
+static int gen_start(srv_app *app, srv_job *job, size_t c, luna_gen *g, luna_gen_state *st, luna_sampler *smp,
+                     api_seq *ev)
+{
+    const api_doc *pr = &job->generate->prompts[c];
+    luna_sampling sp;
+    luna_gen_params gp;
+    gen_params(job, &sp, &gp);
+    if (!job->cont) return luna_gen_begin(g, app->generator, st, smp, pr->data, pr->len, &gp, on_bytes, ev);
+    int rc = luna_gen_state_copy(st, job->cont);
+    if (!rc)
+        rc = luna_gen_continue(g, app->generator, st, job->cont_has_logits ? job->cont_logits : NULL, smp, pr->data,
+                               pr->len, &gp, on_bytes, ev);
+    return rc;
+}
+
+/* return_state: the state of prompt c's generation, once it holds every token (the caller
+ * stepped the last), exported with the next token's logits into its result. A state at
+ * max_positions could not take the last token: it goes without it, and without logits. */
+static int state_out(srv_app *app, srv_job *job, size_t c, const luna_gen *g, int complete)
+{
+    size_t cap = luna_gen_state_export_bytes(app->generator, 1), len = 0;
+    uint8_t *buf = malloc(cap);
+    int rc = buf ? luna_gen_state_export(g->state, complete ? g->logits : NULL, buf, cap, &len) : LUNA_ENOMEM;
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    api_gen_result *res = &job->gres[c];
+    res->state = buf;
+    res->state_len = len;
+    res->state_tokens = luna_gen_state_tokens(g->state);
+    res->state_model_id = job->model_id;
+    return 0;
+}
+
+/* Whether the generation's last token still has to be stepped before its state is exported;
+ * if not, the export happens now (a failure fails g). */
+static int state_wants_last(srv_app *app, srv_job *job, size_t c, luna_gen *g)
+{
+    if (!job->generate->return_state || g->rc) return 0;
+    const luna_config *cfg = luna_model_config(app->generator);
+    int32_t last = luna_gen_last(g);
+    int room = cfg->max_positions <= 0 || luna_gen_state_tokens(g->state) < (uint64_t)cfg->max_positions;
+    if (last >= 0 && room) return 1;
+    int rc = state_out(app, job, c, g, last < 0);
+    if (rc) luna_gen_fail(g, rc);
+    return 0;
 }
 
 /* Prompt c's result record and event sequencer. */
@@ -169,14 +221,18 @@ int srv_gen_run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job
         luna_gen g;
         srv_cnode *pin = NULL;
         uint64_t reused = 0;
-        rc = luna_gen_begin(&g, app->generator, state, smp, q->prompts[c].data, q->prompts[c].len, &gp, on_bytes, &ev);
+        rc = gen_start(app, job, c, &g, state, smp, &ev);
         if (!rc) {
-            cache_resume(app, job, c, &g, smp, &ev, &pin);
-            reused = luna_gen_state_tokens(state);
+            if (!job->cont) cache_resume(app, job, c, &g, smp, &ev, &pin);
+            reused = job->cont ? 0 : luna_gen_state_tokens(state);
             while (luna_gen_prefilling(&g)) prefill_slice(app, ctx, job, c, &g, &pin, LUNA_GEN_PREFILL_PIECE);
             int32_t tok;
             while ((rc = luna_gen_next(&g, &tok)) == 1)
                 if ((rc = luna_step(ctx, state, tok, g.logits)) != 0) luna_gen_fail(&g, rc);
+            if (state_wants_last(app, job, c, &g)) {
+                if ((rc = luna_step(ctx, state, luna_gen_last(&g), g.logits)) == 0) rc = state_out(app, job, c, &g, 1);
+                if (rc) luna_gen_fail(&g, rc);
+            }
             rc = luna_gen_end(&g, &r);
         } else {
             memset(&r, 0, sizeof r);
@@ -274,7 +330,6 @@ static void pf_push(srv_batch *b, srv_seq *s)
 static void seq_start(srv_app *app, srv_job *job)
 {
     const luna_config *cfg = luna_model_config(app->generator);
-    const api_generate_req *q = job->generate;
     size_t c = job->next_choice++;
     luna_sampling sp;
     luna_gen_params gp;
@@ -287,8 +342,8 @@ static void seq_start(srv_app *app, srv_job *job)
         s->job = job;
         s->choice = c;
         choice_begin(app, job, c, &s->ev);
-        rc = luna_gen_begin(&s->g, app->generator, s->state, s->smp, q->prompts[c].data, q->prompts[c].len, &gp,
-                            on_bytes, &s->ev);
+        rc = gen_start(app, job, c, &s->g, s->state, s->smp, &s->ev);
+        s->looked_up = job->cont != NULL; /* a continued prompt is not looked up in the cache */
     }
     if (rc) {
         if (s) {
@@ -520,6 +575,7 @@ void srv_batch_run_prefill(srv_app *app, luna_ctx *ctx, srv_seq *s, int lanes)
         job->gres[s->choice].cached_tokens = luna_gen_state_tokens(s->state);
         if (!luna_gen_prefilling(&s->g)) { /* the whole prompt was there, or the resume failed */
             luna_ctx_set_cancel(ctx, NULL);
+            if (s->g.done) state_wants_last(app, job, s->choice, &s->g); /* max_new_tokens 0: no last token */
             s->phase = s->g.done ? SEQ_DONE : SEQ_DECODE;
             return;
         }
@@ -534,7 +590,9 @@ void srv_batch_run_prefill(srv_app *app, luna_ctx *ctx, srv_seq *s, int lanes)
     }
     srv_metrics_batch_prefill(&app->metrics, n);
     srv_prefill_observe(app, (uint64_t)n, dt * in_use); /* the rate of one lane */
-    if (!luna_gen_prefilling(&s->g)) s->phase = SEQ_DECODE;
+    if (luna_gen_prefilling(&s->g)) return;
+    if (s->g.done) state_wants_last(app, job, s->choice, &s->g); /* max_new_tokens 0: no last token */
+    s->phase = s->g.done ? SEQ_DONE : SEQ_DECODE;
 }
 
 void srv_batch_run_step(srv_app *app)
@@ -551,7 +609,9 @@ void srv_batch_run_step(srv_app *app)
         int32_t tok;
         if (luna_gen_next(&s->g, &tok) != 1) { /* finished, or failed: luna_gen_end says which */
             s->phase = SEQ_DONE;
-            continue;
+            if (!state_wants_last(app, s->job, s->choice, &s->g)) continue;
+            tok = luna_gen_last(&s->g); /* return_state: this step gives the state its last token */
+            s->final = 1;
         }
         b->states[B] = s->state;
         b->tokens[B] = tok;
@@ -568,5 +628,7 @@ void srv_batch_run_step(srv_app *app)
         } else {
             memcpy(s->g.logits, b->logits + i * V, V * sizeof(float));
         }
+        if (s->final && !rc && (rc = state_out(app, s->job, s->choice, &s->g, 1)) != 0) luna_gen_fail(&s->g, rc);
+        s->final = 0;
     }
 }

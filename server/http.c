@@ -144,7 +144,10 @@ static void free_req(http_req *r)
     atomic_fetch_sub(&r->app->http->bodies, r->held);
     if (r->early) MHD_destroy_response(r->early);
     api_classify_free(&r->creq);
+    for (size_t i = 0; r->job.gres && i < r->greq.n_prompts; i++) free((void *)r->job.gres[i].state);
     api_generate_free(&r->greq);
+    luna_gen_state_free(r->job.cont);
+    free(r->job.cont_logits);
     free(r->job.scores);
     free(r->job.out);
     free(r->job.gres);
@@ -777,6 +780,30 @@ static enum MHD_Result submit(http_req *r)
     return MHD_YES;
 }
 
+/* The request's "state": imported into the job (checked whole first: a state that is not one
+ * of this model's, or is damaged in any way, is a 422 naming the fault). */
+static api_err import_state(http_req *r)
+{
+    srv_app *app = r->app;
+    size_t V = (size_t)luna_model_config(app->generator)->vocab_size;
+    srv_job *job = &r->job;
+    if (luna_gen_state_new(app->generator, &job->cont) || !(job->cont_logits = malloc(V * sizeof(float))))
+        return api_fail(&r->err, API_E_ENGINE_MEMORY, "%s", "out of memory importing the state");
+    const char *why = NULL;
+    if (luna_gen_state_import(job->cont, r->greq.state, r->greq.state_len, job->cont_logits, &job->cont_has_logits,
+                              &why)) {
+        api_fail(&r->err, API_E_VALIDATION, "\"state\" cannot be continued: %s", why ? why : "not a state");
+        r->err.param = "state";
+        return r->err.kind;
+    }
+    if (!job->cont_has_logits && r->greq.prompts[0].len == 0) {
+        api_fail(&r->err, API_E_VALIDATION, "%s", "this state has no logits: send input to continue it with");
+        r->err.param = "state";
+        return r->err.kind;
+    }
+    return API_OK;
+}
+
 /* The body is complete: parse, admit, queue, suspend. */
 static enum MHD_Result start_generate(http_req *r)
 {
@@ -794,9 +821,11 @@ static enum MHD_Result start_generate(http_req *r)
     r->body = NULL;
     r->greq.stream |= r->stream_route;
     api_generate_set_meta(&r->greq, model, r->request_id, (long long)time(NULL));
+    if (r->greq.state && import_state(r) != API_OK) return respond_error(r, NULL);
     uint64_t prompt_tokens = 0;
     for (size_t i = 0; i < r->greq.n_prompts; i++) {
-        uint64_t tokens = (uint64_t)r->greq.prompts[i].len + 1; /* bos */
+        /* bos, or the imported state's context */
+        uint64_t tokens = (uint64_t)r->greq.prompts[i].len + (r->job.cont ? luna_gen_state_tokens(r->job.cont) : 1);
         if (cfg->max_positions > 0 && tokens > (uint64_t)cfg->max_positions) {
             api_fail(&r->err, API_E_INPUT_TOO_LONG, "the prompt is %llu tokens; the model accepts %d",
                      (unsigned long long)tokens, cfg->max_positions);
@@ -840,6 +869,7 @@ static enum MHD_Result start_generate(http_req *r)
     if (!job->out || !job->gres) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
     job->kind = JOB_GENERATE;
     job->generate = &r->greq;
+    luna_model_id_hex(app->generator, job->model_id);
     job->reserve = reserve;
     if (r->greq.stream) {
         r->stream.limit = srv_stream_limit(r->greq.n_prompts, (size_t)r->greq.max_new_tokens);

@@ -148,9 +148,14 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
     uint64_t rows = app->batch && prompts > (uint64_t)app->cfg.max_batch ? (uint64_t)app->cfg.max_batch
                     : app->batch                                         ? prompts
                                                                          : 1;
-    return rows * ((uint64_t)luna_gen_state_bytes(app->generator) + V * 17) +
+    /* portable states: an imported one (state and logits), and per prompt a returned one's
+     * export, its base64 and the JSON that carries it (3x) */
+    uint64_t sb = (uint64_t)luna_gen_state_bytes(app->generator);
+    uint64_t in_state = req->state ? sb + V * 4 : 0;
+    uint64_t out_state = req->return_state ? 3 * (uint64_t)luna_gen_state_export_bytes(app->generator, 1) : 0;
+    return rows * (sb + V * 17) + in_state +
            (app->batch ? 0 : (uint64_t)luna_ctx_bytes(app->generator, NULL)) +
-           prompts * (n * 4 + (req->stream ? srv_stream_limit(1, (size_t)n) : 0));
+           prompts * (n * 4 + out_state + (req->stream ? srv_stream_limit(1, (size_t)n) : 0));
 }
 
 uint64_t srv_min_reservation(const srv_app *app)

@@ -79,6 +79,10 @@ struct srv_job {
     int failed;                       /* an event could not be delivered */
     int first_token;                  /* its first token has been counted (TTFT) */
     uint64_t seed;                    /* the sampling seed, one for all its prompts */
+    luna_gen_state *cont;             /* the request's "state", imported: its prompt continues it */
+    float *cont_logits;               /* (vocab) the state's logits, when cont_has_logits */
+    int cont_has_logits;
+    char model_id[2 * LUNA_MODEL_ID_BYTES + 1]; /* the generator's, for returned states */
     srv_job *bnext;                   /* the batch's list of its jobs */
 };
 

@@ -7,15 +7,19 @@ their new messages, an edited earlier message that falls back to what still matc
 cache's bytes in the memory ledger, given back when a request needs them.
 
 Run: LUNA_BIN_DIR=build/bin /usr/bin/python3 tests/integration/test_state_cache.py [TEST...]"""
+import base64
+import hashlib
+import json
 import os
 import random
+import struct
 import sys
 import threading
 import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_server import LM, Server, reserved_idle, wait_idle  # noqa: E402
+from test_server import LM, LM_MAXPOS, Server, is_error, open_stream, reserved_idle, sse_events, wait_idle  # noqa: E402
 
 CHUNK = 256  # the workers' prefill chunk (server.h SRV_PREFILL_CHUNK): stored states sit on its multiples
 
@@ -209,9 +213,89 @@ def test_cache_gives_way_to_requests():
         assert s.stop() == 0
 
 
+def reseal(raw):
+    """A state's bytes with the SHA-256 at its end made right again (whoever can edit a state
+    can do this: the checks after the checksum must still refuse what it holds)."""
+    return raw[:-32] + hashlib.sha256(raw[:-32]).digest()
+
+
+def test_portable_states():
+    # A request may ask for its state back ("return_state"): base64 of the export with the
+    # model's id, the tokens of its context (bos, the prompt, every generated token) and the
+    # checksum. A later request passes it ("state") to continue from it, on this replica or
+    # another one of the same model, with the same bytes on both; TGI, OpenAI (completions,
+    # chat, streams) alike. A state that is damaged, truncated, of another model, or holds
+    # non-finite values is a 422 naming the fault, and the server goes on serving.
+    a = Server(model="", gen=LM)
+    b = Server("--max-batch", "1", model="", gen=LM)
+    other = Server(model="", gen=LM_MAXPOS)
+    try:
+        st, _, r = a.json("POST", "/generate", {"inputs": "Elinor said", "parameters": {
+            "max_new_tokens": 20, "details": True, "return_state": True}})
+        assert st == 200, r
+        state = r["state"]
+        assert set(state) == {"data", "model_id", "tokens", "sha256"}, state
+        raw = base64.b64decode(state["data"])
+        assert raw[:8] == b"LUNASTAT" and raw[16:48].hex() == state["model_id"] and raw[-32:].hex() == state["sha256"]
+        assert state["tokens"] == 1 + len("Elinor said") + r["details"]["generated_tokens"], (state, r["details"])
+        assert struct.unpack("<Q", raw[48:56])[0] == state["tokens"]
+        # continued on both replicas (batched and alone): the same bytes
+        cont = {"inputs": " and then", "state": state["data"], "parameters": {
+            "max_new_tokens": 15, "do_sample": True, "seed": 4, "details": True, "return_state": True}}
+        ra, rb = a.json("POST", "/generate", cont)[2], b.json("POST", "/generate", cont)[2]
+        assert ra["generated_text"] == rb["generated_text"] and ra["state"] == rb["state"], (ra, rb)
+        assert ra["state"]["tokens"] == state["tokens"] + len(" and then") + ra["details"]["generated_tokens"]
+        assert ra["details"]["input_length"] == state["tokens"] + len(" and then"), ra["details"]
+        # the whole object is accepted too, and an empty prompt continues from the state's logits
+        st, _, r2 = a.json("POST", "/generate", {"inputs": "", "state": state, "parameters": {"max_new_tokens": 5}})
+        assert st == 200, r2
+        # OpenAI shapes: each choice carries its state; a streamed answer's last event/chunk too
+        st, _, c = a.json("POST", "/v1/completions", {"prompt": ["Marianne", "Edward"], "max_tokens": 5, "return_state": True})
+        assert st == 200 and all(ch["state"]["tokens"] > 1 for ch in c["choices"]), c
+        st, _, c = a.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "Go on."}],
+                                                            "max_tokens": 5, "state": state["data"], "return_state": True})
+        assert st == 200 and c["choices"][0]["state"]["tokens"] > state["tokens"], c
+        conn, resp = open_stream(a.port, "/generate_stream", {"inputs": "Hi", "parameters": {"max_new_tokens": 4, "return_state": True}})
+        evs = sse_events(resp.read())
+        conn.close()
+        assert evs[-1]["state"]["tokens"] == 1 + 2 + evs[-1]["details"]["generated_tokens"], evs[-1]
+        assert all("state" not in e for e in evs[:-1])
+        conn, resp = open_stream(a.port, "/v1/completions", {"prompt": "Hi", "max_tokens": 4, "stream": True, "return_state": True})
+        chunks = [json.loads(l[6:]) for l in resp.read().decode().split("\n") if l.startswith("data: {")]
+        conn.close()
+        assert [ch["choices"][0].get("state") is not None for ch in chunks if ch["choices"]][-1], chunks
+        # what is refused: 422 with the reason, the server unharmed
+        other_state = other.json("POST", "/generate", {"inputs": "x", "parameters": {"max_new_tokens": 1, "return_state": True}})[2]["state"]
+        nan = bytearray(raw)
+        nan[72:80] = struct.pack("<d", float("nan"))
+        flipped = bytearray(raw)
+        flipped[100] ^= 1
+        bad = [(raw[:-8], "truncated"), (raw + b"\0", "oversized"), (bytes(flipped), "checksum"),
+               (base64.b64decode(other_state["data"]), "another model"), (reseal(bytes(nan)), "non-finite"),
+               (b"hello world, not a state", "")]
+        for blob, why in bad:
+            st, _, e = a.json("POST", "/generate", {"inputs": "x", "state": base64.b64encode(blob).decode()})
+            is_error(st, e, 422, "validation_error")
+            assert why in e["error"]["message"] and "state" in e["error"]["message"], (why, e)
+        for body in ({"inputs": "x", "state": "%%% not base64"}, {"inputs": "x", "state": 7},
+                     {"inputs": "x", "state": {"tokens": 3}}):
+            st, _, e = a.json("POST", "/generate", body, off_spec=True)
+            is_error(st, e, 422)
+        st, _, e = a.json("POST", "/v1/completions", {"prompt": ["a", "b"], "state": state["data"]})
+        is_error(st, e, 422)
+        st, _, e = a.json("POST", "/generate", {"inputs": "x", "parameters": {"return_state": "yes"}}, off_spec=True)
+        is_error(st, e, 422)
+        assert a.json("POST", "/generate", {"inputs": "still serving", "parameters": {"max_new_tokens": 2}})[0] == 200
+        for s in (a, b):
+            assert reserved_idle(wait_idle(s))
+    finally:
+        for s in (a, b, other):
+            assert s.stop() == 0
+
+
 def main():
     tests = [test_same_bytes_with_and_without_the_cache, test_chat_turns_prefill_only_their_new_messages,
-             test_cache_gives_way_to_requests]
+             test_cache_gives_way_to_requests, test_portable_states]
     only = sys.argv[1:]
     passed = failed = 0
     for fn in tests:
