@@ -181,6 +181,16 @@ static void fuzz_generate(const char *body, size_t len, int which)
         res[i].has_seed = req.do_sample;
         res[i].seed = req.seed;
         res[i].byte_offset = 4;
+        if (req.return_state) { /* a returned state: bytes of the body again (it is not checked here) */
+            res[i].state = (const uint8_t *)body;
+            res[i].state_len = len;
+            res[i].state_tokens = n + 1;
+            res[i].state_model_id = "00ff";
+        }
+    }
+    if (req.state) {
+        FUZZ_CHECK(req.n_prompts == 1, "a state with %zu prompts", req.n_prompts);
+        fuzz_touch(req.state, req.state_len);
     }
     char *s = api_render_generate(&req, res);
     cJSON *j = fuzz_json_doc(s, "the generate answer");
