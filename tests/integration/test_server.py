@@ -1170,9 +1170,10 @@ def slow_prompt(n):
 
 
 def test_stream_pings_deadline_and_disconnects():
-    # (--prefill-admission 0: the deadlines below must pass mid-prefill, not refuse the prompts)
+    # (--prefill-admission 0: the deadlines below must pass mid-prefill, not refuse the prompts;
+    # --state-cache-bytes 0: each of the same prompts is prefilled whole, not resumed)
     s = Server("--workers", "2", "--sse-ping-interval", "0.2", "--max-queue", "100", "--prefill-admission", "0",
-               model="", gen=SLOW_LM)
+               "--state-cache-bytes", "0", model="", gen=SLOW_LM)
     try:
         # a long prefill sends keep-alive comments before the first token: a stream of 5 ping
         # intervals at least (40000 bytes take several seconds here; a faster machine doubles them)
@@ -1243,7 +1244,8 @@ def test_openai_completions(s):
     assert st == 200 and b["object"] == "text_completion" and b["id"].startswith("cmpl-"), b
     c = b["choices"][0]
     assert c["index"] == 0 and c["finish_reason"] == "length" and c["text"], b
-    assert b["usage"] == {"prompt_tokens": 4, "completion_tokens": 30, "total_tokens": 34}, b
+    assert b["usage"] == {"prompt_tokens": 4, "completion_tokens": 30, "total_tokens": 34,
+                          "prompt_tokens_details": {"cached_tokens": 0}}, b
     # the same bytes as TGI's route with the same sampling
     st, _, t = s.json("POST", "/generate", {"inputs": "Once", "parameters": {"max_new_tokens": 30, "seed": 3, "temperature": 0.8}})
     assert t["generated_text"] == c["text"], (t, c)
@@ -1380,8 +1382,10 @@ def test_connection_timeout_and_per_ip_limit():
     # The stream below must send nothing during its prefill: keep-alive comments are written
     # every --sse-ping-interval (default 10 s), and a slow machine's prefill takes longer than
     # that (issue 23), so the interval is set past any prefill here.
+    # (--state-cache-bytes 0: long_enough's longer prompts begin like its shorter ones, and must
+    # be prefilled whole to take longer)
     s = Server("--workers", "1", "--connection-timeout", "1", "--max-connections-per-ip", "4",
-               "--sse-ping-interval", "3600", model=SLOW, gen=SLOW_LM)
+               "--sse-ping-interval", "3600", "--state-cache-bytes", "0", model=SLOW, gen=SLOW_LM)
     try:
         # a classification that runs for longer than the timeout, and one that waits behind it
         long_enough(lambda n: classify_pair(s, n), 30000, 2)
@@ -1508,7 +1512,8 @@ def test_stream_errors_logged_and_counted():
     """A stream that ends in an error event is logged and counted with that error's status (it
     was 200, the status its head carried), and a stream's run_time is never 0 (the line used to
     be written before the worker recorded its end)."""
-    s = Server("--workers", "1", "--max-queue", "100", "--prefill-admission", "0", model="", gen=SLOW_LM)
+    s = Server("--workers", "1", "--max-queue", "100", "--prefill-admission", "0", "--state-cache-bytes", "0",
+               model="", gen=SLOW_LM)  # (no cache: the second long prompt must be prefilled whole too)
     try:
         for i in range(8):
             rid = "stream-ok-%d" % i
