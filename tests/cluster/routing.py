@@ -33,7 +33,8 @@ stays on one replica and the hit rate is >= 90%, above round robin's. Prints a t
 "N passed, N failed"; exit 1 on a failure. Bounded: about 10 s here with the tiny model.
 
 Env: LUNA_BIN_DIR (build/bin), ROUTING_MODEL (tests/golden/lm_defaults, a tiny LM: the hit rate
-does not depend on the model; models/austen-lm gives real prefill times, about 3 minutes here),
+does not depend on the model; with models/austen-lm a first prefill of 50 KB takes ~10 s per
+replica core, several minutes in all, and past the replicas' 60 s deadline on a busy machine),
 ROUTING_DOCS (12), ROUTING_QUESTIONS (16), ROUTING_CLIENTS (4).
 """
 import http.client
