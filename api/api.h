@@ -40,6 +40,16 @@ typedef enum {
 #undef API_XX_ENUM
 } api_err;
 
+/* A JSON body's parse tree: at most API_MAX_JSON_VALUES values (a classification list of 1024
+ * documents, a chat of thousands of messages), each at most API_JSON_VALUE_BYTES of memory (a
+ * cJSON node, its key and the allocator's overhead; the strings' bytes come on top, as many as
+ * the body's). api_json_values gives an upper bound of a body's values without parsing it (one
+ * pass over the bytes), so the server can reserve the tree before building it; the parsers
+ * refuse a body with more (413 payload_too_large). */
+#define API_MAX_JSON_VALUES 65536
+#define API_JSON_VALUE_BYTES 160
+size_t api_json_values(const char *body, size_t len);
+
 int api_err_status(api_err e);
 const char *api_err_type(api_err e);
 

@@ -78,6 +78,7 @@ typedef struct {
     double done_dt;
     double timeout;
     int timeout_from_client; /* X-Request-Timeout set it */
+    size_t parse_body;       /* held for the parse: the body's bytes, given back once it is freed */
     int stream_route;    /* /generate_stream */
     const char *url;     /* the request's path (MHD's, valid while the request lives) */
     api_classify_req creq;
@@ -120,6 +121,51 @@ static int hold(http_req *r, uint64_t bytes)
     }
     r->held += bytes;
     return 0;
+}
+
+static void unhold(http_req *r, uint64_t bytes)
+{
+    if (bytes > r->held) bytes = r->held;
+    srv_release(r->app, bytes);
+    atomic_fetch_sub(&r->app->http->bodies, bytes);
+    r->held -= bytes;
+}
+
+/* A JSON body's parse tree is held before it is built: its values (an upper bound, each a node
+ * with its key) and its strings' bytes (the body's at most), which the body, freed once
+ * parsed, gives back (parsed()). A tree that cannot be held now is a 503, one that never can a
+ * 413; a body of more values than the parsers take is theirs to refuse. */
+static int hold_parse(http_req *r)
+{
+    size_t values = api_json_values(r->body ? r->body : "", r->body_len);
+    if (values > API_MAX_JSON_VALUES) return 0;
+    srv_app *app = r->app;
+    uint64_t need = (uint64_t)values * API_JSON_VALUE_BYTES + r->body_len;
+    if (r->held + need > app->http->bodies_cap) {
+        api_fail(&r->err, API_E_MEMORY, "parsing the body needs %llu bytes more than the body's %llu; request bodies "
+                 "may hold %llu (send a large document as a raw text/plain body to /classify)",
+                 (unsigned long long)need, (unsigned long long)r->held, (unsigned long long)app->http->bodies_cap);
+        r->err.extra_key[0] = "memory_required_bytes";
+        r->err.extra_val[0] = (double)(r->held + need);
+        srv_metrics_reject(&app->metrics, REJ_MEMORY);
+        return -1;
+    }
+    if (hold(r, need)) {
+        srv_metrics_reject(&app->metrics, REJ_MEMORY);
+        api_fail(&r->err, API_E_ENGINE_MEMORY, "%s", "the memory budget cannot hold this body's parse now; retry");
+        return -1;
+    }
+    r->parse_body = r->body_len;
+    return 0;
+}
+
+/* The body is parsed and freed: the strings of the tree stand in for it. */
+static void parsed(http_req *r)
+{
+    free(r->body);
+    r->body = NULL;
+    unhold(r, r->parse_body);
+    r->parse_body = 0;
 }
 
 /* Refuses a body that can never be held (413 memory_budget_exceeded, the error set): past the
@@ -817,8 +863,7 @@ static enum MHD_Result start_generate(http_req *r)
                  : r->ep == EP_CHAT      ? api_parse_chat(b, r->body_len, &lim, &r->greq, &r->err)
                                          : api_parse_generate(b, r->body_len, &lim, &r->greq, &r->err);
     if (rc != API_OK) return respond_error(r, NULL);
-    free(r->body); /* the parsed request holds what it needs */
-    r->body = NULL;
+    parsed(r); /* the parsed request holds what it needs */
     r->greq.stream |= r->stream_route;
     api_generate_set_meta(&r->greq, model, r->request_id, (long long)time(NULL));
     if (r->greq.state && import_state(r) != API_OK) return respond_error(r, NULL);
@@ -896,8 +941,7 @@ static enum MHD_Result start_classify(http_req *r)
     } else {
         if (api_parse_classify(r->body ? r->body : "", r->body_len, &lim, &r->creq, &r->err) != API_OK)
             return respond_error(r, NULL);
-        free(r->body); /* the parsed request holds what it needs */
-        r->body = NULL;
+        parsed(r); /* the parsed request holds what it needs */
     }
 
     uint64_t reserve = 0;
@@ -1143,6 +1187,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     if (r->ph == PH_BODY) {
         srv_guard_conn_phase(guard, r->clock, CONN_BUSY);
         if (r->err.kind) return respond_error(r, NULL);
+        if ((generates(r->ep) || !r->raw) && hold_parse(r)) return respond_error(r, NULL);
         return generates(r->ep) ? start_generate(r) : start_classify(r);
     }
     if (r->ph == PH_QUEUED && r->job.stream) {

@@ -493,6 +493,33 @@ def test_classify_raw_body_cut_short():
         assert s.stop() == 0
 
 
+def test_json_tree_is_reserved():
+    # A JSON body's parse tree is reserved before it is built (issue 27: a 60 MB body of small
+    # values made a 2.35 GB tree outside the budget, parsed on the listener's thread): at most
+    # 65,536 values (413 payload_too_large, nothing parsed), each reserved with its node and
+    # key, with the strings' bytes; a tree the bodies' half of the budget cannot hold is 413
+    # memory_budget_exceeded. The server's peak memory stays within the budget and its overhead.
+    s = Server("--memory-budget", "16M", "--max-body-bytes", "8M", "--max-input-bytes", "8M", model=FAST, gen="")
+    try:
+        hwm0 = vm_kb(s.proc.pid, "VmHWM")
+        many = b'{"inputs": [' + b",".join([b"0"] * 3000000) + b"]}"  # 6 MB, 3 million values
+        st, _, b = s.json("POST", "/classify", many, direct=True)
+        is_error(st, b, 413, "payload_too_large")
+        assert "65536" in b["error"]["message"], b
+        big = b'{"inputs": [' + b",".join([b'"a"'] * 60000) + b"]}"  # 60,000 values: 9.6 MB of tree
+        st, _, b = s.json("POST", "/classify", big, direct=True)
+        is_error(st, b, 413, "memory_budget_exceeded")
+        ok = {"inputs": ["Subject: hi\n\nbody %d" % i for i in range(1000)]}
+        st, _, b = s.json("POST", "/classify", ok)
+        assert st == 200 and len(b) == 1000, b
+        hwm = vm_kb(s.proc.pid, "VmHWM")
+        assert hwm - hwm0 < 16 * 1024 + 8 * 1024 + 4 * 1024, (hwm0, hwm)  # the budget, the body's copy, slack
+        m = wait_idle(s)
+        assert reserved_idle(m) and m["luna_memory_reserved_peak_bytes"] <= m["luna_memory_budget_bytes"], m
+    finally:
+        assert s.stop() == 0
+
+
 def vm_kb(pid, field):
     for line in open("/proc/%d/status" % pid):
         if line.startswith(field + ":"):
@@ -1879,7 +1906,7 @@ def main():
              (test_prompt_that_cannot_be_prefilled_in_time, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
              (test_memory_never_fits, None), (test_classify_raw_body, None), (test_classify_raw_body_cut_short, None),
-             (test_bodies_are_reserved, None), (test_lone_classification_uses_every_core, None), (test_budget_invariant_32_clients, None),
+             (test_bodies_are_reserved, None), (test_json_tree_is_reserved, None), (test_lone_classification_uses_every_core, None), (test_budget_invariant_32_clients, None),
              (test_queue_full_429, None), (test_deadline_504, None), (test_100_disconnects, None),
              (test_drain_on_sigterm, None), (test_config, None),
              (test_stream_errors_logged_and_counted, None), (test_metrics_auth_and_cors_null, None),
