@@ -134,8 +134,19 @@ void srv_release(srv_app *app, uint64_t bytes)
  * limit from the same numbers): one byte token's event is about 100 bytes of JSON, and a
  * token that completes a multi-byte character or a stop sequence held back carries more. */
 
+/* The workers' contexts: a lane for every core (a classification or a prefill slice that runs
+ * alone uses them all); the generator's chunk is SRV_PREFILL_CHUNK. */
+static luna_ctx_opts worker_ctx_opts(int generator)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    luna_ctx_opts co = {generator ? SRV_PREFILL_CHUNK : 0, LUNA_ATTN_LUNA,
+                        (int)(cores < 1 ? 1 : cores > LUNA_MAX_THREADS ? LUNA_MAX_THREADS : cores)};
+    return co;
+}
+
 uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
 {
+    luna_ctx_opts gco = worker_ctx_opts(1); /* alone, the job runs on a worker's context */
     uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size;
     uint64_t n = (uint64_t)req->max_new_tokens;
     /* per prompt running at once (one alone; up to max-batch in the batch): its generation
@@ -154,7 +165,7 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
     uint64_t in_state = req->state ? sb + V * 4 : 0;
     uint64_t out_state = req->return_state ? 3 * (uint64_t)luna_gen_state_export_bytes(app->generator, 1) : 0;
     return rows * (sb + V * 17) + in_state +
-           (app->batch ? 0 : (uint64_t)luna_ctx_bytes(app->generator, NULL)) +
+           (app->batch ? 0 : (uint64_t)luna_ctx_bytes(app->generator, &gco)) +
            prompts * (n * 4 + out_state + (req->stream ? srv_stream_limit(1, (size_t)n) : 0));
 }
 
@@ -635,11 +646,8 @@ int srv_sched_start(srv_app *app)
         pthread_cond_init(&w->cond, NULL);
         /* each context holds a lane for every core: a classification, or a prefill (slice), that
          * runs alone uses them all (dispatch), jobs side by side one each */
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        luna_ctx_opts co = {0, LUNA_ATTN_LUNA, (int)(cores < 1 ? 1 : cores > LUNA_MAX_THREADS ? LUNA_MAX_THREADS : cores)};
+        luna_ctx_opts co = worker_ctx_opts(0), gco = worker_ctx_opts(1);
         int rc = app->classifier ? luna_ctx_new(app->classifier, &co, &w->ctx) : 0;
-        luna_ctx_opts gco = co;
-        gco.chunk = SRV_PREFILL_CHUNK; /* the state cache's stops are on its multiples */
         if (!rc && app->generator) rc = luna_ctx_new(app->generator, &gco, &w->gctx);
         if (!rc && app->generator) rc = luna_gen_state_new(app->generator, &w->gstate);
         if (rc || uv_thread_create(&w->thread, worker_main, w)) {
