@@ -88,9 +88,8 @@ static void fixed_c(const luna_linear *L, const float *x, size_t rows, size_t ld
                     size_t k = 16 * t + l;
                     p[l] = fmaf(k < in ? w[k] : 0.0f, k < in ? xr[k] : 0.0f, p[l]);
                 }
-            for (size_t h = 8; h >= 1; h /= 2)
-                for (size_t l = 0; l < h; l++) p[l] = p[l] + p[l + h];
-            y[r * ldy + j] = L->b ? fmaf(alpha, p[0], alpha * L->b[j]) : alpha * p[0];
+            float s = kn_lane_tree(p);
+            y[r * ldy + j] = L->b ? fmaf(alpha, s, alpha * L->b[j]) : alpha * s;
         }
 }
 

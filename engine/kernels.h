@@ -91,4 +91,38 @@ static inline __attribute__((always_inline)) float kn_expf(float x)
 }
 float kn_max(const float *x, size_t n);
 
+/* The lane tree of the fixed orders here: p[l] += p[l + 8] for l < 8, then p[l] += p[l + 4]
+ * for l < 4, p[l + 2], p[l + 1]; returns p[0] (p is scratch). */
+static inline __attribute__((always_inline)) float kn_lane_tree(float p[16])
+{
+    for (int h = 8; h >= 1; h /= 2)
+        for (int l = 0; l < h; l++) p[l] = p[l] + p[l + h];
+    return p[0];
+}
+
+/* dot(a, b) over n floats in one order that depends on n alone: lane l (of 16) takes
+ * p[l] = p[l] + a[k] b[k] for k = l, l + 16, ... in turn, then kn_lane_tree. For one decode
+ * row's attention (causal_row), where a serial sum's chain of dependent adds would cost more
+ * than the products. Inline and plain C, so that the lanes vectorise at any -march. */
+static inline __attribute__((always_inline)) float kn_dot(const float *a, const float *b, size_t n)
+{
+    float p[16] = {0};
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16)
+        for (size_t l = 0; l < 16; l++) p[l] = p[l] + a[k + l] * b[k + l];
+    for (size_t l = 0; k + l < n; l++) p[l] = p[l] + a[k + l] * b[k + l];
+    return kn_lane_tree(p);
+}
+
+/* The same with each b[k] rounded to float first (b: a state's sums, kept in double). */
+static inline __attribute__((always_inline)) float kn_dot_fd(const float *a, const double *b, size_t n)
+{
+    float p[16] = {0};
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16)
+        for (size_t l = 0; l < 16; l++) p[l] = p[l] + a[k + l] * (float)b[k + l];
+    for (size_t l = 0; k + l < n; l++) p[l] = p[l] + a[k + l] * (float)b[k + l];
+    return kn_lane_tree(p);
+}
+
 #endif
