@@ -10,12 +10,14 @@
 #   make bench      run the encoder benchmark under bench/ (prints tables, writes docs/bench/encoder-<cpu>-<core>*)
 #   make bench-gen  run the generation benchmark (Luna decoder vs KV cache; docs/bench/generate-<cpu>-<core>*)
 #   make bench-plans  the plans' cost: streaming vs resident, 64 MiB e-mail (docs/bench/plans-<cpu>-<core>*)
+#   make bench-gensweep  continuous batching vs --max-batch 1 over HTTP (docs/bench/gensweep-<cpu>-<core>*; -quick: smoke)
 #   make golden     regenerate tests/golden with the PyTorch reference (needs python3-torch)
 #   make cluster    3 replicas behind HAProxy on loopback: kill -9 and SIGTERM under load
 #   make image      build the container image (podman here, docker where an engine runs) and test it
 #   make fuzz       libFuzzer harnesses, FUZZ_SECONDS (60) each (clang; fuzz/run.sh installs it)
 #   make badinput   the bad-input matrix against $(BUILD)/bin/lunaserve (also part of make check)
 #   make soak       the ASan build under mixed load for SOAK_SECONDS (120): 0 leaks, RSS drift
+#   make soak-hostile  hostile clients and normal traffic, SOAK_HOSTILE_SECONDS (120): VmHWM, probes, idle RSS
 #   make load       the wrk load test and its long documents; docs/bench/load-[longdoc-]<cpu>-<core>* (load-quick: smoke)
 #
 # V=1 shows the compile lines. BUILD selects the output tree (build/ by default).
@@ -160,6 +162,13 @@ bench-gen: bin/luna
 bench-plans: bin/luna bin/lunaserve
 	sh bench/plans.sh
 
+# Continuous batching against --max-batch 1 (issue 25): concurrent streams, a long prompt among
+# them, a lone long prefill, the ceiling; the quick variant is a smoke test (about a minute).
+bench-gensweep: bin/luna bin/lunaserve
+	sh bench/load/gensweep.sh
+bench-gensweep-quick: bin/luna bin/lunaserve
+	sh bench/load/gensweep.sh --quick
+
 golden:
 	/usr/bin/python3 tools/make_golden.py tests/golden
 
@@ -172,15 +181,23 @@ image:
 	sh deploy/test-image.sh
 
 # Reliability (docs/reliability.md). make check (so make test and make asan) runs the bad-input
-# matrix; .ci/run adds fuzz (60 s each), soak (120 s, the ASan build) and load-quick.
+# matrix; .ci/run adds fuzz (60 s each), soak (120 s, the ASan build), soak-hostile (120 s, the
+# plain build, whose memory it measures) and load-quick.
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 120
+SOAK_HOSTILE_SECONDS ?= 120
 fuzz:
 	sh fuzz/run.sh $(FUZZ_SECONDS)
 badinput: $(BUILD)/bin/lunaserve
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/badinput/run.sh
 soak:
 	sh bench/soak.sh $(SOAK_SECONDS)
+# Issue 27's hostile clients (held uploads, large and queued documents, slow readers, trickled
+# requests, an idle-connection flood) with normal traffic, on loopback, stopping by itself:
+# fails on VmHWM past the budget + the documented overhead, a stalled health port, idle RSS
+# 10% above its level before the burst, an unexpected answer or a count left held.
+soak-hostile: bin/lunaserve
+	/usr/bin/python3 bench/soak_hostile.py --seconds $(SOAK_HOSTILE_SECONDS)
 load:
 	sh bench/load/run.sh
 load-quick:
@@ -189,5 +206,5 @@ load-quick:
 clean:
 	rm -rf build bin
 
-.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans golden cluster image fuzz badinput soak load load-quick clean
+.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans bench-gensweep bench-gensweep-quick golden cluster image fuzz badinput soak soak-hostile load load-quick clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

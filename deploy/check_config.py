@@ -83,6 +83,8 @@ check(f"compose: cpus = LUNASERVE_WORKERS = {workers}", float((res.get("limits")
 check("compose: stop_signal SIGTERM, stop_grace_period > drain timeout",
       svc.get("stop_signal") == "SIGTERM" and seconds(svc.get("stop_grace_period", "0")) > drain)
 check("compose: several replicas", int((svc.get("deploy") or {}).get("replicas", 1)) >= 2)
+health_port = env.get("LUNASERVE_HEALTH_PORT", "")
+check(f"compose: exposes the health port ({health_port})", health_port.isdigit() and health_port in map(str, svc.get("expose", [])))
 check("compose: haproxy mounts haproxy.cfg and waits for healthy replicas",
       any(str(v).startswith("./haproxy.cfg:") for v in hap.get("volumes", []))
       and (hap.get("depends_on") or {}).get("lunaserve", {}).get("condition") == "service_healthy")
@@ -109,6 +111,8 @@ check("haproxy: retry-on conn-failure empty-response response-timeout 503, with 
       {"conn-failure", "empty-response", "response-timeout", "503"} <= set(ro)
       and directive("option redispatch") and directive("option http-buffer-request"), str(ro))
 ts = seconds(directive("timeout server").split()[-1] if directive("timeout server") else "0")
+check(f"haproxy: checks on the health port ({health_port})",
+      f" port {health_port} " in " " + directive("default-server") + " ", directive("default-server"))
 check(f"haproxy: timeout server ({ts:.0f} s) > the longest request a replica allows ({req_timeout:.0f} s)", ts > req_timeout)
 check("haproxy: @cluster-test markers for bind, servers, resolvers",
       all(f"@cluster-test: {k}" in cfg for k in ("bind", "servers", "resolvers")))
@@ -132,6 +136,10 @@ check(f"k8s: cpu limit = LUNASERVE_WORKERS = {workers}", float((rr.get("limits")
 probe = lambda p: ((ctr.get(p) or {}).get("httpGet") or {}).get("path")  # noqa: E731
 check("k8s: readiness /ready, liveness /health, startup /health",
       probe("readinessProbe") == "/ready" and probe("livenessProbe") == "/health" and probe("startupProbe") == "/health")
+probe_port = lambda p: ((ctr.get(p) or {}).get("httpGet") or {}).get("port")  # noqa: E731
+named = {p.get("name"): str(p.get("containerPort")) for p in ctr.get("ports", [])}
+check(f"k8s: every probe on the health port ({health_port}), named in the container's ports",
+      all(named.get(probe_port(p)) == health_port for p in ("readinessProbe", "livenessProbe", "startupProbe")), str(named))
 pre = (((ctr.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get("command") or []
 pre_s = float(pre[1]) if len(pre) == 2 and pre[0] == "sleep" else None
 grace = pod.get("terminationGracePeriodSeconds", 30)

@@ -34,10 +34,11 @@ typedef struct {
     size_t pooled, head_a, head_b, logits;      /* the classifier head */
     size_t lanes, lane_size;                    /* lanes 1.. (threads > 1): chunk buffers and
                                                    pack partials of their own, lane_size each */
-    /* the decoder (decoder.c): chunk rows X, x_in, Q, K, V, C, O, Y (c, d); W and A (c, l);
-     * G (c, c); the float copies of the running sums SK (H, k, l), SV (H, l, k); their update
-     * U (d * l); the logits of one row */
-    size_t dX, dT, dQ, dK, dV, dC, dO, dY, dW, dA, dG, dSK, dSV, dU, dlogits;
+    /* the decoder (decoder.c): chunk rows X, Q, K, V, C, O, Y (c, d); the logits of one row;
+     * the float copies of the running sums SK (H, k, l), SV (H, l, k); each lane's buffers,
+     * dL_size floats from dL on (lane 0 first; see lane_scratch), of which the first is T
+     * (c, d), the normalised rows (dT: lane 0's) */
+    size_t dX, dT, dQ, dK, dV, dC, dO, dY, dSK, dSV, dlogits, dL, dL_size;
     size_t total;
 } ws_layout;
 
@@ -47,12 +48,17 @@ typedef struct {
     double *macc;
 } lane_ws;
 
+/* The decoder's helper threads (decoder.c): lanes 1 .. lanes_max - 1 of a causal-lm context,
+ * made with it and parked between prefills. */
+typedef struct luna_lanes luna_lanes;
+
 struct luna_ctx {
     const luna_model *m;
     int chunk;
     int threads;                              /* lanes of the Luna chunk loops in use */
     int lanes_max;                            /* lanes whose buffers the workspace holds */
     lane_ws lane[LUNA_MAX_THREADS];
+    luna_lanes *team;                         /* the decoder's helpers; NULL with one lane */
     luna_attn attn;
     const atomic_int *cancel;
     ws_layout L;
@@ -76,7 +82,13 @@ void luna__add_hash_ngrams(const luna_model *m, const int32_t *win, size_t have,
 void luna__attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows,
                         float *T, float *Y, float *F, int fixed);
 
-/* decoder.c: the decoder's workspace, laid out from offset *off on (floats). */
-void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, ws_layout *L, size_t *off);
+/* decoder.c: the decoder's workspace for `lanes` lanes, laid out from offset *off on (floats). */
+void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lanes, ws_layout *L, size_t *off);
+/* decoder.c: starts the helper threads of lanes 1 .. c->lanes_max - 1 (none with one lane);
+ * 0 or LUNA_ENOMEM, and then none runs. luna__lanes_stop joins them; NULL team is a no-op. */
+int luna__lanes_start(luna_ctx *c);
+void luna__lanes_stop(luna_ctx *c);
+/* decoder.c, for tests: a Luna state's running sums (NULL and 0 for a KV state). */
+const double *luna__gen_state_sums(const luna_gen_state *s, size_t *count);
 
 #endif

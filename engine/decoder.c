@@ -3,8 +3,9 @@
  * compare it with.
  *
  * The data flows in this order, and so does this file:
- *   states -> workspace layout -> embedding -> causal Luna attention -> KV-cache attention
- *   -> the layer loop (prefill; a step is a prefill of one token).
+ *   states -> workspace layout -> lanes (a prefill's work on several threads) -> embedding
+ *   -> causal Luna attention -> KV-cache attention -> the layer loop (prefill, in phases that
+ *   the lanes share; a step is a batch of rows on the calling thread).
  *
  * A chunk of c tokens goes through every layer before the next chunk starts: position t of
  * layer L depends only on positions <= t of layer L-1, so nothing of the sequence is kept
@@ -18,6 +19,9 @@
  * where tril keeps j <= i (token i sees itself). The cost is O(c (k l + c k + c l)) per head
  * per chunk, linear in the sequence; the state never grows. */
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,6 +169,12 @@ void luna_gen_state_reset(luna_gen_state *s)
 
 uint64_t luna_gen_state_tokens(const luna_gen_state *s) { return s ? s->t : 0; }
 
+const double *luna__gen_state_sums(const luna_gen_state *s, size_t *count)
+{
+    *count = s->sum_len;
+    return s->sum;
+}
+
 size_t luna_gen_state_size(const luna_gen_state *s)
 {
     if (!s) return 0;
@@ -175,11 +185,34 @@ size_t luna_gen_state_size(const luna_gen_state *s)
 
 /* ---- workspace layout ---------------------------------------------------------------------- */
 
-void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, ws_layout *L, size_t *off)
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* One lane's attention scratch: W and A (c, l), G (c, c), a head's state update U (k, l) or
+ * (l, k). Every buffer of the decoder starts on 16 floats of a workspace aligned to 64 bytes:
+ * a lane's scratch sits at the same alignment as lane 0's (whose kernels then take the same
+ * path), and a column block of a multiple of 16 floats starts on a cache line. */
+typedef struct {
+    float *W, *A, *G, *U;
+} lane_scratch;
+
+static size_t scratch_floats(const luna_config *cfg, size_t c)
+{
+    size_t l = (size_t)cfg->l, k = (size_t)(cfg->d / cfg->H);
+    return 2 * round16(c * l) + round16(c * c) + round16(k * l);
+}
+
+static lane_scratch scratch_of(const luna_ctx *c, int lane)
+{
+    size_t ch = (size_t)c->chunk, cl = round16(ch * (size_t)c->m->cfg.l);
+    float *p = W(c, dL) + (size_t)lane * c->L.dL_size;
+    return (lane_scratch){p, p + cl, p + 2 * cl, p + 2 * cl + round16(ch * ch)};
+}
+
+void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lanes, ws_layout *L, size_t *off)
 {
     size_t d = (size_t)cfg->d, l = (size_t)cfg->l, c = (size_t)chunk, H = (size_t)cfg->H;
     size_t o = *off;
-#define TAKE(field, count) (L->field = o, o += (count))
+#define TAKE(field, count) (o = round16(o), L->field = o, o += (count))
     TAKE(dX, c * d);
     TAKE(dT, c * d);
     TAKE(dQ, c * d);
@@ -188,60 +221,312 @@ void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, ws_layo
     TAKE(dC, c * d);
     TAKE(dO, c * d);
     TAKE(dY, c * d);
+    TAKE(dlogits, (size_t)cfg->vocab_size);
     if (attn == LUNA_ATTN_LUNA) {
-        TAKE(dW, c * l);
-        TAKE(dA, c * l);
-        TAKE(dG, c * c);
         TAKE(dSK, d * l);
         TAKE(dSV, d * l);
-        TAKE(dU, d * l);
+        L->dL_size = scratch_floats(cfg, c);
+        TAKE(dL, (size_t)lanes * L->dL_size);
     } else {
         TAKE(S, c * c);
         TAKE(rmax, c * H);
         TAKE(rsum, c * H);
     }
-    TAKE(dlogits, (size_t)cfg->vocab_size);
 #undef TAKE
     *off = o;
 }
 
+/* ---- lanes ------------------------------------------------------------------------------------
+ *
+ * A prefill with k > 1 lanes runs on the calling thread (lane 0) and on k - 1 of the
+ * context's helper threads, which live as long as the context. The calling thread walks the
+ * chunks and layers as one lane would, and cuts each step into a phase of items: the column
+ * blocks of the linear layers, the heads, groups of 64 rows for the row-wise steps (embedding,
+ * norms). It publishes a phase, takes items itself, and goes on once every item is done
+ * (lanes_phase). Helpers take the items they can while a phase lasts; between phases they poll
+ * briefly, then sleep. Nobody waits for a lane that has no item: on a busy machine, a helper
+ * that is not scheduled costs nothing but its help (a barrier would stall every phase on it).
+ *
+ * Bits. An item's shape does not depend on k: a column block is a function of its layer's
+ * width alone (col_blocks), a head is a head, a row a row. An item is the same calls with the
+ * same arguments whichever lane runs it, so a prefill gives the same bits with any number of
+ * lanes. Cutting a product by the lane count would not: OpenBLAS's results for an element
+ * change with the product's shape (on Cooperlake and Haswell, an (r, 256) x (256, 256) product
+ * split in two column halves differs from the whole at some r < 300; measured with 0.3.21),
+ * through its small-matrix kernels and edge blocks. */
+
+/* Waiting for a phase's items or for the next phase, a lane polls SPIN_PAUSES times with a
+ * pause between polls (some microseconds: phases follow each other closely), then yields the
+ * core between polls (on a busy machine the lane it waits for may share it), and after
+ * SPIN_POLLS polls sleeps: a phase lasts 0.02 to 1 ms, waking a sleeping thread costs tens of
+ * microseconds. */
+#define SPIN_PAUSES 256
+#define SPIN_POLLS 1024
+
+/* Item `item` of a phase, on lane `lane` (whose scratch it may use). */
+typedef void (*item_fn)(luna_ctx *c, int lane, size_t item, void *arg);
+
+typedef struct {
+    luna_lanes *t;
+    int lane;
+} helper_arg;
+
+/* Every field below mu is read and written holding mu: plain locks and condition variables
+ * are what helgrind and TSan model (C11 atomics or pthread spin locks would want annotations). */
+struct luna_lanes {
+    luna_ctx *c;
+    pthread_t th[LUNA_MAX_THREADS];  /* th[i] runs lane i, for i = 1 .. started */
+    helper_arg who[LUNA_MAX_THREADS];
+    int started;
+    pthread_mutex_t mu;              /* adaptive: held for a few instructions at a time */
+    pthread_cond_t work;             /* helpers sleep on it: a phase was published, or quit */
+    pthread_cond_t done;             /* the caller sleeps on it: a phase's last item is done */
+    int lanes;                       /* lanes 1 .. lanes - 1 may take items of the phase */
+    size_t items, next, finished;    /* the phase's items, the next to take, those done */
+    item_fn fn;
+    void *arg;
+    int quit;
+};
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* One poll of a wait that holds mu: lets mu go for a pause or a yield (see SPIN_POLLS). */
+static void poll_once(luna_lanes *t, int poll)
+{
+    pthread_mutex_unlock(&t->mu);
+    if (poll < SPIN_PAUSES) cpu_relax();
+    else sched_yield();
+    pthread_mutex_lock(&t->mu);
+}
+
+static void *helper_main(void *p)
+{
+    const helper_arg *h = p;
+    luna_lanes *t = h->t;
+    int polls = 0;
+    pthread_mutex_lock(&t->mu);
+    while (!t->quit) {
+        if (h->lane < t->lanes && t->next < t->items) {
+            size_t i = t->next++;
+            item_fn fn = t->fn;
+            void *arg = t->arg;
+            pthread_mutex_unlock(&t->mu);
+            fn(t->c, h->lane, i, arg);
+            pthread_mutex_lock(&t->mu);
+            if (++t->finished == t->items) pthread_cond_signal(&t->done);
+            polls = 0;
+        } else if (polls < SPIN_POLLS) {
+            poll_once(t, polls++);
+        } else {
+            pthread_cond_wait(&t->work, &t->mu);
+            polls = 0;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+/* Runs fn on items 0 .. items - 1, here and on the helpers of lanes 1 .. lanes - 1, and
+ * returns when all are done; everything an item wrote is then visible to the caller, and to
+ * every item of the next phase (mu orders them). With one lane, in order, here. */
+static void lanes_phase(luna_ctx *c, int lanes, item_fn fn, void *arg, size_t items)
+{
+    luna_lanes *t = c->team;
+    if (!t || lanes <= 1 || items <= 1) {
+        for (size_t i = 0; i < items; i++) fn(c, 0, i, arg);
+        return;
+    }
+    pthread_mutex_lock(&t->mu);
+    t->fn = fn, t->arg = arg, t->lanes = lanes;
+    t->items = items, t->next = 0, t->finished = 0;
+    pthread_cond_broadcast(&t->work);
+    while (t->next < t->items) {
+        size_t i = t->next++;
+        pthread_mutex_unlock(&t->mu);
+        fn(c, 0, i, arg);
+        pthread_mutex_lock(&t->mu);
+        t->finished++;
+    }
+    for (int polls = 0; t->finished < t->items;) { /* the items that helpers took */
+        if (polls < SPIN_POLLS) poll_once(t, polls++);
+        else pthread_cond_wait(&t->done, &t->mu);
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+void luna__lanes_stop(luna_ctx *c)
+{
+    luna_lanes *t = c->team;
+    if (!t) return;
+    pthread_mutex_lock(&t->mu);
+    t->quit = 1;
+    pthread_cond_broadcast(&t->work);
+    pthread_mutex_unlock(&t->mu);
+    for (int i = 1; i <= t->started; i++) pthread_join(t->th[i], NULL);
+    pthread_cond_destroy(&t->done);
+    pthread_cond_destroy(&t->work);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+    c->team = NULL;
+}
+
+int luna__lanes_start(luna_ctx *c)
+{
+    if (c->lanes_max <= 1 || c->attn != LUNA_ATTN_LUNA) return 0;
+    luna_lanes *t = calloc(1, sizeof *t);
+    if (!t) return LUNA_ENOMEM;
+    t->c = c;
+    pthread_mutexattr_t ma;
+    if (pthread_mutexattr_init(&ma)) goto fail_mu;
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP); /* spins a little when taken */
+    int bad = pthread_mutex_init(&t->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
+    if (bad) goto fail_mu;
+    if (pthread_cond_init(&t->work, NULL)) goto fail_work;
+    if (pthread_cond_init(&t->done, NULL)) goto fail_done;
+    c->team = t;
+    /* the helpers take no signals: those are for the threads of the program that made the
+     * context (a server's handlers, a CLI's SIGINT) */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    for (int i = 1; i < c->lanes_max; i++) {
+        t->who[i] = (helper_arg){t, i};
+        if (pthread_create(&t->th[i], NULL, helper_main, &t->who[i])) break;
+        t->started = i;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (t->started + 1 == c->lanes_max) return 0;
+    luna__lanes_stop(c); /* joins those that started */
+    return LUNA_ENOMEM;
+fail_done:
+    pthread_cond_destroy(&t->work);
+fail_work:
+    pthread_mutex_destroy(&t->mu);
+fail_mu:
+    free(t);
+    return LUNA_ENOMEM;
+}
+
+/* Rows [*a, *b) of group g of a chunk's `rows`: groups of 64 rows, because the sinusoid
+ * restarts its rotation every 64 rows of a call (luna__add_sinusoid), so a group's rows get
+ * the bits that one call over the chunk gives them. */
+#define ROW_GROUP 64
+static size_t row_groups(size_t rows) { return (rows + ROW_GROUP - 1) / ROW_GROUP; }
+static void row_span(size_t rows, size_t g, size_t *a, size_t *b)
+{
+    *a = g * ROW_GROUP;
+    *b = *a + ROW_GROUP < rows ? *a + ROW_GROUP : rows;
+}
+
+/* The column blocks of a linear layer with n outputs: up to 4 blocks of at least 128 columns,
+ * so that 2 or 4 lanes share a layer evenly. A function of n alone (see "Bits" above). Each
+ * block costs another pass over the input rows inside sgemm: 1 lane is some 3% slower with 2
+ * blocks per 256 columns than with 1, 9% with 4 (Cooperlake, 256 rows). */
+static size_t col_blocks(size_t n)
+{
+    size_t nb = n / 128;
+    return nb < 1 ? 1 : nb > 4 ? 4 : nb;
+}
+
+/* Columns [*j0, *j1) of block b of nb over n: equal widths, a multiple of 16 (a block starts
+ * on a cache line), the last block taking the rest. */
+static void col_span(size_t n, size_t nb, size_t b, size_t *j0, size_t *j1)
+{
+    size_t w = (n / nb) & ~(size_t)15;
+    *j0 = b * w;
+    *j1 = b + 1 == nb ? n : *j0 + w;
+}
+
+/* y (rows, L->out; stride ldy) = alpha x L^T + b, then the activation `act` (act_on), then
+ * res += y (res non-NULL, stride ldy), one column block at a time. */
+typedef struct {
+    const luna_linear *L;
+    const float *x;
+    size_t ldx;
+    float *y;
+    size_t ldy;
+    float alpha;
+    int act_on;
+    luna_act act;
+    float *res;
+} lin_job;
+
+/* The column blocks of the layers j[0 .. count), numbered layer after layer. */
+static size_t lin_items(const lin_job *j, int count)
+{
+    size_t items = 0;
+    for (int q = 0; q < count; q++) items += col_blocks((size_t)j[q].L->out);
+    return items;
+}
+
+/* Block `item` of lin_items' numbering. */
+static void lin_item(const lin_job *j, size_t rows, size_t item)
+{
+    while (item >= col_blocks((size_t)j->L->out)) item -= col_blocks((size_t)j->L->out), j++;
+    const luna_linear *L = j->L;
+    size_t n = (size_t)L->out, in = (size_t)L->in, j0, j1;
+    col_span(n, col_blocks(n), item, &j0, &j1);
+    luna_linear part = {L->w + j0 * in, L->b ? L->b + j0 : NULL, (int)(j1 - j0), L->in};
+    float *y = j->y + j0;
+    kn_linear(&part, j->x, rows, j->ldx, y, j->ldy, j->alpha);
+    for (size_t r = 0; r < rows; r++) {
+        if (j->act_on) kn_act(j->act, y + r * j->ldy, j1 - j0);
+        if (j->res) kn_add(j->res + j0 + r * j->ldy, y + r * j->ldy, j1 - j0);
+    }
+}
+
 /* ---- embedding ------------------------------------------------------------------------------- */
 
-/* x (rows, d) = (embed_tokens(tok) + the embed_ngrams rows of the ngram_embed - 1 tokens before
- * each + the hashed rows of the n-grams of 2 .. hash_ngrams tokens ending at each, from the
- * chunk or the state's recent tokens) * embed_scale + positions s->t ..
- * (+ emb_layer_norm). Then the chunk's last tokens become the state's recent ones. */
-static void dec_embed(const luna_ctx *c, luna_gen_state *s, const int32_t *tok, size_t rows, float *x)
+/* x (rows, d) = the embeddings of rows r0 .. r0 + rows of the chunk tok whose first token sits
+ * at position t (tokens consumed before it): embed_tokens(tok) + the embed_ngrams rows of the
+ * ngram_embed - 1 tokens before each + the hashed rows of the n-grams of 2 .. hash_ngrams
+ * tokens ending at each, from the chunk or the state's recent tokens; times embed_scale, plus
+ * the position (+ emb_layer_norm). r0 is a multiple of 64 (lane_rows). The state is only read:
+ * dec_remember moves its recent tokens on once every lane has embedded its rows. */
+static void dec_embed(const luna_ctx *c, const luna_gen_state *s, const int32_t *tok, size_t r0, size_t rows,
+                      uint64_t t, float *x)
 {
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
-    size_t d = (size_t)cfg->d, first = (size_t)cfg->pad_id + 1 + (size_t)s->t;
+    size_t d = (size_t)cfg->d, first = (size_t)cfg->pad_id + 1 + (size_t)t + r0;
     size_t K = (size_t)cfg->ngram_embed, V = (size_t)cfg->vocab_size;
-    for (size_t r = 0; r < rows; r++) {
+    for (size_t i = 0; i < rows; i++) {
+        size_t r = r0 + i; /* the row in the chunk */
         const float *e = m->embed_tokens + (size_t)tok[r] * d;
-        float *xr = x + r * d;
+        float *xr = x + i * d;
         memcpy(xr, e, d * sizeof(float));
-        for (size_t b = 1; b < K && b <= s->t + r; b++) { /* the token b back: none before the first */
+        for (size_t b = 1; b < K && b <= t + r; b++) { /* the token b back: none before the first */
             int32_t prev = b <= r ? tok[r - b] : s->recent[b - r - 1];
             kn_add(xr, m->embed_ngrams + ((b - 1) * V + (size_t)prev) * d, d);
         }
         if (cfg->hash_ngrams > 1) {
             int32_t win[LUNA_MAX_NGRAM];
-            size_t M = (size_t)cfg->hash_ngrams, have = M < s->t + r + 1 ? M : (size_t)s->t + r + 1;
+            size_t M = (size_t)cfg->hash_ngrams, have = M < t + r + 1 ? M : (size_t)t + r + 1;
             for (size_t b = 0; b < have; b++) win[b] = b <= r ? tok[r - b] : s->recent[b - r - 1];
             luna__add_hash_ngrams(m, win, have, xr);
         }
         for (size_t j = 0; j < d; j++) xr[j] *= cfg->embed_scale;
-        if (cfg->positions == LUNA_POS_LEARNED) kn_add(xr, m->embed_positions + (first + r) * d, d);
+        if (cfg->positions == LUNA_POS_LEARNED) kn_add(xr, m->embed_positions + (first + i) * d, d);
     }
     if (cfg->positions == LUNA_POS_SINUSOIDAL) luna__add_sinusoid(c, x, first, rows);
     if (cfg->layernorm_embedding) kn_layernorm(&m->emb_layer_norm, x, x, rows, d);
-    /* recent[i] is the token i + 1 back from the next one: the chunk's, then the older ones */
-    if (history(cfg) > 0) {
-        size_t keep = history(cfg), shift = rows < keep ? rows : keep;
-        memmove(s->recent + shift, s->recent, (keep - shift) * sizeof(int32_t));
-        for (size_t i = 0; i < shift; i++) s->recent[i] = tok[rows - 1 - i];
-    }
+}
+
+/* The chunk's last tokens become the state's recent ones: recent[i] is the token i + 1 back
+ * from the next one, the chunk's, then the older ones. */
+static void dec_remember(luna_gen_state *s, const int32_t *tok, size_t rows)
+{
+    size_t keep = history(&s->m->cfg);
+    if (keep == 0) return;
+    size_t shift = rows < keep ? rows : keep;
+    memmove(s->recent + shift, s->recent, (keep - shift) * sizeof(int32_t));
+    for (size_t i = 0; i < shift; i++) s->recent[i] = tok[rows - 1 - i];
 }
 
 /* Zeroes the strict upper triangle of the (rows, rows) matrix G: row i keeps columns j <= i. */
@@ -252,31 +537,32 @@ static void tril(float *G, size_t rows)
 
 /* ---- causal Luna attention ------------------------------------------------------------------ */
 
-/* The projections of layer li for rows of xin (rows, d): Q (scaled), K, V (K when tied) and
- * the rows that feed phi (C: pc_proj's, or xin itself), in the context's buffers; `fixed` uses
- * kn_linear_fixed (decode steps). */
-static void causal_proj(luna_ctx *c, int li, const float *xin, size_t rows, int fixed, const float **C)
+/* The projections of layer li for the rows of a decode step, xin (rows, d): Q (scaled), K, V
+ * (K when tied) and the rows that feed phi (C: pc_proj's, or xin itself), in the context's
+ * buffers, with kn_linear_fixed (a row's bits do not depend on the batch). */
+static void causal_proj(luna_ctx *c, int li, const float *xin, size_t rows, const float **C)
 {
     const luna_config *cfg = &c->m->cfg;
     const luna_layer *ly = &c->m->layers[li];
     size_t d = (size_t)cfg->d, k = d / (size_t)cfg->H;
     int tied = cfg->tie_kv;
-    void (*linear)(const luna_linear *, const float *, size_t, size_t, float *, size_t, float) =
-        fixed ? kn_linear_fixed : kn_linear;
-    linear(&ly->q_proj, xin, rows, d, W(c, dQ), d, 1.0f / sqrtf((float)k));
-    linear(tied ? &ly->c_proj : &ly->k_proj, xin, rows, d, W(c, dK), d, 1.0f);
-    if (!tied) linear(&ly->v_proj, xin, rows, d, W(c, dV), d, 1.0f);
+    kn_linear_fixed(&ly->q_proj, xin, rows, d, W(c, dQ), d, 1.0f / sqrtf((float)k));
+    kn_linear_fixed(tied ? &ly->c_proj : &ly->k_proj, xin, rows, d, W(c, dK), d, 1.0f);
+    if (!tied) kn_linear_fixed(&ly->v_proj, xin, rows, d, W(c, dV), d, 1.0f);
     *C = xin;
     if (cfg->causal_pc_proj) {
-        linear(&ly->pc_proj, xin, rows, d, W(c, dC), d, 1.0f);
+        kn_linear_fixed(&ly->pc_proj, xin, rows, d, W(c, dC), d, 1.0f);
         *C = W(c, dC);
     }
 }
 
-/* The attention of layer li for `rows` rows whose projections are Q, K, V, C (row stride d) at
- * positions t0 + 1 .. t0 + rows, into O (stride d); the state's sums advance over them. */
-static void causal_core(luna_ctx *c, int li, luna_gen_state *s, const float *Q, const float *K, const float *V,
-                        const float *C, size_t rows, uint64_t t0, float *O)
+/* The attention of layer li, head h, for `rows` rows whose projections are Q, K, V, C (row
+ * stride d) at positions t0 + 1 .. t0 + rows, into the head's columns of O (stride d); the
+ * head's part of the state's sums advances over them. w is the lane's scratch. Heads share
+ * nothing but read-only inputs, so lanes run them side by side. */
+static void causal_head(const luna_ctx *c, int li, luna_gen_state *s, const float *Q, const float *K,
+                        const float *V, const float *C, size_t rows, uint64_t t0, float *O, size_t h,
+                        const lane_scratch *w)
 {
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
@@ -284,51 +570,49 @@ static void causal_core(luna_ctx *c, int li, luna_gen_state *s, const float *Q, 
     int tied = cfg->tie_kv;
     const float *Pq = m->pq + (size_t)li * l * d;
     double *SK64 = s->sum + (size_t)li * sums_per_layer(cfg), *SV64 = SK64 + d * l;
-    float *SK = W(c, dSK), *SV = W(c, dSV), *Wt = W(c, dW), *A = W(c, dA), *G = W(c, dG), *U = W(c, dU);
-    for (size_t i = 0; i < d * l; i++) SK[i] = (float)SK64[i];
+    double *sk = SK64 + h * k * l, *sv = SV64 + h * l * k;
+    float *SKh = W(c, dSK) + h * k * l, *SVh = W(c, dSV) + h * l * k;
+    float *Wt = w->W, *A = w->A, *G = w->G, *U = w->U;
+    for (size_t i = 0; i < k * l; i++) SKh[i] = (float)sk[i];
     if (!tied)
-        for (size_t i = 0; i < d * l; i++) SV[i] = (float)SV64[i];
-    for (size_t h = 0; h < H; h++) {
-        const float *Ch = C + h * k, *Qh = Q + h * k, *Kh = K + h * k, *Vh = V + h * k;
-        float *SKh = SK + h * k * l, *SVh = SV + h * l * k, *Oh = O + h * k;
-        /* W = phi(C Pq^T) */
-        kn_gemm_nt(rows, l, k, 1.0f, Ch, d, Pq + h * k, d, 0.0f, Wt, l);
-        kn_phi(cfg->causal_phi, Wt, rows * l);
-        /* a = (Q S_K + tril(Q K^T) W) / t, alpha = softmax(a) */
-        kn_gemm_nn(rows, l, k, 1.0f, Qh, d, SKh, l, 0.0f, A, l);
-        kn_gemm_nt(rows, rows, k, 1.0f, Qh, d, Kh, d, 0.0f, G, rows);
-        tril(G, rows);
-        kn_gemm_nn(rows, l, rows, 1.0f, G, rows, Wt, l, 1.0f, A, l);
-        for (size_t i = 0; i < rows; i++) {
-            float inv = (float)(1.0 / (double)(t0 + 1 + i));
-            for (size_t j = 0; j < l; j++) A[i * l + j] *= inv;
-        }
-        kn_softmax_rows(A, rows, l, l);
-        /* o = (alpha S_V + tril(alpha W^T) V) / t; tied, S_V is S_K^T */
-        if (tied) kn_gemm_nt(rows, k, l, 1.0f, A, l, SKh, l, 0.0f, Oh, d);
-        else kn_gemm_nn(rows, k, l, 1.0f, A, l, SVh, k, 0.0f, Oh, d);
-        kn_gemm_nt(rows, rows, l, 1.0f, A, l, Wt, l, 0.0f, G, rows);
-        tril(G, rows);
-        kn_gemm_nn(rows, k, rows, 1.0f, G, rows, Vh, d, 1.0f, Oh, d);
-        for (size_t i = 0; i < rows; i++) {
-            float inv = (float)(1.0 / (double)(t0 + 1 + i));
-            for (size_t j = 0; j < k; j++) Oh[i * d + j] *= inv;
-        }
-        /* the state: S_K += K^T W, S_V += W^T V, summed in double */
-        kn_gemm_tn(k, l, rows, 1.0f, Kh, d, Wt, l, 0.0f, U, l);
-        double *sk = SK64 + h * k * l;
-        for (size_t i = 0; i < k * l; i++) sk[i] += U[i];
-        if (!tied) {
-            kn_gemm_tn(l, k, rows, 1.0f, Wt, l, Vh, d, 0.0f, U, k);
-            double *sv = SV64 + h * l * k;
-            for (size_t i = 0; i < l * k; i++) sv[i] += U[i];
-        }
+        for (size_t i = 0; i < l * k; i++) SVh[i] = (float)sv[i];
+    const float *Ch = C + h * k, *Qh = Q + h * k, *Kh = K + h * k, *Vh = V + h * k;
+    float *Oh = O + h * k;
+    /* W = phi(C Pq^T) */
+    kn_gemm_nt(rows, l, k, 1.0f, Ch, d, Pq + h * k, d, 0.0f, Wt, l);
+    kn_phi(cfg->causal_phi, Wt, rows * l);
+    /* a = (Q S_K + tril(Q K^T) W) / t, alpha = softmax(a) */
+    kn_gemm_nn(rows, l, k, 1.0f, Qh, d, SKh, l, 0.0f, A, l);
+    kn_gemm_nt(rows, rows, k, 1.0f, Qh, d, Kh, d, 0.0f, G, rows);
+    tril(G, rows);
+    kn_gemm_nn(rows, l, rows, 1.0f, G, rows, Wt, l, 1.0f, A, l);
+    for (size_t i = 0; i < rows; i++) {
+        float inv = (float)(1.0 / (double)(t0 + 1 + i));
+        for (size_t j = 0; j < l; j++) A[i * l + j] *= inv;
+    }
+    kn_softmax_rows(A, rows, l, l);
+    /* o = (alpha S_V + tril(alpha W^T) V) / t; tied, S_V is S_K^T */
+    if (tied) kn_gemm_nt(rows, k, l, 1.0f, A, l, SKh, l, 0.0f, Oh, d);
+    else kn_gemm_nn(rows, k, l, 1.0f, A, l, SVh, k, 0.0f, Oh, d);
+    kn_gemm_nt(rows, rows, l, 1.0f, A, l, Wt, l, 0.0f, G, rows);
+    tril(G, rows);
+    kn_gemm_nn(rows, k, rows, 1.0f, G, rows, Vh, d, 1.0f, Oh, d);
+    for (size_t i = 0; i < rows; i++) {
+        float inv = (float)(1.0 / (double)(t0 + 1 + i));
+        for (size_t j = 0; j < k; j++) Oh[i * d + j] *= inv;
+    }
+    /* the state: S_K += K^T W, S_V += W^T V, summed in double */
+    kn_gemm_tn(k, l, rows, 1.0f, Kh, d, Wt, l, 0.0f, U, l);
+    for (size_t i = 0; i < k * l; i++) sk[i] += U[i];
+    if (!tied) {
+        kn_gemm_tn(l, k, rows, 1.0f, Wt, l, Vh, d, 0.0f, U, k);
+        for (size_t i = 0; i < l * k; i++) sv[i] += U[i];
     }
 }
 
-/* causal_core for one row, written out as loops in one fixed order: a decode step is O(d l)
- * of small products per layer, where a BLAS call's overhead would cost more than the work.
- * The same arithmetic as causal_core's up to the order of the sums. */
+/* causal_head for one row and every head, written out as loops in one fixed order: a decode
+ * step is O(d l) of small products per layer, where a BLAS call's overhead would cost more
+ * than the work. The same arithmetic as causal_head's up to the order of the sums. */
 static void causal_row(luna_ctx *c, int li, luna_gen_state *s, const float *q, const float *kk, const float *v,
                        const float *cc, uint64_t t0, float *o)
 {
@@ -338,7 +622,8 @@ static void causal_row(luna_ctx *c, int li, luna_gen_state *s, const float *q, c
     int tied = cfg->tie_kv;
     const float *Pq = m->pq + (size_t)li * l * d;
     double *SK64 = s->sum + (size_t)li * sums_per_layer(cfg), *SV64 = SK64 + d * l;
-    float *w = W(c, dW), *a = W(c, dA);
+    lane_scratch ls = scratch_of(c, 0);
+    float *w = ls.W, *a = ls.A;
     float inv_t = (float)(1.0 / (double)(t0 + 1));
     for (size_t h = 0; h < H; h++) {
         const float *qh = q + h * k, *kh = kk + h * k, *vh = v + h * k, *ch = cc + h * k;
@@ -397,16 +682,6 @@ static void causal_row(luna_ctx *c, int li, luna_gen_state *s, const float *q, c
     }
 }
 
-/* O (rows, d) = the attention output of layer li for the chunk rows xin (rows, d) at positions
- * t0 + 1 .. t0 + rows (1-based counts), and the state's sums advanced over them. */
-static void luna_causal_attn(luna_ctx *c, int li, luna_gen_state *s, const float *xin, size_t rows,
-                             uint64_t t0, float *O)
-{
-    const float *C;
-    causal_proj(c, li, xin, rows, 0, &C);
-    causal_core(c, li, s, W(c, dQ), W(c, dK), c->m->cfg.tie_kv ? W(c, dK) : W(c, dV), C, rows, t0, O);
-}
-
 /* ---- the softmax baseline: attention over a KV cache ---------------------------------------- */
 
 /* O (rows, d) = causal softmax attention of the chunk rows xin at positions t0 .. t0+rows-1
@@ -463,6 +738,139 @@ static void kv_attn(luna_ctx *c, int li, luna_gen_state *s, const float *xin, si
 
 /* ---- prefill and step -------------------------------------------------------------------------- */
 
+/* A prefill's steps, each a phase of items (see "lanes"). */
+typedef enum { P_EMBED, P_PROJ, P_HEADS, P_LINEAR, P_NORM } prefill_step;
+
+typedef struct {
+    luna_gen_state *s;
+    const int32_t *tokens;
+    size_t n;
+    float *logits;
+    int all;
+    /* the step in progress: set by lane 0 between phases, read by the phase's items */
+    prefill_step step;
+    int li;                 /* the layer */
+    size_t r0, rows;        /* the chunk: its first token in tokens, its rows */
+    uint64_t t;             /* tokens consumed before the chunk */
+    lin_job lin[4];         /* P_PROJ, P_LINEAR: the layers whose column blocks are the items */
+    const float *xin;       /* P_HEADS: the layer's input (phi's rows without pc_proj) */
+    const luna_norm *norm;  /* P_NORM: rows of X through norm into out; P_EMBED: after it */
+    float *out;
+} prefill_job;
+
+static void prefill_item(luna_ctx *c, int lane, size_t item, void *arg)
+{
+    const prefill_job *job = arg;
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d, a, b;
+    switch (job->step) {
+    case P_EMBED:
+        row_span(job->rows, item, &a, &b);
+        dec_embed(c, job->s, job->tokens + job->r0, a, b - a, job->t, W(c, dX) + a * d);
+        if (job->norm) kn_layernorm(job->norm, W(c, dX) + a * d, job->out + a * d, b - a, d);
+        break;
+    case P_NORM:
+        row_span(job->rows, item, &a, &b);
+        kn_layernorm(job->norm, W(c, dX) + a * d, job->out + a * d, b - a, d);
+        break;
+    case P_PROJ:
+    case P_LINEAR:
+        lin_item(job->lin, job->rows, item);
+        break;
+    case P_HEADS: {
+        lane_scratch w = scratch_of(c, lane);
+        const float *K = W(c, dK), *V = cfg->tie_kv ? K : W(c, dV);
+        const float *C = cfg->causal_pc_proj ? W(c, dC) : job->xin;
+        causal_head(c, job->li, job->s, W(c, dQ), K, V, C, job->rows, job->t, W(c, dO), item, &w);
+        break;
+    }
+    }
+}
+
+/* Sets the job's linear layers (up to 4) and runs their column blocks as one phase. */
+static void linear_phase(luna_ctx *c, int lanes, prefill_job *job, prefill_step step, const lin_job *lin, int count)
+{
+    job->step = step;
+    memcpy(job->lin, lin, (size_t)count * sizeof *lin);
+    lanes_phase(c, lanes, prefill_item, job, lin_items(lin, count));
+}
+
+/* Rows of X through `norm` into out (X itself, or T) as one phase. */
+static void norm_phase(luna_ctx *c, int lanes, prefill_job *job, const luna_norm *norm, float *out)
+{
+    job->step = P_NORM;
+    job->norm = norm;
+    job->out = out;
+    lanes_phase(c, lanes, prefill_item, job, row_groups(job->rows));
+}
+
+/* The prefill of job->n tokens on `lanes` lanes: chunk after chunk, layer after layer, each
+ * step a phase: the embeddings (and the first norm), the projections, the heads, out_proj,
+ * the norm, fc1, fc2, the norm; then the logits. Lane 0 alone reads the cancel flag, keeps the
+ * state's recent tokens and its count: helpers only run the items of a phase. */
+static int prefill_run(luna_ctx *c, int lanes, prefill_job *job)
+{
+    luna_gen_state *s = job->s;
+    const luna_model *m = c->m;
+    const luna_config *cfg = &m->cfg;
+    int luna = c->attn == LUNA_ATTN_LUNA, pre = cfg->normalize_before, tied = cfg->tie_kv;
+    size_t d = (size_t)cfg->d, ch = (size_t)c->chunk, V = (size_t)cfg->vocab_size, ffn = (size_t)cfg->ffn;
+    size_t k = d / (size_t)cfg->H;
+    float *X = W(c, dX), *T = W(c, dT), *O = W(c, dO), *Y = W(c, dY), *F = W(c, F);
+    const float *xin = pre ? T : X;
+    job->xin = xin;
+    for (size_t r0 = 0; r0 < job->n; r0 += ch) {
+        if (canceled(c)) return LUNA_ECANCELED;
+        job->r0 = r0;
+        job->rows = job->n - r0 < ch ? job->n - r0 : ch;
+        job->t = s->t;
+        size_t rows = job->rows;
+        job->step = P_EMBED;
+        job->norm = pre ? &m->layers[0].self_attn_layer_norm : NULL;
+        job->out = T;
+        lanes_phase(c, lanes, prefill_item, job, row_groups(rows));
+        dec_remember(s, job->tokens + r0, rows);
+        for (int li = 0; li < cfg->layers; li++) {
+            const luna_layer *ly = &m->layers[li];
+            job->li = li;
+            if (luna) {
+                lin_job proj[4] = {{&ly->q_proj, xin, d, W(c, dQ), d, 1.0f / sqrtf((float)k), 0, 0, NULL},
+                                   {tied ? &ly->c_proj : &ly->k_proj, xin, d, W(c, dK), d, 1.0f, 0, 0, NULL}};
+                int np = 2;
+                if (!tied) proj[np++] = (lin_job){&ly->v_proj, xin, d, W(c, dV), d, 1.0f, 0, 0, NULL};
+                if (cfg->causal_pc_proj) proj[np++] = (lin_job){&ly->pc_proj, xin, d, W(c, dC), d, 1.0f, 0, 0, NULL};
+                linear_phase(c, lanes, job, P_PROJ, proj, np);
+                job->step = P_HEADS;
+                lanes_phase(c, lanes, prefill_item, job, (size_t)cfg->H);
+            } else {
+                kv_attn(c, li, s, xin, rows, s->t, O); /* a KV context has one lane */
+            }
+            /* X += out_proj(O); post-norm X = LN(X), pre-norm T = LN(X) for the FFN */
+            lin_job out = {&ly->out_proj, O, d, Y, d, 1.0f, 0, 0, X};
+            linear_phase(c, lanes, job, P_LINEAR, &out, 1);
+            norm_phase(c, lanes, job, pre ? &ly->final_layer_norm : &ly->self_attn_layer_norm, pre ? T : X);
+            /* X += fc2(act(fc1(x))) */
+            lin_job fc1 = {&ly->fc1, xin, d, F, ffn, 1.0f, 1, cfg->activation, NULL};
+            linear_phase(c, lanes, job, P_LINEAR, &fc1, 1);
+            lin_job fc2 = {&ly->fc2, F, ffn, Y, d, 1.0f, 0, 0, X};
+            linear_phase(c, lanes, job, P_LINEAR, &fc2, 1);
+            /* post-norm X = LN(X); pre-norm the next layer's input T, or the final norm of X */
+            if (!pre) norm_phase(c, lanes, job, &ly->final_layer_norm, X);
+            else if (li + 1 < cfg->layers) norm_phase(c, lanes, job, &m->layers[li + 1].self_attn_layer_norm, T);
+            else norm_phase(c, lanes, job, &m->layer_norm, X);
+        }
+        s->t += rows;
+        if (job->logits && job->all) {
+            lin_job lg = {&m->output_projection, X, d, job->logits + r0 * V, V, 1.0f, 0, 0, NULL};
+            linear_phase(c, lanes, job, P_LINEAR, &lg, 1);
+        } else if (job->logits && r0 + rows == job->n) {
+            kn_linear(&m->output_projection, X + (rows - 1) * d, 1, d, W(c, dlogits), V, 1.0f);
+            memcpy(job->logits, W(c, dlogits), V * sizeof(float));
+        }
+    }
+    return 0;
+}
+
 int luna_prefill(luna_ctx *c, luna_gen_state *s, const int32_t *tokens, size_t n, float *logits,
                  int all)
 {
@@ -482,33 +890,9 @@ int luna_prefill(luna_ctx *c, luna_gen_state *s, const int32_t *tokens, size_t n
         int rc = kv_reserve(s, s->t + n);
         if (rc) return rc;
     }
-    size_t d = (size_t)cfg->d, ch = (size_t)c->chunk, V = (size_t)cfg->vocab_size;
-    float *X = W(c, dX), *T = W(c, dT), *O = W(c, dO);
-    for (size_t r0 = 0; r0 < n; r0 += ch) {
-        if (canceled(c)) return LUNA_ECANCELED;
-        size_t rows = n - r0 < ch ? n - r0 : ch;
-        dec_embed(c, s, tokens + r0, rows, X);
-        for (int li = 0; li < cfg->layers; li++) {
-            const luna_layer *ly = &m->layers[li];
-            const float *xin = X;
-            if (cfg->normalize_before) {
-                kn_layernorm(&ly->self_attn_layer_norm, X, T, rows, d);
-                xin = T;
-            }
-            if (luna) luna_causal_attn(c, li, s, xin, rows, s->t, O);
-            else kv_attn(c, li, s, xin, rows, s->t, O);
-            luna__attn_out_ffn(c, ly, X, O, rows, T, W(c, dY), W(c, F), 0);
-        }
-        s->t += rows;
-        if (cfg->normalize_before) kn_layernorm(&m->layer_norm, X, X, rows, d);
-        if (logits && all) {
-            kn_linear(&m->output_projection, X, rows, d, logits + r0 * V, V, 1.0f);
-        } else if (logits && r0 + rows == n) {
-            kn_linear(&m->output_projection, X + (rows - 1) * d, 1, d, W(c, dlogits), V, 1.0f);
-            memcpy(logits, W(c, dlogits), V * sizeof(float));
-        }
-    }
-    return 0;
+    prefill_job job = {.s = s, .tokens = tokens, .n = n, .logits = logits, .all = all};
+    /* a single row is not worth waking the helpers for (the bits are the same either way) */
+    return prefill_run(c, n > 1 ? c->threads : 1, &job);
 }
 
 int luna_step_batch(luna_ctx *c, luna_gen_state *const *s, const int32_t *tokens, size_t B, float *logits)
@@ -529,7 +913,10 @@ int luna_step_batch(luna_ctx *c, luna_gen_state *const *s, const int32_t *tokens
     c->last_alloc_bytes = 0;
     size_t d = (size_t)cfg->d, V = (size_t)cfg->vocab_size;
     float *X = W(c, dX), *T = W(c, dT), *O = W(c, dO);
-    for (size_t b = 0; b < B; b++) dec_embed(c, s[b], tokens + b, 1, X + b * d);
+    for (size_t b = 0; b < B; b++) {
+        dec_embed(c, s[b], tokens + b, 0, 1, s[b]->t, X + b * d);
+        dec_remember(s[b], tokens + b, 1);
+    }
     for (int li = 0; li < cfg->layers; li++) {
         const luna_layer *ly = &m->layers[li];
         const float *xin = X, *C;
@@ -538,7 +925,7 @@ int luna_step_batch(luna_ctx *c, luna_gen_state *const *s, const int32_t *tokens
             xin = T;
         }
         /* the weights once for every row; each row's attention against its own state */
-        causal_proj(c, li, xin, B, 1, &C);
+        causal_proj(c, li, xin, B, &C);
         const float *Q = W(c, dQ), *K = W(c, dK), *Vv = cfg->tie_kv ? K : W(c, dV);
         for (size_t b = 0; b < B; b++)
             causal_row(c, li, s[b], Q + b * d, K + b * d, Vv + b * d, C + b * d, s[b]->t, O + b * d);
@@ -555,4 +942,14 @@ int luna_step(luna_ctx *c, luna_gen_state *s, int32_t token, float *logits)
     /* a Luna state steps as a batch of one, so that a stream gives the same bits alone or batched */
     if (c && s && c->attn == LUNA_ATTN_LUNA && s->kind == LUNA_ATTN_LUNA) return luna_step_batch(c, &s, &token, 1, logits);
     return luna_prefill(c, s, &token, 1, logits, 0);
+}
+
+/* ---- the fields, for state.c (export and import) ------------------------------------------ */
+
+#include "state.h"
+
+void luna__gen_state_fields(const luna_gen_state *s, luna__state_fields *f)
+{
+    luna_gen_state *w = (luna_gen_state *)s; /* state.h: import owns the state it writes */
+    *f = (luna__state_fields){s->m, s->kind, &w->t, w->sum, s->sum_len, w->recent, history(&s->m->cfg)};
 }

@@ -37,13 +37,15 @@ static luna_attn resolve_attn(const luna_ctx_opts *opts)
     return opts ? opts->attention : LUNA_ATTN_LUNA;
 }
 
-/* Lanes only split the encoder's Luna chunk loops; the baselines and the decoder (whose chunks
- * depend on each other through the running sums) run on the calling thread. */
+/* Lanes split the Luna chunk loops of the encoder and, within each chunk, the Luna decoder's
+ * prefill (its chunks depend on each other through the running sums: decoder.c splits the
+ * columns and heads of one chunk instead); the baselines run on the calling thread. */
 static int resolve_threads(const luna_config *cfg, const luna_ctx_opts *opts)
 {
+    (void)cfg;
     int t = opts && opts->threads > 1 ? opts->threads : 1;
     if (t > LUNA_MAX_THREADS) t = LUNA_MAX_THREADS;
-    return resolve_attn(opts) == LUNA_ATTN_LUNA && cfg->task == LUNA_TASK_CLASSIFY ? t : 1;
+    return resolve_attn(opts) == LUNA_ATTN_LUNA ? t : 1;
 }
 
 /* One lane's private buffers: macc (d doubles, first, so that it is aligned), A..D and Xr
@@ -64,9 +66,9 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, int thread
 #define TAKE(field, count) (L->field = off, off += (count))
     memset(L, 0, sizeof *L);
     if (cfg->task == LUNA_TASK_CAUSAL_LM) {
+        TAKE(F, c * (size_t)cfg->ffn); /* first: on a cache line (decoder.c's lanes) */
         TAKE(freq, d / 2);
-        TAKE(F, c * (size_t)cfg->ffn);
-        luna__dec_layout(cfg, chunk, attn, L, &off);
+        luna__dec_layout(cfg, chunk, attn, threads, L, &off);
         L->total = off;
         return;
     }
@@ -170,17 +172,21 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
     c->attn = attn;
     c->threads = c->lanes_max = resolve_threads(&m->cfg, opts);
     layout(&m->cfg, c->chunk, attn, c->threads, &c->L);
-    c->ws = calloc(c->L.total, sizeof(float));
+    /* on a cache line: lanes write neighbouring column blocks of one row (decoder.c), and a
+     * block that starts on a line shares none with its neighbour */
+    size_t ws_bytes = (c->L.total * sizeof(float) + 63) & ~(size_t)63;
+    c->ws = aligned_alloc(64, ws_bytes ? ws_bytes : 64);
     if (!c->ws) {
         free(c);
         return LUNA_ENOMEM;
     }
+    memset(c->ws, 0, ws_bytes);
     const luna_config *cfg = &m->cfg;
     size_t cd = (size_t)c->chunk * (size_t)cfg->d, l = (size_t)cfg->l;
     c->lane[0] = (lane_ws){c->ws + c->L.A, c->ws + c->L.B, c->ws + c->L.C, c->ws + c->L.D, c->ws + c->L.F,
                            c->ws + c->L.S, c->ws + c->L.acc, c->ws + c->L.pmax, c->ws + c->L.psum,
                            c->ws + c->L.Xr, (double *)(void *)(c->ws + c->L.macc)};
-    for (int t = 1; t < c->threads; t++) {
+    for (int t = 1; t < c->threads && cfg->task == LUNA_TASK_CLASSIFY; t++) { /* the decoder's: dL */
         float *p = c->ws + c->L.lanes + (size_t)(t - 1) * c->L.lane_size;
         lane_ws *w = &c->lane[t];
         w->macc = (double *)(void *)p, p += 2 * (size_t)cfg->d;
@@ -200,6 +206,14 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
     float *freq = c->ws + c->L.freq;
     for (int j = 0; j < half; j++)
         freq[j] = half > 1 ? (float)exp(-(double)j * log(10000.0) / (half - 1)) : 1.0f;
+    /* the decoder's lanes are threads that live as long as the context: a prefill hands them
+     * some 30 phases per chunk, too many to start threads for (the encoder's few passes per
+     * layer start theirs, run_lanes) */
+    if (cfg->task == LUNA_TASK_CAUSAL_LM && luna__lanes_start(c)) {
+        free(c->ws);
+        free(c);
+        return LUNA_ENOMEM;
+    }
     *out = c;
     return 0;
 }
@@ -207,6 +221,7 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
 void luna_ctx_free(luna_ctx *c)
 {
     if (!c) return;
+    luna__lanes_stop(c);
     free(c->ws);
     free(c);
 }

@@ -113,10 +113,14 @@ typedef enum {
 typedef struct luna_ctx_opts {
     int chunk;          /* rows per chunk along the sequence; 0 = default (256) */
     luna_attn attention;/* LUNA_ATTN_LUNA unless benchmarking a baseline */
-    int threads;        /* threads that share one forward's chunks (Luna attention only; each
-                           needs its own chunk buffers): 0 or 1 = the calling thread alone. For
-                           one long document's latency; a server with as many workers as cores
-                           keeps 1. Combine with luna_blas_set_threads(1). */
+    int threads;        /* lanes (threads) that share one forward (Luna attention only; each
+                           needs buffers of its own, counted in luna_ctx_bytes): 0 or 1 = the
+                           calling thread alone. A classifier's lanes share its chunks; a causal
+                           LM's share each chunk of a prefill (its columns and heads), on
+                           threads - 1 helper threads that the context starts and keeps, parked
+                           between prefills, until luna_ctx_free. For one long input's latency;
+                           luna_ctx_set_lanes picks how many of them the next calls use.
+                           Combine with luna_blas_set_threads(1): each lane calls OpenBLAS. */
 } luna_ctx_opts;
 
 typedef struct luna_ctx luna_ctx;
@@ -137,8 +141,11 @@ size_t luna_workspace_bytes_attn(const luna_model *m, size_t n, luna_attn attn, 
 
 /* Lanes the next forwards use, at most the `threads` the context was made with (whose buffers
  * it holds); returns the number in effect. A server gives a lone job every core and shares
- * them when jobs run side by side. Results agree to float rounding across lane counts (the
- * pack's partial softmaxes merge in another grouping), not bit for bit. */
+ * them when jobs run side by side. A classifier's results agree to float rounding across lane
+ * counts (the pack's partial softmaxes merge in another grouping), not bit for bit. A causal
+ * LM's prefill gives the same bits with any lane count (its work is cut into pieces whose
+ * shapes do not depend on it), so the lanes may change between the slices of one prompt;
+ * decode steps (luna_step_batch) always run on the calling thread alone. */
 int luna_ctx_set_lanes(luna_ctx *c, int lanes);
 
 /* The flag is polled between chunks and layers; when it becomes non-zero the running call
@@ -229,6 +236,8 @@ size_t luna_gen_state_size(const luna_gen_state *s); /* bytes held now (a KV cac
 
 /* Feeds n >= 1 tokens, in chunks of the context's chunk length, and advances the state. Time
  * O(n); memory: nothing beyond the context's fixed workspace (a KV state grows its cache).
+ * A Luna context made with threads > 1 splits each chunk across luna_ctx_set_lanes' lanes:
+ * the same bits as one lane, in up to 1/lanes of the time (a single token runs alone).
  * logits (may be NULL) receives vocab_size floats, the distribution after the last token, or
  * with `all` n rows of them, one after each token. Errors: EINVAL (bad token, a state of
  * another model or kind), ETASK, ETOOLONG (past max_positions; nothing is consumed), ENOMEM
@@ -257,5 +266,99 @@ int luna_blas_threads(void);
 /* Measures this machine's sgemm rate in GFLOP/s on an (m, k) x (k, n) product repeated for at
  * least `seconds`; for benchmarks, which report the engine's throughput as a share of it. */
 double luna_sgemm_gflops(int m, int n, int k, double seconds);
+
+/* ---- a model's identity, portable states, log-probabilities (issue 26) ---------------------
+ *
+ * A Luna state is the same size after 10 tokens and after 10 million, so a server can keep it
+ * between requests, hand it to a client, and take it back on any replica that loads the same
+ * model. These calls are the engine's part of that; the server decides where states live. */
+
+#define LUNA_MODEL_ID_BYTES 32
+
+/* The model's identity: SHA-256 of its config and its weights as loaded (model_id.c lists the
+ * encoding), computed once by luna_model_load. Two directories with the same config values and
+ * weight values give the same id (spacing in config.json, F16 against the same values in F32:
+ * the same); any changed weight gives another. A NULL model gives 32 zero bytes. */
+void luna_model_id(const luna_model *m, uint8_t out[LUNA_MODEL_ID_BYTES]);
+void luna_model_id_hex(const luna_model *m, char out[2 * LUNA_MODEL_ID_BYTES + 1]); /* lowercase, NUL-ended */
+
+/* A Luna state as bytes (docs/model-format.md, "Portable generation states", byte by byte):
+ * magic, format version, the model id, the token count, the running sums (doubles), the recent
+ * tokens of n-gram embeddings, optionally the logits after the last token, and a SHA-256 of
+ * everything before it. Continuing from an imported state gives bit for bit the logits that
+ * continuing the original would (the same calls on the same context settings).
+ *
+ * The logits ride along because a server that resumes a state must sample the next token
+ * from them; without them it would have to run the last token again, which the state cannot
+ * do (it has consumed it). Export them whenever a generation may resume.
+ *
+ * The byte count of an export: fixed by the model (with_logits: 0 or 1). 0 if not causal-lm. */
+size_t luna_gen_state_export_bytes(const luna_model *m, int with_logits);
+/* Writes the state s (and logits, vocab_size floats after its last token, or NULL for none) into
+ * buf (cap bytes); *len receives the byte count, also when cap is too small. EINVAL: s NULL or a
+ * KV state, non-finite logits or sums (no import would take them), cap too small (buf untouched). */
+int luna_gen_state_export(const luna_gen_state *s, const float *logits, uint8_t *buf, size_t cap,
+                          size_t *len);
+/* Replaces s (a Luna state of the model to continue with) by the state in buf[0..len). logits
+ * (vocab_size floats, may be NULL) receives the exported logits when there are some;
+ * *has_logits (may be NULL) says whether there were. Everything is checked before anything
+ * is written: on an error s, logits and *has_logits are unchanged, and *why (may be NULL)
+ * points at one static sentence naming the first fault found, in this order:
+ *   "not a Luna state (bad magic)"                    the first 8 bytes are not "LUNASTAT"
+ *   "unsupported state format version"                a version other than 1
+ *   "truncated state"                                 fewer bytes than the header announces
+ *   "oversized state (bytes after its end)"           more bytes than the header announces
+ *   "malformed state header"                          a reserved field that is not zero
+ *   "state checksum mismatch (corrupted)"             the SHA-256 does not match
+ *   "state of another model"                          the model id differs from s's model's
+ *   "state layout does not match the model"           sums, recent tokens or logits counts
+ *                                                     differ (a forged state: the id matched)
+ *   "state token count beyond the model's max_positions"  (or beyond 2^53 when unlimited)
+ *   "non-finite running sum in state"                 NaN, inf, or beyond the float range
+ *                                                     that the decoder converts them to
+ *   "recent token out of the vocabulary in state"     an id outside [0, vocab_size), or a slot
+ *                                                     before the first token that is not 0
+ *   "non-finite logits in state"
+ * A checksum does not authenticate: whoever can edit a state can seal it again, and the
+ * checks after the checksum are what keep such a state from crashing or misleading the
+ * decoder. EINVAL for all of these and for NULL arguments or a KV state. Never reads outside
+ * buf[0..len), whatever it holds (fuzz/fuzz_state.c). */
+int luna_gen_state_import(luna_gen_state *s, const uint8_t *buf, size_t len, float *logits, int *has_logits,
+                          const char **why);
+
+/* Log-probabilities: the model's own distribution, log_softmax(logits) over every token id,
+ * computed in double. Not the distribution after temperature, top-k, top-p or the repetition
+ * penalty: so a token's log-probability is the same in the prompt (echo, prompt logprobs,
+ * /score) and in the output, whatever the sampling parameters, as OpenAI's API and vLLM by
+ * default report it (lm-evaluation-harness scores with it). TGI instead reports the generated
+ * tokens' after its penalty and warpers (but its prompt tokens' before them). Pass logits with
+ * -inf where a token is banned to get the distribution over the others; -inf logits get
+ * -inf. Errors (EINVAL): V < 1, a NaN or +inf logit, every logit -inf, NULL pointers. */
+int luna_logprobs(const float *logits, int V, double *out); /* out: V values */
+/* The log-probability of `token` (into *token_lp, unless token < 0 or token_lp is NULL; EINVAL
+ * for token >= V), and the n best tokens (ranked by logit, ties to the lower id, -inf left out)
+ * into top_ids/top_lps (n entries each; may be NULL when n is 0). Returns how many top entries
+ * it wrote (<= n) or a negative error. O(V log n). */
+int luna_logprob_top(const float *logits, int V, int32_t token, double *token_lp, int n, int32_t *top_ids,
+                     double *top_lps);
+
+/* Scores a continuation: the log-probability of tokens[0..n) following the state s, whose next
+ * token's distribution is `logits` (vocab_size floats: a prefill's last logits, or an imported
+ * state's). per_token (n doubles, may be NULL) receives each token's log-probability (as
+ * luna_logprob_top gives it), *total (may be NULL) their sum in order. s advances by all n
+ * tokens and next_logits (may be NULL) receives the distribution after the last one, so that
+ * echo-with-logprobs can go on generating (it is the last row of a prefill with `all`, which
+ * agrees with a prefill without `all` to float rounding, not bit for bit: BLAS rounds a
+ * product of one row and of many differently). For /score: prefill the prefix once, then for
+ * each candidate luna_gen_state_copy it into a scratch state and score that.
+ * The tokens go through luna_prefill in slices that end on multiples of the context's chunk
+ * length in absolute positions (as luna_gen_prefill's do), so the numbers do not depend on how
+ * the tokens were split between calls at those boundaries. Allocates
+ * luna_score_workspace_bytes(c, n) for the call. Errors: EINVAL (a bad token or argument,
+ * a state of another model or kind), ETASK, ETOOLONG (t + n past max_positions; nothing is
+ * consumed), ENOMEM, ECANCELED (s has then consumed part of the tokens: discard it). */
+int luna_score(luna_ctx *c, luna_gen_state *s, const float *logits, const int32_t *tokens, size_t n,
+               double *per_token, double *total, float *next_logits);
+size_t luna_score_workspace_bytes(const luna_ctx *c, size_t n); /* min(n, chunk) * vocab_size * 4 */
 
 #endif

@@ -6,7 +6,8 @@
  * implies to its field in luna_model, with an exact shape check, in two passes over one walk of
  * the config: the first checks names, dtypes and shapes and counts the floats to convert, the
  * second points each field at its data (in the mapping when it is aligned F32) or converts it
- * into `owned`, one allocation made in between. Any tensor left over is an error, so the file
+ * into `owned`, one allocation made in between, and hashes it as loaded into the model's
+ * identity (luna_model_id, model_id.h). Any tensor left over is an error, so the file
  * and the config agree exactly. No forward pass can see a model that failed any check. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* the GNU strerror_r, which returns the message */
@@ -28,6 +29,7 @@
 
 #include "engine/json.h"
 #include "engine/kernels.h"
+#include "engine/model_id.h"
 #include "engine/safetensors.h"
 
 #define CONFIG_MAX_BYTES (1u << 20)   /* config.json larger than 1 MiB is refused */
@@ -603,6 +605,7 @@ typedef struct {
     float *owned;         /* pass 1: (owned_need) */
     size_t owned_next;    /* pass 1: floats of owned handed out */
     size_t weight_bytes;  /* pass 0: F32 bytes of every bound tensor */
+    luna_sha256_ctx *id;  /* pass 1: the model's identity, fed every tensor as loaded */
     char *err;
     size_t errlen;
 } binder;
@@ -642,6 +645,7 @@ static int bind(binder *b, const float **dst, const char *name, int ndim, long l
             b->owned_next += t->numel;
             *dst = o;
         }
+        luna__model_id_tensor(b->id, name, ndim, (uint64_t)d0, (uint64_t)d1, *dst, t->numel);
         return 0;
     }
     uint64_t want[2] = {(uint64_t)d0, (uint64_t)d1};
@@ -823,6 +827,9 @@ static int bind_weights(luna_model *m, const st_file *st, char *err, size_t errl
         }
     }
     b.pass = 1;
+    luna_sha256_ctx id;
+    luna__model_id_begin(&id, &m->cfg);
+    b.id = &id;
     rc = bind_all(&b, m); /* cannot fail: pass 0 checked every tensor */
     if (rc != 0 || b.owned_next != b.owned_need) {
         seterr(err, errlen, "model.safetensors: internal error while binding tensors");
@@ -833,6 +840,7 @@ static int bind_weights(luna_model *m, const st_file *st, char *err, size_t errl
     m->owned = b.owned;
     m->owned_len = b.owned_need;
     m->weight_bytes = b.weight_bytes;
+    luna_sha256_final(&id, m->id);
 done:
     free(b.used);
     return rc;

@@ -60,6 +60,8 @@ struct luna_model {
     float *owned;         /* converted or realigned tensors */
     size_t owned_len;     /* floats in owned */
     size_t weight_bytes;  /* F32 bytes of all weights */
+    uint8_t id[LUNA_MODEL_ID_BYTES]; /* luna_model_id: SHA-256 of the config and the weights as
+                                        loaded, computed once at load (model_id.h) */
 };
 
 #endif

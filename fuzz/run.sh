@@ -6,7 +6,8 @@
 # regression test: a bug that comes back stops the run at once). New inputs go to
 # build/fuzz/corpus/<harness>/, not into the repo.
 # Prints executions, coverage and crashes per harness; a crashing input is kept in
-# fuzz/crashes/<harness>/ and the script exits 1. Harnesses: fuzz_api fuzz_model fuzz_utf8_sse.
+# fuzz/crashes/<harness>/ and the script exits 1. Harnesses: fuzz_api fuzz_model fuzz_utf8_sse
+# fuzz_state.
 #
 #   sh fuzz/run.sh            60 s each (what CI runs)
 #   sh fuzz/run.sh 10 fuzz_api
@@ -17,7 +18,7 @@ set -eu
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 [ $# -gt 0 ] && shift
-harnesses=${*:-fuzz_api fuzz_model fuzz_utf8_sse}
+harnesses=${*:-fuzz_api fuzz_model fuzz_utf8_sse fuzz_state}
 jobs=${FUZZ_JOBS:-1}
 
 sudo=""
@@ -56,6 +57,8 @@ build() {
       $CC $CFLAGS -fsanitize=address,undefined -fsanitize=fuzzer-no-link -fno-sanitize-recover=undefined \
         -Dmmap=fuzz_mmap -Dmunmap=fuzz_munmap -c -o "$out/model.o" engine/model.c
       $CC $CFLAGS $SAN -o "$out/$h" "fuzz/$h.c" "$out/model.o" $ENGINE_SRC $LIBS ;;
+    fuzz_state)  # the real loader: the harness loads two fixture models from tests/golden
+      $CC $CFLAGS $SAN -o "$out/$h" "fuzz/$h.c" engine/model.c $ENGINE_SRC $LIBS ;;
     *) echo "fuzz: unknown harness $h" >&2; exit 2 ;;
   esac
 }
@@ -66,6 +69,7 @@ opts() {
     fuzz_api) echo "-max_len=4096 -dict=fuzz/api.dict" ;;
     fuzz_model) echo "-max_len=16384 -dict=fuzz/model.dict -rss_limit_mb=2048 -malloc_limit_mb=1024" ;;
     fuzz_utf8_sse) echo "-max_len=1024" ;;
+    fuzz_state) echo "-max_len=4096" ;;
   esac
 }
 

@@ -44,7 +44,7 @@ static const setting SETTINGS[] = {
     {"max-input-bytes", T_BYTES, 0, 1e12, "0", F(max_input_bytes), 0, "largest document after JSON decoding; 0 = max-body-bytes"},
     {"max-batch", T_INT, 1, 256, "32", F(max_batch), 0, "generations stepped together in one batched decode step (continuous batching); 1 = each generation runs alone on a worker, start to end"},
     {"max-batch-tokens", T_INT, 1, 1000000, "256", F(max_batch_tokens), 0, "prompt tokens per prefill slice run between decode steps (rounded up to the engine's 256-token chunk)"},
-    {"prefill-admission", T_INT, 0, 1, "1", F(prefill_admission), 0, "1: a prompt whose prefill, at the rate this server measures, would outlast the request's deadline is refused at once (413); 0: it runs until the deadline stops it (504)"},
+    {"prefill-admission", T_INT, 0, 1, "1", F(prefill_admission), 0, "1: a prompt whose prefill, at the rate this server measures, would outlast the request's deadline is refused at once (413 against the server's deadline, 504 against X-Request-Timeout); 0: it runs until the deadline stops it (504)"},
     {"max-new-tokens", T_INT, 1, 1000000, "1024", F(max_new_tokens), 0, "cap on max_new_tokens for generation"},
     {"default-new-tokens", T_INT, 1, 1000000, "100", F(default_new_tokens), 0, "max_new_tokens of a request that names none (capped by max-new-tokens)"},
     {"sse-ping-interval", T_SECONDS, 0.01, 3600, "10", F(sse_ping_interval), 0, "seconds without an event before a stream gets a keep-alive comment"},
@@ -52,7 +52,14 @@ static const setting SETTINGS[] = {
     {"max-request-timeout", T_SECONDS, 0.001, 86400, "600", F(max_request_timeout), 0, "largest deadline a client may ask for (X-Request-Timeout header)"},
     {"drain-timeout", T_SECONDS, 0, 86400, "30", F(drain_timeout), 0, "on SIGTERM, seconds to let queued and running requests finish"},
     {"connection-timeout", T_INT, 1, 86400, "30", F(connection_timeout), 0, "seconds without a byte read or written before a connection is closed (a queued or running request is not idle)"},
-    {"max-connections-per-ip", T_INT, 0, 1024, "0", F(max_connections_per_ip), 0, "connections one client address may hold, more are closed at once; 0 = no limit (right behind a proxy, whose address is every client's)"},
+    {"max-connections", T_INT, 1, 65536, "1024", F(max_connections), 0, "open connections the server takes at once; more wait in the kernel's backlog (the health port has its own)"},
+    {"max-connections-per-ip", T_INT, 0, 65536, "128", F(max_connections_per_ip), 0, "connections one client address may hold, more are closed at once; 0 = no limit (behind a proxy, whose address is every client's, set it above the proxy's connections)"},
+    {"header-timeout", T_SECONDS, 0.1, 86400, "10", F(header_timeout), 0, "seconds from a request line to the end of its headers, however the bytes trickle in; slower is closed"},
+    {"body-timeout", T_SECONDS, 0.1, 86400, "30", F(body_timeout), 0, "seconds a request body may take, plus one per body-min-rate bytes received; slower is closed"},
+    {"body-min-rate", T_BYTES, 0, 1e12, "16K", F(body_min_rate), 0, "bytes a second that earn a body one more second past body-timeout (K/M suffixes); 0 = body-timeout bounds every body"},
+    {"health-port", T_INT, -1, 65535, "-1", F(health_port), 0, "a second listener for /health, /ready and /metrics only, for probes and scrapers, with connections of its own: never stalled by the main port's; 0 picks a free port; -1 = none"},
+    {"max-requests-per-key", T_INT, 0, 1000000, "32", F(max_requests_per_key), 0, "engine requests one client (API key, or address without keys) may hold at once: body being read, queued, running, streaming; more get 429; 0 = no limit"},
+    {"max-queued-per-key", T_INT, 0, 1000000, "16", F(max_queued_per_key), 0, "jobs one client (API key, or address without keys) may have waiting or running; more get 429; 0 = no limit"},
     {"api-key", T_LIST, 0, 0, NULL, L(api_keys, n_api_keys), "accepted Bearer token (repeatable); none = no auth"},
     {"api-key-file", T_STR, 0, 0, NULL, F(api_key_file), 0, "file with one accepted token per line"},
     {"metrics-auth", T_INT, 0, 1, "0", F(metrics_auth), 0, "1: /metrics needs an API key too (when keys are set); it is never readable cross-origin"},
@@ -357,6 +364,10 @@ int srv_config_load(srv_config *cfg, int argc, char **argv)
     char err[256];
     if (luna_blas_check_setting(cfg->blas_core, err, sizeof err)) {
         fprintf(stderr, "lunaserve: %s\n", err);
+        return -1;
+    }
+    if (cfg->health_port > 0 && cfg->health_port == cfg->port) {
+        fprintf(stderr, "lunaserve: health-port (%d) is the port itself\n", cfg->health_port);
         return -1;
     }
     if (cfg->max_request_timeout < cfg->request_timeout) {

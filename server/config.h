@@ -34,7 +34,14 @@ typedef struct {
     double max_request_timeout;
     double drain_timeout;
     int connection_timeout;   /* seconds idle before libmicrohttpd closes a connection */
+    int max_connections;      /* open connections the main listener takes; more wait */
     int max_connections_per_ip; /* 0 = no limit */
+    double header_timeout;    /* seconds from a request line to the end of its head */
+    double body_timeout;      /* seconds for a body, before body_min_rate's allowance */
+    uint64_t body_min_rate;   /* bytes a second that earn a body one more second; 0 = none */
+    int health_port;          /* the health listener's port; 0 = a free one; -1 = none */
+    int max_requests_per_key; /* engine requests one client may hold at once; 0 = no limit */
+    int max_queued_per_key;   /* jobs one client may have waiting or running; 0 = no limit */
     char api_keys[SRV_MAX_LIST][256];
     int n_api_keys;
     char api_key_file[1024];

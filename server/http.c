@@ -28,14 +28,34 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 
 #include "server/assets.h"
+#include "server/guard.h"
 #include "server/server.h"
 
 
 typedef enum { PH_NEW = 0, PH_EARLY, PH_BODY, PH_QUEUED, PH_ANSWER, PH_STREAM, PH_DONE } phase;
+
+/* A listening socket: the main one, or the health listener (--health-port), which serves
+ * /health, /ready and /metrics only, with connections of its own, so that a load balancer's
+ * probes are answered when the main listener has every connection it may take. */
+typedef struct {
+    srv_app *app;
+    int health;
+} http_listener;
+
+/* http.c's own state (app->http). */
+struct srv_http {
+    http_listener main, health;
+    struct MHD_Daemon *health_daemon;
+    srv_guard *guard; /* connections' clocks, per-client counts (server/guard.h) */
+    _Atomic uint64_t bodies; /* bytes the requests hold in the ledger for their bodies (and
+                                parsed input), at most bodies_cap */
+    uint64_t bodies_cap;     /* half the budget; a body past it is 413 */
+};
 
 
 typedef struct {
@@ -56,6 +76,7 @@ typedef struct {
     int done_status;     /* MHD's part is over: the status answered (499: none), and when */
     double done_dt;
     double timeout;
+    int timeout_from_client; /* X-Request-Timeout set it */
     int stream_route;    /* /generate_stream */
     const char *url;     /* the request's path (MHD's, valid while the request lives) */
     api_classify_req creq;
@@ -74,11 +95,52 @@ typedef struct {
     int close;           /* answer with Connection: close (the request's framing is in doubt) */
     struct MHD_Response *early; /* an answer decided on the first call, queued on the second */
     unsigned early_status;
+    srv_conn *clock;     /* the connection's clock (server/guard.h), or NULL */
+    srv_client *client;  /* holds one of its client's request slots (given back in completed) */
+    srv_client *job_client; /* holds one of its client's job slots (given back when the job is
+                               done: on_job_done, or a refused submit) */
 } http_req;
+
+/* Holds `bytes` more for r's body in the ledger: 0, or -1 and nothing taken. Bodies together
+ * may hold only part of the budget (bodies_cap, half of it): the rest is the jobs'. The ledger
+ * is first come, first served, and a job that waits for memory at the head of the queue was
+ * starved by uploads, which took every byte a finished job gave back before the dispatcher
+ * could (make soak-hostile: generations waited 30 s, the queue behind them 120 s). Any thread. */
+static int hold(http_req *r, uint64_t bytes)
+{
+    struct srv_http *h = r->app->http;
+    uint64_t cur = atomic_load(&h->bodies);
+    do {
+        if (cur + bytes > h->bodies_cap) return -1;
+    } while (!atomic_compare_exchange_weak(&h->bodies, &cur, cur + bytes));
+    if (srv_reserve(r->app, bytes)) {
+        atomic_fetch_sub(&h->bodies, bytes);
+        return -1;
+    }
+    r->held += bytes;
+    return 0;
+}
+
+/* Refuses a body that can never be held (413 memory_budget_exceeded, the error set): past the
+ * bodies' half of the budget. Returns what respond_error does, for the first call. */
+static enum MHD_Result respond_error(http_req *r, const char *allow);
+static enum MHD_Result body_never_fits(http_req *r, uint64_t need)
+{
+    const srv_app *app = r->app;
+    api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; request bodies may hold %llu, half the memory budget (%llu)",
+             (unsigned long long)need, (unsigned long long)app->http->bodies_cap, (unsigned long long)app->cfg.memory_budget);
+    r->err.extra_key[0] = "memory_required_bytes";
+    r->err.extra_val[0] = (double)need;
+    r->err.extra_key[1] = "memory_budget_bytes";
+    r->err.extra_val[1] = (double)app->cfg.memory_budget;
+    srv_metrics_reject(&r->app->metrics, REJ_MEMORY);
+    return r->ph == PH_NEW ? respond_error(r, NULL) : MHD_YES;
+}
 
 static void free_req(http_req *r)
 {
     srv_release(r->app, r->held);
+    atomic_fetch_sub(&r->app->http->bodies, r->held);
     if (r->early) MHD_destroy_response(r->early);
     api_classify_free(&r->creq);
     api_generate_free(&r->greq);
@@ -342,15 +404,52 @@ static int ct_equal(const char *a, const char *b)
     return diff == 0;
 }
 
-static int authorized(http_req *r)
+/* The index of the API key the request carries; -1 when it carries none that is accepted;
+ * AUTH_NONE when the server has no keys. */
+#define AUTH_NONE (-2)
+static int api_key_index(http_req *r)
 {
     const srv_config *c = &r->app->cfg;
-    if (c->n_api_keys == 0) return 1;
+    if (c->n_api_keys == 0) return AUTH_NONE;
     const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
-    int ok = 0;
-    for (int i = 0; i < c->n_api_keys; i++) ok |= ct_equal(h + 7, c->api_keys[i]);
-    return ok;
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return -1;
+    int index = -1;
+    for (int i = 0; i < c->n_api_keys; i++) {
+        int eq = ct_equal(h + 7, c->api_keys[i]); /* every key compared, whichever matches */
+        index = eq ? i : index;
+    }
+    return index;
+}
+
+static int authorized(http_req *r) { return api_key_index(r) != -1; }
+
+/* The request's client for the per-client limits: its API key, or its IPv4 address when the
+ * server has no keys. */
+static uint64_t client_id(http_req *r)
+{
+    int key = api_key_index(r);
+    if (key >= 0) return srv_client_key(key);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr_in *sa = ci ? (const struct sockaddr_in *)ci->client_addr : NULL;
+    return srv_client_addr(sa && sa->sin_family == AF_INET ? sa->sin_addr.s_addr : 0);
+}
+
+/* Refuses a request over one of its client's limits: 429 overloaded, Retry-After (respond). */
+static void client_limit_error(http_req *r, const char *what, int limit, const char *setting)
+{
+    srv_metrics_reject(&r->app->metrics, REJ_CLIENT_LIMIT);
+    char who[64] = "this API key";
+    if (r->app->cfg.n_api_keys == 0) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        char ip[INET_ADDRSTRLEN] = "?";
+        if (ci && ci->client_addr->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, ip, sizeof ip);
+        snprintf(who, sizeof who, "this client address (%s)", ip);
+    }
+    api_fail(&r->err, API_E_OVERLOADED, "%s has %d %s already, the most %s allows; retry when one ends", who, limit,
+             what, setting);
+    r->err.extra_key[0] = "limit";
+    r->err.extra_val[0] = limit;
 }
 
 static void check_origin(http_req *r)
@@ -507,6 +606,9 @@ static void log_request(srv_app *app, http_req *r)
 static void on_job_done(srv_job *job)
 {
     http_req *r = job->owner;
+    /* the job's slot goes back first: r lives at least until job_active is 0 */
+    srv_guard_job_end(r->app->http->guard, r->job_client);
+    r->job_client = NULL;
     pthread_mutex_lock(&r->life);
     /* Read everything needed before job_active goes to 0: from then on, a started stream's
      * request belongs to MHD, whose thread may free it at once (a client that left). Lock
@@ -633,6 +735,13 @@ static enum MHD_Result submit(http_req *r)
     job->client_fd = ci ? ci->connect_fd : -1;
     job->on_done = on_job_done;
     job->owner = r;
+    if (r->client) { /* one of its client's job slots, held until the job is done */
+        if (srv_guard_job_begin(app->http->guard, r->client)) {
+            client_limit_error(r, "jobs queued or running", app->cfg.max_queued_per_key, "max-queued-per-key");
+            return respond_error(r, NULL);
+        }
+        r->job_client = r->client;
+    }
     MHD_suspend_connection(r->conn);
     r->ph = PH_QUEUED;
     pthread_mutex_lock(&r->life);
@@ -642,6 +751,8 @@ static enum MHD_Result submit(http_req *r)
         pthread_mutex_lock(&r->life);
         r->job_active = 0;
         pthread_mutex_unlock(&r->life);
+        srv_guard_job_end(app->http->guard, r->job_client);
+        r->job_client = NULL;
         srv_metrics_reject(&app->metrics, REJ_QUEUE_FULL);
         api_fail(&r->err, API_E_OVERLOADED, "the queue is full (%d waiting); retry later", app->cfg.max_queue);
         r->ph = PH_ANSWER;
@@ -683,15 +794,24 @@ static enum MHD_Result start_generate(http_req *r)
         srv_metrics_input_bytes(&app->metrics, r->greq.prompts[i].len);
         prompt_tokens += tokens;
     }
-    /* a prompt that cannot be prefilled before its deadline is refused now, not cut off later */
+    /* A prompt that cannot be prefilled before its deadline is refused now, not cut off later.
+     * Against the server's own deadline the prompt is too long (413, with the tokens it could
+     * take); against the client's X-Request-Timeout the deadline is too short: 504, the answer
+     * the deadline would have given, without spending the cores first. */
     double rate = srv_prefill_rate(app);
     if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout) {
-        api_fail(&r->err, API_E_INPUT_TOO_LONG,
-                 "the prompt is %llu tokens: at this server's prefill rate (%.0f tokens/s) it would take about %.1f s, "
-                 "longer than the request's deadline of %g s", (unsigned long long)prompt_tokens, rate,
-                 (double)prompt_tokens / rate, r->timeout);
-        r->err.extra_key[0] = "max_tokens";
-        r->err.extra_val[0] = floor(rate * r->timeout);
+        double need = (double)prompt_tokens / rate;
+        if (r->timeout_from_client) {
+            api_fail(&r->err, API_E_TIMEOUT,
+                     "the prompt is %llu tokens: at this server's prefill rate (%.0f tokens/s) it would take about %.1f s, "
+                     "longer than the X-Request-Timeout of %g s", (unsigned long long)prompt_tokens, rate, need, r->timeout);
+        } else {
+            api_fail(&r->err, API_E_INPUT_TOO_LONG,
+                     "the prompt is %llu tokens: at this server's prefill rate (%.0f tokens/s) it would take about %.1f s, "
+                     "longer than the request's deadline of %g s", (unsigned long long)prompt_tokens, rate, need, r->timeout);
+            r->err.extra_key[0] = "max_tokens";
+            r->err.extra_val[0] = floor(rate * r->timeout);
+        }
         srv_metrics_reject(&app->metrics, REJ_PREFILL_TIME);
         return respond_error(r, NULL);
     }
@@ -788,10 +908,19 @@ static int is_json(const char *ctype)
     return strncasecmp(ctype, "application/json", n) == 0 && (ctype[n] == 0 || ctype[n] == ';' || ctype[n] == ' ');
 }
 
+/* The connection's clock (its socket context, set by on_connection), or NULL. */
+static srv_conn *clock_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
 static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                const char *version, const char *upload, size_t *upload_size, void **con_cls)
 {
-    srv_app *app = cls;
+    const http_listener *l = cls;
+    srv_app *app = l->app;
+    srv_guard *guard = app->http->guard;
     http_req *r = *con_cls;
     if (!r) {
         r = calloc(1, sizeof *r);
@@ -801,6 +930,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         *con_cls = r;
         r->app = app;
         r->conn = conn;
+        r->clock = clock_of(conn);
+        srv_guard_conn_phase(guard, r->clock, CONN_BUSY); /* the head is in; BODY below */
         r->t0 = srv_now();
         r->ep = EP_OTHER;
         r->url = url;
@@ -819,6 +950,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         char allow[64] = "";
         for (size_t i = 0; i < N_ROUTES; i++) {
             if (strcmp(ROUTES[i].path, url)) continue;
+            if (l->health && ROUTES[i].ep != EP_HEALTH && ROUTES[i].ep != EP_READY && ROUTES[i].ep != EP_METRICS) continue;
             path_known = 1;
             snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s", allow[0] ? ", " : "", ROUTES[i].method);
             if (!strcmp(ROUTES[i].method, method) || (!strcmp(method, "HEAD") && !strcmp(ROUTES[i].method, "GET"))) rt = &ROUTES[i];
@@ -844,6 +976,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                 api_fail(&r->err, API_E_METHOD, "%s is not allowed on %s; use %s", method, url, allow);
                 return respond_error(r, allow);
             }
+            if (l->health) return fail(r, API_E_NOT_FOUND, "%s", "the health port serves /health, /ready and /metrics only");
             return fail(r, API_E_NOT_FOUND, "no route %s", url);
         }
         r->ep = rt->ep;
@@ -860,6 +993,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             return fail(r, API_E_NO_MODEL, "%s", "no generation model is loaded");
         if (r->ep == EP_CLASSIFY && !app->classifier)
             return fail(r, API_E_NO_MODEL, "%s", "no classification model is loaded");
+        /* one of its client's request slots, held until the request ends (completed) */
+        if (srv_guard_request_begin(guard, client_id(r), &r->client)) {
+            client_limit_error(r, "requests open", app->cfg.max_requests_per_key, "max-requests-per-key");
+            return respond_error(r, NULL);
+        }
         r->stream_route = !strcmp(url, "/generate_stream");
         const char *ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
         r->raw = r->ep == EP_CLASSIFY && is_raw(ctype);
@@ -879,22 +1017,12 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
          * until it is freed (the parsed input stands in for the body once parsed) */
         if (r->body_expect) {
             uint64_t need = (uint64_t)r->body_expect + 1;
-            if (need > srv_request_budget(app)) {
-                api_fail(&r->err, API_E_MEMORY, "the body is %s bytes; requests may reserve %llu of the memory budget", cl,
-                         (unsigned long long)srv_request_budget(app));
-                r->err.extra_key[0] = "memory_required_bytes";
-                r->err.extra_val[0] = (double)need;
-                r->err.extra_key[1] = "memory_budget_bytes";
-                r->err.extra_val[1] = (double)srv_request_budget(app);
-                srv_metrics_reject(&app->metrics, REJ_MEMORY);
-                return respond_error(r, NULL);
-            }
-            if (srv_reserve(app, need)) {
+            if (need > app->http->bodies_cap) return body_never_fits(r, need);
+            if (hold(r, need)) {
                 srv_metrics_reject(&app->metrics, REJ_MEMORY);
                 return fail(r, API_E_ENGINE_MEMORY, "%s",
                             "the memory budget cannot hold this body now (other requests hold it); retry");
             }
-            r->held = need;
         }
         r->timeout = app->cfg.request_timeout;
         const char *to = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Timeout");
@@ -906,8 +1034,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                 return respond_error(r, NULL);
             }
             r->timeout = t;
+            r->timeout_from_client = 1;
         }
         r->ph = PH_BODY;
+        if (!r->no_body) srv_guard_conn_phase(guard, r->clock, CONN_BODY);
         return MHD_YES;
     }
 
@@ -926,6 +1056,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     if (r->ph == PH_BODY && *upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
+        srv_guard_conn_body(guard, r->clock, n);
         if (r->err.kind) return MHD_YES;
         if (r->body_len + n > app->cfg.max_body_bytes) { /* chunked: Content-Length was checked */
             api_fail(&r->err, API_E_TOO_LARGE, "the body is larger than max-body-bytes (%llu)",
@@ -938,14 +1069,17 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             size_t cap = r->body_cap ? r->body_cap : r->body_expect >= n ? r->body_expect + 1 : 4096;
             while (cap < r->body_len + n + 1) cap *= 2;
             if (cap > r->held) { /* chunked, or more than declared: reserve the growth first */
-                if (srv_reserve(app, cap - r->held)) {
+                if (cap > app->http->bodies_cap) {
+                    body_never_fits(r, cap);
+                    return answer_mid_body(r);
+                }
+                if (hold(r, cap - r->held)) {
                     srv_metrics_reject(&app->metrics, REJ_MEMORY);
                     api_fail(&r->err, API_E_ENGINE_MEMORY, "the memory budget cannot hold this body now; retry");
                     free(r->body);
                     r->body = NULL;
                     return answer_mid_body(r);
                 }
-                r->held = cap;
             }
             char *nb = realloc(r->body, cap); /* a client-controlled size: try, never abort */
             if (!nb) {
@@ -961,6 +1095,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         return MHD_YES;
     }
     if (r->ph == PH_BODY) {
+        srv_guard_conn_phase(guard, r->clock, CONN_BUSY);
         if (r->err.kind) return respond_error(r, NULL);
         return generates(r->ep) ? start_generate(r) : start_classify(r);
     }
@@ -980,13 +1115,20 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 
 static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
-    srv_app *app = cls;
+    const http_listener *l = cls;
+    srv_app *app = l->app;
+    srv_guard *guard = app->http->guard;
+    srv_conn *clock = clock_of(conn);
+    srv_guard_conn_phase(guard, clock, CONN_WAIT); /* for the next request, if the connection stays */
     http_req *r = *con_cls;
     if (!r) return;
     r->done_dt = srv_now() - r->t0;
     r->done_status = r->status ? r->status : 499; /* the client left before an answer was sent */
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->status && !r->raw_answer) r->done_status = 499;
+    /* closed by the guard for sending its body too slowly: logged and counted as 408 */
+    if (!r->status && srv_guard_conn_cut(guard, clock) == SRV_CUT_BODY) r->done_status = 408;
+    srv_guard_request_end(guard, r->client);
+    r->client = NULL;
     if (r->inflight) srv_metrics_inflight(&app->metrics, -1);
     *con_cls = NULL;
     pthread_mutex_lock(&r->life);
@@ -1013,35 +1155,128 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
     }
 }
 
-int srv_http_start(srv_app *app)
+/* MHD's thread of either listener: a connection starts (its clock, in WAIT) or is closed. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    const http_listener *l = cls;
+    srv_guard *guard = l->app->http->guard;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        srv_guard_conn_close(guard, *socket_context);
+        *socket_context = NULL;
+        return;
+    }
+    const union MHD_ConnectionInfo *fd = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *ad = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr_in *sa = ad ? (const struct sockaddr_in *)ad->client_addr : NULL;
+    *socket_context = fd ? srv_guard_conn_open(guard, fd->connect_fd, sa && sa->sin_family == AF_INET ? sa->sin_addr.s_addr : 0)
+                         : NULL;
+}
+
+/* MHD's thread: a request line is in; the head's clock starts. (Called before the handler's
+ * first call; what it returns would be that call's *con_cls, so NULL.) */
+static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)uri;
+    const http_listener *l = cls;
+    srv_guard_conn_phase(l->app->http->guard, clock_of(conn), CONN_HEAD);
+    return NULL;
+}
+
+/* Enough open files for every connection both listeners take, models and pipes besides: the
+ * soft limit is raised as far as the hard one allows (it is often 1024, as many as the default
+ * max-connections). */
+static void raise_file_limit(rlim_t need)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur >= need) return;
+    rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? need : rl.rlim_max;
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) || want < need)
+        srv_log(LOG_WARN, "the open-file limit is below what max-connections needs",
+                "\"limit\":%llu,\"needed\":%llu", (unsigned long long)want, (unsigned long long)need);
+}
+
+/* Each connection's memory pool (its read buffer, the parsed head): libmicrohttpd 0.9.75 mallocs
+ * a pool of 32 KiB or less and maps a larger one on its own. Mapped, a connection's memory goes
+ * back to the system when it closes, and costs nothing until written: 1,100 idle connections
+ * left their malloc'd pools' pages scattered in the listener thread's heap, which kept the
+ * idle RSS after make soak-hostile's flood 400 KiB up. The limits on a head are the same. */
+#define CONNECTION_POOL (36 * 1024)
+
+/* The health listener's connections: enough for every prober, never the main listener's. */
+#define HEALTH_CONNECTIONS 64
+#define HEALTH_CONNECTIONS_PER_IP 16
+
+static struct MHD_Daemon *listen_on(srv_app *app, http_listener *l, int port, unsigned limit, unsigned per_ip)
 {
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
-    addr.sin_port = htons((uint16_t)app->cfg.port);
+    addr.sin_port = htons((uint16_t)port);
     if (inet_pton(AF_INET, app->cfg.host, &addr.sin_addr) != 1) {
         srv_log(LOG_ERROR, "bad host: give an IPv4 address such as 127.0.0.1 or 0.0.0.0", NULL);
-        return -1;
+        return NULL;
     }
-    app->httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME,
-                                  (uint16_t)app->cfg.port, NULL, NULL, handler, app,
-                                  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                                  MHD_OPTION_NOTIFY_COMPLETED, completed, app,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)app->cfg.connection_timeout,
-                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
-                                  MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)app->cfg.max_connections_per_ip,
-                                  MHD_OPTION_END);
-    if (!app->httpd) {
-        srv_log(LOG_ERROR, "cannot listen", "\"host\":\"%s\",\"port\":%d", app->cfg.host, app->cfg.port);
-        return -1;
+    struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME,
+                                            (uint16_t)port, NULL, NULL, handler, l,
+                                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                                            MHD_OPTION_NOTIFY_COMPLETED, completed, l,
+                                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, l,
+                                            MHD_OPTION_URI_LOG_CALLBACK, on_request_line, l,
+                                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)app->cfg.connection_timeout,
+                                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_POOL,
+                                            MHD_OPTION_CONNECTION_LIMIT, limit,
+                                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
+                                            MHD_OPTION_END);
+    if (!d) srv_log(LOG_ERROR, "cannot listen", "\"host\":\"%s\",\"port\":%d", app->cfg.host, port);
+    return d;
+}
+
+static int bound_port(struct MHD_Daemon *d, int asked)
+{
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    return di ? di->port : asked;
+}
+
+int srv_http_start(srv_app *app)
+{
+    const srv_config *c = &app->cfg;
+    struct srv_http *h = calloc(1, sizeof *h);
+    if (!h) return -1;
+    app->http = h;
+    app->health_port = -1;
+    h->main = (http_listener){app, 0};
+    h->health = (http_listener){app, 1};
+    h->bodies_cap = c->memory_budget / 2; /* max-body-bytes' default: the largest body fits */
+    /* the WAIT bound is a second past the idle timeout, so that libmicrohttpd closes an idle
+     * connection first and the guard only one that trickles its request line */
+    srv_guard_limits lim = {(double)c->connection_timeout + 1, c->header_timeout, c->body_timeout,
+                            (double)c->body_min_rate, c->max_requests_per_key, c->max_queued_per_key};
+    if (srv_guard_start(&h->guard, &lim, &app->metrics)) goto fail;
+    raise_file_limit((rlim_t)c->max_connections + (c->health_port >= 0 ? HEALTH_CONNECTIONS : 0) + 256);
+    app->httpd = listen_on(app, &h->main, c->port, (unsigned)c->max_connections, (unsigned)c->max_connections_per_ip);
+    if (!app->httpd) goto fail;
+    app->port = bound_port(app->httpd, c->port);
+    if (c->health_port >= 0) {
+        h->health_daemon = listen_on(app, &h->health, c->health_port, HEALTH_CONNECTIONS, HEALTH_CONNECTIONS_PER_IP);
+        if (!h->health_daemon) goto fail;
+        app->health_port = bound_port(h->health_daemon, c->health_port);
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(app->httpd, MHD_DAEMON_INFO_BIND_PORT);
-    app->port = di ? di->port : app->cfg.port;
     return 0;
+fail:
+    srv_http_stop(app);
+    return -1;
 }
 
 void srv_http_stop(srv_app *app)
 {
+    struct srv_http *h = app->http;
     if (app->httpd) MHD_stop_daemon(app->httpd);
     app->httpd = NULL;
+    if (!h) return;
+    if (h->health_daemon) MHD_stop_daemon(h->health_daemon);
+    srv_guard_stop(h->guard); /* after the listeners: they closed every connection */
+    free(h);
+    app->http = NULL;
 }

@@ -9,7 +9,8 @@
 const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS] = {"classify", "generate", "health", "ready", "info",
                                                    "metrics", "other", "preflight", "completions",
                                                    "chat_completions", "models", "page"};
-static const char *const REJ_NAMES[SRV_N_REJECTIONS] = {"queue_full", "memory", "draining", "deadline", "prefill_time"};
+static const char *const REJ_NAMES[SRV_N_REJECTIONS] = {"queue_full", "memory", "draining", "deadline", "client_limit", "prefill_time"};
+static const char *const CUT_REASONS[4] = {"request_line_timeout", "head_timeout", "body_too_slow", "client_gone"};
 
 static void hist_init(srv_histogram *h, const double *b, int n)
 {
@@ -101,6 +102,12 @@ void srv_metrics_reserved_add(srv_metrics *m, int64_t delta)
 {
     LOCKED(m->reserved = (uint64_t)((int64_t)m->reserved + delta); if (m->reserved > m->reserved_peak) m->reserved_peak = m->reserved);
 }
+void srv_metrics_conn_cut(srv_metrics *m, int reason)
+{
+    if (reason >= 0 && reason < 4) LOCKED(m->cuts[reason]++);
+}
+void srv_metrics_connections(srv_metrics *m, int delta) { LOCKED(m->connections += delta); }
+void srv_metrics_clients(srv_metrics *m, int n) { LOCKED(m->clients = n); }
 int64_t srv_metrics_get_inflight(srv_metrics *m)
 {
     int64_t v;
@@ -221,6 +228,14 @@ char *srv_metrics_render(srv_metrics *m)
                   "# TYPE luna_admission_rejections_total counter\n");
     for (int r = 0; r < SRV_N_REJECTIONS; r++)
         sb_printf(&b, "luna_admission_rejections_total{reason=\"%s\"} %llu\n", REJ_NAMES[r], (unsigned long long)m->rejections[r]);
+    sb_printf(&b, "# HELP luna_connections Open connections, both listeners.\n"
+                  "# TYPE luna_connections gauge\nluna_connections %lld\n", (long long)m->connections);
+    sb_printf(&b, "# HELP luna_connections_cut_total Connections closed in the middle of a request: too slow (its request "
+                  "line, head or body), or its client gone.\n# TYPE luna_connections_cut_total counter\n");
+    for (int r = 0; r < 4; r++)
+        sb_printf(&b, "luna_connections_cut_total{reason=\"%s\"} %llu\n", CUT_REASONS[r], (unsigned long long)m->cuts[r]);
+    sb_printf(&b, "# HELP luna_clients_active Clients (API keys, or addresses without keys) holding engine requests.\n"
+                  "# TYPE luna_clients_active gauge\nluna_clients_active %d\n", m->clients);
     pthread_mutex_unlock(&m->lock);
     return b.buf;
 }

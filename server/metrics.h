@@ -16,6 +16,7 @@
 #define SRV_N_ENDPOINTS 12
 #define SRV_N_CODES 16
 #define SRV_N_BUCKETS 16
+#define SRV_N_REJECTIONS 6
 
 typedef struct {
     double bounds[SRV_N_BUCKETS]; /* upper bounds; +Inf is implicit */
@@ -37,7 +38,10 @@ typedef struct {
     srv_histogram batch_prefill;      /* tokens of each prefill slice */
     int batch_streams;                /* generations in the batch now */
     uint64_t generated_tokens, prompt_tokens;
-    uint64_t rejections[5]; /* queue_full, memory, draining, deadline, prefill_time */
+    uint64_t rejections[SRV_N_REJECTIONS]; /* by srv_rejection */
+    uint64_t cuts[4];        /* connections the guard closed, by srv_cut (server/guard.h) */
+    int64_t connections;     /* open, both listeners */
+    int clients;             /* clients holding an engine request or job (server/guard.h) */
     int64_t inflight;
     uint64_t reserved, reserved_peak, budget, fixed; /* fixed: reserved for the server's life */
     int queue_depth;
@@ -51,7 +55,7 @@ typedef enum {
 } srv_endpoint;
 /* The endpoint label of metrics and logs. */
 extern const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS];
-typedef enum { REJ_QUEUE_FULL = 0, REJ_MEMORY, REJ_DRAINING, REJ_DEADLINE, REJ_PREFILL_TIME, SRV_N_REJECTIONS } srv_rejection;
+typedef enum { REJ_QUEUE_FULL = 0, REJ_MEMORY, REJ_DRAINING, REJ_DEADLINE, REJ_CLIENT_LIMIT, REJ_PREFILL_TIME } srv_rejection;
 
 void srv_metrics_init(srv_metrics *m, uint64_t budget);
 /* Sets the labels of the luna_build_info gauge: the server's version and the BLAS in use. */
@@ -78,6 +82,12 @@ void srv_metrics_inflight(srv_metrics *m, int delta);
 void srv_metrics_reserved(srv_metrics *m, uint64_t reserved);
 void srv_metrics_queue_depth(srv_metrics *m, int depth);
 int64_t srv_metrics_get_inflight(srv_metrics *m);
+/* server/guard.c: a connection it closed (the reason, a srv_cut: 0 request line, 1 head, 2
+ * body too slow, 3 client gone); connections opened (+1) or closed (-1); the clients holding
+ * requests now. */
+void srv_metrics_conn_cut(srv_metrics *m, int reason);
+void srv_metrics_connections(srv_metrics *m, int delta);
+void srv_metrics_clients(srv_metrics *m, int n);
 /* The text exposition; malloc'd, the caller frees. */
 char *srv_metrics_render(srv_metrics *m);
 

@@ -116,16 +116,17 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
     uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size;
     uint64_t n = (uint64_t)req->max_new_tokens;
     /* per prompt running at once (one alone; up to max-batch in the batch): its generation
-     * state, sampler scratch (12 B and a bit per id) and logits (4 B per id); the context
-     * that prefills it (a worker's, allocated once, but the job's working set all the same);
-     * per prompt: the output bytes and their UTF-8 rendering (3x), a stream's unread events.
-     * None of it grows with the prompt. */
+     * state, sampler scratch (12 B and a bit per id) and logits (4 B per id); alone, the
+     * context that runs it (a worker's, allocated once, but the job's working set all the
+     * same; in the batch, the workers' contexts are shared by every request, slice by slice,
+     * and the batch's own is reserved once); per prompt: the output bytes and their UTF-8
+     * rendering (3x), a stream's unread events. None of it grows with the prompt. */
     uint64_t prompts = req->n_prompts ? req->n_prompts : 1;
     uint64_t rows = app->batch && prompts > (uint64_t)app->cfg.max_batch ? (uint64_t)app->cfg.max_batch
                     : app->batch                                         ? prompts
                                                                          : 1;
     return rows * ((uint64_t)luna_gen_state_bytes(app->generator) + V * 17) +
-           (uint64_t)luna_ctx_bytes(app->generator, NULL) +
+           (app->batch ? 0 : (uint64_t)luna_ctx_bytes(app->generator, NULL)) +
            prompts * (n * 4 + (req->stream ? srv_stream_limit(1, (size_t)n) : 0));
 }
 

@@ -123,6 +123,8 @@ typedef struct {
 
     struct MHD_Daemon *httpd;
     int port;
+    int health_port;        /* the health listener's port, or -1 (http.c) */
+    struct srv_http *http;  /* http.c's own state: the health listener, the guard */
     srv_metrics metrics;
 } srv_app;
 

@@ -106,10 +106,12 @@ fi
 # ---- the server ------------------------------------------------------------------------------
 log=$work/server.log
 rm -f "$work"/*.json "$work/rss.txt" "$work/phases.txt" "$work/cpu.txt" "$log"  # the port is read from the log
+# wrk, one address, stands for many clients: the per-client and per-address limits are off, as
+# they would be behind a proxy (bench/soak_hostile.sh tests them)
 # shellcheck disable=SC2086
 ${LUNASERVE_WRAP:-} bin/lunaserve --port 0 --classify-model "$clf" --generate-model "$gen" --workers "$workers" --blas-threads 1 \
   --memory-budget "$budget" --max-queue "$queue" --max-new-tokens 256 --request-timeout 300 \
-  --max-request-timeout 600 2>"$log" &
+  --max-request-timeout 600 --max-requests-per-key 0 --max-queued-per-key 0 --max-connections-per-ip 0 2>"$log" &
 pid=$!
 sampler=""
 cleanup() {

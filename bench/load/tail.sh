@@ -30,7 +30,8 @@ make --no-print-directory bin/lunaserve >/dev/null
 log=$work/server.log
 rm -f "$log"
 bin/lunaserve --port 0 --classify-model "$clf" --generate-model "" --workers 2 --blas-threads 1 \
-  --memory-budget 96M --max-queue 64 --request-timeout 300 --max-request-timeout 600 2>"$log" &
+  --memory-budget 96M --max-queue 64 --request-timeout 300 --max-request-timeout 600 \
+  --max-requests-per-key 0 --max-queued-per-key 0 --max-connections-per-ip 0 2>"$log" &  # wrk: many clients, one address
 pid=$!
 hogs=""
 cleanup() { kill $pid $hogs 2>/dev/null || true; }

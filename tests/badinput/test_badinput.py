@@ -14,13 +14,16 @@ names the server does not serve (404); oversize headers and URLs; bodies over th
 request smuggling (two Content-Length, Content-Length with Transfer-Encoding, transfer codings
 other than chunked, no or two Host, two Authorization, a bare CR or a NUL in a header: 400 or
 501 and the connection closed, what follows never answered); a slowloris client (a stalled one
-is closed by the connection timeout); 1000 idle connections; pipelined requests.
+is closed by the connection timeout; one that trickles its request line, head or body by the
+guard's bounds); the per-address connection limit; 1000 idle connections from 8 addresses;
+pipelined requests.
 
 Requests go over raw sockets (http.client would refuse to send most of these). Standard library
 only; every wait is bounded; the server is stopped with SIGTERM and must exit 0.
 
 The server runs with --connection-timeout 3, which the slowloris, idle-connection and
-keep-alive cases measure. Prints "N passed, N failed".
+keep-alive cases measure, and --header-timeout 3 and --body-timeout 3, which the trickling
+cases measure. Prints "N passed, N failed".
 
 Timing: no case assumes how fast the machine is (make check-slow runs this file with the server
 on one core and OpenBLAS's slowest kernels). A connection closed by the timeout must not close
@@ -55,6 +58,8 @@ MAX_BODY = 65536
 MAX_INPUT = 16384
 MAX_NEW = 64
 CONN_TIMEOUT = 3  # seconds: --connection-timeout
+HEAD_TIMEOUT = 3  # seconds: --header-timeout and --body-timeout (the body's rate: the default)
+PER_IP = 128  # the default --max-connections-per-ip
 SLACK = 15  # seconds past the timeout before a connection still open is a failure (a hang bound)
 
 
@@ -66,7 +71,8 @@ class Server:
         self.proc, self.port, self.log = start(
             [os.path.join(BIN, "lunaserve"), "--port", "0", "--classify-model", CLF, "--generate-model", LM,
              "--max-body-bytes", str(MAX_BODY), "--max-input-bytes", str(MAX_INPUT),
-             "--max-new-tokens", str(MAX_NEW), "--workers", "2", "--connection-timeout", str(CONN_TIMEOUT), *args])
+             "--max-new-tokens", str(MAX_NEW), "--workers", "2", "--connection-timeout", str(CONN_TIMEOUT),
+             "--header-timeout", str(HEAD_TIMEOUT), "--body-timeout", str(HEAD_TIMEOUT), *args])
 
     def stop(self):
         if self.proc.poll() is None:
@@ -991,11 +997,84 @@ def case_slowloris_trickle(s):
             c.close()
 
 
+def trickled(s, first, piece, every=0.5):
+    """Sends `first`, then `piece` every `every` s (never idle for the connection timeout) until
+    the server closes the connection; returns (seconds from `first` to the close, what the
+    server sent), or fails past the timeouts + SLACK."""
+    c = Conn(s.port, 60)
+    try:
+        c.send(first)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < CONN_TIMEOUT + HEAD_TIMEOUT + SLACK:
+            if c.closed_by_peer(every):
+                return time.monotonic() - t0, c.buf
+            try:
+                c.send(piece)
+            except OSError:
+                return time.monotonic() - t0, c.buf
+        raise AssertionError("still open %.1f s after the first byte" % (time.monotonic() - t0))
+    finally:
+        c.close()
+
+
+def case_slowloris_trickled_request_line(s):
+    """A request line a byte every 0.5 s: never idle, but a connection may wait for its request
+    line only the connection timeout in all (+1 s), then it is closed unanswered."""
+    dt, got = trickled(s, b"G", b"E")
+    assert got == b"" and dt >= CONN_TIMEOUT - 0.5, (dt, got)
+
+
+def case_slowloris_trickled_head(s):
+    """A header line every 0.5 s after the request line: closed unanswered at --header-timeout."""
+    dt, got = trickled(s, b"GET /health HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n")
+    assert got == b"" and dt >= HEAD_TIMEOUT - 0.5, (dt, got)
+
+
+def case_slowloris_trickled_body(s):
+    """10 body bytes every 0.5 s (far below --body-min-rate): closed unanswered at
+    --body-timeout (and the few ms those bytes earn)."""
+    dt, got = trickled(s, b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 60000\r\n\r\n",
+                       b"y" * 10)
+    assert got == b"" and dt >= HEAD_TIMEOUT - 0.5, (dt, got)
+
+
+def src_conn(port, src):
+    """A connection from the loopback address src (127.0.0.0/8 is all this host's)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(src, 0))
+
+
+def case_per_address_limit(s):
+    """The default --max-connections-per-ip (128): one address's 129th connection is closed
+    unanswered at once; another address is served meanwhile."""
+    conns = [src_conn(s.port, "127.0.0.3") for _ in range(PER_IP)]
+    try:
+        for c in conns:  # each admitted: answered, and kept open
+            c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        for c in conns:
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        extra = src_conn(s.port, "127.0.0.3")
+        try:
+            extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = extra.recv(4096)
+        except (ConnectionResetError, BrokenPipeError):
+            got = b""
+        extra.close()
+        assert got == b"", got
+        other = src_conn(s.port, "127.0.0.4")
+        other.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert other.recv(4096).startswith(b"HTTP/1.1 200")
+        other.close()
+    finally:
+        for c in conns:
+            c.close()
+
+
 def case_1000_idle_connections(s):
-    """1000 connections that send nothing: the server still answers at once (/classify and
-    /generate), keeps each open until the connection timeout, then closes every one. Each
-    connection's age is checked on its own, newest first: one closed before its timeout fails,
-    one older than that may be closed already (on a slow machine the first ones may be)."""
+    """1000 connections that send nothing, from 8 addresses (125 each: under the per-address
+    limit): the server still answers at once (/classify and /generate), keeps each open until
+    the connection timeout, then closes every one. Each connection's age is checked on its own,
+    newest first: one closed before its timeout fails, one older than that may be closed
+    already (on a slow machine the first ones may be)."""
     def still_open(c):
         try:
             return c.recv(1) != b""
@@ -1006,8 +1085,8 @@ def case_1000_idle_connections(s):
 
     conns, opened = [], []
     try:
-        for _ in range(1000):
-            conns.append(socket.create_connection(("127.0.0.1", s.port), timeout=10))
+        for i in range(1000):
+            conns.append(src_conn(s.port, "127.0.1.%d" % (1 + i % 8)))
             opened.append(time.monotonic())
         t_last = opened[-1]
         time.sleep(0.5)
@@ -1068,7 +1147,8 @@ MULTI = [case_duplicate_key_named, case_top_p_one_is_greedy, case_mhd_oversize_h
          case_keepalive_after_get, case_early_error_with_a_body_closes, case_idle_keepalive_closed_by_timeout,
          case_head_and_options,
          case_nul_in_prompt_full_text, case_stream_bad_request_is_json, case_stream_disconnect, case_slowloris_stalled_headers,
-         case_slowloris_stalled_body, case_slowloris_trickle, case_1000_idle_connections]
+         case_slowloris_stalled_body, case_slowloris_trickle, case_slowloris_trickled_request_line,
+         case_slowloris_trickled_head, case_slowloris_trickled_body, case_per_address_limit, case_1000_idle_connections]
 
 
 def run_single(s, req, status, typ):

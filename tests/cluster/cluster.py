@@ -96,7 +96,8 @@ def read_env_file(path):
 
 
 def haproxy_config(src, fe_port, backends, sock):
-    """deploy/haproxy.cfg with the @cluster-test lines rewritten; every other line unchanged."""
+    """deploy/haproxy.cfg with the @cluster-test lines rewritten; every other line unchanged.
+    backends: (port, health port) of each replica; HAProxy checks the health port."""
     out, skip = [], False
     for line in open(src).read().split("\n"):
         if skip:  # the resolvers section runs to the next blank line
@@ -106,7 +107,7 @@ def haproxy_config(src, fe_port, backends, sock):
         if "@cluster-test: bind" in line:
             out.append(f"    bind 127.0.0.1:{fe_port}")
         elif "@cluster-test: servers" in line:
-            out += [f"    server r{i + 1} 127.0.0.1:{p}" for i, p in enumerate(backends)]
+            out += [f"    server r{i + 1} 127.0.0.1:{p} port {hp}" for i, (p, hp) in enumerate(backends)]
         elif "@cluster-test: resolvers" in line:
             skip = True
         elif RETRY_ON is not None and line.strip().startswith("retry-on "):
@@ -286,7 +287,8 @@ def run(tmp, procs):
     env = dict(os.environ)
     conf = read_env_file(os.path.join(ROOT, "deploy/lunaserve.env"))
     env.update(conf)
-    env.update(LUNASERVE_HOST="127.0.0.1", LUNASERVE_PORT="0", LUNASERVE_CLASSIFY_MODEL=cls, LUNASERVE_GENERATE_MODEL=gen)
+    env.update(LUNASERVE_HOST="127.0.0.1", LUNASERVE_PORT="0", LUNASERVE_HEALTH_PORT="0", LUNASERVE_CLASSIFY_MODEL=cls,
+               LUNASERVE_GENERATE_MODEL=gen)
     print("replica settings (deploy/lunaserve.env): " + " ".join(f"{k[10:].lower()}={v}" for k, v in conf.items()))
 
     # 1. three replicas
@@ -295,13 +297,13 @@ def run(tmp, procs):
         log = os.path.join(tmp, f"replica{i + 1}.log")
         p = subprocess.Popen(wrap([BIN]), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
         procs.append(p)
-        reps.append({"proc": p, "log": log, "port": None})
+        reps.append({"proc": p, "log": log, "port": None, "health_port": None})
     deadline = time.monotonic() + UP_TIMEOUT
     while time.monotonic() < deadline and not all(r["port"] for r in reps):
         for r in reps:
-            m = re.search(r'"msg":"listening".*?"port":(\d+)', open(r["log"]).read())
+            m = re.search(r'"msg":"listening".*?"port":(\d+),"health_port":(\d+)', open(r["log"]).read())
             if m:
-                r["port"] = int(m.group(1))
+                r["port"], r["health_port"] = int(m.group(1)), int(m.group(2))
         time.sleep(0.05)
     if not check("3 replicas listening on loopback", all(r["port"] for r in reps),
                  " / ".join(open(r["log"]).read()[-300:] for r in reps)):
@@ -313,7 +315,8 @@ def run(tmp, procs):
     fe = free_port()
     sock = os.path.join(tmp, "haproxy.sock")
     cfg = os.path.join(tmp, "haproxy.cfg")
-    open(cfg, "w").write(haproxy_config(os.path.join(ROOT, "deploy/haproxy.cfg"), fe, ports, sock))
+    backends = [(r["port"], r["health_port"]) for r in reps]
+    open(cfg, "w").write(haproxy_config(os.path.join(ROOT, "deploy/haproxy.cfg"), fe, backends, sock))
     c = subprocess.run(["haproxy", "-c", "-q", "-f", cfg], capture_output=True, text=True)
     if not check("haproxy -c accepts the generated config", c.returncode == 0, c.stderr.strip()[-400:]):
         return 1

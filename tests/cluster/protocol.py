@@ -13,6 +13,7 @@ closes the connection and answers nothing more, and never reaches the replica (i
 counters do not move); a request HAProxy normalises reaches it exactly as many times as HAProxy
 read a request. Prints "N passed, N failed"; exit 1 on any failure. About 10 s.
 Env: LUNA_BIN_DIR (default build/bin)."""
+import json
 import os
 import re
 import signal
@@ -122,14 +123,15 @@ def main():
     tmp = tempfile.mkdtemp(prefix="lunaserve-protocol-")
     procs = []
     try:
-        proc, be, _ = start([BIN, "--port", "0", "--classify-model", os.path.join(ROOT, "tests/golden/email_subject_body"),
+        proc, be, log = start([BIN, "--port", "0", "--classify-model", os.path.join(ROOT, "tests/golden/email_subject_body"),
                              "--generate-model", os.path.join(ROOT, "tests/golden/lm_defaults"),
-                             "--max-body-bytes", "65536", "--workers", "1"])
+                             "--max-body-bytes", "65536", "--workers", "1", "--health-port", "0"])
         procs.append(proc)
         fe = cluster.free_port()
         cfg = os.path.join(tmp, "haproxy.cfg")
         with open(cfg, "w") as f:
-            f.write(cluster.haproxy_config(os.path.join(ROOT, "deploy/haproxy.cfg"), fe, [be], os.path.join(tmp, "sock")))
+            hp = next(json.loads(ln) for ln in log if '"msg":"listening"' in ln)["health_port"]
+            f.write(cluster.haproxy_config(os.path.join(ROOT, "deploy/haproxy.cfg"), fe, [(be, hp)], os.path.join(tmp, "sock")))
         c = subprocess.run(["haproxy", "-c", "-q", "-f", cfg], capture_output=True, text=True)
         check("haproxy -c accepts deploy/haproxy.cfg", c.returncode == 0, c.stderr[-400:])
         hap = subprocess.Popen(["haproxy", "-db", "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -68,14 +68,22 @@ class Server:
             self.stop()
             raise
 
-    def req(self, method, path, body=None, headers=None, timeout=60, off_spec=False, direct=False):
+    @property
+    def health_port(self):
+        """The health listener's port (--health-port), from the "listening" line; -1: none."""
+        return next(json.loads(l) for l in self.log if '"msg":"listening"' in l)["health_port"]
+
+    def req(self, method, path, body=None, headers=None, timeout=60, off_spec=False, direct=False, port=None, src=None):
         """One request on a new connection: (status, headers with lower-case names, body).
         Through the OpenAPI proxy when there is one, which checks the exchange (Proxy.check;
         off_spec: the request is outside the spec on purpose), unless direct: a request that the
         proxy cannot forward as it is (a body that is not JSON, or not UTF-8: Prism answers 400
-        itself, or re-encodes it) goes to the server itself."""
-        via = self.proxy if self.proxy and not direct else None
-        c = http.client.HTTPConnection("127.0.0.1", via.port if via else self.port, timeout=timeout)
+        itself, or re-encodes it) goes to the server itself, and so does one to another port
+        (port: the health listener) or from another loopback address (src: another client to
+        the per-address and per-client limits; default 127.0.0.1)."""
+        via = self.proxy if self.proxy and not direct and port is None and src is None else None
+        c = http.client.HTTPConnection("127.0.0.1", via.port if via else (port or self.port), timeout=timeout,
+                                       source_address=(src, 0) if src else None)
         h = {"Content-Type": "application/json"} if body is not None else {}
         h.update(headers or {})
         if isinstance(body, (dict, list)):
@@ -89,12 +97,12 @@ class Server:
             via.check(method, path, got, off_spec)
         return r.status, got, data
 
-    def json(self, method, path, body=None, headers=None, timeout=60, off_spec=False, direct=False):
-        s, h, d = self.req(method, path, body, headers, timeout, off_spec, direct)
+    def json(self, method, path, body=None, headers=None, timeout=60, off_spec=False, direct=False, port=None, src=None):
+        s, h, d = self.req(method, path, body, headers, timeout, off_spec, direct, port, src)
         return s, h, json.loads(d)
 
-    def metrics(self):
-        _, _, d = self.req("GET", "/metrics")
+    def metrics(self, port=None):
+        _, _, d = self.req("GET", "/metrics", port=port)
         out = {}
         for line in d.decode().splitlines():
             if line and not line.startswith("#"):
@@ -122,6 +130,11 @@ def is_error(status, body, code, typ=None):
     assert e["request_id"] and e["message"], body
     if typ:
         assert e["type"] == typ, body
+
+
+def requests_hold(m):
+    """What requests hold in the ledger: the reservation less the server's own for its life."""
+    return m["luna_memory_reserved_bytes"] - m["luna_memory_reserved_fixed_bytes"]
 
 
 def reserved_idle(m):
@@ -164,6 +177,20 @@ def long_enough(run, n, seconds, tries=4):
             return n
         n *= 2
     raise AssertionError("the work took %.2f s at most (n = %d), not more than %.2f s" % (dt, n // 2, seconds))
+
+
+def classify_pair(s, n):
+    """Two classifications of n slow bytes at once (on one worker, the second waits for the
+    first); both must be 200. Returns how long the slower took."""
+    res = []
+
+    def classify():
+        t0 = time.monotonic()
+        st, _, b = s.json("POST", "/classify", {"inputs": slow_doc(n)}, timeout=600)
+        res.append((st, time.monotonic() - t0))
+    run_threads(classify, 2)
+    assert [st for st, _ in res] == [200, 200], res
+    return max(dt for _, dt in res)
 
 
 def wait_for(cond, what, seconds=60):
@@ -475,14 +502,14 @@ def vm_kb(pid, field):
 def test_bodies_are_reserved():
     # a body is reserved in the ledger before a byte of it is read, and held until its request is
     # freed: uploads left one byte short cannot hold more than the budget, and their memory goes
-    # back to the system when they end. (libmicrohttpd 0.9.75 does not always notice at once that
-    # a client closed in the middle of a body that it is still reading; the connection timeout
-    # ends such a connection, so it is short here.)
+    # back to the system when they end. Bodies together hold at most half the budget, the rest is
+    # the jobs': a generation runs while uploads hold all they may (issue 27: it waited at the head
+    # of the queue, and the queue behind it, while uploads took every byte a job gave back).
     mib = 1 << 20
     # under ASan (make asan), its allocator must hand freed memory back as glibc's does here:
     # no quarantine, pages released at once (harmless for the plain build)
     asan = (os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=0:allocator_release_to_os_interval_ms=0").lstrip(":")
-    s = Server("--memory-budget", "16M", "--max-body-bytes", "64M", "--connection-timeout", "3", model=FAST,
+    s = Server("--memory-budget", "32M", "--max-body-bytes", "64M", "--connection-timeout", "3", model=FAST, gen=LM,
                env=dict(os.environ, ASAN_OPTIONS=asan))
     conns = []
     try:
@@ -491,24 +518,29 @@ def test_bodies_are_reserved():
             c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
             c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % n)
             return c
-        for _ in range(5):  # 5 x (3 MiB + 1) fit in 16 MiB; all but the last byte sent
+        for _ in range(5):  # 5 x (3 MiB + 1) fit in 16 MiB, half the budget; all but the last byte sent
             c = upload(3 * mib)
             c.sendall(b"x" * (3 * mib - 1))
             conns.append(c)
         end = time.monotonic() + 30
-        while s.metrics()["luna_memory_reserved_bytes"] < 5 * (3 * mib + 1) and time.monotonic() < end:
+        while requests_hold(s.metrics()) < 5 * (3 * mib + 1) and time.monotonic() < end:
             time.sleep(0.05)
         m = s.metrics()
-        assert m["luna_memory_reserved_bytes"] == 5 * (3 * mib + 1), m["luna_memory_reserved_bytes"]
-        # the sixth does not fit now: 503 before its body, and the server keeps answering
+        assert requests_hold(m) == 5 * (3 * mib + 1), m["luna_memory_reserved_bytes"]
+        # the sixth does not fit the bodies' half now (the ledger has 17 MiB free): 503 before its
+        # body, and the server keeps answering
         c = upload(3 * mib)
         head = c.recv(65536)
         c.close()
         assert head.startswith(b"HTTP/1.1 503") and b"out_of_memory" in head and b"Retry-After" in head, head[:300]
         st, _, b = s.json("GET", "/health")
         assert st == 200, b
+        # a generation runs meanwhile, in the jobs' half: the five uploads are still held after it
+        st, _, b = s.json("POST", "/generate", {"inputs": "a", "parameters": {"max_new_tokens": 64}})
+        assert st == 200, b
+        assert requests_hold(s.metrics()) == 5 * (3 * mib + 1)
         # a body larger than the whole budget: 413 before it is read
-        c = upload(20 * mib)
+        c = upload(40 * mib)
         head = c.recv(65536)
         c.close()
         assert head.startswith(b"HTTP/1.1 413") and b"memory_budget_exceeded" in head, head[:300]
@@ -573,9 +605,10 @@ def test_budget_invariant_32_clients():
                "--request-timeout", "600", model=SLOW)
     results = []
     try:
-        def client(i):
+        def client(i):  # each from an address of its own: 32 clients to the per-client limits
             for k in range(2):
-                st, _, b = s.json("POST", "/classify", {"inputs": slow_doc(2000 - 2 + (i % 5))}, timeout=600)
+                st, _, b = s.json("POST", "/classify", {"inputs": slow_doc(2000 - 2 + (i % 5))}, timeout=600,
+                                  src="127.0.2.%d" % (i + 1))
                 results.append(st)
         ts = [threading.Thread(target=client, args=(i,)) for i in range(32)]
         for t in ts:
@@ -639,14 +672,18 @@ def test_100_disconnects():
     s = Server("--workers", "2", "--max-queue", "200", model=SLOW)
     try:
         body = json.dumps({"inputs": slow_doc(30000)}).encode()
-        def hangup():
-            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        def hangup(i):  # ten clients (addresses), each with one request a batch
+            c = src_conn(s.port, "127.0.3.%d" % (i + 1), timeout=10)
             c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             time.sleep(0.02)
             c.close()
         for batch in range(10):
-            run_threads(hangup, 10)
+            ts = [threading.Thread(target=hangup, args=(i,)) for i in range(10)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
         m = wait_idle(s)
         assert m["luna_inflight_requests"] == 0 and m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"], m
         assert m.get('luna_requests_total{endpoint="classify",code="499"}', 0) == 100, m
@@ -914,7 +951,8 @@ def test_batch_bytes_match_alone():
         want = [batch_answer(alone.json("POST", p, b)[2]) for p, b in BATCH_BODIES]
     finally:
         assert alone.stop() == 0
-    s = Server("--max-batch", "8", "--max-batch-tokens", "1", "--max-queue", "100", model="", gen=LM)
+    s = Server("--max-batch", "8", "--max-batch-tokens", "1", "--max-queue", "100", "--max-queued-per-key", "100",
+               "--max-requests-per-key", "100", model="", gen=LM)
     try:
         st, _, info = s.json("GET", "/info")
         assert {k: info["batch"][k] for k in ("continuous", "max_batch", "max_batch_tokens", "prefill_admission")} == \
@@ -983,6 +1021,11 @@ def test_batch_streams_step_together():
         m = s.metrics()
         assert m["luna_batch_size_count"] > m['luna_batch_size_bucket{le="2"}'], m
         assert m["luna_time_to_first_token_seconds_count"] == 4, m
+        # a batched generation reserves its state, not a context: the workers' contexts are
+        # shared slice by slice (so 64 streams fit where 25 did)
+        st, _, info = s.json("GET", "/info")
+        st, h, d = s.req("POST", "/generate_stream", {"inputs": "Mary", "parameters": {"max_new_tokens": 1}})
+        assert st == 200 and int(h["x-memory-reserved-bytes"]) < info["models"]["generate"]["context_bytes"], (h, info)
         for c, _ in conns:
             c.close()
         m = wait_idle(s)
@@ -1071,9 +1114,14 @@ def test_prompt_that_cannot_be_prefilled_in_time():
         assert "prefill rate" in b["error"]["message"] and 0 < b["error"]["max_tokens"] < (8 << 20), b
         st, _, b = s.json("POST", "/v1/completions", {"prompt": ["a" * (4 << 20), "b" * (4 << 20)], "max_tokens": 1})
         is_error(st, b, 413, "input_too_long")
+        # the client's own deadline too short for the prompt: 504 at once (the prompt is not too long)
+        st, _, b = s.json("POST", "/generate", {"inputs": "a" * 20000, "parameters": {"max_new_tokens": 1}},
+                          headers={"X-Request-Timeout": "0.000001"})
+        is_error(st, b, 504, "timeout")
+        assert "X-Request-Timeout" in b["error"]["message"] and "max_tokens" not in b["error"], b
         m = s.metrics()
         assert m["luna_prompt_tokens_total"] == m0["luna_prompt_tokens_total"], m  # nothing ran
-        assert m['luna_admission_rejections_total{reason="prefill_time"}'] == 2, m
+        assert m['luna_admission_rejections_total{reason="prefill_time"}'] == 3, m
         st, _, b = s.json("POST", "/generate", {"inputs": "Emma", "parameters": {"max_new_tokens": 3}})
         assert st == 200, b
         # with a deadline it can meet (rate x deadline >> 8 Mi tokens), the same prompt is admitted
@@ -1288,10 +1336,10 @@ def test_gets_share_one_connection(s):
         c.close()
 
 
-def raw_health(port):
-    """GET /health on a new connection; the whole answer, or b"" when the server closes or
-    resets the connection unanswered (past --max-connections-per-ip)."""
-    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+def raw_health(port, src="127.0.0.1"):
+    """GET /health on a new connection from the loopback address src; the whole answer, or b""
+    when the server closes or resets the connection unanswered (past --max-connections-per-ip)."""
+    c = src_conn(port, src, timeout=10)
     try:
         c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         got = b""
@@ -1306,14 +1354,14 @@ def raw_health(port):
         c.close()
 
 
-def health_once_admitted(port, seconds=30):
+def health_once_admitted(port, seconds=30, src="127.0.0.1"):
     """raw_health, retried until the server admits the connection (it frees a closed
     connection's slot a moment after the close), for at most `seconds`."""
     deadline = time.monotonic() + seconds
-    got = raw_health(port)
+    got = raw_health(port, src)
     while not got and time.monotonic() < deadline:
         time.sleep(0.05)
-        got = raw_health(port)
+        got = raw_health(port, src)
     return got
 
 
@@ -1328,17 +1376,7 @@ def test_connection_timeout_and_per_ip_limit():
                "--sse-ping-interval", "3600", model=SLOW, gen=SLOW_LM)
     try:
         # a classification that runs for longer than the timeout, and one that waits behind it
-        def classify_pair(n):
-            res = []
-
-            def classify():
-                t0 = time.monotonic()
-                st, _, b = s.json("POST", "/classify", {"inputs": slow_doc(n)}, timeout=600)
-                res.append((st, time.monotonic() - t0))
-            run_threads(classify, 2)
-            assert [st for st, _ in res] == [200, 200], res
-            return max(dt for _, dt in res)
-        long_enough(classify_pair, 30000, 2)
+        long_enough(lambda n: classify_pair(s, n), 30000, 2)
 
         # a stream whose prefill sends nothing for longer than the timeout (no keep-alive pings)
         def stream(n):
@@ -1521,6 +1559,290 @@ def test_metrics_auth_and_cors_null():
         assert s.stop() == 0
 
 
+# ---- issue 27: slow clients, the per-address default, the health port, per-client limits -----
+
+def src_conn(port, src="127.0.0.1", timeout=30):
+    """A connection to the server from the loopback address src: 127.0.0.0/8 is all this host's,
+    and each address is another client to the per-address limits."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(src, 0))
+
+
+def trickle(port, first, piece, every=0.3, seconds=25):
+    """Sends `first`, then `piece` every `every` seconds until the server closes the connection
+    (at most `seconds`). Returns (what the server sent, seconds from `first` to the close), or
+    fails when the connection outlives `seconds`."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        c.sendall(first)
+        t0 = time.monotonic()
+        got = b""
+        c.settimeout(every)
+        while time.monotonic() - t0 < seconds:
+            try:
+                part = c.recv(4096)
+                if not part:
+                    return got, time.monotonic() - t0
+                got += part
+            except socket.timeout:
+                try:
+                    c.sendall(piece)
+                except (BrokenPipeError, ConnectionResetError):
+                    return got, time.monotonic() - t0
+            except ConnectionResetError:
+                return got, time.monotonic() - t0
+        raise AssertionError("a trickling client still connected after %d s" % seconds)
+    finally:
+        c.close()
+
+
+def test_slow_clients_are_cut_off():
+    """A client that trickles its head (a line every 0.3 s) or its body (10 bytes every 0.3 s)
+    is never idle, so --connection-timeout (30 s here) never closed it; --header-timeout, and
+    --body-timeout plus a second per --body-min-rate bytes, do, unanswered (the body's request
+    is logged and counted as 408, its reservation given back). A body sent faster than the rate
+    is served however long it takes; a client that closes mid-body is let go within seconds, not
+    the connection timeout; a keep-alive connection may wait for its next request past the header
+    timeout; a request that waits in the queue or runs has no such clock."""
+    s = Server("--workers", "1", "--connection-timeout", "30", "--header-timeout", "1", "--body-timeout", "1",
+               "--body-min-rate", "8K", model=SLOW)
+    try:
+        got, dt = trickle(s.port, b"GET /health HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n")
+        assert got == b"" and 0.8 < dt < 10, (got, dt)
+        got, dt = trickle(s.port, b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                                  b"Content-Length: 100000\r\nX-Request-Id: trickled-body\r\n\r\n", b"y" * 10)
+        assert got == b"" and 0.8 < dt < 10, (got, dt)
+        line = log_line(s, "trickled-body")
+        assert line["status"] == 408 and 0 < line["bytes_in"] < 1000, line
+        m = wait_idle(s)
+        assert m['luna_connections_cut_total{reason="head_timeout"}'] == 1, m
+        assert m['luna_connections_cut_total{reason="body_too_slow"}'] == 1, m
+        assert m['luna_requests_total{endpoint="classify",code="408"}'] == 1, m
+        assert requests_hold(m) == 0, m
+        # a client that closes in the middle of its body, the end of file with its last bytes:
+        # libmicrohttpd 0.9.75 may never read that end of file, and held the request (its
+        # reservation, its client's slot) until the connection timeout; the guard sees it
+        for _ in range(5):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n"
+                      b"\r\n" + b"y" * 10)
+            c.close()
+        wait_for(lambda: requests_hold(s.metrics()) == 0, "the bodies' reservations back", 10)
+        # 512 KiB in pieces of 16 KiB every 0.05 s: longer than the body timeout, far above the
+        # rate (a short document and blanks, which cost the model nothing)
+        body = b'{"inputs": "z"}' + b" " * (512 * 1024)
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=600)
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+        t0 = time.monotonic()
+        for i in range(0, len(body), 16384):
+            c.sendall(body[i:i + 16384])
+            time.sleep(0.05)
+        assert time.monotonic() - t0 > 1
+        answer = answer_of(c)
+        c.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        # a keep-alive connection waits 2 s for its next request: past the header timeout, which
+        # counts from a request line
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        c.request("GET", "/health")
+        assert c.getresponse().read() == b'{"status":"ok"}'
+        sock = c.sock
+        time.sleep(2)
+        c.request("GET", "/health")
+        assert c.getresponse().status == 200 and c.sock is sock
+        c.close()
+        # two classifications, the second queued behind the first, each done after more than the
+        # header and body timeouts together
+        long_enough(lambda n: classify_pair(s, n), 30000, 2.5)
+        assert s.metrics()['luna_connections_cut_total{reason="body_too_slow"}'] == 1
+    finally:
+        assert s.stop() == 0
+
+
+def test_per_address_limit_by_default():
+    """Without --max-connections-per-ip, one address may hold 128 connections (it was unlimited:
+    1,100 idle connections from one address stalled every client); the 129th is closed
+    unanswered while another address is served, and one of the 128 closed lets it in."""
+    s = Server()
+    conns = []
+    try:
+        for _ in range(128):  # each admitted: it answers, and stays open (keep-alive)
+            c = src_conn(s.port)
+            c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+            conns.append(c)
+        got = raw_health(s.port)
+        assert got == b"", got
+        assert raw_health(s.port, "127.0.0.2").startswith(b"HTTP/1.1 200")
+        conns.pop().close()
+        assert health_once_admitted(s.port).startswith(b"HTTP/1.1 200")
+    finally:
+        for c in conns:
+            c.close()
+        assert s.stop() == 0
+
+
+def test_health_port_answers_when_connections_run_out():
+    """--health-port: /health, /ready and /metrics on a listener of their own, with connections
+    of their own. The main listener at its --max-connections (32 held, 8 more in the kernel's
+    backlog) stalls a /health sent to it; on the health port /health and /ready answer, within
+    100 ms (issue 27; the median of 20 probes, each a new connection, as a load balancer's
+    checks are), and it serves nothing else."""
+    s = Server("--max-connections", "32", "--max-connections-per-ip", "0", "--health-port", "0",
+               "--connection-timeout", "60", "--api-key", "k", "--metrics-auth", "1")
+    hp = s.health_port
+    key = {"Authorization": "Bearer k"}
+    idle = []
+    try:
+        assert hp > 0 and hp != s.port
+        idle = [socket.create_connection(("127.0.0.1", s.port), timeout=30) for _ in range(40)]
+        def open_main():  # metrics-auth: the health port keeps the rules
+            _, _, d = s.req("GET", "/metrics", headers=key, port=hp)
+            return re.search(rb"^luna_connections (\d+)", d, re.M)
+        wait_for(lambda: int(open_main().group(1)) >= 33, "32 connections held (and this one)")
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=1)
+        c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            got = c.recv(4096)
+        except socket.timeout:
+            got = None
+        c.close()
+        assert got is None, "the main listener answered at its limit: %r" % got
+        times = []
+        for path in ["/health", "/ready"] * 10:
+            t0 = time.monotonic()
+            st, h, b = s.json("GET", path, port=hp, timeout=10)
+            times.append(time.monotonic() - t0)
+            assert st == 200 and h.get("connection", "").lower() != "close", (path, st, b)
+        times.sort()
+        assert times[len(times) // 2] < 0.1, "median %.3f s: %r" % (times[len(times) // 2], times)
+        st, _, b = s.json("POST", "/classify", {"inputs": "a"}, headers=key, port=hp)
+        is_error(st, b, 404, "not_found")
+        st, _, b = s.json("GET", "/info", headers=key, port=hp)
+        is_error(st, b, 404, "not_found")
+        st, _, b = s.json("GET", "/metrics", port=hp)
+        is_error(st, b, 401, "unauthorized")
+        for c in idle:
+            c.close()
+        idle = []
+        assert health_once_admitted(s.port).startswith(b"HTTP/1.1 200")
+    finally:
+        for c in idle:
+            c.close()
+        assert s.stop() == 0
+
+
+def upload_head(port, key=None, src="127.0.0.1", length=100000):
+    """A /classify upload whose head and 10 bytes of body are sent (the whole body if length is
+    10), from the loopback address src; the connection closes after the answer."""
+    c = src_conn(port, src)
+    c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+              b"Content-Length: %d\r\n%s\r\nxxxxxxxxxx"
+              % (length, b"Authorization: Bearer %s\r\n" % key.encode() if key else b""))
+    return c
+
+
+def answer_of(c):
+    """The whole answer on c, which the server closes after it."""
+    got = b""
+    while True:
+        try:
+            part = c.recv(65536)
+        except ConnectionResetError:
+            break
+        if not part:
+            break
+        got += part
+    return got
+
+
+def test_per_client_limits():
+    """--max-queued-per-key and --max-requests-per-key: a client (its API key; its address when
+    the server has none) past either gets 429 overloaded with Retry-After and the limit, and the
+    other clients do not; counts are exact: after 429s, 413s, 422s, 504s, clients that leave
+    mid-body, while queued or mid-stream, no client holds anything, and the limits admit as
+    many as before."""
+    A, B = {"Authorization": "Bearer ka"}, {"Authorization": "Bearer kb"}
+    s = Server("--api-key", "ka", "--api-key", "kb", "--workers", "1", "--max-requests-per-key", "3",
+               "--max-queued-per-key", "2", "--max-body-bytes", "200000", model=SLOW, gen=LM)
+    try:
+        # jobs: A's two long classifications (one runs, one waits) take its two job slots
+        def hold_job(key):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=600)
+            body = json.dumps({"inputs": slow_doc(120000)}).encode()
+            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: %s\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (key["Authorization"].encode(), len(body), body))
+            return c
+        held = [hold_job(A), hold_job(A)]
+        wait_for(lambda: s.metrics()["luna_inflight_requests"] == 2, "A's two jobs in flight")
+        st, h, b = s.json("POST", "/classify", {"inputs": "a"}, headers=A)
+        is_error(st, b, 429, "overloaded")
+        assert h["retry-after"] == "1" and b["error"]["limit"] == 2 and "max-queued-per-key" in b["error"]["message"], (h, b)
+        assert "ka" not in b["error"]["message"], b  # the key is never echoed
+        # B is admitted meanwhile: queued behind A's (a refusal would come back at once)
+        out = []
+        t = threading.Thread(target=lambda: out.append(s.json("POST", "/classify", {"inputs": "b"}, headers=B, timeout=600)))
+        t.start()
+        wait_for(lambda: s.metrics()["luna_inflight_requests"] == 3 or out, "B's job queued")
+        assert not out, out
+        for c in held:  # A leaves: its jobs are canceled, B's runs
+            c.close()
+        t.join(600)
+        assert out[0][0] == 200, out
+        wait_for(lambda: s.metrics()["luna_clients_active"] == 0, "every client gone")
+        # requests: A's three uploads, held mid-body, take its three request slots
+        ups = [upload_head(s.port, "ka") for _ in range(3)]
+        wait_for(lambda: requests_hold(s.metrics()) == 3 * 100001, "three uploads reserved")
+        st, h, b = s.json("POST", "/classify", {"inputs": "a"}, headers=A)
+        is_error(st, b, 429, "overloaded")
+        assert h["retry-after"] == "1" and b["error"]["limit"] == 3 and "max-requests-per-key" in b["error"]["message"], b
+        st, _, b = s.json("POST", "/classify", {"inputs": "b"}, headers=B)
+        assert st == 200, b
+        for c in ups:
+            c.close()
+        wait_for(lambda: s.metrics()["luna_clients_active"] == 0, "every client gone")
+        # every other way a request can end, for A; after each round, A holds nothing
+        for i in range(10):
+            st, _, b = s.json("POST", "/classify", {"inputs": 5}, headers=A)
+            is_error(st, b, 422)
+            st, _, b = s.json("POST", "/classify", {"inputs": "x" * 300000}, headers=A)
+            is_error(st, b, 413)
+            st, _, b = s.json("POST", "/classify", {"inputs": slow_doc(3000)}, headers=dict(A, **{"X-Request-Timeout": "0.001"}))
+            is_error(st, b, 504, "timeout")
+            upload_head(s.port, "ka").close()  # leaves mid-body
+            hold_job(A).close()  # leaves while its job waits or runs
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=60)  # leaves mid-stream
+            body = json.dumps({"inputs": "a", "parameters": {"max_new_tokens": 500}}).encode()
+            c.sendall(b"POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Authorization: Bearer ka\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            c.recv(64)
+            c.close()
+            wait_for(lambda: s.metrics()["luna_clients_active"] == 0, "A's round %d over" % i)
+        m = wait_idle(s, 120)
+        # the limits admit as many as before: two jobs and a third request at once
+        held = [hold_job(A), hold_job(A)]
+        wait_for(lambda: s.metrics()["luna_inflight_requests"] == 2, "A's two jobs in flight again")
+        for c in held:
+            c.close()
+        m = wait_idle(s, 120)
+        assert m['luna_admission_rejections_total{reason="client_limit"}'] == 2, m
+    finally:
+        assert s.stop() == 0
+    # without keys, the client is the address
+    s = Server("--workers", "1", "--max-requests-per-key", "1")
+    try:
+        c = upload_head(s.port)
+        wait_for(lambda: requests_hold(s.metrics()) == 100001, "the upload reserved")
+        got = answer_of(upload_head(s.port, length=10))  # a whole body, from the same address
+        assert got.startswith(b"HTTP/1.1 429") and b"127.0.0.1" in got and b"Retry-After: 1" in got, got
+        got = answer_of(upload_head(s.port, src="127.0.0.2", length=10))  # from another
+        assert got.startswith(b"HTTP/1.1 200"), got
+        c.close()
+        wait_for(lambda: s.metrics()["luna_clients_active"] == 0, "every client gone")
+    finally:
+        assert s.stop() == 0
+
+
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
@@ -1547,7 +1869,9 @@ def main():
              (test_bodies_are_reserved, None), (test_lone_classification_uses_every_core, None), (test_budget_invariant_32_clients, None),
              (test_queue_full_429, None), (test_deadline_504, None), (test_100_disconnects, None),
              (test_drain_on_sigterm, None), (test_config, None),
-             (test_stream_errors_logged_and_counted, None), (test_metrics_auth_and_cors_null, None)]
+             (test_stream_errors_logged_and_counted, None), (test_metrics_auth_and_cors_null, None),
+             (test_slow_clients_are_cut_off, None), (test_per_address_limit_by_default, None),
+             (test_health_port_answers_when_connections_run_out, None), (test_per_client_limits, None)]
     only = sys.argv[1:]
     passed = failed = 0
     for fn, arg in tests:

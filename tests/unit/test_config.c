@@ -57,3 +57,26 @@ Test(config, metrics_auth)
     cr_expect_eq(c.metrics_auth, 1);
     cr_expect_eq(load("metrics-auth = 2\n", &c), -1);
 }
+
+/* Issue 27: the per-address limit was 0 (off); the slow-client bounds and the per-client limits
+ * have defaults too; the health listener is off unless asked for, and never on the port. */
+Test(config, connection_and_client_limits)
+{
+    srv_config c;
+    cr_assert_eq(load("", &c), 0);
+    cr_expect_eq(c.max_connections, 1024);
+    cr_expect_eq(c.max_connections_per_ip, 128);
+    cr_expect_eq(c.header_timeout, 10);
+    cr_expect_eq(c.body_timeout, 30);
+    cr_expect_eq(c.body_min_rate, 16384);
+    cr_expect_eq(c.health_port, -1);
+    cr_expect_eq(c.max_requests_per_key, 32);
+    cr_expect_eq(c.max_queued_per_key, 16);
+    cr_assert_eq(load("health-port = 0\nbody-min-rate = 1M\nmax-queued-per-key = 0\n", &c), 0);
+    cr_expect_eq(c.health_port, 0);
+    cr_expect_eq(c.body_min_rate, 1 << 20);
+    cr_expect_eq(c.max_queued_per_key, 0);
+    cr_expect_eq(load("port = 9000\nhealth-port = 9000\n", &c), -1, "the health port is another port");
+    cr_expect_eq(load("header-timeout = 0\n", &c), -1);
+    cr_expect_eq(load("health-port = -2\n", &c), -1);
+}

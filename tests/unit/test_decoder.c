@@ -6,10 +6,12 @@
  * logits separately, not only for the whole sequence. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/ctx.h"
 #include "engine/luna.h"
@@ -520,3 +522,283 @@ Test(decoder, batched_steps_are_batch_invariant_untied_prenorm) { batch_invarian
 Test(decoder, batched_steps_are_batch_invariant_hash_ngrams) { batch_invariance("lm_hash_ngrams"); }
 Test(decoder, batched_steps_are_batch_invariant_ngram_embed) { batch_invariance("lm_ngram_embed"); }
 Test(decoder, batched_steps_are_batch_invariant_f16) { batch_invariance("lm_f16_h1"); }
+
+/* ---- lanes: one prefill split across threads ---------------------------------------------- */
+
+/* Adds tensor `name` (rows, cols; cols = 0: a vector of rows) of fixture weights, matrices
+ * scaled by cols^-1/2 so that the activations of a wide model stay in range. */
+static void add_tensor(fx_st *w, const char *name, size_t rows, size_t cols)
+{
+    size_t numel = rows * (cols ? cols : 1);
+    float *v = malloc(numel * sizeof(float)), scale = cols > 1 ? 1.0f / sqrtf((float)cols) : 1.0f;
+    for (size_t i = 0; i < numel; i++) v[i] = fx_weight(25, name, i) * scale;
+    uint64_t shape[2] = {rows, cols};
+    cr_assert_eq(fx_st_add(w, name, ST_F32, cols ? 2 : 1, shape, v), 0);
+    free(v);
+}
+
+/* A causal LM of fixture weights wide enough that the lanes split its linear layers into
+ * column blocks (d 256: 2 blocks, ffn 512: 4, the output projection's 260 columns: 2), with
+ * the paths that the bundled model (models/austen-lm: tied, pre-norm, pc_proj, no positions)
+ * does not take: untied K and V, post-norm, phi of x itself, sinusoidal positions (whose
+ * rotation restarts every 64 rows of a call), an output projection of its own. */
+static luna_model *wide_lm(void)
+{
+    static const char config[] = LM_HEAD "\"d\": 256, \"H\": 4, \"l\": 16, \"layers\": 2, \"ffn\": 512, "
+                                         "\"activation\": \"relu\", \"tie_kv\": false, \"normalize_before\": false, "
+                                         "\"positions\": \"sinusoidal\", \"causal_pc_proj\": false, "
+                                         "\"tie_embeddings\": false, \"ngram_embed\": 3}";
+    size_t d = 256, V = 260, ffn = 512, l = 16;
+    char dir[256], name[96], err[512];
+    cr_assert_eq(fx_tmpdir(dir, sizeof dir), 0);
+    cr_assert_eq(fx_write_file(dir, "config.json", config, strlen(config)), 0);
+    fx_st *w = fx_st_new();
+    add_tensor(w, "embed_tokens.weight", V, d);
+    add_tensor(w, "embed_ngrams.weight", 2 * V, d);
+    add_tensor(w, "projected_embeddings", l, d);
+    static const char *const attn[] = {"pq_proj", "q_proj", "out_proj", "k_proj", "v_proj"};
+    for (int i = 0; i < 2; i++) {
+        for (size_t j = 0; j < sizeof attn / sizeof attn[0]; j++) {
+            snprintf(name, sizeof name, "layers.%d.self_attn.%s.weight", i, attn[j]);
+            add_tensor(w, name, d, d);
+            snprintf(name, sizeof name, "layers.%d.self_attn.%s.bias", i, attn[j]);
+            add_tensor(w, name, d, 0);
+        }
+        static const char *const norms[] = {"self_attn_layer_norm", "final_layer_norm"};
+        for (size_t j = 0; j < 2; j++) {
+            snprintf(name, sizeof name, "layers.%d.%s.weight", i, norms[j]);
+            add_tensor(w, name, d, 0);
+            snprintf(name, sizeof name, "layers.%d.%s.bias", i, norms[j]);
+            add_tensor(w, name, d, 0);
+        }
+        snprintf(name, sizeof name, "layers.%d.fc1.weight", i);
+        add_tensor(w, name, ffn, d);
+        snprintf(name, sizeof name, "layers.%d.fc1.bias", i);
+        add_tensor(w, name, ffn, 0);
+        snprintf(name, sizeof name, "layers.%d.fc2.weight", i);
+        add_tensor(w, name, d, ffn);
+        snprintf(name, sizeof name, "layers.%d.fc2.bias", i);
+        add_tensor(w, name, d, 0);
+    }
+    add_tensor(w, "output_projection.weight", V, d);
+    size_t len;
+    uint8_t *img = fx_st_build(w, &len);
+    cr_assert_not_null(img);
+    cr_assert_eq(fx_write_file(dir, "model.safetensors", img, len), 0);
+    free(img);
+    fx_st_free(w);
+    luna_model *m = NULL;
+    int rc = luna_model_load(dir, &m, err, sizeof err);
+    cr_assert_eq(rc, 0, "%s", err);
+    fx_rmtree(dir);
+    cr_assert_eq(luna_model_config(m)->vocab_size, 260);
+    return m;
+}
+
+static luna_model *austen_lm(void)
+{
+    luna_model *m = NULL;
+    char err[512];
+    int rc = luna_model_load("models/austen-lm", &m, err, sizeof err);
+    cr_assert_eq(rc, 0, "%s", err);
+    return m;
+}
+
+/* Prefills of each length with 1, 2 and 3 lanes give the same bits: the logits after every
+ * token, the state's running sums, and with `last` (at the last length) the logits of the
+ * last token alone. */
+static void expect_lanes_agree(luna_model *m, const char *what, int chunk, const size_t *lens, size_t count,
+                               int last_too)
+{
+    const luna_config *cfg = luna_model_config(m);
+    size_t V = (size_t)cfg->vocab_size;
+    luna_ctx_opts o = {chunk, LUNA_ATTN_LUNA, 3};
+    luna_ctx *c;
+    cr_assert_eq(luna_ctx_new(m, &o, &c), 0);
+    cr_assert_eq(luna_ctx_set_lanes(c, 5), 3, "no more lanes than the context was made with");
+    for (size_t i = 0; i < count; i++) {
+        size_t n = lens[i], ns = 0;
+        int32_t *t = tokens(cfg, n, 17 + n);
+        float *ref = malloc(n * V * sizeof(float)), *out = malloc(n * V * sizeof(float));
+        float *ref_last = malloc(V * sizeof(float)), *last = malloc(V * sizeof(float));
+        double *ref_sums = NULL;
+        for (int lanes = 1; lanes <= 3; lanes++) {
+            cr_assert_eq(luna_ctx_set_lanes(c, lanes), lanes);
+            luna_gen_state *s = state_new(m, LUNA_ATTN_LUNA), *s1 = state_new(m, LUNA_ATTN_LUNA);
+            cr_assert_eq(luna_prefill(c, s, t, n, lanes == 1 ? ref : out, 1), 0);
+            if (last_too && i + 1 == count) cr_assert_eq(luna_prefill(c, s1, t, n, lanes == 1 ? ref_last : last, 0), 0);
+            cr_assert_eq(luna_gen_state_tokens(s), n);
+            const double *sums = luna__gen_state_sums(s, &ns);
+            if (lanes == 1) {
+                ref_sums = malloc(ns * sizeof(double));
+                memcpy(ref_sums, sums, ns * sizeof(double));
+            } else {
+                cr_expect(!memcmp(ref, out, n * V * sizeof(float)), "%s chunk %d, %zu tokens: the logits of %d lanes differ from 1 lane's",
+                          what, chunk, n, lanes);
+                cr_expect(!last_too || i + 1 < count || !memcmp(ref_last, last, V * sizeof(float)),
+                          "%s chunk %d, %zu tokens: the last logits of %d lanes differ", what, chunk, n, lanes);
+                cr_expect(!memcmp(ref_sums, sums, ns * sizeof(double)), "%s chunk %d, %zu tokens: the sums of %d lanes differ",
+                          what, chunk, n, lanes);
+            }
+            luna_gen_state_free(s), luna_gen_state_free(s1);
+        }
+        free(t), free(ref), free(out), free(ref_last), free(last), free(ref_sums);
+    }
+    luna_ctx_free(c);
+}
+
+/* A prompt prefilled in slices that end on chunk boundaries (as luna_gen_prefill cuts it), each
+ * slice with another lane count (as the server gives a job more lanes when it runs alone), gives
+ * the bits of one prefill on one lane. */
+static void expect_slices_agree(luna_model *m, const char *what, int chunk, size_t n)
+{
+    const luna_config *cfg = luna_model_config(m);
+    size_t V = (size_t)cfg->vocab_size, ns, ns1;
+    luna_ctx_opts o = {chunk, LUNA_ATTN_LUNA, 3};
+    luna_ctx *c;
+    cr_assert_eq(luna_ctx_new(m, &o, &c), 0);
+    int32_t *t = tokens(cfg, n, 5);
+    float *whole = malloc(n * V * sizeof(float)), *sliced = malloc(n * V * sizeof(float));
+    luna_gen_state *s1 = state_new(m, LUNA_ATTN_LUNA), *s = state_new(m, LUNA_ATTN_LUNA);
+    luna_ctx_set_lanes(c, 1);
+    cr_assert_eq(luna_prefill(c, s1, t, n, whole, 1), 0);
+    uint64_t seed = 3;
+    for (size_t done = 0, k = 0; done < n; k++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        size_t take = (size_t)chunk * (1 + (size_t)(seed >> 33) % 3);
+        if (take > n - done) take = n - done;
+        luna_ctx_set_lanes(c, (int)(k % 3) + 1);
+        cr_assert_eq(luna_prefill(c, s, t + done, take, sliced + done * V, 1), 0);
+        done += take;
+    }
+    const double *a = luna__gen_state_sums(s1, &ns1), *b = luna__gen_state_sums(s, &ns);
+    cr_assert_eq(ns, ns1);
+    cr_expect(!memcmp(whole, sliced, n * V * sizeof(float)), "%s chunk %d: sliced prefill logits differ", what, chunk);
+    cr_expect(!memcmp(a, b, ns * sizeof(double)), "%s chunk %d: sliced prefill sums differ", what, chunk);
+    free(t), free(whole), free(sliced);
+    luna_gen_state_free(s), luna_gen_state_free(s1);
+    luna_ctx_free(c);
+}
+
+/* The unit tests also run under valgrind, where the bundled model takes some 0.1 s a token:
+ * the lengths are few and short. Around the 64-row groups of the row-wise phases and a chunk
+ * of 64: one token, a partial chunk, one and a bit, several with a partial last. */
+Test(decoder, lanes_give_the_same_bits_austen)
+{
+    luna_model *m = austen_lm();
+    static const size_t lens[] = {1, 70};
+    expect_lanes_agree(m, "austen-lm", 64, lens, 2, 0);
+    luna_model_free(m);
+}
+
+Test(decoder, lanes_give_the_same_bits_wide_untied_postnorm)
+{
+    luna_model *m = wide_lm();
+    static const size_t lens[] = {1, 150, 65}, odd[] = {30}; /* a chunk of 7: groups and blocks across chunks */
+    expect_lanes_agree(m, "wide", 64, lens, 3, 1);
+    expect_lanes_agree(m, "wide", 7, odd, 1, 0);
+    expect_slices_agree(m, "wide", 32, 130);
+    luna_model_free(m);
+}
+
+/* The golden LMs are too narrow for column blocks; their heads (1 to 4) still split. */
+Test(decoder, lanes_give_the_same_bits_golden)
+{
+    for (size_t i = 0; i < N_LM_CASES; i++) {
+        luna_model *m = golden_model(lm_cases[i]);
+        size_t lens[] = {1, 9, 64, 200};
+        expect_lanes_agree(m, lm_cases[i], 64, lens, 4, 1);
+        expect_slices_agree(m, lm_cases[i], 16, 150);
+        luna_model_free(m);
+    }
+}
+
+/* The workspace grows by each extra lane's attention scratch, and luna_ctx_bytes says exactly
+ * what luna_ctx_new lays out; a KV context has one lane whatever it asks for. */
+Test(decoder, lanes_grow_the_workspace_exactly)
+{
+    luna_model *m = austen_lm();
+    const luna_config *cfg = luna_model_config(m);
+    size_t c = 256, l = (size_t)cfg->l, k = (size_t)(cfg->d / cfg->H);
+#define R16(x) (((x) + 15) / 16 * 16)
+    size_t lane = (2 * R16(c * l) + R16(c * c) + R16(k * l)) * sizeof(float);
+#undef R16
+    size_t one = 0;
+    for (int threads = 1; threads <= 4; threads++) {
+        luna_ctx_opts o = {0, LUNA_ATTN_LUNA, threads};
+        luna_ctx *ctx;
+        cr_assert_eq(luna_ctx_new(m, &o, &ctx), 0);
+        size_t bytes = luna_ctx_bytes(m, &o);
+        cr_expect_eq(bytes, ctx->L.total * sizeof(float));
+        if (threads == 1) one = bytes;
+        cr_expect_eq(bytes, one + (size_t)(threads - 1) * lane, "%d lanes: %zu bytes, want %zu", threads, bytes,
+                     one + (size_t)(threads - 1) * lane);
+        cr_expect_eq(ctx->lanes_max, threads);
+        luna_ctx_free(ctx);
+        luna_ctx_opts kv = {0, LUNA_ATTN_SOFTMAX, threads}, kv1 = {0, LUNA_ATTN_SOFTMAX, 1};
+        cr_expect_eq(luna_ctx_bytes(m, &kv), luna_ctx_bytes(m, &kv1));
+    }
+    luna_model_free(m);
+}
+
+/* A cancel flag set while lanes prefill stops them all at a chunk boundary: the state holds
+ * whole chunks, and the rest of the prompt prefilled after it gives the bits of a prefill that
+ * was never stopped. */
+typedef struct {
+    atomic_int *flag;
+    long usec;
+} canceler;
+
+static void *cancel_later(void *p)
+{
+    const canceler *k = p;
+    struct timespec ts = {0, k->usec * 1000};
+    nanosleep(&ts, NULL);
+    atomic_store(k->flag, 1);
+    return NULL;
+}
+
+Test(decoder, lanes_cancel_at_a_chunk_boundary)
+{
+    luna_model *m = golden_model("lm_defaults");
+    const luna_config *cfg = luna_model_config(m);
+    size_t n = 20000, V = (size_t)cfg->vocab_size, ns, ns1;
+    int32_t *t = tokens(cfg, n, 8);
+    luna_ctx_opts o = {32, LUNA_ATTN_LUNA, 2};
+    luna_ctx *c;
+    cr_assert_eq(luna_ctx_new(m, &o, &c), 0);
+    float *want = malloc(V * sizeof(float)), *got = malloc(V * sizeof(float));
+    luna_gen_state *ref = state_new(m, LUNA_ATTN_LUNA), *s = state_new(m, LUNA_ATTN_LUNA);
+    luna_ctx_set_lanes(c, 1);
+    cr_assert_eq(luna_prefill(c, ref, t, n, want, 0), 0);
+    luna_ctx_set_lanes(c, 2);
+    atomic_int flag = 1;
+    luna_ctx_set_cancel(c, &flag);
+    cr_expect_eq(luna_prefill(c, s, t, n, got, 0), LUNA_ECANCELED);
+    cr_expect_eq(luna_gen_state_tokens(s), 0);
+    atomic_store(&flag, 0);
+    canceler k = {&flag, 2000};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, cancel_later, &k), 0);
+    int rc = luna_prefill(c, s, t, n, got, 0);
+    pthread_join(th, NULL);
+    uint64_t done = luna_gen_state_tokens(s);
+    if (getenv("LANES_VERBOSE")) fprintf(stderr, "canceled after %llu of %zu tokens\n", (unsigned long long)done, n);
+    if (rc == LUNA_ECANCELED) {
+        cr_expect_eq(done % 32, 0, "stopped inside a chunk: %llu tokens", (unsigned long long)done);
+        atomic_store(&flag, 0);
+        if (done < n) cr_assert_eq(luna_prefill(c, s, t + done, n - (size_t)done, got, 0), 0);
+    } else {
+        cr_expect_eq(rc, 0);
+        cr_expect_eq(done, n);
+    }
+    cr_expect_eq(luna_gen_state_tokens(s), n);
+    cr_expect(!memcmp(want, got, V * sizeof(float)), "resumed after a cancel: other logits");
+    const double *a = luna__gen_state_sums(ref, &ns1), *b = luna__gen_state_sums(s, &ns);
+    cr_expect(!memcmp(a, b, ns * sizeof(double)), "resumed after a cancel: other sums");
+    luna_ctx_set_cancel(c, NULL);
+    free(t), free(want), free(got);
+    luna_gen_state_free(ref), luna_gen_state_free(s);
+    luna_ctx_free(c);
+    luna_model_free(m);
+}

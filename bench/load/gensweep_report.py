@@ -1,0 +1,369 @@
+#!/usr/bin/python3
+"""gensweep_report.py - the generation sweep's report (bench/load/gensweep.sh runs it): reads the
+raw results of bench/load/gensweep.py and writes to --out
+    gensweep-NAME.md     the tables (sweep, long prompt, lone prefill, ceiling) and the targets,
+                         under a header naming the CPU and the BLAS library, version and kernel
+    gensweep-NAME.png    tokens/s, TPOT and TTFT against the streams, and the long prompt's timeline
+    gensweep-NAME.json   the raw results, the ceiling and the targets
+(NAME: --name, default <cpu slug>-<core>, bench/blasinfo.py) and prints the report. Exits 1 when a
+stream failed (an error answer, a lost event, a stream cut short by the server) or a server did
+not exit 0 on SIGTERM; with --strict also when a target is missed."""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import blasinfo  # noqa: E402
+
+MODE_LABEL = {"batch": "batch (--max-batch 64)", "alone": "--max-batch 1"}
+
+
+def flops_per_token(c):
+    """FLOPs of one decode step of one stream, and the multiply-adds by part. Per layer: the q,
+    k (= v when tied), pc and output projections (d^2 each), the FFN (2 d ffn), the causal
+    attention's running sums (~4 d l); then the vocabulary head (d V). FLOPs = 2 x MACs."""
+    d, layers, ffn, l, vocab = c["d"], c["layers"], c["ffn"], c["l"], c["vocab_size"]
+    proj = 1 + (1 if c.get("tie_kv") else 2) + (1 if c.get("causal_pc_proj") else 0) + 1
+    parts = {"projections": layers * proj * d * d, "ffn": layers * 2 * d * ffn, "attention": layers * 4 * d * l,
+             "head": d * vocab}
+    return 2 * sum(parts.values()), parts, proj
+
+
+def per_cpu(r):
+    """Tokens per second of the server's CPU time: what the machine's other load touches least."""
+    return r["server_tokens"] / r["server_cpu_s"] if r["server_cpu_s"] else None
+
+
+def fmt(x, spec="%.1f", none="–"):
+    return none if x is None else spec % x
+
+
+def grouped(x):
+    return "–" if x is None else "{:,.0f}".format(x)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--work", default=None, help="where the plot's data files go (default: beside --raw)")
+    ap.add_argument("--strict", action="store_true")
+    a = ap.parse_args()
+    with open(a.raw) as f:
+        raw = json.load(f)
+    work = a.work or os.path.dirname(os.path.abspath(a.raw))
+    os.makedirs(a.out, exist_ok=True)
+    info = raw.get("info", {})
+    m = blasinfo.machine(info.get("blas"))
+    stem = os.path.join(a.out, "gensweep-" + blasinfo.run_name(m, a.name))
+    sweep = raw["sweep"]
+    by = {mode: {r["streams"]: r for r in rows} for mode, rows in sweep.items()}
+
+    # ---- the ceiling ----
+    flops, parts, proj = flops_per_token(raw["config"])
+    rates = [s.get("gflops") for s in (raw.get("sgemm_before", {}), raw.get("sgemm_after", {})) if s.get("gflops")]
+    gflops = max(rates) if rates else None
+    ceiling = gflops * 1e9 / flops if gflops else None
+
+    def share(tps):
+        return 100.0 * tps / ceiling if ceiling and tps is not None else None
+
+    lines = ["# Generation sweep: continuous batching against --max-batch 1: %s, %s kernels" % (m["cpu"], m["core"]),
+             ""] + blasinfo.header(m) + [""]
+    add = lines.append
+    c = raw["config"]
+    binfo = info.get("batch", {})
+    add("%s run of %s, servers built from commit %s. The bundled LM `%s` (d %d, %d layers, FFN %d, l %d, vocab %d), two servers started "
+        "side by side, each with %d workers x 1 BLAS thread: continuous batching (`--max-batch 64`, "
+        "`--max-batch-tokens %s`) and `--max-batch 1` (each generation alone on a worker, start to end: the "
+        "server before batching). Closed loop: each client sends its next `/generate_stream` request when its "
+        "stream ends; max_new_tokens %d, seeded sampling, short prompts (%d sentences of Persuasion from `%s`, "
+        "%.0f bytes on average). Per point %.0f s of warm-up, then a %.1f s window; the modes alternate, "
+        "the first one flipping at each step. TPOT: the gaps between successive token events of a stream, "
+        "all streams pooled, as the client receives them; TTFT: from the request's connect to its first "
+        "token event, for every request sent in the window. The client (one Python thread) shares the "
+        "%d-core machine with the servers: its CPU time is in the table, beside what every other process "
+        "used." % (
+            "A quick (smoke)" if raw.get("quick") else "A full", raw.get("date", "?"), raw.get("commit") or "?",
+            raw["model"], c["d"],
+            c["layers"], c["ffn"], c["l"], c["vocab_size"], raw["workers"], binfo.get("max_batch_tokens", "256"),
+            raw["new_tokens"], raw["prompts"], raw["text_source"], raw["prompt_bytes_mean"], raw["warm_s"],
+            raw["duration_s"], raw["cores"]))
+    if raw.get("env_openblas_coretype"):
+        add("")
+        add("**OPENBLAS_CORETYPE=%s was set: the servers kept that kernel (run with `env -u OPENBLAS_CORETYPE` "
+            "to let them choose).**" % raw["env_openblas_coretype"])
+    add("")
+
+    # ---- the sweep table ----
+    add("| streams | mode | tokens/s, all streams | per stream | ÷ --max-batch 1 | of the ceiling | TPOT p50 ms | "
+        "TPOT p99 ms | TPOT max ms | TTFT p50 ms | TTFT p99 ms | mean batch | requests ended / sent | errors | "
+        "server CPU (cores) | tokens per server CPU s | client CPU (cores) | others (cores) |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in raw["concurrency"]:
+        for mode in ("batch", "alone"):
+            r = by.get(mode, {}).get(n)
+            if not r:
+                continue
+            base = by.get("alone", {}).get(n)
+            ratio = r["tokens_per_s"] / base["tokens_per_s"] if base and base["tokens_per_s"] else None
+            w = r["wall_s"]
+            add("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d / %d | %d | %.2f | %s | %.2f | %.2f |" % (
+                n, MODE_LABEL[mode], grouped(r["tokens_per_s"]), grouped(r["per_stream_tokens_per_s"]),
+                fmt(ratio, "%.2f"), fmt(share(r["tokens_per_s"]), "%.1f%%"), fmt(r["tpot_p50_ms"], "%.2f"),
+                fmt(r["tpot_p99_ms"], "%.2f"), fmt(r["tpot_max_ms"], "%.1f"), fmt(r["ttft_p50_ms"], "%.1f"),
+                fmt(r["ttft_p99_ms"], "%.1f"), fmt(r["batch_size_mean"], "%.1f"), r["requests_completed"],
+                r["requests_sent"], r["errors"], r["server_cpu_s"] / w, grouped(per_cpu(r)), r["client_cpu_s"] / w,
+                r["others_cores"] or 0))
+    add("")
+    add("*requests ended / sent*: the requests that ended, and that were sent, in the window; *mean batch*: the server's `luna_batch_size` over the window (rows per batched decode step); *server / "
+        "client / others*: CPU time over the window in cores (of %d): the server's, this benchmark client's, "
+        "and every other process's on the machine; *tokens per server CPU s*: the tokens the server generated "
+        "in the window (`luna_generated_tokens_total`) over its CPU seconds, the figure that other processes "
+        "competing for the cores change least." % raw["cores"])
+    add("")
+
+    # ---- the long prompt among decoding streams ----
+    lp = raw.get("long")
+    if lp:
+        add("## A long prompt among %d decoding streams (batch mode)" % lp["streams"])
+        add("")
+        add("%d streams decode in a closed loop; a prompt of %s bytes (max_new_tokens 1) arrives on a connection "
+            "of its own. The streams' TPOT %.0f s before it arrives, while it is prefilled (from its arrival to "
+            "its first token: %s s, %s prompt tokens/s), and %.0f s after:" % (
+                lp["streams"], grouped(lp["long_bytes"]), lp["window_s"], fmt(lp["long_ttft_ms"] and lp["long_ttft_ms"] / 1000, "%.2f"),
+                grouped((lp["long_bytes"] + 1) / (lp["long_ttft_ms"] / 1000.0)) if lp["long_ttft_ms"] else "–",
+                lp["window_s"]))
+        add("")
+        add("| window | seconds | tokens/s of the %d | TPOT p50 ms | TPOT p99 ms | TPOT max ms | gaps |" % lp["streams"])
+        add("|---|---|---|---|---|---|---|")
+        for name, label in (("before", "before it arrives"), ("during", "during its prefill"),
+                            ("after", "after its first token")):
+            r = lp[name]
+            add("| %s | %.1f | %s | %s | %s | %s | %d |" % (label, r["span_s"], grouped(r["tokens_per_s"]),
+                                                         fmt(r["tpot_p50_ms"], "%.2f"), fmt(r["tpot_p99_ms"], "%.2f"),
+                                                         fmt(r["tpot_max_ms"], "%.1f"), r["tpot_n"]))
+        r = lp["without"]
+        add("| without it (before and after) | | | %s | %s | %s | %d |" % (
+            fmt(r["tpot_p50_ms"], "%.2f"), fmt(r["tpot_p99_ms"], "%.2f"), fmt(r["tpot_max_ms"], "%.1f"), r["tpot_n"]))
+        add("")
+
+    # ---- the lone prefill ----
+    lone = raw.get("lone", {})
+    med = {}
+    if lone:
+        add("## A lone long prefill")
+        add("")
+        add("Time to first token of the same %s-byte prompt alone on an idle server, each mode in turn, %d "
+            "round%s (ABBA order); medians:" % (grouped(lp["long_bytes"]) if lp else "?", raw["rounds"],
+                                                  "s" if raw["rounds"] > 1 else ""))
+        add("")
+        add("| mode | rounds (ms) | median ms | prompt tokens/s |")
+        add("|---|---|---|---|")
+        for mode in ("batch", "alone"):
+            ts = [x["ttft_ms"] for x in lone.get(mode, []) if x["ttft_ms"] is not None]
+            med[mode] = statistics.median(ts) if ts else None
+            add("| %s | %s | %s | %s |" % (MODE_LABEL[mode], ", ".join("%.0f" % t for t in ts) or "–",
+                                          fmt(med[mode], "%.0f"),
+                                          grouped((lp["long_bytes"] + 1) / (med[mode] / 1000.0)) if med[mode] and lp else "–"))
+        add("")
+
+    # ---- the ceiling ----
+    add("## The ceiling")
+    add("")
+    add("sgemm (1024³, %d threads, `luna sgemm --json`): %s GFLOP/s before the run, %s after; the ceiling uses "
+        "the higher. One token of this model is %s FLOPs (2 x %s multiply-adds: per layer %d projections of d² "
+        "(q, k = v tied, pc, output), the FFN 2·d·ffn, the causal attention ~4·d·l, then the head d·V: %s). "
+        "Ceiling: %s tokens/s, all streams together." % (
+            raw["cores"], fmt(raw.get("sgemm_before", {}).get("gflops"), "%.1f"),
+            fmt(raw.get("sgemm_after", {}).get("gflops"), "%.1f"), grouped(flops), grouped(flops / 2), proj,
+            ", ".join("%s %s" % (k, grouped(v)) for k, v in parts.items()), grouped(ceiling)))
+    add("")
+    best = {mode: max(rows, key=lambda r: r["tokens_per_s"]) for mode, rows in sweep.items() if rows}
+    for mode in ("batch", "alone"):
+        if mode in best:
+            b = best[mode]
+            c = max(sweep[mode], key=lambda r: per_cpu(r) or 0)
+            add("- %s: at most %s tokens/s (%d streams), %s of the ceiling; per server CPU second at most %s tokens "
+                "(%d streams), %s of one core's share of the ceiling (%s)." % (
+                    MODE_LABEL[mode], grouped(b["tokens_per_s"]), b["streams"], fmt(share(b["tokens_per_s"]), "%.1f%%"),
+                    grouped(per_cpu(c)), c["streams"], fmt(share(per_cpu(c) * raw["cores"]), "%.1f%%"),
+                    grouped(ceiling / raw["cores"]) if ceiling else "–"))
+    add("")
+
+    # ---- targets ----
+    targets = []
+    b16, a16, b1 = by.get("batch", {}).get(16), by.get("alone", {}).get(16), by.get("batch", {}).get(1)
+    if b16 and a16 and a16["tokens_per_s"]:
+        x = b16["tokens_per_s"] / a16["tokens_per_s"]
+        y = per_cpu(b16) / per_cpu(a16) if per_cpu(b16) and per_cpu(a16) else None
+        targets.append(("aggregate decode tokens/s at 16 streams >= 5x the --max-batch 1 figure", x >= 5,
+                        "%s vs %s tokens/s: %.2fx (per server CPU second: %s vs %s tokens, %s)" % (
+                            grouped(b16["tokens_per_s"]), grouped(a16["tokens_per_s"]), x, grouped(per_cpu(b16)),
+                            grouped(per_cpu(a16)), fmt(y, "%.2fx"))))
+    if b16 and b1 and b1["tpot_p99_ms"] and b16["tpot_p99_ms"]:
+        x = b16["tpot_p99_ms"] / b1["tpot_p99_ms"]
+        targets.append(("p99 TPOT at 16 streams <= 3x the single stream's (batch mode, p99 against p99)", x <= 3,
+                        "%.2f vs %.2f ms: %.2fx (against the single stream's p50, %.2f ms: %.2fx)" % (
+                            b16["tpot_p99_ms"], b1["tpot_p99_ms"], x, b1["tpot_p50_ms"],
+                            b16["tpot_p99_ms"] / b1["tpot_p50_ms"])))
+    if lp and lp["during"]["tpot_p99_ms"] and lp["without"]["tpot_p99_ms"]:
+        x = lp["during"]["tpot_p99_ms"] / lp["without"]["tpot_p99_ms"]
+        targets.append(("a %s-byte prompt arriving while %d streams decode: their p99 TPOT <= 2x their figure "
+                        "without it" % (grouped(lp["long_bytes"]), lp["streams"]), x <= 2,
+                        "%.2f ms during its prefill vs %.2f ms without: %.2fx" % (
+                            lp["during"]["tpot_p99_ms"], lp["without"]["tpot_p99_ms"], x)))
+    if med.get("batch") and med.get("alone"):
+        x = med["alone"] / med["batch"]
+        targets.append(("a lone %s-byte prefill on %d cores >= 1.7x faster than --max-batch 1" % (
+            grouped(lp["long_bytes"]) if lp else "?", raw["cores"]), x >= 1.7,
+            "%.0f vs %.0f ms: %.2fx" % (med["batch"], med["alone"], x)))
+    add("## Targets (issue 25)")
+    add("")
+    add("| target | result | measured |")
+    add("|---|---|---|")
+    for name, ok, detail in targets:
+        add("| %s | %s | %s |" % (name, "met" if ok else "**missed**", detail))
+    add("")
+
+    # ---- what the run saw (facts for the reader to judge) ----
+    notes, hard = [], []
+    for mode, rows in sweep.items():
+        for r in rows:
+            if r["errors"]:
+                hard.append("%s, %d streams: %d failed streams: %s" % (MODE_LABEL[mode], r["streams"], r["errors"],
+                                                                       json.dumps(r["error_kinds"])))
+            if r["no_first_token_after_drain"]:
+                notes.append("%s, %d streams: %d requests sent in the window had no first token %.0f s after it" % (
+                    MODE_LABEL[mode], r["streams"], r["no_first_token_after_drain"], raw["drain_cap_s"]))
+            if r["idle_after_stop_s"] > 1:
+                notes.append("%s, %d streams: %.1f s from the clients closing their %d streams to no request in flight" % (
+                    MODE_LABEL[mode], r["streams"], r["idle_after_stop_s"], r["streams"]))
+            if r["tpot_max_ms"] and r["tpot_max_ms"] > 1000:
+                notes.append("%s, %d streams: a stream waited %.1f s between two tokens" % (
+                    MODE_LABEL[mode], r["streams"], r["tpot_max_ms"] / 1000))
+            fr = {k: v for k, v in r.get("finish_reasons", {}).items() if k != "length"}
+            if fr:
+                notes.append("%s, %d streams: finish reasons other than length: %s" % (
+                    MODE_LABEL[mode], r["streams"], json.dumps(fr)))
+    if lp:
+        if lp.get("errors"):
+            hard.append("long prompt: %d of the decoding streams failed: %s" % (lp["errors"], json.dumps(lp["error_kinds"])))
+        if lp.get("long_error"):
+            hard.append("long prompt: %s" % lp["long_error"])
+    for mode, xs in lone.items():
+        for x in xs:
+            if x["error"]:
+                hard.append("lone prefill, %s: %s" % (MODE_LABEL[mode], x["error"]))
+    for mode, rc in raw.get("server_exit", {}).items():
+        if rc != 0:
+            hard.append("the %s server exited %s on SIGTERM" % (MODE_LABEL[mode], rc))
+    for mode, tail in raw.get("server_log_tail", {}).items():
+        if tail:
+            notes.append("the %s server logged %d warnings or errors, the last: `%s`" % (
+                MODE_LABEL[mode], len(tail), tail[-1].strip()[:300]))
+    add("## What the run saw")
+    add("")
+    for line in hard + notes or ["No failed stream, no stall over 1 s, every server exited 0 on SIGTERM."]:
+        add("- %s" % line)
+    add("")
+    add("![tokens/s, TPOT, TTFT and the long prompt](%s.png)" % os.path.basename(stem))
+    add("")
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(lines))
+    out = dict(raw)
+    out.update({"machine": m, "flops_per_token": flops, "macs_by_part": parts, "sgemm_gflops": gflops,
+                "ceiling_tokens_per_s": ceiling, "lone_median_ms": med,
+                "targets": [(n, ok, d) for n, ok, d in targets], "failures": hard, "notes": notes})
+    with open(stem + ".json", "w") as f:
+        json.dump(out, f, indent=1)
+    plot(raw, by, ceiling, work, stem + ".png", m)
+    print("\n".join(lines))
+    missed = [n for n, ok, _ in targets if not ok]
+    if missed:
+        print("gensweep: MISSED: " + "; ".join(missed))
+    if hard:
+        print("gensweep: FAILED: " + "; ".join(hard))
+    return 1 if hard or (a.strict and missed) else 0
+
+
+def plot(raw, by, ceiling, work, png, m):
+    files = {}
+    for mode in ("batch", "alone"):
+        p = os.path.join(work, "gensweep-%s.dat" % mode)
+        with open(p, "w") as f:
+            for n in raw["concurrency"]:
+                r = by.get(mode, {}).get(n)
+                if r:
+                    f.write("%d %s %s %s %s %s\n" % (n, r["tokens_per_s"], r["tpot_p50_ms"] or "NaN",
+                                                     r["tpot_p99_ms"] or "NaN", r["ttft_p50_ms"] or "NaN",
+                                                     r["ttft_p99_ms"] or "NaN"))
+        files[mode] = p
+    lp = raw.get("long")
+    tl = os.path.join(work, "gensweep-long.dat")
+    with open(tl, "w") as f:
+        for t, tps, p99, mx in (lp or {}).get("timeline", []):
+            f.write("%s %s %s %s\n" % (t, tps, p99 if p99 is not None else "NaN", mx if mx is not None else "NaN"))
+    t_first = (lp or {}).get("long_ttft_ms") or 0
+    script = """
+set terminal pngcairo size 1200,900 font ",10"
+set output "%(png)s"
+set multiplot layout 2,2 title "lunaserve generation sweep, %(model)s: %(cpu)s, %(core)s kernels, %(cores)d cores"
+set logscale x 2
+set xtics (1, 4, 16, 64)
+set xrange [0.8:80]
+set xlabel "concurrent streams"
+set key top left
+set grid
+set title "aggregate tokens/s"
+set logscale y
+set ylabel "tokens/s (log)"
+set yrange [*:%(ymax)s]
+plot "%(batch)s" using 1:2 with linespoints lw 2 pt 7 lc rgb "#1f77b4" title "batch (--max-batch 64)", \\
+     "%(alone)s" using 1:2 with linespoints lw 2 pt 5 lc rgb "#d62728" title "--max-batch 1"%(ceil)s
+set title "time per output token"
+set ylabel "ms (log)"
+set yrange [*:*]
+plot "%(batch)s" using 1:3 with linespoints lw 2 pt 7 lc rgb "#1f77b4" title "batch p50", \\
+     "" using 1:4 with linespoints lw 2 dt 2 pt 6 lc rgb "#1f77b4" title "batch p99", \\
+     "%(alone)s" using 1:3 with linespoints lw 2 pt 5 lc rgb "#d62728" title "--max-batch 1 p50", \\
+     "" using 1:4 with linespoints lw 2 dt 2 pt 4 lc rgb "#d62728" title "--max-batch 1 p99"
+set title "time to first token"
+plot "%(batch)s" using 1:5 with linespoints lw 2 pt 7 lc rgb "#1f77b4" title "batch p50", \\
+     "" using 1:6 with linespoints lw 2 dt 2 pt 6 lc rgb "#1f77b4" title "batch p99", \\
+     "%(alone)s" using 1:5 with linespoints lw 2 pt 5 lc rgb "#d62728" title "--max-batch 1 p50", \\
+     "" using 1:6 with linespoints lw 2 dt 2 pt 4 lc rgb "#d62728" title "--max-batch 1 p99"
+unset logscale x
+set xtics autofreq
+set xrange [*:*]
+set title "%(n)d streams decoding, a %(long)s-byte prompt arrives at 0 (batch mode)"
+set key bottom right box opaque
+set xlabel "seconds from its arrival"
+set ylabel "TPOT of the streams, ms (log)"
+set y2label "tokens/s of the streams"
+set y2tics
+set ytics nomirror
+set arrow from 0, graph 0 to 0, graph 1 nohead lc rgb "#888888" dt 2
+set arrow from %(tfirst).3f, graph 0 to %(tfirst).3f, graph 1 nohead lc rgb "#888888" dt 2
+set label "arrives" at 0, graph 0.95 offset 0.5,0 font ",8"
+set label "first token" at %(tfirst).3f, graph 0.95 offset 0.5,0 font ",8"
+plot "%(tl)s" using 1:3 with lines lw 2 lc rgb "#1f77b4" title "p99 gap", \\
+     "" using 1:4 with lines lw 1 lc rgb "#9ecae1" title "max gap", \\
+     "" using 1:2 axes x1y2 with lines lw 1 lc rgb "#2ca02c" title "tokens/s (right)"
+unset multiplot
+""" % {"png": png, "model": raw["model"], "cpu": m["cpu"], "core": m["core"], "cores": raw["cores"],
+       "batch": files["batch"], "alone": files["alone"], "tl": tl, "tfirst": t_first / 1000.0,
+       "ymax": "%.0f" % (3 * ceiling) if ceiling else "*", "n": (lp or {}).get("streams", 0), "long": "{:,}".format((lp or {}).get("long_bytes", 0)),
+       "ceil": (', \\\n     %.1f with lines dt 3 lw 2 lc rgb "#2ca02c" title "ceiling (sgemm rate / FLOPs per token)"'
+                % ceiling) if ceiling else ""}
+    r = subprocess.run(["gnuplot"], input=script, capture_output=True, text=True)
+    if r.returncode != 0:
+        print("gensweep: gnuplot failed: " + r.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
