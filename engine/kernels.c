@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #endif
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -320,23 +321,31 @@ int kn_isa_supported(kn_isa isa)
     case KN_ISA_C: return 1;
     case KN_ISA_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case KN_ISA_AVX512: return __builtin_cpu_supports("avx512f");
+    case KN_ISA_BEST: return 1;
     }
     return 0;
+}
+
+/* every path gives the same bits, so the choice is free: the fastest the CPU runs */
+static kn_isa best_isa(void)
+{
+    return kn_isa_supported(KN_ISA_AVX512) ? KN_ISA_AVX512 : kn_isa_supported(KN_ISA_AVX2) ? KN_ISA_AVX2 : KN_ISA_C;
 }
 
 void kn_linear_fixed_isa(kn_isa isa, const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y,
                          size_t ldy, float alpha)
 {
-    switch (isa) {
+    switch (isa == KN_ISA_BEST ? best_isa() : isa) {
     case KN_ISA_AVX512: fixed_avx512(L, x, rows, ldx, y, ldy, alpha); break;
     case KN_ISA_AVX2: fixed_avx2(L, x, rows, ldx, y, ldy, alpha); break;
-    case KN_ISA_C: fixed_c(L, x, rows, ldx, y, ldy, alpha); break;
+    case KN_ISA_C:
+    case KN_ISA_BEST: /* resolved above */ fixed_c(L, x, rows, ldx, y, ldy, alpha); break;
     }
 }
 
 #else /* not x86: the portable path alone */
 
-int kn_isa_supported(kn_isa isa) { return isa == KN_ISA_C; }
+int kn_isa_supported(kn_isa isa) { return isa == KN_ISA_C || isa == KN_ISA_BEST; }
 
 void kn_linear_fixed_isa(kn_isa isa, const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y,
                          size_t ldy, float alpha)
@@ -347,13 +356,21 @@ void kn_linear_fixed_isa(kn_isa isa, const luna_linear *L, const float *x, size_
 
 #endif
 
+/* The path kn_linear_fixed takes: KN_ISA_BEST but while a test or benchmark pins one. Relaxed
+ * atomic: a pin only ever happens before the steps it is meant for. */
+static atomic_int fixed_pinned = KN_ISA_BEST;
+
+int kn_linear_fixed_pin(kn_isa isa)
+{
+    if (!kn_isa_supported(isa)) return LUNA_EINVAL;
+    atomic_store_explicit(&fixed_pinned, (int)isa, memory_order_relaxed);
+    return 0;
+}
+
 void kn_linear_fixed(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
                      float alpha)
 {
-    /* every path gives the same bits, so the choice is free: the fastest the CPU runs */
-    kn_isa isa = kn_isa_supported(KN_ISA_AVX512) ? KN_ISA_AVX512
-               : kn_isa_supported(KN_ISA_AVX2)   ? KN_ISA_AVX2
-                                                 : KN_ISA_C;
+    kn_isa isa = (kn_isa)atomic_load_explicit(&fixed_pinned, memory_order_relaxed);
     kn_linear_fixed_isa(isa, L, x, rows, ldx, y, ldy, alpha);
 }
 

@@ -36,13 +36,18 @@ void kn_linear(const luna_linear *L, const float *x, size_t rows, size_t ldx, fl
 void kn_linear_fixed(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
                      float alpha);
 /* The instruction sets kn_linear_fixed can run on (tests and benchmarks pick one): portable C
- * (everywhere; slow where fmaf is not an instruction), x86's AVX2 with FMA, and AVX-512F. */
-typedef enum { KN_ISA_C, KN_ISA_AVX2, KN_ISA_AVX512 } kn_isa;
+ * (everywhere; slow where fmaf is not an instruction), x86's AVX2 with FMA, AVX-512F, and
+ * KN_ISA_BEST, the fastest of them that this CPU runs (what kn_linear_fixed takes). */
+typedef enum { KN_ISA_C, KN_ISA_AVX2, KN_ISA_AVX512, KN_ISA_BEST } kn_isa;
 /* 1 if this CPU (and OS) runs isa. */
 int kn_isa_supported(kn_isa isa);
 /* kn_linear_fixed on isa, which must be supported. */
 void kn_linear_fixed_isa(kn_isa isa, const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y,
                          size_t ldy, float alpha);
+/* Makes every later kn_linear_fixed of the process run on isa (KN_ISA_BEST: back to the
+ * default), so that a test or benchmark can run whole decode steps on each path; EINVAL, and
+ * nothing pinned, if this CPU does not run isa. Call it only while no thread is in a kernel. */
+int kn_linear_fixed_pin(kn_isa isa);
 
 /* C (m, n; ldc) = alpha * A (m, k; lda) B^T (n, k; ldb) + beta * C */
 void kn_gemm_nt(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
@@ -103,7 +108,10 @@ static inline __attribute__((always_inline)) float kn_lane_tree(float p[16])
 /* dot(a, b) over n floats in one order that depends on n alone: lane l (of 16) takes
  * p[l] = p[l] + a[k] b[k] for k = l, l + 16, ... in turn, then kn_lane_tree. For one decode
  * row's attention (causal_row), where a serial sum's chain of dependent adds would cost more
- * than the products. Inline and plain C, so that the lanes vectorise at any -march. */
+ * than the products. Inline and plain C, so that the lanes vectorise at any -march. Unlike
+ * kn_linear_fixed's, the order is one build's, not every build's: a compiler that contracts
+ * p + a b into an fma (clang by default, gcc with -ffp-contract=fast; not gcc under the
+ * Makefile's -std=c11) gives other bits, the same in every row and batch of that build. */
 static inline __attribute__((always_inline)) float kn_dot(const float *a, const float *b, size_t n)
 {
     float p[16] = {0};

@@ -145,11 +145,13 @@ typedef struct {
 } fixed_shape;
 
 /* Shapes of the decode steps (the vocabulary head 260 x 256, fc2 256 x 1024; fc1's 1024 x 256
- * runs as the head does), and ones whose out or in is no multiple of any block: out 1, 3, 37;
- * in 1, 15, 17, 83. Small enough for valgrind, which runs these on the AVX2 path. */
+ * runs as the head does), and ones whose out or in is no multiple of any block: out 1, 3, 7,
+ * 37, 38 (the last group of 8 or 4 outputs holds 1 to 7 of them); in 1, 15, 17, 83, and 24
+ * and 45, whose padded block leaves the AVX2 path's second half empty or partly full after
+ * whole blocks. Small enough for valgrind, which runs these on the AVX2 path. */
 static const fixed_shape FIXED_SHAPES[] = {
-    {260, 256, 0, 1.0f}, {256, 1024, 1, 1.0f}, {64, 64, 0, 0.125f}, {37, 83, 1, 0.3f},
-    {3, 17, 0, 1.0f},    {1, 15, 1, -2.5f},    {21, 1, 1, 1.0f},
+    {260, 256, 0, 1.0f}, {256, 1024, 1, 1.0f}, {64, 64, 0, 0.125f}, {37, 83, 1, 0.3f}, {3, 17, 0, 1.0f},
+    {1, 15, 1, -2.5f},   {21, 1, 1, 1.0f},     {38, 24, 1, 0.5f},   {7, 45, 0, 1.0f},
 };
 
 /* Random W, b and rows, ldx and ldy wider than the rows (canaries in the gaps); ref: each
@@ -257,6 +259,30 @@ Test(kernels, linear_fixed_row_is_the_same_at_every_position)
         free(probe);
         fixed_case_free(&c);
     }
+}
+
+/* kn_linear_fixed_pin: each path the CPU runs, and KN_ISA_BEST, gives the reference bits
+ * through kn_linear_fixed; a path the CPU lacks is refused and leaves the pin as it was. */
+Test(kernels, linear_fixed_pin_takes_each_path)
+{
+    enum { ROWS = 6 };
+    static const kn_isa all[4] = {KN_ISA_C, KN_ISA_AVX2, KN_ISA_AVX512, KN_ISA_BEST};
+    const fixed_shape *sh = &FIXED_SHAPES[3];
+    fixed_case c;
+    fixed_case_new(&c, sh, ROWS, 11);
+    for (int i = 0; i < 4; i++) {
+        if (!kn_isa_supported(all[i])) {
+            cr_assert_eq(kn_linear_fixed_pin(all[i]), LUNA_EINVAL, "isa %d is not on this CPU", (int)all[i]);
+            continue;
+        }
+        cr_assert_eq(kn_linear_fixed_pin(all[i]), 0);
+        kn_linear_fixed(&c.L, c.x, ROWS, c.ldx, c.y, c.ldy, sh->alpha);
+        for (size_t r = 0; r < ROWS; r++)
+            cr_assert(!memcmp(c.y + r * c.ldy, c.ref + r * sh->out, sh->out * sizeof(float)), "pinned to %d: row %zu",
+                      (int)all[i], r);
+    }
+    cr_assert_eq(kn_linear_fixed_pin(KN_ISA_BEST), 0);
+    fixed_case_free(&c);
 }
 
 /* And the order is a good one: within 1e-5 of the double-precision product, relative to the
