@@ -343,7 +343,10 @@ class Server:
         argv = [binary, "--host", HOST, "--port", "0", "--generate-model", model, "--workers", str(workers),
                 "--blas-threads", "1", "--max-batch", str(max_batch), "--max-new-tokens", "256",
                 "--max-queue", "256", "--request-timeout", "300", "--max-request-timeout", "600",
-                "--drain-timeout", "5"] + extra
+                "--drain-timeout", "5",
+                # no prefix state cache: the same long prompt comes back round after round, and
+                # what is measured is its prefill, not a lookup
+                "--state-cache-bytes", "0"] + extra
         self.argv, self.max_batch = argv, max_batch
         self.proc, self.port, self.log = lunaserve_proc.start(argv)
 
