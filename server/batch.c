@@ -23,6 +23,81 @@ static int push_event(void *user, const char *ev, int skip, const api_stream_tok
 
 static int on_bytes(void *user, const uint8_t *b, size_t n) { return api_seq_bytes(user, b, n); }
 
+/* ---- log-probabilities ------------------------------------------------------------------------ */
+
+_Static_assert(API_MAX_TOP_LOGPROBS <= LUNA_GEN_MAX_TOP, "the engine records the best tokens the API lists");
+#define LP_CHUNK 256       /* the workers' generator contexts' chunk (the default: sched.c) */
+#define LP_RENDER_BYTES 64 /* JSON per entry and per best token, about: {"token":..,"logprob":..} */
+
+/* Entries of prompt c: generated tokens, prompt positions (bos + bytes); best tokens of each. */
+static size_t lp_gen_n(const api_generate_req *q) { return q->logprobs ? (size_t)q->max_new_tokens : 0; }
+static size_t lp_prompt_n(const api_generate_req *q, size_t c) { return q->prompt_logprobs ? q->prompts[c].len + 1 : 0; }
+static int lp_prompt_top(const api_generate_req *q) { return q->format == API_FMT_TGI ? 0 : q->top_n; }
+static size_t lp_entry_bytes(int top) { return sizeof(double) + (size_t)top * (sizeof(int32_t) + sizeof(double)); }
+
+uint64_t srv_gen_lp_bytes(const srv_app *app, const api_generate_req *req)
+{
+    if (!req->logprobs && !req->prompt_logprobs) return 0;
+    uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size, b = 0, longest = 0;
+    for (size_t c = 0; c < (req->n_prompts ? req->n_prompts : 1); c++) {
+        uint64_t g = lp_gen_n(req), p = req->n_prompts ? lp_prompt_n(req, c) : 0;
+        b += g * (lp_entry_bytes(req->top_n) + LP_RENDER_BYTES * (1 + (uint64_t)req->top_n)) +
+             p * (lp_entry_bytes(lp_prompt_top(req)) + LP_RENDER_BYTES * (1 + (uint64_t)lp_prompt_top(req)));
+        if (p > longest) longest = p;
+    }
+    uint64_t rows = app->batch ? (uint64_t)app->cfg.max_batch : 1; /* prompts prefilling at once, at most */
+    if (rows > (req->n_prompts ? req->n_prompts : 1)) rows = req->n_prompts ? req->n_prompts : 1;
+    /* the copy of each row's logits, and a prefill chunk's rows of every position's logits */
+    return b + rows * V * 4 + (req->prompt_logprobs ? rows * (longest < LP_CHUNK ? longest : LP_CHUNK) * V * 4 : 0);
+}
+
+/* Lays n entries of `top` best tokens out at *at (doubles first, then ids: aligned). */
+static luna_gen_lp lp_layout(char **at, size_t n, int top)
+{
+    luna_gen_lp l = {.n_top = top, .cap = n};
+    l.lp = (double *)*at, *at += n * sizeof(double);
+    l.top_lps = (double *)*at, *at += n * (size_t)top * sizeof(double);
+    l.top_ids = (int32_t *)*at, *at += n * (size_t)top * sizeof(int32_t);
+    return l;
+}
+
+int srv_gen_lp_new(srv_job *job)
+{
+    const api_generate_req *q = job->generate;
+    if (!q->logprobs && !q->prompt_logprobs) return 0;
+    if (!(job->lps = calloc(q->n_prompts, sizeof *job->lps))) return -1;
+    for (size_t c = 0; c < q->n_prompts; c++) {
+        struct srv_gen_lps *l = &job->lps[c];
+        size_t g = lp_gen_n(q), p = lp_prompt_n(q, c);
+        l->mem = malloc(g * lp_entry_bytes(q->top_n) + p * lp_entry_bytes(lp_prompt_top(q)) + 1); /* a request's size */
+        if (!l->mem) return -1;
+        char *at = l->mem;
+        l->gen = lp_layout(&at, g, q->top_n);
+        l->prompt = lp_layout(&at, p, lp_prompt_top(q));
+    }
+    return 0;
+}
+
+void srv_gen_lp_free(srv_job *job)
+{
+    for (size_t c = 0; job->lps && c < job->generate->n_prompts; c++) free(job->lps[c].mem);
+    free(job->lps);
+    job->lps = NULL;
+}
+
+/* After luna_gen_begin: prompt c's generation records what its request asks for. */
+static int gen_logprobs(srv_job *job, size_t c, luna_gen *g)
+{
+    const api_generate_req *q = job->generate;
+    if (!job->lps) return 0;
+    return luna_gen_logprobs(g, q->logprobs ? &job->lps[c].gen : NULL, q->prompt_logprobs ? &job->lps[c].prompt : NULL);
+}
+
+static api_logprobs lp_view(const luna_gen_lp *l)
+{
+    return (api_logprobs){l->cap ? l->lp : NULL, l->top_ids, l->top_lps, l->n_top};
+}
+
 /* The job's seed: the request's, or one from the OS when it samples without one (reported
  * back, so the answer can be reproduced). */
 static void gen_seed(srv_job *job)
@@ -54,6 +129,8 @@ static void choice_begin(srv_app *app, srv_job *job, size_t c, api_seq *ev)
     res->byte_offset = cfg->byte_offset;
     res->has_seed = job->generate->do_sample;
     res->seed = job->seed;
+    res->bos_id = cfg->bos_id, res->eos_id = cfg->eos_id;
+    if (job->lps) res->gen = lp_view(&job->lps[c].gen), res->prompt = lp_view(&job->lps[c].prompt);
     api_seq_init(ev, job->generate, c, res, cfg->byte_offset, cfg->eos_id, job->stream ? push_event : NULL, job);
 }
 
@@ -128,8 +205,17 @@ int srv_gen_run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job
         api_seq ev;
         choice_begin(app, job, c, &ev);
         luna_gen_state_reset(state);
-        luna_gen_result r;
-        rc = luna_generate(ctx, state, smp, q->prompts[c].data, q->prompts[c].len, &gp, on_bytes, &ev, &r);
+        luna_gen_result r = {.stop_index = -1};
+        luna_gen g; /* luna_generate's loop, with the log-probabilities the request asks for */
+        rc = luna_gen_begin(&g, app->generator, state, smp, q->prompts[c].data, q->prompts[c].len, &gp, on_bytes, &ev);
+        if (!rc && (rc = gen_logprobs(job, c, &g)) != 0) luna_gen_fail(&g, rc);
+        if (!rc || g.logits) {
+            while (luna_gen_prefilling(&g)) luna_gen_prefill(&g, ctx, LUNA_GEN_PREFILL_PIECE);
+            int32_t tok;
+            while (luna_gen_next(&g, &tok) == 1)
+                if ((rc = luna_step(ctx, state, tok, g.logits)) != 0) luna_gen_fail(&g, rc);
+            rc = luna_gen_end(&g, &r);
+        }
         luna_sampler_free(smp);
         srv_prefill_observe(app, r.prompt_tokens, r.prefill_seconds);
         if (c == 0 && r.prompt_tokens) /* the prefill's end is when the first token was due */
@@ -236,6 +322,7 @@ static void seq_start(srv_app *app, srv_job *job)
         choice_begin(app, job, c, &s->ev);
         rc = luna_gen_begin(&s->g, app->generator, s->state, s->smp, q->prompts[c].data, q->prompts[c].len, &gp,
                             on_bytes, &s->ev);
+        if (!rc && (rc = gen_logprobs(job, c, &s->g)) != 0) luna_gen_end(&s->g, NULL);
     }
     if (rc) {
         if (s) {

@@ -143,6 +143,7 @@ static void free_req(http_req *r)
     atomic_fetch_sub(&r->app->http->bodies, r->held);
     if (r->early) MHD_destroy_response(r->early);
     api_classify_free(&r->creq);
+    if (r->job.generate) srv_gen_lp_free(&r->job); /* before the request: its prompt count */
     api_generate_free(&r->greq);
     free(r->job.scores);
     free(r->job.out);
@@ -780,6 +781,11 @@ static enum MHD_Result start_generate(http_req *r)
     free(r->body); /* the parsed request holds what it needs */
     r->body = NULL;
     r->greq.stream |= r->stream_route;
+    if (r->greq.stream && r->greq.prompt_logprobs && r->greq.format == API_FMT_TGI) { /* as TGI */
+        api_fail(&r->err, API_E_VALIDATION, "\"decoder_input_details\" is not supported with a stream");
+        r->err.param = "decoder_input_details";
+        return respond_error(r, NULL);
+    }
     api_generate_set_meta(&r->greq, model, r->request_id, (long long)time(NULL));
     uint64_t prompt_tokens = 0;
     for (size_t i = 0; i < r->greq.n_prompts; i++) {
@@ -819,11 +825,11 @@ static enum MHD_Result start_generate(http_req *r)
     if (over_budget(r, reserve)) return respond_error(r, NULL);
     srv_job *job = &r->job;
     job->min_reserve = reserve; /* a generation's reservation is fixed */
-    job->out = malloc(r->greq.n_prompts * (size_t)r->greq.max_new_tokens);
+    job->out = malloc(r->greq.n_prompts * (size_t)r->greq.max_new_tokens + 1); /* max_tokens 0 with echo */
     job->gres = calloc(r->greq.n_prompts, sizeof *job->gres);
-    if (!job->out || !job->gres) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
     job->kind = JOB_GENERATE;
     job->generate = &r->greq;
+    if (!job->out || !job->gres || srv_gen_lp_new(job)) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
     job->reserve = reserve;
     if (r->greq.stream) {
         r->stream.limit = srv_stream_limit(r->greq.n_prompts, (size_t)r->greq.max_new_tokens);

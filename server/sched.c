@@ -127,7 +127,7 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
                                                                          : 1;
     return rows * ((uint64_t)luna_gen_state_bytes(app->generator) + V * 17) +
            (app->batch ? 0 : (uint64_t)luna_ctx_bytes(app->generator, NULL)) +
-           prompts * (n * 4 + (req->stream ? srv_stream_limit(1, (size_t)n) : 0));
+           prompts * (n * 4 + (req->stream ? srv_stream_limit(1, (size_t)n) : 0)) + srv_gen_lp_bytes(app, req);
 }
 
 uint64_t srv_min_reservation(const srv_app *app)

@@ -929,13 +929,20 @@ BATCH_BODIES = [
     ("/generate", {"inputs": "", "parameters": {"max_new_tokens": 1, "do_sample": True, "seed": 1}}),
     ("/generate", {"inputs": "y" * 1500, "parameters": {"max_new_tokens": 120, "do_sample": True, "seed": 123456,
                                                         "temperature": 1.3}}),
+    # log-probabilities: the same numbers, to the bit, in the batch and alone
+    ("/generate", {"inputs": "Elinor said" * 40, "parameters": {"max_new_tokens": 30, "details": True, "top_n_tokens": 3,
+                                                               "decoder_input_details": True, "do_sample": True, "seed": 4}}),
+    ("/v1/completions", {"prompt": ["Mrs. Jennings", "b" * 600], "max_tokens": 20, "logprobs": 2, "echo": True,
+                         "temperature": 0}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Emma?"}], "max_tokens": 20, "logprobs": True,
+                              "top_logprobs": 4, "seed": 8}),
 ]
 
 
 def batch_answer(b):
     """What must not depend on the batch: the texts and the details, not the ids or times."""
     if "choices" in b:
-        return [(c["index"], c["text"], c["finish_reason"]) for c in b["choices"]]
+        return [(c["index"], c.get("text", c.get("message")), c["finish_reason"], c["logprobs"]) for c in b["choices"]]
     return b
 
 
@@ -1001,6 +1008,134 @@ def test_batch_bytes_match_alone():
             assert ev["generated_text"] == text == want[BATCH_BODIES.index((p, b))]["generated_text"], (ev, text)
     finally:
         assert s.stop() == 0
+
+
+# ---- log-probabilities (issue 26) ------------------------------------------------------------------
+
+REF_LOGPROBS = r"""
+import json, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import luna_ref
+m = luna_ref.load(sys.argv[2])
+c = m.cfg
+out = []
+for seq in json.load(sys.stdin):  # byte lists: row t is log_softmax after bos and seq[:t]
+    toks = [c["bos_id"]] + [c["byte_offset"] + b for b in seq]
+    out.append(torch.log_softmax(m.forward(toks)["logits"], dim=-1).tolist())
+print(json.dumps({"rows": out, "byte_offset": c["byte_offset"], "bos_id": c["bos_id"]}))
+"""
+
+
+def ref_logprobs(model, seqs):
+    """The Python reference model's log-softmax rows (float64) for each byte sequence."""
+    r = subprocess.run(["/usr/bin/python3", "-c", REF_LOGPROBS, os.path.join(ROOT, "tools"), model],
+                       input=json.dumps([list(q) for q in seqs]), capture_output=True, text=True, check=True, timeout=300)
+    return json.loads(r.stdout)
+
+
+def close(a, b, tol=1e-4):
+    return a is not None and abs(a - b) <= tol
+
+
+def test_logprobs_match_reference(s):
+    prompt = b"It is a truth"
+    st, _, t = s.json("POST", "/generate", {"inputs": prompt.decode(), "parameters": {
+        "max_new_tokens": 8, "details": True, "top_n_tokens": 3, "decoder_input_details": True}})
+    assert st == 200, t
+    out = t["generated_text"].encode()
+    ref = ref_logprobs(LM, [prompt + out])
+    rows, off = ref["rows"][0], ref["byte_offset"]
+    d = t["details"]
+    # the prompt: bos with null (nothing predicts it), then each byte after those before it
+    assert d["prefill"][0] == {"id": ref["bos_id"], "text": "<bos>", "logprob": None}, d["prefill"][0]
+    assert [p["id"] for p in d["prefill"][1:]] == [off + b for b in prompt], d["prefill"]
+    for i, p in enumerate(d["prefill"][1:]):
+        assert close(p["logprob"], rows[i][off + prompt[i]]), (i, p, rows[i][off + prompt[i]])
+    # the generated tokens, and the best 3 of each: ranked, the greedy choice first
+    assert len(d["tokens"]) == len(d["top_tokens"]) == 8, d
+    for k, tk in enumerate(d["tokens"]):
+        row = rows[len(prompt) + k]
+        assert close(tk["logprob"], row[tk["id"]]), (k, tk, row[tk["id"]])
+        best = sorted(range(len(row)), key=lambda i: -row[i])[:3]
+        top = d["top_tokens"][k]
+        assert [e["id"] for e in top] == best and top[0]["id"] == tk["id"], (k, top, best)
+        assert all(close(e["logprob"], row[e["id"]]) for e in top), top
+        assert [e["logprob"] for e in top] == sorted((e["logprob"] for e in top), reverse=True), top
+    # streamed: the same numbers in each event as in details (without the prompt's, whose prefill
+    # computes every row and so rounds the last one differently: the same to about 1e-7)
+    params = {"max_new_tokens": 8, "top_n_tokens": 3}
+    st, _, d2 = s.json("POST", "/generate", {"inputs": prompt.decode(), "parameters": dict(params, details=True)})
+    assert all(close(a["logprob"], b["logprob"], 1e-5) for a, b in zip(d2["details"]["tokens"], d["tokens"])), d2
+    st, _, data = s.req("POST", "/generate_stream", {"inputs": prompt.decode(), "parameters": params})
+    ev = sse_events(data)
+    assert [e["token"]["logprob"] for e in ev] == [tk["logprob"] for tk in d2["details"]["tokens"]], ev
+    assert [e["top_tokens"] for e in ev] == d2["details"]["top_tokens"], ev
+    # OpenAI completions, echo and max_tokens 0 (lm-evaluation-harness's loglikelihood): the prompt's bytes
+    st, _, b = s.json("POST", "/v1/completions", {"prompt": prompt.decode(), "max_tokens": 0, "echo": True,
+                                                  "logprobs": 1, "temperature": 0})
+    assert st == 200, b
+    lp = b["choices"][0]["logprobs"]
+    assert b["choices"][0]["text"] == prompt.decode() and lp["tokens"] == [chr(c) for c in prompt], b
+    assert lp["text_offset"] == list(range(len(prompt))), lp
+    for i, v in enumerate(lp["token_logprobs"]):
+        assert close(v, rows[i][off + prompt[i]]), (i, v)
+        assert max(lp["top_logprobs"][i].values()) == lp["top_logprobs"][i][max(lp["top_logprobs"][i], key=lp["top_logprobs"][i].get)]
+        assert lp["tokens"][i] in lp["top_logprobs"][i], lp["top_logprobs"][i]  # the chosen token, as vLLM
+    # generated after the echo: the same numbers as TGI's tokens, prompt first, offsets into the text
+    st, _, b = s.json("POST", "/v1/completions", {"prompt": prompt.decode(), "max_tokens": 8, "echo": True,
+                                                  "logprobs": 3, "temperature": 0})
+    lp = b["choices"][0]["logprobs"]
+    assert b["choices"][0]["text"] == (prompt + out).decode() and len(lp["tokens"]) == len(prompt) + 8, b
+    assert lp["token_logprobs"][len(prompt):] == [tk["logprob"] for tk in d["tokens"]], lp
+    # chat: content entries with bytes and the best tokens
+    st, _, b = s.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6,
+                                                       "logprobs": True, "top_logprobs": 2, "temperature": 0})
+    assert st == 200, b
+    text = b["choices"][0]["message"]["content"].encode()
+    content = b["choices"][0]["logprobs"]["content"]
+    chat_prompt = b"user: hi\nassistant: "
+    rows = ref_logprobs(LM, [chat_prompt + text])["rows"][0]
+    assert [bytes(e["bytes"]) for e in content] == [bytes([c]) for c in text], content
+    for k, e in enumerate(content):
+        row = rows[len(chat_prompt) + k]
+        assert close(e["logprob"], row[off + text[k]]), (k, e)
+        assert len(e["top_logprobs"]) == 2 and e["top_logprobs"][0]["token"] == e["token"], e
+        assert e["top_logprobs"][0]["logprob"] >= e["top_logprobs"][1]["logprob"], e
+    # streamed chat and completions: each chunk carries its token's numbers
+    st, _, data = s.req("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6,
+                                                         "logprobs": True, "top_logprobs": 2, "temperature": 0, "stream": True})
+    ev = sse_events(data.replace(b"data: [DONE]\n\n", b""))
+    assert [e for c in ev if c["choices"][0]["logprobs"] for e in c["choices"][0]["logprobs"]["content"]] == content, ev
+    st, _, data = s.req("POST", "/v1/completions", {"prompt": prompt.decode(), "max_tokens": 8, "echo": True,
+                                                    "logprobs": 3, "temperature": 0, "stream": True})
+    ev = sse_events(data.replace(b"data: [DONE]\n\n", b""))
+    got = {k: [x for c in ev if c["choices"][0]["logprobs"] for x in c["choices"][0]["logprobs"][k]] for k in lp}
+    assert got == lp, (got, lp)
+
+
+def test_logprobs_validation(s):
+    bad = [("/generate", {"inputs": "a", "parameters": {"top_n_tokens": -1}}, "top_n_tokens"),
+           ("/generate", {"inputs": "a", "parameters": {"top_n_tokens": 21}}, "top_n_tokens"),
+           ("/generate", {"inputs": "a", "parameters": {"top_n_tokens": 1.5}}, "top_n_tokens"),
+           ("/generate", {"inputs": "a", "parameters": {"top_n_tokens": "2"}}, "top_n_tokens"),
+           ("/generate", {"inputs": "a", "parameters": {"decoder_input_details": 1}}, "decoder_input_details"),
+           ("/generate_stream", {"inputs": "a", "parameters": {"decoder_input_details": True}}, "decoder_input_details"),
+           ("/generate", {"inputs": "a", "stream": True, "parameters": {"decoder_input_details": True}}, "decoder_input_details"),
+           ("/v1/completions", {"prompt": "a", "logprobs": -1}, "logprobs"),
+           ("/v1/completions", {"prompt": "a", "logprobs": 21}, "logprobs"),
+           ("/v1/completions", {"prompt": "a", "logprobs": 0.5}, "logprobs"),
+           ("/v1/completions", {"prompt": "a", "logprobs": True}, "logprobs"),
+           ("/v1/completions", {"prompt": "a", "max_tokens": 0}, "max_tokens"),
+           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "logprobs": 1}, "logprobs"),
+           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}, "top_logprobs"),
+           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "logprobs": True,
+                                     "top_logprobs": 21}, "top_logprobs"),
+           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "logprobs": True,
+                                     "top_logprobs": -2}, "top_logprobs")]
+    for path, body, field in bad:
+        st, _, b = s.json("POST", path, body, off_spec=True)
+        assert st == 422 and b["error"]["type"] == "validation_error" and field in b["error"]["message"], (path, body, b)
 
 
 def test_batch_streams_step_together():
@@ -1254,7 +1389,7 @@ def test_openai_completions(s):
     st, _, b = s.json("POST", "/v1/completions", dict(body, stop=stop))
     assert b["choices"][0]["finish_reason"] == "stop" and b["choices"][0]["text"] == c["text"][:c["text"].find(stop)], (b, stop)
     # OpenAI's error form, with the parameter named
-    for bad, param in [({"prompt": "a", "n": 2}, "n"), ({"prompt": "a", "logprobs": 1}, "logprobs"),
+    for bad, param in [({"prompt": "a", "n": 2}, "n"), ({"prompt": "a", "logprobs": 21}, "logprobs"),
                        ({"prompt": "a", "temperature": 3}, "temperature"), ({"prompt": [1, 2]}, "prompt"),
                        ({"max_tokens": 3}, "prompt"), ({"prompt": "a", "suffix": "z"}, "suffix")]:
         st, _, b = s.json("POST", "/v1/completions", bad, off_spec=True)
@@ -1858,6 +1993,7 @@ def main():
              (test_input_too_long_and_truncate, shared), (test_openapi_describes_every_route, shared),
              (test_generate_matches_cli, shared), (test_generate_stream, shared),
              (test_generate_validation, shared), (test_generate_seed_under_load, shared),
+             (test_logprobs_match_reference, shared), (test_logprobs_validation, shared),
              (test_openai_completions, shared), (test_openai_chat, shared), (test_vllm_classify, shared),
              (test_playground_assets, shared), (test_gets_share_one_connection, shared),
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),
