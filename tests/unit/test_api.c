@@ -270,17 +270,14 @@ Test(api, generate_renders_tgi_shapes)
 
 /* ---- log-probabilities (issue 26) ---- */
 
-static api_err cparse(const char *body, api_generate_req *q, api_error *e)
+/* OpenAI's completions (chat 0) or chat (1) parser, with room for any test here */
+static api_err oparse(int chat, const char *body, api_generate_req *q, api_error *e)
 {
     api_gen_limits lim = {1000, 100, 20, NULL};
-    return api_parse_completions(body, strlen(body), &lim, q, e);
+    return (chat ? api_parse_chat : api_parse_completions)(body, strlen(body), &lim, q, e);
 }
-
-static api_err chparse(const char *body, api_generate_req *q, api_error *e)
-{
-    api_gen_limits lim = {1000, 100, 20, NULL};
-    return api_parse_chat(body, strlen(body), &lim, q, e);
-}
+#define cparse(b, q, e) oparse(0, b, q, e)
+#define chparse(b, q, e) oparse(1, b, q, e)
 
 Test(api, logprob_fields_parse)
 {
