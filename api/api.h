@@ -229,6 +229,39 @@ char *api_render_stream_end(const api_generate_req *req, const api_gen_result *r
  * {"error": {"message", "type", "param", "code"}}. */
 char *api_render_stream_error(const api_generate_req *req, const api_error *e);
 
+/* ---- POST /score: a prefix's candidate continuations, by log-probability (api/score.c) ------ */
+
+#define API_MAX_CANDIDATES 256 /* candidates per /score request */
+
+typedef struct {
+    api_doc prefix;           /* may be empty: the candidates then follow bos alone */
+    api_doc *candidates;      /* (n_candidates), each 1.. bytes; into the request's storage */
+    size_t n_candidates;
+    size_t candidate_bytes;   /* their sum */
+    size_t longest;           /* the longest candidate's bytes */
+    int token_logprobs;       /* answer each token's log-probability too (default true) */
+    void *storage;            /* internal: api_score_free */
+} api_score_req;
+
+/* One candidate's score: the log-probability of its bytes after the prefix, token by token. */
+typedef struct {
+    double logprob;           /* the sum of per_token, in order */
+    const double *per_token;  /* (tokens) */
+    size_t tokens;
+    int is_greedy;            /* every token is the most likely one where it stands (ties: lower id) */
+} api_score_result;
+
+/* {"prefix" | "prefix_base64", "candidates" | "candidates_base64": [...], "token_logprobs": bool,
+ * "model"}. 422 for a malformed request, too many candidates or an empty one; 413 when the
+ * prefix and a candidate, or the candidates together, pass max_input_bytes. Free with
+ * api_score_free (also on failure). */
+api_err api_parse_score(const char *body, size_t len, const api_limits *lim, api_score_req *req, api_error *err);
+void api_score_free(api_score_req *req);
+/* {"model", "prefix_tokens", "scores": [{"index", "logprob", "tokens", "is_greedy",
+ * "token_logprobs"?}]}. */
+char *api_render_score(const api_score_req *req, const api_score_result *res, const char *model,
+                       uint64_t prefix_tokens);
+
 /* ---- GET /v1/models, and vLLM's shape of /classify ------------------------------------------- */
 
 typedef struct {

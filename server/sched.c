@@ -245,11 +245,13 @@ static void worker_main(void *arg)
         } else if (task == TASK_STEP) {
             srv_batch_run_step(app);
         } else {
-            luna_ctx *ctx = job->kind == JOB_GENERATE ? w->gctx : w->ctx;
+            luna_ctx *ctx = job->kind == JOB_CLASSIFY ? w->ctx : w->gctx;
             luna_ctx_set_cancel(ctx, &job->cancel);
             job->lanes = luna_ctx_set_lanes(ctx, job->lanes);
             if (atomic_load(&job->cancel)) job->rc = LUNA_ECANCELED;
-            else job->rc = job->kind == JOB_GENERATE ? srv_gen_run(app, w->gctx, w->gstate, job) : run_classify(w, job);
+            else job->rc = job->kind == JOB_GENERATE ? srv_gen_run(app, w->gctx, w->gstate, job)
+                           : job->kind == JOB_SCORE  ? srv_score_run(app, w->gctx, w->gstate, job)
+                                                     : run_classify(w, job);
             luna_ctx_set_cancel(ctx, NULL);
             job->t_end = srv_now();
         }

@@ -1138,6 +1138,46 @@ def test_logprobs_validation(s):
         assert st == 422 and b["error"]["type"] == "validation_error" and field in b["error"]["message"], (path, body, b)
 
 
+def test_score(s):
+    prefix = b"It is a truth"
+    # the greedy continuation, from /generate, is the greedy candidate
+    st, _, g = s.json("POST", "/generate", {"inputs": prefix.decode(), "parameters": {"max_new_tokens": 6}})
+    greedy = g["generated_text"].encode()
+    cands = [greedy, b" universally", b"\xff\x00z"]
+    before = s.metrics()
+    st, _, b = s.json("POST", "/score", {"prefix": prefix.decode(), "candidates_base64": [base64.b64encode(c).decode() for c in cands]})
+    assert st == 200 and b["model"] == "lm_defaults" and b["prefix_tokens"] == len(prefix) + 1, b
+    ref = ref_logprobs(LM, [prefix + c for c in cands])
+    off = ref["byte_offset"]
+    for i, (c, sc) in enumerate(zip(cands, b["scores"])):
+        rows = ref["rows"][i]
+        assert sc["index"] == i and sc["tokens"] == len(c) == len(sc["token_logprobs"]), sc
+        for k, v in enumerate(sc["token_logprobs"]):
+            assert close(v, rows[len(prefix) + k][off + c[k]]), (i, k, v)
+        assert abs(sc["logprob"] - sum(sc["token_logprobs"])) < 1e-9, sc
+    assert [sc["is_greedy"] for sc in b["scores"]] == [True, False, False], b
+    # text candidates, no per-token list; a missing prefix is bos alone: the echo of the same text sums to the total
+    st, _, b = s.json("POST", "/score", {"candidates": ["It is a truth"], "token_logprobs": False})
+    assert st == 200 and b["prefix_tokens"] == 1 and "token_logprobs" not in b["scores"][0], b
+    st, _, e = s.json("POST", "/v1/completions", {"prompt": "It is a truth", "max_tokens": 0, "echo": True, "logprobs": 0})
+    assert close(sum(e["choices"][0]["logprobs"]["token_logprobs"]), b["scores"][0]["logprob"], 1e-4), (e, b)
+    m = s.metrics()
+    key = 'luna_requests_total{endpoint="score",code="200"}'
+    assert m[key] - before.get(key, 0) == 2, m.get(key)
+    # errors: 422 for a malformed request, 413 past max-input-bytes, 404 for another model
+    bad = [({"candidates": []}, 422, "candidates"), ({"candidates": [""]}, 422, "non-empty"),
+           ({"candidates": ["a"] * 257}, 422, "1 to 256"), ({"candidates": "a"}, 422, "candidates"),
+           ({"candidates": [1]}, 422, "candidates"), ({"prefix": "a"}, 422, "exactly one"),
+           ({"prefix": "a", "prefix_base64": "YQ==", "candidates": ["b"]}, 422, "at most one"),
+           ({"candidates_base64": ["!!"]}, 422, "base64"), ({"candidates": ["a"], "extra": 1}, 422, "unknown field"),
+           ({"candidates": ["a"], "token_logprobs": 1}, 422, "token_logprobs"),
+           ({"prefix": "x" * 4000, "candidates": ["y" * 200]}, 413, "max-input-bytes"),
+           ({"candidates": ["a"], "model": "nope"}, 404, "model")]
+    for body, code, msg in bad:
+        st, _, e = s.json("POST", "/score", body, off_spec=code == 422)
+        assert st == code and msg in e["error"]["message"], (body, st, e)
+
+
 def test_batch_streams_step_together():
     # Four streams, each held open: once each has sent its first token they all decode in the
     # same steps (luna_batch_current_size is 4, and steps of 4 rows are counted); when their
@@ -1993,7 +2033,7 @@ def main():
              (test_input_too_long_and_truncate, shared), (test_openapi_describes_every_route, shared),
              (test_generate_matches_cli, shared), (test_generate_stream, shared),
              (test_generate_validation, shared), (test_generate_seed_under_load, shared),
-             (test_logprobs_match_reference, shared), (test_logprobs_validation, shared),
+             (test_logprobs_match_reference, shared), (test_logprobs_validation, shared), (test_score, shared),
              (test_openai_completions, shared), (test_openai_chat, shared), (test_vllm_classify, shared),
              (test_playground_assets, shared), (test_gets_share_one_connection, shared),
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),
