@@ -5,7 +5,8 @@ Every endpoint, every error status, auth and CORS, the body limit before the bod
 the memory budget (413 and the invariant under 32 concurrent clients), the queue (429),
 deadlines (504), 100 client disconnects, and drain on SIGTERM; generation: the same bytes as the
 CLI, streaming (SSE events, keep-alive pings, a deadline mid-stream, 30 clients that leave
-mid-stream), validation, TGI clients' null parameters, seeds under load, limits; OpenAI's
+mid-stream), validation, TGI clients' null parameters, seeds under load, limits, log-probabilities
+(against the Python reference model) and /score; OpenAI's
 completions, chat and models routes and vLLM's classify shape (tests/clients/ runs the real
 OpenAI and Hugging Face clients). Standard library only; every
 loop is bounded and every server is killed at the end. Prints "N passed, N failed".
@@ -1178,6 +1179,36 @@ def test_score(s):
         assert st == code and msg in e["error"]["message"], (body, st, e)
 
 
+def test_score_deadline_and_logprob_memory():
+    # /score is a worker job under the request's deadline: a long prefix stops at its next chunk
+    if not os.path.exists(os.path.join(SLOW_LM, "model.safetensors")):
+        subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--causal", "--l", "32",
+                        "--out", SLOW_LM], check=True, stdout=subprocess.DEVNULL)
+    s = Server("--workers", "1", "--max-batch", "1", model="", gen=SLOW_LM)
+    try:
+        t0 = time.monotonic()
+        st, h, b = s.json("POST", "/score", {"prefix": "x" * 3000, "candidates": ["a", "bc"]})
+        tenth = time.monotonic() - t0
+        assert st == 200 and int(h["x-memory-reserved-bytes"]) > 0 and b["prefix_tokens"] == 3001, b
+        t0 = time.monotonic()
+        st, _, b = s.json("POST", "/score", {"prefix": "x" * 30000, "candidates": ["a"]}, {"X-Request-Timeout": "0.1"})
+        is_error(st, b, 504, "timeout")
+        dt = time.monotonic() - t0
+        assert dt < max(5 * tenth, 1.0), "/score ran %.2f s past its 0.1 s deadline (a tenth of it: %.2f s)" % (dt, tenth)
+        # the prompt's log-probabilities are counted in the ledger, per position, and none of it
+        # is a row of logits per position (vocab 260: 1040 bytes)
+        reserved = []
+        for n in (1000, 2000):
+            st, h, b = s.json("POST", "/v1/completions", {"prompt": "y" * n, "max_tokens": 0, "echo": True, "logprobs": 0})
+            assert st == 200 and len(b["choices"][0]["logprobs"]["tokens"]) == n, b
+            reserved.append(int(h["x-memory-reserved-bytes"]))
+        st, h, b = s.json("POST", "/v1/completions", {"prompt": "y" * 2000, "max_tokens": 1, "echo": True})
+        assert 0 < reserved[1] - reserved[0] < 1000 * 200 and reserved[1] > int(h["x-memory-reserved-bytes"]), reserved
+        assert reserved_idle(wait_idle(s))
+    finally:
+        assert s.stop() == 0
+
+
 def test_batch_streams_step_together():
     # Four streams, each held open: once each has sent its first token they all decode in the
     # same steps (luna_batch_current_size is 4, and steps of 4 rows are counted); when their
@@ -2034,6 +2065,7 @@ def main():
              (test_generate_matches_cli, shared), (test_generate_stream, shared),
              (test_generate_validation, shared), (test_generate_seed_under_load, shared),
              (test_logprobs_match_reference, shared), (test_logprobs_validation, shared), (test_score, shared),
+             (test_score_deadline_and_logprob_memory, None),
              (test_openai_completions, shared), (test_openai_chat, shared), (test_vllm_classify, shared),
              (test_playground_assets, shared), (test_gets_share_one_connection, shared),
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),
