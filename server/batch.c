@@ -27,7 +27,11 @@ static int on_bytes(void *user, const uint8_t *b, size_t n) { return api_seq_byt
 
 _Static_assert(API_MAX_TOP_LOGPROBS <= LUNA_GEN_MAX_TOP, "the engine records the best tokens the API lists");
 #define LP_CHUNK 256       /* the workers' generator contexts' chunk (the default: sched.c) */
-#define LP_RENDER_BYTES 64 /* JSON per entry and per best token, about: {"token":..,"logprob":..} */
+/* Per entry and per best token: its cJSON tree while the answer is rendered (an object of
+ * four members: five nodes and their strings) and its text; and in a stream's unread events
+ * (http.c adds it to the stream's limit: an echo's first chunk carries the whole prompt's). */
+#define LP_RENDER_BYTES 512
+#define LP_EVENT_BYTES 128
 
 /* Entries of prompt c: generated tokens, prompt positions (bos + bytes); best tokens of each. */
 static size_t lp_gen_n(const api_generate_req *q) { return q->logprobs ? (size_t)q->max_new_tokens : 0; }
@@ -35,16 +39,27 @@ static size_t lp_prompt_n(const api_generate_req *q, size_t c) { return q->promp
 static int lp_prompt_top(const api_generate_req *q) { return q->format == API_FMT_TGI ? 0 : q->top_n; }
 static size_t lp_entry_bytes(int top) { return sizeof(double) + (size_t)top * (sizeof(int32_t) + sizeof(double)); }
 
+/* Entries of the whole request, each weighted by 1 + its best tokens. */
+static uint64_t lp_weighted(const api_generate_req *req)
+{
+    uint64_t w = 0;
+    for (size_t c = 0; c < req->n_prompts; c++)
+        w += lp_gen_n(req) * (1 + (uint64_t)req->top_n) + lp_prompt_n(req, c) * (1 + (uint64_t)lp_prompt_top(req));
+    return w;
+}
+
+uint64_t srv_gen_lp_stream_bytes(const api_generate_req *req) { return req->stream ? lp_weighted(req) * LP_EVENT_BYTES : 0; }
+
 uint64_t srv_gen_lp_bytes(const srv_app *app, const api_generate_req *req)
 {
     if (!req->logprobs && !req->prompt_logprobs) return 0;
     uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size, b = 0, longest = 0;
-    for (size_t c = 0; c < (req->n_prompts ? req->n_prompts : 1); c++) {
-        uint64_t g = lp_gen_n(req), p = req->n_prompts ? lp_prompt_n(req, c) : 0;
-        b += g * (lp_entry_bytes(req->top_n) + LP_RENDER_BYTES * (1 + (uint64_t)req->top_n)) +
-             p * (lp_entry_bytes(lp_prompt_top(req)) + LP_RENDER_BYTES * (1 + (uint64_t)lp_prompt_top(req)));
+    for (size_t c = 0; c < req->n_prompts; c++) {
+        uint64_t p = lp_prompt_n(req, c);
+        b += lp_gen_n(req) * lp_entry_bytes(req->top_n) + p * lp_entry_bytes(lp_prompt_top(req));
         if (p > longest) longest = p;
     }
+    b += lp_weighted(req) * LP_RENDER_BYTES + srv_gen_lp_stream_bytes(req);
     uint64_t rows = app->batch ? (uint64_t)app->cfg.max_batch : 1; /* prompts prefilling at once, at most */
     if (rows > (req->n_prompts ? req->n_prompts : 1)) rows = req->n_prompts ? req->n_prompts : 1;
     /* the copy of each row's logits, and a prefill chunk's rows of every position's logits */

@@ -847,7 +847,8 @@ static enum MHD_Result start_generate(http_req *r)
     if (!job->out || !job->gres || srv_gen_lp_new(job)) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
     job->reserve = reserve;
     if (r->greq.stream) {
-        r->stream.limit = srv_stream_limit(r->greq.n_prompts, (size_t)r->greq.max_new_tokens);
+        r->stream.limit = srv_stream_limit(r->greq.n_prompts, (size_t)r->greq.max_new_tokens) +
+                          srv_gen_lp_stream_bytes(&r->greq); /* reserved with the rest */
         job->stream = &r->stream;
         job->on_stream = on_stream;
     }

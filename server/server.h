@@ -172,9 +172,12 @@ void srv_release(srv_app *app, uint64_t bytes);
  * prefill chunk (the worker's, allocated once), the sampler's scratch, the output, and for a
  * stream the events a slow client has not read yet; nothing that grows with the prompt. */
 uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req);
-/* Of that, what log-probabilities take (batch.c): per position recorded, its entry and its
- * rendering; per prompt alone, a prefill chunk's rows. 0 when the request asks for none. */
+/* Of that, what log-probabilities take (batch.c): per position recorded, its entry, its
+ * rendering and (streamed) its events; per prompt prefilling at once, a copy of the logits
+ * and a prefill chunk's rows. 0 when the request asks for none. */
 uint64_t srv_gen_lp_bytes(const srv_app *app, const api_generate_req *req);
+/* Of those, a stream's unread events (http.c adds them to the stream's limit). */
+uint64_t srv_gen_lp_stream_bytes(const api_generate_req *req);
 /* The job's log-probability arrays (job->lps), when its request asks for them; -1: ENOMEM. */
 int srv_gen_lp_new(srv_job *job);
 void srv_gen_lp_free(srv_job *job);

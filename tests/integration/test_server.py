@@ -1113,6 +1113,14 @@ def test_logprobs_match_reference(s):
     ev = sse_events(data.replace(b"data: [DONE]\n\n", b""))
     got = {k: [x for c in ev if c["choices"][0]["logprobs"] for x in c["choices"][0]["logprobs"][k]] for k in lp}
     assert got == lp, (got, lp)
+    # a streamed echo of a long prompt: its first chunk carries every byte's entries, which the
+    # stream's limit (and the ledger) must hold
+    text = "It is a truth universally acknowledged. " * 100
+    st, _, data = s.req("POST", "/v1/completions", {"prompt": text, "max_tokens": 2, "echo": True, "logprobs": 5,
+                                                    "temperature": 0, "stream": True})
+    ev = sse_events(data.replace(b"data: [DONE]\n\n", b""))
+    assert st == 200 and len(ev[0]["choices"][0]["logprobs"]["tokens"]) == len(text) + 1, ev[-1]
+    assert ev[-1]["choices"][0]["finish_reason"] == "length", ev[-1]
 
 
 def test_logprobs_validation(s):
@@ -1203,7 +1211,8 @@ def test_score_deadline_and_logprob_memory():
             assert st == 200 and len(b["choices"][0]["logprobs"]["tokens"]) == n, b
             reserved.append(int(h["x-memory-reserved-bytes"]))
         st, h, b = s.json("POST", "/v1/completions", {"prompt": "y" * 2000, "max_tokens": 1, "echo": True})
-        assert 0 < reserved[1] - reserved[0] < 1000 * 200 and reserved[1] > int(h["x-memory-reserved-bytes"]), reserved
+        per = (reserved[1] - reserved[0]) / 1000  # bytes per prompt position: its entry and its rendering
+        assert per == int(per) and 0 < per < 260 * 4 and reserved[1] > int(h["x-memory-reserved-bytes"]), reserved
         assert reserved_idle(wait_idle(s))
     finally:
         assert s.stop() == 0
