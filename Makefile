@@ -11,6 +11,7 @@
 #   make bench-gen  run the generation benchmark (Luna decoder vs KV cache; docs/bench/generate-<cpu>-<core>*)
 #   make bench-plans  the plans' cost: streaming vs resident, 64 MiB e-mail (docs/bench/plans-<cpu>-<core>*)
 #   make bench-gensweep  continuous batching vs --max-batch 1 over HTTP (docs/bench/gensweep-<cpu>-<core>*; -quick: smoke)
+#   make bench-statecache  the prefix state cache: TTFT, a chat's prefill, memory vs a KV cache (docs/bench/statecache-<cpu>-<core>*)
 #   make golden     regenerate tests/golden with the PyTorch reference (needs python3-torch)
 #   make cluster    3 replicas behind HAProxy on loopback: kill -9 and SIGTERM under load
 #   make image      build the container image (podman here, docker where an engine runs) and test it
@@ -169,6 +170,12 @@ bench-gensweep: bin/luna bin/lunaserve
 bench-gensweep-quick: bin/luna bin/lunaserve
 	sh bench/load/gensweep.sh --quick
 
+# The prefix state cache (issue 26), with and without it in one run: time to first token of a
+# 200 KB prompt and of the same + 100 bytes, a 10-turn chat's prefill tokens and wall time, a
+# cached prefix's bytes against a KV cache's (about 5 minutes; --quick: a smoke run).
+bench-statecache: bin/luna bin/lunaserve
+	/usr/bin/python3 bench/state_cache.py
+
 golden:
 	/usr/bin/python3 tools/make_golden.py tests/golden
 
@@ -206,5 +213,5 @@ load-quick:
 clean:
 	rm -rf build bin
 
-.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans bench-gensweep bench-gensweep-quick golden cluster image fuzz badinput soak soak-hostile load load-quick clean
+.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans bench-gensweep bench-gensweep-quick bench-statecache golden cluster image fuzz badinput soak soak-hostile load load-quick clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -40,6 +40,16 @@ typedef enum {
 #undef API_XX_ENUM
 } api_err;
 
+/* A JSON body's parse tree: at most API_MAX_JSON_VALUES values (a classification list of 1024
+ * documents, a chat of thousands of messages), each at most API_JSON_VALUE_BYTES of memory (a
+ * cJSON node, its key and the allocator's overhead; the strings' bytes come on top, as many as
+ * the body's). api_json_values gives an upper bound of a body's values without parsing it (one
+ * pass over the bytes), so the server can reserve the tree before building it; the parsers
+ * refuse a body with more (413 payload_too_large). */
+#define API_MAX_JSON_VALUES 65536
+#define API_JSON_VALUE_BYTES 160
+size_t api_json_values(const char *body, size_t len);
+
 int api_err_status(api_err e);
 const char *api_err_type(api_err e);
 
@@ -141,6 +151,9 @@ typedef struct {
                               * OpenAI completions logprobs, chat top_logprobs) */
     int prompt_logprobs;     /* the prompt's too (TGI decoder_input_details, OpenAI echo + logprobs);
                               * top_n of them for OpenAI, none for TGI */
+    int return_state;        /* answer with each prompt's state after its generation */
+    const uint8_t *state;    /* a state to continue from (its export, decoded), or NULL */
+    size_t state_len;
     char model[128];         /* OpenAI answers: the model's id (api_generate_set_meta) */
     char id[96];             /* OpenAI answers: "cmpl-<request id>" or "chatcmpl-<request id>" */
     long long created;       /* OpenAI answers: unix seconds */
@@ -194,6 +207,11 @@ typedef struct {
     int bos_id, eos_id;      /* to name the special tokens among the best ones */
     api_logprobs gen;        /* with req->logprobs: entry i for generated token i (eos last) */
     api_logprobs prompt;     /* with req->prompt_logprobs: entry 0 bos, entry i + 1 prompt byte i */
+    uint64_t cached_tokens;  /* of prompt_tokens, those the state cache had (bos included) */
+    const uint8_t *state;    /* return_state: the state's export (luna_gen_state_export), or NULL */
+    size_t state_len;
+    uint64_t state_tokens;   /* the tokens of its context */
+    const char *state_model_id; /* the model's id, hex */
 } api_gen_result;
 
 /* The answer to a whole request, res[0 .. n_prompts): TGI's {"generated_text", "details"?,

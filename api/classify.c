@@ -155,8 +155,34 @@ static int refuse_duplicate_keys(const cJSON *v, api_error *err)
     return 0;
 }
 
+size_t api_json_values(const char *body, size_t len)
+{
+    /* every value but the root follows a '[' (the first element), a ',' or a ':' outside a
+     * string; a '{' adds one too many per object: an upper bound */
+    size_t n = 1;
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = body[i];
+        if (in_string) {
+            if (c == '\\') i++;
+            else if (c == '"') in_string = 0;
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c == '[' || c == '{' || c == ',' || c == ':') {
+            n++;
+        }
+    }
+    return n;
+}
+
 cJSON *api__parse_json(const char *body, size_t len, api_error *err)
 {
+    size_t values = api_json_values(body, len);
+    if (values > API_MAX_JSON_VALUES) {
+        api_fail(err, API_E_TOO_LARGE, "the body holds up to %zu JSON values; at most %d are taken", values,
+                 API_MAX_JSON_VALUES);
+        return NULL;
+    }
     /* cJSON would end a string at a raw NUL byte and parse on: JSON forbids it, so refuse */
     const char *nul = memchr(body, 0, len);
     if (nul) {

@@ -40,7 +40,7 @@ int api__names_model(const char *model, const char *served)
 
 static const char *const SUPPORTED[] = {
     "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
-    "stop", "details", "return_full_text", "truncate", "return_raw_bytes", "top_n_tokens",
+    "stop", "details", "return_full_text", "truncate", "return_raw_bytes", "return_state", "top_n_tokens",
     "decoder_input_details", NULL};
 /* TGI's parameters that this server does not implement: fine at TGI's defaults (null, false,
  * 0 or 1), refused otherwise, since the request would silently get something else. */
@@ -212,8 +212,8 @@ api_err api_parse_generate(const char *body, size_t len, const api_gen_limits *l
         goto fail;
     }
     for (const cJSON *f = root->child; f; f = f->next)
-        if (strcmp(f->string, "inputs") && strcmp(f->string, "inputs_base64") &&
-            strcmp(f->string, "parameters") && strcmp(f->string, "stream")) {
+        if (strcmp(f->string, "inputs") && strcmp(f->string, "inputs_base64") && strcmp(f->string, "parameters") &&
+            strcmp(f->string, "stream") && strcmp(f->string, "state")) {
             rc = api_fail(err, API_E_VALIDATION, "unknown field \"%.64s\"", f->string);
             goto fail;
         }
@@ -267,6 +267,9 @@ api_err api_parse_generate(const char *body, size_t len, const api_gen_limits *l
     /* the generated tokens' log-probabilities: TGI shows them in details and in every stream
      * event (/generate_stream sets the stream after parsing): always */
     req->logprobs = 1;
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "parameters");
+    if ((rc = api__parse_state(root, cJSON_IsObject(params) ? params : NULL, req, err))) goto fail;
+    if ((rc = api__check_prompt_logprobs(req, "decoder_input_details", err))) goto fail;
     if (req->prompts[0].len > lim->max_input_bytes) {
         rc = api_fail(err, API_E_INPUT_TOO_LONG, "the prompt has %zu bytes; max-input-bytes is %llu (or set \"truncate\")",
                       req->prompts[0].len, (unsigned long long)lim->max_input_bytes);
@@ -286,6 +289,7 @@ void api_generate_free(api_generate_req *req)
     if (st) {
         cJSON_Delete(st->tree);
         free(st->bytes);
+        free(st->state);
         free(st);
     }
     memset(req, 0, sizeof *req);
@@ -417,6 +421,10 @@ char *api_render_generate(const api_generate_req *req, const api_gen_result *res
         cJSON_AddStringToObject(root, "generated_bytes_base64", b);
         free(b);
     }
+    if (api__add_state(root, res)) {
+        cJSON_Delete(root);
+        return NULL;
+    }
     return api__print(root);
 }
 
@@ -472,6 +480,10 @@ char *api_render_stream_token(const api_generate_req *req, const api_stream_toke
             return NULL;
         }
         add_details(root, t->res);
+        if (api__add_state(root, t->res)) {
+            cJSON_Delete(root);
+            return NULL;
+        }
     } else {
         cJSON_AddNullToObject(root, "generated_text");
         cJSON_AddNullToObject(root, "details");

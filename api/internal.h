@@ -12,6 +12,7 @@ typedef struct {
     cJSON *tree;
     uint8_t *bytes;  /* decoded base64 or a rendered chat prompt */
     api_doc docs[API_MAX_PROMPTS];
+    uint8_t *state;  /* the decoded "state" */
 } api__gen_storage;
 
 /* Sets up req with the defaults every format shares and its storage; API_OK or ENGINE_MEMORY. */
@@ -44,6 +45,12 @@ int api__add_string(cJSON *o, const char *name, const char *s, size_t n);
 char *api__print(cJSON *root); /* unformatted, and frees root */
 char *api__sse(char *json);    /* "data: " json "\n\n"; frees json; NULL in, NULL out */
 
+/* api/state.c: "state" (in root) and "return_state" (in flags, may be NULL) parsed into req
+ * (after its prompts: a state continues exactly one); a result's "state" object added to o
+ * (nothing without one; -1 on ENOMEM). */
+api_err api__parse_state(const cJSON *root, const cJSON *flags, api_generate_req *req, api_error *err);
+int api__add_state(cJSON *o, const api_gen_result *res);
+
 /* api/openai.c: the OpenAI renderers behind api_render_generate and the stream ones. */
 char *api__render_openai(const api_generate_req *req, const api_gen_result *res);
 char *api__render_openai_chunk(const api_generate_req *req, const api_stream_token *t, int *skip);
@@ -63,5 +70,7 @@ cJSON *api__completion_logprobs(const api_gen_result *r, const uint8_t *prompt, 
 /* OpenAI chat: {content: [{token, logprob, bytes, top_logprobs}], refusal: null} of generated
  * tokens from..to (out[0] is token from's byte). */
 cJSON *api__chat_logprobs(const api_gen_result *r, const uint8_t *out, size_t from, size_t to);
+/* The prompt's log-probabilities (named by `field`) with a "state" to continue from: 422. */
+api_err api__check_prompt_logprobs(const api_generate_req *req, const char *field, api_error *err);
 
 #endif

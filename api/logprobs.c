@@ -201,3 +201,14 @@ oom:
     cJSON_Delete(lp);
     return NULL;
 }
+
+/* ---- requests ---------------------------------------------------------------------------------- */
+
+api_err api__check_prompt_logprobs(const api_generate_req *req, const char *field, api_error *err)
+{
+    if (!req->prompt_logprobs || !req->state) return API_OK;
+    api_fail(err, API_E_VALIDATION, "\"%s\" scores the prompt from bos on: not with \"state\", whose context "
+             "is not here to score", field);
+    err->param = field;
+    return err->kind;
+}

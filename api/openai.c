@@ -45,6 +45,7 @@ static const field COMPLETION_FIELDS[] = {
     {"model", 1}, {"prompt", 1}, {"max_tokens", 1}, {"temperature", 1}, {"top_p", 1}, {"seed", 1},
     {"stop", 1}, {"stream", 1}, {"stream_options", 1}, {"n", 1}, {"echo", 1}, {"user", 1},
     {"top_k", 1}, {"repetition_penalty", 1}, /* vLLM's extra sampling parameters */
+    {"state", 1}, {"return_state", 1},       /* portable states (api/state.c) */
     {"logprobs", 1}, {"best_of", 0}, {"presence_penalty", 0}, {"frequency_penalty", 0},
     {"logit_bias", 0}, {"suffix", 0}, {NULL, 0}};
 
@@ -52,6 +53,7 @@ static const field CHAT_FIELDS[] = {
     {"model", 1}, {"messages", 1}, {"max_tokens", 1}, {"max_completion_tokens", 1}, {"temperature", 1},
     {"top_p", 1}, {"seed", 1}, {"stop", 1}, {"stream", 1}, {"stream_options", 1}, {"n", 1}, {"user", 1},
     {"top_k", 1}, {"repetition_penalty", 1}, /* vLLM's extra sampling parameters */
+    {"state", 1}, {"return_state", 1},       /* portable states (api/state.c) */
     {"logprobs", 1}, {"top_logprobs", 1}, {"presence_penalty", 0}, {"frequency_penalty", 0},
     {"logit_bias", 0}, {"tools", 0}, {"tool_choice", 0}, {"parallel_tool_calls", 0},
     {"response_format", 0}, {NULL, 0}};
@@ -203,6 +205,8 @@ api_err api_parse_completions(const char *body, size_t len, const api_gen_limits
         req->prompts[i] = (api_doc){(const uint8_t *)it->valuestring, sl};
     }
     req->n_prompts = n;
+    if ((rc = api__parse_state(root, root, req, err))) goto fail;
+    if ((rc = api__check_prompt_logprobs(req, "logprobs", err))) goto fail;
     return API_OK;
 fail:
     api_generate_free(req);
@@ -306,6 +310,7 @@ api_err api_parse_chat(const char *body, size_t len, const api_gen_limits *lim, 
         req->stop[req->n_stop] = (const uint8_t *)CHAT_STOP;
         req->stop_len[req->n_stop++] = strlen(CHAT_STOP);
     }
+    if ((rc = api__parse_state(root, root, req, err))) goto fail;
     return API_OK;
 fail:
     api_generate_free(req);
@@ -332,15 +337,17 @@ static cJSON *head(const api_generate_req *req, const char *object)
 
 static void add_usage(cJSON *root, const api_generate_req *req, const api_gen_result *res)
 {
-    uint64_t prompt = 0, completion = 0;
+    uint64_t prompt = 0, completion = 0, cached = 0;
     for (size_t i = 0; i < req->n_prompts; i++) {
         prompt += req->prompts[i].len;
         completion += res[i].generated_tokens;
+        cached += res[i].cached_tokens ? res[i].cached_tokens - 1 : 0; /* OpenAI's tokens: no bos */
     }
     cJSON *u = cJSON_AddObjectToObject(root, "usage");
     cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt);
     cJSON_AddNumberToObject(u, "completion_tokens", (double)completion);
     cJSON_AddNumberToObject(u, "total_tokens", (double)(prompt + completion));
+    cJSON_AddNumberToObject(cJSON_AddObjectToObject(u, "prompt_tokens_details"), "cached_tokens", (double)cached);
 }
 
 char *api__render_openai(const api_generate_req *req, const api_gen_result *res)
@@ -375,6 +382,10 @@ char *api__render_openai(const api_generate_req *req, const api_gen_result *res)
             return NULL;
         }
         cJSON_AddStringToObject(c, "finish_reason", finish_reason(&res[i]));
+        if (api__add_state(c, &res[i])) {
+            cJSON_Delete(root);
+            return NULL;
+        }
     }
     add_usage(root, req, res);
     return api__print(root);
@@ -427,6 +438,10 @@ char *api__render_openai_chunk(const api_generate_req *req, const api_stream_tok
     }
     if (t->res) cJSON_AddStringToObject(c, "finish_reason", finish_reason(t->res));
     else cJSON_AddNullToObject(c, "finish_reason");
+    if (t->res && api__add_state(c, t->res)) {
+        cJSON_Delete(root);
+        return NULL;
+    }
     return api__sse(api__print(root));
 }
 

@@ -3,9 +3,10 @@
 time on loopback only (issue 27); `make soak-hostile` (2 minutes in CI).
 
 The server (the plain build: its memory is what is measured) runs on the bundled-size test
-models with a 64 MiB budget, --health-port 0, three API keys and the connection and client
-limits at their defaults but for shorter clocks (connection 10 s, head 5 s, body 10 s), so that
-every bound acts within the run. The run, after a warm-up of normal traffic and an idle pause
+models with a 64 MiB budget, --health-port 0, four API keys, the connection limits at their
+defaults, the per-client limits at 16 jobs and 32 requests (their defaults follow the batch of
+32 rows) and shorter clocks (connection 10 s, head 5 s, body 10 s), so that every bound acts
+within the run. The run, after a warm-up of normal traffic and an idle pause
 (the idle RSS before the burst):
 
   held uploads     4 MiB raw bodies, all but the last byte sent, held until the server closes
@@ -13,7 +14,7 @@ every bound acts within the run. The run, after a warm-up of normal traffic and 
   large documents  8 MiB raw documents sent whole, back to back (the ledger's half for bodies
                    holds four: 200, 503)
   a queue flood    40 clients of one key, 64 KiB documents back to back (the per-key limits,
-                   16 jobs and 32 requests: 200, 429)
+                   set to 16 jobs and 32 requests here: 200, 429)
   slow readers     /generate_stream of 1024 tokens, read 256 bytes every 0.5 s, left after 15 s
   trickled heads   a header line a second; trickled bodies: 10 bytes a second (the guard's
                    clocks cut them)
@@ -362,6 +363,7 @@ def main():
                              "--workers", "2", "--memory-budget", str(BUDGET), "--max-body-bytes", str(16 * MIB),
                              "--max-new-tokens", "1024", "--request-timeout", "120",
                              "--connection-timeout", "10", "--header-timeout", "5", "--body-timeout", "10",
+                             "--max-queued-per-key", "16", "--max-requests-per-key", "32",
                              *[x for k in KEYS.values() for x in ("--api-key", k)],
                              ])
     pid = proc.pid
@@ -407,7 +409,8 @@ def main():
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             m = metrics(health_port)
-            if (m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"] and m["luna_inflight_requests"] == 0
+            if (m["luna_memory_reserved_bytes"] == m["luna_memory_reserved_fixed_bytes"] + m["luna_state_cache_bytes"]
+                    and m["luna_inflight_requests"] == 0
                     and m["luna_clients_active"] == 0):
                 return m
             time.sleep(0.1)

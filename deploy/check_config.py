@@ -114,6 +114,13 @@ ts = seconds(directive("timeout server").split()[-1] if directive("timeout serve
 check(f"haproxy: checks on the health port ({health_port})",
       f" port {health_port} " in " " + directive("default-server") + " ", directive("default-server"))
 check(f"haproxy: timeout server ({ts:.0f} s) > the longest request a replica allows ({req_timeout:.0f} s)", ts > req_timeout)
+gen = cfg[cfg.find("\nbackend lunaserve_gen\n"):] if "\nbackend lunaserve_gen\n" in cfg else ""
+gen = gen[:gen.find("\n\n")] if "\n\n" in gen else gen
+check("haproxy: the generation routes go to lunaserve_gen, hashed (consistent) on X-Session-Id or the prompt",
+      directive("use_backend") == "use_backend lunaserve_gen if { path /generate /generate_stream /v1/completions "
+      "/v1/chat/completions }" and re.search(r"(?m)^\s*balance hash var\(txn\.route_key\)$", gen)
+      and re.search(r"(?m)^\s*hash-type consistent\b", gen) and "req.hdr(x-session-id)" in gen
+      and "@cluster-test: servers" in gen, gen[:200])
 check("haproxy: @cluster-test markers for bind, servers, resolvers",
       all(f"@cluster-test: {k}" in cfg for k in ("bind", "servers", "resolvers")))
 if shutil.which("haproxy"):

@@ -93,23 +93,65 @@ static void ban_special(const luna_config *cfg, float *logits)
     }
 }
 
-int luna_gen_begin(luna_gen *g, const luna_model *m, luna_gen_state *s, luna_sampler *smp, const uint8_t *prompt,
-                   size_t len, const luna_gen_params *p, luna_emit_fn emit, void *user)
+/* Starts g on s. cont = 0: s holds bos and the prompt's first t - 1 bytes (resume); cont = 1:
+ * s holds a context of its own and the whole prompt comes after it (continue). */
+static int gen_start(luna_gen *g, const luna_model *m, luna_gen_state *s, const float *logits, luna_sampler *smp,
+                     const uint8_t *prompt, size_t len, const luna_gen_params *p, luna_emit_fn emit, void *user,
+                     int cont)
 {
     if (!g) return LUNA_EINVAL;
     memset(g, 0, sizeof *g);
     g->res.stop_index = -1;
+    g->last = -1;
     if (!m || !s || !smp || (len && !prompt) || check_params(p)) return LUNA_EINVAL;
     const luna_config *cfg = luna_model_config(m);
     if (cfg->task != LUNA_TASK_CAUSAL_LM) return LUNA_ETASK;
-    if (luna_gen_state_tokens(s) != 0) return LUNA_EINVAL;
+    uint64_t t = luna_gen_state_tokens(s);
+    size_t at = cont ? 0 : (size_t)(t ? t - 1 : 0); /* prompt bytes the state holds */
+    if (cont ? t == 0 : t > (uint64_t)len + 1) return LUNA_EINVAL;
+    int whole = t > 0 && at == len; /* nothing is left to prefill: the logits must come along */
+    if (whole && !logits) return LUNA_EINVAL;
     g->logits = malloc((size_t)cfg->vocab_size * sizeof(float));
     if (!g->logits) return LUNA_ENOMEM;
     g->m = m, g->state = s, g->smp = smp, g->prompt = prompt, g->len = len, g->p = *p;
     g->emit = emit, g->user = user;
     g->res.finish = LUNA_FINISH_LENGTH;
     g->t0 = g->t1 = now();
+    if (t > 0 && !cont) { /* what prefill would have observed of those tokens, for the repetition penalty */
+        luna_sampler_observe(smp, cfg->bos_id);
+        for (size_t i = 0; i < at; i++) luna_sampler_observe(smp, cfg->byte_offset + prompt[i]);
+    }
+    g->bos_done = t > 0;
+    g->at = at;
+    g->res.prompt_tokens = t;
+    if (whole && logits) { /* (checked above: logits is there) */
+        memcpy(g->logits, logits, (size_t)cfg->vocab_size * sizeof(float));
+        g->prefilled = 1;
+        if (p->max_new_tokens == 0) g->done = 1;
+    }
     return 0;
+}
+
+int luna_gen_begin(luna_gen *g, const luna_model *m, luna_gen_state *s, luna_sampler *smp, const uint8_t *prompt,
+                   size_t len, const luna_gen_params *p, luna_emit_fn emit, void *user)
+{
+    if (s && luna_gen_state_tokens(s) != 0) {
+        if (g) memset(g, 0, sizeof *g), g->res.stop_index = -1, g->last = -1;
+        return LUNA_EINVAL;
+    }
+    return gen_start(g, m, s, NULL, smp, prompt, len, p, emit, user, 0);
+}
+
+int luna_gen_resume(luna_gen *g, const luna_model *m, luna_gen_state *s, const float *logits, luna_sampler *smp,
+                    const uint8_t *prompt, size_t len, const luna_gen_params *p, luna_emit_fn emit, void *user)
+{
+    return gen_start(g, m, s, logits, smp, prompt, len, p, emit, user, 0);
+}
+
+int luna_gen_continue(luna_gen *g, const luna_model *m, luna_gen_state *s, const float *logits, luna_sampler *smp,
+                      const uint8_t *prompt, size_t len, const luna_gen_params *p, luna_emit_fn emit, void *user)
+{
+    return gen_start(g, m, s, logits, smp, prompt, len, p, emit, user, 1);
 }
 
 static int lp_ok(const luna_gen_lp *l, size_t need)
@@ -120,7 +162,9 @@ static int lp_ok(const luna_gen_lp *l, size_t need)
 
 int luna_gen_logprobs(luna_gen *g, luna_gen_lp *out, luna_gen_lp *prompt)
 {
-    if (!g || !g->m || g->bos_done || !lp_ok(out, (size_t)g->p.max_new_tokens) || !lp_ok(prompt, g->len + 1))
+    /* the prompt's from bos on: a resumed or continued state has consumed some of it */
+    if (!g || !g->m || g->k > 0 || (prompt && g->bos_done) || !lp_ok(out, (size_t)g->p.max_new_tokens) ||
+        !lp_ok(prompt, g->len + 1))
         return LUNA_EINVAL;
     if (out && !(g->raw = malloc((size_t)luna_model_config(g->m)->vocab_size * sizeof(float)))) return LUNA_ENOMEM;
     g->out_lp = out, g->prompt_lp = prompt;
@@ -140,7 +184,7 @@ static int lp_record(const luna_gen_lp *l, size_t i, const float *logits, int V,
 
 /* The prefill of piece[0..n) at positions t.. with every row's logits: calls that end on the
  * chunk boundaries; row r scores position t + r + 1; the last row becomes g->logits. */
-static int prefill_rows(luna_gen *g, luna_ctx *c, const int32_t *piece, size_t n, int last)
+static int prefill_rows(luna_gen *g, luna_ctx *c, const int32_t *piece, size_t n)
 {
     const luna_config *cfg = luna_model_config(g->m);
     size_t V = (size_t)cfg->vocab_size, ch = (size_t)c->chunk;
@@ -163,7 +207,7 @@ static int prefill_rows(luna_gen *g, luna_ctx *c, const int32_t *piece, size_t n
             if (rc) return rc;
         }
         done += take;
-        if (last && done == n) memcpy(g->logits, g->rows + (take - 1) * V, V * sizeof(float));
+        if (done == n) memcpy(g->logits, g->rows + (take - 1) * V, V * sizeof(float));
     }
     return 0;
 }
@@ -195,8 +239,9 @@ long luna_gen_prefill(luna_gen *g, luna_ctx *c, size_t max_tokens)
     for (size_t i = 0; i < n; i++) luna_sampler_observe(g->smp, piece[i]);
     int last = g->at == g->len;
     if (g->prompt_lp && !g->bos_done) g->prompt_lp->lp[0] = NAN; /* bos: nothing predicts it */
-    int rc = g->prompt_lp ? prefill_rows(g, c, piece, n, last)
-                          : luna_prefill(c, g->state, piece, n, last ? g->logits : NULL, 0);
+    /* every slice leaves its last row's distribution in g->logits (one row of the output
+     * layer), so that a state stored after any slice comes with its next token's logits */
+    int rc = g->prompt_lp ? prefill_rows(g, c, piece, n) : luna_prefill(c, g->state, piece, n, g->logits, 0);
     g->res.prompt_tokens = luna_gen_state_tokens(g->state);
     if (rc) {
         luna_gen_fail(g, rc);
@@ -229,6 +274,7 @@ int luna_gen_next(luna_gen *g, int32_t *token)
     }
     g->res.generated_tokens++;
     g->k++;
+    g->last = tok; /* until it is handed out to step: the token the state has not seen */
     if (tok == cfg->eos_id) {
         g->res.finish = LUNA_FINISH_EOS;
         g->done = 1;
@@ -256,9 +302,13 @@ int luna_gen_next(luna_gen *g, int32_t *token)
         g->done = 1;
         return 0;
     }
+    g->last = -1;
     *token = tok;
     return 1;
 }
+
+int32_t luna_gen_last(const luna_gen *g) { return g->done && g->rc == 0 ? g->last : -1; }
+
 
 int luna_gen_end(luna_gen *g, luna_gen_result *res)
 {

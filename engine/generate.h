@@ -101,6 +101,7 @@ typedef struct luna_gen {
     size_t len, at;              /* prompt bytes, and how many are prefilled */
     int bos_done, prefilled, done, rc;
     int k;                       /* tokens sampled */
+    int32_t last;                /* the last token sampled, while the state has not seen it */
     luna_gen_params p;
     luna_emit_fn emit;
     void *user;
@@ -117,7 +118,25 @@ typedef struct luna_gen {
  * sampler and state are borrowed until luna_gen_end. EINVAL, ETASK, ENOMEM (the logits). */
 int luna_gen_begin(luna_gen *g, const luna_model *m, luna_gen_state *s, luna_sampler *smp, const uint8_t *prompt,
                    size_t len, const luna_gen_params *params, luna_emit_fn emit, void *user);
-/* Right after luna_gen_begin: also record log-probabilities (either may be NULL).
+/* Starts the generation from a state s that already holds the prompt's first t tokens (bos,
+ * then the prompt's first t - 1 bytes; 0 <= t <= len + 1), e.g. a copy of a cached prefix's
+ * state: prefill goes on from token t. `logits` is the distribution after those t tokens:
+ * required when t = len + 1 (the whole prompt; nothing is left to prefill), ignored otherwise.
+ * The sampler observes the t tokens as prefill would have (the repetition penalty), so the
+ * output is the same as from a fresh state when s holds what a prefill of those tokens, in
+ * slices ending on chunk multiples, leaves. luna_gen_begin is this with t = 0. EINVAL (also
+ * t > len + 1, or no logits at t = len + 1), ETASK, ENOMEM. */
+int luna_gen_resume(luna_gen *g, const luna_model *m, luna_gen_state *s, const float *logits, luna_sampler *smp,
+                    const uint8_t *prompt, size_t len, const luna_gen_params *params, luna_emit_fn emit, void *user);
+/* Starts the generation from a state s that holds a context of its own (imported from another
+ * request: luna_gen_state_import), the prompt's bytes coming after it (no bos). `logits` is the
+ * distribution after the state's last token: required when len = 0, ignored otherwise. The
+ * sampler does not see the state's tokens (the repetition penalty counts the prompt and the
+ * output only). EINVAL (also a state with no tokens), ETASK, ENOMEM. */
+int luna_gen_continue(luna_gen *g, const luna_model *m, luna_gen_state *s, const float *logits, luna_sampler *smp,
+                      const uint8_t *prompt, size_t len, const luna_gen_params *params, luna_emit_fn emit, void *user);
+/* Right after luna_gen_begin (or _resume, _continue): also record log-probabilities (either
+ * may be NULL; the prompt's only from a fresh state: luna_gen_begin).
  *   out:    of each sampled token, by its 0-based index (eos included, as the last one when
  *           the generation ends on it): cap >= max_new_tokens. Costs a copy of the logits
  *           (vocab floats, allocated here) and one pass over them per token.
@@ -136,7 +155,8 @@ int luna_gen_logprobs(luna_gen *g, luna_gen_lp *out, luna_gen_lp *prompt);
 int luna_gen_prefilling(const luna_gen *g);
 /* Prefills about max_tokens more of them with c (of the state's kind): the slice ends on a
  * multiple of c's chunk length (at least the next one) or at the prompt's end, so that any
- * slicing gives the same logits. After the last, g.logits holds the first token's distribution.
+ * slicing gives the same logits. After each slice g.logits holds the distribution of the token
+ * after it (after the last, the first generated token's).
  * Returns the tokens consumed, or a negative error (the generation is then over:
  * luna_gen_end reports it). */
 long luna_gen_prefill(luna_gen *g, luna_ctx *c, size_t max_tokens);
@@ -145,6 +165,12 @@ long luna_gen_prefill(luna_gen *g, luna_ctx *c, size_t max_tokens);
  * generation is over (max_new_tokens, eos, a stop sequence, max_positions, or an emit that
  * asked to stop), or a negative error. */
 int luna_gen_next(luna_gen *g, int32_t *token);
+/* Once a generation is over without error: the token it sampled last, which the state has not
+ * consumed (no generation steps its last token: nothing reads its logits), or -1 when there is
+ * none (max_new_tokens 0). A caller that keeps the state to continue from it steps this token
+ * first: the state then holds the prompt and every generated token (the text, then the eos or
+ * stop sequence that ended it). */
+int32_t luna_gen_last(const luna_gen *g);
 /* Marks the generation failed (a step's error, a cancel): luna_gen_end returns rc. */
 void luna_gen_fail(luna_gen *g, int rc);
 /* Emits what is held back (unless it failed), fills *result, frees what begin allocated.

@@ -214,6 +214,16 @@ static void fuzz_generate(const char *body, size_t len, int which)
          * bytes, of special tokens and -1 (no more) among the best */
         if (req.logprobs) res[i].gen = fake_logprobs(req.top_n, (size_t)req.max_new_tokens + 1, len + i);
         if (req.prompt_logprobs) res[i].prompt = fake_logprobs(req.top_n, req.prompts[i].len + 1, len * 3 + i);
+        if (req.return_state) { /* a returned state: bytes of the body again (it is not checked here) */
+            res[i].state = (const uint8_t *)body;
+            res[i].state_len = len;
+            res[i].state_tokens = n + 1;
+            res[i].state_model_id = "00ff";
+        }
+    }
+    if (req.state) {
+        FUZZ_CHECK(req.n_prompts == 1, "a state with %zu prompts", req.n_prompts);
+        fuzz_touch(req.state, req.state_len);
     }
     char *s = api_render_generate(&req, res);
     cJSON *j = fuzz_json_doc(s, "the generate answer");

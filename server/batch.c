@@ -1,6 +1,8 @@
 /* batch.c - generation: alone on a worker, or in the continuous batch (see batch.h). */
 #include "server/batch.h"
 
+#include "server/cache.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -26,7 +28,6 @@ static int on_bytes(void *user, const uint8_t *b, size_t n) { return api_seq_byt
 /* ---- log-probabilities ------------------------------------------------------------------------ */
 
 _Static_assert(API_MAX_TOP_LOGPROBS <= LUNA_GEN_MAX_TOP, "the engine records the best tokens the API lists");
-#define LP_CHUNK 256       /* the workers' generator contexts' chunk (the default: sched.c) */
 /* Per entry and per best token: its cJSON tree while the answer is rendered (an object of
  * four members: five nodes and their strings) and its text; and in a stream's unread events
  * (http.c adds it to the stream's limit: an echo's first chunk carries the whole prompt's). */
@@ -63,7 +64,7 @@ uint64_t srv_gen_lp_bytes(const srv_app *app, const api_generate_req *req)
     uint64_t rows = app->batch ? (uint64_t)app->cfg.max_batch : 1; /* prompts prefilling at once, at most */
     if (rows > (req->n_prompts ? req->n_prompts : 1)) rows = req->n_prompts ? req->n_prompts : 1;
     /* the copy of each row's logits, and a prefill chunk's rows of every position's logits */
-    return b + rows * V * 4 + (req->prompt_logprobs ? rows * (longest < LP_CHUNK ? longest : LP_CHUNK) * V * 4 : 0);
+    return b + rows * V * 4 + (req->prompt_logprobs ? rows * (longest < SRV_PREFILL_CHUNK ? longest : SRV_PREFILL_CHUNK) * V * 4 : 0);
 }
 
 /* Lays n entries of `top` best tokens out at *at (doubles first, then ids: aligned). */
@@ -133,6 +134,102 @@ static void gen_params(const srv_job *job, luna_sampling *sp, luna_gen_params *g
                           q->do_sample ? q->top_p : 1.0f, q->repetition_penalty, job->seed};
     *gp = (luna_gen_params){.max_new_tokens = q->max_new_tokens, .n_stop = q->n_stop};
     for (int i = 0; i < q->n_stop; i++) gp->stop[i] = q->stop[i], gp->stop_len[i] = q->stop_len[i];
+}
+
+/* Whether prompt c's generation uses the state cache: not a continued prompt (the cache's
+ * states start at bos, and the context is not the prompt), nor one whose prompt's
+ * log-probabilities are asked for (they need every position's logits from bos, and those
+ * slices' logits round otherwise than a plain prefill's: stored, they would change the bytes
+ * of a later hit). */
+static int uses_cache(const srv_job *job) { return !job->cont && !job->generate->prompt_logprobs; }
+
+/* Before the first prefill slice of prompt c (g begun on a fresh state): when the state cache
+ * holds a prefix of the prompt, g goes on from a copy of it instead (luna_gen_resume), with
+ * the same bytes to come. *pin receives the cache's entry. A failure fails g. */
+static void cache_resume(srv_app *app, srv_job *job, size_t c, luna_gen *g, luna_sampler *smp, api_seq *ev, srv_cnode **pin)
+{
+    const api_doc *pr = &job->generate->prompts[c];
+    float *logits = app->cache ? malloc(luna_model_config(app->generator)->vocab_size * sizeof(float)) : NULL;
+    if (!logits) return; /* no cache, or no memory for a lookup: prefill it all */
+    *pin = srv_cache_lookup(app->cache, pr->data, pr->len, g->state, logits);
+    if (*pin) {
+        luna_sampling sp;
+        luna_gen_params gp;
+        gen_params(job, &sp, &gp);
+        luna_gen_state *st = g->state;
+        luna_gen_end(g, NULL); /* nothing was prefilled or emitted yet */
+        int rc = luna_gen_resume(g, app->generator, st, logits, smp, pr->data, pr->len, &gp, on_bytes, ev);
+        if (!rc) rc = gen_logprobs(job, c, g); /* the generated tokens' (the prompt's never come here) */
+        if (rc) luna_gen_fail(g, rc);
+    }
+    free(logits);
+}
+
+/* One prefill slice of at most max_tokens that stops where the state cache stores, and stores
+ * there. Returns what luna_gen_prefill does. */
+static long prefill_slice(srv_app *app, luna_ctx *ctx, srv_job *job, size_t c, luna_gen *g, srv_cnode **pin,
+                          size_t max_tokens)
+{
+    const api_doc *pr = &job->generate->prompts[c];
+    srv_cache *cache = uses_cache(job) ? app->cache : NULL;
+    uint64_t t = luna_gen_state_tokens(g->state);
+    size_t stop = srv_cache_next_stop(cache, t, pr->len);
+    if (stop - t < max_tokens) max_tokens = stop - t;
+    long n = luna_gen_prefill(g, ctx, max_tokens);
+    if (n > 0) srv_cache_put(cache, pin, pr->data, pr->len, g->state, g->logits);
+    return n;
+}
+
+/* Starts prompt c's generation on the fresh state st: from nothing, or after the request's
+ * imported state. */
+static int gen_start(srv_app *app, srv_job *job, size_t c, luna_gen *g, luna_gen_state *st, luna_sampler *smp,
+                     api_seq *ev)
+{
+    const api_doc *pr = &job->generate->prompts[c];
+    luna_sampling sp;
+    luna_gen_params gp;
+    gen_params(job, &sp, &gp);
+    int rc = job->cont ? luna_gen_state_copy(st, job->cont) : 0;
+    if (!rc && !job->cont) rc = luna_gen_begin(g, app->generator, st, smp, pr->data, pr->len, &gp, on_bytes, ev);
+    else if (!rc)
+        rc = luna_gen_continue(g, app->generator, st, job->cont_has_logits ? job->cont_logits : NULL, smp, pr->data,
+                               pr->len, &gp, on_bytes, ev);
+    if (!rc && (rc = gen_logprobs(job, c, g)) != 0) luna_gen_end(g, NULL); /* the log-probabilities asked for */
+    return rc;
+}
+
+/* return_state: the state of prompt c's generation, once it holds every token (the caller
+ * stepped the last), exported with the next token's logits into its result. A state at
+ * max_positions could not take the last token: it goes without it, and without logits. */
+static int state_out(srv_app *app, srv_job *job, size_t c, const luna_gen *g, int complete)
+{
+    size_t cap = luna_gen_state_export_bytes(app->generator, 1), len = 0;
+    uint8_t *buf = malloc(cap);
+    int rc = buf ? luna_gen_state_export(g->state, complete ? g->logits : NULL, buf, cap, &len) : LUNA_ENOMEM;
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    api_gen_result *res = &job->gres[c];
+    res->state = buf;
+    res->state_len = len;
+    res->state_tokens = luna_gen_state_tokens(g->state);
+    res->state_model_id = job->model_id;
+    return 0;
+}
+
+/* Whether the generation's last token still has to be stepped before its state is exported;
+ * if not, the export happens now (a failure fails g). */
+static int state_wants_last(srv_app *app, srv_job *job, size_t c, luna_gen *g)
+{
+    if (!job->generate->return_state || g->rc) return 0;
+    const luna_config *cfg = luna_model_config(app->generator);
+    int32_t last = luna_gen_last(g);
+    int room = cfg->max_positions <= 0 || luna_gen_state_tokens(g->state) < (uint64_t)cfg->max_positions;
+    if (last >= 0 && room) return 1;
+    int rc = state_out(app, job, c, g, last < 0);
+    if (rc) luna_gen_fail(g, rc);
+    return 0;
 }
 
 /* Prompt c's result record and event sequencer. */
@@ -220,19 +317,30 @@ int srv_gen_run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job
         api_seq ev;
         choice_begin(app, job, c, &ev);
         luna_gen_state_reset(state);
-        luna_gen_result r = {.stop_index = -1};
-        luna_gen g; /* luna_generate's loop, with the log-probabilities the request asks for */
-        rc = luna_gen_begin(&g, app->generator, state, smp, q->prompts[c].data, q->prompts[c].len, &gp, on_bytes, &ev);
-        if (!rc && (rc = gen_logprobs(job, c, &g)) != 0) luna_gen_fail(&g, rc);
-        if (!rc || g.logits) {
-            while (luna_gen_prefilling(&g)) luna_gen_prefill(&g, ctx, LUNA_GEN_PREFILL_PIECE);
+        luna_gen_result r;
+        luna_gen g;
+        srv_cnode *pin = NULL;
+        uint64_t reused = 0;
+        rc = gen_start(app, job, c, &g, state, smp, &ev);
+        if (!rc) {
+            if (uses_cache(job)) cache_resume(app, job, c, &g, smp, &ev, &pin);
+            reused = job->cont ? 0 : luna_gen_state_tokens(state);
+            while (luna_gen_prefilling(&g)) prefill_slice(app, ctx, job, c, &g, &pin, LUNA_GEN_PREFILL_PIECE);
             int32_t tok;
-            while (luna_gen_next(&g, &tok) == 1)
+            while ((rc = luna_gen_next(&g, &tok)) == 1)
                 if ((rc = luna_step(ctx, state, tok, g.logits)) != 0) luna_gen_fail(&g, rc);
+            if (state_wants_last(app, job, c, &g)) {
+                if ((rc = luna_step(ctx, state, luna_gen_last(&g), g.logits)) == 0) rc = state_out(app, job, c, &g, 1);
+                if (rc) luna_gen_fail(&g, rc);
+            }
             rc = luna_gen_end(&g, &r);
+        } else {
+            memset(&r, 0, sizeof r);
         }
+        srv_cache_unpin(app->cache, pin);
         luna_sampler_free(smp);
-        srv_prefill_observe(app, r.prompt_tokens, r.prefill_seconds);
+        srv_prefill_observe(app, r.prompt_tokens - reused, r.prefill_seconds);
+        job->gres[c].cached_tokens = reused;
         if (c == 0 && r.prompt_tokens) /* the prefill's end is when the first token was due */
             srv_metrics_ttft(&app->metrics, job->t_start - job->t_submit + r.prefill_seconds);
         choice_end(app, job, c, &ev, &r, rc);
@@ -322,7 +430,6 @@ static void pf_push(srv_batch *b, srv_seq *s)
 static void seq_start(srv_app *app, srv_job *job)
 {
     const luna_config *cfg = luna_model_config(app->generator);
-    const api_generate_req *q = job->generate;
     size_t c = job->next_choice++;
     luna_sampling sp;
     luna_gen_params gp;
@@ -335,9 +442,8 @@ static void seq_start(srv_app *app, srv_job *job)
         s->job = job;
         s->choice = c;
         choice_begin(app, job, c, &s->ev);
-        rc = luna_gen_begin(&s->g, app->generator, s->state, s->smp, q->prompts[c].data, q->prompts[c].len, &gp,
-                            on_bytes, &s->ev);
-        if (!rc && (rc = gen_logprobs(job, c, &s->g)) != 0) luna_gen_end(&s->g, NULL);
+        rc = gen_start(app, job, c, &s->g, s->state, s->smp, &s->ev);
+        s->looked_up = !uses_cache(job); /* not looked up in the cache: see uses_cache */
     }
     if (rc) {
         if (s) {
@@ -387,6 +493,7 @@ static void seq_end(srv_app *app, srv_seq *s)
     srv_job *job = s->job;
     luna_gen_result r;
     int rc = luna_gen_end(&s->g, &r);
+    srv_cache_unpin(app->cache, s->pin);
     choice_end(app, job, s->choice, &s->ev, &r, rc);
     if (rc && !job->rc) job->rc = rc;
     luna_sampler_free(s->smp);
@@ -562,8 +669,19 @@ void srv_batch_run_prefill(srv_app *app, luna_ctx *ctx, srv_seq *s, int lanes)
     }
     luna_ctx_set_cancel(ctx, &job->cancel);
     int in_use = luna_ctx_set_lanes(ctx, lanes);
+    if (!s->looked_up) {
+        s->looked_up = 1;
+        cache_resume(app, job, s->choice, &s->g, s->smp, &s->ev, &s->pin);
+        job->gres[s->choice].cached_tokens = luna_gen_state_tokens(s->state);
+        if (!luna_gen_prefilling(&s->g)) { /* the whole prompt was there, or the resume failed */
+            luna_ctx_set_cancel(ctx, NULL);
+            if (s->g.done) state_wants_last(app, job, s->choice, &s->g); /* max_new_tokens 0: no last token */
+            s->phase = s->g.done ? SEQ_DONE : SEQ_DECODE;
+            return;
+        }
+    }
     double t0 = srv_now();
-    long n = luna_gen_prefill(&s->g, ctx, app->batch->slice);
+    long n = prefill_slice(app, ctx, job, s->choice, &s->g, &s->pin, app->batch->slice);
     double dt = srv_now() - t0;
     luna_ctx_set_cancel(ctx, NULL);
     if (n < 0) {
@@ -572,7 +690,9 @@ void srv_batch_run_prefill(srv_app *app, luna_ctx *ctx, srv_seq *s, int lanes)
     }
     srv_metrics_batch_prefill(&app->metrics, n);
     srv_prefill_observe(app, (uint64_t)n, dt * in_use); /* the rate of one lane */
-    if (!luna_gen_prefilling(&s->g)) s->phase = SEQ_DECODE;
+    if (luna_gen_prefilling(&s->g)) return;
+    if (s->g.done) state_wants_last(app, job, s->choice, &s->g); /* max_new_tokens 0: no last token */
+    s->phase = s->g.done ? SEQ_DONE : SEQ_DECODE;
 }
 
 void srv_batch_run_step(srv_app *app)
@@ -589,7 +709,9 @@ void srv_batch_run_step(srv_app *app)
         int32_t tok;
         if (luna_gen_next(&s->g, &tok) != 1) { /* finished, or failed: luna_gen_end says which */
             s->phase = SEQ_DONE;
-            continue;
+            if (!state_wants_last(app, s->job, s->choice, &s->g)) continue;
+            tok = luna_gen_last(&s->g); /* return_state: this step gives the state its last token */
+            s->final = 1;
         }
         b->states[B] = s->state;
         b->tokens[B] = tok;
@@ -606,5 +728,7 @@ void srv_batch_run_step(srv_app *app)
         } else {
             memcpy(s->g.logits, b->logits + i * V, V * sizeof(float));
         }
+        if (s->final && !rc && (rc = state_out(app, s->job, s->choice, &s->g, 1)) != 0) luna_gen_fail(&s->g, rc);
+        s->final = 0;
     }
 }

@@ -47,6 +47,9 @@ struct srv_seq {
     api_seq ev;             /* its events (api/stream.h) */
     srv_seq_phase phase;    /* set by the worker that holds it, else by the loop */
     int in_task;            /* a worker holds it (the loop's view) */
+    int looked_up;          /* its prompt was looked up in the state cache (its first slice) */
+    int final;              /* the decode task steps its last token, for its returned state */
+    struct srv_cnode *pin;  /* its entry in the state cache (server/cache.h), or NULL */
     srv_seq *next;          /* the prefill queue */
 };
 

@@ -45,6 +45,8 @@ static const setting SETTINGS[] = {
     {"max-batch", T_INT, 1, 256, "32", F(max_batch), 0, "generations stepped together in one batched decode step (continuous batching); 1 = each generation runs alone on a worker, start to end"},
     {"max-batch-tokens", T_INT, 1, 1000000, "256", F(max_batch_tokens), 0, "prompt tokens per prefill slice run between decode steps (rounded up to the engine's 256-token chunk)"},
     {"prefill-admission", T_INT, 0, 1, "1", F(prefill_admission), 0, "1: a prompt whose prefill, at the rate this server measures, would outlast the request's deadline is refused at once (413 against the server's deadline, 504 against X-Request-Timeout); 0: it runs until the deadline stops it (504)"},
+    {"state-cache-bytes", T_BYTES, 0, 1e15, "256M", F(state_cache_bytes), 0, "the prefix state cache: generation states of prompts, so that a prompt that begins like an earlier one is prefilled only from where they part; at most this many bytes, counted in the memory budget (requests come first: the cache gives its least recently used states back when a request needs the memory); 0 = no cache"},
+    {"state-cache-interval", T_INT, 1, 1 << 30, "4096", F(state_cache_interval), 0, "prompt tokens between the states a prefill stores (rounded up to the 256-token chunk); each prompt's last chunk boundary and end are stored too"},
     {"max-new-tokens", T_INT, 1, 1000000, "1024", F(max_new_tokens), 0, "cap on max_new_tokens for generation"},
     {"default-new-tokens", T_INT, 1, 1000000, "100", F(default_new_tokens), 0, "max_new_tokens of a request that names none (capped by max-new-tokens)"},
     {"sse-ping-interval", T_SECONDS, 0.01, 3600, "10", F(sse_ping_interval), 0, "seconds without an event before a stream gets a keep-alive comment"},
@@ -58,8 +60,8 @@ static const setting SETTINGS[] = {
     {"body-timeout", T_SECONDS, 0.1, 86400, "30", F(body_timeout), 0, "seconds a request body may take, plus one per body-min-rate bytes received; slower is closed"},
     {"body-min-rate", T_BYTES, 0, 1e12, "16K", F(body_min_rate), 0, "bytes a second that earn a body one more second past body-timeout (K/M suffixes); 0 = body-timeout bounds every body"},
     {"health-port", T_INT, -1, 65535, "-1", F(health_port), 0, "a second listener for /health, /ready and /metrics only, for probes and scrapers, with connections of its own: never stalled by the main port's; 0 picks a free port; -1 = none"},
-    {"max-requests-per-key", T_INT, 0, 1000000, "32", F(max_requests_per_key), 0, "engine requests one client (API key, or address without keys) may hold at once: body being read, queued, running, streaming; more get 429; 0 = no limit"},
-    {"max-queued-per-key", T_INT, 0, 1000000, "16", F(max_queued_per_key), 0, "jobs one client (API key, or address without keys) may have waiting or running; more get 429; 0 = no limit"},
+    {"max-requests-per-key", T_INT, -1, 1000000, "-1", F(max_requests_per_key), 0, "engine requests one client (API key, or address without keys) may hold at once: body being read, queued, running, streaming; more get 429; 0 = no limit; -1 = max-queued-per-key + a quarter of max-queue"},
+    {"max-queued-per-key", T_INT, -1, 1000000, "-1", F(max_queued_per_key), 0, "jobs one client (API key, or address without keys) may have waiting or running; more get 429; 0 = no limit; -1 = max-batch + a quarter of max-queue: a lone client fills the batch, and never the queue"},
     {"api-key", T_LIST, 0, 0, NULL, L(api_keys, n_api_keys), "accepted Bearer token (repeatable); none = no auth"},
     {"api-key-file", T_STR, 0, 0, NULL, F(api_key_file), 0, "file with one accepted token per line"},
     {"metrics-auth", T_INT, 0, 1, "0", F(metrics_auth), 0, "1: /metrics needs an API key too (when keys are set); it is never readable cross-origin"},
@@ -361,6 +363,11 @@ int srv_config_load(srv_config *cfg, int argc, char **argv)
      * with its document (the streaming plan), so what bounds a document is holding its body */
     if (!cfg->max_body_bytes) cfg->max_body_bytes = cfg->memory_budget / 2;
     if (!cfg->max_input_bytes) cfg->max_input_bytes = cfg->max_body_bytes;
+    /* a client alone may run as many generations as the batch steps together and wait in a
+     * quarter of the queue: it uses the whole server, and others always find room in the queue */
+    if (cfg->max_queued_per_key < 0) cfg->max_queued_per_key = cfg->max_batch + cfg->max_queue / 4;
+    if (cfg->max_requests_per_key < 0)
+        cfg->max_requests_per_key = cfg->max_queued_per_key ? cfg->max_queued_per_key + cfg->max_queue / 4 : 0;
     char err[256];
     if (luna_blas_check_setting(cfg->blas_core, err, sizeof err)) {
         fprintf(stderr, "lunaserve: %s\n", err);

@@ -27,6 +27,8 @@ typedef struct {
     int max_batch;            /* generations per batched decode step; 1 = no batching */
     int max_batch_tokens;     /* prompt tokens per prefill slice */
     int prefill_admission;    /* refuse a prompt that cannot be prefilled before its deadline */
+    uint64_t state_cache_bytes; /* the prefix state cache's limit; 0 = no cache */
+    int state_cache_interval; /* prompt tokens between stored states */
     int max_new_tokens;
     int default_new_tokens;   /* max_new_tokens of a request that names none */
     double sse_ping_interval; /* seconds without an event before a stream gets a comment */
@@ -40,8 +42,10 @@ typedef struct {
     double body_timeout;      /* seconds for a body, before body_min_rate's allowance */
     uint64_t body_min_rate;   /* bytes a second that earn a body one more second; 0 = none */
     int health_port;          /* the health listener's port; 0 = a free one; -1 = none */
-    int max_requests_per_key; /* engine requests one client may hold at once; 0 = no limit */
-    int max_queued_per_key;   /* jobs one client may have waiting or running; 0 = no limit */
+    int max_requests_per_key; /* engine requests one client may hold at once; 0 = no limit
+                                 (-1 in the sources: max_queued_per_key + max_queue / 4) */
+    int max_queued_per_key;   /* jobs one client may have waiting or running; 0 = no limit
+                                 (-1 in the sources: max_batch + max_queue / 4) */
     char api_keys[SRV_MAX_LIST][256];
     int n_api_keys;
     char api_key_file[1024];

@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include "server/assets.h"
+#include "server/cache.h"
 #include "server/guard.h"
 #include "server/server.h"
 
@@ -54,7 +55,7 @@ struct srv_http {
     srv_guard *guard; /* connections' clocks, per-client counts (server/guard.h) */
     _Atomic uint64_t bodies; /* bytes the requests hold in the ledger for their bodies (and
                                 parsed input), at most bodies_cap */
-    uint64_t bodies_cap;     /* half the budget; a body past it is 413 */
+    uint64_t bodies_cap;     /* half of what requests may reserve; a body past it is 413 */
 };
 
 
@@ -77,6 +78,7 @@ typedef struct {
     double done_dt;
     double timeout;
     int timeout_from_client; /* X-Request-Timeout set it */
+    size_t parse_body;       /* held for the parse: the body's bytes, given back once it is freed */
     int stream_route;    /* /generate_stream */
     const char *url;     /* the request's path (MHD's, valid while the request lives) */
     api_classify_req creq;
@@ -122,18 +124,63 @@ static int hold(http_req *r, uint64_t bytes)
     return 0;
 }
 
+static void unhold(http_req *r, uint64_t bytes)
+{
+    if (bytes > r->held) bytes = r->held;
+    srv_release(r->app, bytes);
+    atomic_fetch_sub(&r->app->http->bodies, bytes);
+    r->held -= bytes;
+}
+
+/* A JSON body's parse tree is held before it is built: its values (an upper bound, each a node
+ * with its key) and its strings' bytes (the body's at most), which the body, freed once
+ * parsed, gives back (parsed()). A tree that cannot be held now is a 503, one that never can a
+ * 413; a body of more values than the parsers take is theirs to refuse. */
+static int hold_parse(http_req *r)
+{
+    size_t values = api_json_values(r->body ? r->body : "", r->body_len);
+    if (values > API_MAX_JSON_VALUES) return 0;
+    srv_app *app = r->app;
+    uint64_t need = (uint64_t)values * API_JSON_VALUE_BYTES + r->body_len;
+    if (r->held + need > app->http->bodies_cap) {
+        api_fail(&r->err, API_E_MEMORY, "parsing the body needs %llu bytes more than the body's %llu; request bodies "
+                 "may hold %llu (send a large document as a raw text/plain body to /classify)",
+                 (unsigned long long)need, (unsigned long long)r->held, (unsigned long long)app->http->bodies_cap);
+        r->err.extra_key[0] = "memory_required_bytes";
+        r->err.extra_val[0] = (double)(r->held + need);
+        srv_metrics_reject(&app->metrics, REJ_MEMORY);
+        return -1;
+    }
+    if (hold(r, need)) {
+        srv_metrics_reject(&app->metrics, REJ_MEMORY);
+        api_fail(&r->err, API_E_ENGINE_MEMORY, "%s", "the memory budget cannot hold this body's parse now; retry");
+        return -1;
+    }
+    r->parse_body = r->body_len;
+    return 0;
+}
+
+/* The body is parsed and freed: the strings of the tree stand in for it. */
+static void parsed(http_req *r)
+{
+    free(r->body);
+    r->body = NULL;
+    unhold(r, r->parse_body);
+    r->parse_body = 0;
+}
+
 /* Refuses a body that can never be held (413 memory_budget_exceeded, the error set): past the
  * bodies' half of the budget. Returns what respond_error does, for the first call. */
 static enum MHD_Result respond_error(http_req *r, const char *allow);
 static enum MHD_Result body_never_fits(http_req *r, uint64_t need)
 {
     const srv_app *app = r->app;
-    api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; request bodies may hold %llu, half the memory budget (%llu)",
-             (unsigned long long)need, (unsigned long long)app->http->bodies_cap, (unsigned long long)app->cfg.memory_budget);
+    api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; request bodies may hold %llu, half of what requests may reserve (%llu)",
+             (unsigned long long)need, (unsigned long long)app->http->bodies_cap, (unsigned long long)srv_request_budget(app));
     r->err.extra_key[0] = "memory_required_bytes";
     r->err.extra_val[0] = (double)need;
     r->err.extra_key[1] = "memory_budget_bytes";
-    r->err.extra_val[1] = (double)app->cfg.memory_budget;
+    r->err.extra_val[1] = (double)srv_request_budget(app);
     srv_metrics_reject(&r->app->metrics, REJ_MEMORY);
     return r->ph == PH_NEW ? respond_error(r, NULL) : MHD_YES;
 }
@@ -145,7 +192,10 @@ static void free_req(http_req *r)
     if (r->early) MHD_destroy_response(r->early);
     api_classify_free(&r->creq);
     if (r->job.generate) srv_gen_lp_free(&r->job); /* before the request: its prompt count */
+    for (size_t i = 0; r->job.gres && i < r->greq.n_prompts; i++) free((void *)r->job.gres[i].state);
     api_generate_free(&r->greq);
+    luna_gen_state_free(r->job.cont);
+    free(r->job.cont_logits);
     api_score_free(&r->sreq);
     free(r->job.sres);
     free(r->job.score_lp);
@@ -513,6 +563,13 @@ static uint64_t reserved_now(srv_app *app)
     return r;
 }
 
+static uint64_t cache_bytes(srv_app *app)
+{
+    srv_cache_stats st;
+    srv_cache_stats_get(app->cache, &st);
+    return st.bytes;
+}
+
 static enum MHD_Result answer_get(http_req *r)
 {
     srv_app *app = r->app;
@@ -523,7 +580,8 @@ static enum MHD_Result answer_get(http_req *r)
         const char *why = NULL;
         if (!atomic_load(&app->ready)) why = "loading";
         else if (atomic_load(&app->draining)) why = "draining";
-        else if (app->cfg.memory_budget - reserved_now(app) < srv_min_reservation(app)) why = "memory budget exhausted";
+        else if (app->cfg.memory_budget - reserved_now(app) + cache_bytes(app) < srv_min_reservation(app))
+            why = "memory budget exhausted"; /* (the state cache gives way to requests) */
         else if (srv_queue_len(app) >= app->cfg.max_queue) why = "queue full";
         if (why) {
             api_fail(&r->err, API_E_NOT_READY, "not ready: %s", why);
@@ -533,8 +591,12 @@ static enum MHD_Result answer_get(http_req *r)
     }
     case EP_INFO:
         return respond(r, 200, "application/json", srv_render_info(app), NULL);
-    case EP_METRICS:
+    case EP_METRICS: {
+        srv_cache_stats st;
+        srv_cache_stats_get(app->cache, &st);
+        srv_metrics_state_cache(&app->metrics, &st);
         return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_metrics_render(&app->metrics), NULL);
+    }
     case EP_PAGE:
         for (const srv_asset *a = srv_assets; a->path; a++) {
             if (strcmp(a->path, r->url)) continue;
@@ -786,6 +848,30 @@ static int past_max_positions(http_req *r, const luna_config *cfg, uint64_t toke
     return 1;
 }
 
+/* The request's "state": imported into the job (checked whole first: a state that is not one
+ * of this model's, or is damaged in any way, is a 422 naming the fault). */
+static api_err import_state(http_req *r)
+{
+    srv_app *app = r->app;
+    size_t V = (size_t)luna_model_config(app->generator)->vocab_size;
+    srv_job *job = &r->job;
+    if (luna_gen_state_new(app->generator, &job->cont) || !(job->cont_logits = malloc(V * sizeof(float))))
+        return api_fail(&r->err, API_E_ENGINE_MEMORY, "%s", "out of memory importing the state");
+    const char *why = NULL;
+    if (luna_gen_state_import(job->cont, r->greq.state, r->greq.state_len, job->cont_logits, &job->cont_has_logits,
+                              &why)) {
+        api_fail(&r->err, API_E_VALIDATION, "\"state\" cannot be continued: %s", why ? why : "not a state");
+        r->err.param = "state";
+        return r->err.kind;
+    }
+    if (!job->cont_has_logits && r->greq.prompts[0].len == 0) {
+        api_fail(&r->err, API_E_VALIDATION, "%s", "this state has no logits: send input to continue it with");
+        r->err.param = "state";
+        return r->err.kind;
+    }
+    return API_OK;
+}
+
 /* The body is complete: parse, admit, queue, suspend. */
 static enum MHD_Result start_generate(http_req *r)
 {
@@ -799,8 +885,7 @@ static enum MHD_Result start_generate(http_req *r)
                  : r->ep == EP_CHAT      ? api_parse_chat(b, r->body_len, &lim, &r->greq, &r->err)
                                          : api_parse_generate(b, r->body_len, &lim, &r->greq, &r->err);
     if (rc != API_OK) return respond_error(r, NULL);
-    free(r->body); /* the parsed request holds what it needs */
-    r->body = NULL;
+    parsed(r); /* the parsed request holds what it needs */
     r->greq.stream |= r->stream_route;
     if (r->greq.stream && r->greq.prompt_logprobs && r->greq.format == API_FMT_TGI) { /* as TGI */
         api_fail(&r->err, API_E_VALIDATION, "\"decoder_input_details\" is not supported with a stream");
@@ -808,9 +893,11 @@ static enum MHD_Result start_generate(http_req *r)
         return respond_error(r, NULL);
     }
     api_generate_set_meta(&r->greq, model, r->request_id, (long long)time(NULL));
+    if (r->greq.state && import_state(r) != API_OK) return respond_error(r, NULL);
     uint64_t prompt_tokens = 0;
     for (size_t i = 0; i < r->greq.n_prompts; i++) {
-        uint64_t tokens = (uint64_t)r->greq.prompts[i].len + 1; /* bos */
+        /* bos, or the imported state's context */
+        uint64_t tokens = (uint64_t)r->greq.prompts[i].len + (r->job.cont ? luna_gen_state_tokens(r->job.cont) : 1);
         if (past_max_positions(r, cfg, tokens, "the prompt is")) return respond_error(r, NULL);
         srv_metrics_input_bytes(&app->metrics, r->greq.prompts[i].len);
         prompt_tokens += tokens;
@@ -820,6 +907,10 @@ static enum MHD_Result start_generate(http_req *r)
      * take); against the client's X-Request-Timeout the deadline is too short: 504, the answer
      * the deadline would have given, without spending the cores first. */
     double rate = srv_prefill_rate(app);
+    if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout && app->cache &&
+        !r->greq.prompt_logprobs) /* which does not use the cache (batch.c: uses_cache) */
+        for (size_t i = 0; i < r->greq.n_prompts; i++) /* what the state cache holds is not prefilled again */
+            prompt_tokens -= srv_cache_peek(app->cache, r->greq.prompts[i].data, r->greq.prompts[i].len);
     if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout) {
         double need = (double)prompt_tokens / rate;
         if (r->timeout_from_client) {
@@ -845,6 +936,7 @@ static enum MHD_Result start_generate(http_req *r)
     job->kind = JOB_GENERATE;
     job->generate = &r->greq;
     if (!job->out || !job->gres || srv_gen_lp_new(job)) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
+    luna_model_id_hex(app->generator, job->model_id);
     job->reserve = reserve;
     if (r->greq.stream) {
         r->stream.limit = srv_stream_limit(r->greq.n_prompts, (size_t)r->greq.max_new_tokens) +
@@ -865,8 +957,7 @@ static enum MHD_Result start_score(http_req *r)
     api_limits lim = {app->cfg.max_input_bytes, 0, model};
     if (api_parse_score(r->body ? r->body : "", r->body_len, &lim, &r->sreq, &r->err) != API_OK)
         return respond_error(r, NULL);
-    free(r->body); /* the parsed request holds what it needs */
-    r->body = NULL;
+    parsed(r); /* the parsed request holds what it needs */
     uint64_t tokens = (uint64_t)r->sreq.prefix.len + 1 + r->sreq.longest; /* bos */
     if (past_max_positions(r, cfg, tokens, "the prefix and its longest candidate are")) return respond_error(r, NULL);
     srv_metrics_input_bytes(&app->metrics, r->sreq.prefix.len + r->sreq.candidate_bytes);
@@ -900,8 +991,7 @@ static enum MHD_Result start_classify(http_req *r)
     } else {
         if (api_parse_classify(r->body ? r->body : "", r->body_len, &lim, &r->creq, &r->err) != API_OK)
             return respond_error(r, NULL);
-        free(r->body); /* the parsed request holds what it needs */
-        r->body = NULL;
+        parsed(r); /* the parsed request holds what it needs */
     }
 
     uint64_t reserve = 0;
@@ -1147,6 +1237,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     if (r->ph == PH_BODY) {
         srv_guard_conn_phase(guard, r->clock, CONN_BUSY);
         if (r->err.kind) return respond_error(r, NULL);
+        if ((generates(r->ep) || !r->raw) && hold_parse(r)) return respond_error(r, NULL);
         return generates(r->ep) ? start_generate(r) : r->ep == EP_SCORE ? start_score(r) : start_classify(r);
     }
     if (r->ph == PH_QUEUED && r->job.stream) {
@@ -1298,7 +1389,7 @@ int srv_http_start(srv_app *app)
     app->health_port = -1;
     h->main = (http_listener){app, 0};
     h->health = (http_listener){app, 1};
-    h->bodies_cap = c->memory_budget / 2; /* max-body-bytes' default: the largest body fits */
+    h->bodies_cap = srv_request_budget(app) / 2; /* after the scheduler's fixed reservation */
     /* the WAIT bound is a second past the idle timeout, so that libmicrohttpd closes an idle
      * connection first and the guard only one that trickles its request line */
     srv_guard_limits lim = {(double)c->connection_timeout + 1, c->header_timeout, c->body_timeout,

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "server/batch.h"
+#include "server/cache.h"
 
 static const char *act_name(luna_act a) { return a == LUNA_ACT_GELU ? "gelu" : a == LUNA_ACT_TANH ? "tanh" : "relu"; }
 static const char *pos_name(luna_pos p) { return p == LUNA_POS_LEARNED ? "learned" : p == LUNA_POS_SINUSOIDAL ? "sinusoidal" : "none"; }
@@ -78,6 +79,19 @@ char *srv_render_info(const srv_app *app)
     /* what admission estimates a prompt's prefill time with (prefill-admission) */
     cJSON_AddNumberToObject(batch, "prefill_tokens_per_second", srv_prefill_rate(app));
     cJSON_AddBoolToObject(batch, "prefill_admission", c->prefill_admission);
+    cJSON *sc = cJSON_AddObjectToObject(root, "state_cache");
+    srv_cache_stats st;
+    srv_cache_stats_get(app->cache, &st);
+    cJSON_AddBoolToObject(sc, "enabled", app->cache != NULL);
+    cJSON_AddNumberToObject(sc, "max_bytes", (double)srv_cache_max_bytes(app->cache));
+    cJSON_AddNumberToObject(sc, "interval_tokens", (double)srv_cache_interval(app->cache));
+    cJSON_AddNumberToObject(sc, "chunk_tokens", app->cache ? SRV_PREFILL_CHUNK : 0);
+    cJSON_AddNumberToObject(sc, "entry_bytes", (double)srv_cache_entry_bytes(app->cache)); /* a state, its logits, the entry */
+    cJSON_AddNumberToObject(sc, "bytes", (double)st.bytes);
+    cJSON_AddNumberToObject(sc, "states", (double)st.states);
+    cJSON_AddNumberToObject(sc, "entries", (double)st.entries);
+    cJSON_AddNumberToObject(sc, "hits", (double)st.hits);
+    cJSON_AddNumberToObject(sc, "misses", (double)st.misses);
     cJSON_AddNumberToObject(root, "workers", app->n_workers);
     cJSON_AddNumberToObject(root, "blas_threads", c->blas_threads);
     /* what every number this server reports ran on */

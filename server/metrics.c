@@ -91,6 +91,7 @@ void srv_metrics_ttft(srv_metrics *m, double s) { LOCKED(hist_add(&m->ttft, s));
 void srv_metrics_batch_step(srv_metrics *m, int rows) { LOCKED(hist_add(&m->batch_size, rows)); }
 void srv_metrics_batch_prefill(srv_metrics *m, long tokens) { LOCKED(hist_add(&m->batch_prefill, (double)tokens)); }
 void srv_metrics_fixed(srv_metrics *m, uint64_t bytes) { LOCKED(m->fixed = bytes); }
+void srv_metrics_state_cache(srv_metrics *m, const srv_cache_stats *st) { LOCKED(m->cache = *st); }
 void srv_metrics_batch_streams(srv_metrics *m, int streams) { LOCKED(m->batch_streams = streams); }
 void srv_metrics_inflight(srv_metrics *m, int delta) { LOCKED(m->inflight += delta); }
 void srv_metrics_queue_depth(srv_metrics *m, int depth) { LOCKED(m->queue_depth = depth); }
@@ -200,9 +201,27 @@ char *srv_metrics_render(srv_metrics *m)
                   "# TYPE luna_inflight_requests gauge\nluna_inflight_requests %lld\n", (long long)m->inflight);
     sb_printf(&b, "# HELP luna_generated_tokens_total Tokens generated.\n# TYPE luna_generated_tokens_total counter\n"
                   "luna_generated_tokens_total %llu\n", (unsigned long long)m->generated_tokens);
-    sb_printf(&b, "# HELP luna_prompt_tokens_total Prompt tokens prefilled (bos included).\n"
+    sb_printf(&b, "# HELP luna_prompt_tokens_total Prompt tokens of finished generations (bos included); those the state cache had are also in luna_prompt_tokens_reused_total.\n"
                   "# TYPE luna_prompt_tokens_total counter\nluna_prompt_tokens_total %llu\n",
               (unsigned long long)m->prompt_tokens);
+    const srv_cache_stats *c = &m->cache;
+    sb_printf(&b, "# HELP luna_prompt_tokens_reused_total Prompt tokens not prefilled: the state cache had their state.\n"
+                  "# TYPE luna_prompt_tokens_reused_total counter\nluna_prompt_tokens_reused_total %llu\n"
+                  "# HELP luna_state_cache_hits_total Prompts that resumed from a state in the prefix state cache.\n"
+                  "# TYPE luna_state_cache_hits_total counter\nluna_state_cache_hits_total %llu\n"
+                  "# HELP luna_state_cache_misses_total Prompts looked up in the prefix state cache and prefilled from the start.\n"
+                  "# TYPE luna_state_cache_misses_total counter\nluna_state_cache_misses_total %llu\n"
+                  "# HELP luna_state_cache_evictions_total States the prefix state cache gave up (its limit, or a request's memory).\n"
+                  "# TYPE luna_state_cache_evictions_total counter\nluna_state_cache_evictions_total %llu\n"
+                  "# HELP luna_state_cache_bytes Bytes the prefix state cache holds (in luna_memory_reserved_bytes).\n"
+                  "# TYPE luna_state_cache_bytes gauge\nluna_state_cache_bytes %llu\n"
+                  "# HELP luna_state_cache_states States in the prefix state cache.\n"
+                  "# TYPE luna_state_cache_states gauge\nluna_state_cache_states %llu\n"
+                  "# HELP luna_state_cache_entries Entries of the prefix state cache: its states, and the keys of evicted ones that later states extend.\n"
+                  "# TYPE luna_state_cache_entries gauge\nluna_state_cache_entries %llu\n",
+              (unsigned long long)c->tokens_reused, (unsigned long long)c->hits, (unsigned long long)c->misses,
+              (unsigned long long)c->evictions, (unsigned long long)c->bytes, (unsigned long long)c->states,
+              (unsigned long long)c->entries);
     hist_render(&b, "luna_prefill_seconds", "Time to prefill a generation's prompt (the time to first token, less the queue).", &m->prefill);
     hist_render(&b, "luna_time_to_first_token_seconds", "Time from a generation's arrival to its first token, queue included.", &m->ttft);
     hist_render(&b, "luna_batch_size", "Generations stepped together, one value per batched decode step.", &m->batch_size);
@@ -212,7 +231,7 @@ char *srv_metrics_render(srv_metrics *m)
     hist_render(&b, "luna_time_per_output_token_seconds", "Decode time per generated token, one value per generation.", &m->per_token);
     sb_printf(&b, "# HELP luna_memory_budget_bytes The memory budget of running requests.\n"
                   "# TYPE luna_memory_budget_bytes gauge\nluna_memory_budget_bytes %llu\n", (unsigned long long)m->budget);
-    sb_printf(&b, "# HELP luna_memory_reserved_bytes Bytes reserved by running requests.\n"
+    sb_printf(&b, "# HELP luna_memory_reserved_bytes Bytes reserved in the memory budget: requests, the batch's scratch and the state cache.\n"
                   "# TYPE luna_memory_reserved_bytes gauge\nluna_memory_reserved_bytes %llu\n", (unsigned long long)m->reserved);
     sb_printf(&b, "# HELP luna_memory_reserved_fixed_bytes Bytes of the reservation held for the server's life (the batch's scratch).\n"
                   "# TYPE luna_memory_reserved_fixed_bytes gauge\nluna_memory_reserved_fixed_bytes %llu\n", (unsigned long long)m->fixed);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "engine/blas.h"
+#include "server/cache.h"
 
 /* The server's version: /info, luna_build_info, and api/openapi.yaml's info.version. */
 #define LUNASERVE_VERSION "0.1.0"
@@ -47,6 +48,7 @@ typedef struct {
     int queue_depth;
     char build_labels[1024]; /* luna_build_info's labels, escaped once at startup */
     uint64_t plans[3];       /* documents classified, by plan: resident, partial, streaming */
+    srv_cache_stats cache;   /* the prefix state cache's, as of the last srv_metrics_state_cache */
 } srv_metrics;
 
 typedef enum {
@@ -88,6 +90,8 @@ int64_t srv_metrics_get_inflight(srv_metrics *m);
 void srv_metrics_conn_cut(srv_metrics *m, int reason);
 void srv_metrics_connections(srv_metrics *m, int delta);
 void srv_metrics_clients(srv_metrics *m, int n);
+/* The prefix state cache's counters and sizes now (http.c, before rendering). */
+void srv_metrics_state_cache(srv_metrics *m, const srv_cache_stats *st);
 /* The text exposition; malloc'd, the caller frees. */
 char *srv_metrics_render(srv_metrics *m);
 

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "server/batch.h"
+#include "server/cache.h"
 
 /* What a worker does: a whole job (a classification, or a generation alone), or a task of the
  * continuous batch (batch.h). */
@@ -50,7 +51,7 @@ double srv_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-int srv_reserve(srv_app *app, uint64_t bytes)
+static int reserve_raw(srv_app *app, uint64_t bytes)
 {
     uint64_t cur = atomic_load(&app->reserved);
     do {
@@ -58,6 +59,28 @@ int srv_reserve(srv_app *app, uint64_t bytes)
     } while (!atomic_compare_exchange_weak(&app->reserved, &cur, cur + bytes));
     srv_metrics_reserved_add(&app->metrics, (int64_t)bytes);
     return 0;
+}
+
+/* Requests come before the state cache: what does not fit makes the cache give back states. */
+int srv_reserve(srv_app *app, uint64_t bytes)
+{
+    if (reserve_raw(app, bytes) == 0) return 0;
+    if (!app->cache) return -1;
+    uint64_t cur = atomic_load(&app->reserved);
+    uint64_t short_by = bytes > app->cfg.memory_budget - cur ? bytes - (app->cfg.memory_budget - cur) : 0;
+    srv_cache_reclaim(app->cache, short_by);
+    return reserve_raw(app, bytes);
+}
+
+/* The cache's side of the ledger: no reclaim (it evicts its own states itself). */
+static int cache_reserve(void *app, uint64_t bytes) { return reserve_raw(app, bytes); }
+static void cache_release(void *app, uint64_t bytes) { srv_release(app, bytes); }
+
+uint64_t srv_reserved_idle(srv_app *app)
+{
+    srv_cache_stats st;
+    srv_cache_stats_get(app->cache, &st);
+    return (app->batch ? app->batch->scratch : 0) + st.bytes;
 }
 
 double srv_prefill_rate(const srv_app *app)
@@ -111,8 +134,25 @@ void srv_release(srv_app *app, uint64_t bytes)
  * limit from the same numbers): one byte token's event is about 100 bytes of JSON, and a
  * token that completes a multi-byte character or a stop sequence held back carries more. */
 
+/* The workers' contexts: a lane for every core (a classification or a prefill slice that runs
+ * alone uses them all); the generator's chunk is SRV_PREFILL_CHUNK. */
+static luna_ctx_opts worker_ctx_opts(int generator)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    luna_ctx_opts co = {generator ? SRV_PREFILL_CHUNK : 0, LUNA_ATTN_LUNA,
+                        (int)(cores < 1 ? 1 : cores > LUNA_MAX_THREADS ? LUNA_MAX_THREADS : cores)};
+    return co;
+}
+
+uint64_t srv_worker_gctx_bytes(const srv_app *app)
+{
+    luna_ctx_opts gco = worker_ctx_opts(1);
+    return (uint64_t)luna_ctx_bytes(app->generator, &gco);
+}
+
 uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
 {
+    luna_ctx_opts gco = worker_ctx_opts(1); /* alone, the job runs on a worker's context */
     uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size;
     uint64_t n = (uint64_t)req->max_new_tokens;
     /* per prompt running at once (one alone; up to max-batch in the batch): its generation
@@ -125,9 +165,15 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
     uint64_t rows = app->batch && prompts > (uint64_t)app->cfg.max_batch ? (uint64_t)app->cfg.max_batch
                     : app->batch                                         ? prompts
                                                                          : 1;
-    return rows * ((uint64_t)luna_gen_state_bytes(app->generator) + V * 17) +
-           (app->batch ? 0 : (uint64_t)luna_ctx_bytes(app->generator, NULL)) +
-           prompts * (n * 4 + (req->stream ? srv_stream_limit(1, (size_t)n) : 0)) + srv_gen_lp_bytes(app, req);
+    /* portable states: an imported one (state and logits), and per prompt a returned one's
+     * export, its base64 and the JSON that carries it (3x) */
+    uint64_t sb = (uint64_t)luna_gen_state_bytes(app->generator);
+    uint64_t in_state = req->state ? sb + V * 4 : 0;
+    uint64_t out_state = req->return_state ? 3 * (uint64_t)luna_gen_state_export_bytes(app->generator, 1) : 0;
+    return rows * (sb + V * 17) + in_state +
+           (app->batch ? 0 : (uint64_t)luna_ctx_bytes(app->generator, &gco)) +
+           prompts * (n * 4 + out_state + (req->stream ? srv_stream_limit(1, (size_t)n) : 0)) +
+           srv_gen_lp_bytes(app, req);
 }
 
 uint64_t srv_min_reservation(const srv_app *app)
@@ -494,7 +540,7 @@ static void on_tick(uv_timer_t *t)
     double now = srv_now();
     /* large blocks were freed and nothing runs: give the heap's free pages back to the system,
      * so that an idle server's RSS comes back down after a burst */
-    if (atomic_load(&app->trim) && atomic_load(&app->reserved) == (app->batch ? app->batch->scratch : 0)) {
+    if (atomic_load(&app->trim) && atomic_load(&app->reserved) == srv_reserved_idle(app)) {
         atomic_store(&app->trim, 0);
         malloc_trim(0);
     }
@@ -609,10 +655,9 @@ int srv_sched_start(srv_app *app)
         pthread_cond_init(&w->cond, NULL);
         /* each context holds a lane for every core: a classification, or a prefill (slice), that
          * runs alone uses them all (dispatch), jobs side by side one each */
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        luna_ctx_opts co = {0, LUNA_ATTN_LUNA, (int)(cores < 1 ? 1 : cores > LUNA_MAX_THREADS ? LUNA_MAX_THREADS : cores)};
+        luna_ctx_opts co = worker_ctx_opts(0), gco = worker_ctx_opts(1);
         int rc = app->classifier ? luna_ctx_new(app->classifier, &co, &w->ctx) : 0;
-        if (!rc && app->generator) rc = luna_ctx_new(app->generator, &co, &w->gctx);
+        if (!rc && app->generator) rc = luna_ctx_new(app->generator, &gco, &w->gctx);
         if (!rc && app->generator) rc = luna_gen_state_new(app->generator, &w->gstate);
         if (rc || uv_thread_create(&w->thread, worker_main, w)) {
             srv_log(LOG_ERROR, "cannot start a worker", "\"worker\":%d,\"error\":\"%s\"", i, luna_strerror(rc));
@@ -624,6 +669,12 @@ int srv_sched_start(srv_app *app)
         }
     }
     if (app->generator && app->n_workers > 0) calibrate_prefill(app, &app->workers[0]);
+    if (app->generator && app->cfg.state_cache_bytes) {
+        app->cache = srv_cache_new(app->generator, app->cfg.state_cache_bytes, (size_t)app->cfg.state_cache_interval,
+                                   SRV_PREFILL_CHUNK, (srv_ledger){cache_reserve, cache_release, app});
+        if (!app->cache) srv_log(LOG_WARN, "no state cache: out of memory", "\"state_cache_bytes\":%llu",
+                                 (unsigned long long)app->cfg.state_cache_bytes);
+    }
     return srv_batch_new(app);
 }
 
@@ -650,6 +701,8 @@ void srv_sched_stop(srv_app *app)
     free(app->workers);
     app->workers = NULL;
     srv_batch_free(app);
+    srv_cache_free(app->cache);
+    app->cache = NULL;
     uv_close((uv_handle_t *)&app->wakeup, close_cb);
     uv_close((uv_handle_t *)&app->tick, close_cb);
     uv_close((uv_handle_t *)&app->sigterm, close_cb);

@@ -20,8 +20,8 @@ static size_t token_buffer(const api_score_req *q)
 uint64_t srv_score_reservation(const srv_app *app, const api_score_req *req)
 {
     uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size;
-    uint64_t rows = req->longest < 256 ? req->longest : 256; /* luna_score's: the workers' chunk, the default */
-    return (uint64_t)luna_ctx_bytes(app->generator, NULL) + 2 * (uint64_t)luna_gen_state_bytes(app->generator) +
+    uint64_t rows = req->longest < SRV_PREFILL_CHUNK ? req->longest : SRV_PREFILL_CHUNK; /* luna_score's */
+    return srv_worker_gctx_bytes(app) + 2 * (uint64_t)luna_gen_state_bytes(app->generator) +
            V * 4 + token_buffer(req) * 4 + rows * V * 4 +
            req->n_candidates * (sizeof(api_score_result) + 128) + req->candidate_bytes * (8 + 32);
 }

@@ -84,6 +84,10 @@ struct srv_job {
     int failed;                       /* an event could not be delivered */
     int first_token;                  /* its first token has been counted (TTFT) */
     uint64_t seed;                    /* the sampling seed, one for all its prompts */
+    luna_gen_state *cont;             /* the request's "state", imported: its prompt continues it */
+    float *cont_logits;               /* (vocab) the state's logits, when cont_has_logits */
+    int cont_has_logits;
+    char model_id[2 * LUNA_MODEL_ID_BYTES + 1]; /* the generator's, for returned states */
     srv_job *bnext;                   /* the batch's list of its jobs */
 };
 
@@ -111,6 +115,7 @@ typedef struct {
     srv_worker *workers;
     int n_workers;
     srv_batch *batch;     /* continuous batching of generations; NULL with --max-batch 1 */
+    struct srv_cache *cache; /* the prefix state cache (server/cache.h); NULL: none */
     int step_last;        /* dispatch: the last task handed out was a decode step */
     int queue_turn;       /* dispatch: the queue's head goes before the next prefill slice */
     _Atomic uint64_t reserved; /* the ledger: every byte reserved against the budget, by any
@@ -163,6 +168,11 @@ uint64_t srv_min_reservation(const srv_app *app);
  * srv_reserve takes `bytes` if they fit what is left and returns 0, else -1 and takes nothing;
  * the sum of reservations never exceeds the budget. srv_release gives them back. */
 int srv_reserve(srv_app *app, uint64_t bytes);
+/* What the ledger holds when no request runs: the batch's scratch and the state cache. */
+uint64_t srv_reserved_idle(srv_app *app);
+/* The chunk length of the workers' generator contexts: prefill slices, and so the states the
+ * state cache stores, end on its multiples. */
+#define SRV_PREFILL_CHUNK 256
 /* What requests may reserve: the budget less what the server holds for its life (the batch's
  * scratch). A request that needs more is refused at once (413). */
 uint64_t srv_request_budget(const srv_app *app);
@@ -198,6 +208,8 @@ void srv_prefill_observe(srv_app *app, uint64_t tokens, double seconds);
  * for the candidates, the prefix's logits, a piece of tokens, luna_score's rows, the results
  * and their rendering. Nothing grows with the prefix. */
 uint64_t srv_score_reservation(const srv_app *app, const api_score_req *req);
+/* The bytes of a worker's generator context, which a job alone on a worker runs on (sched.c). */
+uint64_t srv_worker_gctx_bytes(const srv_app *app);
 /* The prefix prefilled once on `prefix` (the worker's state), then each candidate scored on a
  * copy of it (luna_score). Returns 0 or a LUNA_E* code. Worker thread. */
 int srv_score_run(srv_app *app, luna_ctx *ctx, luna_gen_state *prefix, srv_job *job);

@@ -121,6 +121,15 @@ def actions(port, rng, big_doc):
         ("/v1/completions", {"prompt": "a", "max_tokens": 0}, 422),
         ("/v1/chat/completions", {"messages": []}, 422),
         ("/classify", {"inputs": "a" * 70000}, 413),
+        # issue 27's: duplicate keys, floats that underflow, a NUL escape, an unknown model, a
+        # body of more JSON values than a parse may build, a state that is not one (issue 26)
+        ("/generate", '{"inputs": "a", "parameters": {"max_new_tokens": 2, "max_new_tokens": 900}}', 400),
+        ("/generate", {"inputs": "a", "parameters": {"top_p": 1e-46}}, 422),
+        ("/v1/completions", {"prompt": "a", "repetition_penalty": 1e-320}, 422),
+        ("/generate", '{"inputs": "a\\u0000b"}', 422),
+        ("/v1/completions", {"model": "nonexistent", "prompt": "a"}, 404),
+        ("/classify", '{"inputs": [' + ",".join(["0"] * 70000) + ']}', 413),
+        ("/generate", {"inputs": "a", "state": "TFVOQVNUQVQBAAAA"}, 422),
     ]
 
     def bad_request():

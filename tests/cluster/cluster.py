@@ -119,29 +119,47 @@ def haproxy_config(src, fe_port, backends, sock):
     return "\n".join(out) + "\n"
 
 
-def haproxy_stats(sock):
-    """`show stat` as {name: row}, name being r1..r3 and BACKEND."""
+def haproxy_command(sock, cmd):
+    """A command on HAProxy's stats socket; its answer. OSError when the socket is not there."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(2)
     try:
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(2)
         s.connect(sock)
-        s.sendall(b"show stat\n")
+        s.sendall(cmd.encode() + b"\n")
         data = b""
         while True:
             b = s.recv(65536)
             if not b:
                 break
             data += b
+        return data.decode()
+    finally:
         s.close()
+
+
+def haproxy_stats(sock, backends=("lunaserve", "lunaserve_gen")):
+    """`show stat` as {name: row}, name being r1..r3 and BACKEND, over the backends named (the
+    replicas serve two: lunaserve for /classify and the rest, lunaserve_gen for generation):
+    counters are summed, a status is UP when it is UP in every backend."""
+    try:
+        data = haproxy_command(sock, "show stat")
     except OSError:
         return {}
-    lines = data.decode().strip().split("\n")
+    lines = data.strip().split("\n")
     head = lines[0].lstrip("# ").split(",")
     rows = {}
     for ln in lines[1:]:
         r = dict(zip(head, ln.split(",")))
-        if r.get("pxname") == "lunaserve" and r.get("svname") not in ("FRONTEND",):
+        if r.get("pxname") not in backends or r.get("svname") in ("FRONTEND",):
+            continue
+        have = rows.get(r["svname"])
+        if have is None:
             rows[r["svname"]] = r
+            continue
+        for k in ("scur", "stot", "econ", "eresp", "wretr", "wredis"):
+            have[k] = str(int(have.get(k) or 0) + int(r.get(k) or 0))
+        if have.get("status") == "UP":
+            have["status"] = r.get("status")
     return rows
 
 

@@ -9,9 +9,12 @@
 #  3. tests/cluster/protocol.py: the request-smuggling cases of the bad-input matrix through
 #     HAProxy on deploy/haproxy.cfg: each refused (and closed, the replica never reached) or
 #     normalised and served, as its table says (issue 27).
+#  4. tests/cluster/routing.py: the prefix state cache's hit rate over 3 replicas with the
+#     cache-aware routing of deploy/haproxy.cfg and with round robin (issue 26): >= 90%, and
+#     above round robin's; consistent hashing keeps the other replicas' documents when one goes.
 # Installs HAProxy and python3-yaml (Debian's) when missing. Uses $LUNA_BIN_DIR/lunaserve
 # (default build/bin: run make first). Prints "N passed, N failed" for each part; exits 1 if
-# either fails. Bounded: about 35 s here, 7 minutes at most (cluster.py's own bounds on a hang
+# any fails. Bounded: about 45 s here, 9 minutes at most (cluster.py's own bounds on a hang
 # come first). LUNASERVE_WRAP prefixes each replica's command (make check-slow).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
@@ -33,4 +36,6 @@ echo "== local cluster"
 timeout -k 5 300 /usr/bin/python3 tests/cluster/cluster.py "$@" || rc=1
 echo "== request smuggling through HAProxy"
 timeout -k 5 120 /usr/bin/python3 tests/cluster/protocol.py || rc=1
+echo "== cache-aware routing: the state cache's hit rate"
+timeout -k 5 120 /usr/bin/python3 tests/cluster/routing.py || rc=1
 exit $rc

@@ -16,7 +16,7 @@ trap 'rm -rf "$tmp"' EXIT
 # worker holding the CPU for minutes while MHD's thread waits (a /health took >30 s in CI).
 valgrind -q --fair-sched=yes --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=9 \
   --log-file="$tmp/vg.log" "$bin" --port 0 --classify-model tests/golden/email_subject_body \
-  --generate-model tests/golden/lm_defaults --max-new-tokens 100000 --max-body-bytes 4096 2>"$tmp/err" &
+  --generate-model tests/golden/lm_defaults --max-new-tokens 100000 --max-body-bytes 4096 --state-cache-interval 256 2>"$tmp/err" &
 pid=$!
 port=""
 for _ in $(seq 1 480); do
@@ -43,6 +43,16 @@ check 404 "$u/nope"
 check 200 -XPOST "$u/generate" -H "$j" -d '{"inputs":"Hi","parameters":{"max_new_tokens":20,"details":true}}'
 check 200 -XPOST "$u/generate_stream" -H "$j" -d '{"inputs":"Hi","parameters":{"max_new_tokens":20,"do_sample":true,"seed":1,"stop":["ab","\n"],"return_raw_bytes":true}}'
 check 422 -XPOST "$u/generate" -H "$j" -d '{"inputs":"Hi","parameters":{"top_p":2}}'
+# the prefix state cache: 1,500 bytes stored (256, 512, ..., 1280 and the end), then the same
+# prompt (its end), a longer one (its last boundary) and one that parts early (256)
+long=$(printf 'Norland%.0s' $(seq 1 214))
+check 200 -XPOST "$u/generate" -H "$j" -d "{\"inputs\":\"$long\",\"parameters\":{\"max_new_tokens\":3}}"
+check 200 -XPOST "$u/generate" -H "$j" -d "{\"inputs\":\"$long\",\"parameters\":{\"max_new_tokens\":3}}"
+check 200 -XPOST "$u/v1/completions" -H "$j" -d "{\"prompt\":\"${long}more\",\"max_tokens\":3}"
+short=$(printf 'Norland%.0s' $(seq 1 40))x
+check 200 -XPOST "$u/generate" -H "$j" -d "{\"inputs\":\"$short\",\"parameters\":{\"max_new_tokens\":3}}"
+hits=$(curl -s --max-time 120 "$u/metrics" | awk '/^luna_state_cache_hits_total / {print $2}')
+if [ "${hits:-0}" -ge 3 ]; then ok=$((ok + 1)); else bad=$((bad + 1)); echo "FAIL: state cache hits: ${hits:-none}, wanted 3"; fi
 # a client that leaves mid-stream: head takes the first 300 bytes of a long generation's events
 # and exits, and curl, writing into the closed pipe, leaves
 first=$(curl -sN --max-time 120 -XPOST "$u/generate_stream" -H "$j" \

@@ -26,6 +26,8 @@ cd "$(dirname "$0")"
 export REDOCLY_SUPPRESS_UPDATE_NOTICE=true REDOCLY_TELEMETRY=off
 node_modules/.bin/redocly lint --config redocly.yaml ../../api/openapi.yaml
 node schemas.mjs ../../api/openapi.yaml
+LUNA_OPENAPI_PROXY="$PWD/node_modules/.bin/prism" /usr/bin/python3 ../integration/test_state_cache.py \
+  test_portable_states test_chat_turns_prefill_only_their_new_messages
 LUNA_OPENAPI_PROXY="$PWD/node_modules/.bin/prism" exec /usr/bin/python3 ../integration/test_server.py \
   test_health_ready_info_metrics test_blas_kernel_reported test_classify_matches_cli \
   test_classify_list_and_base64 test_validation_errors test_request_id test_input_too_long_and_truncate \

@@ -70,8 +70,16 @@ Test(config, connection_and_client_limits)
     cr_expect_eq(c.body_timeout, 30);
     cr_expect_eq(c.body_min_rate, 16384);
     cr_expect_eq(c.health_port, -1);
-    cr_expect_eq(c.max_requests_per_key, 32);
-    cr_expect_eq(c.max_queued_per_key, 16);
+    cr_expect_eq(c.max_queued_per_key, 32 + 64 / 4, "the batch (32) and a quarter of the queue (64)");
+    cr_expect_eq(c.max_requests_per_key, 48 + 64 / 4);
+    cr_assert_eq(load("max-batch = 1\nmax-queue = 8\n", &c), 0);
+    cr_expect_eq(c.max_queued_per_key, 3);
+    cr_expect_eq(c.max_requests_per_key, 5);
+    cr_assert_eq(load("max-queued-per-key = 0\n", &c), 0);
+    cr_expect_eq(c.max_requests_per_key, 0, "no job limit, no request limit unless set");
+    cr_assert_eq(load("max-queued-per-key = 7\nmax-requests-per-key = 9\n", &c), 0);
+    cr_expect_eq(c.max_queued_per_key, 7);
+    cr_expect_eq(c.max_requests_per_key, 9);
     cr_assert_eq(load("health-port = 0\nbody-min-rate = 1M\nmax-queued-per-key = 0\n", &c), 0);
     cr_expect_eq(c.health_port, 0);
     cr_expect_eq(c.body_min_rate, 1 << 20);

@@ -590,11 +590,181 @@ Test(generate, logprobs_recorded)
     cr_expect_eq(luna_gen_logprobs(&g, NULL, &small), LUNA_EINVAL, "the prompt needs len + 1");
     cr_expect_eq(luna_gen_logprobs(&g, &many, NULL), LUNA_EINVAL);
     cr_assert_gt(luna_gen_prefill(&g, x.c, 64), 0);
-    cr_expect_eq(luna_gen_logprobs(&g, &out0, NULL), LUNA_EINVAL, "too late");
+    cr_expect_eq(luna_gen_logprobs(&g, NULL, &pl0), LUNA_EINVAL, "the prompt's: too late");
+    cr_expect_eq(luna_gen_logprobs(&g, &out0, NULL), 0, "the output's: before the first token");
     luna_gen_end(&g, NULL);
     luna_sampler_free(smp);
     luna_gen_state_free(s);
     free(lg), free(b0.buf), free(plain.buf);
     lp_free(&out0), lp_free(&pl0);
+    lm_close(&x);
+}
+
+/* Runs one generation to the end: luna_gen_resume on s (which holds what it holds), slices of
+ * `slice` tokens, a step alone per token. */
+static int run_resumed(lm *x, luna_gen_state *s, const float *logits, const uint8_t *prompt, size_t len,
+                       const luna_sampling *sp, const luna_gen_params *p, sink *out, luna_gen_result *res)
+{
+    luna_sampler *smp;
+    luna_gen g;
+    cr_assert_eq(luna_sampler_new(luna_model_config(x->m)->vocab_size, sp, &smp), 0);
+    int rc = luna_gen_resume(&g, x->m, s, logits, smp, prompt, len, p, sink_emit, out);
+    cr_assert_eq(rc, 0);
+    while (luna_gen_prefilling(&g)) cr_assert_gt(luna_gen_prefill(&g, x->c, 100), 0);
+    int32_t tok;
+    while ((rc = luna_gen_next(&g, &tok)) == 1) cr_assert_eq(luna_step(x->c, s, tok, g.logits), 0);
+    rc = luna_gen_end(&g, res);
+    luna_sampler_free(smp);
+    return rc;
+}
+
+/* Issue 26's exactness: a generation resumed from the state (and logits) a prefill of the
+ * prompt's first t tokens left, at t on a chunk boundary or at the prompt's end, gives the
+ * bytes of the same generation from a fresh state, with sampling and a repetition penalty
+ * (which must see the skipped tokens). */
+Test(generate, resumed_from_a_prefix_state_gives_the_same_bytes)
+{
+    lm x = lm_open("lm_defaults", LUNA_ATTN_LUNA);
+    const luna_config *cfg = luna_model_config(x.m);
+    size_t V = (size_t)cfg->vocab_size;
+    uint8_t prompt[700];
+    unsigned r = 7;
+    for (size_t i = 0; i < sizeof prompt; i++) r = r * 1103515245u + 12345u, prompt[i] = (uint8_t)("abcde fgh"[(r >> 16) % 9]);
+    luna_sampling sp = {0.8f, 20, 0.95f, 1.3f, 42};
+    luna_gen_params p = {.max_new_tokens = 40};
+    float *logits = malloc(V * sizeof(float));
+    for (int trial = 0; trial < 10; trial++) {
+        size_t len = 64 + (size_t)((r = r * 1103515245u + 12345u) >> 16) % (sizeof prompt - 64);
+        sink fresh = {0}, resumed = {0};
+        luna_gen_result rf, rr;
+        luna_gen_state *s;
+        cr_assert_eq(luna_gen_state_new(x.m, &s), 0);
+        cr_assert_eq(run_resumed(&x, s, NULL, prompt, len, &sp, &p, &fresh, &rf), 0);
+        /* the prefix: bos and t - 1 bytes, prefilled in slices of another size; t a multiple of
+         * the chunk (64) or, every third trial, the whole prompt */
+        size_t t = trial % 3 == 2 ? len + 1 : 64 * (1 + (size_t)((r = r * 1103515245u + 12345u) >> 16) % ((len + 1) / 64));
+        luna_gen_state_reset(s);
+        luna_sampler *smp;
+        luna_gen g;
+        luna_gen_params p0 = {.max_new_tokens = 0};
+        cr_assert_eq(luna_sampler_new((int)V, &sp, &smp), 0);
+        cr_assert_eq(luna_gen_begin(&g, x.m, s, smp, prompt, t - 1, &p0, NULL, NULL), 0);
+        while (luna_gen_prefilling(&g)) cr_assert_gt(luna_gen_prefill(&g, x.c, 64 * (1 + trial % 3)), 0);
+        memcpy(logits, g.logits, V * sizeof(float));
+        luna_gen_result r0;
+        cr_assert_eq(luna_gen_end(&g, &r0), 0);
+        luna_sampler_free(smp);
+        cr_assert_eq(luna_gen_state_tokens(s), t);
+        luna_gen_state *copy;
+        cr_assert_eq(luna_gen_state_new(x.m, &copy), 0);
+        cr_assert_eq(luna_gen_state_copy(copy, s), 0);
+        cr_assert_eq(run_resumed(&x, copy, t == len + 1 ? logits : NULL, prompt, len, &sp, &p, &resumed, &rr), 0);
+        cr_assert_eq(resumed.len, fresh.len, "trial %d (len %zu, t %zu): %zu bytes resumed, %zu fresh", trial, len, t,
+                     resumed.len, fresh.len);
+        cr_assert(!memcmp(resumed.buf, fresh.buf, fresh.len), "trial %d (len %zu, t %zu): other bytes", trial, len, t);
+        cr_assert_eq(rr.prompt_tokens, len + 1, "the whole prompt is counted");
+        cr_assert_eq(rr.generated_tokens, rf.generated_tokens);
+        cr_assert_eq(rr.finish, rf.finish);
+        luna_gen_state_free(copy);
+        luna_gen_state_free(s);
+        free(fresh.buf), free(resumed.buf);
+    }
+    /* what it refuses: more tokens than the prompt has, the whole prompt without logits */
+    luna_gen_state *s;
+    luna_sampler *smp;
+    luna_gen g;
+    cr_assert_eq(luna_gen_state_new(x.m, &s), 0);
+    cr_assert_eq(luna_sampler_new((int)V, &sp, &smp), 0);
+    int32_t tok[3] = {cfg->bos_id, cfg->byte_offset + 'a', cfg->byte_offset + 'b'};
+    cr_assert_eq(luna_prefill(x.c, s, tok, 3, NULL, 0), 0);
+    cr_expect_eq(luna_gen_resume(&g, x.m, s, logits, smp, prompt, 1, &p, NULL, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_gen_resume(&g, x.m, s, NULL, smp, (const uint8_t *)"ab", 2, &p, NULL, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_gen_begin(&g, x.m, s, smp, (const uint8_t *)"abc", 3, &p, NULL, NULL), LUNA_EINVAL, "begin wants a fresh state");
+    luna_sampler_free(smp);
+    luna_gen_state_free(s);
+    free(logits);
+    lm_close(&x);
+}
+
+/* Portable states (issue 26): a generation's state, its last token stepped, holds the prompt
+ * and every generated token; exported and imported, a continuation from it gives the bytes of
+ * the same continuation from the original state, and its logits are within float noise of a
+ * prefill of that whole context from scratch. */
+Test(generate, continued_from_an_exported_state)
+{
+    lm x = lm_open("lm_defaults", LUNA_ATTN_LUNA);
+    const luna_config *cfg = luna_model_config(x.m);
+    size_t V = (size_t)cfg->vocab_size;
+    const char *prompt = "Elinor and Marianne walked to the village";
+    luna_sampling sp = {0.9f, 0, 1.0f, 1.1f, 3};
+    luna_gen_params p = {.max_new_tokens = 12};
+    luna_gen_state *s, *s2;
+    luna_sampler *smp;
+    luna_gen g;
+    sink out = {0};
+    cr_assert_eq(luna_gen_state_new(x.m, &s), 0);
+    cr_assert_eq(luna_gen_state_new(x.m, &s2), 0);
+    cr_assert_eq(luna_sampler_new((int)V, &sp, &smp), 0);
+    cr_assert_eq(luna_gen_begin(&g, x.m, s, smp, (const uint8_t *)prompt, strlen(prompt), &p, sink_emit, &out), 0);
+    while (luna_gen_prefilling(&g)) cr_assert_gt(luna_gen_prefill(&g, x.c, 64), 0);
+    int32_t tok, ctx_tokens[256];
+    size_t n = 0;
+    ctx_tokens[n++] = cfg->bos_id;
+    for (const char *c = prompt; *c; c++) ctx_tokens[n++] = cfg->byte_offset + (uint8_t)*c;
+    while (luna_gen_next(&g, &tok) == 1) {
+        ctx_tokens[n++] = tok;
+        cr_assert_eq(luna_step(x.c, s, tok, g.logits), 0);
+    }
+    int32_t last = luna_gen_last(&g);
+    cr_assert_geq(last, 0, "a generation of 12 tokens ends with one the state has not seen");
+    luna_gen_result r;
+    cr_assert_eq(luna_gen_end(&g, &r), 0);
+    luna_sampler_free(smp);
+    float *logits = malloc(V * sizeof(float)), *want = malloc(V * sizeof(float)), *got = malloc(V * sizeof(float));
+    cr_assert_eq(luna_step(x.c, s, last, logits), 0);
+    ctx_tokens[n++] = last;
+    cr_assert_eq(luna_gen_state_tokens(s), n, "bos, the prompt and every generated token");
+    /* the whole context prefilled from scratch: the same distribution, to float noise */
+    luna_gen_state *fresh;
+    cr_assert_eq(luna_gen_state_new(x.m, &fresh), 0);
+    cr_assert_eq(luna_prefill(x.c, fresh, ctx_tokens, n, want, 0), 0);
+    for (size_t i = 0; i < V; i++) cr_assert_float_eq(logits[i], want[i], 1e-3, "logit %zu", i);
+    /* export, import, continue both */
+    size_t cap = luna_gen_state_export_bytes(x.m, 1), len;
+    uint8_t *buf = malloc(cap);
+    cr_assert_eq(luna_gen_state_export(s, logits, buf, cap, &len), 0);
+    int has = 0;
+    cr_assert_eq(luna_gen_state_import(s2, buf, len, got, &has, NULL), 0);
+    cr_assert(has && !memcmp(got, logits, V * sizeof(float)));
+    const char *more = " and then";
+    sink a = {0}, b = {0};
+    luna_gen_result ra, rb;
+    luna_gen_state *from[2] = {s, s2};
+    sink *outs[2] = {&a, &b};
+    luna_gen_result *rs[2] = {&ra, &rb};
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(luna_sampler_new((int)V, &sp, &smp), 0);
+        cr_assert_eq(luna_gen_continue(&g, x.m, from[k], NULL, smp, (const uint8_t *)more, strlen(more), &p, sink_emit,
+                                       outs[k]), 0);
+        while (luna_gen_prefilling(&g)) cr_assert_gt(luna_gen_prefill(&g, x.c, 64), 0);
+        while (luna_gen_next(&g, &tok) == 1) cr_assert_eq(luna_step(x.c, from[k], tok, g.logits), 0);
+        cr_assert_eq(luna_gen_end(&g, rs[k]), 0);
+        luna_sampler_free(smp);
+    }
+    cr_assert(a.len == b.len && a.len > 0 && !memcmp(a.buf, b.buf, a.len), "the imported state continues as the original");
+    cr_assert_eq(ra.prompt_tokens, n + strlen(more), "the context: the state's tokens and the prompt");
+    /* no prompt: the state's logits are the first token's; without them, EINVAL */
+    cr_assert_eq(luna_sampler_new((int)V, &sp, &smp), 0);
+    cr_assert_eq(luna_gen_continue(&g, x.m, s2, NULL, smp, NULL, 0, &p, NULL, NULL), LUNA_EINVAL);
+    cr_assert_eq(luna_gen_state_import(s2, buf, len, got, &has, NULL), 0);
+    cr_assert_eq(luna_gen_continue(&g, x.m, s2, got, smp, NULL, 0, &p, NULL, NULL), 0);
+    cr_assert(!luna_gen_prefilling(&g));
+    cr_assert_eq(luna_gen_end(&g, NULL), 0);
+    luna_gen_state_reset(s2);
+    cr_assert_eq(luna_gen_continue(&g, x.m, s2, got, smp, (const uint8_t *)"a", 1, &p, NULL, NULL), LUNA_EINVAL,
+                 "a state with no tokens is not a context");
+    luna_sampler_free(smp);
+    free(logits), free(want), free(got), free(buf), free(out.buf), free(a.buf), free(b.buf);
+    luna_gen_state_free(s), luna_gen_state_free(s2), luna_gen_state_free(fresh);
     lm_close(&x);
 }
