@@ -1222,6 +1222,38 @@ def test_score(s):
         assert st == code and msg in e["error"]["message"], (body, st, e)
 
 
+def test_logprobs_with_state_cache(s):
+    # the prefix state cache: a hit keeps the output's log-probabilities; the prompt's are never
+    # from the cache (every position's row is computed from bos) and are the same after a hit
+    text = "It was the best of times, it was the worst of times. " * 12
+    body = {"inputs": text, "parameters": {"max_new_tokens": 6, "details": True, "top_n_tokens": 2}}
+    hits = lambda: s.metrics().get("luna_state_cache_hits_total", 0)  # noqa: E731
+    st, _, a = s.json("POST", "/generate", body)
+    h0 = hits()
+    st, _, b = s.json("POST", "/generate", body)  # a hit: the whole prompt is cached
+    assert hits() == h0 + 1, "no cache hit"
+    assert st == 200 and a["details"]["tokens"] == b["details"]["tokens"], (a, b)
+    assert a["details"]["top_tokens"] == b["details"]["top_tokens"], (a, b)
+    full = dict(body, parameters=dict(body["parameters"], decoder_input_details=True))
+    st, _, c = s.json("POST", "/generate", full)
+    st, _, d = s.json("POST", "/generate", full)
+    assert hits() == h0 + 1, "a request for the prompt's log-probabilities used the cache"
+    assert st == 200 and len(c["details"]["prefill"]) == len(text) + 1 and c["details"]["prefill"] == d["details"]["prefill"], d
+    assert all(close(x["logprob"], y["logprob"], 1e-5) for x, y in zip(c["details"]["tokens"], a["details"]["tokens"])), c
+    st, _, e = s.json("POST", "/v1/completions", {"prompt": text, "max_tokens": 0, "echo": True, "logprobs": 1})
+    assert [round(v, 6) for v in e["choices"][0]["logprobs"]["token_logprobs"]] == \
+        [round(p["logprob"], 6) for p in c["details"]["prefill"][1:]], e
+    # a portable state: the output's log-probabilities, not the prompt's (422)
+    st, _, r = s.json("POST", "/generate", {"inputs": "Elinor", "parameters": {"max_new_tokens": 4, "return_state": True}})
+    state = r["state"]
+    st, _, g = s.json("POST", "/generate", {"inputs": " said", "state": state,
+                                            "parameters": {"max_new_tokens": 4, "details": True}})
+    assert st == 200 and all(isinstance(t["logprob"], float) for t in g["details"]["tokens"]), g
+    st, _, g = s.json("POST", "/generate", {"inputs": " said", "state": state,
+                                            "parameters": {"details": True, "decoder_input_details": True}})
+    assert st == 422 and "decoder_input_details" in g["error"]["message"] and "state" in g["error"]["message"], g
+
+
 def test_score_deadline_and_logprob_memory():
     # /score is a worker job under the request's deadline: a long prefix stops at its next chunk
     if not os.path.exists(os.path.join(SLOW_LM, "model.safetensors")):
@@ -2116,6 +2148,7 @@ def main():
              (test_generate_matches_cli, shared), (test_generate_stream, shared),
              (test_generate_validation, shared), (test_generate_seed_under_load, shared),
              (test_logprobs_match_reference, shared), (test_logprobs_validation, shared), (test_score, shared),
+             (test_logprobs_with_state_cache, shared),
              (test_score_deadline_and_logprob_memory, None),
              (test_openai_completions, shared), (test_openai_chat, shared), (test_vllm_classify, shared),
              (test_playground_assets, shared), (test_gets_share_one_connection, shared),
