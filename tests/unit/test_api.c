@@ -552,15 +552,38 @@ Test(api, duplicate_keys_are_refused_everywhere)
     const char ok2[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": \"b\"}]}";
     cr_assert_eq(api_parse_chat(ok2, strlen(ok2), &glim, &g, &e), API_OK, "%s", e.message);
     api_generate_free(&g);
-    /* many keys: sorted, not compared pairwise (a million would be 10^12 comparisons) */
-    size_t n = 30000, at = 0; /* 60,009 values: within the 65,536 a body may hold (api/classify.c) */
-    char *big = malloc(n * 16 + 64);
+    /* many keys, as many as a body may hold (API_MAX_JSON_VALUES): sorted, not compared pairwise
+     * (32,000 keys would be 5 x 10^8 comparisons) */
+    size_t n = 32000, at = 0;
+    char *big = malloc(200000 * 16 + 64);
     at += (size_t)sprintf(big, "{\"inputs\": \"a\", \"parameters\": {\"grammar\": {");
     for (size_t i = 0; i < n; i++) at += (size_t)sprintf(big + at, "%s\"k%zu\":0", i ? "," : "", i);
     at += (size_t)sprintf(big + at, ",\"k%zu\":0}}}", n / 2);
-    cr_expect_eq(api_parse_generate(big, at, &glim, &g, &e), API_E_BAD_JSON);
-    cr_expect(strstr(e.message, "\"k15000\"") != NULL, "%s", e.message);
+    cr_expect_eq(api_parse_generate(big, at, &glim, &g, &e), API_E_BAD_JSON, "%s", e.message);
+    cr_expect(strstr(e.message, "\"k16000\"") != NULL, "%s", e.message);
+    /* more values than that: refused before a node is built */
+    at = (size_t)sprintf(big, "{\"inputs\": \"a\", \"parameters\": {\"grammar\": {");
+    for (size_t i = 0; i < 200000; i++) at += (size_t)sprintf(big + at, "%s\"k%zu\":0", i ? "," : "", i);
+    at += (size_t)sprintf(big + at, "}}}");
+    cr_expect_eq(api_parse_generate(big, at, &glim, &g, &e), API_E_TOO_LARGE, "%s", e.message);
     free(big);
+}
+
+/* api_json_values bounds the values of a body from above, strings and escapes skipped. */
+Test(api, json_values_bound)
+{
+    static const struct { const char *body; size_t at_least; } cases[] = {
+        {"0", 1}, {"[]", 1}, {"[1,2,3]", 4}, {"{\"a\":1,\"b\":[2,3]}", 5}, {"\"x,[{:\"", 1},
+        {"[\"a\\\",b\",1]", 3}, {"{\"messages\": [{\"role\": \"u\", \"content\": \"a,b\"}]}", 5},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t v = api_json_values(cases[i].body, strlen(cases[i].body));
+        cr_expect_geq(v, cases[i].at_least, "%s: %zu", cases[i].body, v);
+        cr_expect_leq(v, 2 * cases[i].at_least, "%s: %zu", cases[i].body, v);
+    }
+    cr_expect_eq(api_json_values("\"x,[{:\"", 7), 1, "inside a string nothing counts");
+    const char *esc = "[\"\\\"\",1]";
+    cr_expect_eq(api_json_values(esc, strlen(esc)), 3, "an escaped quote does not end the string");
 }
 
 /* Issue 27. \u0000 is refused wherever it is (cJSON would cut the string there), a base64
