@@ -629,17 +629,11 @@ static void causal_row(luna_ctx *c, int li, luna_gen_state *s, const float *q, c
         const float *qh = q + h * k, *kh = kk + h * k, *vh = v + h * k, *ch = cc + h * k;
         double *sk = SK64 + h * k * l, *sv = SV64 + h * l * k;
         float *oh = o + h * k;
-        /* w = phi(c Pq^T) */
-        for (size_t j = 0; j < l; j++) {
-            const float *p = Pq + j * d + h * k;
-            float acc = 0.0f;
-            for (size_t i = 0; i < k; i++) acc += ch[i] * p[i];
-            w[j] = acc;
-        }
+        /* w = phi(c Pq^T); each dot in kn_dot's 16 lanes, not one serial chain of adds */
+        for (size_t j = 0; j < l; j++) w[j] = kn_dot(ch, Pq + j * d + h * k, k);
         kn_phi(cfg->causal_phi, w, l);
         /* a = (q S_K + (q . k) w) / t, alpha = softmax(a) */
-        float qk = 0.0f;
-        for (size_t i = 0; i < k; i++) qk += qh[i] * kh[i];
+        float qk = kn_dot(qh, kh, k);
         for (size_t j = 0; j < l; j++) a[j] = 0.0f;
         for (size_t i = 0; i < k; i++) {
             const double *row = sk + i * l;
@@ -649,15 +643,9 @@ static void causal_row(luna_ctx *c, int li, luna_gen_state *s, const float *q, c
         for (size_t j = 0; j < l; j++) a[j] = (a[j] + qk * w[j]) * inv_t;
         kn_softmax_rows(a, 1, l, l);
         /* o = (alpha S_V + (alpha . w) v) / t; tied, S_V is S_K^T */
-        float aw = 0.0f;
-        for (size_t j = 0; j < l; j++) aw += a[j] * w[j];
+        float aw = kn_dot(a, w, l);
         if (tied) {
-            for (size_t i = 0; i < k; i++) {
-                const double *row = sk + i * l;
-                float acc = 0.0f;
-                for (size_t j = 0; j < l; j++) acc += a[j] * (float)row[j];
-                oh[i] = (acc + aw * vh[i]) * inv_t;
-            }
+            for (size_t i = 0; i < k; i++) oh[i] = (kn_dot_fd(a, sk + i * l, l) + aw * vh[i]) * inv_t;
         } else {
             for (size_t i = 0; i < k; i++) oh[i] = 0.0f;
             for (size_t j = 0; j < l; j++) {

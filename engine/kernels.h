@@ -1,9 +1,11 @@
 /* kernels.h - the numeric building blocks of the forward passes (engine-internal).
  *
- * Every matrix product goes through OpenBLAS sgemm; this file owns the only cblas calls. The
- * element-wise kernels (exp, GELU, LayerNorm, softmax) are written as plain loops over
- * contiguous rows with branch-free bodies so that the compiler vectorises them: at long inputs
- * the exp calls of the two softmaxes would otherwise cost as much as the products. */
+ * Every matrix product but the decode steps' (kn_linear_fixed, written out in kernels.c) goes
+ * through OpenBLAS sgemm; this file owns the only cblas calls. The element-wise kernels (exp,
+ * GELU, LayerNorm, softmax) are written as plain loops over contiguous rows with branch-free
+ * bodies so that the compiler vectorises them: at long inputs the exp calls of the two
+ * softmaxes would otherwise cost as much as the products. Every function here may be called
+ * from any thread. */
 #ifndef LUNA_KERNELS_H
 #define LUNA_KERNELS_H
 
@@ -21,10 +23,31 @@ void kn_linear(const luna_linear *L, const float *x, size_t rows, size_t ldx, fl
  * `rows` is and wherever the row sits: a decode step's row gives the same bits alone or in a
  * batch of any size. OpenBLAS's sgemm does not (its per-row results change with M on the
  * Prescott, Haswell, Zen, SkylakeX and Cooperlake kernels of 0.3.21, and sgemv differs from
- * sgemm), so the decode steps use this. W is read once for all rows: 4 of its rows stay in
- * cache while every x row passes. */
+ * sgemm), so the decode steps use this. The order, for y[r][j] with w = W row j, x = x row r:
+ *   p[l] = +0 for the 16 lanes l; then for each block t of 16 floats, the last one padded with
+ *   zeros (w and x alike) to 16:  p[l] = fma(w[16 t + l], x[16 t + l], p[l])
+ *   p[l] += p[l + 8] for l < 8, then p[l] += p[l + 4] for l < 4, p[l] += p[l + 2] for l < 2,
+ *   s = p[0] + p[1]
+ *   y[r][j] = fma(alpha, s, alpha * b[j]), or alpha * s without a bias
+ * (fma rounds once; every other operation is one rounded float operation). It depends on w, x,
+ * alpha and b alone, so not on the instruction set either: the AVX-512, AVX2 and portable
+ * paths give the same bits, and kn_linear_fixed takes the fastest that the CPU runs. W is read
+ * once for all rows: a few of its rows stay in L1 while every x row passes. */
 void kn_linear_fixed(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
                      float alpha);
+/* The instruction sets kn_linear_fixed can run on (tests and benchmarks pick one): portable C
+ * (everywhere; slow where fmaf is not an instruction), x86's AVX2 with FMA, AVX-512F, and
+ * KN_ISA_BEST, the fastest of them that this CPU runs (what kn_linear_fixed takes). */
+typedef enum { KN_ISA_C, KN_ISA_AVX2, KN_ISA_AVX512, KN_ISA_BEST } kn_isa;
+/* 1 if this CPU (and OS) runs isa. */
+int kn_isa_supported(kn_isa isa);
+/* kn_linear_fixed on isa, which must be supported. */
+void kn_linear_fixed_isa(kn_isa isa, const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y,
+                         size_t ldy, float alpha);
+/* Makes every later kn_linear_fixed of the process run on isa (KN_ISA_BEST: back to the
+ * default), so that a test or benchmark can run whole decode steps on each path; EINVAL, and
+ * nothing pinned, if this CPU does not run isa. Call it only while no thread is in a kernel. */
+int kn_linear_fixed_pin(kn_isa isa);
 
 /* C (m, n; ldc) = alpha * A (m, k; lda) B^T (n, k; ldb) + beta * C */
 void kn_gemm_nt(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
@@ -72,5 +95,42 @@ static inline __attribute__((always_inline)) float kn_expf(float x)
     return p * s.f;
 }
 float kn_max(const float *x, size_t n);
+
+/* The lane tree of the fixed orders here: p[l] += p[l + 8] for l < 8, then p[l] += p[l + 4]
+ * for l < 4, p[l + 2], p[l + 1]; returns p[0] (p is scratch). */
+static inline __attribute__((always_inline)) float kn_lane_tree(float p[16])
+{
+    for (int h = 8; h >= 1; h /= 2)
+        for (int l = 0; l < h; l++) p[l] = p[l] + p[l + h];
+    return p[0];
+}
+
+/* dot(a, b) over n floats in one order that depends on n alone: lane l (of 16) takes
+ * p[l] = p[l] + a[k] b[k] for k = l, l + 16, ... in turn, then kn_lane_tree. For one decode
+ * row's attention (causal_row), where a serial sum's chain of dependent adds would cost more
+ * than the products. Inline and plain C, so that the lanes vectorise at any -march. Unlike
+ * kn_linear_fixed's, the order is one build's, not every build's: a compiler that contracts
+ * p + a b into an fma (clang by default, gcc with -ffp-contract=fast; not gcc under the
+ * Makefile's -std=c11) gives other bits, the same in every row and batch of that build. */
+static inline __attribute__((always_inline)) float kn_dot(const float *a, const float *b, size_t n)
+{
+    float p[16] = {0};
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16)
+        for (size_t l = 0; l < 16; l++) p[l] = p[l] + a[k + l] * b[k + l];
+    for (size_t l = 0; k + l < n; l++) p[l] = p[l] + a[k + l] * b[k + l];
+    return kn_lane_tree(p);
+}
+
+/* The same with each b[k] rounded to float first (b: a state's sums, kept in double). */
+static inline __attribute__((always_inline)) float kn_dot_fd(const float *a, const double *b, size_t n)
+{
+    float p[16] = {0};
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16)
+        for (size_t l = 0; l < 16; l++) p[l] = p[l] + a[k + l] * (float)b[k + l];
+    for (size_t l = 0; k + l < n; l++) p[l] = p[l] + a[k + l] * (float)b[k + l];
+    return kn_lane_tree(p);
+}
 
 #endif

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "engine/ctx.h"
+#include "engine/kernels.h"
 #include "engine/luna.h"
 #include "fixtures.h"
 #include "golden.h"
@@ -602,6 +603,85 @@ static luna_model *austen_lm(void)
     int rc = luna_model_load("models/austen-lm", &m, err, sizeof err);
     cr_assert_eq(rc, 0, "%s", err);
     return m;
+}
+
+/* Whole decode steps on each path of kn_linear_fixed (engine/kernels.h) that this CPU runs: the
+ * logits and the state's sums of every stream, stepped alone and in batches of 7 (a block of 4
+ * rows and 3 more on AVX-512, of 2 and 1 more on AVX2), are those of the portable path, bit for
+ * bit. Shapes the golden LMs are too narrow for: the bundled model's (d 256, pc_proj, tied) and
+ * the wide one's (untied, post-norm). Few tokens: valgrind runs it too. */
+static void steps_agree_on_every_isa(luna_model *m, const char *what)
+{
+    enum { S = 7, STEPS = 2 };
+    static const kn_isa isas[] = {KN_ISA_C, KN_ISA_AVX2, KN_ISA_AVX512};
+    const luna_config *cfg = luna_model_config(m);
+    size_t V = (size_t)cfg->vocab_size, ns = 0;
+    luna_ctx *c = ctx_new(m, 64, LUNA_ATTN_LUNA);
+    luna_gen_state *start[S];
+    for (int i = 0; i < S; i++) {
+        int32_t *t = tokens(cfg, 1 + (size_t)i * 3, 40 + (uint64_t)i);
+        start[i] = state_new(m, LUNA_ATTN_LUNA);
+        cr_assert_eq(luna_prefill(c, start[i], t, 1 + (size_t)i * 3, NULL, 0), 0);
+        free(t);
+    }
+    luna__gen_state_sums(start[0], &ns);
+    /* per path: [0] the streams stepped alone, [1] batched; ref: the portable path's [0] */
+    float *ref = malloc(STEPS * S * V * sizeof(float)), *got[2];
+    double *ref_sums = malloc(S * ns * sizeof(double));
+    got[0] = malloc(STEPS * S * V * sizeof(float)), got[1] = malloc(STEPS * S * V * sizeof(float));
+    cr_assert(ref && ref_sums && got[0] && got[1]);
+    for (size_t p = 0; p < sizeof isas / sizeof *isas; p++) {
+        if (!kn_isa_supported(isas[p])) continue;
+        cr_assert_eq(kn_linear_fixed_pin(isas[p]), 0);
+        for (int mode = 0; mode < 2; mode++) {
+            luna_gen_state *s[S];
+            for (int i = 0; i < S; i++) {
+                s[i] = state_new(m, LUNA_ATTN_LUNA);
+                cr_assert_eq(luna_gen_state_copy(s[i], start[i]), 0);
+            }
+            for (int step = 0; step < STEPS; step++) {
+                int32_t tok[S];
+                for (int i = 0; i < S; i++) tok[i] = (int32_t)(cfg->byte_offset + (i * 29 + step * 11) % 256);
+                float *out = got[mode] + (size_t)step * S * V;
+                if (mode == 1) cr_assert_eq(luna_step_batch(c, s, tok, S, out), 0);
+                else
+                    for (int i = 0; i < S; i++) cr_assert_eq(luna_step(c, s[i], tok[i], out + (size_t)i * V), 0);
+            }
+            for (int i = 0; i < S; i++) {
+                const double *sums = luna__gen_state_sums(s[i], &ns);
+                if (p == 0 && mode == 0) memcpy(ref_sums + (size_t)i * ns, sums, ns * sizeof(double));
+                else
+                    cr_expect(!memcmp(ref_sums + (size_t)i * ns, sums, ns * sizeof(double)),
+                              "%s, isa %d, %s: stream %d's sums differ from the portable path's", what, (int)isas[p],
+                              mode ? "batched" : "alone", i);
+                luna_gen_state_free(s[i]);
+            }
+            if (p == 0 && mode == 0) memcpy(ref, got[0], STEPS * S * V * sizeof(float));
+            else
+                for (int r = 0; r < STEPS * S; r++)
+                    cr_expect(!memcmp(ref + (size_t)r * V, got[mode] + (size_t)r * V, V * sizeof(float)),
+                              "%s, isa %d, %s: step %d of stream %d differs from the portable path's", what,
+                              (int)isas[p], mode ? "batched" : "alone", r / S, r % S);
+        }
+    }
+    cr_assert_eq(kn_linear_fixed_pin(KN_ISA_BEST), 0);
+    free(ref), free(ref_sums), free(got[0]), free(got[1]);
+    for (int i = 0; i < S; i++) luna_gen_state_free(start[i]);
+    luna_ctx_free(c);
+}
+
+Test(decoder, steps_give_the_same_bits_on_every_isa_austen)
+{
+    luna_model *m = austen_lm();
+    steps_agree_on_every_isa(m, "austen-lm");
+    luna_model_free(m);
+}
+
+Test(decoder, steps_give_the_same_bits_on_every_isa_wide_untied_postnorm)
+{
+    luna_model *m = wide_lm();
+    steps_agree_on_every_isa(m, "wide");
+    luna_model_free(m);
 }
 
 /* Prefills of each length with 1, 2 and 3 lanes give the same bits: the logits after every

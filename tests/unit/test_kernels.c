@@ -1,8 +1,11 @@
 /* test_kernels.c - engine/kernels.c: the vectorised exp and GELU against libm, softmax,
- * LayerNorm, and the sgemm wrappers against a naive product. */
+ * LayerNorm, the sgemm wrappers against a naive product, and the fixed-order product of the
+ * decode steps: its stated order bit for bit, on every instruction set, in any batch. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/kernels.h"
 
@@ -109,4 +112,235 @@ Test(kernels, expf_of_nan_is_defined)
     float e = kn_expf(NAN);
     cr_expect(isfinite(e) && e >= 0.0f && e < 1e-37f, "kn_expf(NaN) = %g", e);
     cr_expect(kn_expf(-INFINITY) < 1e-37f && kn_expf(INFINITY) > 1e38f);
+}
+
+/* ---- kn_linear_fixed: the batch-invariant product of the decode steps ------------------------ */
+
+static float rnd(uint32_t *s) /* uniform in [-1, 1) */
+{
+    *s = *s * 1664525u + 1013904223u;
+    return (float)(*s >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+/* kernels.h's order for one output, written out in scalars: the bits every path must give. */
+static float fixed_ref(const float *w, const float *x, size_t in, float alpha, const float *b)
+{
+    float p[16] = {0};
+    for (size_t t = 0; t < (in + 15) / 16; t++)
+        for (size_t l = 0; l < 16; l++) {
+            size_t k = 16 * t + l;
+            p[l] = fmaf(k < in ? w[k] : 0.0f, k < in ? x[k] : 0.0f, p[l]);
+        }
+    for (int l = 0; l < 8; l++) p[l] = p[l] + p[l + 8];
+    for (int l = 0; l < 4; l++) p[l] = p[l] + p[l + 4];
+    for (int l = 0; l < 2; l++) p[l] = p[l] + p[l + 2];
+    float s = p[0] + p[1];
+    return b ? fmaf(alpha, s, alpha * *b) : alpha * s;
+}
+
+typedef struct {
+    size_t out, in;
+    int bias;
+    float alpha;
+} fixed_shape;
+
+/* Shapes of the decode steps (the vocabulary head 260 x 256, fc2 256 x 1024; fc1's 1024 x 256
+ * runs as the head does), and ones whose out or in is no multiple of any block: out 1, 3, 7,
+ * 37, 38 (the last group of 8 or 4 outputs holds 1 to 7 of them); in 1, 15, 17, 83, and 24
+ * and 45, whose padded block leaves the AVX2 path's second half empty or partly full after
+ * whole blocks. Small enough for valgrind, which runs these on the AVX2 path. */
+static const fixed_shape FIXED_SHAPES[] = {
+    {260, 256, 0, 1.0f}, {256, 1024, 1, 1.0f}, {64, 64, 0, 0.125f}, {37, 83, 1, 0.3f}, {3, 17, 0, 1.0f},
+    {1, 15, 1, -2.5f},   {21, 1, 1, 1.0f},     {38, 24, 1, 0.5f},   {7, 45, 0, 1.0f},
+};
+
+/* Random W, b and rows, ldx and ldy wider than the rows (canaries in the gaps); ref: each
+ * row's outputs by fixed_ref; y: room for the kernel's. */
+typedef struct {
+    luna_linear L;
+    float *w, *b, *x, *ref, *y;
+    size_t ldx, ldy;
+} fixed_case;
+
+static void fixed_case_new(fixed_case *c, const fixed_shape *sh, size_t maxrows, uint32_t seed)
+{
+    c->ldx = sh->in + 3, c->ldy = sh->out + 5;
+    c->w = malloc(sh->out * sh->in * sizeof(float));
+    c->b = malloc(sh->out * sizeof(float));
+    c->x = malloc(maxrows * c->ldx * sizeof(float));
+    c->ref = malloc(maxrows * sh->out * sizeof(float));
+    c->y = malloc(maxrows * c->ldy * sizeof(float));
+    cr_assert(c->w && c->b && c->x && c->ref && c->y);
+    for (size_t i = 0; i < sh->out * sh->in; i++) c->w[i] = rnd(&seed);
+    for (size_t i = 0; i < sh->out; i++) c->b[i] = rnd(&seed);
+    for (size_t i = 0; i < maxrows * c->ldx; i++) c->x[i] = rnd(&seed);
+    c->L = (luna_linear){c->w, sh->bias ? c->b : NULL, (int)sh->out, (int)sh->in};
+    for (size_t r = 0; r < maxrows; r++)
+        for (size_t j = 0; j < sh->out; j++)
+            c->ref[r * sh->out + j] = fixed_ref(c->w + j * sh->in, c->x + r * c->ldx, sh->in, sh->alpha,
+                                                sh->bias ? c->b + j : NULL);
+}
+
+static void fixed_case_free(fixed_case *c) { free(c->w), free(c->b), free(c->x), free(c->ref), free(c->y); }
+
+/* The instruction sets this CPU runs: the portable path always, AVX2 and AVX-512 where present
+ * (valgrind hides AVX-512: under it, the AVX2 path runs these tests). */
+static int fixed_isas(kn_isa isa[3])
+{
+    static const kn_isa all[3] = {KN_ISA_C, KN_ISA_AVX2, KN_ISA_AVX512};
+    int n = 0;
+    for (int i = 0; i < 3; i++)
+        if (kn_isa_supported(all[i])) isa[n++] = all[i];
+    return n;
+}
+
+/* Rows 1..40 in one call, every row against its own reference: each position of each batch
+ * size, with other rows around it, on every instruction set, bit for bit, and y untouched past
+ * out. The portable path (slow: it computes each output on its own) and kn_linear_fixed (one
+ * of the others) take a few batch sizes. */
+Test(kernels, linear_fixed_gives_every_row_its_own_bits_in_any_batch)
+{
+    enum { MAXR = 40 };
+    kn_isa isa[3];
+    int nisa = fixed_isas(isa);
+    for (size_t s = 0; s < sizeof FIXED_SHAPES / sizeof *FIXED_SHAPES; s++) {
+        const fixed_shape *sh = &FIXED_SHAPES[s];
+        fixed_case c;
+        fixed_case_new(&c, sh, MAXR, 99 + (uint32_t)s);
+        float *y = c.y;
+        for (int path = 0; path <= nisa; path++) /* nisa: the dispatching kn_linear_fixed */
+            for (size_t rows = 1; rows <= MAXR; rows++) {
+                if (path < nisa && isa[path] == KN_ISA_C && rows > 3) continue;
+                if (path == nisa && rows > 3 && rows != 17 && rows != MAXR) continue;
+                /* a window of the random rows, moved along so rows meet other neighbours */
+                size_t r0 = (rows * 7) % (MAXR - rows + 1);
+                for (size_t i = 0; i < rows * c.ldy; i++) y[i] = NAN;
+                const float *x = c.x + r0 * c.ldx;
+                if (path < nisa) kn_linear_fixed_isa(isa[path], &c.L, x, rows, c.ldx, y, c.ldy, sh->alpha);
+                else kn_linear_fixed(&c.L, x, rows, c.ldx, y, c.ldy, sh->alpha);
+                for (size_t r = 0; r < rows; r++) {
+                    cr_assert(!memcmp(y + r * c.ldy, c.ref + (r0 + r) * sh->out, sh->out * sizeof(float)),
+                              "%zu x %zu, isa %d: row %zu of %zu differs from its fixed-order reference", sh->out,
+                              sh->in, path < nisa ? (int)isa[path] : -1, r, rows);
+                    for (size_t j = sh->out; j < c.ldy && r + 1 < rows; j++)
+                        cr_assert(isnan(y[r * c.ldy + j]), "%zu x %zu: wrote past out", sh->out, sh->in);
+                }
+            }
+        fixed_case_free(&c);
+    }
+}
+
+/* One row at every position of every batch of 1..40, the other rows random each time: 260
+ * outputs (16 blocks of 16 and 4 more) of 17 inputs (a block and a lane), and 37 of 35. */
+Test(kernels, linear_fixed_row_is_the_same_at_every_position)
+{
+    enum { MAXR = 40 };
+    static const fixed_shape shapes[] = {{260, 17, 1, 1.0f}, {37, 35, 0, 0.3f}};
+    kn_isa isa[3];
+    int nisa = fixed_isas(isa);
+    uint32_t seed = 7;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        const fixed_shape *sh = &shapes[s];
+        fixed_case c;
+        fixed_case_new(&c, sh, MAXR, 5 + (uint32_t)s);
+        float *y = c.y, *probe = malloc(sh->in * sizeof(float));
+        cr_assert(probe);
+        memcpy(probe, c.x, sh->in * sizeof(float));
+        for (int path = 0; path < nisa; path++)
+            for (size_t rows = 1; rows <= MAXR && isa[path] != KN_ISA_C; rows++)
+                for (size_t pos = 0; pos < rows; pos++) {
+                    for (size_t i = 0; i < rows * c.ldx; i++) c.x[i] = rnd(&seed);
+                    memcpy(c.x + pos * c.ldx, probe, sh->in * sizeof(float));
+                    kn_linear_fixed_isa(isa[path], &c.L, c.x, rows, c.ldx, y, c.ldy, sh->alpha);
+                    cr_assert(!memcmp(y + pos * c.ldy, c.ref, sh->out * sizeof(float)),
+                              "%zu x %zu, isa %d: the row at %zu of %zu changed", sh->out, sh->in, (int)isa[path], pos,
+                              rows);
+                }
+        free(probe);
+        fixed_case_free(&c);
+    }
+}
+
+/* kn_linear_fixed_pin: each path the CPU runs, and KN_ISA_BEST, gives the reference bits
+ * through kn_linear_fixed; a path the CPU lacks is refused and leaves the pin as it was. */
+Test(kernels, linear_fixed_pin_takes_each_path)
+{
+    enum { ROWS = 6 };
+    static const kn_isa all[4] = {KN_ISA_C, KN_ISA_AVX2, KN_ISA_AVX512, KN_ISA_BEST};
+    const fixed_shape *sh = &FIXED_SHAPES[3];
+    fixed_case c;
+    fixed_case_new(&c, sh, ROWS, 11);
+    for (int i = 0; i < 4; i++) {
+        if (!kn_isa_supported(all[i])) {
+            cr_assert_eq(kn_linear_fixed_pin(all[i]), LUNA_EINVAL, "isa %d is not on this CPU", (int)all[i]);
+            continue;
+        }
+        cr_assert_eq(kn_linear_fixed_pin(all[i]), 0);
+        kn_linear_fixed(&c.L, c.x, ROWS, c.ldx, c.y, c.ldy, sh->alpha);
+        for (size_t r = 0; r < ROWS; r++)
+            cr_assert(!memcmp(c.y + r * c.ldy, c.ref + r * sh->out, sh->out * sizeof(float)), "pinned to %d: row %zu",
+                      (int)all[i], r);
+    }
+    cr_assert_eq(kn_linear_fixed_pin(KN_ISA_BEST), 0);
+    fixed_case_free(&c);
+}
+
+/* And the order is a good one: within 1e-5 of the double-precision product, relative to the
+ * size of its terms (sum |w x| + |b|, times |alpha|), which cancellation cannot shrink. */
+Test(kernels, linear_fixed_is_close_to_double)
+{
+    enum { ROWS = 5 };
+    for (size_t s = 0; s < sizeof FIXED_SHAPES / sizeof *FIXED_SHAPES; s++) {
+        const fixed_shape *sh = &FIXED_SHAPES[s];
+        fixed_case c;
+        fixed_case_new(&c, sh, ROWS, 31 + (uint32_t)s);
+        float *y = c.y;
+        kn_linear_fixed(&c.L, c.x, ROWS, c.ldx, y, c.ldy, sh->alpha);
+        double worst = 0;
+        for (size_t r = 0; r < ROWS; r++)
+            for (size_t j = 0; j < sh->out; j++) {
+                const float *w = c.w + j * sh->in, *x = c.x + r * c.ldx;
+                double sum = sh->bias ? c.b[j] : 0.0, mag = sh->bias ? fabs(c.b[j]) : 0.0;
+                for (size_t k = 0; k < sh->in; k++) sum += (double)w[k] * x[k], mag += fabs((double)w[k] * x[k]);
+                double e = fabs(y[r * c.ldy + j] - sh->alpha * sum) / (fabs(sh->alpha) * mag);
+                if (e > worst) worst = e;
+            }
+        cr_assert_lt(worst, 1e-5, "%zu x %zu: relative error %.3g", sh->out, sh->in, worst);
+        fixed_case_free(&c);
+    }
+}
+
+/* kn_dot and kn_dot_fd: their order written out, whatever the operands' alignment, and within
+ * 1e-6 of a double product relative to sum |a b|. */
+Test(kernels, dot_keeps_its_order_at_any_alignment)
+{
+    enum { N = 1000, PAD = 16 };
+    static const size_t lengths[] = {1, 15, 16, 17, 32, 64, 100, N};
+    float *a = malloc((N + PAD) * sizeof(float)), *b = malloc((N + PAD) * sizeof(float));
+    double *bd = malloc((N + PAD) * sizeof(double));
+    cr_assert(a && b && bd);
+    uint32_t seed = 3;
+    for (size_t i = 0; i < N + PAD; i++) a[i] = rnd(&seed), bd[i] = rnd(&seed) * 1.000000001, b[i] = (float)bd[i];
+    for (size_t t = 0; t < sizeof lengths / sizeof *lengths; t++) {
+        size_t n = lengths[t];
+        float p[16] = {0}, q[16] = {0};
+        double exact = 0, mag = 0;
+        for (size_t k = 0; k < n; k++) {
+            p[k % 16] = p[k % 16] + a[k] * b[k];
+            q[k % 16] = q[k % 16] + a[k] * (float)bd[k];
+            exact += (double)a[k] * b[k], mag += fabs((double)a[k] * b[k]);
+        }
+        float want = kn_lane_tree(p), want_fd = kn_lane_tree(q);
+        cr_assert_lt(fabs(want - exact), 1e-6 * mag, "n %zu", n);
+        for (size_t off = 0; off < PAD; off++) { /* the same values at another address */
+            memmove(a + off, a, n * sizeof(float)), memmove(b + off, b, n * sizeof(float));
+            memmove(bd + off, bd, n * sizeof(double));
+            float got = kn_dot(a + off, b + off, n), got_fd = kn_dot_fd(a + off, bd + off, n);
+            cr_assert(!memcmp(&got, &want, sizeof got), "kn_dot, n %zu at offset %zu", n, off);
+            cr_assert(!memcmp(&got_fd, &want_fd, sizeof got), "kn_dot_fd, n %zu at offset %zu", n, off);
+            memmove(a, a + off, n * sizeof(float)), memmove(b, b + off, n * sizeof(float));
+            memmove(bd, bd + off, n * sizeof(double));
+        }
+    }
+    free(a), free(b), free(bd);
 }
