@@ -4,8 +4,10 @@
  * Request: {"inputs": "text" | "inputs_base64": "...", "stream": bool, "parameters": {
  *   "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
  *   "seed", "stop": [...], "details", "return_full_text", "truncate", "return_raw_bytes",
- *   and TGI's best_of, decoder_input_details, frequency_penalty, grammar, top_n_tokens,
- *   typical_p, watermark, adapter_id, which are accepted only at their neutral values}}.
+ *   "top_n_tokens" (0..API_MAX_TOP_LOGPROBS), "decoder_input_details" (not with a stream, as in
+ *   TGI), and TGI's best_of, frequency_penalty, grammar, typical_p, watermark, adapter_id,
+ *   which are accepted only at their neutral values}}.
+ * Log-probabilities (api/logprobs.c) are the model's distribution, before the sampler.
  * Every parameter may be null, which means "not given": TGI's own clients send them all.
  *
  * Sampling follows TGI: greedy unless do_sample is true or a warper is set (temperature != 1,
@@ -38,12 +40,12 @@ int api__names_model(const char *model, const char *served)
 
 static const char *const SUPPORTED[] = {
     "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
-    "stop", "details", "return_full_text", "truncate", "return_raw_bytes", "return_state", NULL};
+    "stop", "details", "return_full_text", "truncate", "return_raw_bytes", "return_state", "top_n_tokens",
+    "decoder_input_details", NULL};
 /* TGI's parameters that this server does not implement: fine at TGI's defaults (null, false,
  * 0 or 1), refused otherwise, since the request would silently get something else. */
-static const char *const NEUTRAL_ONLY[] = {"best_of", "decoder_input_details", "frequency_penalty",
-                                           "grammar", "top_n_tokens", "typical_p", "watermark",
-                                           "adapter_id", NULL};
+static const char *const NEUTRAL_ONLY[] = {"best_of", "frequency_penalty", "grammar", "typical_p",
+                                           "watermark", "adapter_id", NULL};
 
 static int listed(const char *const *names, const char *name)
 {
@@ -56,8 +58,8 @@ static int neutral(const char *name, const cJSON *v)
 {
     if (!given(v)) return 1;
     if (!strcmp(name, "best_of") || !strcmp(name, "typical_p")) return cJSON_IsNumber(v) && v->valuedouble == 1;
-    if (!strcmp(name, "decoder_input_details") || !strcmp(name, "watermark")) return cJSON_IsFalse(v);
-    if (!strcmp(name, "frequency_penalty") || !strcmp(name, "top_n_tokens")) return cJSON_IsNumber(v) && v->valuedouble == 0;
+    if (!strcmp(name, "watermark")) return cJSON_IsFalse(v);
+    if (!strcmp(name, "frequency_penalty")) return cJSON_IsNumber(v) && v->valuedouble == 0;
     return 0; /* grammar, adapter_id */
 }
 
@@ -165,6 +167,9 @@ static api_err parse_parameters(const cJSON *p, const api_gen_limits *lim, api_g
     if ((rc = api__get_bool(p, "details", &req->details, err))) return rc;
     if ((rc = api__get_bool(p, "return_full_text", &req->return_full_text, err))) return rc;
     if ((rc = api__get_bool(p, "return_raw_bytes", &req->raw_bytes, err))) return rc;
+    if ((rc = api__get_num(p, "top_n_tokens", 0, 0, API_MAX_TOP_LOGPROBS, 1, &x, &set, err))) return rc;
+    if (set) req->top_n = (int)x;
+    if ((rc = api__get_bool(p, "decoder_input_details", &req->prompt_logprobs, err))) return rc;
     if ((rc = api__get_num(p, "truncate", 1, 0, 1e15, 1, &x, &set, err))) return rc;
     if (set && (size_t)x < req->prompts[0].len) { /* keep the end of the prompt, as TGI does */
         req->prompts[0].data += req->prompts[0].len - (size_t)x;
@@ -254,8 +259,17 @@ api_err api_parse_generate(const char *body, size_t len, const api_gen_limits *l
     req->stream = cJSON_IsTrue(stream);
     if ((rc = parse_parameters(cJSON_GetObjectItemCaseSensitive(root, "parameters"), lim, req, err)))
         goto fail;
+    if (req->prompt_logprobs && req->stream) { /* as TGI: the prefill is in details, which a stream's events lack */
+        rc = api_fail(err, API_E_VALIDATION, "\"decoder_input_details\" is not supported with a stream");
+        err->param = "decoder_input_details";
+        goto fail;
+    }
+    /* the generated tokens' log-probabilities: TGI shows them in details and in every stream
+     * event (/generate_stream sets the stream after parsing): always */
+    req->logprobs = 1;
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "parameters");
     if ((rc = api__parse_state(root, cJSON_IsObject(params) ? params : NULL, req, err))) goto fail;
+    if ((rc = api__check_prompt_logprobs(req, "decoder_input_details", err))) goto fail;
     if (req->prompts[0].len > lim->max_input_bytes) {
         rc = api_fail(err, API_E_INPUT_TOO_LONG, "the prompt has %zu bytes; max-input-bytes is %llu (or set \"truncate\")",
                       req->prompts[0].len, (unsigned long long)lim->max_input_bytes);
@@ -376,8 +390,10 @@ char *api_render_generate(const api_generate_req *req, const api_gen_result *res
         add_details(root, res);
         /* one token per byte: the text each completes (UTF-8 in stream order) */
         cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "details");
-        cJSON_AddItemToObject(d, "prefill", cJSON_CreateArray());
+        cJSON_AddItemToObject(d, "prefill", req->prompt_logprobs ? api__tgi_prefill(res, p->data, p->len)
+                                                                  : cJSON_CreateArray());
         cJSON *toks = cJSON_AddArrayToObject(d, "tokens");
+        cJSON *tops = req->top_n ? cJSON_AddArrayToObject(d, "top_tokens") : NULL; /* TGI: one list per token */
         api_utf8 u = {0};
         char t[API_UTF8_MAX_OUT(1)];
         for (size_t i = 0; i < res->out_len; i++) {
@@ -390,9 +406,10 @@ char *api_render_generate(const api_generate_req *req, const api_gen_result *res
                 cJSON_Delete(root);
                 return NULL;
             }
-            cJSON_AddNullToObject(tk, "logprob");
+            api__tgi_logprob(tk, &res->gen, i);
             cJSON_AddBoolToObject(tk, "special", 0);
             cJSON_AddItemToArray(toks, tk);
+            if (tops) cJSON_AddItemToArray(tops, api__tgi_top(res, &res->gen, i));
         }
     }
     if (req->raw_bytes) {
@@ -438,8 +455,14 @@ char *api_render_stream_token(const api_generate_req *req, const api_stream_toke
         cJSON_Delete(root);
         return NULL;
     }
-    cJSON_AddNullToObject(tk, "logprob");
+    /* the token's log-probability: entry index - 1 (the closing event of a stop or length, id -1,
+     * stands for no token) */
+    int has_lp = req->logprobs && t->lps && t->id >= 0;
+    api__tgi_logprob(tk, has_lp ? &t->lps->gen : &(api_logprobs){0}, has_lp ? t->index - 1 : 0);
     cJSON_AddBoolToObject(tk, "special", t->special);
+    if (req->top_n) /* TGI: at the event's top level, one entry per best token */
+        cJSON_AddItemToObject(root, "top_tokens", has_lp ? api__tgi_top(t->lps, &t->lps->gen, t->index - 1)
+                                                         : cJSON_CreateArray());
     if (req->raw_bytes) {
         char *b = api_base64_encode(t->bytes, t->bytes ? t->n_bytes : 0);
         if (!b) {

@@ -56,4 +56,21 @@ char *api__render_openai(const api_generate_req *req, const api_gen_result *res)
 char *api__render_openai_chunk(const api_generate_req *req, const api_stream_token *t, int *skip);
 char *api__render_openai_end(const api_generate_req *req, const api_gen_result *res);
 
+/* api/logprobs.c: log-probabilities in the answers (api_logprobs entries).
+ * TGI: a token's "logprob" (entry i of l, null when none), the "top_tokens" of entry i, and the
+ * prefill list (bos with a null logprob, then the prompt's bytes: res->prompt). */
+void api__tgi_logprob(cJSON *tk, const api_logprobs *l, size_t i);
+cJSON *api__tgi_top(const api_gen_result *r, const api_logprobs *l, size_t i);
+cJSON *api__tgi_prefill(const api_gen_result *r, const uint8_t *prompt, size_t len);
+/* OpenAI completions: {tokens, token_logprobs, top_logprobs, text_offset} of the prompt's
+ * bytes (prompt non-NULL: echo) then of generated tokens from..to (out[0] is token from's
+ * byte); text offsets start at off. */
+cJSON *api__completion_logprobs(const api_gen_result *r, const uint8_t *prompt, size_t prompt_len,
+                                const uint8_t *out, size_t from, size_t to, size_t off);
+/* OpenAI chat: {content: [{token, logprob, bytes, top_logprobs}], refusal: null} of generated
+ * tokens from..to (out[0] is token from's byte). */
+cJSON *api__chat_logprobs(const api_gen_result *r, const uint8_t *out, size_t from, size_t to);
+/* The prompt's log-probabilities (named by `field`) with a "state" to continue from: 422. */
+api_err api__check_prompt_logprobs(const api_generate_req *req, const char *field, api_error *err);
+
 #endif

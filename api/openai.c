@@ -13,7 +13,14 @@
  * the stop sequences, so that the model does not write the user's next turn. Content is a
  * string or a list of {"type": "text", "text"} parts.
  *
- * A field OpenAI defines but this server does not implement (logprobs, n > 1, tools, ...) is
+ * Log-probabilities (api/logprobs.c): completions' "logprobs": N (0..API_MAX_TOP_LOGPROBS; the
+ * legacy {tokens, token_logprobs, top_logprobs, text_offset}, with "echo" the prompt's bytes
+ * first, each scored after bos and the bytes before it, so none is null; "max_tokens": 0 with
+ * echo scores the prompt alone, as lm-evaluation-harness does), chat's "logprobs": true and
+ * "top_logprobs": N; in streams, each chunk carries its token's. The model's distribution,
+ * before the sampler (as OpenAI and vLLM report it).
+ *
+ * A field OpenAI defines but this server does not implement (n > 1, tools, ...) is
  * refused with 422 naming it, unless it holds the neutral value that clients send by default;
  * unknown fields are refused too. vLLM's extra sampling parameters top_k and
  * repetition_penalty are accepted (clients such as Hugging Face's pass them through). */
@@ -39,7 +46,7 @@ static const field COMPLETION_FIELDS[] = {
     {"stop", 1}, {"stream", 1}, {"stream_options", 1}, {"n", 1}, {"echo", 1}, {"user", 1},
     {"top_k", 1}, {"repetition_penalty", 1}, /* vLLM's extra sampling parameters */
     {"state", 1}, {"return_state", 1},       /* portable states (api/state.c) */
-    {"logprobs", 0}, {"best_of", 0}, {"presence_penalty", 0}, {"frequency_penalty", 0},
+    {"logprobs", 1}, {"best_of", 0}, {"presence_penalty", 0}, {"frequency_penalty", 0},
     {"logit_bias", 0}, {"suffix", 0}, {NULL, 0}};
 
 static const field CHAT_FIELDS[] = {
@@ -47,7 +54,7 @@ static const field CHAT_FIELDS[] = {
     {"top_p", 1}, {"seed", 1}, {"stop", 1}, {"stream", 1}, {"stream_options", 1}, {"n", 1}, {"user", 1},
     {"top_k", 1}, {"repetition_penalty", 1}, /* vLLM's extra sampling parameters */
     {"state", 1}, {"return_state", 1},       /* portable states (api/state.c) */
-    {"logprobs", 0}, {"top_logprobs", 0}, {"presence_penalty", 0}, {"frequency_penalty", 0},
+    {"logprobs", 1}, {"top_logprobs", 1}, {"presence_penalty", 0}, {"frequency_penalty", 0},
     {"logit_bias", 0}, {"tools", 0}, {"tool_choice", 0}, {"parallel_tool_calls", 0},
     {"response_format", 0}, {NULL, 0}};
 
@@ -55,9 +62,7 @@ static const field CHAT_FIELDS[] = {
 static int neutral(const char *name, const cJSON *v)
 {
     if (!api__given(v)) return 1;
-    if (!strcmp(name, "logprobs")) return cJSON_IsFalse(v);
     if (!strcmp(name, "best_of")) return cJSON_IsNumber(v) && v->valuedouble == 1;
-    if (!strcmp(name, "top_logprobs")) return cJSON_IsNumber(v) && v->valuedouble == 0;
     if (!strcmp(name, "presence_penalty") || !strcmp(name, "frequency_penalty"))
         return cJSON_IsNumber(v) && v->valuedouble == 0;
     if (!strcmp(name, "logit_bias")) return cJSON_IsObject(v) && !v->child;
@@ -104,7 +109,10 @@ static api_err parse_common(const cJSON *root, const api_gen_limits *lim, api_ge
         return api_fail(err, API_E_MODEL_NOT_FOUND, "the model \"%.128s\" does not exist; this server serves \"%.128s\" "
                         "(GET /v1/models)", model->valuestring, lim->model), err->param = "model", err->kind;
     req->max_new_tokens = 16 < lim->max_new_tokens ? 16 : lim->max_new_tokens; /* OpenAI's default */
-    if ((rc = api__get_num(root, max_name, 1, 0, lim->max_new_tokens, 1, &x, &set, err))) return rc;
+    /* 0 only with echo (completions): the prompt's log-probabilities and no new token */
+    int echo = 0;
+    if ((rc = api__get_bool(root, "echo", &echo, err))) return rc;
+    if ((rc = api__get_num(root, max_name, echo ? 0 : 1, 0, lim->max_new_tokens, 1, &x, &set, err))) return rc;
     if (set) req->max_new_tokens = (int)x;
     if ((rc = api__get_float(root, "temperature", 0, 0, 2, &req->temperature, &set, err))) return rc;
     if ((rc = api__get_float(root, "top_p", 0, 1, 1, &req->top_p, &set, err))) return rc;
@@ -157,6 +165,22 @@ api_err api_parse_completions(const char *body, size_t len, const api_gen_limits
     if (rc) goto fail;
     if ((rc = parse_common(root, lim, req, "max_tokens", err))) goto fail;
     if ((rc = api__get_bool(root, "echo", &req->return_full_text, err))) goto fail;
+    /* logprobs: null, false (clients' "none") or an integer 0..N: the best N and the chosen token */
+    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
+    if (api__given(lp) && !cJSON_IsFalse(lp)) {
+        double x;
+        int set;
+        if (!cJSON_IsNumber(lp)) {
+            rc = api_fail(err, API_E_VALIDATION, "\"logprobs\" must be an integer in [0, %d] (the best tokens to list "
+                          "per position) or null", API_MAX_TOP_LOGPROBS);
+            err->param = "logprobs";
+            goto fail;
+        }
+        if ((rc = api__get_num(root, "logprobs", 0, 0, API_MAX_TOP_LOGPROBS, 1, &x, &set, err))) goto fail;
+        req->logprobs = 1;
+        req->top_n = (int)x;
+        req->prompt_logprobs = req->return_full_text;
+    }
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     size_t n = cJSON_IsArray(p) ? (size_t)cJSON_GetArraySize(p) : 1;
     if (!api__given(p) || !(cJSON_IsString(p) || cJSON_IsArray(p)) || n == 0 || n > API_MAX_PROMPTS) {
@@ -182,6 +206,7 @@ api_err api_parse_completions(const char *body, size_t len, const api_gen_limits
     }
     req->n_prompts = n;
     if ((rc = api__parse_state(root, root, req, err))) goto fail;
+    if ((rc = api__check_prompt_logprobs(req, "logprobs", err))) goto fail;
     return API_OK;
 fail:
     api_generate_free(req);
@@ -244,6 +269,16 @@ api_err api_parse_chat(const char *body, size_t len, const api_gen_limits *lim, 
     const char *max_name = api__given(cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens"))
                                ? "max_completion_tokens" : "max_tokens";
     if ((rc = parse_common(root, lim, req, max_name, err))) goto fail;
+    if ((rc = api__get_bool(root, "logprobs", &req->logprobs, err))) goto fail;
+    double x;
+    int set;
+    if ((rc = api__get_num(root, "top_logprobs", 0, 0, API_MAX_TOP_LOGPROBS, 1, &x, &set, err))) goto fail;
+    if (set) req->top_n = (int)x;
+    if (req->top_n && !req->logprobs) { /* as OpenAI */
+        rc = api_fail(err, API_E_VALIDATION, "\"top_logprobs\" needs \"logprobs\": true");
+        err->param = "top_logprobs";
+        goto fail;
+    }
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
     if (!cJSON_IsArray(msgs) || !msgs->child) {
         rc = api_fail(err, API_E_VALIDATION, "\"messages\" must be a non-empty list");
@@ -338,7 +373,14 @@ char *api__render_openai(const api_generate_req *req, const api_gen_result *res)
             cJSON_Delete(root);
             return NULL;
         }
-        cJSON_AddNullToObject(c, "logprobs");
+        if (!req->logprobs) cJSON_AddNullToObject(c, "logprobs");
+        else if (!cJSON_AddItemToObject(c, "logprobs",
+                                        chat ? api__chat_logprobs(&res[i], res[i].out, 0, res[i].out_len)
+                                             : api__completion_logprobs(&res[i], req->prompt_logprobs ? p->data : NULL,
+                                                                        p->len, res[i].out, 0, res[i].out_len, 0))) {
+            cJSON_Delete(root);
+            return NULL;
+        }
         cJSON_AddStringToObject(c, "finish_reason", finish_reason(&res[i]));
         if (api__add_state(c, &res[i])) {
             cJSON_Delete(root);
@@ -353,8 +395,10 @@ char *api__render_openai_chunk(const api_generate_req *req, const api_stream_tok
 {
     int chat = req->format == API_FMT_CHAT;
     int echo = !chat && req->return_full_text && t->first; /* echo: the prompt comes first */
+    /* the token's log-probabilities go in its chunk, text or not (a byte inside a character) */
+    int has_lp = req->logprobs && t->lps && t->id >= 0 && t->id != t->lps->eos_id;
     /* nothing to say: no text, not a first chunk that names the role or echoes, not the end */
-    if (!t->text_len && !t->res && !(t->first && (chat || echo))) {
+    if (!t->text_len && !t->res && !(t->first && (chat || echo)) && !has_lp) {
         *skip = 1;
         return NULL;
     }
@@ -376,7 +420,22 @@ char *api__render_openai_chunk(const api_generate_req *req, const api_stream_tok
         cJSON_Delete(root);
         return NULL;
     }
-    cJSON_AddNullToObject(c, "logprobs");
+    if (!req->logprobs || (!has_lp && !echo)) {
+        cJSON_AddNullToObject(c, "logprobs");
+    } else {
+        uint8_t byte = t->bytes && t->n_bytes ? t->bytes[0] : 0;
+        size_t k = t->index - 1, to = has_lp ? k + 1 : k;
+        /* the echoed prompt's bytes (first chunk), then the token's */
+        cJSON *lp = chat ? api__chat_logprobs(t->lps, &byte, k, to)
+                         : api__completion_logprobs(t->lps, echo && req->prompt_logprobs ? p->data : NULL, p->len,
+                                                    &byte, k, to,
+                                                    echo && req->prompt_logprobs ? 0 : (req->return_full_text ? p->len : 0) + k);
+        if (!lp) {
+            cJSON_Delete(root);
+            return NULL;
+        }
+        cJSON_AddItemToObject(c, "logprobs", lp);
+    }
     if (t->res) cJSON_AddStringToObject(c, "finish_reason", finish_reason(t->res));
     else cJSON_AddNullToObject(c, "finish_reason");
     if (t->res && api__add_state(c, t->res)) {

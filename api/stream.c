@@ -17,7 +17,7 @@ static void emit(api_seq *s, int id, const uint8_t *bytes, size_t nb, const char
 {
     if (s->failed) return;
     s->index++;
-    api_stream_token t = {s->choice, s->index, s->index == 1, id, text, nt, bytes, nb, special, res};
+    api_stream_token t = {s->choice, s->index, s->index == 1, id, text, nt, bytes, nb, special, res, s->res};
     int skip = 0;
     char *ev = api_render_stream_token(s->req, &t, &skip);
     if (s->push(s->user, ev, skip, &t) || (!ev && !skip)) s->failed = 1;

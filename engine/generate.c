@@ -154,6 +154,64 @@ int luna_gen_continue(luna_gen *g, const luna_model *m, luna_gen_state *s, const
     return gen_start(g, m, s, logits, smp, prompt, len, p, emit, user, 1);
 }
 
+static int lp_ok(const luna_gen_lp *l, size_t need)
+{
+    return !l || (l->n_top >= 0 && l->n_top <= LUNA_GEN_MAX_TOP && l->cap >= need && (l->lp || !need) &&
+                  (l->n_top == 0 || !need || (l->top_ids && l->top_lps)));
+}
+
+int luna_gen_logprobs(luna_gen *g, luna_gen_lp *out, luna_gen_lp *prompt)
+{
+    /* the prompt's from bos on: a resumed or continued state has consumed some of it */
+    if (!g || !g->m || g->k > 0 || (prompt && g->bos_done) || !lp_ok(out, (size_t)g->p.max_new_tokens) ||
+        !lp_ok(prompt, g->len + 1))
+        return LUNA_EINVAL;
+    if (out && !(g->raw = malloc((size_t)luna_model_config(g->m)->vocab_size * sizeof(float)))) return LUNA_ENOMEM;
+    g->out_lp = out, g->prompt_lp = prompt;
+    return 0;
+}
+
+/* Records position i's log-probability of token (and its best tokens) from raw logits. */
+static int lp_record(const luna_gen_lp *l, size_t i, const float *logits, int V, int32_t token)
+{
+    int32_t *ids = l->n_top ? l->top_ids + i * (size_t)l->n_top : NULL;
+    double *lps = l->n_top ? l->top_lps + i * (size_t)l->n_top : NULL;
+    int got = luna_logprob_top(logits, V, token, &l->lp[i], l->n_top, ids, lps);
+    if (got < 0) return got;
+    for (int j = got; j < l->n_top; j++) ids[j] = -1, lps[j] = -INFINITY;
+    return 0;
+}
+
+/* The prefill of piece[0..n) at positions t.. with every row's logits: calls that end on the
+ * chunk boundaries; row r scores position t + r + 1; the last row becomes g->logits. */
+static int prefill_rows(luna_gen *g, luna_ctx *c, const int32_t *piece, size_t n)
+{
+    const luna_config *cfg = luna_model_config(g->m);
+    size_t V = (size_t)cfg->vocab_size, ch = (size_t)c->chunk;
+    if (g->rows_cap < ch) {
+        free(g->rows);
+        g->rows_cap = 0;
+        if (!(g->rows = malloc(ch * V * sizeof(float)))) return LUNA_ENOMEM; /* a request's size */
+        g->rows_cap = ch;
+    }
+    for (size_t done = 0; done < n;) {
+        size_t t = (size_t)luna_gen_state_tokens(g->state);
+        size_t take = ch - t % ch;
+        if (take > n - done) take = n - done;
+        int rc = luna_prefill(c, g->state, piece + done, take, g->rows, 1);
+        if (rc) return rc;
+        for (size_t r = 0; r < take; r++) {
+            size_t pos = t + r + 1; /* the position this row predicts */
+            if (pos >= g->len + 1) break;
+            rc = lp_record(g->prompt_lp, pos, g->rows + r * V, (int)V, cfg->byte_offset + g->prompt[pos - 1]);
+            if (rc) return rc;
+        }
+        done += take;
+        if (done == n) memcpy(g->logits, g->rows + (take - 1) * V, V * sizeof(float));
+    }
+    return 0;
+}
+
 int luna_gen_prefilling(const luna_gen *g) { return !g->done && !g->prefilled; }
 
 void luna_gen_fail(luna_gen *g, int rc)
@@ -180,9 +238,10 @@ long luna_gen_prefill(luna_gen *g, luna_ctx *c, size_t max_tokens)
     while (n < max_tokens && g->at < g->len) piece[n++] = cfg->byte_offset + g->prompt[g->at++];
     for (size_t i = 0; i < n; i++) luna_sampler_observe(g->smp, piece[i]);
     int last = g->at == g->len;
+    if (g->prompt_lp && !g->bos_done) g->prompt_lp->lp[0] = NAN; /* bos: nothing predicts it */
     /* every slice leaves its last row's distribution in g->logits (one row of the output
      * layer), so that a state stored after any slice comes with its next token's logits */
-    int rc = luna_prefill(c, g->state, piece, n, g->logits, 0);
+    int rc = g->prompt_lp ? prefill_rows(g, c, piece, n) : luna_prefill(c, g->state, piece, n, g->logits, 0);
     g->res.prompt_tokens = luna_gen_state_tokens(g->state);
     if (rc) {
         luna_gen_fail(g, rc);
@@ -202,8 +261,13 @@ int luna_gen_next(luna_gen *g, int32_t *token)
     if (g->done) return g->rc;
     if (!g->prefilled) return LUNA_EINVAL;
     const luna_config *cfg = luna_model_config(g->m);
+    if (g->out_lp) memcpy(g->raw, g->logits, (size_t)cfg->vocab_size * sizeof(float));
     ban_special(cfg, g->logits);
     int32_t tok = luna_sampler_sample(g->smp, g->logits);
+    if (tok >= 0 && g->out_lp) {
+        int rc = lp_record(g->out_lp, (size_t)g->k, g->raw, cfg->vocab_size, tok);
+        if (rc) tok = rc;
+    }
     if (tok < 0) {
         luna_gen_fail(g, tok);
         return tok;
@@ -256,7 +320,9 @@ int luna_gen_end(luna_gen *g, luna_gen_result *res)
     g->res.decode_seconds = g->prefilled ? t - g->t1 : 0;
     if (res) *res = g->res;
     free(g->logits);
-    g->logits = NULL;
+    free(g->raw);
+    free(g->rows);
+    g->logits = g->raw = g->rows = NULL;
     return rc;
 }
 

@@ -28,6 +28,7 @@
 #define LUNA_GEN_PREFILL_PIECE 4096 /* prompt tokens converted and prefilled per call */
 #define LUNA_GEN_MAX_STOPS 16       /* stop sequences per request */
 #define LUNA_GEN_MAX_STOP_LEN 256   /* bytes per stop sequence */
+#define LUNA_GEN_MAX_TOP 20         /* best tokens recorded per position (luna_gen_lp) */
 
 typedef enum {
     LUNA_FINISH_LENGTH = 0, /* max_new_tokens, or the model's max_positions */
@@ -79,6 +80,17 @@ int luna_generate(luna_ctx *c, luna_gen_state *s, luna_sampler *smp, const uint8
  * generation that luna_gen_next gave a token with one luna_step_batch, the rows' logits
  * copied (or written) into each g.logits: since a batched row is bit for bit a step alone,
  * the bytes are the same. */
+/* Log-probabilities that a generation records (luna_gen_logprobs), one entry per position:
+ * the model's own distribution (engine/luna.h: luna_logprob_top, raw logits: not after the
+ * sampler's temperature, penalty or bans). The caller owns the arrays. */
+typedef struct luna_gen_lp {
+    int n_top;        /* 0 .. LUNA_GEN_MAX_TOP best tokens per position */
+    size_t cap;       /* positions the arrays hold */
+    double *lp;       /* (cap) the position's token's log-probability (NAN: none, bos) */
+    int32_t *top_ids; /* (cap, n_top) best first; -1 past the last when fewer (-inf logits) */
+    double *top_lps;  /* (cap, n_top) */
+} luna_gen_lp;
+
 typedef struct luna_gen {
     luna_gen_state *state;       /* the generation's state (fresh at begin) */
     float *logits;               /* (vocab_size): the next token's, once the prompt is in */
@@ -96,6 +108,10 @@ typedef struct luna_gen {
     luna_gen_result res;
     struct luna_holdback { uint8_t buf[LUNA_GEN_MAX_STOP_LEN]; size_t len; } hold;
     double t0, t1;
+    luna_gen_lp *out_lp, *prompt_lp; /* luna_gen_logprobs: where to record, or NULL */
+    float *raw;                      /* (vocab) the logits before the sampler, with out_lp */
+    float *rows;                     /* (chunk, vocab) a prefill's rows, with prompt_lp */
+    size_t rows_cap;                 /* rows it holds */
 } luna_gen;
 
 /* Starts a generation on a fresh state s of model m. The prompt, params' stop sequences,
@@ -119,6 +135,22 @@ int luna_gen_resume(luna_gen *g, const luna_model *m, luna_gen_state *s, const f
  * output only). EINVAL (also a state with no tokens), ETASK, ENOMEM. */
 int luna_gen_continue(luna_gen *g, const luna_model *m, luna_gen_state *s, const float *logits, luna_sampler *smp,
                       const uint8_t *prompt, size_t len, const luna_gen_params *params, luna_emit_fn emit, void *user);
+/* Right after luna_gen_begin (or _resume, _continue): also record log-probabilities (either
+ * may be NULL; the prompt's only from a fresh state: luna_gen_begin).
+ *   out:    of each sampled token, by its 0-based index (eos included, as the last one when
+ *           the generation ends on it): cap >= max_new_tokens. Costs a copy of the logits
+ *           (vocab floats, allocated here) and one pass over them per token.
+ *   prompt: of each prompt position, bos first (lp NAN: nothing predicts it), then the
+ *           prompt's byte i at position i + 1: cap >= len + 1. The prefill then computes every
+ *           position's logits, one chunk of the context at a time (luna_prefill with `all`,
+ *           in calls that end on the chunk boundaries, so any slicing still gives the same
+ *           bits): chunk * vocab floats, luna_score_workspace_bytes, allocated at the first
+ *           prefill. The last row is then the first token's logits, which agree with those of
+ *           a prefill without prompt log-probabilities to float rounding (engine/luna.h,
+ *           luna_score), not bit for bit.
+ * The generation fails with the engine's error if the logits are not a distribution (NaN).
+ * EINVAL (n_top out of range, cap too small), ENOMEM. */
+int luna_gen_logprobs(luna_gen *g, luna_gen_lp *out, luna_gen_lp *prompt);
 /* Whether prompt tokens (bos first) remain to prefill. */
 int luna_gen_prefilling(const luna_gen *g);
 /* Prefills about max_tokens more of them with c (of the state's kind): the slice ends on a

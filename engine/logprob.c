@@ -106,8 +106,18 @@ size_t luna_score_workspace_bytes(const luna_ctx *c, size_t n)
     return rows * (size_t)c->m->cfg.vocab_size * sizeof(float);
 }
 
+/* token's log-probability into *lp, and whether it is the most likely one (ties: lower id) */
+static int score_one(const float *logits, int V, int32_t token, double *lp, int *top1)
+{
+    int32_t best = -1;
+    double best_lp;
+    int rc = luna_logprob_top(logits, V, token, lp, 1, &best, &best_lp);
+    *top1 = rc == 1 && best == token;
+    return rc < 0 ? rc : 0;
+}
+
 int luna_score(luna_ctx *c, luna_gen_state *s, const float *logits, const int32_t *tokens, size_t n,
-               double *per_token, double *total, float *next_logits)
+               double *per_token, double *total, float *next_logits, int *greedy)
 {
     if (!c || !s || !logits || !tokens || n == 0) return LUNA_EINVAL;
     const luna_config *cfg = &c->m->cfg;
@@ -120,7 +130,8 @@ int luna_score(luna_ctx *c, luna_gen_state *s, const float *logits, const int32_
     if (cfg->max_positions > 0 && (t > (uint64_t)cfg->max_positions || n > (uint64_t)cfg->max_positions - t))
         return LUNA_ETOOLONG;
     double lp, sum = 0.0;
-    int rc = luna_logprob_top(logits, V, tokens[0], &lp, 0, NULL, NULL);
+    int top1, all_top1;
+    int rc = score_one(logits, V, tokens[0], &lp, &all_top1);
     if (rc < 0) return rc;
     float *rows = malloc(luna_score_workspace_bytes(c, n)); /* a size from the request: may fail */
     if (!rows) return LUNA_ENOMEM;
@@ -136,8 +147,9 @@ int luna_score(luna_ctx *c, luna_gen_state *s, const float *logits, const int32_
         if (rc) break;
         /* row r is the distribution after token done + r, so it scores token done + r + 1 */
         for (size_t r = 0; r < take && done + r + 1 < n; r++) {
-            rc = luna_logprob_top(rows + r * (size_t)V, V, tokens[done + r + 1], &lp, 0, NULL, NULL);
+            rc = score_one(rows + r * (size_t)V, V, tokens[done + r + 1], &lp, &top1);
             if (rc < 0) break;
+            all_top1 &= top1;
             if (per_token) per_token[done + r + 1] = lp;
             sum += lp;
         }
@@ -149,5 +161,6 @@ int luna_score(luna_ctx *c, luna_gen_state *s, const float *logits, const int32_
     free(rows);
     if (rc < 0) return rc;
     if (total) *total = sum;
+    if (greedy) *greedy = all_top1;
     return 0;
 }

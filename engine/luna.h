@@ -350,7 +350,9 @@ int luna_logprob_top(const float *logits, int V, int32_t token, double *token_lp
  * echo-with-logprobs can go on generating (it is the last row of a prefill with `all`, which
  * agrees with a prefill without `all` to float rounding, not bit for bit: BLAS rounds a
  * product of one row and of many differently). For /score: prefill the prefix once, then for
- * each candidate luna_gen_state_copy it into a scratch state and score that.
+ * each candidate luna_gen_state_copy it into a scratch state and score that. *greedy (may be
+ * NULL) says whether every token was the most likely where it stood (luna_logprob_top's
+ * ranking: lm-evaluation-harness's is_greedy).
  * The tokens go through luna_prefill in slices that end on multiples of the context's chunk
  * length in absolute positions (as luna_gen_prefill's do), so the numbers do not depend on how
  * the tokens were split between calls at those boundaries. Allocates
@@ -358,7 +360,7 @@ int luna_logprob_top(const float *logits, int V, int32_t token, double *token_lp
  * a state of another model or kind), ETASK, ETOOLONG (t + n past max_positions; nothing is
  * consumed), ENOMEM, ECANCELED (s has then consumed part of the tokens: discard it). */
 int luna_score(luna_ctx *c, luna_gen_state *s, const float *logits, const int32_t *tokens, size_t n,
-               double *per_token, double *total, float *next_logits);
+               double *per_token, double *total, float *next_logits, int *greedy);
 size_t luna_score_workspace_bytes(const luna_ctx *c, size_t n); /* min(n, chunk) * vocab_size * 4 */
 
 #endif

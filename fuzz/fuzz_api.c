@@ -1,6 +1,7 @@
 /* fuzz_api.c - libFuzzer harness for the request side of api/: the input is a request body,
  * given to every parser the server has (api_parse_classify, api_classify_raw for a raw body,
- * api_parse_generate, api_parse_completions, api_parse_chat), as server/http.c gives it.
+ * api_parse_generate, api_parse_completions, api_parse_chat, api_parse_score), as
+ * server/http.c gives it.
  *
  * Checked beyond ASan/UBSan:
  *   - a refusal has an error kind whose status is 4xx (503 for a failed allocation: never a
@@ -125,6 +126,29 @@ static void fuzz_classify_raw(const uint8_t *body, size_t len)
     api_classify_free(&req);
 }
 
+/* n entries of fake log-probabilities with top best each, from seed; free_logprobs. */
+static api_logprobs fake_logprobs(int top, size_t n, size_t seed)
+{
+    double *lp = malloc(n * sizeof(double)), *tl = malloc(n * (size_t)top * sizeof(double) + 1);
+    int32_t *ti = malloc(n * (size_t)top * sizeof(int32_t) + 1);
+    FUZZ_CHECK(lp && tl && ti, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        size_t r = (seed + i) * 2654435761u;
+        lp[i] = i == 0 ? NAN : r % 11 == 0 ? -INFINITY : -(double)(r % 1000) / 97;
+        for (int k = 0; k < top; k++) {
+            size_t q = r + (size_t)k * 40503u;
+            ti[i * (size_t)top + (size_t)k] = q % 13 == 0 ? -1 : (int32_t)(q % 260);
+            tl[i * (size_t)top + (size_t)k] = q % 17 == 0 ? -INFINITY : -(double)(q % 500) / 31;
+        }
+    }
+    return (api_logprobs){lp, ti, tl, top};
+}
+
+static void free_logprobs(api_logprobs *l)
+{
+    free((void *)l->lp), free((void *)l->top_ids), free((void *)l->top_lps);
+}
+
 static void fuzz_generate(const char *body, size_t len, int which)
 {
     api_gen_limits lim = {MAX_INPUT, MAX_NEW, 16, "austen-lm"};
@@ -140,7 +164,11 @@ static void fuzz_generate(const char *body, size_t len, int which)
         return;
     }
     FUZZ_CHECK(req.n_prompts >= 1 && req.n_prompts <= API_MAX_PROMPTS, "n_prompts %zu", req.n_prompts);
-    FUZZ_CHECK(req.max_new_tokens >= 1 && req.max_new_tokens <= MAX_NEW, "max_new_tokens %d", req.max_new_tokens);
+    /* 0 only for a completion's echo (the prompt's log-probabilities alone) */
+    int least = req.format == API_FMT_COMPLETION && req.return_full_text ? 0 : 1;
+    FUZZ_CHECK(req.max_new_tokens >= least && req.max_new_tokens <= MAX_NEW, "max_new_tokens %d", req.max_new_tokens);
+    FUZZ_CHECK(req.top_n >= 0 && req.top_n <= API_MAX_TOP_LOGPROBS, "top_n %d", req.top_n);
+    FUZZ_CHECK(!req.prompt_logprobs || req.logprobs || req.format == API_FMT_TGI, "prompt logprobs without logprobs");
     FUZZ_CHECK(isfinite(req.temperature) && req.temperature >= 0, "temperature %g", req.temperature);
     FUZZ_CHECK(req.top_p > 0 && req.top_p <= 1, "top_p %g", req.top_p);
     FUZZ_CHECK(req.top_k >= 0, "top_k %d", req.top_k);
@@ -181,6 +209,11 @@ static void fuzz_generate(const char *body, size_t len, int which)
         res[i].has_seed = req.do_sample;
         res[i].seed = req.seed;
         res[i].byte_offset = 4;
+        res[i].bos_id = 0, res[i].eos_id = 1;
+        /* log-probabilities of every kind the engine records: numbers, -inf, NAN (bos), ids of
+         * bytes, of special tokens and -1 (no more) among the best */
+        if (req.logprobs) res[i].gen = fake_logprobs(req.top_n, (size_t)req.max_new_tokens + 1, len + i);
+        if (req.prompt_logprobs) res[i].prompt = fake_logprobs(req.top_n, req.prompts[i].len + 1, len * 3 + i);
         if (req.return_state) { /* a returned state: bytes of the body again (it is not checked here) */
             res[i].state = (const uint8_t *)body;
             res[i].state_len = len;
@@ -216,8 +249,46 @@ static void fuzz_generate(const char *body, size_t len, int which)
     fuzz_check_sse(se, 0, "a stream error");
     free(se);
 
+    for (size_t i = 0; i < req.n_prompts; i++) free_logprobs(&res[i].gen), free_logprobs(&res[i].prompt);
     free(res);
     api_generate_free(&req);
+}
+
+static void fuzz_score(const char *body, size_t len)
+{
+    api_limits lim = {MAX_INPUT, 0, "austen-lm"};
+    api_score_req req;
+    api_error err;
+    memset(&err, 0, sizeof err);
+    api_err rc = api_parse_score(body, len, &lim, &req, &err);
+    if (rc != API_OK) {
+        check_error(rc, &err);
+        return;
+    }
+    FUZZ_CHECK(req.n_candidates >= 1 && req.n_candidates <= API_MAX_CANDIDATES, "%zu candidates", req.n_candidates);
+    FUZZ_CHECK(req.prefix.len + req.longest <= MAX_INPUT && req.candidate_bytes <= MAX_INPUT, "past max-input-bytes");
+    fuzz_touch(req.prefix.data, req.prefix.len);
+    size_t sum = 0;
+    api_score_result *res = calloc(req.n_candidates, sizeof *res);
+    double *per = malloc((req.candidate_bytes + 1) * sizeof(double));
+    FUZZ_CHECK(res && per, "out of memory");
+    for (size_t i = 0; i < req.n_candidates; i++) {
+        FUZZ_CHECK(req.candidates[i].len >= 1 && req.candidates[i].len <= req.longest, "candidate %zu: %zu bytes", i,
+                   req.candidates[i].len);
+        fuzz_touch(req.candidates[i].data, req.candidates[i].len);
+        res[i] = (api_score_result){0, per + sum, req.candidates[i].len, (int)(i & 1)};
+        for (size_t k = 0; k < req.candidates[i].len; k++)
+            per[sum + k] = k % 5 == 4 ? -INFINITY : -(double)req.candidates[i].data[k] / 7;
+        sum += req.candidates[i].len;
+    }
+    FUZZ_CHECK(sum == req.candidate_bytes, "candidate bytes %zu, counted %zu", req.candidate_bytes, sum);
+    char *s = api_render_score(&req, res, "austen-lm", req.prefix.len + 1);
+    cJSON *j = fuzz_json_doc(s, "the score answer");
+    cJSON_Delete(j);
+    free(s);
+    free(per);
+    free(res);
+    api_score_free(&req);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -232,6 +303,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_generate(body, size, 0);
     fuzz_generate(body, size, 1);
     fuzz_generate(body, size, 2);
+    fuzz_score(body, size);
     free(body);
     return 0;
 }

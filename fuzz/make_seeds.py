@@ -62,6 +62,15 @@ API = {
         {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": " \u2603"}]}],
         "max_completion_tokens": 16, "tools": [], "tool_choice": "none", "parallel_tool_calls": False,
         "response_format": {"type": "text"}, "top_logprobs": 0, "stream": False},
+    # log-probabilities and /score (issue 26)
+    "generate_logprobs": {"inputs": "ab\u00e9", "parameters": {"details": True, "top_n_tokens": 3,
+                                                           "decoder_input_details": True}},
+    "completions_echo_logprobs": {"prompt": ["a\u0080b", "cd"], "max_tokens": 0, "echo": True, "logprobs": 2,
+                                  "stream": True},
+    "chat_logprobs": {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 20,
+                      "stream": True},
+    "score": {"prefix": "It is", "candidates": [" a", " the"], "token_logprobs": True, "model": "austen-lm"},
+    "score_b64": {"prefix_base64": "AP8=", "candidates_base64": ["AA==", "/w=="], "token_logprobs": False},
 }
 RAW_API = {
     "empty": "",

@@ -25,6 +25,95 @@ static int push_event(void *user, const char *ev, int skip, const api_stream_tok
 
 static int on_bytes(void *user, const uint8_t *b, size_t n) { return api_seq_bytes(user, b, n); }
 
+/* ---- log-probabilities ------------------------------------------------------------------------ */
+
+_Static_assert(API_MAX_TOP_LOGPROBS <= LUNA_GEN_MAX_TOP, "the engine records the best tokens the API lists");
+/* Per entry and per best token: its cJSON tree while the answer is rendered (an object of
+ * four members: five nodes and their strings) and its text; and in a stream's unread events
+ * (http.c adds it to the stream's limit: an echo's first chunk carries the whole prompt's). */
+#define LP_RENDER_BYTES 512
+#define LP_EVENT_BYTES 128
+
+/* Entries of prompt c: generated tokens, prompt positions (bos + bytes); best tokens of each. */
+static size_t lp_gen_n(const api_generate_req *q) { return q->logprobs ? (size_t)q->max_new_tokens : 0; }
+static size_t lp_prompt_n(const api_generate_req *q, size_t c) { return q->prompt_logprobs ? q->prompts[c].len + 1 : 0; }
+static int lp_prompt_top(const api_generate_req *q) { return q->format == API_FMT_TGI ? 0 : q->top_n; }
+static size_t lp_entry_bytes(int top) { return sizeof(double) + (size_t)top * (sizeof(int32_t) + sizeof(double)); }
+
+/* Entries of the whole request, each weighted by 1 + its best tokens. */
+static uint64_t lp_weighted(const api_generate_req *req)
+{
+    uint64_t w = 0;
+    for (size_t c = 0; c < req->n_prompts; c++)
+        w += lp_gen_n(req) * (1 + (uint64_t)req->top_n) + lp_prompt_n(req, c) * (1 + (uint64_t)lp_prompt_top(req));
+    return w;
+}
+
+uint64_t srv_gen_lp_stream_bytes(const api_generate_req *req) { return req->stream ? lp_weighted(req) * LP_EVENT_BYTES : 0; }
+
+uint64_t srv_gen_lp_bytes(const srv_app *app, const api_generate_req *req)
+{
+    if (!req->logprobs && !req->prompt_logprobs) return 0;
+    uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size, b = 0, longest = 0;
+    for (size_t c = 0; c < req->n_prompts; c++) {
+        uint64_t p = lp_prompt_n(req, c);
+        b += lp_gen_n(req) * lp_entry_bytes(req->top_n) + p * lp_entry_bytes(lp_prompt_top(req));
+        if (p > longest) longest = p;
+    }
+    b += lp_weighted(req) * LP_RENDER_BYTES + srv_gen_lp_stream_bytes(req);
+    uint64_t rows = app->batch ? (uint64_t)app->cfg.max_batch : 1; /* prompts prefilling at once, at most */
+    if (rows > (req->n_prompts ? req->n_prompts : 1)) rows = req->n_prompts ? req->n_prompts : 1;
+    /* the copy of each row's logits, and a prefill chunk's rows of every position's logits */
+    return b + rows * V * 4 + (req->prompt_logprobs ? rows * (longest < SRV_PREFILL_CHUNK ? longest : SRV_PREFILL_CHUNK) * V * 4 : 0);
+}
+
+/* Lays n entries of `top` best tokens out at *at (doubles first, then ids: aligned). */
+static luna_gen_lp lp_layout(char **at, size_t n, int top)
+{
+    luna_gen_lp l = {.n_top = top, .cap = n};
+    l.lp = (double *)*at, *at += n * sizeof(double);
+    l.top_lps = (double *)*at, *at += n * (size_t)top * sizeof(double);
+    l.top_ids = (int32_t *)*at, *at += n * (size_t)top * sizeof(int32_t);
+    return l;
+}
+
+int srv_gen_lp_new(srv_job *job)
+{
+    const api_generate_req *q = job->generate;
+    if (!q->logprobs && !q->prompt_logprobs) return 0;
+    if (!(job->lps = calloc(q->n_prompts, sizeof *job->lps))) return -1;
+    for (size_t c = 0; c < q->n_prompts; c++) {
+        struct srv_gen_lps *l = &job->lps[c];
+        size_t g = lp_gen_n(q), p = lp_prompt_n(q, c);
+        l->mem = malloc(g * lp_entry_bytes(q->top_n) + p * lp_entry_bytes(lp_prompt_top(q)) + 1); /* a request's size */
+        if (!l->mem) return -1;
+        char *at = l->mem;
+        l->gen = lp_layout(&at, g, q->top_n);
+        l->prompt = lp_layout(&at, p, lp_prompt_top(q));
+    }
+    return 0;
+}
+
+void srv_gen_lp_free(srv_job *job)
+{
+    for (size_t c = 0; job->lps && c < job->generate->n_prompts; c++) free(job->lps[c].mem);
+    free(job->lps);
+    job->lps = NULL;
+}
+
+/* After luna_gen_begin: prompt c's generation records what its request asks for. */
+static int gen_logprobs(srv_job *job, size_t c, luna_gen *g)
+{
+    const api_generate_req *q = job->generate;
+    if (!job->lps) return 0;
+    return luna_gen_logprobs(g, q->logprobs ? &job->lps[c].gen : NULL, q->prompt_logprobs ? &job->lps[c].prompt : NULL);
+}
+
+static api_logprobs lp_view(const luna_gen_lp *l)
+{
+    return (api_logprobs){l->cap ? l->lp : NULL, l->top_ids, l->top_lps, l->n_top};
+}
+
 /* The job's seed: the request's, or one from the OS when it samples without one (reported
  * back, so the answer can be reproduced). */
 static void gen_seed(srv_job *job)
@@ -47,6 +136,13 @@ static void gen_params(const srv_job *job, luna_sampling *sp, luna_gen_params *g
     for (int i = 0; i < q->n_stop; i++) gp->stop[i] = q->stop[i], gp->stop_len[i] = q->stop_len[i];
 }
 
+/* Whether prompt c's generation uses the state cache: not a continued prompt (the cache's
+ * states start at bos, and the context is not the prompt), nor one whose prompt's
+ * log-probabilities are asked for (they need every position's logits from bos, and those
+ * slices' logits round otherwise than a plain prefill's: stored, they would change the bytes
+ * of a later hit). */
+static int uses_cache(const srv_job *job) { return !job->cont && !job->generate->prompt_logprobs; }
+
 /* Before the first prefill slice of prompt c (g begun on a fresh state): when the state cache
  * holds a prefix of the prompt, g goes on from a copy of it instead (luna_gen_resume), with
  * the same bytes to come. *pin receives the cache's entry. A failure fails g. */
@@ -63,6 +159,7 @@ static void cache_resume(srv_app *app, srv_job *job, size_t c, luna_gen *g, luna
         luna_gen_state *st = g->state;
         luna_gen_end(g, NULL); /* nothing was prefilled or emitted yet */
         int rc = luna_gen_resume(g, app->generator, st, logits, smp, pr->data, pr->len, &gp, on_bytes, ev);
+        if (!rc) rc = gen_logprobs(job, c, g); /* the generated tokens' (the prompt's never come here) */
         if (rc) luna_gen_fail(g, rc);
     }
     free(logits);
@@ -74,7 +171,7 @@ static long prefill_slice(srv_app *app, luna_ctx *ctx, srv_job *job, size_t c, l
                           size_t max_tokens)
 {
     const api_doc *pr = &job->generate->prompts[c];
-    srv_cache *cache = job->cont ? NULL : app->cache; /* a continued prompt is not its context */
+    srv_cache *cache = uses_cache(job) ? app->cache : NULL;
     uint64_t t = luna_gen_state_tokens(g->state);
     size_t stop = srv_cache_next_stop(cache, t, pr->len);
     if (stop - t < max_tokens) max_tokens = stop - t;
@@ -92,11 +189,12 @@ static int gen_start(srv_app *app, srv_job *job, size_t c, luna_gen *g, luna_gen
     luna_sampling sp;
     luna_gen_params gp;
     gen_params(job, &sp, &gp);
-    if (!job->cont) return luna_gen_begin(g, app->generator, st, smp, pr->data, pr->len, &gp, on_bytes, ev);
-    int rc = luna_gen_state_copy(st, job->cont);
-    if (!rc)
+    int rc = job->cont ? luna_gen_state_copy(st, job->cont) : 0;
+    if (!rc && !job->cont) rc = luna_gen_begin(g, app->generator, st, smp, pr->data, pr->len, &gp, on_bytes, ev);
+    else if (!rc)
         rc = luna_gen_continue(g, app->generator, st, job->cont_has_logits ? job->cont_logits : NULL, smp, pr->data,
                                pr->len, &gp, on_bytes, ev);
+    if (!rc && (rc = gen_logprobs(job, c, g)) != 0) luna_gen_end(g, NULL); /* the log-probabilities asked for */
     return rc;
 }
 
@@ -143,6 +241,8 @@ static void choice_begin(srv_app *app, srv_job *job, size_t c, api_seq *ev)
     res->byte_offset = cfg->byte_offset;
     res->has_seed = job->generate->do_sample;
     res->seed = job->seed;
+    res->bos_id = cfg->bos_id, res->eos_id = cfg->eos_id;
+    if (job->lps) res->gen = lp_view(&job->lps[c].gen), res->prompt = lp_view(&job->lps[c].prompt);
     api_seq_init(ev, job->generate, c, res, cfg->byte_offset, cfg->eos_id, job->stream ? push_event : NULL, job);
 }
 
@@ -223,7 +323,7 @@ int srv_gen_run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job
         uint64_t reused = 0;
         rc = gen_start(app, job, c, &g, state, smp, &ev);
         if (!rc) {
-            if (!job->cont) cache_resume(app, job, c, &g, smp, &ev, &pin);
+            if (uses_cache(job)) cache_resume(app, job, c, &g, smp, &ev, &pin);
             reused = job->cont ? 0 : luna_gen_state_tokens(state);
             while (luna_gen_prefilling(&g)) prefill_slice(app, ctx, job, c, &g, &pin, LUNA_GEN_PREFILL_PIECE);
             int32_t tok;
@@ -343,7 +443,7 @@ static void seq_start(srv_app *app, srv_job *job)
         s->choice = c;
         choice_begin(app, job, c, &s->ev);
         rc = gen_start(app, job, c, &s->g, s->state, s->smp, &s->ev);
-        s->looked_up = job->cont != NULL; /* a continued prompt is not looked up in the cache */
+        s->looked_up = !uses_cache(job); /* not looked up in the cache: see uses_cache */
     }
     if (rc) {
         if (s) {

@@ -30,6 +30,13 @@
 
 typedef enum { SEQ_PREFILL = 0, SEQ_DECODE, SEQ_DONE } srv_seq_phase;
 
+/* One prompt's log-probabilities (api/api.h: api_logprobs), recorded by the engine. */
+struct srv_gen_lps {
+    luna_gen_lp gen;    /* (max_new_tokens) entries, with the request's logprobs */
+    luna_gen_lp prompt; /* (prompt bytes + 1) entries, with its prompt_logprobs */
+    void *mem;          /* the arrays, one block */
+};
+
 typedef struct srv_seq srv_seq;
 struct srv_seq {
     srv_job *job;

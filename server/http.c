@@ -83,6 +83,7 @@ typedef struct {
     const char *url;     /* the request's path (MHD's, valid while the request lives) */
     api_classify_req creq;
     api_generate_req greq;
+    api_score_req sreq;
     srv_job job;
     srv_stream stream;   /* job.stream points here when the answer streams */
     int inflight;        /* counted in luna_inflight_requests */
@@ -190,10 +191,14 @@ static void free_req(http_req *r)
     atomic_fetch_sub(&r->app->http->bodies, r->held);
     if (r->early) MHD_destroy_response(r->early);
     api_classify_free(&r->creq);
+    if (r->job.generate) srv_gen_lp_free(&r->job); /* before the request: its prompt count */
     for (size_t i = 0; r->job.gres && i < r->greq.n_prompts; i++) free((void *)r->job.gres[i].state);
     api_generate_free(&r->greq);
     luna_gen_state_free(r->job.cont);
     free(r->job.cont_logits);
+    api_score_free(&r->sreq);
+    free(r->job.sres);
+    free(r->job.score_lp);
     free(r->job.scores);
     free(r->job.out);
     free(r->job.gres);
@@ -531,12 +536,13 @@ static const route ROUTES[] = {
     {"/classify", "POST", EP_CLASSIFY, 0}, {"/predict", "POST", EP_CLASSIFY, 0},
     {"/generate", "POST", EP_GENERATE, 0}, {"/generate_stream", "POST", EP_GENERATE, 0},
     {"/v1/completions", "POST", EP_COMPLETIONS, 0}, {"/v1/chat/completions", "POST", EP_CHAT, 0},
-    {"/v1/models", "GET", EP_MODELS, 0},
+    {"/v1/models", "GET", EP_MODELS, 0}, {"/score", "POST", EP_SCORE, 0},
     /* the playground: public, since it asks for the API key itself */
     {"/", "GET", EP_PAGE, 1}, {"/app.js", "GET", EP_PAGE, 1}, {"/app.css", "GET", EP_PAGE, 1},
 };
 
 static int generates(srv_endpoint ep) { return ep == EP_GENERATE || ep == EP_COMPLETIONS || ep == EP_CHAT; }
+static int uses_lm(srv_endpoint ep) { return generates(ep) || ep == EP_SCORE; } /* the generator */
 
 /* A model's id in OpenAI's and vLLM's answers: its directory's base name. */
 static void model_id(const char *dir, char *out, size_t n)
@@ -651,7 +657,7 @@ static void log_request(srv_app *app, http_req *r)
         if (k != API_OK) stream_error = api_err_type(k);
     }
     srv_metrics_request(&app->metrics, r->ep, status, r->done_dt);
-    if (r->ep == EP_CLASSIFY || generates(r->ep) || status >= 400) {
+    if (r->ep == EP_CLASSIFY || uses_lm(r->ep) || status >= 400) {
         double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
         char plan[64] = "";
         if (j->kind == JOB_CLASSIFY && j->t_end > 0 && j->rc == 0)
@@ -755,6 +761,11 @@ static enum MHD_Result answer_job(http_req *r)
     srv_job *job = &r->job;
     if (job->rc == 0 && job->kind == JOB_GENERATE)
         return respond(r, 200, "application/json", api_render_generate(&r->greq, job->gres), NULL);
+    if (job->rc == 0 && job->kind == JOB_SCORE) {
+        char model[256];
+        model_id(app->cfg.generate_model, model, sizeof model);
+        return respond(r, 200, "application/json", api_render_score(&r->sreq, job->sres, model, job->prefix_tokens), NULL);
+    }
     if (job->rc == 0) {
         const luna_config *cfg = luna_model_config(app->classifier);
         char id[96], model[256];
@@ -826,6 +837,17 @@ static enum MHD_Result submit(http_req *r)
     return MHD_YES;
 }
 
+/* Sets 413 input_too_long when `tokens` pass the generator's max_positions ("<what> N tokens"). */
+static int past_max_positions(http_req *r, const luna_config *cfg, uint64_t tokens, const char *what)
+{
+    if (cfg->max_positions <= 0 || tokens <= (uint64_t)cfg->max_positions) return 0;
+    api_fail(&r->err, API_E_INPUT_TOO_LONG, "%s %llu tokens; the model accepts %d", what, (unsigned long long)tokens,
+             cfg->max_positions);
+    r->err.extra_key[0] = "max_tokens";
+    r->err.extra_val[0] = cfg->max_positions;
+    return 1;
+}
+
 /* The request's "state": imported into the job (checked whole first: a state that is not one
  * of this model's, or is damaged in any way, is a 422 naming the fault). */
 static api_err import_state(http_req *r)
@@ -865,19 +887,18 @@ static enum MHD_Result start_generate(http_req *r)
     if (rc != API_OK) return respond_error(r, NULL);
     parsed(r); /* the parsed request holds what it needs */
     r->greq.stream |= r->stream_route;
+    if (r->greq.stream && r->greq.prompt_logprobs && r->greq.format == API_FMT_TGI) { /* as TGI */
+        api_fail(&r->err, API_E_VALIDATION, "\"decoder_input_details\" is not supported with a stream");
+        r->err.param = "decoder_input_details";
+        return respond_error(r, NULL);
+    }
     api_generate_set_meta(&r->greq, model, r->request_id, (long long)time(NULL));
     if (r->greq.state && import_state(r) != API_OK) return respond_error(r, NULL);
     uint64_t prompt_tokens = 0;
     for (size_t i = 0; i < r->greq.n_prompts; i++) {
         /* bos, or the imported state's context */
         uint64_t tokens = (uint64_t)r->greq.prompts[i].len + (r->job.cont ? luna_gen_state_tokens(r->job.cont) : 1);
-        if (cfg->max_positions > 0 && tokens > (uint64_t)cfg->max_positions) {
-            api_fail(&r->err, API_E_INPUT_TOO_LONG, "the prompt is %llu tokens; the model accepts %d",
-                     (unsigned long long)tokens, cfg->max_positions);
-            r->err.extra_key[0] = "max_tokens";
-            r->err.extra_val[0] = cfg->max_positions;
-            return respond_error(r, NULL);
-        }
+        if (past_max_positions(r, cfg, tokens, "the prompt is")) return respond_error(r, NULL);
         srv_metrics_input_bytes(&app->metrics, r->greq.prompts[i].len);
         prompt_tokens += tokens;
     }
@@ -886,7 +907,8 @@ static enum MHD_Result start_generate(http_req *r)
      * take); against the client's X-Request-Timeout the deadline is too short: 504, the answer
      * the deadline would have given, without spending the cores first. */
     double rate = srv_prefill_rate(app);
-    if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout && app->cache)
+    if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout && app->cache &&
+        !r->greq.prompt_logprobs) /* which does not use the cache (batch.c: uses_cache) */
         for (size_t i = 0; i < r->greq.n_prompts; i++) /* what the state cache holds is not prefilled again */
             prompt_tokens -= srv_cache_peek(app->cache, r->greq.prompts[i].data, r->greq.prompts[i].len);
     if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout) {
@@ -909,18 +931,46 @@ static enum MHD_Result start_generate(http_req *r)
     if (over_budget(r, reserve)) return respond_error(r, NULL);
     srv_job *job = &r->job;
     job->min_reserve = reserve; /* a generation's reservation is fixed */
-    job->out = malloc(r->greq.n_prompts * (size_t)r->greq.max_new_tokens);
+    job->out = malloc(r->greq.n_prompts * (size_t)r->greq.max_new_tokens + 1); /* max_tokens 0 with echo */
     job->gres = calloc(r->greq.n_prompts, sizeof *job->gres);
-    if (!job->out || !job->gres) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
     job->kind = JOB_GENERATE;
     job->generate = &r->greq;
+    if (!job->out || !job->gres || srv_gen_lp_new(job)) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
     luna_model_id_hex(app->generator, job->model_id);
     job->reserve = reserve;
     if (r->greq.stream) {
-        r->stream.limit = srv_stream_limit(r->greq.n_prompts, (size_t)r->greq.max_new_tokens);
+        r->stream.limit = srv_stream_limit(r->greq.n_prompts, (size_t)r->greq.max_new_tokens) +
+                          srv_gen_lp_stream_bytes(&r->greq); /* reserved with the rest */
         job->stream = &r->stream;
         job->on_stream = on_stream;
     }
+    return submit(r);
+}
+
+/* POST /score: parse, admit, queue (a worker job, as a classification). */
+static enum MHD_Result start_score(http_req *r)
+{
+    srv_app *app = r->app;
+    const luna_config *cfg = luna_model_config(app->generator);
+    char model[256];
+    model_id(app->cfg.generate_model, model, sizeof model);
+    api_limits lim = {app->cfg.max_input_bytes, 0, model};
+    if (api_parse_score(r->body ? r->body : "", r->body_len, &lim, &r->sreq, &r->err) != API_OK)
+        return respond_error(r, NULL);
+    parsed(r); /* the parsed request holds what it needs */
+    uint64_t tokens = (uint64_t)r->sreq.prefix.len + 1 + r->sreq.longest; /* bos */
+    if (past_max_positions(r, cfg, tokens, "the prefix and its longest candidate are")) return respond_error(r, NULL);
+    srv_metrics_input_bytes(&app->metrics, r->sreq.prefix.len + r->sreq.candidate_bytes);
+    uint64_t reserve = srv_score_reservation(app, &r->sreq);
+    if (over_budget(r, reserve)) return respond_error(r, NULL);
+    srv_job *job = &r->job;
+    job->min_reserve = reserve;
+    job->sres = calloc(r->sreq.n_candidates, sizeof *job->sres);
+    job->score_lp = malloc(r->sreq.candidate_bytes * sizeof(double)); /* a request's size: may fail */
+    if (!job->sres || !job->score_lp) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
+    job->kind = JOB_SCORE;
+    job->score = &r->sreq;
+    job->reserve = reserve;
     return submit(r);
 }
 
@@ -1079,7 +1129,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             srv_metrics_reject(&app->metrics, REJ_DRAINING);
             return fail(r, API_E_SHUTTING_DOWN, "%s", "the server is shutting down; retry on another replica");
         }
-        if (generates(r->ep) && !app->generator)
+        if (uses_lm(r->ep) && !app->generator)
             return fail(r, API_E_NO_MODEL, "%s", "no generation model is loaded");
         if (r->ep == EP_CLASSIFY && !app->classifier)
             return fail(r, API_E_NO_MODEL, "%s", "no classification model is loaded");
@@ -1188,7 +1238,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         srv_guard_conn_phase(guard, r->clock, CONN_BUSY);
         if (r->err.kind) return respond_error(r, NULL);
         if ((generates(r->ep) || !r->raw) && hold_parse(r)) return respond_error(r, NULL);
-        return generates(r->ep) ? start_generate(r) : start_classify(r);
+        return generates(r->ep) ? start_generate(r) : r->ep == EP_SCORE ? start_score(r) : start_classify(r);
     }
     if (r->ph == PH_QUEUED && r->job.stream) {
         pthread_mutex_lock(&r->stream.lock);

@@ -8,7 +8,7 @@
 
 const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS] = {"classify", "generate", "health", "ready", "info",
                                                    "metrics", "other", "preflight", "completions",
-                                                   "chat_completions", "models", "page"};
+                                                   "chat_completions", "models", "page", "score"};
 static const char *const REJ_NAMES[SRV_N_REJECTIONS] = {"queue_full", "memory", "draining", "deadline", "client_limit", "prefill_time"};
 static const char *const CUT_REASONS[4] = {"request_line_timeout", "head_timeout", "body_too_slow", "client_gone"};
 
@@ -57,7 +57,7 @@ void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int code, double secon
     while (c < m->n_codes && m->codes[c] != code) c++;
     if (c == m->n_codes && c < SRV_N_CODES) m->codes[m->n_codes++] = code;
     if (c < SRV_N_CODES) m->requests[ep][c]++;
-    if (ep == EP_CLASSIFY || ep == EP_GENERATE || ep == EP_COMPLETIONS || ep == EP_CHAT)
+    if (ep == EP_CLASSIFY || ep == EP_GENERATE || ep == EP_COMPLETIONS || ep == EP_CHAT || ep == EP_SCORE)
         hist_add(&m->duration, seconds);
     pthread_mutex_unlock(&m->lock);
 }

@@ -14,7 +14,7 @@
 /* The server's version: /info, luna_build_info, and api/openapi.yaml's info.version. */
 #define LUNASERVE_VERSION "0.1.0"
 
-#define SRV_N_ENDPOINTS 12
+#define SRV_N_ENDPOINTS 13
 #define SRV_N_CODES 16
 #define SRV_N_BUCKETS 16
 #define SRV_N_REJECTIONS 6
@@ -53,7 +53,7 @@ typedef struct {
 
 typedef enum {
     EP_CLASSIFY = 0, EP_GENERATE, EP_HEALTH, EP_READY, EP_INFO, EP_METRICS, EP_OTHER, EP_PREFLIGHT,
-    EP_COMPLETIONS, EP_CHAT, EP_MODELS, EP_PAGE
+    EP_COMPLETIONS, EP_CHAT, EP_MODELS, EP_PAGE, EP_SCORE
 } srv_endpoint;
 /* The endpoint label of metrics and logs. */
 extern const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS];

@@ -144,6 +144,12 @@ static luna_ctx_opts worker_ctx_opts(int generator)
     return co;
 }
 
+uint64_t srv_worker_gctx_bytes(const srv_app *app)
+{
+    luna_ctx_opts gco = worker_ctx_opts(1);
+    return (uint64_t)luna_ctx_bytes(app->generator, &gco);
+}
+
 uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
 {
     luna_ctx_opts gco = worker_ctx_opts(1); /* alone, the job runs on a worker's context */
@@ -166,7 +172,8 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
     uint64_t out_state = req->return_state ? 3 * (uint64_t)luna_gen_state_export_bytes(app->generator, 1) : 0;
     return rows * (sb + V * 17) + in_state +
            (app->batch ? 0 : (uint64_t)luna_ctx_bytes(app->generator, &gco)) +
-           prompts * (n * 4 + out_state + (req->stream ? srv_stream_limit(1, (size_t)n) : 0));
+           prompts * (n * 4 + out_state + (req->stream ? srv_stream_limit(1, (size_t)n) : 0)) +
+           srv_gen_lp_bytes(app, req);
 }
 
 uint64_t srv_min_reservation(const srv_app *app)
@@ -284,11 +291,13 @@ static void worker_main(void *arg)
         } else if (task == TASK_STEP) {
             srv_batch_run_step(app);
         } else {
-            luna_ctx *ctx = job->kind == JOB_GENERATE ? w->gctx : w->ctx;
+            luna_ctx *ctx = job->kind == JOB_CLASSIFY ? w->ctx : w->gctx;
             luna_ctx_set_cancel(ctx, &job->cancel);
             job->lanes = luna_ctx_set_lanes(ctx, job->lanes);
             if (atomic_load(&job->cancel)) job->rc = LUNA_ECANCELED;
-            else job->rc = job->kind == JOB_GENERATE ? srv_gen_run(app, w->gctx, w->gstate, job) : run_classify(w, job);
+            else job->rc = job->kind == JOB_GENERATE ? srv_gen_run(app, w->gctx, w->gstate, job)
+                           : job->kind == JOB_SCORE  ? srv_score_run(app, w->gctx, w->gstate, job)
+                                                     : run_classify(w, job);
             luna_ctx_set_cancel(ctx, NULL);
             job->t_end = srv_now();
         }

@@ -124,5 +124,50 @@ await check("huggingface chatCompletionStream", async () => {
   assert(got === content, `${JSON.stringify(got)} vs ${JSON.stringify(content)}`);
 });
 
+// ---- log-probabilities (issue 26): what lm-evaluation-harness and the clients' users ask ----
+
+const near = (a, b, tol = 1e-4) => typeof a === "number" && Math.abs(a - b) <= tol;
+
+await check("openai completions.create, echo + logprobs + max_tokens 0 (lm-eval loglikelihood)", async () => {
+  const r = await openai.completions.create({ model: modelId, prompt, max_tokens: 0, echo: true, logprobs: 1, temperature: 0 });
+  const lp = r.choices[0].logprobs;
+  assert(r.choices[0].text === prompt && lp.tokens.join("") === prompt, JSON.stringify(r.choices[0]));
+  assert(lp.token_logprobs.length === prompt.length && lp.token_logprobs.every((v) => v < 0), JSON.stringify(lp.token_logprobs));
+  assert(lp.top_logprobs.every((t, i) => lp.tokens[i] in t && Math.max(...Object.values(t)) >= t[lp.tokens[i]]), JSON.stringify(lp.top_logprobs));
+  assert(lp.text_offset.every((o, i) => o === i), JSON.stringify(lp.text_offset));
+  // the same numbers as /score's for the whole text after bos
+  const s = await (await fetch(`${base}/score`, { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ candidates: [prompt] }) })).json();
+  const sum = lp.token_logprobs.reduce((a, b) => a + b, 0);
+  assert(near(sum, s.scores[0].logprob), `${sum} vs ${JSON.stringify(s)}`);
+});
+
+await check("openai chat.completions.create, logprobs + top_logprobs, streamed the same", async () => {
+  const req = { model: modelId, messages: chat, ...sampling, logprobs: true, top_logprobs: 3 };
+  const r = await openai.chat.completions.create(req);
+  const c = r.choices[0].logprobs.content;
+  assert(Buffer.from(c.flatMap((e) => e.bytes)).equals(Buffer.from(r.choices[0].message.content)) ||
+         r.choices[0].message.content.includes("\ufffd"), JSON.stringify(c.slice(0, 3)));
+  assert(c.length === r.usage.completion_tokens - (r.choices[0].finish_reason === "stop" ? 1 : 0) || c.length > 0, c.length);
+  assert(c.every((e) => e.top_logprobs.length === 3 && e.top_logprobs[0].logprob >= e.top_logprobs[2].logprob &&
+         e.top_logprobs.some((t) => t.token === e.token) === (e.logprob >= e.top_logprobs[2].logprob)), JSON.stringify(c[0]));
+  const stream = await openai.chat.completions.create({ ...req, stream: true });
+  const got = [];
+  for await (const chunk of stream) got.push(...(chunk.choices[0]?.logprobs?.content ?? []));
+  assert(JSON.stringify(got) === JSON.stringify(c), `${JSON.stringify(got.slice(0, 2))} vs ${JSON.stringify(c.slice(0, 2))}`);
+});
+
+// the Hugging Face client sends textGeneration to an endpoint's /v1/completions, where TGI's
+// details do not exist; its chat carries OpenAI's logprobs
+let chatLogprobs = null;
+await check("huggingface chatCompletion with logprobs: the OpenAI client's numbers", async () => {
+  const req = { messages: chat, ...sampling, logprobs: true, top_logprobs: 2 };
+  const r = await hf.chatCompletion({ ...endpoint, ...req });
+  chatLogprobs = r.choices[0].logprobs.content;
+  const o = await openai.chat.completions.create({ model: modelId, ...req });
+  assert(JSON.stringify(chatLogprobs) === JSON.stringify(o.choices[0].logprobs.content), JSON.stringify(chatLogprobs.slice(0, 2)));
+  assert(chatLogprobs.length > 0 && chatLogprobs.every((e) => e.logprob <= 0 && e.top_logprobs.length === 2), JSON.stringify(chatLogprobs[0]));
+});
+
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);

@@ -5,7 +5,8 @@ Every endpoint, every error status, auth and CORS, the body limit before the bod
 the memory budget (413 and the invariant under 32 concurrent clients), the queue (429),
 deadlines (504), 100 client disconnects, and drain on SIGTERM; generation: the same bytes as the
 CLI, streaming (SSE events, keep-alive pings, a deadline mid-stream, 30 clients that leave
-mid-stream), validation, TGI clients' null parameters, seeds under load, limits; OpenAI's
+mid-stream), validation, TGI clients' null parameters, seeds under load, limits, log-probabilities
+(against the Python reference model) and /score; OpenAI's
 completions, chat and models routes and vLLM's classify shape (tests/clients/ runs the real
 OpenAI and Hugging Face clients). Standard library only; every
 loop is bounded and every server is killed at the end. Prints "N passed, N failed".
@@ -966,13 +967,20 @@ BATCH_BODIES = [
     ("/generate", {"inputs": "", "parameters": {"max_new_tokens": 1, "do_sample": True, "seed": 1}}),
     ("/generate", {"inputs": "y" * 1500, "parameters": {"max_new_tokens": 120, "do_sample": True, "seed": 123456,
                                                         "temperature": 1.3}}),
+    # log-probabilities: the same numbers, to the bit, in the batch and alone
+    ("/generate", {"inputs": "Elinor said" * 40, "parameters": {"max_new_tokens": 30, "details": True, "top_n_tokens": 3,
+                                                               "decoder_input_details": True, "do_sample": True, "seed": 4}}),
+    ("/v1/completions", {"prompt": ["Mrs. Jennings", "b" * 600], "max_tokens": 20, "logprobs": 2, "echo": True,
+                         "temperature": 0}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Emma?"}], "max_tokens": 20, "logprobs": True,
+                              "top_logprobs": 4, "seed": 8}),
 ]
 
 
 def batch_answer(b):
     """What must not depend on the batch: the texts and the details, not the ids or times."""
     if "choices" in b:
-        return [(c["index"], c["text"], c["finish_reason"]) for c in b["choices"]]
+        return [(c["index"], c.get("text", c.get("message")), c["finish_reason"], c["logprobs"]) for c in b["choices"]]
     return b
 
 
@@ -1037,6 +1045,245 @@ def test_batch_bytes_match_alone():
                 text += "" if e["token"]["special"] else e["token"]["text"]
             c.close()
             assert ev["generated_text"] == text == want[BATCH_BODIES.index((p, b))]["generated_text"], (ev, text)
+    finally:
+        assert s.stop() == 0
+
+
+# ---- log-probabilities (issue 26) ------------------------------------------------------------------
+
+REF_LOGPROBS = r"""
+import json, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import luna_ref
+m = luna_ref.load(sys.argv[2])
+c = m.cfg
+out = []
+for seq in json.load(sys.stdin):  # byte lists: row t is log_softmax after bos and seq[:t]
+    toks = [c["bos_id"]] + [c["byte_offset"] + b for b in seq]
+    out.append(torch.log_softmax(m.forward(toks)["logits"], dim=-1).tolist())
+print(json.dumps({"rows": out, "byte_offset": c["byte_offset"], "bos_id": c["bos_id"]}))
+"""
+
+
+def ref_logprobs(model, seqs):
+    """The Python reference model's log-softmax rows (float64) for each byte sequence."""
+    r = subprocess.run(["/usr/bin/python3", "-c", REF_LOGPROBS, os.path.join(ROOT, "tools"), model],
+                       input=json.dumps([list(q) for q in seqs]), capture_output=True, text=True, check=True, timeout=300)
+    return json.loads(r.stdout)
+
+
+def close(a, b, tol=1e-4):
+    return a is not None and abs(a - b) <= tol
+
+
+def test_logprobs_match_reference(s):
+    prompt = b"It is a truth"
+    st, _, t = s.json("POST", "/generate", {"inputs": prompt.decode(), "parameters": {
+        "max_new_tokens": 8, "details": True, "top_n_tokens": 3, "decoder_input_details": True}})
+    assert st == 200, t
+    out = t["generated_text"].encode()
+    ref = ref_logprobs(LM, [prompt + out])
+    rows, off = ref["rows"][0], ref["byte_offset"]
+    d = t["details"]
+    # the prompt: bos with null (nothing predicts it), then each byte after those before it
+    assert d["prefill"][0] == {"id": ref["bos_id"], "text": "<bos>", "logprob": None}, d["prefill"][0]
+    assert [p["id"] for p in d["prefill"][1:]] == [off + b for b in prompt], d["prefill"]
+    for i, p in enumerate(d["prefill"][1:]):
+        assert close(p["logprob"], rows[i][off + prompt[i]]), (i, p, rows[i][off + prompt[i]])
+    # the generated tokens, and the best 3 of each: ranked, the greedy choice first
+    assert len(d["tokens"]) == len(d["top_tokens"]) == 8, d
+    for k, tk in enumerate(d["tokens"]):
+        row = rows[len(prompt) + k]
+        assert close(tk["logprob"], row[tk["id"]]), (k, tk, row[tk["id"]])
+        best = sorted(range(len(row)), key=lambda i: -row[i])[:3]
+        top = d["top_tokens"][k]
+        assert [e["id"] for e in top] == best and top[0]["id"] == tk["id"], (k, top, best)
+        assert all(close(e["logprob"], row[e["id"]]) for e in top), top
+        assert [e["logprob"] for e in top] == sorted((e["logprob"] for e in top), reverse=True), top
+    # streamed: the same numbers in each event as in details (without the prompt's, whose prefill
+    # computes every row and so rounds the last one differently: the same to about 1e-7)
+    params = {"max_new_tokens": 8, "top_n_tokens": 3}
+    st, _, d2 = s.json("POST", "/generate", {"inputs": prompt.decode(), "parameters": dict(params, details=True)})
+    assert all(close(a["logprob"], b["logprob"], 1e-5) for a, b in zip(d2["details"]["tokens"], d["tokens"])), d2
+    st, _, data = s.req("POST", "/generate_stream", {"inputs": prompt.decode(), "parameters": params})
+    ev = sse_events(data)
+    assert [e["token"]["logprob"] for e in ev] == [tk["logprob"] for tk in d2["details"]["tokens"]], ev
+    assert [e["top_tokens"] for e in ev] == d2["details"]["top_tokens"], ev
+    # OpenAI completions, echo and max_tokens 0 (lm-evaluation-harness's loglikelihood): the prompt's bytes
+    st, _, b = s.json("POST", "/v1/completions", {"prompt": prompt.decode(), "max_tokens": 0, "echo": True,
+                                                  "logprobs": 1, "temperature": 0})
+    assert st == 200, b
+    lp = b["choices"][0]["logprobs"]
+    assert b["choices"][0]["text"] == prompt.decode() and lp["tokens"] == [chr(c) for c in prompt], b
+    assert lp["text_offset"] == list(range(len(prompt))), lp
+    for i, v in enumerate(lp["token_logprobs"]):
+        assert close(v, rows[i][off + prompt[i]]), (i, v)
+        assert max(lp["top_logprobs"][i].values()) == lp["top_logprobs"][i][max(lp["top_logprobs"][i], key=lp["top_logprobs"][i].get)]
+        assert lp["tokens"][i] in lp["top_logprobs"][i], lp["top_logprobs"][i]  # the chosen token, as vLLM
+    # generated after the echo: the same numbers as TGI's tokens, prompt first, offsets into the text
+    st, _, b = s.json("POST", "/v1/completions", {"prompt": prompt.decode(), "max_tokens": 8, "echo": True,
+                                                  "logprobs": 3, "temperature": 0})
+    lp = b["choices"][0]["logprobs"]
+    assert b["choices"][0]["text"] == (prompt + out).decode() and len(lp["tokens"]) == len(prompt) + 8, b
+    assert lp["token_logprobs"][len(prompt):] == [tk["logprob"] for tk in d["tokens"]], lp
+    # chat: content entries with bytes and the best tokens
+    st, _, b = s.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6,
+                                                       "logprobs": True, "top_logprobs": 2, "temperature": 0})
+    assert st == 200, b
+    text = b["choices"][0]["message"]["content"].encode()
+    content = b["choices"][0]["logprobs"]["content"]
+    chat_prompt = b"user: hi\nassistant: "
+    rows = ref_logprobs(LM, [chat_prompt + text])["rows"][0]
+    assert [bytes(e["bytes"]) for e in content] == [bytes([c]) for c in text], content
+    for k, e in enumerate(content):
+        row = rows[len(chat_prompt) + k]
+        assert close(e["logprob"], row[off + text[k]]), (k, e)
+        assert len(e["top_logprobs"]) == 2 and e["top_logprobs"][0]["token"] == e["token"], e
+        assert e["top_logprobs"][0]["logprob"] >= e["top_logprobs"][1]["logprob"], e
+    # streamed chat and completions: each chunk carries its token's numbers
+    st, _, data = s.req("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6,
+                                                         "logprobs": True, "top_logprobs": 2, "temperature": 0, "stream": True})
+    ev = sse_events(data.replace(b"data: [DONE]\n\n", b""))
+    assert [e for c in ev if c["choices"][0]["logprobs"] for e in c["choices"][0]["logprobs"]["content"]] == content, ev
+    st, _, data = s.req("POST", "/v1/completions", {"prompt": prompt.decode(), "max_tokens": 8, "echo": True,
+                                                    "logprobs": 3, "temperature": 0, "stream": True})
+    ev = sse_events(data.replace(b"data: [DONE]\n\n", b""))
+    got = {k: [x for c in ev if c["choices"][0]["logprobs"] for x in c["choices"][0]["logprobs"][k]] for k in lp}
+    assert got == lp, (got, lp)
+    # a streamed echo of a long prompt: its first chunk carries every byte's entries, which the
+    # stream's limit (and the ledger) must hold
+    text = "It is a truth universally acknowledged. " * 100
+    st, _, data = s.req("POST", "/v1/completions", {"prompt": text, "max_tokens": 2, "echo": True, "logprobs": 5,
+                                                    "temperature": 0, "stream": True})
+    ev = sse_events(data.replace(b"data: [DONE]\n\n", b""))
+    assert st == 200 and len(ev[0]["choices"][0]["logprobs"]["tokens"]) == len(text) + 1, ev[-1]
+    assert ev[-1]["choices"][0]["finish_reason"] == "length", ev[-1]
+
+
+def test_logprobs_validation(s):
+    bad = [("/generate", {"inputs": "a", "parameters": {"top_n_tokens": -1}}, "top_n_tokens"),
+           ("/generate", {"inputs": "a", "parameters": {"top_n_tokens": 21}}, "top_n_tokens"),
+           ("/generate", {"inputs": "a", "parameters": {"top_n_tokens": 1.5}}, "top_n_tokens"),
+           ("/generate", {"inputs": "a", "parameters": {"top_n_tokens": "2"}}, "top_n_tokens"),
+           ("/generate", {"inputs": "a", "parameters": {"decoder_input_details": 1}}, "decoder_input_details"),
+           ("/generate_stream", {"inputs": "a", "parameters": {"decoder_input_details": True}}, "decoder_input_details"),
+           ("/generate", {"inputs": "a", "stream": True, "parameters": {"decoder_input_details": True}}, "decoder_input_details"),
+           ("/v1/completions", {"prompt": "a", "logprobs": -1}, "logprobs"),
+           ("/v1/completions", {"prompt": "a", "logprobs": 21}, "logprobs"),
+           ("/v1/completions", {"prompt": "a", "logprobs": 0.5}, "logprobs"),
+           ("/v1/completions", {"prompt": "a", "logprobs": True}, "logprobs"),
+           ("/v1/completions", {"prompt": "a", "max_tokens": 0}, "max_tokens"),
+           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "logprobs": 1}, "logprobs"),
+           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}, "top_logprobs"),
+           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "logprobs": True,
+                                     "top_logprobs": 21}, "top_logprobs"),
+           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "logprobs": True,
+                                     "top_logprobs": -2}, "top_logprobs")]
+    for path, body, field in bad:
+        st, _, b = s.json("POST", path, body, off_spec=True)
+        assert st == 422 and b["error"]["type"] == "validation_error" and field in b["error"]["message"], (path, body, b)
+
+
+def test_score(s):
+    prefix = b"It is a truth"
+    # the greedy continuation, from /generate, is the greedy candidate
+    st, _, g = s.json("POST", "/generate", {"inputs": prefix.decode(), "parameters": {"max_new_tokens": 6}})
+    greedy = g["generated_text"].encode()
+    cands = [greedy, b" universally", b"\xff\x00z"]
+    before = s.metrics()
+    st, _, b = s.json("POST", "/score", {"prefix": prefix.decode(), "candidates_base64": [base64.b64encode(c).decode() for c in cands]})
+    assert st == 200 and b["model"] == "lm_defaults" and b["prefix_tokens"] == len(prefix) + 1, b
+    ref = ref_logprobs(LM, [prefix + c for c in cands])
+    off = ref["byte_offset"]
+    for i, (c, sc) in enumerate(zip(cands, b["scores"])):
+        rows = ref["rows"][i]
+        assert sc["index"] == i and sc["tokens"] == len(c) == len(sc["token_logprobs"]), sc
+        for k, v in enumerate(sc["token_logprobs"]):
+            assert close(v, rows[len(prefix) + k][off + c[k]]), (i, k, v)
+        assert abs(sc["logprob"] - sum(sc["token_logprobs"])) < 1e-9, sc
+    assert [sc["is_greedy"] for sc in b["scores"]] == [True, False, False], b
+    # text candidates, no per-token list; a missing prefix is bos alone: the echo of the same text sums to the total
+    st, _, b = s.json("POST", "/score", {"candidates": ["It is a truth"], "token_logprobs": False})
+    assert st == 200 and b["prefix_tokens"] == 1 and "token_logprobs" not in b["scores"][0], b
+    st, _, e = s.json("POST", "/v1/completions", {"prompt": "It is a truth", "max_tokens": 0, "echo": True, "logprobs": 0})
+    assert close(sum(e["choices"][0]["logprobs"]["token_logprobs"]), b["scores"][0]["logprob"], 1e-4), (e, b)
+    m = s.metrics()
+    key = 'luna_requests_total{endpoint="score",code="200"}'
+    assert m[key] - before.get(key, 0) == 2, m.get(key)
+    # errors: 422 for a malformed request, 413 past max-input-bytes, 404 for another model
+    bad = [({"candidates": []}, 422, "candidates"), ({"candidates": [""]}, 422, "non-empty"),
+           ({"candidates": ["a"] * 257}, 422, "1 to 256"), ({"candidates": "a"}, 422, "candidates"),
+           ({"candidates": [1]}, 422, "candidates"), ({"prefix": "a"}, 422, "exactly one"),
+           ({"prefix": "a", "prefix_base64": "YQ==", "candidates": ["b"]}, 422, "at most one"),
+           ({"candidates_base64": ["!!"]}, 422, "base64"), ({"candidates": ["a"], "extra": 1}, 422, "unknown field"),
+           ({"candidates": ["a"], "token_logprobs": 1}, 422, "token_logprobs"),
+           ({"prefix": "x" * 4000, "candidates": ["y" * 200]}, 413, "max-input-bytes"),
+           ({"candidates": ["a"], "model": "nope"}, 404, "model")]
+    for body, code, msg in bad:
+        st, _, e = s.json("POST", "/score", body, off_spec=code == 422)
+        assert st == code and msg in e["error"]["message"], (body, st, e)
+
+
+def test_logprobs_with_state_cache(s):
+    # the prefix state cache: a hit keeps the output's log-probabilities; the prompt's are never
+    # from the cache (every position's row is computed from bos) and are the same after a hit
+    text = "It was the best of times, it was the worst of times. " * 12
+    body = {"inputs": text, "parameters": {"max_new_tokens": 6, "details": True, "top_n_tokens": 2}}
+    hits = lambda: s.metrics().get("luna_state_cache_hits_total", 0)  # noqa: E731
+    st, _, a = s.json("POST", "/generate", body)
+    h0 = hits()
+    st, _, b = s.json("POST", "/generate", body)  # a hit: the whole prompt is cached
+    assert hits() == h0 + 1, "no cache hit"
+    assert st == 200 and a["details"]["tokens"] == b["details"]["tokens"], (a, b)
+    assert a["details"]["top_tokens"] == b["details"]["top_tokens"], (a, b)
+    full = dict(body, parameters=dict(body["parameters"], decoder_input_details=True))
+    st, _, c = s.json("POST", "/generate", full)
+    st, _, d = s.json("POST", "/generate", full)
+    assert hits() == h0 + 1, "a request for the prompt's log-probabilities used the cache"
+    assert st == 200 and len(c["details"]["prefill"]) == len(text) + 1 and c["details"]["prefill"] == d["details"]["prefill"], d
+    assert all(close(x["logprob"], y["logprob"], 1e-5) for x, y in zip(c["details"]["tokens"], a["details"]["tokens"])), c
+    st, _, e = s.json("POST", "/v1/completions", {"prompt": text, "max_tokens": 0, "echo": True, "logprobs": 1})
+    assert [round(v, 6) for v in e["choices"][0]["logprobs"]["token_logprobs"]] == \
+        [round(p["logprob"], 6) for p in c["details"]["prefill"][1:]], e
+    # a portable state: the output's log-probabilities, not the prompt's (422)
+    st, _, r = s.json("POST", "/generate", {"inputs": "Elinor", "parameters": {"max_new_tokens": 4, "return_state": True}})
+    state = r["state"]
+    st, _, g = s.json("POST", "/generate", {"inputs": " said", "state": state,
+                                            "parameters": {"max_new_tokens": 4, "details": True}})
+    assert st == 200 and all(isinstance(t["logprob"], float) for t in g["details"]["tokens"]), g
+    st, _, g = s.json("POST", "/generate", {"inputs": " said", "state": state,
+                                            "parameters": {"details": True, "decoder_input_details": True}})
+    assert st == 422 and "decoder_input_details" in g["error"]["message"] and "state" in g["error"]["message"], g
+
+
+def test_score_deadline_and_logprob_memory():
+    # /score is a worker job under the request's deadline: a long prefix stops at its next chunk
+    if not os.path.exists(os.path.join(SLOW_LM, "model.safetensors")):
+        subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--causal", "--l", "32",
+                        "--out", SLOW_LM], check=True, stdout=subprocess.DEVNULL)
+    s = Server("--workers", "1", "--max-batch", "1", model="", gen=SLOW_LM)
+    try:
+        t0 = time.monotonic()
+        st, h, b = s.json("POST", "/score", {"prefix": "x" * 3000, "candidates": ["a", "bc"]})
+        tenth = time.monotonic() - t0
+        assert st == 200 and int(h["x-memory-reserved-bytes"]) > 0 and b["prefix_tokens"] == 3001, b
+        t0 = time.monotonic()
+        st, _, b = s.json("POST", "/score", {"prefix": "x" * 30000, "candidates": ["a"]}, {"X-Request-Timeout": "0.1"})
+        is_error(st, b, 504, "timeout")
+        dt = time.monotonic() - t0
+        assert dt < max(5 * tenth, 1.0), "/score ran %.2f s past its 0.1 s deadline (a tenth of it: %.2f s)" % (dt, tenth)
+        # the prompt's log-probabilities are counted in the ledger, per position, and none of it
+        # is a row of logits per position (vocab 260: 1040 bytes)
+        reserved = []
+        for n in (1000, 2000):
+            st, h, b = s.json("POST", "/v1/completions", {"prompt": "y" * n, "max_tokens": 0, "echo": True, "logprobs": 0})
+            assert st == 200 and len(b["choices"][0]["logprobs"]["tokens"]) == n, b
+            reserved.append(int(h["x-memory-reserved-bytes"]))
+        st, h, b = s.json("POST", "/v1/completions", {"prompt": "y" * 2000, "max_tokens": 1, "echo": True})
+        per = (reserved[1] - reserved[0]) / 1000  # bytes per prompt position: its entry and its rendering
+        assert per == int(per) and 0 < per < 260 * 4 and reserved[1] > int(h["x-memory-reserved-bytes"]), reserved
+        assert reserved_idle(wait_idle(s))
     finally:
         assert s.stop() == 0
 
@@ -1294,7 +1541,7 @@ def test_openai_completions(s):
     st, _, b = s.json("POST", "/v1/completions", dict(body, stop=stop))
     assert b["choices"][0]["finish_reason"] == "stop" and b["choices"][0]["text"] == c["text"][:c["text"].find(stop)], (b, stop)
     # OpenAI's error form, with the parameter named
-    for bad, param in [({"prompt": "a", "n": 2}, "n"), ({"prompt": "a", "logprobs": 1}, "logprobs"),
+    for bad, param in [({"prompt": "a", "n": 2}, "n"), ({"prompt": "a", "logprobs": 21}, "logprobs"),
                        ({"prompt": "a", "temperature": 3}, "temperature"), ({"prompt": [1, 2]}, "prompt"),
                        ({"max_tokens": 3}, "prompt"), ({"prompt": "a", "suffix": "z"}, "suffix")]:
         st, _, b = s.json("POST", "/v1/completions", bad, off_spec=True)
@@ -1903,6 +2150,9 @@ def main():
              (test_input_too_long_and_truncate, shared), (test_openapi_describes_every_route, shared),
              (test_generate_matches_cli, shared), (test_generate_stream, shared),
              (test_generate_validation, shared), (test_generate_seed_under_load, shared),
+             (test_logprobs_match_reference, shared), (test_logprobs_validation, shared), (test_score, shared),
+             (test_logprobs_with_state_cache, shared),
+             (test_score_deadline_and_logprob_memory, None),
              (test_openai_completions, shared), (test_openai_chat, shared), (test_vllm_classify, shared),
              (test_playground_assets, shared), (test_gets_share_one_connection, shared),
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),

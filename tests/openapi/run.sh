@@ -35,4 +35,5 @@ LUNA_OPENAPI_PROXY="$PWD/node_modules/.bin/prism" exec /usr/bin/python3 ../integ
   test_generate_seed_under_load test_batch_bytes_match_alone test_openai_completions test_openai_chat test_vllm_classify \
   test_playground_assets test_generate_limits test_hashed_ngram_model \
   test_auth_and_cors test_memory_never_fits test_classify_raw_body test_queue_full_429 test_deadline_504 \
-  test_stream_errors_logged_and_counted test_metrics_auth_and_cors_null
+  test_stream_errors_logged_and_counted test_metrics_auth_and_cors_null \
+  test_logprobs_match_reference test_logprobs_validation test_score test_logprobs_with_state_cache

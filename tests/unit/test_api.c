@@ -1,6 +1,7 @@
 /* test_api.c - api/classify.c and api/generate.c: base64 (RFC 4648 vectors and malformed input), the /classify
  * request parser's every rule, and the TEI-shaped rendering of scores and errors. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,7 +254,7 @@ Test(api, generate_renders_tgi_shapes)
                         "{\"id\":134,\"text\":\"\xEF\xBF\xBD\",\"logprob\":null,\"special\":false}]},"
                         "\"generated_bytes_base64\":\"IeKC\"}");
     free(s);
-    api_stream_token t = {0, 2, 0, 37, "!", 1, out, 1, 0, NULL};
+    api_stream_token t = {0, 2, 0, 37, "!", 1, out, 1, 0, NULL, NULL};
     int skip;
     s = api_render_stream_token(&q, &t, &skip);
     cr_expect_eq(skip, 0);
@@ -263,6 +264,150 @@ Test(api, generate_renders_tgi_shapes)
     api_fail(&e, API_E_TIMEOUT, "too slow");
     s = api_render_stream_error(&q, &e);
     cr_expect_str_eq(s, "data: {\"error\":\"too slow\",\"error_type\":\"timeout\"}\n\n");
+    free(s);
+    api_generate_free(&q);
+}
+
+/* ---- log-probabilities (issue 26) ---- */
+
+/* OpenAI's completions (chat 0) or chat (1) parser, with room for any test here */
+static api_err oparse(int chat, const char *body, api_generate_req *q, api_error *e)
+{
+    api_gen_limits lim = {1000, 100, 20, NULL};
+    return (chat ? api_parse_chat : api_parse_completions)(body, strlen(body), &lim, q, e);
+}
+#define cparse(b, q, e) oparse(0, b, q, e)
+#define chparse(b, q, e) oparse(1, b, q, e)
+
+Test(api, logprob_fields_parse)
+{
+    api_generate_req q;
+    api_error e;
+    cr_assert_eq(gparse("{\"inputs\": \"a\", \"parameters\": {\"top_n_tokens\": 5, \"decoder_input_details\": true}}", &q, &e),
+                 API_OK);
+    cr_expect(q.logprobs == 1 && q.top_n == 5 && q.prompt_logprobs == 1);
+    api_generate_free(&q);
+    cr_assert_eq(cparse("{\"prompt\": \"a\", \"logprobs\": 3, \"echo\": true, \"max_tokens\": 0}", &q, &e), API_OK);
+    cr_expect(q.logprobs == 1 && q.top_n == 3 && q.prompt_logprobs == 1 && q.max_new_tokens == 0);
+    api_generate_free(&q);
+    cr_assert_eq(cparse("{\"prompt\": \"a\", \"logprobs\": 0}", &q, &e), API_OK); /* the chosen token's only */
+    cr_expect(q.logprobs == 1 && q.top_n == 0 && q.prompt_logprobs == 0);
+    api_generate_free(&q);
+    cr_assert_eq(cparse("{\"prompt\": \"a\", \"logprobs\": null}", &q, &e), API_OK);
+    cr_expect(q.logprobs == 0);
+    api_generate_free(&q);
+    cr_assert_eq(chparse("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"logprobs\": true, "
+                         "\"top_logprobs\": 20}", &q, &e), API_OK);
+    cr_expect(q.logprobs == 1 && q.top_n == 20 && q.prompt_logprobs == 0);
+    api_generate_free(&q);
+    static const struct { int kind; const char *body, *msg; } bad[] = {
+        {0, "{\"inputs\": \"a\", \"parameters\": {\"top_n_tokens\": 21}}", "\"top_n_tokens\" must be an integer in [0, 20]"},
+        {0, "{\"inputs\": \"a\", \"parameters\": {\"top_n_tokens\": -1}}", "\"top_n_tokens\" must be an integer"},
+        {0, "{\"inputs\": \"a\", \"parameters\": {\"top_n_tokens\": 2.5}}", "\"top_n_tokens\" must be an integer"},
+        {0, "{\"inputs\": \"a\", \"stream\": true, \"parameters\": {\"decoder_input_details\": true}}",
+         "not supported with a stream"},
+        {1, "{\"prompt\": \"a\", \"logprobs\": 21}", "\"logprobs\" must be an integer in [0, 20]"},
+        {1, "{\"prompt\": \"a\", \"logprobs\": true}", "\"logprobs\" must be an integer in [0, 20]"},
+        {1, "{\"prompt\": \"a\", \"logprobs\": 1.5}", "\"logprobs\" must be an integer"},
+        {1, "{\"prompt\": \"a\", \"max_tokens\": 0}", "\"max_tokens\" must be an integer in [1"},
+        {2, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"top_logprobs\": 1}", "needs \"logprobs\": true"},
+        {2, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"logprobs\": 1}", "\"logprobs\" must be true or false"},
+        {2, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"logprobs\": true, \"top_logprobs\": 21}",
+         "\"top_logprobs\" must be an integer in [0, 20]"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        api_err rc = bad[i].kind == 0 ? gparse(bad[i].body, &q, &e) : bad[i].kind == 1 ? cparse(bad[i].body, &q, &e)
+                                                                                      : chparse(bad[i].body, &q, &e);
+        cr_expect_eq(rc, API_E_VALIDATION, "%s", bad[i].body);
+        cr_expect(strstr(e.message, bad[i].msg) != NULL, "\"%s\" lacks \"%s\"", e.message, bad[i].msg);
+    }
+}
+
+/* Two generated tokens ('A', then byte 0x80) with their two best, and a 2-byte prompt. */
+static const double GEN_LP[] = {-0.5, -1.25};
+static const int32_t GEN_TOP[] = {69, 1, 132, 1}; /* 'A' (4 + 65), <eos>; 0x80, <eos> */
+static const double GEN_TOP_LP[] = {-0.5, -2, -1.25, -3};
+static const double PROMPT_LP[] = {NAN, -4, -0.75};
+static const int32_t PROMPT_TOP[] = {-1, -1, 104, 4, 108, -1}; /* the best of each position; -1: none */
+static const double PROMPT_TOP_LP[] = {0, 0, -0.5, -5, -0.75, 0};
+
+static api_gen_result lp_result(const uint8_t *out)
+{
+    return (api_gen_result){.out = out, .out_len = 2, .finish = "length", .generated_tokens = 2, .prompt_tokens = 3,
+                            .byte_offset = 4, .bos_id = 0, .eos_id = 1, .gen = {GEN_LP, GEN_TOP, GEN_TOP_LP, 2},
+                            .prompt = {PROMPT_LP, PROMPT_TOP, PROMPT_TOP_LP, 2}};
+}
+
+Test(api, logprobs_render_tgi)
+{
+    api_generate_req q;
+    api_error e;
+    cr_assert_eq(gparse("{\"inputs\": \"dh\", \"parameters\": {\"details\": true, \"top_n_tokens\": 2, "
+                        "\"decoder_input_details\": true}}", &q, &e), API_OK);
+    const uint8_t out[] = {'A', 0x80};
+    api_gen_result r = lp_result(out);
+    char *s = api_render_generate(&q, &r);
+    cr_expect_str_eq(s, "{\"generated_text\":\"A\xEF\xBF\xBD\",\"details\":{\"finish_reason\":\"length\","
+                        "\"generated_tokens\":2,\"input_length\":3,\"seed\":null,\"prefill\":["
+                        "{\"id\":0,\"text\":\"<bos>\",\"logprob\":null},{\"id\":104,\"text\":\"d\",\"logprob\":-4},"
+                        "{\"id\":108,\"text\":\"h\",\"logprob\":-0.75}],\"tokens\":["
+                        "{\"id\":69,\"text\":\"A\",\"logprob\":-0.5,\"special\":false},"
+                        "{\"id\":132,\"text\":\"\xEF\xBF\xBD\",\"logprob\":-1.25,\"special\":false}],\"top_tokens\":["
+                        "[{\"id\":69,\"text\":\"A\",\"logprob\":-0.5,\"special\":false},"
+                        "{\"id\":1,\"text\":\"<eos>\",\"logprob\":-2,\"special\":true}],"
+                        "[{\"id\":132,\"text\":\"\xEF\xBF\xBD\",\"logprob\":-1.25,\"special\":false},"
+                        "{\"id\":1,\"text\":\"<eos>\",\"logprob\":-3,\"special\":true}]]}}");
+    free(s);
+    /* a stream event: its token's numbers, the best at the top level; the closing event (id -1) none */
+    api_stream_token t = {0, 2, 0, 132, "", 0, out + 1, 1, 0, NULL, &r};
+    int skip;
+    s = api_render_stream_token(&q, &t, &skip);
+    cr_expect_str_eq(s, "data: {\"index\":2,\"token\":{\"id\":132,\"text\":\"\",\"logprob\":-1.25,\"special\":false},"
+                        "\"top_tokens\":[{\"id\":132,\"text\":\"\xEF\xBF\xBD\",\"logprob\":-1.25,\"special\":false},"
+                        "{\"id\":1,\"text\":\"<eos>\",\"logprob\":-3,\"special\":true}],\"generated_text\":null,\"details\":null}\n\n");
+    free(s);
+    t = (api_stream_token){0, 3, 0, -1, "", 0, NULL, 0, 1, &r, &r};
+    s = api_render_stream_token(&q, &t, &skip);
+    cr_expect(strstr(s, "\"logprob\":null,\"special\":true},\"top_tokens\":[],") != NULL, "%s", s);
+    free(s);
+    api_generate_free(&q);
+}
+
+Test(api, logprobs_render_openai)
+{
+    api_generate_req q;
+    api_error e;
+    cr_assert_eq(cparse("{\"prompt\": \"dh\", \"logprobs\": 1, \"echo\": true}", &q, &e), API_OK);
+    api_generate_set_meta(&q, "m", "r", 1);
+    const uint8_t out[] = {'A', 0x80};
+    api_gen_result r = lp_result(out);
+    char *s = api_render_generate(&q, &r);
+    /* the prompt's bytes first (each scored after bos); the chosen token joins the best (vLLM);
+     * byte 0x80 is "bytes:\x80"; offsets count bytes */
+    cr_expect(strstr(s, "\"logprobs\":{\"tokens\":[\"d\",\"h\",\"A\",\"bytes:\\\\x80\"],"
+                        "\"token_logprobs\":[-4,-0.75,-0.5,-1.25],"
+                        "\"top_logprobs\":[{\"d\":-0.5,\"bytes:\\\\x00\":-5},{\"h\":-0.75},{\"A\":-0.5,\"<eos>\":-2},"
+                        "{\"bytes:\\\\x80\":-1.25,\"<eos>\":-3}],"
+                        "\"text_offset\":[0,1,2,3]}") != NULL, "%s", s);
+    free(s);
+    api_generate_free(&q);
+    cr_assert_eq(chparse("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"logprobs\": true, "
+                         "\"top_logprobs\": 1}", &q, &e), API_OK);
+    api_generate_set_meta(&q, "m", "r", 1);
+    s = api_render_generate(&q, &r);
+    cr_expect(strstr(s, "\"logprobs\":{\"content\":[{\"token\":\"A\",\"logprob\":-0.5,\"bytes\":[65],"
+                        "\"top_logprobs\":[{\"token\":\"A\",\"logprob\":-0.5,\"bytes\":[65]},"
+                        "{\"token\":\"<eos>\",\"logprob\":-2,\"bytes\":[]}]},"
+                        "{\"token\":\"bytes:\\\\x80\",\"logprob\":-1.25,\"bytes\":[128],"
+                        "\"top_logprobs\":[{\"token\":\"bytes:\\\\x80\",\"logprob\":-1.25,\"bytes\":[128]},"
+                        "{\"token\":\"<eos>\",\"logprob\":-3,\"bytes\":[]}]}],"
+                        "\"refusal\":null}") != NULL, "%s", s);
+    free(s);
+    /* a stream chunk: its one token, text or not (0x80 completes no character) */
+    api_stream_token t = {0, 2, 0, 132, "", 0, out + 1, 1, 0, NULL, &r};
+    int skip;
+    s = api_render_stream_token(&q, &t, &skip);
+    cr_expect(skip == 0 && strstr(s, "\"content\":[{\"token\":\"bytes:\\\\x80\",\"logprob\":-1.25") != NULL, "%s", s);
     free(s);
     api_generate_free(&q);
 }
@@ -333,7 +478,7 @@ Test(api, nul_bytes_render_as_u0000)
                         "{\"id\":38,\"text\":\"\\\"\",\"logprob\":null,\"special\":false},"
                         "{\"id\":5,\"text\":\"\\u0001\",\"logprob\":null,\"special\":false}]}}");
     free(s);
-    api_stream_token t = {0, 2, 0, 4, "\0", 1, out + 1, 1, 0, &r};
+    api_stream_token t = {0, 2, 0, 4, "\0", 1, out + 1, 1, 0, &r, NULL};
     int skip;
     s = api_render_stream_token(&q, &t, &skip);
     cr_expect_str_eq(s, "data: {\"index\":2,\"token\":{\"id\":4,\"text\":\"\\u0000\",\"logprob\":null,\"special\":false},"
@@ -361,8 +506,8 @@ Test(api, echo_of_a_prompt_cut_mid_character_streams_as_answered)
     cr_expect(strstr(s, "\"text\":\"ab\xEF\xBF\xBD\xEF\xBF\xBD!\"") != NULL, "%s", s);
     free(s);
     /* the stream: the output byte by byte through its own sanitiser, as server/sched.c does */
-    api_stream_token t1 = {0, 1, 1, 0xAC + 4, "\xEF\xBF\xBD", 3, out, 1, 0, NULL};
-    api_stream_token t2 = {0, 2, 0, '!' + 4, "!", 1, out + 1, 1, 0, &r};
+    api_stream_token t1 = {0, 1, 1, 0xAC + 4, "\xEF\xBF\xBD", 3, out, 1, 0, NULL, NULL};
+    api_stream_token t2 = {0, 2, 0, '!' + 4, "!", 1, out + 1, 1, 0, &r, NULL};
     int skip;
     char *e1 = api_render_stream_token(&q, &t1, &skip), *e2 = api_render_stream_token(&q, &t2, &skip);
     cr_expect(strstr(e1, "\"text\":\"ab\xEF\xBF\xBD\xEF\xBF\xBD\"") != NULL, "%s", e1);

@@ -493,6 +493,113 @@ Test(generate, prefill_slices_give_the_same_logits)
     lm_close(&x);
 }
 
+/* Log-probabilities recorded by the loop (luna_gen_logprobs): the prompt's whatever the
+ * slicing, bit for bit (a batch's slices and a lone prefill's agree); the generated tokens'
+ * from the logits before the sampler, so that recording them changes no byte; the numbers are
+ * luna_score's and luna_logprob_top's. */
+static void run_lp(lm *x, const uint8_t *prompt, size_t plen, int max_new, unsigned *r, int trial,
+                   luna_gen_lp *out, luna_gen_lp *pl, sink *bytes)
+{
+    luna_gen_state *s;
+    luna_sampler *smp;
+    luna_gen g;
+    luna_sampling sp = {0.0f, 0, 1.0f, 1.0f, 0}; /* greedy */
+    luna_gen_params p = {.max_new_tokens = max_new};
+    cr_assert_eq(luna_gen_state_new(x->m, &s), 0);
+    cr_assert_eq(luna_sampler_new(luna_model_config(x->m)->vocab_size, &sp, &smp), 0);
+    cr_assert_eq(luna_gen_begin(&g, x->m, s, smp, prompt, plen, &p, sink_emit, bytes), 0);
+    cr_assert_eq(luna_gen_logprobs(&g, out, pl), 0);
+    while (luna_gen_prefilling(&g)) {
+        *r = *r * 1103515245u + 12345u;
+        cr_assert_gt(luna_gen_prefill(&g, x->c, trial == 0 ? 4096 : 1 + (*r >> 16) % 100), 0);
+    }
+    int32_t tok;
+    while (luna_gen_next(&g, &tok) == 1) cr_assert_eq(luna_step(x->c, s, tok, g.logits), 0);
+    luna_gen_result res;
+    cr_assert_eq(luna_gen_end(&g, &res), 0);
+    luna_sampler_free(smp);
+    luna_gen_state_free(s);
+}
+
+static luna_gen_lp lp_new(size_t n, int top)
+{
+    luna_gen_lp l = {top, n, calloc(n, sizeof(double)), calloc(n * (size_t)top + 1, sizeof(int32_t)),
+                     calloc(n * (size_t)top + 1, sizeof(double))};
+    return l;
+}
+
+static void lp_free(luna_gen_lp *l) { free(l->lp), free(l->top_ids), free(l->top_lps); }
+
+Test(generate, logprobs_recorded)
+{
+    lm x = lm_open("lm_legacy_untied_prenorm_learned", LUNA_ATTN_LUNA);
+    const luna_config *cfg = luna_model_config(x.m);
+    int V = cfg->vocab_size, N = 12, T = 3;
+    uint8_t prompt[150];
+    for (size_t i = 0; i < sizeof prompt; i++) prompt[i] = (uint8_t)('a' + (i * 7919) % 26);
+    size_t P = sizeof prompt + 1;
+    luna_gen_lp out0 = lp_new((size_t)N, T), pl0 = lp_new(P, T);
+    sink b0 = {0};
+    unsigned r = 11;
+    run_lp(&x, prompt, sizeof prompt, N, &r, 0, &out0, &pl0, &b0);
+    cr_assert(isnan(pl0.lp[0]), "bos: nothing predicts it");
+    for (int trial = 1; trial < 5; trial++) {
+        luna_gen_lp out = lp_new((size_t)N, T), pl = lp_new(P, T);
+        sink b = {0};
+        run_lp(&x, prompt, sizeof prompt, N, &r, trial, &out, &pl, &b);
+        cr_expect(!memcmp(pl.lp + 1, pl0.lp + 1, (P - 1) * sizeof(double)), "slicing %d changed the prompt's", trial);
+        cr_expect(!memcmp(pl.top_ids, pl0.top_ids, P * (size_t)T * sizeof(int32_t)));
+        cr_expect(!memcmp(out.lp, out0.lp, (size_t)N * sizeof(double)), "slicing %d changed the output's", trial);
+        cr_expect(b.len == b0.len && !memcmp(b.buf, b0.buf, b.len));
+        lp_free(&out), lp_free(&pl), free(b.buf);
+    }
+    /* greedy: each generated token is the first of its best, which are ranked */
+    cr_assert_eq(b0.len, (size_t)N);
+    for (int k = 0; k < N; k++) {
+        cr_expect_eq(out0.top_ids[k * T], cfg->byte_offset + b0.buf[k], "token %d", k);
+        cr_expect(out0.top_lps[k * T] == out0.lp[k] && out0.top_lps[k * T] >= out0.top_lps[k * T + 1] &&
+                  out0.top_lps[k * T + 1] >= out0.top_lps[k * T + 2]);
+    }
+    /* the output's bytes are those of a generation that records nothing */
+    luna_sampling sp = {0.0f, 0, 1.0f, 1.0f, 0};
+    luna_gen_params p = {.max_new_tokens = N};
+    sink plain = {0};
+    luna_gen_result res;
+    cr_assert_eq(gen(&x, (const char *)prompt, sizeof prompt, &sp, &p, &plain, &res), 0);
+    cr_expect(plain.len == b0.len && !memcmp(plain.buf, b0.buf, b0.len), "recording changed the bytes");
+    /* the prompt's numbers are luna_score's from bos, to float rounding (other slices) */
+    luna_gen_state *s;
+    cr_assert_eq(luna_gen_state_new(x.m, &s), 0);
+    float *lg = malloc((size_t)V * sizeof(float));
+    int32_t bos = cfg->bos_id, tok[150];
+    double per[150];
+    for (size_t i = 0; i < sizeof prompt; i++) tok[i] = cfg->byte_offset + prompt[i];
+    cr_assert_eq(luna_prefill(x.c, s, &bos, 1, lg, 0), 0);
+    cr_assert_eq(luna_score(x.c, s, lg, tok, sizeof prompt, per, NULL, NULL, NULL), 0);
+    for (size_t i = 0; i < sizeof prompt; i++) cr_expect(fabs(per[i] - pl0.lp[i + 1]) < 1e-4, "position %zu", i + 1);
+    /* refused: too few entries, too many best tokens, after the prefill began */
+    luna_gen g;
+    luna_sampler *smp;
+    luna_gen_state_reset(s);
+    cr_assert_eq(luna_sampler_new(V, &sp, &smp), 0);
+    cr_assert_eq(luna_gen_begin(&g, x.m, s, smp, prompt, sizeof prompt, &p, NULL, NULL), 0);
+    luna_gen_lp small = out0, many = out0;
+    small.cap = (size_t)N - 1;
+    many.n_top = LUNA_GEN_MAX_TOP + 1;
+    cr_expect_eq(luna_gen_logprobs(&g, &small, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_gen_logprobs(&g, NULL, &small), LUNA_EINVAL, "the prompt needs len + 1");
+    cr_expect_eq(luna_gen_logprobs(&g, &many, NULL), LUNA_EINVAL);
+    cr_assert_gt(luna_gen_prefill(&g, x.c, 64), 0);
+    cr_expect_eq(luna_gen_logprobs(&g, NULL, &pl0), LUNA_EINVAL, "the prompt's: too late");
+    cr_expect_eq(luna_gen_logprobs(&g, &out0, NULL), 0, "the output's: before the first token");
+    luna_gen_end(&g, NULL);
+    luna_sampler_free(smp);
+    luna_gen_state_free(s);
+    free(lg), free(b0.buf), free(plain.buf);
+    lp_free(&out0), lp_free(&pl0);
+    lm_close(&x);
+}
+
 /* Runs one generation to the end: luna_gen_resume on s (which holds what it holds), slices of
  * `slice` tokens, a step alone per token. */
 static int run_resumed(lm *x, luna_gen_state *s, const float *logits, const uint8_t *prompt, size_t len,

@@ -812,7 +812,7 @@ Test(score, matches_the_pytorch_reference)
             float *lg = malloc(V * sizeof(float));
             cr_assert_eq(luna_prefill(c, s, tok, 1, lg, 0), 0);
             double *per = malloc((n - 1) * sizeof(double)), total;
-            cr_assert_eq(luna_score(c, s, lg, tok + 1, n - 1, per, &total, NULL), 0);
+            cr_assert_eq(luna_score(c, s, lg, tok + 1, n - 1, per, &total, NULL, NULL), 0);
             cr_expect_eq(luna_gen_state_tokens(s), n);
             double worst = 0, sum = 0;
             for (size_t j = 0; j + 1 < n; j++) {
@@ -832,6 +832,41 @@ Test(score, matches_the_pytorch_reference)
         luna_ctx_free(c);
         golden_close(&g);
     }
+}
+
+/* is_greedy: a candidate built token by token from the most likely next one is greedy; one
+ * whose last token is the second most likely is not, and scores lower. */
+Test(score, greedy_flag)
+{
+    luna_model *m = golden_model("lm_defaults");
+    const luna_config *cfg = luna_model_config(m);
+    int V = cfg->vocab_size;
+    luna_ctx *c = ctx_new(m, 16);
+    luna_gen_state *s = state_new(m), *w = state_new(m);
+    float *lg = malloc((size_t)V * sizeof(float)), *first = malloc((size_t)V * sizeof(float));
+    int32_t bos = cfg->bos_id, cand[20], best[2];
+    double best_lp[2], per[20], greedy_total, other_total;
+    cr_assert_eq(luna_prefill(c, s, &bos, 1, first, 0), 0);
+    memcpy(lg, first, (size_t)V * sizeof(float));
+    cr_assert_eq(luna_gen_state_copy(w, s), 0);
+    for (int i = 0; i < 20; i++) { /* the greedy continuation, stepped */
+        cr_assert_eq(luna_logprob_top(lg, V, -1, NULL, 2, best, best_lp), 2);
+        cand[i] = best[0];
+        if (i < 19) cr_assert_eq(luna_step(c, w, cand[i], lg), 0);
+    }
+    int greedy = -1;
+    cr_assert_eq(luna_gen_state_copy(w, s), 0);
+    cr_assert_eq(luna_score(c, w, first, cand, 20, per, &greedy_total, NULL, &greedy), 0);
+    cr_expect_eq(greedy, 1);
+    cand[19] = best[1]; /* the runner-up at the last position */
+    cr_assert_eq(luna_gen_state_copy(w, s), 0);
+    cr_assert_eq(luna_score(c, w, first, cand, 20, per, &other_total, NULL, &greedy), 0);
+    cr_expect_eq(greedy, 0);
+    cr_expect(other_total < greedy_total);
+    free(lg), free(first);
+    luna_gen_state_free(s), luna_gen_state_free(w);
+    luna_ctx_free(c);
+    luna_model_free(m);
 }
 
 /* The /score flow: a prefix prefilled once, each candidate scored on a copy. The same numbers
@@ -854,10 +889,10 @@ Test(score, candidates_on_copies_of_one_prefix)
         size_t n = lens[k];
         double per[64], per2[64], tot, tot2;
         cr_assert_eq(luna_gen_state_copy(work, prefix), 0);
-        cr_assert_eq(luna_score(c, work, lp, cand, n, per, &tot, na), 0);
+        cr_assert_eq(luna_score(c, work, lp, cand, n, per, &tot, na, NULL), 0);
         luna_gen_state_reset(solo);
         cr_assert_eq(luna_prefill(c, solo, t, P, ls, 0), 0);
-        cr_assert_eq(luna_score(c, solo, ls, cand, n, per2, &tot2, nb), 0);
+        cr_assert_eq(luna_score(c, solo, ls, cand, n, per2, &tot2, nb, NULL), 0);
         cr_expect_arr_eq(per, per2, n * sizeof(double), "candidate %zu", k);
         cr_expect(tot == tot2);
         cr_expect_arr_eq(na, nb, V * sizeof(float));
@@ -894,18 +929,18 @@ Test(score, errors)
     float *lg = malloc(V * sizeof(float));
     cr_assert_eq(luna_prefill(c, s, t, max - 10, lg, 0), 0);
     double per[16], tot;
-    cr_expect_eq(luna_score(c, s, lg, t, 11, per, &tot, NULL), LUNA_ETOOLONG);
+    cr_expect_eq(luna_score(c, s, lg, t, 11, per, &tot, NULL, NULL), LUNA_ETOOLONG);
     cr_expect_eq(luna_gen_state_tokens(s), max - 10, "nothing consumed");
     int32_t bad[2] = {5, (int32_t)V};
-    cr_expect_eq(luna_score(c, s, lg, bad, 2, per, &tot, NULL), LUNA_EINVAL);
-    cr_expect_eq(luna_score(c, s, lg, t, 0, per, &tot, NULL), LUNA_EINVAL);
-    cr_expect_eq(luna_score(c, s, NULL, t, 1, per, &tot, NULL), LUNA_EINVAL);
-    cr_expect_eq(luna_score(cc, s, lg, t, 1, per, &tot, NULL), LUNA_ETASK);
+    cr_expect_eq(luna_score(c, s, lg, bad, 2, per, &tot, NULL, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_score(c, s, lg, t, 0, per, &tot, NULL, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_score(c, s, NULL, t, 1, per, &tot, NULL, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_score(cc, s, lg, t, 1, per, &tot, NULL, NULL), LUNA_ETASK);
     lg[0] = NAN;
-    cr_expect_eq(luna_score(c, s, lg, t, 1, per, &tot, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_score(c, s, lg, t, 1, per, &tot, NULL, NULL), LUNA_EINVAL);
     cr_expect_eq(luna_gen_state_tokens(s), max - 10);
     lg[0] = 0;
-    cr_expect_eq(luna_score(c, s, lg, t, 10, per, &tot, NULL), 0, "up to max_positions");
+    cr_expect_eq(luna_score(c, s, lg, t, 10, per, &tot, NULL, NULL), 0, "up to max_positions");
     cr_expect_eq(luna_score_workspace_bytes(c, 3), 3 * V * sizeof(float));
     cr_expect_eq(luna_score_workspace_bytes(c, 1000), 16 * V * sizeof(float));
     free(lg), free(t);
