@@ -363,10 +363,12 @@ def run(tmp, procs):
             pid = r["proc"].pid
             # Freeze the replica (SIGSTOP) and let HAProxy's count of requests on it settle: what
             # it then holds can't be answered any more, so it is in flight when the signal lands.
-            # Wait (up to 1 s) until it holds at least one. Then the signal; a SIGTERM is
-            # delivered when the replica resumes (SIGCONT), with those requests still running.
+            # Wait (up to 3 s: with generation hashed to its replica since issue 26, a slow
+            # machine's frozen replica may get no new request for a second) until it holds at
+            # least one. Then the signal; a SIGTERM is delivered when the replica resumes
+            # (SIGCONT), with those requests still running.
             os.kill(pid, signal.SIGSTOP)
-            end, held = time.monotonic() + 1, 0
+            end, held = time.monotonic() + 3, 0
             time.sleep(0.05)
             while True:
                 held = int(haproxy_stats(sock).get(f"r{idx + 1}", {}).get("scur") or 0)
