@@ -302,8 +302,9 @@ void srv_cache_put(srv_cache *c, srv_cnode **pin, const uint8_t *prompt, size_t 
     srv_cnode *parent = *pin;
     if (parent && parent->pos >= t) return; /* (a prefill goes forward) */
     size_t from = parent ? (size_t)parent->pos - 1 : 0, to = (size_t)t - 1;
-    pthread_mutex_lock(&c->lock);
+    /* (outside the lock: the pinned parent's hash does not change) */
     uint64_t hash = fnv(parent ? parent->hash : FNV_BASIS, prompt + from, to - from);
+    pthread_mutex_lock(&c->lock);
     srv_cnode *n = find(c, t, hash, prompt, len);
     if (n) {
         n->pins++; /* held while room is made: pruning must not free it */

@@ -1237,7 +1237,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     if (r->ph == PH_BODY) {
         srv_guard_conn_phase(guard, r->clock, CONN_BUSY);
         if (r->err.kind) return respond_error(r, NULL);
-        if ((generates(r->ep) || !r->raw) && hold_parse(r)) return respond_error(r, NULL);
+        if (!r->raw && hold_parse(r)) return respond_error(r, NULL); /* every body but a raw document is JSON */
         return generates(r->ep) ? start_generate(r) : r->ep == EP_SCORE ? start_score(r) : start_classify(r);
     }
     if (r->ph == PH_QUEUED && r->job.stream) {
