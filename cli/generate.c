@@ -471,7 +471,8 @@ int cmd_bench_gen(int argc, char **argv)
 /* ---- bench-batch ------------------------------------------------------------------------------ */
 
 static const char bench_batch_help[] =
-    "usage: luna bench-batch --model DIR [--batch 1,4,16,32] [--context N] [--steps N] [--threads N] [--json]\n"
+    "usage: luna bench-batch --model DIR [--batch 1,4,16,32] [--context N] [--steps N] [--lanes N] [--threads N]\n"
+    "                        [--json]\n"
     "Measures batched decode steps (luna_step_batch): B streams, each with its own state after a\n"
     "prefill of --context tokens (default 1k), step together; the time per step and the tokens/s\n"
     "of all streams, against B = 1. Each batch size alternates with the single-row step (the\n"
@@ -479,7 +480,9 @@ static const char bench_batch_help[] =
     "steps took before batching), so the ratios are measured side by side.\n"
     "  --batch LIST  batch sizes (default 1,2,4,8,16,32)\n"
     "  --steps N     timed steps per batch size (default 100; the median is reported)\n"
-    "  --threads N   OpenBLAS threads (the batched kernel itself runs on the calling thread)\n";
+    "  --lanes N     threads that share each step (default 1); with N > 1 the same step on one\n"
+    "                lane alternates too (vs_1_lane: the speed-up of the N lanes)\n"
+    "  --threads N   OpenBLAS threads (the steps' kernel does not call OpenBLAS)\n";
 
 static int cmp_dbl(const void *a, const void *b)
 {
@@ -492,19 +495,21 @@ int cmd_bench_batch(int argc, char **argv)
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"batch", required_argument, 0, 'b'},
         {"context", required_argument, 0, 'n'}, {"steps", required_argument, 0, 's'},
-        {"threads", required_argument, 0, 't'}, {"json", no_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+        {"threads", required_argument, 0, 't'}, {"lanes", required_argument, 0, 'l'},
+        {"json", no_argument, 0, 'j'},        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     const char *model = NULL, *batches = "1,2,4,8,16,32";
     size_t ctx_n = 1024;
-    int steps = 100, threads = 0, json = 0, c;
+    int steps = 100, threads = 0, lanes = 1, json = 0, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":m:b:n:s:t:jh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:b:n:s:t:l:jh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case 'b': batches = optarg; break;
         case 'n': parse_lengths("bench-batch", "--context", optarg, &ctx_n, 1); break;
         case 's': steps = (int)parse_long("bench-batch", "--steps", optarg, 1, 100000); break;
         case 't': threads = (int)parse_long("bench-batch", "--threads", optarg, 1, 256); break;
+        case 'l': lanes = (int)parse_long("bench-batch", "--lanes", optarg, 1, LUNA_MAX_THREADS); break;
         case 'j': json = 1; break;
         case 'h': fputs(bench_batch_help, stdout); return 0;
         case ':': die_usage("bench-batch", "option %s needs a value", argv[optind - 1]); break;
@@ -523,15 +528,15 @@ int cmd_bench_batch(int argc, char **argv)
     luna_model *m = load_lm_or_die("bench-batch", model);
     const luna_config *cfg = luna_model_config(m);
     size_t V = (size_t)cfg->vocab_size;
-    luna_ctx_opts o = {maxb > 256 ? maxb : 256, LUNA_ATTN_LUNA, 1};
+    luna_ctx_opts o = {maxb > 256 ? maxb : 256, LUNA_ATTN_LUNA, lanes};
     luna_ctx *ctx = NULL;
     int rc = luna_ctx_new(m, &o, &ctx);
     luna_gen_state **st = calloc((size_t)maxb, sizeof *st);
     int32_t *tok = malloc((size_t)maxb * sizeof *tok), *prompt = malloc(ctx_n * sizeof *prompt);
     float *logits = malloc((size_t)maxb * V * sizeof(float));
     double *t_b = malloc((size_t)steps * sizeof(double)), *t_1 = malloc((size_t)steps * sizeof(double)),
-           *t_v = malloc((size_t)steps * sizeof(double));
-    if (!st || !tok || !prompt || !logits || !t_b || !t_1 || !t_v) rc = LUNA_ENOMEM;
+           *t_v = malloc((size_t)steps * sizeof(double)), *t_l = malloc((size_t)steps * sizeof(double));
+    if (!st || !tok || !prompt || !logits || !t_b || !t_1 || !t_v || !t_l) rc = LUNA_ENOMEM;
     unsigned x = 7;
     for (int i = 0; i < maxb && !rc; i++) {
         rc = luna_gen_state_new(m, &st[i]);
@@ -545,40 +550,46 @@ int cmd_bench_batch(int argc, char **argv)
     if (!json) {
         char blas[512];
         luna_blas_summary(&cli_blas, blas, sizeof blas);
-        printf("# %s\n# d %d, %d layers, l %d; context %zu tokens per stream; median of %d steps\n", blas, cfg->d,
-               cfg->layers, cfg->l, ctx_n, steps);
-        printf("%6s %10s %12s %14s %12s %14s\n", "batch", "step_ms", "tokens_s", "per_stream_s", "vs_batch1", "vs_sgemv_step");
+        printf("# %s\n# d %d, %d layers, l %d; context %zu tokens per stream; median of %d steps; %d lane(s)\n", blas,
+               cfg->d, cfg->layers, cfg->l, ctx_n, steps, lanes);
+        printf("%6s %10s %12s %14s %12s %14s %10s\n", "batch", "step_ms", "tokens_s", "per_stream_s", "vs_batch1",
+               "vs_sgemv_step", "vs_1_lane");
     }
     for (int i = 0; i < nb && !rc; i++) {
         size_t B = bs[i];
         for (int k = 0; k < steps && !rc; k++) {
             for (size_t b = 0; b < B; b++) tok[b] = cfg->byte_offset + (int32_t)((k * 31 + b * 7) % 95 + 32);
+            luna_ctx_set_lanes(ctx, lanes);
             double t0 = now_s();
             rc = luna_step_batch(ctx, st, tok, B, logits);
             double t1 = now_s();
             if (!rc) rc = luna_step_batch(ctx, st, tok, 1, logits); /* the same kernel, one row */
             double t2 = now_s();
+            luna_ctx_set_lanes(ctx, 1);
             if (!rc) rc = luna_prefill(ctx, st[0], tok, 1, logits, 0); /* sgemv, as before batching */
             double t3 = now_s();
-            t_b[k] = t1 - t0, t_1[k] = t2 - t1, t_v[k] = t3 - t2;
+            if (!rc && lanes > 1) rc = luna_step_batch(ctx, st, tok, B, logits); /* B rows on one lane */
+            t_b[k] = t1 - t0, t_1[k] = t2 - t1, t_v[k] = t3 - t2, t_l[k] = now_s() - t3;
         }
         if (rc) break;
         qsort(t_b, (size_t)steps, sizeof *t_b, cmp_dbl);
         qsort(t_1, (size_t)steps, sizeof *t_1, cmp_dbl);
         qsort(t_v, (size_t)steps, sizeof *t_v, cmp_dbl);
-        double mb = t_b[steps / 2], m1 = t_1[steps / 2], mv = t_v[steps / 2];
-        double tps = (double)B / mb, vs1 = tps / (1.0 / m1), vsv = tps / (1.0 / mv);
+        qsort(t_l, (size_t)steps, sizeof *t_l, cmp_dbl);
+        double mb = t_b[steps / 2], m1 = t_1[steps / 2], mv = t_v[steps / 2], ml = lanes > 1 ? t_l[steps / 2] : mb;
+        double tps = (double)B / mb, vs1 = tps / (1.0 / m1), vsv = tps / (1.0 / mv), vsl = ml / mb;
         if (json)
-            printf("{\"batch\": %zu, \"step_ms\": %.4f, \"tokens_s\": %.1f, \"single_step_ms\": %.4f, \"sgemv_step_ms\": %.4f, "
-                   "\"vs_batch1\": %.3f, \"vs_sgemv_step\": %.3f, \"context\": %zu, \"blas_core\": \"%s\"}\n",
-                   B, mb * 1e3, tps, m1 * 1e3, mv * 1e3, vs1, vsv, ctx_n, cli_blas.core);
+            printf("{\"batch\": %zu, \"lanes\": %d, \"step_ms\": %.4f, \"tokens_s\": %.1f, \"single_step_ms\": %.4f, "
+                   "\"sgemv_step_ms\": %.4f, \"one_lane_step_ms\": %.4f, \"vs_batch1\": %.3f, \"vs_sgemv_step\": %.3f, "
+                   "\"vs_1_lane\": %.3f, \"context\": %zu, \"blas_core\": \"%s\"}\n",
+                   B, lanes, mb * 1e3, tps, m1 * 1e3, mv * 1e3, ml * 1e3, vs1, vsv, vsl, ctx_n, cli_blas.core);
         else
-            printf("%6zu %10.3f %12.0f %14.0f %12.2f %14.2f\n", B, mb * 1e3, tps, 1.0 / mb, vs1, vsv);
+            printf("%6zu %10.3f %12.0f %14.0f %12.2f %14.2f %10.2f\n", B, mb * 1e3, tps, 1.0 / mb, vs1, vsv, vsl);
         fflush(stdout);
     }
     if (rc) fprintf(stderr, "%s bench-batch: %s\n", prog, luna_strerror(rc));
     for (int i = 0; i < maxb; i++) luna_gen_state_free(st[i]);
-    free(st), free(tok), free(prompt), free(logits), free(t_b), free(t_1), free(t_v);
+    free(st), free(tok), free(prompt), free(logits), free(t_b), free(t_1), free(t_v), free(t_l);
     luna_ctx_free(ctx);
     luna_model_free(m);
     return rc ? 1 : 0;

@@ -78,9 +78,6 @@ static inline int canceled(const luna_ctx *c)
 void luna__add_sinusoid(const luna_ctx *c, float *x, size_t pos0, size_t rows);
 uint32_t luna__hash_bucket(const int32_t *win, int order, int buckets);
 void luna__add_hash_ngrams(const luna_model *m, const int32_t *win, size_t have, float *xr);
-/* fixed: the products in kn_linear_fixed's order (decode steps: batch-invariant) */
-void luna__attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows,
-                        float *T, float *Y, float *F, int fixed);
 
 /* decoder.c: the decoder's workspace for `lanes` lanes, laid out from offset *off on (floats). */
 void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lanes, ws_layout *L, size_t *off);

@@ -5,7 +5,7 @@
  * The data flows in this order, and so does this file:
  *   states -> workspace layout -> lanes (a prefill's work on several threads) -> embedding
  *   -> causal Luna attention -> KV-cache attention -> the layer loop (prefill, in phases that
- *   the lanes share; a step is a batch of rows on the calling thread).
+ *   the lanes share; a step is a batch of rows, its phases shared by the lanes too).
  *
  * A chunk of c tokens goes through every layer before the next chunk starts: position t of
  * layer L depends only on positions <= t of layer L-1, so nothing of the sequence is kept
@@ -465,20 +465,26 @@ static size_t lin_items(const lin_job *j, int count)
     return items;
 }
 
-/* Block `item` of lin_items' numbering. */
-static void lin_item(const lin_job *j, size_t rows, size_t item)
+/* Block b of nb of one layer: through kn_linear_fixed (a decode step's rows) or kn_linear. */
+static void lin_block(const lin_job *j, size_t rows, size_t nb, size_t b, int fixed)
 {
-    while (item >= col_blocks((size_t)j->L->out)) item -= col_blocks((size_t)j->L->out), j++;
     const luna_linear *L = j->L;
     size_t n = (size_t)L->out, in = (size_t)L->in, j0, j1;
-    col_span(n, col_blocks(n), item, &j0, &j1);
+    col_span(n, nb, b, &j0, &j1);
     luna_linear part = {L->w + j0 * in, L->b ? L->b + j0 : NULL, (int)(j1 - j0), L->in};
     float *y = j->y + j0;
-    kn_linear(&part, j->x, rows, j->ldx, y, j->ldy, j->alpha);
+    (fixed ? kn_linear_fixed : kn_linear)(&part, j->x, rows, j->ldx, y, j->ldy, j->alpha);
     for (size_t r = 0; r < rows; r++) {
         if (j->act_on) kn_act(j->act, y + r * j->ldy, j1 - j0);
         if (j->res) kn_add(j->res + j0 + r * j->ldy, y + r * j->ldy, j1 - j0);
     }
+}
+
+/* Block `item` of lin_items' numbering. */
+static void lin_item(const lin_job *j, size_t rows, size_t item)
+{
+    while (item >= col_blocks((size_t)j->L->out)) item -= col_blocks((size_t)j->L->out), j++;
+    lin_block(j, rows, col_blocks((size_t)j->L->out), item, 0);
 }
 
 /* ---- embedding ------------------------------------------------------------------------------- */
@@ -537,25 +543,6 @@ static void tril(float *G, size_t rows)
 
 /* ---- causal Luna attention ------------------------------------------------------------------ */
 
-/* The projections of layer li for the rows of a decode step, xin (rows, d): Q (scaled), K, V
- * (K when tied) and the rows that feed phi (C: pc_proj's, or xin itself), in the context's
- * buffers, with kn_linear_fixed (a row's bits do not depend on the batch). */
-static void causal_proj(luna_ctx *c, int li, const float *xin, size_t rows, const float **C)
-{
-    const luna_config *cfg = &c->m->cfg;
-    const luna_layer *ly = &c->m->layers[li];
-    size_t d = (size_t)cfg->d, k = d / (size_t)cfg->H;
-    int tied = cfg->tie_kv;
-    kn_linear_fixed(&ly->q_proj, xin, rows, d, W(c, dQ), d, 1.0f / sqrtf((float)k));
-    kn_linear_fixed(tied ? &ly->c_proj : &ly->k_proj, xin, rows, d, W(c, dK), d, 1.0f);
-    if (!tied) kn_linear_fixed(&ly->v_proj, xin, rows, d, W(c, dV), d, 1.0f);
-    *C = xin;
-    if (cfg->causal_pc_proj) {
-        kn_linear_fixed(&ly->pc_proj, xin, rows, d, W(c, dC), d, 1.0f);
-        *C = W(c, dC);
-    }
-}
-
 /* The attention of layer li, head h, for `rows` rows whose projections are Q, K, V, C (row
  * stride d) at positions t0 + 1 .. t0 + rows, into the head's columns of O (stride d); the
  * head's part of the state's sums advances over them. w is the lane's scratch. Heads share
@@ -613,8 +600,8 @@ static void causal_head(const luna_ctx *c, int li, luna_gen_state *s, const floa
 /* causal_head for one row and every head, written out as loops in one fixed order: a decode
  * step is O(d l) of small products per layer, where a BLAS call's overhead would cost more
  * than the work. The same arithmetic as causal_head's up to the order of the sums. */
-static void causal_row(luna_ctx *c, int li, luna_gen_state *s, const float *q, const float *kk, const float *v,
-                       const float *cc, uint64_t t0, float *o)
+static void causal_row(const luna_ctx *c, int lane, int li, luna_gen_state *s, const float *q, const float *kk,
+                       const float *v, const float *cc, uint64_t t0, float *o)
 {
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
@@ -622,7 +609,7 @@ static void causal_row(luna_ctx *c, int li, luna_gen_state *s, const float *q, c
     int tied = cfg->tie_kv;
     const float *Pq = m->pq + (size_t)li * l * d;
     double *SK64 = s->sum + (size_t)li * sums_per_layer(cfg), *SV64 = SK64 + d * l;
-    lane_scratch ls = scratch_of(c, 0);
+    lane_scratch ls = scratch_of(c, lane);
     float *w = ls.W, *a = ls.A;
     float inv_t = (float)(1.0 / (double)(t0 + 1));
     for (size_t h = 0; h < H; h++) {
@@ -883,6 +870,46 @@ int luna_prefill(luna_ctx *c, luna_gen_state *s, const int32_t *tokens, size_t n
     return prefill_run(c, n > 1 ? c->threads : 1, &job);
 }
 
+/* A decode step's phases (see "lanes"): the column blocks of its linear layers, through
+ * kn_linear_fixed, whose every output has the bits it has in any block, so a step may cut
+ * its layers into as many blocks as it has lanes; and its rows' attention, a row an item. */
+typedef enum { S_LINEAR, S_ROWS } step_phase;
+
+typedef struct {
+    luna_gen_state *const *s;
+    step_phase phase;
+    size_t B;           /* rows */
+    size_t blocks;      /* S_LINEAR: column blocks per layer (step_linear) */
+    lin_job lin[4];     /* S_LINEAR: the layers whose column blocks are the items */
+    int li;             /* S_ROWS: the layer, and the rows' inputs */
+    const float *Q, *K, *V, *C;
+    float *O;
+} step_job;
+
+static void step_item(luna_ctx *c, int lane, size_t item, void *arg)
+{
+    const step_job *j = arg;
+    if (j->phase == S_LINEAR) {
+        lin_block(&j->lin[item / j->blocks], j->B, j->blocks, item % j->blocks, 1);
+        return;
+    }
+    size_t d = (size_t)c->m->cfg.d, o = item * d;
+    luna_gen_state *s = j->s[item];
+    causal_row(c, lane, j->li, s, j->Q + o, j->K + o, j->V + o, j->C + o, s->t, j->O + o);
+}
+
+/* The layers lin[0 .. count), of as many outputs each, as one phase of column blocks: two a
+ * lane, so that a lane the machine slows leaves its share to the others, of 16 columns at
+ * least (col_span). */
+static void step_linear(luna_ctx *c, int lanes, step_job *j, const lin_job *lin, int count)
+{
+    size_t n = (size_t)lin[0].L->out, nb = lanes > 1 ? 2 * (size_t)lanes : 1;
+    j->phase = S_LINEAR;
+    j->blocks = nb < n / 16 ? nb : n / 16 ? n / 16 : 1;
+    memcpy(j->lin, lin, (size_t)count * sizeof *lin);
+    lanes_phase(c, lanes, step_item, j, (size_t)count * j->blocks);
+}
+
 int luna_step_batch(luna_ctx *c, luna_gen_state *const *s, const int32_t *tokens, size_t B, float *logits)
 {
     if (!c || !s || !tokens || B == 0 || B > (size_t)c->chunk) return LUNA_EINVAL;
@@ -899,29 +926,49 @@ int luna_step_batch(luna_ctx *c, luna_gen_state *const *s, const int32_t *tokens
     }
     if (canceled(c)) return LUNA_ECANCELED;
     c->last_alloc_bytes = 0;
-    size_t d = (size_t)cfg->d, V = (size_t)cfg->vocab_size;
-    float *X = W(c, dX), *T = W(c, dT), *O = W(c, dO);
+    size_t d = (size_t)cfg->d, V = (size_t)cfg->vocab_size, ffn = (size_t)cfg->ffn;
+    size_t k = d / (size_t)cfg->H;
+    int pre = cfg->normalize_before, tied = cfg->tie_kv, lanes = c->threads;
+    float *X = W(c, dX), *T = W(c, dT), *O = W(c, dO), *Y = W(c, dY), *F = W(c, F);
+    const float *xin = pre ? T : X;
+    /* the norms and embeddings, a few microseconds, stay on this thread between phases */
+    step_job job = {.s = s, .B = B, .O = O};
+    job.Q = W(c, dQ), job.K = W(c, dK), job.V = tied ? job.K : W(c, dV);
+    job.C = cfg->causal_pc_proj ? W(c, dC) : xin;
     for (size_t b = 0; b < B; b++) {
         dec_embed(c, s[b], tokens + b, 0, 1, s[b]->t, X + b * d);
         dec_remember(s[b], tokens + b, 1);
     }
     for (int li = 0; li < cfg->layers; li++) {
         const luna_layer *ly = &m->layers[li];
-        const float *xin = X, *C;
-        if (cfg->normalize_before) {
-            kn_layernorm(&ly->self_attn_layer_norm, X, T, B, d);
-            xin = T;
-        }
+        if (pre) kn_layernorm(&ly->self_attn_layer_norm, X, T, B, d);
         /* the weights once for every row; each row's attention against its own state */
-        causal_proj(c, li, xin, B, &C);
-        const float *Q = W(c, dQ), *K = W(c, dK), *Vv = cfg->tie_kv ? K : W(c, dV);
-        for (size_t b = 0; b < B; b++)
-            causal_row(c, li, s[b], Q + b * d, K + b * d, Vv + b * d, C + b * d, s[b]->t, O + b * d);
-        luna__attn_out_ffn(c, ly, X, O, B, T, W(c, dY), W(c, F), 1);
+        lin_job proj[4] = {{&ly->q_proj, xin, d, W(c, dQ), d, 1.0f / sqrtf((float)k), 0, 0, NULL},
+                           {tied ? &ly->c_proj : &ly->k_proj, xin, d, W(c, dK), d, 1.0f, 0, 0, NULL}};
+        int np = 2;
+        if (!tied) proj[np++] = (lin_job){&ly->v_proj, xin, d, W(c, dV), d, 1.0f, 0, 0, NULL};
+        if (cfg->causal_pc_proj) proj[np++] = (lin_job){&ly->pc_proj, xin, d, W(c, dC), d, 1.0f, 0, 0, NULL};
+        step_linear(c, lanes, &job, proj, np);
+        job.phase = S_ROWS;
+        job.li = li;
+        lanes_phase(c, lanes, step_item, &job, B);
+        /* as encoder.c's attn_out_ffn: X += out_proj(O), the norm, X += fc2(act(fc1(x))), the norm */
+        lin_job out = {&ly->out_proj, O, d, Y, d, 1.0f, 0, 0, X};
+        step_linear(c, lanes, &job, &out, 1);
+        if (!pre) kn_layernorm(&ly->self_attn_layer_norm, X, X, B, d);
+        else kn_layernorm(&ly->final_layer_norm, X, T, B, d);
+        lin_job fc1 = {&ly->fc1, xin, d, F, ffn, 1.0f, 1, cfg->activation, NULL};
+        step_linear(c, lanes, &job, &fc1, 1);
+        lin_job fc2 = {&ly->fc2, F, ffn, Y, d, 1.0f, 0, 0, X};
+        step_linear(c, lanes, &job, &fc2, 1);
+        if (!pre) kn_layernorm(&ly->final_layer_norm, X, X, B, d);
     }
     for (size_t b = 0; b < B; b++) s[b]->t += 1;
-    if (cfg->normalize_before) kn_layernorm(&m->layer_norm, X, X, B, d);
-    if (logits) kn_linear_fixed(&m->output_projection, X, B, d, logits, V, 1.0f);
+    if (pre) kn_layernorm(&m->layer_norm, X, X, B, d);
+    if (logits) {
+        lin_job lg = {&m->output_projection, X, d, logits, V, 1.0f, 0, 0, NULL};
+        step_linear(c, lanes, &job, &lg, 1);
+    }
     return 0;
 }
 

@@ -342,15 +342,13 @@ static void embed_p(const luna_ctx *c, size_t lp, float *P)
 /* The rest of a layer for one chunk once the attention output O (rows, d) is known, shared by
  * Luna and the baselines: out_proj, residual and norm, FFN, residual and norm, in place in x.
  * T (rows, d), Y (rows, d) and F (rows, ffn) are scratch. */
-void luna__attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows,
-                        float *T, float *Y, float *F, int fixed)
+static void attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows,
+                         float *T, float *Y, float *F)
 {
     const luna_config *cfg = &c->m->cfg;
     size_t d = (size_t)cfg->d, ffn = (size_t)cfg->ffn;
     int pre = cfg->normalize_before;
-    void (*linear)(const luna_linear *, const float *, size_t, size_t, float *, size_t, float) =
-        fixed ? kn_linear_fixed : kn_linear;
-    linear(&ly->out_proj, O, rows, d, Y, d, 1.0f);
+    kn_linear(&ly->out_proj, O, rows, d, Y, d, 1.0f);
     kn_add(x, Y, rows * d); /* X1 = X + Y, in place */
     if (!pre) kn_layernorm(&ly->self_attn_layer_norm, x, x, rows, d);
     const float *fin = x;
@@ -358,9 +356,9 @@ void luna__attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, const
         kn_layernorm(&ly->final_layer_norm, x, T, rows, d);
         fin = T;
     }
-    linear(&ly->fc1, fin, rows, d, F, ffn, 1.0f);
+    kn_linear(&ly->fc1, fin, rows, d, F, ffn, 1.0f);
     kn_act(cfg->activation, F, rows * ffn);
-    linear(&ly->fc2, F, rows, ffn, Y, d, 1.0f);
+    kn_linear(&ly->fc2, F, rows, ffn, Y, d, 1.0f);
     kn_add(x, Y, rows * d);
     if (!pre) kn_layernorm(&ly->final_layer_norm, x, x, rows, d);
 }
@@ -447,7 +445,7 @@ static void unpack_rows(luna_ctx *c, const lane_ws *w, int k, float *x, size_t r
         kn_softmax_rows(S, rows, lp, lp);
         kn_gemm_nn(rows, hk, lp, 1.0f, S, lp, VU + h * hk, d, 0.0f, O + h * hk, d);
     }
-    luna__attn_out_ffn(c, ly, x, O, rows, T, Y, F, 0);
+    attn_out_ffn(c, ly, x, O, rows, T, Y, F);
 }
 
 /* Rows [r0, r0 + rows) of X_k, recomputed from the input into the lane's Xr. */
@@ -647,7 +645,7 @@ static int softmax_layer(luna_ctx *c, const luna_layer *ly, float *X, size_t n, 
         kn_gemm_nn(n, k, n, 1.0f, scores + h * n * n, n, Vb + h * k, d, 0.0f, Ob + h * k, d);
     for (size_t r0 = 0; r0 < n; r0 += ch) {
         size_t rows = n - r0 < ch ? n - r0 : ch;
-        luna__attn_out_ffn(c, ly, X + r0 * d, Ob + r0 * d, rows, W(c, A), W(c, D), W(c, F), 0);
+        attn_out_ffn(c, ly, X + r0 * d, Ob + r0 * d, rows, W(c, A), W(c, D), W(c, F));
     }
     return 0;
 }
@@ -696,7 +694,7 @@ static int softmax_stream_layer(luna_ctx *c, const luna_layer *ly, float *X, siz
                 float inv = 1.0f / sm[i * H + h], *o = O + i * d + h * k;
                 for (size_t j = 0; j < k; j++) o[j] *= inv;
             }
-        luna__attn_out_ffn(c, ly, X + q0 * d, O, qr, W(c, A), W(c, D), W(c, F), 0);
+        attn_out_ffn(c, ly, X + q0 * d, O, qr, W(c, A), W(c, D), W(c, F));
     }
     return 0;
 }

@@ -145,7 +145,7 @@ size_t luna_workspace_bytes_attn(const luna_model *m, size_t n, luna_attn attn, 
  * counts (the pack's partial softmaxes merge in another grouping), not bit for bit. A causal
  * LM's prefill gives the same bits with any lane count (its work is cut into pieces whose
  * shapes do not depend on it), so the lanes may change between the slices of one prompt;
- * decode steps (luna_step_batch) always run on the calling thread alone. */
+ * so does a decode step (luna_step_batch), whatever its lanes. */
 int luna_ctx_set_lanes(luna_ctx *c, int lanes);
 
 /* The flag is polled between chunks and layers; when it becomes non-zero the running call
@@ -252,7 +252,9 @@ int luna_step(luna_ctx *c, luna_gen_state *s, int32_t token, float *logits);
  * the weights are read once for all B rows, each row attends over its own state. logits gets
  * B rows of vocab_size. Every row's result is bit for bit the same whatever B is, wherever the
  * row sits and whatever the other rows hold (kn_linear_fixed; each row's attention alone), so
- * a seeded generation gives the same bytes alone or in any batch. EINVAL (a state of another
+ * a seeded generation gives the same bytes alone or in any batch. The step runs on the
+ * context's lanes (luna_ctx_set_lanes): its layers' output columns and its rows are shared
+ * out, each output and row computed as on one lane. EINVAL (a state of another
  * model or kind, a state twice, a bad token), ETOOLONG (a state at max_positions), ECANCELED;
  * on an error no state has moved. */
 int luna_step_batch(luna_ctx *c, luna_gen_state *const *s, const int32_t *tokens, size_t B, float *logits);

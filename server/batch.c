@@ -358,8 +358,10 @@ int srv_batch_new(srv_app *app)
     size_t R = (size_t)app->cfg.max_batch, V = (size_t)luna_model_config(app->generator)->vocab_size;
     b->max_rows = (int)R;
     b->slice = (size_t)app->cfg.max_batch_tokens;
-    /* a step of B rows needs a context whose chunk holds B rows, and it never prefills */
-    luna_ctx_opts co = {(int)R, LUNA_ATTN_LUNA, 1};
+    /* a step of B rows needs a context whose chunk holds B rows, and it never prefills; its
+     * lanes take the cores that nothing else needs (sched.c lends them) */
+    int lanes = app->n_workers * app->cfg.blas_threads;
+    luna_ctx_opts co = {(int)R, LUNA_ATTN_LUNA, lanes < LUNA_MAX_THREADS ? lanes : LUNA_MAX_THREADS};
     b->scratch = luna_ctx_bytes(app->generator, &co) + R * (V * sizeof(float) + 4 * sizeof(void *) + sizeof(int32_t));
     b->logits = malloc(R * V * sizeof(float));
     b->states = malloc(R * sizeof *b->states);
@@ -695,7 +697,7 @@ void srv_batch_run_prefill(srv_app *app, luna_ctx *ctx, srv_seq *s, int lanes)
     s->phase = s->g.done ? SEQ_DONE : SEQ_DECODE;
 }
 
-void srv_batch_run_step(srv_app *app)
+void srv_batch_run_step(srv_app *app, int lanes)
 {
     srv_batch *b = app->batch;
     size_t V = (size_t)luna_model_config(app->generator)->vocab_size, B = 0;
@@ -718,7 +720,7 @@ void srv_batch_run_step(srv_app *app)
         b->rows[B++] = s;
     }
     if (!B) return;
-    srv_metrics_batch_step(&app->metrics, (int)B);
+    srv_metrics_batch_step(&app->metrics, (int)B, luna_ctx_set_lanes(b->ctx, lanes));
     int rc = luna_step_batch(b->ctx, b->states, b->tokens, B, b->logits);
     for (size_t i = 0; i < B; i++) {
         srv_seq *s = b->rows[i];

@@ -6,7 +6,8 @@
  * task:
  *   - a decode step: every sequence whose prompt is in samples its next token, and one
  *     luna_step_batch advances them all (the weights are read once for B rows). One decode
- *     task is out at a time; it runs on the batch's own context.
+ *     task is out at a time; it runs on the batch's own context, split across the cores of
+ *     every idle worker when nothing else waits (sched.c lends them to it).
  *   - a prefill slice: up to --max-batch-tokens more prompt tokens of one sequence, on the
  *     worker's own context. Waiting sequences take turns (round robin), so a short prompt is
  *     not stuck behind a long one, and slices end on the engine's chunk boundaries, so that
@@ -100,7 +101,7 @@ int srv_batch_jobs(const srv_app *app); /* requests in the batch */
 
 /* ---- worker threads ---- */
 void srv_batch_run_prefill(srv_app *app, luna_ctx *ctx, srv_seq *s, int lanes);
-void srv_batch_run_step(srv_app *app);
+void srv_batch_run_step(srv_app *app, int lanes); /* on `lanes` of the batch's context */
 /* A generation alone, start to end (--max-batch 1): every prompt in turn on ctx and state. */
 int srv_gen_run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job);
 

@@ -88,7 +88,10 @@ void srv_metrics_generated(srv_metrics *m, uint64_t generated, uint64_t prompt, 
 }
 void srv_metrics_reject(srv_metrics *m, srv_rejection r) { LOCKED(m->rejections[r]++); }
 void srv_metrics_ttft(srv_metrics *m, double s) { LOCKED(hist_add(&m->ttft, s)); }
-void srv_metrics_batch_step(srv_metrics *m, int rows) { LOCKED(hist_add(&m->batch_size, rows)); }
+void srv_metrics_batch_step(srv_metrics *m, int rows, int lanes)
+{
+    LOCKED(hist_add(&m->batch_size, rows); m->batch_step_lanes += (uint64_t)lanes);
+}
 void srv_metrics_batch_prefill(srv_metrics *m, long tokens) { LOCKED(hist_add(&m->batch_prefill, (double)tokens)); }
 void srv_metrics_fixed(srv_metrics *m, uint64_t bytes) { LOCKED(m->fixed = bytes); }
 void srv_metrics_state_cache(srv_metrics *m, const srv_cache_stats *st) { LOCKED(m->cache = *st); }
@@ -225,6 +228,9 @@ char *srv_metrics_render(srv_metrics *m)
     hist_render(&b, "luna_prefill_seconds", "Time to prefill a generation's prompt (the time to first token, less the queue).", &m->prefill);
     hist_render(&b, "luna_time_to_first_token_seconds", "Time from a generation's arrival to its first token, queue included.", &m->ttft);
     hist_render(&b, "luna_batch_size", "Generations stepped together, one value per batched decode step.", &m->batch_size);
+    sb_printf(&b, "# HELP luna_batch_step_lanes_total Cores (lanes) that shared the batched decode steps, summed over steps: over luna_batch_size_count, the mean per step.\n"
+                  "# TYPE luna_batch_step_lanes_total counter\nluna_batch_step_lanes_total %llu\n",
+              (unsigned long long)m->batch_step_lanes);
     hist_render(&b, "luna_batch_prefill_tokens", "Prompt tokens of each prefill slice run between decode steps.", &m->batch_prefill);
     sb_printf(&b, "# HELP luna_batch_current_size Generations in the continuous batch now (prefilling or decoding).\n"
                   "# TYPE luna_batch_current_size gauge\nluna_batch_current_size %d\n", m->batch_streams);

@@ -36,6 +36,7 @@ typedef struct {
     srv_histogram prefill, per_token; /* generation: the prompt's prefill; decode time per token */
     srv_histogram ttft;               /* generation: submit to first token */
     srv_histogram batch_size;         /* rows of each batched decode step */
+    uint64_t batch_step_lanes;        /* the lanes (cores) of every step, summed */
     srv_histogram batch_prefill;      /* tokens of each prefill slice */
     int batch_streams;                /* generations in the batch now */
     uint64_t generated_tokens, prompt_tokens;
@@ -75,7 +76,7 @@ void srv_metrics_generated(srv_metrics *m, uint64_t generated, uint64_t prompt, 
 void srv_metrics_ttft(srv_metrics *m, double seconds);
 /* The continuous batch: one decode step of `rows` rows; one prefill slice of `tokens`; the
  * number of generations in the batch. */
-void srv_metrics_batch_step(srv_metrics *m, int rows);
+void srv_metrics_batch_step(srv_metrics *m, int rows, int lanes);
 void srv_metrics_batch_prefill(srv_metrics *m, long tokens);
 void srv_metrics_batch_streams(srv_metrics *m, int streams);
 void srv_metrics_fixed(srv_metrics *m, uint64_t bytes); /* reserved for the server's life */

@@ -35,9 +35,10 @@ struct srv_worker {
     srv_task task;  /* set by the loop (lock held), TASK_NONE again once the loop took it back */
     srv_job *job;   /* TASK_JOB */
     srv_seq *seq;   /* TASK_PREFILL */
-    int lanes;      /* TASK_PREFILL */
+    int lanes;      /* TASK_PREFILL, TASK_STEP */
     int finished;   /* the worker is done with the task (lock held) */
     int busy;       /* loop thread's view: a task is assigned and not yet taken back */
+    int lent;       /* loop thread's: busy lending its core to the decode step's lanes */
     int quit;
     luna_ctx *ctx;  /* the classifier's, allocated once at start (NULL without one) */
     luna_ctx *gctx; /* the generator's, and its fixed-size state, allocated once at start */
@@ -289,7 +290,7 @@ static void worker_main(void *arg)
         if (task == TASK_PREFILL) {
             srv_batch_run_prefill(app, w->gctx, w->seq, w->lanes);
         } else if (task == TASK_STEP) {
-            srv_batch_run_step(app);
+            srv_batch_run_step(app, w->lanes);
         } else {
             luna_ctx *ctx = job->kind == JOB_CLASSIFY ? w->ctx : w->gctx;
             luna_ctx_set_cancel(ctx, &job->cancel);
@@ -417,6 +418,30 @@ static srv_job *queue_take(srv_app *app, int lane, int idle)
     return job;
 }
 
+/* Sends the decode step to worker w. With nothing else waiting, the step also takes the cores
+ * of the other idle workers (lanes of the batch's context): they are lent, busy without a
+ * task, until it comes back, so that no job lands on a core the step's lanes run on. */
+static void step_out(srv_app *app, srv_worker *w, int lend)
+{
+    int cores = 1;
+    for (int i = 0; i < app->n_workers && lend; i++) {
+        srv_worker *o = &app->workers[i];
+        if (o == w || o->busy) continue;
+        o->busy = o->lent = 1;
+        cores++;
+    }
+    srv_batch_step_out(app);
+    assign(w, TASK_STEP, NULL, NULL, cores * app->cfg.blas_threads);
+    app->step_last = 1;
+}
+
+/* Takes back the cores lent to a decode step. */
+static void step_back(srv_app *app)
+{
+    for (int i = 0; i < app->n_workers; i++)
+        if (app->workers[i].lent) app->workers[i].busy = app->workers[i].lent = 0;
+}
+
 /* Hands out work. The queue's generations join the batch as soon as it has rows for them.
  * Then each idle worker gets, in this order: the batch's decode step when it is due (the
  * streams wait on it), unless the other work has had no worker since the last step (on one
@@ -444,9 +469,7 @@ static void dispatch(srv_app *app)
         int prefill = b && b->pf_head, step = srv_batch_step_due(app);
         int other = prefill || queued;
         if (step && (!other || others > 0 || !app->step_last)) {
-            srv_batch_step_out(app);
-            assign(idle, TASK_STEP, NULL, NULL, 1);
-            app->step_last = 1;
+            step_out(app, idle, !other);
             continue;
         }
         int waiting = queued + (prefill ? 1 + (b->pf_head->next != NULL) : 0);
@@ -458,9 +481,7 @@ static void dispatch(srv_app *app)
             app->queue_turn = 0;
         } else if (!prefill) { /* the lane's oldest waits for memory, or nothing waits */
             if (!step) return;
-            srv_batch_step_out(app); /* which only the steps can free */
-            assign(idle, TASK_STEP, NULL, NULL, 1);
-            app->step_last = 1;
+            step_out(app, idle, 0); /* which only the steps can free */
             continue;
         }
         app->step_last = 0;
@@ -500,6 +521,7 @@ static void on_wakeup(uv_async_t *h)
         } else if (task == TASK_PREFILL) {
             srv_batch_prefilled(app, seq);
         } else {
+            step_back(app);
             srv_batch_stepped(app);
         }
     }

@@ -1293,9 +1293,10 @@ def test_score_deadline_and_logprob_memory():
 
 def test_batch_streams_step_together():
     # Four streams, each held open: once each has sent its first token they all decode in the
-    # same steps (luna_batch_current_size is 4, and steps of 4 rows are counted); when their
-    # clients hang up they leave, and the batch holds nothing.
-    s = Server("--sse-ping-interval", "3600", "--max-new-tokens", "100000", model="", gen=SLOW_LM)
+    # same steps (luna_batch_current_size is 4, and steps of 4 rows are counted), which take
+    # both workers' cores while nothing else waits; when their clients hang up they leave, and
+    # the batch holds nothing.
+    s = Server("--workers", "2", "--sse-ping-interval", "3600", "--max-new-tokens", "100000", model="", gen=SLOW_LM)
     try:
         conns = [open_stream(s.port, "/generate_stream", {"inputs": p, "parameters": {"max_new_tokens": 100000}})
                  for p in ("Emma", "Anne", "Fanny", "Catherine")]
@@ -1309,6 +1310,9 @@ def test_batch_streams_step_together():
         m = s.metrics()
         assert m["luna_batch_size_count"] > m['luna_batch_size_bucket{le="2"}'], m
         assert m["luna_time_to_first_token_seconds_count"] == 4, m
+        # 20 steps at least since all four decode, with no prefill or job waiting: on 2 lanes
+        steps = m["luna_batch_size_count"]
+        assert steps + 20 <= m["luna_batch_step_lanes_total"] <= 2 * steps, m
         # a batched generation reserves its state, not a context: the workers' contexts are
         # shared slice by slice (so 64 streams fit where 25 did)
         st, _, info = s.json("GET", "/info")
@@ -1344,6 +1348,8 @@ def test_long_prompt_prefilled_between_steps():
             events.append(e)
         assert events[-1]["details"]["generated_tokens"] == 2 and events[-1]["details"]["input_length"] == 32769, events[-1]
         c.close()
+        m = s.metrics()  # one worker has no core to lend its steps
+        assert m["luna_batch_step_lanes_total"] == m["luna_batch_size_count"] > 0, m
     finally:
         assert s.stop() == 0
 

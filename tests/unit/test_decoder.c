@@ -455,8 +455,9 @@ Test(decoder, loader_binds_exactly_the_causal_tensors)
 /* ---- batched steps (luna_step_batch) ------------------------------------------------------ */
 
 /* Every stream steps to the same bits alone and inside batches of 2 to 32, in any position,
- * with other streams joining and leaving between steps: the property that lets the server batch
- * decode steps and still give a seeded request the same bytes whatever else runs. */
+ * with other streams joining and leaving between steps, the batch's step on 1 to 3 lanes: the
+ * property that lets the server batch decode steps (on the cores it has free) and still give a
+ * seeded request the same bytes whatever else runs. */
 static void batch_invariance(const char *model)
 {
     enum { S = 32, STEPS = 6 };
@@ -464,7 +465,7 @@ static void batch_invariance(const char *model)
     const luna_config *cfg = luna_model_config(m);
     size_t V = (size_t)cfg->vocab_size;
     luna_ctx *c;
-    luna_ctx_opts o = {64, LUNA_ATTN_LUNA, 1};
+    luna_ctx_opts o = {64, LUNA_ATTN_LUNA, 3};
     cr_assert_eq(luna_ctx_new(m, &o, &c), 0);
     luna_gen_state *alone[S], *batched[S];
     unsigned x = 12345;
@@ -494,11 +495,15 @@ static void batch_invariance(const char *model)
             bs[b] = batched[order[b]];
             tok[b] = (int32_t)(cfg->byte_offset + (order[b] * 7 + step * 13) % 256);
         }
+        int lanes = 1 + step % 3; /* the batch's step split across 1 to 3 lanes; alone, one */
+        luna_ctx_set_lanes(c, lanes);
         cr_assert_eq(luna_step_batch(c, bs, tok, (size_t)B, lb), 0);
+        luna_ctx_set_lanes(c, 1);
         for (int b = 0; b < B; b++) {
             cr_assert_eq(luna_step(c, alone[order[b]], tok[b], la), 0);
             cr_assert(!memcmp(la, lb + (size_t)b * V, V * sizeof(float)),
-                      "%s step %d: stream %d at row %d of %d differs from its step alone", model, step, order[b], b, B);
+                      "%s step %d: stream %d at row %d of %d (%d lanes) differs from its step alone", model, step,
+                      order[b], b, B, lanes);
             cr_assert_eq(luna_gen_state_tokens(alone[order[b]]), luna_gen_state_tokens(bs[b]));
         }
     }
@@ -607,8 +612,8 @@ static luna_model *austen_lm(void)
 
 /* Whole decode steps on each path of kn_linear_fixed (engine/kernels.h) that this CPU runs: the
  * logits and the state's sums of every stream, stepped alone and in batches of 7 (a block of 4
- * rows and 3 more on AVX-512, of 2 and 1 more on AVX2), are those of the portable path, bit for
- * bit. Shapes the golden LMs are too narrow for: the bundled model's (d 256, pc_proj, tied) and
+ * rows and 3 more on AVX-512, of 2 and 1 more on AVX2) split across 1, 2 and 3 lanes (column
+ * blocks of 16 to 128 outputs), are those of the portable path, bit for bit. Shapes the golden LMs are too narrow for: the bundled model's (d 256, pc_proj, tied) and
  * the wide one's (untied, post-norm). Few tokens: valgrind runs it too. */
 static void steps_agree_on_every_isa(luna_model *m, const char *what)
 {
@@ -616,7 +621,9 @@ static void steps_agree_on_every_isa(luna_model *m, const char *what)
     static const kn_isa isas[] = {KN_ISA_C, KN_ISA_AVX2, KN_ISA_AVX512};
     const luna_config *cfg = luna_model_config(m);
     size_t V = (size_t)cfg->vocab_size, ns = 0;
-    luna_ctx *c = ctx_new(m, 64, LUNA_ATTN_LUNA);
+    luna_ctx_opts o = {64, LUNA_ATTN_LUNA, 3};
+    luna_ctx *c;
+    cr_assert_eq(luna_ctx_new(m, &o, &c), 0);
     luna_gen_state *start[S];
     for (int i = 0; i < S; i++) {
         int32_t *t = tokens(cfg, 1 + (size_t)i * 3, 40 + (uint64_t)i);
@@ -625,15 +632,18 @@ static void steps_agree_on_every_isa(luna_model *m, const char *what)
         free(t);
     }
     luna__gen_state_sums(start[0], &ns);
-    /* per path: [0] the streams stepped alone, [1] batched; ref: the portable path's [0] */
-    float *ref = malloc(STEPS * S * V * sizeof(float)), *got[2];
+    /* per path: [0] the streams stepped alone, [mode] batched on `mode` lanes; ref: the
+     * portable path's [0] */
+    enum { MODES = 4 };
+    float *ref = malloc(STEPS * S * V * sizeof(float)), *got[MODES];
     double *ref_sums = malloc(S * ns * sizeof(double));
-    got[0] = malloc(STEPS * S * V * sizeof(float)), got[1] = malloc(STEPS * S * V * sizeof(float));
-    cr_assert(ref && ref_sums && got[0] && got[1]);
+    cr_assert(ref && ref_sums);
+    for (int mode = 0; mode < MODES; mode++) cr_assert((got[mode] = malloc(STEPS * S * V * sizeof(float))) != NULL);
     for (size_t p = 0; p < sizeof isas / sizeof *isas; p++) {
         if (!kn_isa_supported(isas[p])) continue;
         cr_assert_eq(kn_linear_fixed_pin(isas[p]), 0);
-        for (int mode = 0; mode < 2; mode++) {
+        for (int mode = 0; mode < MODES; mode++) {
+            luna_ctx_set_lanes(c, mode ? mode : 1);
             luna_gen_state *s[S];
             for (int i = 0; i < S; i++) {
                 s[i] = state_new(m, LUNA_ATTN_LUNA);
@@ -643,7 +653,7 @@ static void steps_agree_on_every_isa(luna_model *m, const char *what)
                 int32_t tok[S];
                 for (int i = 0; i < S; i++) tok[i] = (int32_t)(cfg->byte_offset + (i * 29 + step * 11) % 256);
                 float *out = got[mode] + (size_t)step * S * V;
-                if (mode == 1) cr_assert_eq(luna_step_batch(c, s, tok, S, out), 0);
+                if (mode) cr_assert_eq(luna_step_batch(c, s, tok, S, out), 0);
                 else
                     for (int i = 0; i < S; i++) cr_assert_eq(luna_step(c, s[i], tok[i], out + (size_t)i * V), 0);
             }
@@ -652,20 +662,21 @@ static void steps_agree_on_every_isa(luna_model *m, const char *what)
                 if (p == 0 && mode == 0) memcpy(ref_sums + (size_t)i * ns, sums, ns * sizeof(double));
                 else
                     cr_expect(!memcmp(ref_sums + (size_t)i * ns, sums, ns * sizeof(double)),
-                              "%s, isa %d, %s: stream %d's sums differ from the portable path's", what, (int)isas[p],
-                              mode ? "batched" : "alone", i);
+                              "%s, isa %d, %s (%d lanes): stream %d's sums differ from the portable path's", what,
+                              (int)isas[p], mode ? "batched" : "alone", mode ? mode : 1, i);
                 luna_gen_state_free(s[i]);
             }
             if (p == 0 && mode == 0) memcpy(ref, got[0], STEPS * S * V * sizeof(float));
             else
                 for (int r = 0; r < STEPS * S; r++)
                     cr_expect(!memcmp(ref + (size_t)r * V, got[mode] + (size_t)r * V, V * sizeof(float)),
-                              "%s, isa %d, %s: step %d of stream %d differs from the portable path's", what,
-                              (int)isas[p], mode ? "batched" : "alone", r / S, r % S);
+                              "%s, isa %d, %s (%d lanes): step %d of stream %d differs from the portable path's",
+                              what, (int)isas[p], mode ? "batched" : "alone", mode ? mode : 1, r / S, r % S);
         }
     }
     cr_assert_eq(kn_linear_fixed_pin(KN_ISA_BEST), 0);
-    free(ref), free(ref_sums), free(got[0]), free(got[1]);
+    free(ref), free(ref_sums);
+    for (int mode = 0; mode < MODES; mode++) free(got[mode]);
     for (int i = 0; i < S; i++) luna_gen_state_free(start[i]);
     luna_ctx_free(c);
 }
