@@ -1979,10 +1979,10 @@ def test_per_address_limit_by_default():
 
 def test_health_port_answers_when_connections_run_out():
     """--health-port: /health, /ready and /metrics on a listener of their own, with connections
-    of their own. The main listener at its --max-connections (32 held, 8 more in the kernel's
-    backlog) stalls a /health sent to it; on the health port /health and /ready answer, within
-    100 ms (issue 27; the median of 20 probes, each a new connection, as a load balancer's
-    checks are), and it serves nothing else."""
+    of their own. With the main listener at its --max-connections (32 held, 8 more in its
+    reserve: test_main_port_reserve_answers_probes), on the health port /health and /ready
+    answer, within 100 ms (issue 27; the median of 20 probes, each a new connection, as a load
+    balancer's checks are), and it serves nothing else."""
     s = Server("--max-connections", "32", "--max-connections-per-ip", "0", "--health-port", "0",
                "--connection-timeout", "60", "--api-key", "k", "--metrics-auth", "1")
     hp = s.health_port
@@ -1995,14 +1995,6 @@ def test_health_port_answers_when_connections_run_out():
             _, _, d = s.req("GET", "/metrics", headers=key, port=hp)
             return re.search(rb"^luna_connections (\d+)", d, re.M)
         wait_for(lambda: int(open_main().group(1)) >= 33, "32 connections held (and this one)")
-        c = socket.create_connection(("127.0.0.1", s.port), timeout=1)
-        c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        try:
-            got = c.recv(4096)
-        except socket.timeout:
-            got = None
-        c.close()
-        assert got is None, "the main listener answered at its limit: %r" % got
         times = []
         for path in ["/health", "/ready"] * 10:
             t0 = time.monotonic()
@@ -2138,6 +2130,119 @@ def test_per_client_limits():
         assert s.stop() == 0
 
 
+
+def test_body_share_per_client():
+    """--max-body-bytes-per-client: the bodies (and parsed input) one client holds in the ledger
+    at once are at most its share of the bodies' half of the budget, by default a quarter of it
+    but at least one body of --max-input-bytes (issue 27: one client trickling uploads just above
+    --body-min-rate held the whole half, and every other client's body was 503). Past it, 429
+    with Retry-After and the limit, while another client's upload is served; a body larger than
+    the share itself is 413; everything is given back when the uploads end."""
+    mib = 1 << 20
+    s = Server("--memory-budget", "32M", "--max-body-bytes", "1M", "--max-input-bytes", "1M", model=FAST, gen="")
+    ups = []
+    try:
+        m = s.metrics()
+        half = (m["luna_memory_budget_bytes"] - m["luna_memory_reserved_fixed_bytes"]) // 2
+        share = int(max(half // 4, mib + 1))
+        n = share // (mib + 1)  # whole uploads of 1 MiB (each holds 1 MiB + 1) within the share
+        assert 2 <= n and (n + 1) * (mib + 1) > share and (n + 1) * (mib + 1) <= half, (half, share, n)
+        ups = [upload_head(s.port, length=mib) for _ in range(n)]
+        wait_for(lambda: requests_hold(s.metrics()) == n * (mib + 1), "the uploads reserved")
+        got = answer_of(upload_head(s.port, length=mib))  # the next from 127.0.0.1: past its share
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 429") and b"Retry-After: 1" in head, got[:400]
+        e = json.loads(body)["error"]
+        assert e["type"] == "overloaded" and e["limit"] == share and "max-body-bytes-per-client" in e["message"], e
+        assert "127.0.0.1" in e["message"], e
+        # another client (address) is served meanwhile, a whole body of the same size
+        c = src_conn(s.port, "127.0.0.2")
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (mib, b"y" * mib))
+        got = answer_of(c)
+        assert got.startswith(b"HTTP/1.1 200"), got[:400]
+        assert requests_hold(s.metrics()) == n * (mib + 1)
+        for c in ups:
+            c.close()
+        ups = []
+        m = wait_idle(s, 30)
+        assert reserved_idle(m), m
+        wait_for(lambda: s.metrics()["luna_clients_active"] == 0, "every client gone")
+        assert s.metrics()['luna_admission_rejections_total{reason="client_limit"}'] == 1
+        # the share admits as many as before
+        ups = [upload_head(s.port, length=mib) for _ in range(n)]
+        wait_for(lambda: requests_hold(s.metrics()) == n * (mib + 1), "the uploads reserved again")
+        for c in ups:
+            c.close()
+        ups = []
+        assert reserved_idle(wait_idle(s, 30))
+    finally:
+        for c in ups:
+            c.close()
+        assert s.stop() == 0
+    # set below one body: that body is 413 for every client (it could never be held), naming it
+    s = Server("--max-body-bytes-per-client", "100000", "--api-key", "k", model=FAST, gen="")
+    try:
+        st, _, b = s.json("POST", "/classify", {"inputs": "x" * 120000}, headers={"Authorization": "Bearer k"})
+        is_error(st, b, 413, "memory_budget_exceeded")
+        assert "max-body-bytes-per-client" in b["error"]["message"], b
+        st, _, b = s.json("POST", "/classify", {"inputs": "x" * 1000}, headers={"Authorization": "Bearer k"})
+        assert st == 200, b
+    finally:
+        assert s.stop() == 0
+
+
+def test_main_port_reserve_answers_probes():
+    """The main port at --max-connections still answers /health, /ready and /metrics (issue 27:
+    the load balancer's checks stalled with everyone else unless --health-port was set): it takes
+    a reserve of connections past the limit, which serve those three only, close after each
+    answer and are cut a second after they open; /classify on one is 503 with Retry-After and
+    Connection: close. Once the idle connections close, everything is served as before."""
+    s = Server("--max-connections", "32", "--connection-timeout", "60")
+    idle = []
+    try:
+        # 32 idle connections from two addresses (each under the per-address limit)
+        idle = [src_conn(s.port, "127.0.0.1" if i % 2 else "127.0.0.3") for i in range(32)]
+        def connections():
+            st, h, d = s.req("GET", "/metrics", timeout=30)
+            assert st == 200, (st, d)
+            return int(re.search(rb"^luna_connections (\d+)", d, re.M).group(1))
+        wait_for(lambda: connections() >= 33, "32 connections held (and the probe's)")
+        times = []
+        for path in ["/health", "/ready"] * 5:
+            t0 = time.monotonic()
+            st, h, b = s.json("GET", path, timeout=30)
+            times.append(time.monotonic() - t0)
+            # answered on one of the reserve: it closes after the answer
+            assert st == 200 and h.get("connection", "").lower() == "close", (path, st, h, b)
+        print("     main port at its limit: /health and /ready in %.1f ms at the median, %.1f ms at most"
+              % (sorted(times)[len(times) // 2] * 1000, max(times) * 1000))
+        c = src_conn(s.port, "127.0.0.2")
+        c.sendall(b'POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n'
+                  b'{"inputs":"a"}\n')
+        got = answer_of(c)
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head and b"Connection: close" in head, got
+        e = json.loads(body)["error"]
+        assert e["type"] == "not_ready" and "max-connections 32" in e["message"], e
+        # a reserve connection that sends nothing is cut within its second (bound: a hang)
+        c = src_conn(s.port, "127.0.0.2")
+        t0 = time.monotonic()
+        assert answer_of(c) == b""
+        assert time.monotonic() - t0 < 20
+        for c in idle:
+            c.close()
+        idle = []
+        wait_for(lambda: connections() <= 1, "the idle connections closed")
+        st, h, b = s.json("POST", "/classify", {"inputs": "a"})
+        assert st == 200 and h.get("connection", "").lower() != "close", (st, h, b)
+        st, h, b = s.json("GET", "/health")
+        assert st == 200 and h.get("connection", "").lower() != "close", (st, h, b)
+    finally:
+        for c in idle:
+            c.close()
+        assert s.stop() == 0
+
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
@@ -2169,7 +2274,8 @@ def main():
              (test_drain_on_sigterm, None), (test_config, None),
              (test_stream_errors_logged_and_counted, None), (test_metrics_auth_and_cors_null, None),
              (test_slow_clients_are_cut_off, None), (test_per_address_limit_by_default, None),
-             (test_health_port_answers_when_connections_run_out, None), (test_per_client_limits, None)]
+             (test_health_port_answers_when_connections_run_out, None), (test_per_client_limits, None),
+             (test_body_share_per_client, None), (test_main_port_reserve_answers_probes, None)]
     only = sys.argv[1:]
     passed = failed = 0
     for fn, arg in tests:
