@@ -2243,6 +2243,198 @@ def test_main_port_reserve_answers_probes():
             c.close()
         assert s.stop() == 0
 
+
+def test_stream_buffer_reserved():
+    """A stream reserves its buffer's limit (srv_stream_limit: 512 bytes a token and 64 KiB) with
+    its job, on top of what the same generation reserves unstreamed; a client that does not read
+    holds exactly that reservation while its job runs (never more: a push past the limit is
+    refused), and nothing once it leaves."""
+    s = Server("--state-cache-bytes", "0", model="", gen=SLOW_LM)
+    c = None
+    try:
+        n = 1024
+        body = {"inputs": slow_prompt(2000), "parameters": {"max_new_tokens": n, "details": True}}
+        st, h, b = s.json("POST", "/generate", body)
+        assert st == 200, b
+        plain = int(h["x-memory-reserved-bytes"])
+        # the client reads the head only, with a small receive buffer
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect(("127.0.0.1", s.port))
+        raw = json.dumps(body).encode()
+        c.sendall(b"POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += c.recv(1)
+        reserve = int(re.search(rb"X-Memory-Reserved-Bytes: (\d+)", head).group(1))
+        limit = n * 512 + 65536  # srv_stream_limit(1, n)
+        # (and each event's log-probability, which a TGI stream records: 128 bytes a token)
+        assert reserve - plain == limit + n * 128, (reserve, plain, limit)
+        seen = set()
+        while True:  # while its job runs, the ledger holds its reservation, no more, no less,
+            held = requests_hold(s.metrics())  # with the request's parsed input (until it ends)
+            if held == 0:
+                break
+            seen.add(held)
+        parsed = max(seen) - reserve
+        assert 0 < parsed < 4 * len(raw) and seen <= {parsed, reserve + parsed}, (seen, reserve)
+        c.close()
+        c = None
+        m = wait_idle(s, 60)
+        assert reserved_idle(m), m
+    finally:
+        if c:
+            c.close()
+        assert s.stop() == 0
+
+
+def chunk(data):
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def test_chunked_body_reserved_as_it_grows():
+    """A chunked body has no length to reserve up front: its reservation grows with it (its
+    buffer, 4 KiB doubled as needed), before each byte is taken; past what bodies may ever hold
+    it is 413 memory_budget_exceeded mid-body, past what they hold now 503 with Retry-After, and
+    either way the connection closes and the ledger is idle again."""
+    mib = 1 << 20
+    s = Server("--memory-budget", "16M", "--max-body-bytes", "64M", model=FAST, gen="")
+    conns = []
+    try:
+        m = s.metrics()
+        half = int(m["luna_memory_budget_bytes"] - m["luna_memory_reserved_fixed_bytes"]) // 2
+        def chunked_upload(src="127.0.0.1"):
+            c = src_conn(s.port, src)
+            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n")
+            conns.append(c)
+            return c
+        c = chunked_upload()
+        c.sendall(chunk(b"a" * 10000))
+        wait_for(lambda: requests_hold(s.metrics()) == 16384, "10,000 bytes held in 16 KiB")
+        c.sendall(chunk(b"b" * 30000))
+        wait_for(lambda: requests_hold(s.metrics()) == 65536, "40,000 bytes held in 64 KiB")
+        c.sendall(b"0\r\n\r\n")
+        got = answer_of(c)
+        assert got.startswith(b"HTTP/1.1 200"), got[:300]
+        assert reserved_idle(wait_idle(s, 30))
+        # past the bodies' half: 413 mid-body (the buffer's next doubling could never be held)
+        c = chunked_upload()
+        sent = 0
+        try:
+            while sent < 4 * half:
+                c.sendall(chunk(b"c" * mib))
+                sent += mib
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        got = answer_of(c)
+        assert got.startswith(b"HTTP/1.1 413") and b"memory_budget_exceeded" in got, got[:400]
+        assert sent <= half + mib, (sent, half)
+        assert reserved_idle(wait_idle(s, 30))
+        # past what bodies hold now: another client's upload holds most of the half
+        big = (half * 3 // 4) // mib * mib
+        other = upload_head(s.port, src="127.0.0.2", length=big)
+        conns.append(other)
+        wait_for(lambda: requests_hold(s.metrics()) == big + 1, "the other upload held")
+        c = chunked_upload()
+        try:
+            for _ in range(half // mib + 1):
+                c.sendall(chunk(b"d" * (mib // 4)))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        got = answer_of(c)
+        head = got.partition(b"\r\n\r\n")[0]
+        assert head.startswith(b"HTTP/1.1 503") and b"out_of_memory" in got and b"Retry-After: 1" in head, got[:400]
+        other.close()
+        m = wait_idle(s, 30)
+        assert reserved_idle(m) and m["luna_memory_reserved_peak_bytes"] <= m["luna_memory_budget_bytes"], m
+        st, _, b = s.json("POST", "/classify", b"y" * 1000, headers={"Content-Type": "text/plain"}, direct=True)
+        assert st == 200, b
+    finally:
+        for c in conns:
+            c.close()
+        assert s.stop() == 0
+
+
+def test_queued_documents_reserved():
+    """Documents waiting in the queue hold their bodies in the ledger (issue 27: 64 queued 8 MB
+    documents reserved about 1 KB each): with the worker busy, each queued raw document holds
+    its bytes (+1) exactly, and once the bodies' half is held the next upload is 503 before its
+    body; the ledger is idle once they leave."""
+    mib = 1 << 20
+    s = Server("--workers", "1", "--memory-budget", "16M", model=SLOW)
+    conns = []
+    try:
+        m = s.metrics()
+        half = int(m["luna_memory_budget_bytes"] - m["luna_memory_reserved_fixed_bytes"]) // 2
+        def raw_doc(n, src="127.0.0.1"):
+            c = src_conn(s.port, src, timeout=600)
+            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                      b"Content-Length: %d\r\n\r\n" % n)
+            c.sendall(slow_doc(n).encode())
+            conns.append(c)
+            return c
+        raw_doc(120000)  # runs on the one worker for a while
+        wait_for(lambda: s.metrics()["luna_inflight_requests"] == 1, "the first classification running")
+        base = requests_hold(s.metrics())  # its body, and its workspace
+        k = int((half - 120001) // (mib + 1))
+        assert k >= 3, (half, k)
+        for _ in range(k):
+            raw_doc(mib)
+        wait_for(lambda: s.metrics()["luna_queue_depth"] == k, "%d documents queued" % k)
+        m = s.metrics()
+        assert m["luna_inflight_requests"] == k + 1, m
+        assert requests_hold(m) == base + k * (mib + 1), (requests_hold(m), base, k)
+        # the bodies' half is held: the next is refused before its body
+        c = src_conn(s.port, "127.0.0.2")
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % mib)
+        got = answer_of(c)
+        c.close()
+        assert got.startswith(b"HTTP/1.1 503") and b"out_of_memory" in got and b"Retry-After: 1" in got, got[:400]
+        for c in conns:
+            c.close()
+        conns = []
+        m = wait_idle(s, 120)
+        assert reserved_idle(m) and m["luna_queue_depth"] == 0, m
+    finally:
+        for c in conns:
+            c.close()
+        assert s.stop() == 0
+
+
+def test_stream_cut_by_shutdown_logged_503():
+    """A stream that the drain ends (SIGTERM, --drain-timeout 0) gets the shutting_down error
+    event, and its access-log line has status 503 and stream_error shutting_down, not the 200 of
+    its head. (The log line and luna_requests_total take the same status in log_request;
+    test_stream_errors_logged_and_counted reads the count for deadlines, which a server that
+    exits as soon as its last request ends leaves no time to read here.)"""
+    s = Server("--drain-timeout", "0", "--state-cache-bytes", "0", model="", gen=SLOW_LM)
+    c = None
+    try:
+        c, r = open_stream(s.port, "/generate_stream", {"inputs": slow_prompt(64), "parameters": {"max_new_tokens": 1024}},
+                           timeout=300)
+        rid = r.getheader("X-Request-Id")
+        assert next_event(r)["token"], "a first token"
+        s.proc.send_signal(signal.SIGTERM)
+        events = []
+        while True:
+            e = next_event(r)
+            if e is None:
+                break
+            events.append(e)
+        assert events and events[-1].get("error_type") == "shutting_down", events[-3:]
+        assert len(events) < 1023, "the generation ended before the drain cut it: %d events" % len(events)
+        c.close()
+        c = None
+        assert s.proc.wait(timeout=60) == 0
+        line = log_line(s, rid)
+        assert line["status"] == 503 and line["stream_error"] == "shutting_down", line
+    finally:
+        if c:
+            c.close()
+        s.stop()
+
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
@@ -2275,7 +2467,9 @@ def main():
              (test_stream_errors_logged_and_counted, None), (test_metrics_auth_and_cors_null, None),
              (test_slow_clients_are_cut_off, None), (test_per_address_limit_by_default, None),
              (test_health_port_answers_when_connections_run_out, None), (test_per_client_limits, None),
-             (test_body_share_per_client, None), (test_main_port_reserve_answers_probes, None)]
+             (test_body_share_per_client, None), (test_main_port_reserve_answers_probes, None),
+             (test_stream_buffer_reserved, None), (test_chunked_body_reserved_as_it_grows, None),
+             (test_queued_documents_reserved, None), (test_stream_cut_by_shutdown_logged_503, None)]
     only = sys.argv[1:]
     passed = failed = 0
     for fn, arg in tests:
