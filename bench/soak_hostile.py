@@ -10,7 +10,8 @@ within the run. The run, after a warm-up of normal traffic and an idle pause
 (the idle RSS before the burst):
 
   held uploads     4 MiB raw bodies, all but the last byte sent, held until the server closes
-                   (the budget holds few of them: 503 out_of_memory for the rest)
+                   (their key's share of the bodies holds three: 429 for the rest, or 503
+                   out_of_memory when other bodies hold the budget)
   large documents  8 MiB raw documents sent whole, back to back (the ledger's half for bodies
                    holds four: 200, 503)
   a queue flood    40 clients of one key, 64 KiB documents back to back (the per-key limits,

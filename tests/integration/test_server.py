@@ -2435,6 +2435,29 @@ def test_stream_cut_by_shutdown_logged_503():
             c.close()
         s.stop()
 
+
+def test_huge_chunk_size_then_silence():
+    """A chunk that says it is 2^64-1 bytes long, and no byte of it: libmicrohttpd 0.9.75 never
+    shows a chunk's size to the handler, and calls it only with data, so no 413 can be sent; the
+    body's clock closes it, unanswered, within --body-timeout (1 s here; the idle timeout is 30 s),
+    logged and counted as 408, and the request gives back what it held."""
+    s = Server("--body-timeout", "1", "--connection-timeout", "30", model=FAST, gen="")
+    try:
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=60)
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+                  b"X-Request-Id: huge-chunk\r\n\r\nffffffffffffffff\r\n")
+        t0 = time.monotonic()
+        got = answer_of(c)
+        dt = time.monotonic() - t0
+        c.close()
+        assert got == b"" and 0.9 <= dt < 20, (got[:200], dt)
+        assert log_line(s, "huge-chunk")["status"] == 408
+        m = wait_idle(s, 30)
+        assert reserved_idle(m) and m['luna_connections_cut_total{reason="body_too_slow"}'] == 1, m
+        assert m["luna_clients_active"] == 0, m
+    finally:
+        assert s.stop() == 0
+
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
@@ -2469,7 +2492,8 @@ def main():
              (test_health_port_answers_when_connections_run_out, None), (test_per_client_limits, None),
              (test_body_share_per_client, None), (test_main_port_reserve_answers_probes, None),
              (test_stream_buffer_reserved, None), (test_chunked_body_reserved_as_it_grows, None),
-             (test_queued_documents_reserved, None), (test_stream_cut_by_shutdown_logged_503, None)]
+             (test_queued_documents_reserved, None), (test_stream_cut_by_shutdown_logged_503, None),
+             (test_huge_chunk_size_then_silence, None)]
     only = sys.argv[1:]
     passed = failed = 0
     for fn, arg in tests:
