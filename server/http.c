@@ -1270,6 +1270,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
              * else double */
             size_t cap = r->body_cap ? r->body_cap : r->body_expect >= n ? r->body_expect + 1 : 4096;
             while (cap < r->body_len + n + 1) cap *= 2;
+            /* a doubling past what a body may hold, for a body that fits it: as much as fits */
+            if (cap > body_limit(app) && r->body_len + n + 1 <= body_limit(app)) cap = (size_t)body_limit(app);
             if (cap > r->held) { /* chunked, or more than declared: reserve the growth first */
                 if (cap > body_limit(app)) {
                     body_never_fits(r, cap);
