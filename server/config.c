@@ -54,7 +54,7 @@ static const setting SETTINGS[] = {
     {"max-request-timeout", T_SECONDS, 0.001, 86400, "600", F(max_request_timeout), 0, "largest deadline a client may ask for (X-Request-Timeout header)"},
     {"drain-timeout", T_SECONDS, 0, 86400, "30", F(drain_timeout), 0, "on SIGTERM, seconds to let queued and running requests finish"},
     {"connection-timeout", T_INT, 1, 86400, "30", F(connection_timeout), 0, "seconds without a byte read or written before a connection is closed (a queued or running request is not idle)"},
-    {"max-connections", T_INT, 1, 65536, "1024", F(max_connections), 0, "open connections the server takes at once; more wait in the kernel's backlog (the health port has its own)"},
+    {"max-connections", T_INT, 1, 65536, "1024", F(max_connections), 0, "open connections the server takes at once; 16 more serve only /health, /ready and /metrics, for a second each; more wait in the kernel's backlog (the health port has its own)"},
     {"max-connections-per-ip", T_INT, 0, 65536, "128", F(max_connections_per_ip), 0, "connections one client address may hold, more are closed at once; 0 = no limit (behind a proxy, whose address is every client's, set it above the proxy's connections)"},
     {"header-timeout", T_SECONDS, 0.1, 86400, "10", F(header_timeout), 0, "seconds from a request line to the end of its headers, however the bytes trickle in; slower is closed"},
     {"body-timeout", T_SECONDS, 0.1, 86400, "30", F(body_timeout), 0, "seconds a request body may take, plus one per body-min-rate bytes received; slower is closed"},
