@@ -10,7 +10,8 @@ within the run. The run, after a warm-up of normal traffic and an idle pause
 (the idle RSS before the burst):
 
   held uploads     4 MiB raw bodies, all but the last byte sent, held until the server closes
-                   (the budget holds few of them: 503 out_of_memory for the rest)
+                   (their key's share of the bodies holds three: 429 for the rest, or 503
+                   out_of_memory when other bodies hold the budget)
   large documents  8 MiB raw documents sent whole, back to back (the ledger's half for bodies
                    holds four: 200, 503)
   a queue flood    40 clients of one key, 64 KiB documents back to back (the per-key limits,
@@ -26,7 +27,9 @@ within the run. The run, after a warm-up of normal traffic and an idle pause
 
 Meanwhile a separate process (no share of this one's GIL) probes the health port every 50 ms,
 /health and /ready in turn, each on a new connection as load balancers do, and the main port's
-/health every 0.25 s (reported, not judged: it stalls in the flood). Then the hostile clients
+/health every 0.25 s (reported beside issue 27's 100 ms, not judged: the main port's reserve of
+connections answers probes at --max-connections, but the flood is past the reserve too, in the
+kernel's backlog, where only the health port is out of its way). Then the hostile clients
 stop, the server must come back to idle (nothing reserved, in flight or held by a client), and
 SIGTERM must exit it with 0.
 
@@ -72,6 +75,7 @@ MIB = 1 << 20
 BUDGET = 64 * MIB
 POOL = 36 * 1024          # libmicrohttpd's memory pool per connection (server/http.c: CONNECTION_POOL)
 HEALTH_CONNECTIONS = 64   # server/http.c
+CONNECTION_RESERVE = 16   # server/http.c: the main port's connections past --max-connections, for probes
 SLACK = 16 * MIB
 KEYS = {"normal": "k-normal", "held": "k-hostile-1", "large": "k-hostile-2", "queue": "k-hostile-3"}
 PROBE_EVERY = 0.05
@@ -271,8 +275,8 @@ class Run:
                         outcome = "run over"
             except OSError:
                 outcome = "cut"
-            if outcome != "run over":
-                self.count(kind, outcome, {"cut"})
+            if outcome != "run over":  # (in the flood, one of the main port's reserve connections: 503)
+                self.count(kind, outcome, {"cut", 503} if self.flood.is_set() else {"cut"})
                 with self.lock:
                     self.cut_after[kind] = max(self.cut_after.get(kind, 0), time.monotonic() - t)
 
@@ -372,7 +376,8 @@ def main():
     settings = dict(l.split(" = ", 1) for l in subprocess.run([a.bin, "--print-config"], capture_output=True, text=True,
                                                              cwd=ROOT).stdout.splitlines())
     max_conn = int(settings["max-connections"])
-    overhead_kb = rss0 + (max_conn + HEALTH_CONNECTIONS) * POOL // 1024 + SLACK // 1024
+    listener_conns = max_conn + CONNECTION_RESERVE + HEALTH_CONNECTIONS
+    overhead_kb = rss0 + listener_conns * POOL // 1024 + SLACK // 1024
     print("soak-hostile: lunaserve (pid %d) on 127.0.0.1:%d, health port %d, %.0f s; idle RSS after startup %.1f MiB"
           % (pid, port, health_port, a.seconds, rss0 / 1024), flush=True)
 
@@ -552,12 +557,16 @@ def main():
               % (p, h["n"], h["p50_ms"], h["p99_ms"], h["max_ms"], h["unanswered"], mp["p50_ms"], mp["p99_ms"], mp["unanswered"]))
     print("memory: VmHWM %.1f MiB <= %.1f MiB = budget %.0f MiB + overhead %.1f MiB (idle RSS after startup %.1f MiB"
           " + %d connections x 36 KiB + 16 MiB)?" % (hwm / 1024, report["bound_kb"] / 1024, BUDGET / MIB, overhead_kb / 1024,
-                                                    rss0 / 1024, max_conn + HEALTH_CONNECTIONS))
+                                                    rss0 / 1024, listener_conns))
     print("idle RSS: %.1f MiB before the burst, %.1f MiB after (%+.1f%%; the bound is +10%%)"
           % (rss_pre / 1024, rss_post / 1024, 100.0 * (rss_post - rss_pre) / rss_pre))
 
     if hwm > report["bound_kb"]:
         fail.append("VmHWM %.1f MiB over the bound %.1f MiB" % (hwm / 1024, report["bound_kb"] / 1024))
+    main_worst = max(report["main_port_health"][p]["p99_ms"] for p in phases)
+    print("main port /health: the worst phase's p99 %.1f ms (the flood's: %.1f ms); issue 27's target (100 ms): %s"
+          % (main_worst, report["main_port_health"]["flood"]["p99_ms"], "met" if main_worst <= 100 else "MISSED"))
+    report["main_port_health_p99_worst_ms"] = main_worst
     worst = max(report["health"][p]["p99_ms"] for p in phases)
     print("health port: the worst phase's p99 %.1f ms; issue 27's target (100 ms): %s; this run's bound: %.0f ms"
           % (worst, "met" if worst <= 100 else "MISSED", a.health_p99_ms))

@@ -46,6 +46,9 @@ typedef struct {
                                  (-1 in the sources: max_queued_per_key + max_queue / 4) */
     int max_queued_per_key;   /* jobs one client may have waiting or running; 0 = no limit
                                  (-1 in the sources: max_batch + max_queue / 4) */
+    uint64_t max_body_bytes_per_client; /* bodies and parsed input one client may hold in the
+                                           ledger; 0 = max(bodies' half / 4, max_input_bytes + 1),
+                                           resolved by http.c, which knows the bodies' half */
     char api_keys[SRV_MAX_LIST][256];
     int n_api_keys;
     char api_key_file[1024];

@@ -25,6 +25,9 @@ struct srv_conn {
     uint32_t addr;        /* IPv4, network order */
     srv_conn_phase phase;
     double since;         /* monotonic seconds: when the phase began */
+    double opened;        /* monotonic seconds: when the connection began */
+    double limit;         /* seconds from `opened` that every phase but BUSY may last (a
+                             reserve connection); 0: none */
     uint64_t body_bytes;  /* BODY: received so far */
     srv_cut cut;          /* why the watchdog closes it, or SRV_CUT_NONE */
     int shut;             /* the watchdog shut it down */
@@ -37,6 +40,7 @@ struct srv_conn {
 struct srv_client {
     uint64_t id;
     int requests, jobs;
+    uint64_t body_bytes;  /* bodies and parsed input held in the ledger */
     srv_client *next; /* bucket chain */
 };
 
@@ -62,14 +66,16 @@ struct srv_guard {
 /* When c's phase is over its time (monotonic seconds); INFINITY in BUSY. Lock held. */
 static double deadline(const srv_guard *g, const srv_conn *c)
 {
+    double d = INFINITY;
     switch (c->phase) {
-    case CONN_WAIT: return c->since + g->lim.wait_timeout;
-    case CONN_HEAD: return c->since + g->lim.header_timeout;
+    case CONN_WAIT: d = c->since + g->lim.wait_timeout; break;
+    case CONN_HEAD: d = c->since + g->lim.header_timeout; break;
     case CONN_BODY:
-        return c->since + g->lim.body_timeout + (g->lim.body_min_rate > 0 ? (double)c->body_bytes / g->lim.body_min_rate : 0);
-    case CONN_BUSY: break;
+        d = c->since + g->lim.body_timeout + (g->lim.body_min_rate > 0 ? (double)c->body_bytes / g->lim.body_min_rate : 0);
+        break;
+    case CONN_BUSY: return INFINITY;
     }
-    return INFINITY;
+    return c->limit > 0 ? fmin(d, c->opened + c->limit) : d;
 }
 
 static const char *const CUT_NAMES[] = {"request_line_timeout", "head_timeout", "body_too_slow", "client_gone"};
@@ -257,7 +263,7 @@ srv_conn *srv_guard_conn_open(srv_guard *g, int fd, uint32_t addr)
     c->fd = fd;
     c->addr = addr;
     c->phase = CONN_WAIT;
-    c->since = srv_now();
+    c->since = c->opened = srv_now();
     c->cut = SRV_CUT_NONE;
     pthread_mutex_lock(&g->lock);
     c->next = g->conns;
@@ -302,6 +308,23 @@ void srv_guard_conn_body(srv_guard *g, srv_conn *c, uint64_t bytes)
     pthread_mutex_unlock(&g->lock);
 }
 
+void srv_guard_conn_limit(srv_guard *g, srv_conn *c, double seconds)
+{
+    if (!c) return;
+    pthread_mutex_lock(&g->lock);
+    c->limit = seconds;
+    pthread_mutex_unlock(&g->lock);
+}
+
+int srv_guard_conn_limited(srv_guard *g, const srv_conn *c)
+{
+    if (!c) return 0;
+    pthread_mutex_lock(&g->lock);
+    int limited = c->limit > 0;
+    pthread_mutex_unlock(&g->lock);
+    return limited;
+}
+
 srv_cut srv_guard_conn_cut(srv_guard *g, const srv_conn *c)
 {
     if (!c) return SRV_CUT_NONE;
@@ -319,7 +342,7 @@ static size_t bucket(uint64_t id) { return (size_t)((id * 0x9E3779B97F4A7C15ull)
 static void client_drop_if_idle(srv_guard *g, srv_client *c)
 {
     assert(c->requests >= 0 && c->jobs >= 0);
-    if (c->requests || c->jobs) return;
+    if (c->requests || c->jobs || c->body_bytes) return;
     srv_client **pp = &g->buckets[bucket(c->id)];
     while (*pp != c) pp = &(*pp)->next;
     *pp = c->next;
@@ -379,6 +402,26 @@ void srv_guard_job_end(srv_guard *g, srv_client *c)
     if (!c) return;
     pthread_mutex_lock(&g->lock);
     c->jobs--;
+    client_drop_if_idle(g, c);
+    pthread_mutex_unlock(&g->lock);
+}
+
+int srv_guard_body_hold(srv_guard *g, srv_client *c, uint64_t bytes)
+{
+    pthread_mutex_lock(&g->lock);
+    assert(c->requests > 0);
+    int ok = !g->lim.max_body_bytes || c->body_bytes + bytes <= g->lim.max_body_bytes;
+    if (ok) c->body_bytes += bytes;
+    pthread_mutex_unlock(&g->lock);
+    return ok ? 0 : -1;
+}
+
+void srv_guard_body_release(srv_guard *g, srv_client *c, uint64_t bytes)
+{
+    if (!c || !bytes) return;
+    pthread_mutex_lock(&g->lock);
+    assert(c->body_bytes >= bytes);
+    c->body_bytes -= bytes;
     client_drop_if_idle(g, c);
     pthread_mutex_unlock(&g->lock);
 }

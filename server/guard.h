@@ -18,13 +18,20 @@
  * also closes a connection whose client closed its side in the middle of a request (or
  * between two), which libmicrohttpd 0.9.75 may not notice until the connection timeout.
  *
+ * A listener's reserve connections (those it takes past its limit, for probes: http.c) have a
+ * bound of their own besides: from the connection's start to the end of its request's head
+ * (or body), whatever the phase.
+ *
  * Requests. Each client (the API key it used, or its IPv4 address when the server has no keys)
  * may hold at most max_requests engine requests (from the head to the end, a body being read,
- * queued, running or streaming) and max_queued jobs in the scheduler (waiting or running).
- * Counts are taken and given back by the request's owner: a request's slot when it ends
- * (libmicrohttpd's completion callback), a job's when the scheduler is done with it; the
- * client's entry goes when both counts are 0, so a count that leaks shows as a client that
- * never goes away (luna_clients_active).
+ * queued, running or streaming), max_queued jobs in the scheduler (waiting or running) and
+ * max_body_bytes of bodies and parsed input in the ledger (its share of the bodies' half of the
+ * budget: without it, one client trickling bodies just above the minimum rate held the whole
+ * half, and every other client's body was 503). Counts are taken and given back by the
+ * request's owner: a request's slot when it ends (libmicrohttpd's completion callback), a job's
+ * when the scheduler is done with it, body bytes when the request is freed; the client's entry
+ * goes when every count is 0, so a count that leaks shows as a client that never goes away
+ * (luna_clients_active).
  *
  * Threads: every function may be called from any thread (one mutex, a leaf: nothing is called
  * under it but the metrics, whose lock is a leaf too). */
@@ -49,6 +56,7 @@ typedef struct {
     double body_min_rate;  /* bytes a second that earn one more second of BODY; 0: none */
     int max_requests;      /* per client; 0: no limit */
     int max_queued;        /* per client; 0: no limit */
+    uint64_t max_body_bytes; /* per client: bytes of bodies and parsed input held; 0: no limit */
 } srv_guard_limits;
 
 typedef struct srv_guard srv_guard;
@@ -70,6 +78,11 @@ void srv_guard_conn_close(srv_guard *g, srv_conn *c);
 void srv_guard_conn_phase(srv_guard *g, srv_conn *c, srv_conn_phase phase);
 /* BODY: `bytes` more of the body arrived. */
 void srv_guard_conn_body(srv_guard *g, srv_conn *c, uint64_t bytes);
+/* c is one of the listener's reserve connections: it has `seconds` from its start to the end of
+ * its request's head (or body), whatever its phase's own bound. */
+void srv_guard_conn_limit(srv_guard *g, srv_conn *c, double seconds);
+/* Whether c was given such a bound (one of the reserve); 0 for NULL. */
+int srv_guard_conn_limited(srv_guard *g, const srv_conn *c);
 /* Why the watchdog closed c, or SRV_CUT_NONE. */
 srv_cut srv_guard_conn_cut(srv_guard *g, const srv_conn *c);
 
@@ -82,6 +95,12 @@ void srv_guard_request_end(srv_guard *g, srv_client *c);
  * must still hold): 0, or -1 when it has max_queued jobs already. */
 int srv_guard_job_begin(srv_guard *g, srv_client *c);
 void srv_guard_job_end(srv_guard *g, srv_client *c);
+/* Charges `bytes` more of bodies and parsed input to the client (c from srv_guard_request_begin,
+ * whose request slot it must still hold): 0, or -1 when that would pass max_body_bytes (nothing
+ * taken). The entry lives while it holds bytes: release them all, from any thread, even after
+ * the request's slot went back. */
+int srv_guard_body_hold(srv_guard *g, srv_client *c, uint64_t bytes);
+void srv_guard_body_release(srv_guard *g, srv_client *c, uint64_t bytes);
 /* Clients holding a request or a job now. */
 int srv_guard_clients(srv_guard *g);
 const srv_guard_limits *srv_guard_limits_of(const srv_guard *g);

@@ -42,7 +42,17 @@ typedef enum { PH_NEW = 0, PH_EARLY, PH_BODY, PH_QUEUED, PH_ANSWER, PH_STREAM, P
 
 /* A listening socket: the main one, or the health listener (--health-port), which serves
  * /health, /ready and /metrics only, with connections of its own, so that a load balancer's
- * probes are answered when the main listener has every connection it may take. */
+ * probes are answered when the main listener has every connection it may take.
+ *
+ * The main listener itself takes CONNECTION_RESERVE connections past --max-connections, for
+ * the same probes: a connection that comes when max-connections are open is one of the reserve
+ * (on_connection). It is served /health, /ready and /metrics only, each answer closes it, and it
+ * has RESERVE_SECONDS from its start to the end of its request (the guard's bound); anything
+ * else on it is 503 and closed. A client cannot be told from a probe before its request is
+ * read, so idle clients take the reserve too, but each for a second at most: past the reserve
+ * (a flood that also fills the kernel's backlog) only the health port still answers. */
+#define CONNECTION_RESERVE 16
+#define RESERVE_SECONDS 1
 typedef struct {
     srv_app *app;
     int health;
@@ -56,6 +66,7 @@ struct srv_http {
     _Atomic uint64_t bodies; /* bytes the requests hold in the ledger for their bodies (and
                                 parsed input), at most bodies_cap */
     uint64_t bodies_cap;     /* half of what requests may reserve; a body past it is 413 */
+    _Atomic int main_conns;  /* the main listener's open connections (its reserve's included) */
 };
 
 
@@ -100,28 +111,41 @@ typedef struct {
     unsigned early_status;
     srv_conn *clock;     /* the connection's clock (server/guard.h), or NULL */
     srv_client *client;  /* holds one of its client's request slots (given back in completed) */
+    srv_client *holder;  /* the client that `held` is charged to (its share of the bodies' half),
+                            whose entry lives until the request gives the bytes back */
     srv_client *job_client; /* holds one of its client's job slots (given back when the job is
                                done: on_job_done, or a refused submit) */
 } http_req;
 
-/* Holds `bytes` more for r's body in the ledger: 0, or -1 and nothing taken. Bodies together
- * may hold only part of the budget (bodies_cap, half of it): the rest is the jobs'. The ledger
- * is first come, first served, and a job that waits for memory at the head of the queue was
- * starved by uploads, which took every byte a finished job gave back before the dispatcher
- * could (make soak-hostile: generations waited 30 s, the queue behind them 120 s). Any thread. */
+enum { HOLD_OK = 0, HOLD_BUDGET = -1, HOLD_CLIENT = -2 };
+
+/* Holds `bytes` more for r's body in the ledger: HOLD_OK, or why not (nothing taken). Bodies
+ * together may hold only part of the budget (bodies_cap, half of it): the rest is the jobs'. The
+ * ledger is first come, first served, and a job that waits for memory at the head of the queue
+ * was starved by uploads, which took every byte a finished job gave back before the dispatcher
+ * could (make soak-hostile: generations waited 30 s, the queue behind them 120 s). Within that
+ * half, each client may hold its share (--max-body-bytes-per-client, the guard's count): one
+ * client trickling bodies just above the minimum rate held the whole half, and every other
+ * client's body was 503 (HOLD_CLIENT: 429 for it, as its other limits). Any thread. */
 static int hold(http_req *r, uint64_t bytes)
 {
     struct srv_http *h = r->app->http;
+    srv_client *c = r->holder ? r->holder : r->client;
+    if (c && srv_guard_body_hold(h->guard, c, bytes)) return HOLD_CLIENT;
     uint64_t cur = atomic_load(&h->bodies);
     do {
-        if (cur + bytes > h->bodies_cap) return -1;
+        if (cur + bytes > h->bodies_cap) goto budget;
     } while (!atomic_compare_exchange_weak(&h->bodies, &cur, cur + bytes));
     if (srv_reserve(r->app, bytes)) {
         atomic_fetch_sub(&h->bodies, bytes);
-        return -1;
+        goto budget;
     }
+    r->holder = c;
     r->held += bytes;
-    return 0;
+    return HOLD_OK;
+budget:
+    if (c) srv_guard_body_release(h->guard, c, bytes);
+    return HOLD_BUDGET;
 }
 
 static void unhold(http_req *r, uint64_t bytes)
@@ -129,7 +153,29 @@ static void unhold(http_req *r, uint64_t bytes)
     if (bytes > r->held) bytes = r->held;
     srv_release(r->app, bytes);
     atomic_fetch_sub(&r->app->http->bodies, bytes);
+    srv_guard_body_release(r->app->http->guard, r->holder, bytes);
     r->held -= bytes;
+}
+
+/* The most one request's body may hold: the bodies' half, or its client's share if less. */
+static uint64_t body_limit(const srv_app *app)
+{
+    uint64_t share = srv_guard_limits_of(app->http->guard)->max_body_bytes;
+    return share && share < app->http->bodies_cap ? share : app->http->bodies_cap;
+}
+
+/* Sets r->err for a hold that failed (`what` it was for): 429 past the client's share, 503
+ * past what the ledger can hold now. */
+static void client_limit_error(http_req *r, double limit, const char *what, const char *setting);
+static void hold_error(http_req *r, int rc, const char *what)
+{
+    if (rc == HOLD_CLIENT) {
+        client_limit_error(r, (double)srv_guard_limits_of(r->app->http->guard)->max_body_bytes,
+                           "bytes of request bodies held at once", "max-body-bytes-per-client");
+        return;
+    }
+    srv_metrics_reject(&r->app->metrics, REJ_MEMORY);
+    api_fail(&r->err, API_E_ENGINE_MEMORY, "the memory budget cannot hold %s now (other requests hold it); retry", what);
 }
 
 /* A JSON body's parse tree is held before it is built: its values (an upper bound, each a node
@@ -142,18 +188,18 @@ static int hold_parse(http_req *r)
     if (values > API_MAX_JSON_VALUES) return 0;
     srv_app *app = r->app;
     uint64_t need = (uint64_t)values * API_JSON_VALUE_BYTES + r->body_len;
-    if (r->held + need > app->http->bodies_cap) {
-        api_fail(&r->err, API_E_MEMORY, "parsing the body needs %llu bytes more than the body's %llu; request bodies "
+    if (r->held + need > body_limit(app)) {
+        api_fail(&r->err, API_E_MEMORY, "parsing the body needs %llu bytes more than the body's %llu; a request's body "
                  "may hold %llu (send a large document as a raw text/plain body to /classify)",
-                 (unsigned long long)need, (unsigned long long)r->held, (unsigned long long)app->http->bodies_cap);
+                 (unsigned long long)need, (unsigned long long)r->held, (unsigned long long)body_limit(app));
         r->err.extra_key[0] = "memory_required_bytes";
         r->err.extra_val[0] = (double)(r->held + need);
         srv_metrics_reject(&app->metrics, REJ_MEMORY);
         return -1;
     }
-    if (hold(r, need)) {
-        srv_metrics_reject(&app->metrics, REJ_MEMORY);
-        api_fail(&r->err, API_E_ENGINE_MEMORY, "%s", "the memory budget cannot hold this body's parse now; retry");
+    int rc = hold(r, need);
+    if (rc) {
+        hold_error(r, rc, "this body's parse");
         return -1;
     }
     r->parse_body = r->body_len;
@@ -170,13 +216,18 @@ static void parsed(http_req *r)
 }
 
 /* Refuses a body that can never be held (413 memory_budget_exceeded, the error set): past the
- * bodies' half of the budget. Returns what respond_error does, for the first call. */
+ * bodies' half of the budget, or its client's share. Returns what respond_error does, for the
+ * first call. */
 static enum MHD_Result respond_error(http_req *r, const char *allow);
 static enum MHD_Result body_never_fits(http_req *r, uint64_t need)
 {
     const srv_app *app = r->app;
-    api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; request bodies may hold %llu, half of what requests may reserve (%llu)",
-             (unsigned long long)need, (unsigned long long)app->http->bodies_cap, (unsigned long long)srv_request_budget(app));
+    if (body_limit(app) < app->http->bodies_cap)
+        api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; a client's bodies may hold %llu (max-body-bytes-per-client)",
+                 (unsigned long long)need, (unsigned long long)body_limit(app));
+    else
+        api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; request bodies may hold %llu, half of what requests may reserve (%llu)",
+                 (unsigned long long)need, (unsigned long long)app->http->bodies_cap, (unsigned long long)srv_request_budget(app));
     r->err.extra_key[0] = "memory_required_bytes";
     r->err.extra_val[0] = (double)need;
     r->err.extra_key[1] = "memory_budget_bytes";
@@ -187,8 +238,7 @@ static enum MHD_Result body_never_fits(http_req *r, uint64_t need)
 
 static void free_req(http_req *r)
 {
-    srv_release(r->app, r->held);
-    atomic_fetch_sub(&r->app->http->bodies, r->held);
+    unhold(r, r->held);
     if (r->early) MHD_destroy_response(r->early);
     api_classify_free(&r->creq);
     if (r->job.generate) srv_gen_lp_free(&r->job); /* before the request: its prompt count */
@@ -298,8 +348,9 @@ static enum MHD_Result answer_mid_body(http_req *r)
         char head[1024];
         int n = snprintf(head, sizeof head,
                          "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
-                         "X-Request-Id: %s\r\nCache-Control: no-store\r\n%s%s%s%sContent-Length: %zu\r\n\r\n",
+                         "X-Request-Id: %s\r\nCache-Control: no-store\r\n%s%s%s%s%sContent-Length: %zu\r\n\r\n",
                          status, MHD_get_reason_phrase_for((unsigned)status), r->request_id,
+                         status == 429 || status == 503 ? "Retry-After: 1\r\n" : "",
                          r->cors ? "Access-Control-Allow-Origin: " : "", r->cors ? r->origin : "",
                          r->cors ? "\r\n" : "", r->cors ? "Vary: Origin\r\n" : "", strlen(body));
         struct iovec iov[2] = {{head, (size_t)n}, {body, strlen(body)}};
@@ -490,7 +541,7 @@ static uint64_t client_id(http_req *r)
 }
 
 /* Refuses a request over one of its client's limits: 429 overloaded, Retry-After (respond). */
-static void client_limit_error(http_req *r, const char *what, int limit, const char *setting)
+static void client_limit_error(http_req *r, double limit, const char *what, const char *setting)
 {
     srv_metrics_reject(&r->app->metrics, REJ_CLIENT_LIMIT);
     char who[64] = "this API key";
@@ -501,8 +552,8 @@ static void client_limit_error(http_req *r, const char *what, int limit, const c
             inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, ip, sizeof ip);
         snprintf(who, sizeof who, "this client address (%s)", ip);
     }
-    api_fail(&r->err, API_E_OVERLOADED, "%s has %d %s already, the most %s allows; retry when one ends", who, limit,
-             what, setting);
+    api_fail(&r->err, API_E_OVERLOADED, "%s is at its limit of %.0f %s (%s); retry when one ends", who, limit, what,
+             setting);
     r->err.extra_key[0] = "limit";
     r->err.extra_val[0] = limit;
 }
@@ -542,6 +593,7 @@ static const route ROUTES[] = {
 };
 
 static int generates(srv_endpoint ep) { return ep == EP_GENERATE || ep == EP_COMPLETIONS || ep == EP_CHAT; }
+static int probe(srv_endpoint ep) { return ep == EP_HEALTH || ep == EP_READY || ep == EP_METRICS; } /* the health port's */
 static int uses_lm(srv_endpoint ep) { return generates(ep) || ep == EP_SCORE; } /* the generator */
 
 /* A model's id in OpenAI's and vLLM's answers: its directory's base name. */
@@ -810,7 +862,7 @@ static enum MHD_Result submit(http_req *r)
     job->owner = r;
     if (r->client) { /* one of its client's job slots, held until the job is done */
         if (srv_guard_job_begin(app->http->guard, r->client)) {
-            client_limit_error(r, "jobs queued or running", app->cfg.max_queued_per_key, "max-queued-per-key");
+            client_limit_error(r, app->cfg.max_queued_per_key, "jobs queued or running", "max-queued-per-key");
             return respond_error(r, NULL);
         }
         r->job_client = r->client;
@@ -1090,12 +1142,22 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         char allow[64] = "";
         for (size_t i = 0; i < N_ROUTES; i++) {
             if (strcmp(ROUTES[i].path, url)) continue;
-            if (l->health && ROUTES[i].ep != EP_HEALTH && ROUTES[i].ep != EP_READY && ROUTES[i].ep != EP_METRICS) continue;
+            if (l->health && !probe(ROUTES[i].ep)) continue;
             path_known = 1;
             snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s", allow[0] ? ", " : "", ROUTES[i].method);
             if (!strcmp(ROUTES[i].method, method) || (!strcmp(method, "HEAD") && !strcmp(ROUTES[i].method, "GET"))) rt = &ROUTES[i];
         }
         if (!strcmp(url, "/metrics")) r->cors = 0; /* for Prometheus, never for another origin's page */
+        if (srv_guard_conn_limited(guard, r->clock)) { /* one of the reserve: probes only, then closed */
+            r->close = 1;
+            MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)RESERVE_SECONDS);
+            if (!rt || !probe(rt->ep) || !strcmp(method, "OPTIONS")) {
+                api_fail(&r->err, API_E_NOT_READY, "the server has every connection it takes (max-connections %d); "
+                         "this one, kept past them for /health, /ready and /metrics, serves nothing else; retry",
+                         app->cfg.max_connections);
+                return respond_error(r, NULL);
+            }
+        }
         if (!strcmp(method, "OPTIONS")) { /* CORS preflight, answered before auth */
             r->ep = EP_PREFLIGHT;
             struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
@@ -1135,7 +1197,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             return fail(r, API_E_NO_MODEL, "%s", "no classification model is loaded");
         /* one of its client's request slots, held until the request ends (completed) */
         if (srv_guard_request_begin(guard, client_id(r), &r->client)) {
-            client_limit_error(r, "requests open", app->cfg.max_requests_per_key, "max-requests-per-key");
+            client_limit_error(r, app->cfg.max_requests_per_key, "requests open", "max-requests-per-key");
             return respond_error(r, NULL);
         }
         r->stream_route = !strcmp(url, "/generate_stream");
@@ -1157,11 +1219,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
          * until it is freed (the parsed input stands in for the body once parsed) */
         if (r->body_expect) {
             uint64_t need = (uint64_t)r->body_expect + 1;
-            if (need > app->http->bodies_cap) return body_never_fits(r, need);
-            if (hold(r, need)) {
-                srv_metrics_reject(&app->metrics, REJ_MEMORY);
-                return fail(r, API_E_ENGINE_MEMORY, "%s",
-                            "the memory budget cannot hold this body now (other requests hold it); retry");
+            if (need > body_limit(app)) return body_never_fits(r, need);
+            int rc = hold(r, need);
+            if (rc) {
+                hold_error(r, rc, "this body");
+                return respond_error(r, NULL);
             }
         }
         r->timeout = app->cfg.request_timeout;
@@ -1208,16 +1270,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
              * else double */
             size_t cap = r->body_cap ? r->body_cap : r->body_expect >= n ? r->body_expect + 1 : 4096;
             while (cap < r->body_len + n + 1) cap *= 2;
+            /* a doubling past what a body may hold, for a body that fits it: as much as fits */
+            if (cap > body_limit(app) && r->body_len + n + 1 <= body_limit(app)) cap = (size_t)body_limit(app);
             if (cap > r->held) { /* chunked, or more than declared: reserve the growth first */
-                if (cap > app->http->bodies_cap) {
+                if (cap > body_limit(app)) {
                     body_never_fits(r, cap);
                     return answer_mid_body(r);
                 }
-                if (hold(r, cap - r->held)) {
-                    srv_metrics_reject(&app->metrics, REJ_MEMORY);
-                    api_fail(&r->err, API_E_ENGINE_MEMORY, "the memory budget cannot hold this body now; retry");
-                    free(r->body);
-                    r->body = NULL;
+                int rc = hold(r, cap - r->held);
+                if (rc) {
+                    hold_error(r, rc, "this body");
                     return answer_mid_body(r);
                 }
             }
@@ -1301,17 +1363,22 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
                           enum MHD_ConnectionNotificationCode code)
 {
     const http_listener *l = cls;
-    srv_guard *guard = l->app->http->guard;
+    struct srv_http *h = l->app->http;
     if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
-        srv_guard_conn_close(guard, *socket_context);
+        srv_guard_conn_close(h->guard, *socket_context);
         *socket_context = NULL;
+        if (!l->health) atomic_fetch_sub(&h->main_conns, 1);
         return;
     }
     const union MHD_ConnectionInfo *fd = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     const union MHD_ConnectionInfo *ad = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const struct sockaddr_in *sa = ad ? (const struct sockaddr_in *)ad->client_addr : NULL;
-    *socket_context = fd ? srv_guard_conn_open(guard, fd->connect_fd, sa && sa->sin_family == AF_INET ? sa->sin_addr.s_addr : 0)
-                         : NULL;
+    srv_conn *c = fd ? srv_guard_conn_open(h->guard, fd->connect_fd, sa && sa->sin_family == AF_INET ? sa->sin_addr.s_addr : 0)
+                     : NULL;
+    *socket_context = c;
+    /* past max-connections: one of the reserve (the listener's top comment) */
+    if (!l->health && atomic_fetch_add(&h->main_conns, 1) >= l->app->cfg.max_connections)
+        srv_guard_conn_limit(h->guard, c, RESERVE_SECONDS);
 }
 
 /* MHD's thread: a request line is in; the head's clock starts. (Called before the handler's
@@ -1390,13 +1457,18 @@ int srv_http_start(srv_app *app)
     h->main = (http_listener){app, 0};
     h->health = (http_listener){app, 1};
     h->bodies_cap = srv_request_budget(app) / 2; /* after the scheduler's fixed reservation */
+    /* a client's share of it: a quarter, so that four clients at least find room, but at least
+     * one body of the largest document, so that a client may always send one */
+    uint64_t share = c->max_body_bytes_per_client;
+    if (!share) share = h->bodies_cap / 4 > c->max_input_bytes ? h->bodies_cap / 4 : c->max_input_bytes + 1;
     /* the WAIT bound is a second past the idle timeout, so that libmicrohttpd closes an idle
      * connection first and the guard only one that trickles its request line */
     srv_guard_limits lim = {(double)c->connection_timeout + 1, c->header_timeout, c->body_timeout,
-                            (double)c->body_min_rate, c->max_requests_per_key, c->max_queued_per_key};
+                            (double)c->body_min_rate, c->max_requests_per_key, c->max_queued_per_key, share};
     if (srv_guard_start(&h->guard, &lim, &app->metrics)) goto fail;
-    raise_file_limit((rlim_t)c->max_connections + (c->health_port >= 0 ? HEALTH_CONNECTIONS : 0) + 256);
-    app->httpd = listen_on(app, &h->main, c->port, (unsigned)c->max_connections, (unsigned)c->max_connections_per_ip);
+    raise_file_limit((rlim_t)c->max_connections + CONNECTION_RESERVE + (c->health_port >= 0 ? HEALTH_CONNECTIONS : 0) + 256);
+    app->httpd = listen_on(app, &h->main, c->port, (unsigned)(c->max_connections + CONNECTION_RESERVE),
+                           (unsigned)c->max_connections_per_ip);
     if (!app->httpd) goto fail;
     app->port = bound_port(app->httpd, c->port);
     if (c->health_port >= 0) {

@@ -1985,10 +1985,10 @@ def test_per_address_limit_by_default():
 
 def test_health_port_answers_when_connections_run_out():
     """--health-port: /health, /ready and /metrics on a listener of their own, with connections
-    of their own. The main listener at its --max-connections (32 held, 8 more in the kernel's
-    backlog) stalls a /health sent to it; on the health port /health and /ready answer, within
-    100 ms (issue 27; the median of 20 probes, each a new connection, as a load balancer's
-    checks are), and it serves nothing else."""
+    of their own. With the main listener at its --max-connections (32 held, 8 more in its
+    reserve: test_main_port_reserve_answers_probes), on the health port /health and /ready
+    answer, within 100 ms (issue 27; the median of 20 probes, each a new connection, as a load
+    balancer's checks are), and it serves nothing else."""
     s = Server("--max-connections", "32", "--max-connections-per-ip", "0", "--health-port", "0",
                "--connection-timeout", "60", "--api-key", "k", "--metrics-auth", "1")
     hp = s.health_port
@@ -2001,14 +2001,6 @@ def test_health_port_answers_when_connections_run_out():
             _, _, d = s.req("GET", "/metrics", headers=key, port=hp)
             return re.search(rb"^luna_connections (\d+)", d, re.M)
         wait_for(lambda: int(open_main().group(1)) >= 33, "32 connections held (and this one)")
-        c = socket.create_connection(("127.0.0.1", s.port), timeout=1)
-        c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        try:
-            got = c.recv(4096)
-        except socket.timeout:
-            got = None
-        c.close()
-        assert got is None, "the main listener answered at its limit: %r" % got
         times = []
         for path in ["/health", "/ready"] * 10:
             t0 = time.monotonic()
@@ -2144,6 +2136,342 @@ def test_per_client_limits():
         assert s.stop() == 0
 
 
+
+def test_body_share_per_client():
+    """--max-body-bytes-per-client: the bodies (and parsed input) one client holds in the ledger
+    at once are at most its share of the bodies' half of the budget, by default a quarter of it
+    but at least one body of --max-input-bytes (issue 27: one client trickling uploads just above
+    --body-min-rate held the whole half, and every other client's body was 503). Past it, 429
+    with Retry-After and the limit, while another client's upload is served; a body larger than
+    the share itself is 413; everything is given back when the uploads end."""
+    mib = 1 << 20
+    s = Server("--memory-budget", "32M", "--max-body-bytes", "1M", "--max-input-bytes", "1M", model=FAST, gen="")
+    ups = []
+    try:
+        m = s.metrics()
+        half = (m["luna_memory_budget_bytes"] - m["luna_memory_reserved_fixed_bytes"]) // 2
+        share = int(max(half // 4, mib + 1))
+        n = share // (mib + 1)  # whole uploads of 1 MiB (each holds 1 MiB + 1) within the share
+        assert 2 <= n and (n + 1) * (mib + 1) > share and (n + 1) * (mib + 1) <= half, (half, share, n)
+        ups = [upload_head(s.port, length=mib) for _ in range(n)]
+        wait_for(lambda: requests_hold(s.metrics()) == n * (mib + 1), "the uploads reserved")
+        got = answer_of(upload_head(s.port, length=mib))  # the next from 127.0.0.1: past its share
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 429") and b"Retry-After: 1" in head, got[:400]
+        e = json.loads(body)["error"]
+        assert e["type"] == "overloaded" and e["limit"] == share and "max-body-bytes-per-client" in e["message"], e
+        assert "127.0.0.1" in e["message"], e
+        # another client (address) is served meanwhile, a whole body of the same size
+        c = src_conn(s.port, "127.0.0.2")
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (mib, b"y" * mib))
+        got = answer_of(c)
+        assert got.startswith(b"HTTP/1.1 200"), got[:400]
+        assert requests_hold(s.metrics()) == n * (mib + 1)
+        for c in ups:
+            c.close()
+        ups = []
+        m = wait_idle(s, 30)
+        assert reserved_idle(m), m
+        wait_for(lambda: s.metrics()["luna_clients_active"] == 0, "every client gone")
+        assert s.metrics()['luna_admission_rejections_total{reason="client_limit"}'] == 1
+        # the share admits as many as before
+        ups = [upload_head(s.port, length=mib) for _ in range(n)]
+        wait_for(lambda: requests_hold(s.metrics()) == n * (mib + 1), "the uploads reserved again")
+        for c in ups:
+            c.close()
+        ups = []
+        assert reserved_idle(wait_idle(s, 30))
+    finally:
+        for c in ups:
+            c.close()
+        assert s.stop() == 0
+    # set below one body: that body is 413 for every client (it could never be held), naming it
+    s = Server("--max-body-bytes-per-client", "100000", "--api-key", "k", model=FAST, gen="")
+    try:
+        st, _, b = s.json("POST", "/classify", {"inputs": "x" * 120000}, headers={"Authorization": "Bearer k"})
+        is_error(st, b, 413, "memory_budget_exceeded")
+        assert "max-body-bytes-per-client" in b["error"]["message"], b
+        st, _, b = s.json("POST", "/classify", {"inputs": "x" * 1000}, headers={"Authorization": "Bearer k"})
+        assert st == 200, b
+        # a chunked body within the share is taken, though its buffer's doubling (131,072) is not
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                  b"Authorization: Bearer k\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  + b"".join(chunk(b"z" * 9000) for _ in range(10)) + b"0\r\n\r\n")
+        got = answer_of(c)
+        c.close()
+        assert got.startswith(b"HTTP/1.1 200"), got[:400]
+    finally:
+        assert s.stop() == 0
+
+
+def test_main_port_reserve_answers_probes():
+    """The main port at --max-connections still answers /health, /ready and /metrics (issue 27:
+    the load balancer's checks stalled with everyone else unless --health-port was set): it takes
+    a reserve of connections past the limit, which serve those three only, close after each
+    answer and are cut a second after they open; /classify on one is 503 with Retry-After and
+    Connection: close. Once the idle connections close, everything is served as before."""
+    s = Server("--max-connections", "32", "--connection-timeout", "60")
+    idle = []
+    try:
+        # 32 idle connections from two addresses (each under the per-address limit)
+        idle = [src_conn(s.port, "127.0.0.1" if i % 2 else "127.0.0.3") for i in range(32)]
+        def connections():
+            st, h, d = s.req("GET", "/metrics", timeout=30)
+            assert st == 200, (st, d)
+            return int(re.search(rb"^luna_connections (\d+)", d, re.M).group(1))
+        wait_for(lambda: connections() >= 33, "32 connections held (and the probe's)")
+        times = []
+        for path in ["/health", "/ready"] * 5:
+            t0 = time.monotonic()
+            st, h, b = s.json("GET", path, timeout=30)
+            times.append(time.monotonic() - t0)
+            # answered on one of the reserve: it closes after the answer
+            assert st == 200 and h.get("connection", "").lower() == "close", (path, st, h, b)
+        print("     main port at its limit: /health and /ready in %.1f ms at the median, %.1f ms at most"
+              % (sorted(times)[len(times) // 2] * 1000, max(times) * 1000))
+        c = src_conn(s.port, "127.0.0.2")
+        c.sendall(b'POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n'
+                  b'{"inputs":"a"}\n')
+        got = answer_of(c)
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head and b"Connection: close" in head, got
+        e = json.loads(body)["error"]
+        assert e["type"] == "not_ready" and "max-connections 32" in e["message"], e
+        # a reserve connection that sends nothing is cut within its second (bound: a hang)
+        c = src_conn(s.port, "127.0.0.2")
+        t0 = time.monotonic()
+        assert answer_of(c) == b""
+        assert time.monotonic() - t0 < 20
+        for c in idle:
+            c.close()
+        idle = []
+        wait_for(lambda: connections() <= 1, "the idle connections closed")
+        st, h, b = s.json("POST", "/classify", {"inputs": "a"})
+        assert st == 200 and h.get("connection", "").lower() != "close", (st, h, b)
+        st, h, b = s.json("GET", "/health")
+        assert st == 200 and h.get("connection", "").lower() != "close", (st, h, b)
+    finally:
+        for c in idle:
+            c.close()
+        assert s.stop() == 0
+
+
+def test_stream_buffer_reserved():
+    """A stream reserves its buffer's limit (srv_stream_limit: 512 bytes a token and 64 KiB) with
+    its job, on top of what the same generation reserves unstreamed; a client that does not read
+    holds exactly that reservation while its job runs (never more: a push past the limit is
+    refused), and nothing once it leaves."""
+    s = Server("--state-cache-bytes", "0", model="", gen=SLOW_LM)
+    c = None
+    try:
+        n = 1024
+        body = {"inputs": slow_prompt(2000), "parameters": {"max_new_tokens": n, "details": True}}
+        st, h, b = s.json("POST", "/generate", body)
+        assert st == 200, b
+        plain = int(h["x-memory-reserved-bytes"])
+        # the client reads the head only, with a small receive buffer
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect(("127.0.0.1", s.port))
+        raw = json.dumps(body).encode()
+        c.sendall(b"POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += c.recv(1)
+        reserve = int(re.search(rb"X-Memory-Reserved-Bytes: (\d+)", head).group(1))
+        limit = n * 512 + 65536  # srv_stream_limit(1, n)
+        # (and each event's log-probability, which a TGI stream records: 128 bytes a token)
+        assert reserve - plain == limit + n * 128, (reserve, plain, limit)
+        seen = set()
+        while True:  # while its job runs, the ledger holds its reservation, no more, no less,
+            held = requests_hold(s.metrics())  # with the request's parsed input (until it ends)
+            if held == 0:
+                break
+            seen.add(held)
+        parsed = max(seen) - reserve
+        assert 0 < parsed < 4 * len(raw) and seen <= {parsed, reserve + parsed}, (seen, reserve)
+        c.close()
+        c = None
+        m = wait_idle(s, 60)
+        assert reserved_idle(m), m
+    finally:
+        if c:
+            c.close()
+        assert s.stop() == 0
+
+
+def chunk(data):
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def test_chunked_body_reserved_as_it_grows():
+    """A chunked body has no length to reserve up front: its reservation grows with it (its
+    buffer, 4 KiB doubled as needed), before each byte is taken; past what bodies may ever hold
+    it is 413 memory_budget_exceeded mid-body, past what they hold now 503 with Retry-After, and
+    either way the connection closes and the ledger is idle again."""
+    mib = 1 << 20
+    s = Server("--memory-budget", "16M", "--max-body-bytes", "64M", model=FAST, gen="")
+    conns = []
+    try:
+        m = s.metrics()
+        half = int(m["luna_memory_budget_bytes"] - m["luna_memory_reserved_fixed_bytes"]) // 2
+        def chunked_upload(src="127.0.0.1"):
+            c = src_conn(s.port, src)
+            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n")
+            conns.append(c)
+            return c
+        c = chunked_upload()
+        c.sendall(chunk(b"a" * 10000))
+        wait_for(lambda: requests_hold(s.metrics()) == 16384, "10,000 bytes held in 16 KiB")
+        c.sendall(chunk(b"b" * 30000))
+        wait_for(lambda: requests_hold(s.metrics()) == 65536, "40,000 bytes held in 64 KiB")
+        c.sendall(b"0\r\n\r\n")
+        got = answer_of(c)
+        assert got.startswith(b"HTTP/1.1 200"), got[:300]
+        assert reserved_idle(wait_idle(s, 30))
+        # past the bodies' half: 413 mid-body (the buffer's next doubling could never be held)
+        c = chunked_upload()
+        sent = 0
+        try:
+            while sent < 4 * half:
+                c.sendall(chunk(b"c" * mib))
+                sent += mib
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        got = answer_of(c)
+        assert got.startswith(b"HTTP/1.1 413") and b"memory_budget_exceeded" in got, got[:400]
+        assert sent < 4 * half, "the 413 came only after the whole body: %d bytes" % sent  # (sent: into the socket's buffers)
+        assert reserved_idle(wait_idle(s, 30))
+        # past what bodies hold now: another client's upload holds most of the half
+        big = (half * 3 // 4) // mib * mib
+        other = upload_head(s.port, src="127.0.0.2", length=big)
+        conns.append(other)
+        wait_for(lambda: requests_hold(s.metrics()) == big + 1, "the other upload held")
+        c = chunked_upload()
+        try:
+            for _ in range(half // mib + 1):
+                c.sendall(chunk(b"d" * (mib // 4)))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        got = answer_of(c)
+        head = got.partition(b"\r\n\r\n")[0]
+        assert head.startswith(b"HTTP/1.1 503") and b"out_of_memory" in got and b"Retry-After: 1" in head, got[:400]
+        other.close()
+        m = wait_idle(s, 30)
+        assert reserved_idle(m) and m["luna_memory_reserved_peak_bytes"] <= m["luna_memory_budget_bytes"], m
+        st, _, b = s.json("POST", "/classify", b"y" * 1000, headers={"Content-Type": "text/plain"}, direct=True)
+        assert st == 200, b
+    finally:
+        for c in conns:
+            c.close()
+        assert s.stop() == 0
+
+
+def test_queued_documents_reserved():
+    """Documents waiting in the queue hold their bodies in the ledger (issue 27: 64 queued 8 MB
+    documents reserved about 1 KB each): with the worker busy, each queued raw document holds
+    its bytes (+1) exactly, and once the bodies' half is held the next upload is 503 before its
+    body; the ledger is idle once they leave."""
+    mib = 1 << 20
+    s = Server("--workers", "1", "--memory-budget", "16M", model=SLOW)
+    conns = []
+    try:
+        m = s.metrics()
+        half = int(m["luna_memory_budget_bytes"] - m["luna_memory_reserved_fixed_bytes"]) // 2
+        def raw_doc(n, src="127.0.0.1"):
+            c = src_conn(s.port, src, timeout=600)
+            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                      b"Content-Length: %d\r\n\r\n" % n)
+            c.sendall(slow_doc(n).encode())
+            conns.append(c)
+            return c
+        raw_doc(120000)  # runs on the one worker for a while
+        wait_for(lambda: s.metrics()["luna_inflight_requests"] == 1, "the first classification running")
+        base = requests_hold(s.metrics())  # its body, and its workspace
+        k = int((half - 120001) // (mib + 1))
+        assert k >= 3, (half, k)
+        for _ in range(k):
+            raw_doc(mib)
+        wait_for(lambda: s.metrics()["luna_queue_depth"] == k, "%d documents queued" % k)
+        m = s.metrics()
+        assert m["luna_inflight_requests"] == k + 1, m
+        assert requests_hold(m) == base + k * (mib + 1), (requests_hold(m), base, k)
+        # the bodies' half is held: the next is refused before its body
+        c = src_conn(s.port, "127.0.0.2")
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % mib)
+        got = answer_of(c)
+        c.close()
+        assert got.startswith(b"HTTP/1.1 503") and b"out_of_memory" in got and b"Retry-After: 1" in got, got[:400]
+        for c in conns:
+            c.close()
+        conns = []
+        m = wait_idle(s, 120)
+        assert reserved_idle(m) and m["luna_queue_depth"] == 0, m
+    finally:
+        for c in conns:
+            c.close()
+        assert s.stop() == 0
+
+
+def test_stream_cut_by_shutdown_logged_503():
+    """A stream that the drain ends (SIGTERM, --drain-timeout 0) gets the shutting_down error
+    event, and its access-log line has status 503 and stream_error shutting_down, not the 200 of
+    its head. (The log line and luna_requests_total take the same status in log_request;
+    test_stream_errors_logged_and_counted reads the count for deadlines, which a server that
+    exits as soon as its last request ends leaves no time to read here.)"""
+    s = Server("--drain-timeout", "0", "--state-cache-bytes", "0", model="", gen=SLOW_LM)
+    c = None
+    try:
+        c, r = open_stream(s.port, "/generate_stream", {"inputs": slow_prompt(64), "parameters": {"max_new_tokens": 1024}},
+                           timeout=300)
+        rid = r.getheader("X-Request-Id")
+        assert next_event(r)["token"], "a first token"
+        s.proc.send_signal(signal.SIGTERM)
+        events = []
+        while True:
+            e = next_event(r)
+            if e is None:
+                break
+            events.append(e)
+        assert events and events[-1].get("error_type") == "shutting_down", events[-3:]
+        assert len(events) < 1023, "the generation ended before the drain cut it: %d events" % len(events)
+        c.close()
+        c = None
+        assert s.proc.wait(timeout=60) == 0
+        line = log_line(s, rid)
+        assert line["status"] == 503 and line["stream_error"] == "shutting_down", line
+    finally:
+        if c:
+            c.close()
+        s.stop()
+
+
+def test_huge_chunk_size_then_silence():
+    """A chunk that says it is 2^64-1 bytes long, and no byte of it: libmicrohttpd 0.9.75 never
+    shows a chunk's size to the handler, and calls it only with data, so no 413 can be sent; the
+    body's clock closes it, unanswered, within --body-timeout (1 s here; the idle timeout is 30 s),
+    logged and counted as 408, and the request gives back what it held."""
+    s = Server("--body-timeout", "1", "--connection-timeout", "30", model=FAST, gen="")
+    try:
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=60)
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+                  b"X-Request-Id: huge-chunk\r\n\r\nffffffffffffffff\r\n")
+        t0 = time.monotonic()
+        got = answer_of(c)
+        dt = time.monotonic() - t0
+        c.close()
+        assert got == b"" and 0.9 <= dt < 20, (got[:200], dt)
+        assert log_line(s, "huge-chunk")["status"] == 408
+        m = wait_idle(s, 30)
+        assert reserved_idle(m) and m['luna_connections_cut_total{reason="body_too_slow"}'] == 1, m
+        assert m["luna_clients_active"] == 0, m
+    finally:
+        assert s.stop() == 0
+
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
@@ -2175,7 +2503,11 @@ def main():
              (test_drain_on_sigterm, None), (test_config, None),
              (test_stream_errors_logged_and_counted, None), (test_metrics_auth_and_cors_null, None),
              (test_slow_clients_are_cut_off, None), (test_per_address_limit_by_default, None),
-             (test_health_port_answers_when_connections_run_out, None), (test_per_client_limits, None)]
+             (test_health_port_answers_when_connections_run_out, None), (test_per_client_limits, None),
+             (test_body_share_per_client, None), (test_main_port_reserve_answers_probes, None),
+             (test_stream_buffer_reserved, None), (test_chunked_body_reserved_as_it_grows, None),
+             (test_queued_documents_reserved, None), (test_stream_cut_by_shutdown_logged_503, None),
+             (test_huge_chunk_size_then_silence, None)]
     only = sys.argv[1:]
     passed = failed = 0
     for fn, arg in tests:

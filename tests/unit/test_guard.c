@@ -10,7 +10,7 @@
 
 static srv_guard *start(double header, double body, double rate, int max_requests, int max_queued)
 {
-    srv_guard_limits lim = {60, header, body, rate, max_requests, max_queued};
+    srv_guard_limits lim = {60, header, body, rate, max_requests, max_queued, 0};
     srv_guard *g;
     cr_assert_eq(srv_guard_start(&g, &lim, NULL), 0);
     return g;
@@ -41,6 +41,34 @@ Test(guard, client_counts_are_exact)
     cr_expect_eq(srv_guard_clients(g), 0);
     srv_guard_request_end(g, NULL); /* a request that never took a slot */
     srv_guard_job_end(g, NULL);
+    srv_guard_stop(g);
+}
+
+/* A client's body bytes: at most its share, exact whatever the order of the releases, and its
+ * entry lives while it holds any (a request freed after its slot went back). */
+Test(guard, body_share_is_exact)
+{
+    srv_guard_limits lim = {60, 10, 10, 0, 0, 0, 1000};
+    srv_guard *g;
+    cr_assert_eq(srv_guard_start(&g, &lim, NULL), 0);
+    srv_client *a, *b;
+    cr_assert_eq(srv_guard_request_begin(g, srv_client_addr(1), &a), 0);
+    cr_assert_eq(srv_guard_request_begin(g, srv_client_addr(2), &b), 0);
+    cr_expect_eq(srv_guard_body_hold(g, a, 600), 0);
+    cr_expect_eq(srv_guard_body_hold(g, a, 400), 0, "exactly the share");
+    cr_expect_eq(srv_guard_body_hold(g, a, 1), -1, "a byte past it");
+    cr_expect_eq(srv_guard_body_hold(g, b, 1000), 0, "another client has its own share");
+    srv_guard_request_end(g, a);
+    cr_expect_eq(srv_guard_clients(g), 2, "a still holds its bytes");
+    srv_guard_body_release(g, a, 400);
+    cr_expect_eq(srv_guard_clients(g), 2);
+    srv_guard_body_release(g, a, 600);
+    cr_expect_eq(srv_guard_clients(g), 1, "a holds nothing: gone");
+    srv_guard_body_release(g, b, 1000);
+    cr_expect_eq(srv_guard_clients(g), 1, "b still holds its request slot");
+    srv_guard_request_end(g, b);
+    cr_expect_eq(srv_guard_clients(g), 0);
+    srv_guard_body_release(g, NULL, 5); /* a request that never held a byte */
     srv_guard_stop(g);
 }
 
@@ -127,5 +155,28 @@ Test(guard, a_client_gone_mid_request_is_cut)
     srv_guard_conn_close(g, b);
     close(gone[0]);
     close(unread[0]);
+    srv_guard_stop(g);
+}
+
+/* A reserve connection's bound runs from its start, whatever its phase's own. */
+Test(guard, a_reserve_connection_has_its_own_bound)
+{
+    srv_guard *g = start(60, 60, 0, 0, 0);
+    int res[2], other[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, res), 0);
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, other), 0);
+    srv_conn *r = srv_guard_conn_open(g, res[0], 0), *o = srv_guard_conn_open(g, other[0], 0);
+    double t0 = srv_now();
+    srv_guard_conn_limit(g, r, 0.3);
+    cr_expect(srv_guard_conn_limited(g, r) && !srv_guard_conn_limited(g, o) && !srv_guard_conn_limited(g, NULL));
+    srv_guard_conn_phase(g, r, CONN_HEAD); /* a new phase does not restart it */
+    cr_expect(ended(res[1], 5000), "a reserve connection past 0.3 s is closed");
+    cr_expect(srv_now() - t0 >= 0.25, "closed after %.3f s, before its 0.3 s", srv_now() - t0);
+    cr_expect_eq(srv_guard_conn_cut(g, r), SRV_CUT_HEAD);
+    cr_expect(!ended(other[1], 0), "the other has its phase's 60 s");
+    cr_expect_eq(srv_guard_conn_cut(g, o), SRV_CUT_NONE);
+    srv_guard_conn_close(g, r);
+    srv_guard_conn_close(g, o);
+    for (int i = 0; i < 2; i++) close(res[i]), close(other[i]);
     srv_guard_stop(g);
 }
