@@ -2266,8 +2266,10 @@ def test_stream_buffer_reserved():
     s = Server("--state-cache-bytes", "0", model="", gen=SLOW_LM)
     c = None
     try:
+        # the prompt's prefill, 50,000 tokens, is far more work than the /metrics request that
+        # first samples the ledger while the job runs, on a machine of any speed
         n = 1024
-        body = {"inputs": slow_prompt(2000), "parameters": {"max_new_tokens": n, "details": True}}
+        body = {"inputs": slow_prompt(50000), "parameters": {"max_new_tokens": n, "details": True}}
         st, h, b = s.json("POST", "/generate", body)
         assert st == 200, b
         plain = int(h["x-memory-reserved-bytes"])
@@ -2285,13 +2287,15 @@ def test_stream_buffer_reserved():
         limit = n * 512 + 65536  # srv_stream_limit(1, n)
         # (and each event's log-probability, which a TGI stream records: 128 bytes a token)
         assert reserve - plain == limit + n * 128, (reserve, plain, limit)
-        seen = set()
+        first = requests_hold(s.metrics())
+        assert first > reserve, (first, reserve)  # the job runs: its reservation and the parsed input
+        seen = {first}
         while True:  # while its job runs, the ledger holds its reservation, no more, no less,
             held = requests_hold(s.metrics())  # with the request's parsed input (until it ends)
             if held == 0:
                 break
             seen.add(held)
-        parsed = max(seen) - reserve
+        parsed = first - reserve
         assert 0 < parsed < 4 * len(raw) and seen <= {parsed, reserve + parsed}, (seen, reserve)
         c.close()
         c = None
