@@ -35,7 +35,7 @@
 #include "server/assets.h"
 #include "server/cache.h"
 #include "server/guard.h"
-#include "server/server.h"
+#include "server/routes.h"
 
 
 typedef enum { PH_NEW = 0, PH_EARLY, PH_BODY, PH_QUEUED, PH_ANSWER, PH_STREAM, PH_DONE } phase;
@@ -59,11 +59,12 @@ struct srv_http {
 };
 
 
-typedef struct {
+typedef struct http_req {
     srv_app *app;
     struct MHD_Connection *conn;
     phase ph;
-    srv_endpoint ep;
+    const srv_route *route; /* NULL until routed */
+    const char *label;      /* the endpoint label: the route's, "preflight" or "other" */
     char request_id[72];
     char origin[256];
     int cors;            /* the Origin is allowed: echo it */
@@ -79,7 +80,6 @@ typedef struct {
     double timeout;
     int timeout_from_client; /* X-Request-Timeout set it */
     size_t parse_body;       /* held for the parse: the body's bytes, given back once it is freed */
-    int stream_route;    /* /generate_stream */
     const char *url;     /* the request's path (MHD's, valid while the request lives) */
     api_classify_req creq;
     api_generate_req greq;
@@ -91,7 +91,7 @@ typedef struct {
     int job_active;      /* queued or running: the loop thread will call on_job_done */
     int orphaned;        /* MHD is done with the request: on_job_done frees it */
     int no_body;         /* no Content-Length (or 0) and no Transfer-Encoding */
-    int raw;             /* /classify with a raw body (application/octet-stream, text/plain) */
+    int raw;             /* a raw document for the body (SRV_BODY_JSON_OR_RAW) */
     size_t body_expect;  /* the Content-Length, allocated at the first chunk (0: unknown) */
     uint64_t held;       /* bytes this request holds in the ledger for its body and, once
                             parsed, its input (about the same size), until it is freed */
@@ -521,28 +521,7 @@ static void check_origin(http_req *r)
         }
 }
 
-/* ---- the routes --------------------------------------------------------------------------- */
-
-typedef struct {
-    const char *path;
-    const char *method;
-    srv_endpoint ep;
-    int public_; /* no API key needed */
-} route;
-
-static const route ROUTES[] = {
-    {"/health", "GET", EP_HEALTH, 1},    {"/ready", "GET", EP_READY, 1},
-    {"/metrics", "GET", EP_METRICS, 1},  {"/info", "GET", EP_INFO, 0},
-    {"/classify", "POST", EP_CLASSIFY, 0}, {"/predict", "POST", EP_CLASSIFY, 0},
-    {"/generate", "POST", EP_GENERATE, 0}, {"/generate_stream", "POST", EP_GENERATE, 0},
-    {"/v1/completions", "POST", EP_COMPLETIONS, 0}, {"/v1/chat/completions", "POST", EP_CHAT, 0},
-    {"/v1/models", "GET", EP_MODELS, 0}, {"/score", "POST", EP_SCORE, 0},
-    /* the playground: public, since it asks for the API key itself */
-    {"/", "GET", EP_PAGE, 1}, {"/app.js", "GET", EP_PAGE, 1}, {"/app.css", "GET", EP_PAGE, 1},
-};
-
-static int generates(srv_endpoint ep) { return ep == EP_GENERATE || ep == EP_COMPLETIONS || ep == EP_CHAT; }
-static int uses_lm(srv_endpoint ep) { return generates(ep) || ep == EP_SCORE; } /* the generator */
+/* ---- the GET routes ------------------------------------------------------------------------- */
 
 /* A model's id in OpenAI's and vLLM's answers: its directory's base name. */
 static void model_id(const char *dir, char *out, size_t n)
@@ -553,7 +532,6 @@ static void model_id(const char *dir, char *out, size_t n)
     while (start > 0 && dir[start - 1] != '/') start--;
     snprintf(out, n, "%.*s", (int)(len - start), dir + start);
 }
-#define N_ROUTES (sizeof ROUTES / sizeof ROUTES[0])
 
 static uint64_t reserved_now(srv_app *app)
 {
@@ -570,72 +548,108 @@ static uint64_t cache_bytes(srv_app *app)
     return st.bytes;
 }
 
-static enum MHD_Result answer_get(http_req *r)
+static enum MHD_Result answer_health(http_req *r)
+{
+    return respond(r, 200, "application/json", strdup("{\"status\":\"ok\"}"), NULL);
+}
+
+static enum MHD_Result answer_ready(http_req *r)
 {
     srv_app *app = r->app;
-    switch (r->ep) {
-    case EP_HEALTH:
-        return respond(r, 200, "application/json", strdup("{\"status\":\"ok\"}"), NULL);
-    case EP_READY: {
-        const char *why = NULL;
-        if (!atomic_load(&app->ready)) why = "loading";
-        else if (atomic_load(&app->draining)) why = "draining";
-        else if (app->cfg.memory_budget - reserved_now(app) + cache_bytes(app) < srv_min_reservation(app))
-            why = "memory budget exhausted"; /* (the state cache gives way to requests) */
-        else if (srv_queue_len(app) >= app->cfg.max_queue) why = "queue full";
-        if (why) {
-            api_fail(&r->err, API_E_NOT_READY, "not ready: %s", why);
-            return respond_error(r, NULL);
-        }
-        return respond(r, 200, "application/json", strdup("{\"status\":\"ready\"}"), NULL);
+    const char *why = NULL;
+    if (!atomic_load(&app->ready)) why = "loading";
+    else if (atomic_load(&app->draining)) why = "draining";
+    else if (app->cfg.memory_budget - reserved_now(app) + cache_bytes(app) < srv_min_reservation(app))
+        why = "memory budget exhausted"; /* (the state cache gives way to requests) */
+    else if (srv_queue_len(app) >= app->cfg.max_queue) why = "queue full";
+    if (why) {
+        api_fail(&r->err, API_E_NOT_READY, "not ready: %s", why);
+        return respond_error(r, NULL);
     }
-    case EP_INFO:
-        return respond(r, 200, "application/json", srv_render_info(app), NULL);
-    case EP_METRICS: {
-        srv_cache_stats st;
-        srv_cache_stats_get(app->cache, &st);
-        srv_metrics_state_cache(&app->metrics, &st);
-        return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_metrics_render(&app->metrics), NULL);
-    }
-    case EP_PAGE:
-        for (const srv_asset *a = srv_assets; a->path; a++) {
-            if (strcmp(a->path, r->url)) continue;
-            struct MHD_Response *resp = MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
-            if (!resp) return MHD_NO;
-            MHD_add_response_header(resp, "Content-Type", a->content_type);
-            MHD_add_response_header(resp, "X-Request-Id", r->request_id);
-            MHD_add_response_header(resp, "Cache-Control", "no-cache");
-            /* nothing but this server's own files and API: no inline code, no other origin */
-            MHD_add_response_header(resp, "Content-Security-Policy",
-                                    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                                    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
-            MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-            MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
-            r->status = 200;
-            r->resp_bytes = a->len;
-            return queue(r, 200, resp);
-        }
-        return fail(r, API_E_NOT_FOUND, "%s", "no such page");
-    case EP_MODELS: {
-        char ids[2][256];
-        api_model_card cards[2];
-        int n = 0;
-        if (app->generator) {
-            model_id(app->cfg.generate_model, ids[n], sizeof ids[n]);
-            cards[n] = (api_model_card){ids[n], "causal-lm", app->started_unix};
-            n++;
-        }
-        if (app->classifier) {
-            model_id(app->cfg.classify_model, ids[n], sizeof ids[n]);
-            cards[n] = (api_model_card){ids[n], "classification", app->started_unix};
-            n++;
-        }
-        return respond(r, 200, "application/json", api_render_models(cards, n), NULL);
-    }
-    default:
-        return fail(r, API_E_INTERNAL, "%s", "unrouted request");
-    }
+    return respond(r, 200, "application/json", strdup("{\"status\":\"ready\"}"), NULL);
 }
+
+static enum MHD_Result answer_info(http_req *r)
+{
+    return respond(r, 200, "application/json", srv_render_info(r->app), NULL);
+}
+
+static enum MHD_Result answer_metrics(http_req *r)
+{
+    srv_app *app = r->app;
+    srv_cache_stats st;
+    srv_cache_stats_get(app->cache, &st);
+    srv_metrics_state_cache(&app->metrics, &st);
+    return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_metrics_render(&app->metrics), NULL);
+}
+
+/* The playground's files (server/assets.h). */
+static enum MHD_Result answer_page(http_req *r)
+{
+    for (const srv_asset *a = srv_assets; a->path; a++) {
+        if (strcmp(a->path, r->url)) continue;
+        struct MHD_Response *resp = MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
+        if (!resp) return MHD_NO;
+        MHD_add_response_header(resp, "Content-Type", a->content_type);
+        MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        /* nothing but this server's own files and API: no inline code, no other origin */
+        MHD_add_response_header(resp, "Content-Security-Policy",
+                                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                                "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+        MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+        MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+        r->status = 200;
+        r->resp_bytes = a->len;
+        return queue(r, 200, resp);
+    }
+    return fail(r, API_E_NOT_FOUND, "%s", "no such page");
+}
+
+static enum MHD_Result answer_models(http_req *r)
+{
+    srv_app *app = r->app;
+    char ids[2][256];
+    api_model_card cards[2];
+    int n = 0;
+    if (app->generator) {
+        model_id(app->cfg.generate_model, ids[n], sizeof ids[n]);
+        cards[n] = (api_model_card){ids[n], "causal-lm", app->started_unix};
+        n++;
+    }
+    if (app->classifier) {
+        model_id(app->cfg.classify_model, ids[n], sizeof ids[n]);
+        cards[n] = (api_model_card){ids[n], "classification", app->started_unix};
+        n++;
+    }
+    return respond(r, 200, "application/json", api_render_models(cards, n), NULL);
+}
+
+/* ---- the endpoint table (server/routes.h) ------------------------------------------------------ */
+
+#define GET(path, label, auth, health, answer) {path, "GET", label, auth, health, JOB_NONE, 0, SRV_BODY_NONE, answer}
+#define POST(path, label, job, variant, body) {path, "POST", label, SRV_AUTH_KEY, 0, job, variant, body, NULL}
+const srv_route SRV_ROUTES[] = {
+    GET("/health", "health", SRV_AUTH_PUBLIC, 1, answer_health),
+    GET("/ready", "ready", SRV_AUTH_PUBLIC, 1, answer_ready),
+    GET("/metrics", "metrics", SRV_AUTH_METRICS, 1, answer_metrics),
+    GET("/info", "info", SRV_AUTH_KEY, 0, answer_info),
+    POST("/classify", "classify", JOB_CLASSIFY, 0, SRV_BODY_JSON_OR_RAW),
+    POST("/predict", "classify", JOB_CLASSIFY, 0, SRV_BODY_JSON_OR_RAW),
+    POST("/generate", "generate", JOB_GENERATE, SRV_GEN_TGI, SRV_BODY_JSON),
+    POST("/generate_stream", "generate", JOB_GENERATE, SRV_GEN_TGI_STREAM, SRV_BODY_JSON),
+    POST("/v1/completions", "completions", JOB_GENERATE, SRV_GEN_COMPLETIONS, SRV_BODY_JSON),
+    POST("/v1/chat/completions", "chat_completions", JOB_GENERATE, SRV_GEN_CHAT, SRV_BODY_JSON),
+    GET("/v1/models", "models", SRV_AUTH_KEY, 0, answer_models),
+    POST("/score", "score", JOB_SCORE, 0, SRV_BODY_JSON),
+    /* the playground: public, since it asks for the API key itself */
+    GET("/", "page", SRV_AUTH_PUBLIC, 0, answer_page),
+    GET("/app.js", "page", SRV_AUTH_PUBLIC, 0, answer_page),
+    GET("/app.css", "page", SRV_AUTH_PUBLIC, 0, answer_page),
+};
+#undef GET
+#undef POST
+const size_t SRV_N_ROUTES = sizeof SRV_ROUTES / sizeof SRV_ROUTES[0];
 
 /* ---- engine requests ------------------------------------------------------------------------ */
 
@@ -656,8 +670,9 @@ static void log_request(srv_app *app, http_req *r)
         status = k == API_OK ? 499 : api_err_status(k);
         if (k != API_OK) stream_error = api_err_type(k);
     }
-    srv_metrics_request(&app->metrics, r->ep, status, r->done_dt);
-    if (r->ep == EP_CLASSIFY || uses_lm(r->ep) || status >= 400) {
+    int engine = r->route && r->route->job != JOB_NONE;
+    srv_metrics_request(&app->metrics, r->label, engine, status, r->done_dt);
+    if (engine || status >= 400) {
         double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
         char plan[64] = "";
         if (j->kind == JOB_CLASSIFY && j->t_end > 0 && j->rc == 0)
@@ -665,7 +680,7 @@ static void log_request(srv_app *app, http_req *r)
         srv_log(status >= 500 ? LOG_WARN : LOG_INFO, "request",
                 "\"request_id\":\"%s\",\"endpoint\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes_out\":%zu,"
                 "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f%s%s%s%s",
-                r->request_id, SRV_EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, r->done_dt,
+                r->request_id, r->label, status, r->body_len, r->resp_bytes, wait, run, r->done_dt,
                 stream_error ? ",\"stream_error\":\"" : "", stream_error ? stream_error : "", stream_error ? "\"" : "", plan);
     }
 }
@@ -881,12 +896,13 @@ static enum MHD_Result start_generate(http_req *r)
     model_id(app->cfg.generate_model, model, sizeof model);
     api_gen_limits lim = {app->cfg.max_input_bytes, app->cfg.max_new_tokens, app->cfg.default_new_tokens, model};
     const char *b = r->body ? r->body : "";
-    api_err rc = r->ep == EP_COMPLETIONS ? api_parse_completions(b, r->body_len, &lim, &r->greq, &r->err)
-                 : r->ep == EP_CHAT      ? api_parse_chat(b, r->body_len, &lim, &r->greq, &r->err)
+    int variant = r->route->variant;
+    api_err rc = variant == SRV_GEN_COMPLETIONS ? api_parse_completions(b, r->body_len, &lim, &r->greq, &r->err)
+                 : variant == SRV_GEN_CHAT      ? api_parse_chat(b, r->body_len, &lim, &r->greq, &r->err)
                                          : api_parse_generate(b, r->body_len, &lim, &r->greq, &r->err);
     if (rc != API_OK) return respond_error(r, NULL);
     parsed(r); /* the parsed request holds what it needs */
-    r->greq.stream |= r->stream_route;
+    r->greq.stream |= variant == SRV_GEN_TGI_STREAM;
     if (r->greq.stream && r->greq.prompt_logprobs && r->greq.format == API_FMT_TGI) { /* as TGI */
         api_fail(&r->err, API_E_VALIDATION, "\"decoder_input_details\" is not supported with a stream");
         r->err.param = "decoder_input_details";
@@ -1073,7 +1089,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         r->clock = clock_of(conn);
         srv_guard_conn_phase(guard, r->clock, CONN_BUSY); /* the head is in; BODY below */
         r->t0 = srv_now();
-        r->ep = EP_OTHER;
+        r->label = "other";
         r->url = url;
         set_request_id(r);
         check_origin(r);
@@ -1085,19 +1101,18 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         r->no_body = !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding") &&
                      (!cl0 || strtoull(cl0, NULL, 10) == 0);
 
-        const route *rt = NULL;
+        const srv_route *rt = NULL;
         int path_known = 0;
         char allow[64] = "";
-        for (size_t i = 0; i < N_ROUTES; i++) {
-            if (strcmp(ROUTES[i].path, url)) continue;
-            if (l->health && ROUTES[i].ep != EP_HEALTH && ROUTES[i].ep != EP_READY && ROUTES[i].ep != EP_METRICS) continue;
+        for (const srv_route *ro = SRV_ROUTES; ro < SRV_ROUTES + SRV_N_ROUTES; ro++) {
+            if (strcmp(ro->path, url) || (l->health && !ro->health)) continue;
             path_known = 1;
-            snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s", allow[0] ? ", " : "", ROUTES[i].method);
-            if (!strcmp(ROUTES[i].method, method) || (!strcmp(method, "HEAD") && !strcmp(ROUTES[i].method, "GET"))) rt = &ROUTES[i];
+            snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s", allow[0] ? ", " : "", ro->method);
+            if (!strcmp(ro->method, method) || (!strcmp(method, "HEAD") && !strcmp(ro->method, "GET"))) rt = ro;
         }
         if (!strcmp(url, "/metrics")) r->cors = 0; /* for Prometheus, never for another origin's page */
         if (!strcmp(method, "OPTIONS")) { /* CORS preflight, answered before auth */
-            r->ep = EP_PREFLIGHT;
+            r->label = "preflight";
             struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
             if (!resp) return MHD_NO;
             MHD_add_response_header(resp, "X-Request-Id", r->request_id);
@@ -1119,33 +1134,35 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             if (l->health) return fail(r, API_E_NOT_FOUND, "%s", "the health port serves /health, /ready and /metrics only");
             return fail(r, API_E_NOT_FOUND, "no route %s", url);
         }
-        r->ep = rt->ep;
-        if ((!rt->public_ || (rt->ep == EP_METRICS && app->cfg.metrics_auth)) && !authorized(r))
+        r->route = rt;
+        r->label = rt->label;
+        int key = rt->auth == SRV_AUTH_KEY || (rt->auth == SRV_AUTH_METRICS && app->cfg.metrics_auth);
+        if (key && !authorized(r))
             return fail(r, API_E_UNAUTHORIZED, "%s", "a valid API key is required: Authorization: Bearer <key>");
-        if (strcmp(rt->method, "GET") == 0) return answer_get(r);
+        if (rt->job == JOB_NONE) return rt->answer(r);
 
         /* POST: the engine endpoints */
         if (atomic_load(&app->draining)) {
             srv_metrics_reject(&app->metrics, REJ_DRAINING);
             return fail(r, API_E_SHUTTING_DOWN, "%s", "the server is shutting down; retry on another replica");
         }
-        if (uses_lm(r->ep) && !app->generator)
+        if (rt->job != JOB_CLASSIFY && !app->generator)
             return fail(r, API_E_NO_MODEL, "%s", "no generation model is loaded");
-        if (r->ep == EP_CLASSIFY && !app->classifier)
+        if (rt->job == JOB_CLASSIFY && !app->classifier)
             return fail(r, API_E_NO_MODEL, "%s", "no classification model is loaded");
         /* one of its client's request slots, held until the request ends (completed) */
         if (srv_guard_request_begin(guard, client_id(r), &r->client)) {
             client_limit_error(r, "requests open", app->cfg.max_requests_per_key, "max-requests-per-key");
             return respond_error(r, NULL);
         }
-        r->stream_route = !strcmp(url, "/generate_stream");
         const char *ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
-        r->raw = r->ep == EP_CLASSIFY && is_raw(ctype);
+        r->raw = rt->body == SRV_BODY_JSON_OR_RAW && is_raw(ctype);
         if (!r->raw && !is_json(ctype))
             return fail(r, API_E_MEDIA_TYPE, "%s",
-                        r->ep == EP_CLASSIFY ? "the body must be JSON (Content-Type: application/json) or one raw document "
-                                               "(application/octet-stream or text/plain)"
-                                             : "the body must be JSON: Content-Type: application/json");
+                        r->route->body == SRV_BODY_JSON_OR_RAW
+                            ? "the body must be JSON (Content-Type: application/json) or one raw document "
+                              "(application/octet-stream or text/plain)"
+                            : "the body must be JSON: Content-Type: application/json");
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > app->cfg.max_body_bytes) {
             api_fail(&r->err, API_E_TOO_LARGE, "the body is %s bytes; max-body-bytes is %llu", cl,
@@ -1238,7 +1255,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         srv_guard_conn_phase(guard, r->clock, CONN_BUSY);
         if (r->err.kind) return respond_error(r, NULL);
         if (!r->raw && hold_parse(r)) return respond_error(r, NULL); /* every body but a raw document is JSON */
-        return generates(r->ep) ? start_generate(r) : r->ep == EP_SCORE ? start_score(r) : start_classify(r);
+        return r->route->job == JOB_GENERATE ? start_generate(r) : r->route->job == JOB_SCORE ? start_score(r) : start_classify(r);
     }
     if (r->ph == PH_QUEUED && r->job.stream) {
         pthread_mutex_lock(&r->stream.lock);

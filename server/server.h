@@ -24,7 +24,9 @@
 #include "server/config.h"
 #include "server/metrics.h"
 
-typedef enum { JOB_CLASSIFY = 0, JOB_GENERATE = 1, JOB_SCORE = 2 } srv_job_kind;
+typedef enum { JOB_NONE = -1, JOB_CLASSIFY = 0, JOB_GENERATE = 1, JOB_SCORE = 2 } srv_job_kind;
+/* The generation routes' request shapes (srv_route's variant). */
+enum { SRV_GEN_TGI = 0, SRV_GEN_TGI_STREAM, SRV_GEN_COMPLETIONS, SRV_GEN_CHAT };
 typedef enum { CANCEL_NONE = 0, CANCEL_DISCONNECT = 1, CANCEL_DEADLINE = 2, CANCEL_SHUTDOWN = 3 } srv_cancel_reason;
 
 /* A streamed answer in the making: the worker (and the loop's keep-alive pings) append
