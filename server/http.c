@@ -19,7 +19,6 @@
  * active; otherwise it cancels the job and leaves the free to on_job_done, which the loop
  * thread calls once the job is over. `life` guards that hand-over. */
 #include <ctype.h>
-#include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -30,11 +29,11 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include "server/assets.h"
 #include "server/cache.h"
 #include "server/guard.h"
+#include "server/jobs.h"
 #include "server/routes.h"
 
 
@@ -81,9 +80,7 @@ typedef struct http_req {
     int timeout_from_client; /* X-Request-Timeout set it */
     size_t parse_body;       /* held for the parse: the body's bytes, given back once it is freed */
     const char *url;     /* the request's path (MHD's, valid while the request lives) */
-    api_classify_req creq;
-    api_generate_req greq;
-    api_score_req sreq;
+    srv_request q;       /* what its job kind sees (server/jobs.h); q.job is set once it has one */
     srv_job job;
     srv_stream stream;   /* job.stream points here when the answer streams */
     int inflight;        /* counted in luna_inflight_requests */
@@ -190,18 +187,7 @@ static void free_req(http_req *r)
     srv_release(r->app, r->held);
     atomic_fetch_sub(&r->app->http->bodies, r->held);
     if (r->early) MHD_destroy_response(r->early);
-    api_classify_free(&r->creq);
-    if (r->job.generate) srv_gen_lp_free(&r->job); /* before the request: its prompt count */
-    for (size_t i = 0; r->job.gres && i < r->greq.n_prompts; i++) free((void *)r->job.gres[i].state);
-    api_generate_free(&r->greq);
-    luna_gen_state_free(r->job.cont);
-    free(r->job.cont_logits);
-    api_score_free(&r->sreq);
-    free(r->job.sres);
-    free(r->job.score_lp);
-    free(r->job.scores);
-    free(r->job.out);
-    free(r->job.gres);
+    if (r->q.job) r->route->job->release(&r->q);
     free(r->stream.buf);
     pthread_mutex_destroy(&r->stream.lock);
     pthread_mutex_destroy(&r->life);
@@ -211,12 +197,17 @@ static void free_req(http_req *r)
 
 /* ---- responses ---------------------------------------------------------------------------- */
 
+/* The plan a job ran under (a classification's), or NULL. */
+static const char *job_plan(const srv_job *job)
+{
+    return job->kind && job->kind->plan ? job->kind->plan(job) : NULL;
+}
+
 /* What an engine request reserved in the memory budget, for clients that show it. */
 static void add_reserved_header(const http_req *r, struct MHD_Response *resp)
 {
-    /* which plan classified the (largest) document: resident, partial or streaming */
-    if (r->job.kind == JOB_CLASSIFY && r->job.t_end > 0 && r->job.rc == 0)
-        MHD_add_response_header(resp, "X-Luna-Plan", SRV_PLAN_NAMES[r->job.plan]);
+    const char *plan = job_plan(&r->job);
+    if (plan) MHD_add_response_header(resp, "X-Luna-Plan", plan);
     if (!r->job.reserve && !(r->job.t_start > 0)) return; /* a job that ran says what it held, 0 included */
     char v[32];
     snprintf(v, sizeof v, "%llu", (unsigned long long)r->job.reserve);
@@ -523,16 +514,6 @@ static void check_origin(http_req *r)
 
 /* ---- the GET routes ------------------------------------------------------------------------- */
 
-/* A model's id in OpenAI's and vLLM's answers: its directory's base name. */
-static void model_id(const char *dir, char *out, size_t n)
-{
-    size_t len = strlen(dir);
-    while (len > 1 && dir[len - 1] == '/') len--;
-    size_t start = len;
-    while (start > 0 && dir[start - 1] != '/') start--;
-    snprintf(out, n, "%.*s", (int)(len - start), dir + start);
-}
-
 static uint64_t reserved_now(srv_app *app)
 {
     pthread_mutex_lock(&app->metrics.lock);
@@ -613,12 +594,12 @@ static enum MHD_Result answer_models(http_req *r)
     api_model_card cards[2];
     int n = 0;
     if (app->generator) {
-        model_id(app->cfg.generate_model, ids[n], sizeof ids[n]);
+        srv_model_id(app->cfg.generate_model, ids[n], sizeof ids[n]);
         cards[n] = (api_model_card){ids[n], "causal-lm", app->started_unix};
         n++;
     }
     if (app->classifier) {
-        model_id(app->cfg.classify_model, ids[n], sizeof ids[n]);
+        srv_model_id(app->cfg.classify_model, ids[n], sizeof ids[n]);
         cards[n] = (api_model_card){ids[n], "classification", app->started_unix};
         n++;
     }
@@ -627,21 +608,21 @@ static enum MHD_Result answer_models(http_req *r)
 
 /* ---- the endpoint table (server/routes.h) ------------------------------------------------------ */
 
-#define GET(path, label, auth, health, answer) {path, "GET", label, auth, health, JOB_NONE, 0, SRV_BODY_NONE, answer}
+#define GET(path, label, auth, health, answer) {path, "GET", label, auth, health, NULL, 0, SRV_BODY_NONE, answer}
 #define POST(path, label, job, variant, body) {path, "POST", label, SRV_AUTH_KEY, 0, job, variant, body, NULL}
 const srv_route SRV_ROUTES[] = {
     GET("/health", "health", SRV_AUTH_PUBLIC, 1, answer_health),
     GET("/ready", "ready", SRV_AUTH_PUBLIC, 1, answer_ready),
     GET("/metrics", "metrics", SRV_AUTH_METRICS, 1, answer_metrics),
     GET("/info", "info", SRV_AUTH_KEY, 0, answer_info),
-    POST("/classify", "classify", JOB_CLASSIFY, 0, SRV_BODY_JSON_OR_RAW),
-    POST("/predict", "classify", JOB_CLASSIFY, 0, SRV_BODY_JSON_OR_RAW),
-    POST("/generate", "generate", JOB_GENERATE, SRV_GEN_TGI, SRV_BODY_JSON),
-    POST("/generate_stream", "generate", JOB_GENERATE, SRV_GEN_TGI_STREAM, SRV_BODY_JSON),
-    POST("/v1/completions", "completions", JOB_GENERATE, SRV_GEN_COMPLETIONS, SRV_BODY_JSON),
-    POST("/v1/chat/completions", "chat_completions", JOB_GENERATE, SRV_GEN_CHAT, SRV_BODY_JSON),
+    POST("/classify", "classify", &SRV_JOB_CLASSIFY, 0, SRV_BODY_JSON_OR_RAW),
+    POST("/predict", "classify", &SRV_JOB_CLASSIFY, 0, SRV_BODY_JSON_OR_RAW),
+    POST("/generate", "generate", &SRV_JOB_GENERATE, SRV_GEN_TGI, SRV_BODY_JSON),
+    POST("/generate_stream", "generate", &SRV_JOB_GENERATE, SRV_GEN_TGI_STREAM, SRV_BODY_JSON),
+    POST("/v1/completions", "completions", &SRV_JOB_GENERATE, SRV_GEN_COMPLETIONS, SRV_BODY_JSON),
+    POST("/v1/chat/completions", "chat_completions", &SRV_JOB_GENERATE, SRV_GEN_CHAT, SRV_BODY_JSON),
     GET("/v1/models", "models", SRV_AUTH_KEY, 0, answer_models),
-    POST("/score", "score", JOB_SCORE, 0, SRV_BODY_JSON),
+    POST("/score", "score", &SRV_JOB_SCORE, 0, SRV_BODY_JSON),
     /* the playground: public, since it asks for the API key itself */
     GET("/", "page", SRV_AUTH_PUBLIC, 0, answer_page),
     GET("/app.js", "page", SRV_AUTH_PUBLIC, 0, answer_page),
@@ -670,13 +651,12 @@ static void log_request(srv_app *app, http_req *r)
         status = k == API_OK ? 499 : api_err_status(k);
         if (k != API_OK) stream_error = api_err_type(k);
     }
-    int engine = r->route && r->route->job != JOB_NONE;
+    int engine = r->route && r->route->job;
     srv_metrics_request(&app->metrics, r->label, engine, status, r->done_dt);
     if (engine || status >= 400) {
         double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
         char plan[64] = "";
-        if (j->kind == JOB_CLASSIFY && j->t_end > 0 && j->rc == 0)
-            snprintf(plan, sizeof plan, ",\"plan\":\"%s\",\"lanes\":%d", SRV_PLAN_NAMES[j->plan], j->lanes);
+        if (job_plan(j)) snprintf(plan, sizeof plan, ",\"plan\":\"%s\",\"lanes\":%d", job_plan(j), j->lanes);
         srv_log(status >= 500 ? LOG_WARN : LOG_INFO, "request",
                 "\"request_id\":\"%s\",\"endpoint\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes_out\":%zu,"
                 "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f%s%s%s%s",
@@ -772,44 +752,10 @@ static enum MHD_Result start_stream(http_req *r)
 
 static enum MHD_Result answer_job(http_req *r)
 {
-    srv_app *app = r->app;
     srv_job *job = &r->job;
-    if (job->rc == 0 && job->kind == JOB_GENERATE)
-        return respond(r, 200, "application/json", api_render_generate(&r->greq, job->gres), NULL);
-    if (job->rc == 0 && job->kind == JOB_SCORE) {
-        char model[256];
-        model_id(app->cfg.generate_model, model, sizeof model);
-        return respond(r, 200, "application/json", api_render_score(&r->sreq, job->sres, model, job->prefix_tokens), NULL);
-    }
-    if (job->rc == 0) {
-        const luna_config *cfg = luna_model_config(app->classifier);
-        char id[96], model[256];
-        snprintf(id, sizeof id, "classify-%s", r->request_id);
-        model_id(app->cfg.classify_model, model, sizeof model);
-        api_classify_meta meta = {id, model, (long long)time(NULL), 0};
-        for (size_t i = 0; i < r->creq.n_docs; i++)
-            meta.tokens += luna_input_tokens(app->classifier, r->creq.docs[i].data, r->creq.docs[i].len);
-        char *body = api_render_classify(&r->creq, job->scores, app->labels, cfg->n_labels, &meta);
-        return respond(r, 200, "application/json", body, NULL);
-    }
+    if (job->rc == 0) return respond(r, 200, "application/json", job->kind->render(&r->q), NULL);
     if (srv_job_error(job, &r->err) == API_OK) return MHD_NO; /* the client left: close (499) */
     return respond_error(r, NULL);
-}
-
-/* Refuses a request whose reservation can never fit the budget (413). */
-static int over_budget(http_req *r, uint64_t reserve)
-{
-    srv_app *app = r->app;
-    uint64_t budget = srv_request_budget(app);
-    if (reserve <= budget) return 0;
-    api_fail(&r->err, API_E_MEMORY, "this request needs %llu bytes of workspace; requests may reserve %llu of the memory budget",
-             (unsigned long long)reserve, (unsigned long long)budget);
-    r->err.extra_key[0] = "memory_required_bytes";
-    r->err.extra_val[0] = (double)reserve;
-    r->err.extra_key[1] = "memory_budget_bytes";
-    r->err.extra_val[1] = (double)budget;
-    srv_metrics_reject(&app->metrics, REJ_MEMORY);
-    return 1;
 }
 
 /* Queues the prepared job and suspends the connection; 429 when the queue is full. */
@@ -852,196 +798,29 @@ static enum MHD_Result submit(http_req *r)
     return MHD_YES;
 }
 
-/* Sets 413 input_too_long when `tokens` pass the generator's max_positions ("<what> N tokens"). */
-static int past_max_positions(http_req *r, const luna_config *cfg, uint64_t tokens, const char *what)
+/* A query argument of the request (srv_request's arg). */
+static const char *query_arg(void *conn, const char *name)
 {
-    if (cfg->max_positions <= 0 || tokens <= (uint64_t)cfg->max_positions) return 0;
-    api_fail(&r->err, API_E_INPUT_TOO_LONG, "%s %llu tokens; the model accepts %d", what, (unsigned long long)tokens,
-             cfg->max_positions);
-    r->err.extra_key[0] = "max_tokens";
-    r->err.extra_val[0] = cfg->max_positions;
-    return 1;
+    return MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
-/* The request's "state": imported into the job (checked whole first: a state that is not one
- * of this model's, or is damaged in any way, is a 422 naming the fault). */
-static api_err import_state(http_req *r)
+/* The body is complete: the route's job kind parses it (the body, once parsed, is freed: the
+ * parsed input stands in for it; a raw document is the input itself) and admits it; then it is
+ * queued and the connection suspended. */
+static enum MHD_Result start_job(http_req *r)
 {
-    srv_app *app = r->app;
-    size_t V = (size_t)luna_model_config(app->generator)->vocab_size;
-    srv_job *job = &r->job;
-    if (luna_gen_state_new(app->generator, &job->cont) || !(job->cont_logits = malloc(V * sizeof(float))))
-        return api_fail(&r->err, API_E_ENGINE_MEMORY, "%s", "out of memory importing the state");
-    const char *why = NULL;
-    if (luna_gen_state_import(job->cont, r->greq.state, r->greq.state_len, job->cont_logits, &job->cont_has_logits,
-                              &why)) {
-        api_fail(&r->err, API_E_VALIDATION, "\"state\" cannot be continued: %s", why ? why : "not a state");
-        r->err.param = "state";
-        return r->err.kind;
-    }
-    if (!job->cont_has_logits && r->greq.prompts[0].len == 0) {
-        api_fail(&r->err, API_E_VALIDATION, "%s", "this state has no logits: send input to continue it with");
-        r->err.param = "state";
-        return r->err.kind;
-    }
-    return API_OK;
-}
-
-/* The body is complete: parse, admit, queue, suspend. */
-static enum MHD_Result start_generate(http_req *r)
-{
-    srv_app *app = r->app;
-    const luna_config *cfg = luna_model_config(app->generator);
-    char model[256];
-    model_id(app->cfg.generate_model, model, sizeof model);
-    api_gen_limits lim = {app->cfg.max_input_bytes, app->cfg.max_new_tokens, app->cfg.default_new_tokens, model};
-    const char *b = r->body ? r->body : "";
-    int variant = r->route->variant;
-    api_err rc = variant == SRV_GEN_COMPLETIONS ? api_parse_completions(b, r->body_len, &lim, &r->greq, &r->err)
-                 : variant == SRV_GEN_CHAT      ? api_parse_chat(b, r->body_len, &lim, &r->greq, &r->err)
-                                         : api_parse_generate(b, r->body_len, &lim, &r->greq, &r->err);
-    if (rc != API_OK) return respond_error(r, NULL);
-    parsed(r); /* the parsed request holds what it needs */
-    r->greq.stream |= variant == SRV_GEN_TGI_STREAM;
-    if (r->greq.stream && r->greq.prompt_logprobs && r->greq.format == API_FMT_TGI) { /* as TGI */
-        api_fail(&r->err, API_E_VALIDATION, "\"decoder_input_details\" is not supported with a stream");
-        r->err.param = "decoder_input_details";
-        return respond_error(r, NULL);
-    }
-    api_generate_set_meta(&r->greq, model, r->request_id, (long long)time(NULL));
-    if (r->greq.state && import_state(r) != API_OK) return respond_error(r, NULL);
-    uint64_t prompt_tokens = 0;
-    for (size_t i = 0; i < r->greq.n_prompts; i++) {
-        /* bos, or the imported state's context */
-        uint64_t tokens = (uint64_t)r->greq.prompts[i].len + (r->job.cont ? luna_gen_state_tokens(r->job.cont) : 1);
-        if (past_max_positions(r, cfg, tokens, "the prompt is")) return respond_error(r, NULL);
-        srv_metrics_input_bytes(&app->metrics, r->greq.prompts[i].len);
-        prompt_tokens += tokens;
-    }
-    /* A prompt that cannot be prefilled before its deadline is refused now, not cut off later.
-     * Against the server's own deadline the prompt is too long (413, with the tokens it could
-     * take); against the client's X-Request-Timeout the deadline is too short: 504, the answer
-     * the deadline would have given, without spending the cores first. */
-    double rate = srv_prefill_rate(app);
-    if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout && app->cache &&
-        !r->greq.prompt_logprobs) /* which does not use the cache (batch.c: uses_cache) */
-        for (size_t i = 0; i < r->greq.n_prompts; i++) /* what the state cache holds is not prefilled again */
-            prompt_tokens -= srv_cache_peek(app->cache, r->greq.prompts[i].data, r->greq.prompts[i].len);
-    if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout) {
-        double need = (double)prompt_tokens / rate;
-        if (r->timeout_from_client) {
-            api_fail(&r->err, API_E_TIMEOUT,
-                     "the prompt is %llu tokens: at this server's prefill rate (%.0f tokens/s) it would take about %.1f s, "
-                     "longer than the X-Request-Timeout of %g s", (unsigned long long)prompt_tokens, rate, need, r->timeout);
-        } else {
-            api_fail(&r->err, API_E_INPUT_TOO_LONG,
-                     "the prompt is %llu tokens: at this server's prefill rate (%.0f tokens/s) it would take about %.1f s, "
-                     "longer than the request's deadline of %g s", (unsigned long long)prompt_tokens, rate, need, r->timeout);
-            r->err.extra_key[0] = "max_tokens";
-            r->err.extra_val[0] = floor(rate * r->timeout);
-        }
-        srv_metrics_reject(&app->metrics, REJ_PREFILL_TIME);
-        return respond_error(r, NULL);
-    }
-    uint64_t reserve = srv_gen_reservation(app, &r->greq);
-    if (over_budget(r, reserve)) return respond_error(r, NULL);
-    srv_job *job = &r->job;
-    job->min_reserve = reserve; /* a generation's reservation is fixed */
-    job->out = malloc(r->greq.n_prompts * (size_t)r->greq.max_new_tokens + 1); /* max_tokens 0 with echo */
-    job->gres = calloc(r->greq.n_prompts, sizeof *job->gres);
-    job->kind = JOB_GENERATE;
-    job->generate = &r->greq;
-    if (!job->out || !job->gres || srv_gen_lp_new(job)) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
-    luna_model_id_hex(app->generator, job->model_id);
-    job->reserve = reserve;
-    if (r->greq.stream) {
-        r->stream.limit = srv_stream_limit(r->greq.n_prompts, (size_t)r->greq.max_new_tokens) +
-                          srv_gen_lp_stream_bytes(&r->greq); /* reserved with the rest */
-        job->stream = &r->stream;
-        job->on_stream = on_stream;
-    }
-    return submit(r);
-}
-
-/* POST /score: parse, admit, queue (a worker job, as a classification). */
-static enum MHD_Result start_score(http_req *r)
-{
-    srv_app *app = r->app;
-    const luna_config *cfg = luna_model_config(app->generator);
-    char model[256];
-    model_id(app->cfg.generate_model, model, sizeof model);
-    api_limits lim = {app->cfg.max_input_bytes, 0, model};
-    if (api_parse_score(r->body ? r->body : "", r->body_len, &lim, &r->sreq, &r->err) != API_OK)
-        return respond_error(r, NULL);
-    parsed(r); /* the parsed request holds what it needs */
-    uint64_t tokens = (uint64_t)r->sreq.prefix.len + 1 + r->sreq.longest; /* bos */
-    if (past_max_positions(r, cfg, tokens, "the prefix and its longest candidate are")) return respond_error(r, NULL);
-    srv_metrics_input_bytes(&app->metrics, r->sreq.prefix.len + r->sreq.candidate_bytes);
-    uint64_t reserve = srv_score_reservation(app, &r->sreq);
-    if (over_budget(r, reserve)) return respond_error(r, NULL);
-    srv_job *job = &r->job;
-    job->min_reserve = reserve;
-    job->sres = calloc(r->sreq.n_candidates, sizeof *job->sres);
-    job->score_lp = malloc(r->sreq.candidate_bytes * sizeof(double)); /* a request's size: may fail */
-    if (!job->sres || !job->score_lp) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
-    job->kind = JOB_SCORE;
-    job->score = &r->sreq;
-    job->reserve = reserve;
-    return submit(r);
-}
-
-static enum MHD_Result start_classify(http_req *r)
-{
-    srv_app *app = r->app;
-    const luna_config *cfg = luna_model_config(app->classifier);
-    char model[256];
-    model_id(app->cfg.classify_model, model, sizeof model);
-    api_limits lim = {app->cfg.max_input_bytes, 1024, model};
-    if (r->raw) {
-        /* one document, the body itself: no copy, no decoding */
-        const char *rs = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "raw_scores");
-        const char *tr = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "truncate");
-        if (api_classify_raw((const uint8_t *)(r->body ? r->body : ""), r->body_len, rs, tr, &lim, &r->creq, &r->err) !=
-            API_OK)
-            return respond_error(r, NULL);
-    } else {
-        if (api_parse_classify(r->body ? r->body : "", r->body_len, &lim, &r->creq, &r->err) != API_OK)
-            return respond_error(r, NULL);
-        parsed(r); /* the parsed request holds what it needs */
-    }
-
-    uint64_t reserve = 0;
-    for (size_t i = 0; i < r->creq.n_docs; i++) {
-        api_doc *d = &r->creq.docs[i];
-        size_t n = luna_input_tokens(app->classifier, d->data, d->len);
-        if (n > app->max_doc_tokens) {
-            if (!r->creq.truncate) {
-                api_fail(&r->err, API_E_INPUT_TOO_LONG,
-                         "document %zu is %zu tokens; the model accepts %zu (or set \"truncate\": true)", i, n,
-                         app->max_doc_tokens);
-                r->err.extra_key[0] = "max_tokens";
-                r->err.extra_val[0] = (double)app->max_doc_tokens;
-                return respond_error(r, NULL);
-            }
-            while (d->len > 0 && luna_input_tokens(app->classifier, d->data, d->len) > app->max_doc_tokens)
-                d->len -= n - app->max_doc_tokens < d->len ? n - app->max_doc_tokens : d->len,
-                    n = luna_input_tokens(app->classifier, d->data, d->len);
-        }
-        /* documents of one request run one after another: reserve the largest's plan with the
-         * whole budget (resident, unless streaming costs no more time); when that does not fit
-         * what is free, the dispatcher runs it under the streaming plan instead, which needs no
-         * memory that grows with the input: no document is too large for the budget */
-        uint64_t need = luna_plan_for(app->classifier, n, srv_request_budget(app)).bytes;
-        if (need > reserve) reserve = need;
-        srv_metrics_input_bytes(&app->metrics, d->len);
-    }
-    srv_job *job = &r->job;
-    job->min_reserve = 0;
-    job->scores = malloc(r->creq.n_docs * (size_t)cfg->n_labels * sizeof(float));
-    if (!job->scores) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
-    job->kind = JOB_CLASSIFY;
-    job->classify = &r->creq;
-    job->reserve = reserve;
+    const srv_job_kind *kind = r->route->job;
+    srv_request *q = &r->q;
+    *q = (srv_request){.app = r->app, .variant = r->route->variant, .body = r->body ? r->body : "",
+                       .body_len = r->body_len, .raw = r->raw, .arg = query_arg, .arg_cls = r->conn,
+                       .request_id = r->request_id, .timeout = r->timeout,
+                       .timeout_from_client = r->timeout_from_client, .err = &r->err, .job = &r->job,
+                       .stream = &r->stream};
+    if (kind->parse(q) != API_OK) return respond_error(r, NULL);
+    if (!r->raw) parsed(r);
+    if (kind->admit(q) != API_OK) return respond_error(r, NULL);
+    r->job.kind = kind;
+    if (r->job.stream) r->job.on_stream = on_stream;
     return submit(r);
 }
 
@@ -1139,17 +918,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         int key = rt->auth == SRV_AUTH_KEY || (rt->auth == SRV_AUTH_METRICS && app->cfg.metrics_auth);
         if (key && !authorized(r))
             return fail(r, API_E_UNAUTHORIZED, "%s", "a valid API key is required: Authorization: Bearer <key>");
-        if (rt->job == JOB_NONE) return rt->answer(r);
+        if (!rt->job) return rt->answer(r);
 
         /* POST: the engine endpoints */
         if (atomic_load(&app->draining)) {
             srv_metrics_reject(&app->metrics, REJ_DRAINING);
             return fail(r, API_E_SHUTTING_DOWN, "%s", "the server is shutting down; retry on another replica");
         }
-        if (rt->job != JOB_CLASSIFY && !app->generator)
-            return fail(r, API_E_NO_MODEL, "%s", "no generation model is loaded");
-        if (rt->job == JOB_CLASSIFY && !app->classifier)
-            return fail(r, API_E_NO_MODEL, "%s", "no classification model is loaded");
+        if (!srv_job_model(app, rt->job))
+            return fail(r, API_E_NO_MODEL, "%s", rt->job->model == SRV_MODEL_GENERATOR ? "no generation model is loaded"
+                                                                                      : "no classification model is loaded");
         /* one of its client's request slots, held until the request ends (completed) */
         if (srv_guard_request_begin(guard, client_id(r), &r->client)) {
             client_limit_error(r, "requests open", app->cfg.max_requests_per_key, "max-requests-per-key");
@@ -1255,7 +1033,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         srv_guard_conn_phase(guard, r->clock, CONN_BUSY);
         if (r->err.kind) return respond_error(r, NULL);
         if (!r->raw && hold_parse(r)) return respond_error(r, NULL); /* every body but a raw document is JSON */
-        return r->route->job == JOB_GENERATE ? start_generate(r) : r->route->job == JOB_SCORE ? start_score(r) : start_classify(r);
+        return start_job(r);
     }
     if (r->ph == PH_QUEUED && r->job.stream) {
         pthread_mutex_lock(&r->stream.lock);

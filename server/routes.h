@@ -9,7 +9,7 @@
 #include <microhttpd.h>
 #include <stddef.h>
 
-#include "server/server.h"
+#include "server/jobs.h"
 
 typedef enum {
     SRV_AUTH_KEY = 0,  /* an API key, when the server has keys */
@@ -30,7 +30,7 @@ typedef struct {
     const char *label; /* the `endpoint` label of luna_requests_total and of the request log */
     srv_auth auth;
     int health;        /* served on the health listener (--health-port) too */
-    srv_job_kind job;  /* the job a POST runs; JOB_NONE for a GET */
+    const srv_job_kind *job; /* the job a POST runs (server/jobs.h); NULL for a GET */
     int variant;       /* the job kind's: which API's request it parses (SRV_GEN_*) */
     srv_body body;
     enum MHD_Result (*answer)(struct http_req *r); /* a GET's answer, from the headers alone */

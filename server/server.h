@@ -24,9 +24,7 @@
 #include "server/config.h"
 #include "server/metrics.h"
 
-typedef enum { JOB_NONE = -1, JOB_CLASSIFY = 0, JOB_GENERATE = 1, JOB_SCORE = 2 } srv_job_kind;
-/* The generation routes' request shapes (srv_route's variant). */
-enum { SRV_GEN_TGI = 0, SRV_GEN_TGI_STREAM, SRV_GEN_COMPLETIONS, SRV_GEN_CHAT };
+typedef struct srv_job_kind srv_job_kind; /* a kind's hooks: server/jobs.h */
 typedef enum { CANCEL_NONE = 0, CANCEL_DISCONNECT = 1, CANCEL_DEADLINE = 2, CANCEL_SHUTDOWN = 3 } srv_cancel_reason;
 
 /* A streamed answer in the making: the worker (and the loop's keep-alive pings) append
@@ -46,10 +44,9 @@ typedef struct {
 typedef struct srv_job srv_job;
 /* The classification plans (engine/luna.h), as the server counts and reports them. */
 enum { SRV_PLAN_RESIDENT = 0, SRV_PLAN_PARTIAL, SRV_PLAN_STREAMING, SRV_N_PLANS };
-extern const char *const SRV_PLAN_NAMES[SRV_N_PLANS];
 
 struct srv_job {
-    srv_job_kind kind;
+    const srv_job_kind *kind;         /* classify, generate or score (server/jobs.h) */
     const api_classify_req *classify; /* the input, owned by the request */
     float *scores;                    /* OUT: (n_docs, n_labels) */
     const api_generate_req *generate; /* the input, owned by the request */
@@ -180,7 +177,7 @@ uint64_t srv_reserved_idle(srv_app *app);
 uint64_t srv_request_budget(const srv_app *app);
 void srv_release(srv_app *app, uint64_t bytes);
 
-/* Generation (sched.c). The bytes a request reserves in the ledger: the generation state and a
+/* Generation (job_generate.c). The bytes a request reserves in the ledger: the generation state and a
  * prefill chunk (the worker's, allocated once), the sampler's scratch, the output, and for a
  * stream the events a slow client has not read yet; nothing that grows with the prompt. */
 uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req);
@@ -205,16 +202,8 @@ api_err srv_job_error(const srv_job *job, api_error *e);
 double srv_prefill_rate(const srv_app *app);
 void srv_prefill_observe(srv_app *app, uint64_t tokens, double seconds);
 
-/* ---- score.c: POST /score on a worker ---- */
-/* What a /score job reserves: the worker's context and state (the prefix's), a scratch state
- * for the candidates, the prefix's logits, a piece of tokens, luna_score's rows, the results
- * and their rendering. Nothing grows with the prefix. */
-uint64_t srv_score_reservation(const srv_app *app, const api_score_req *req);
 /* The bytes of a worker's generator context, which a job alone on a worker runs on (sched.c). */
 uint64_t srv_worker_gctx_bytes(const srv_app *app);
-/* The prefix prefilled once on `prefix` (the worker's state), then each candidate scored on a
- * copy of it (luna_score). Returns 0 or a LUNA_E* code. Worker thread. */
-int srv_score_run(srv_app *app, luna_ctx *ctx, luna_gen_state *prefix, srv_job *job);
 
 /* ---- info.c ---- */
 char *srv_render_info(const srv_app *app); /* GET /info's body, malloc'd */

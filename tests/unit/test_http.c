@@ -105,7 +105,7 @@ Test(http, rows_are_consistent)
         int get = !strcmp(r->method, "GET");
         cr_expect(get || !strcmp(r->method, "POST"), "%s %s", r->method, r->path);
         /* a GET answers from the headers; a POST runs a job on its body */
-        cr_expect_eq(get, r->job == JOB_NONE, "%s %s: a job for a POST only", r->method, r->path);
+        cr_expect_eq(get, r->job == NULL, "%s %s: a job for a POST only", r->method, r->path);
         cr_expect_eq(get, r->answer != NULL, "%s %s: an answer for a GET only", r->method, r->path);
         cr_expect_eq(get, r->body == SRV_BODY_NONE, "%s %s: a body for a POST only", r->method, r->path);
         cr_expect(!r->health || (get && r->auth != SRV_AUTH_KEY), "%s: the health listener serves public GETs", r->path);
