@@ -1,7 +1,11 @@
-/* http.c - the libmicrohttpd front end: routing, auth, CORS, body limits, and the hand-off of
- * engine work to the scheduler. Runs on MHD's internal polling thread and never blocks there:
- * an engine request is parsed, admitted, queued, and its connection suspended; the loop thread
- * resumes it when the job is done, and MHD calls the handler once more to send the answer.
+/* http.c - the libmicrohttpd front end, transport only: the head, routing and auth by the
+ * endpoint table (SRV_ROUTES, server/routes.h), CORS, the body and its limits, and the answer.
+ * Runs on MHD's internal polling thread and never blocks there. A GET is answered from the
+ * headers by its row's answer. A POST's body, once in, goes to its row's job kind
+ * (server/jobs.h), which parses it and admits the job (its own 413/422/504 checks and its
+ * reservation); http.c queues the job (429 when the queue is full) and suspends the
+ * connection; the loop thread resumes it when the job is done, and MHD calls the handler once
+ * more to send what the kind renders. http.c never knows which kind it carries.
  *
  * A request's life in the handler (req->phase):
  *   NEW      first call, headers only: route, method, auth, content type, Content-Length limit;

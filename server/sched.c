@@ -1,11 +1,15 @@
-/* sched.c - the bounded job queue, the memory ledger, the worker pool and the libuv loop.
+/* sched.c - the bounded job queue, the memory ledger, the worker pool and the libuv loop. It
+ * knows a job by its kind's hooks (server/jobs.h): `batched` picks its lane, `run` is what a
+ * worker calls, on the context of the kind's model.
  *
- * Admission is two-stage. http.c refuses at once what can never run (413: the job's reservation
- * exceeds the whole budget) and what cannot wait (429: the queue is full). Everything else is
- * queued, and the loop thread dispatches in FIFO order: the head job starts when a worker is
- * idle AND its reservation fits in what the running jobs leave of the budget. Only the loop
- * thread changes the ledger, so the sum of reservations can never exceed the budget. The head
- * waits rather than being overtaken by smaller jobs, so a large document cannot starve.
+ * Admission is two-stage. Before a job is queued, its kind refuses what can never run (413: its
+ * reservation exceeds the whole budget, or its input the model; a prompt that cannot be
+ * prefilled before its deadline) and http.c what cannot wait (429: the queue is full).
+ * Everything else is queued, and the loop thread dispatches in FIFO order: the head job starts
+ * when a worker is idle AND its reservation fits in what the running jobs leave of the budget.
+ * Only the loop thread changes the ledger, so the sum of reservations can never exceed the
+ * budget. The head waits rather than being overtaken by smaller jobs, so a large document
+ * cannot starve.
  *
  * Every 25 ms the loop also expires queued jobs past their deadline (504), cancels running ones
  * (the engine stops at the next chunk or layer), and cancels the jobs of clients that went away:

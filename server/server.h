@@ -2,7 +2,8 @@
  *
  * Threads, and what each may touch:
  *   - the MHD thread (libmicrohttpd's internal polling thread) runs http.c: it reads requests,
- *     answers what needs no engine, and pushes jobs with srv_submit() (any thread);
+ *     answers what needs no engine, has the route's job kind parse and admit the rest
+ *     (server/jobs.h), and pushes jobs with srv_submit() (any thread);
  *   - the loop thread (main, running uv_run) runs sched.c: it alone moves jobs from the queue to
  *     workers, owns the memory ledger (so reservations never exceed the budget), enforces
  *     deadlines, detects disconnected clients, completes jobs and resumes their connections;
