@@ -186,7 +186,7 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req);
  * rendering and (streamed) its events; per prompt prefilling at once, a copy of the logits
  * and a prefill chunk's rows. 0 when the request asks for none. */
 uint64_t srv_gen_lp_bytes(const srv_app *app, const api_generate_req *req);
-/* Of those, a stream's unread events (http.c adds them to the stream's limit). */
+/* Of those, a stream's unread events (job_generate.c adds them to the stream's limit). */
 uint64_t srv_gen_lp_stream_bytes(const api_generate_req *req);
 /* The job's log-probability arrays (job->lps), when its request asks for them; -1: ENOMEM. */
 int srv_gen_lp_new(srv_job *job);
