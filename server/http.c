@@ -929,9 +929,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             srv_metrics_reject(&app->metrics, REJ_DRAINING);
             return fail(r, API_E_SHUTTING_DOWN, "%s", "the server is shutting down; retry on another replica");
         }
-        if (!srv_job_model(app, rt->job))
-            return fail(r, API_E_NO_MODEL, "%s", rt->job->model == SRV_MODEL_GENERATOR ? "no generation model is loaded"
-                                                                                      : "no classification model is loaded");
+        const char *no_model = srv_job_no_model(app, rt->job);
+        if (no_model) return fail(r, API_E_NO_MODEL, "%s", no_model);
         /* one of its client's request slots, held until the request ends (completed) */
         if (srv_guard_request_begin(guard, client_id(r), &r->client)) {
             client_limit_error(r, "requests open", app->cfg.max_requests_per_key, "max-requests-per-key");

@@ -5,9 +5,10 @@
 
 #include "server/jobs.h"
 
-luna_model *srv_job_model(const srv_app *app, const srv_job_kind *kind)
+const char *srv_job_no_model(const srv_app *app, const srv_job_kind *kind)
 {
-    return kind->model == SRV_MODEL_GENERATOR ? app->generator : app->classifier;
+    if (kind->model == SRV_MODEL_GENERATOR) return app->generator ? NULL : "no generation model is loaded";
+    return app->classifier ? NULL : "no classification model is loaded";
 }
 
 void srv_model_id(const char *dir, char *out, size_t n)

@@ -71,8 +71,8 @@ struct srv_job_kind {
 extern const srv_job_kind SRV_JOB_CLASSIFY, SRV_JOB_GENERATE, SRV_JOB_SCORE;
 
 /* ---- jobs.c: what the kinds share ---- */
-/* The kind's model, or NULL when it is not loaded. */
-luna_model *srv_job_model(const srv_app *app, const srv_job_kind *kind);
+/* NULL when the kind's model is loaded, else why it cannot run (503 no_model). */
+const char *srv_job_no_model(const srv_app *app, const srv_job_kind *kind);
 /* A model's id in OpenAI's and vLLM's answers: its directory's base name. */
 void srv_model_id(const char *dir, char *out, size_t n);
 /* 413 memory_budget_exceeded (q->err set, 1) when `reserve` can never fit what requests may

@@ -94,7 +94,8 @@ Test(jobs, shared_refusals)
     cr_expect_str_eq(id, "spam");
 
     srv_app *app = app_new();
-    cr_expect_null(srv_job_model(app, &SRV_JOB_GENERATE), "no generator loaded");
+    cr_expect_str_eq(srv_job_no_model(app, &SRV_JOB_SCORE), "no generation model is loaded");
+    cr_expect_str_eq(srv_job_no_model(app, &SRV_JOB_CLASSIFY), "no classification model is loaded");
     api_error err = {0};
     srv_request q = {.app = app, .err = &err};
     cr_expect_eq(srv_job_over_budget(&q, 1000), 0, "the whole budget fits");
