@@ -1,7 +1,7 @@
 /* fuzz_api.c - libFuzzer harness for the request side of api/: the input is a request body,
  * given to every parser the server has (api_parse_classify, api_classify_raw for a raw body,
  * api_parse_generate, api_parse_completions, api_parse_chat, api_parse_score), as
- * server/http.c gives it.
+ * their job kinds (server/job_*.c) give it.
  *
  * Checked beyond ASan/UBSan:
  *   - a refusal has an error kind whose status is 4xx (503 for a failed allocation: never a

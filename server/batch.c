@@ -30,7 +30,7 @@ static int on_bytes(void *user, const uint8_t *b, size_t n) { return api_seq_byt
 _Static_assert(API_MAX_TOP_LOGPROBS <= LUNA_GEN_MAX_TOP, "the engine records the best tokens the API lists");
 /* Per entry and per best token: its cJSON tree while the answer is rendered (an object of
  * four members: five nodes and their strings) and its text; and in a stream's unread events
- * (http.c adds it to the stream's limit: an echo's first chunk carries the whole prompt's). */
+ * (job_generate.c adds it to the stream's limit: an echo's first chunk carries the whole prompt's). */
 #define LP_RENDER_BYTES 512
 #define LP_EVENT_BYTES 128
 

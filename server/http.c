@@ -1,7 +1,11 @@
-/* http.c - the libmicrohttpd front end: routing, auth, CORS, body limits, and the hand-off of
- * engine work to the scheduler. Runs on MHD's internal polling thread and never blocks there:
- * an engine request is parsed, admitted, queued, and its connection suspended; the loop thread
- * resumes it when the job is done, and MHD calls the handler once more to send the answer.
+/* http.c - the libmicrohttpd front end, transport only: the head, routing and auth by the
+ * endpoint table (SRV_ROUTES, server/routes.h), CORS, the body and its limits, and the answer.
+ * Runs on MHD's internal polling thread and never blocks there. A GET is answered from the
+ * headers by its row's answer. A POST's body, once in, goes to its row's job kind
+ * (server/jobs.h), which parses it and admits the job (its own 413/422/504 checks and its
+ * reservation); http.c queues the job (429 when the queue is full) and suspends the
+ * connection; the loop thread resumes it when the job is done, and MHD calls the handler once
+ * more to send what the kind renders. http.c never knows which kind it carries.
  *
  * A request's life in the handler (req->phase):
  *   NEW      first call, headers only: route, method, auth, content type, Content-Length limit;
@@ -19,7 +23,6 @@
  * active; otherwise it cancels the job and leaves the free to on_job_done, which the loop
  * thread calls once the job is over. `life` guards that hand-over. */
 #include <ctype.h>
-#include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -30,12 +33,12 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include "server/assets.h"
 #include "server/cache.h"
 #include "server/guard.h"
-#include "server/server.h"
+#include "server/jobs.h"
+#include "server/routes.h"
 
 
 typedef enum { PH_NEW = 0, PH_EARLY, PH_BODY, PH_QUEUED, PH_ANSWER, PH_STREAM, PH_DONE } phase;
@@ -70,11 +73,12 @@ struct srv_http {
 };
 
 
-typedef struct {
+typedef struct http_req {
     srv_app *app;
     struct MHD_Connection *conn;
     phase ph;
-    srv_endpoint ep;
+    const srv_route *route; /* NULL until routed */
+    const char *label;      /* the endpoint label: the route's, "preflight" or "other" */
     char request_id[72];
     char origin[256];
     int cors;            /* the Origin is allowed: echo it */
@@ -90,11 +94,8 @@ typedef struct {
     double timeout;
     int timeout_from_client; /* X-Request-Timeout set it */
     size_t parse_body;       /* held for the parse: the body's bytes, given back once it is freed */
-    int stream_route;    /* /generate_stream */
     const char *url;     /* the request's path (MHD's, valid while the request lives) */
-    api_classify_req creq;
-    api_generate_req greq;
-    api_score_req sreq;
+    srv_request q;       /* what its job kind sees (server/jobs.h); q.job is set once it has one */
     srv_job job;
     srv_stream stream;   /* job.stream points here when the answer streams */
     int inflight;        /* counted in luna_inflight_requests */
@@ -102,7 +103,7 @@ typedef struct {
     int job_active;      /* queued or running: the loop thread will call on_job_done */
     int orphaned;        /* MHD is done with the request: on_job_done frees it */
     int no_body;         /* no Content-Length (or 0) and no Transfer-Encoding */
-    int raw;             /* /classify with a raw body (application/octet-stream, text/plain) */
+    int raw;             /* a raw document for the body (SRV_BODY_JSON_OR_RAW) */
     size_t body_expect;  /* the Content-Length, allocated at the first chunk (0: unknown) */
     uint64_t held;       /* bytes this request holds in the ledger for its body and, once
                             parsed, its input (about the same size), until it is freed */
@@ -240,18 +241,7 @@ static void free_req(http_req *r)
 {
     unhold(r, r->held);
     if (r->early) MHD_destroy_response(r->early);
-    api_classify_free(&r->creq);
-    if (r->job.generate) srv_gen_lp_free(&r->job); /* before the request: its prompt count */
-    for (size_t i = 0; r->job.gres && i < r->greq.n_prompts; i++) free((void *)r->job.gres[i].state);
-    api_generate_free(&r->greq);
-    luna_gen_state_free(r->job.cont);
-    free(r->job.cont_logits);
-    api_score_free(&r->sreq);
-    free(r->job.sres);
-    free(r->job.score_lp);
-    free(r->job.scores);
-    free(r->job.out);
-    free(r->job.gres);
+    if (r->q.job) r->route->job->release(&r->q);
     free(r->stream.buf);
     pthread_mutex_destroy(&r->stream.lock);
     pthread_mutex_destroy(&r->life);
@@ -261,12 +251,17 @@ static void free_req(http_req *r)
 
 /* ---- responses ---------------------------------------------------------------------------- */
 
+/* The plan a job ran under (a classification's), or NULL. */
+static const char *job_plan(const srv_job *job)
+{
+    return job->kind && job->kind->plan ? job->kind->plan(job) : NULL;
+}
+
 /* What an engine request reserved in the memory budget, for clients that show it. */
 static void add_reserved_header(const http_req *r, struct MHD_Response *resp)
 {
-    /* which plan classified the (largest) document: resident, partial or streaming */
-    if (r->job.kind == JOB_CLASSIFY && r->job.t_end > 0 && r->job.rc == 0)
-        MHD_add_response_header(resp, "X-Luna-Plan", SRV_PLAN_NAMES[r->job.plan]);
+    const char *plan = job_plan(&r->job);
+    if (plan) MHD_add_response_header(resp, "X-Luna-Plan", plan);
     if (!r->job.reserve && !(r->job.t_start > 0)) return; /* a job that ran says what it held, 0 included */
     char v[32];
     snprintf(v, sizeof v, "%llu", (unsigned long long)r->job.reserve);
@@ -572,40 +567,7 @@ static void check_origin(http_req *r)
         }
 }
 
-/* ---- the routes --------------------------------------------------------------------------- */
-
-typedef struct {
-    const char *path;
-    const char *method;
-    srv_endpoint ep;
-    int public_; /* no API key needed */
-} route;
-
-static const route ROUTES[] = {
-    {"/health", "GET", EP_HEALTH, 1},    {"/ready", "GET", EP_READY, 1},
-    {"/metrics", "GET", EP_METRICS, 1},  {"/info", "GET", EP_INFO, 0},
-    {"/classify", "POST", EP_CLASSIFY, 0}, {"/predict", "POST", EP_CLASSIFY, 0},
-    {"/generate", "POST", EP_GENERATE, 0}, {"/generate_stream", "POST", EP_GENERATE, 0},
-    {"/v1/completions", "POST", EP_COMPLETIONS, 0}, {"/v1/chat/completions", "POST", EP_CHAT, 0},
-    {"/v1/models", "GET", EP_MODELS, 0}, {"/score", "POST", EP_SCORE, 0},
-    /* the playground: public, since it asks for the API key itself */
-    {"/", "GET", EP_PAGE, 1}, {"/app.js", "GET", EP_PAGE, 1}, {"/app.css", "GET", EP_PAGE, 1},
-};
-
-static int generates(srv_endpoint ep) { return ep == EP_GENERATE || ep == EP_COMPLETIONS || ep == EP_CHAT; }
-static int probe(srv_endpoint ep) { return ep == EP_HEALTH || ep == EP_READY || ep == EP_METRICS; } /* the health port's */
-static int uses_lm(srv_endpoint ep) { return generates(ep) || ep == EP_SCORE; } /* the generator */
-
-/* A model's id in OpenAI's and vLLM's answers: its directory's base name. */
-static void model_id(const char *dir, char *out, size_t n)
-{
-    size_t len = strlen(dir);
-    while (len > 1 && dir[len - 1] == '/') len--;
-    size_t start = len;
-    while (start > 0 && dir[start - 1] != '/') start--;
-    snprintf(out, n, "%.*s", (int)(len - start), dir + start);
-}
-#define N_ROUTES (sizeof ROUTES / sizeof ROUTES[0])
+/* ---- the GET routes ------------------------------------------------------------------------- */
 
 static uint64_t reserved_now(srv_app *app)
 {
@@ -622,72 +584,108 @@ static uint64_t cache_bytes(srv_app *app)
     return st.bytes;
 }
 
-static enum MHD_Result answer_get(http_req *r)
+static enum MHD_Result answer_health(http_req *r)
+{
+    return respond(r, 200, "application/json", strdup("{\"status\":\"ok\"}"), NULL);
+}
+
+static enum MHD_Result answer_ready(http_req *r)
 {
     srv_app *app = r->app;
-    switch (r->ep) {
-    case EP_HEALTH:
-        return respond(r, 200, "application/json", strdup("{\"status\":\"ok\"}"), NULL);
-    case EP_READY: {
-        const char *why = NULL;
-        if (!atomic_load(&app->ready)) why = "loading";
-        else if (atomic_load(&app->draining)) why = "draining";
-        else if (app->cfg.memory_budget - reserved_now(app) + cache_bytes(app) < srv_min_reservation(app))
-            why = "memory budget exhausted"; /* (the state cache gives way to requests) */
-        else if (srv_queue_len(app) >= app->cfg.max_queue) why = "queue full";
-        if (why) {
-            api_fail(&r->err, API_E_NOT_READY, "not ready: %s", why);
-            return respond_error(r, NULL);
-        }
-        return respond(r, 200, "application/json", strdup("{\"status\":\"ready\"}"), NULL);
+    const char *why = NULL;
+    if (!atomic_load(&app->ready)) why = "loading";
+    else if (atomic_load(&app->draining)) why = "draining";
+    else if (app->cfg.memory_budget - reserved_now(app) + cache_bytes(app) < srv_min_reservation(app))
+        why = "memory budget exhausted"; /* (the state cache gives way to requests) */
+    else if (srv_queue_len(app) >= app->cfg.max_queue) why = "queue full";
+    if (why) {
+        api_fail(&r->err, API_E_NOT_READY, "not ready: %s", why);
+        return respond_error(r, NULL);
     }
-    case EP_INFO:
-        return respond(r, 200, "application/json", srv_render_info(app), NULL);
-    case EP_METRICS: {
-        srv_cache_stats st;
-        srv_cache_stats_get(app->cache, &st);
-        srv_metrics_state_cache(&app->metrics, &st);
-        return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_metrics_render(&app->metrics), NULL);
-    }
-    case EP_PAGE:
-        for (const srv_asset *a = srv_assets; a->path; a++) {
-            if (strcmp(a->path, r->url)) continue;
-            struct MHD_Response *resp = MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
-            if (!resp) return MHD_NO;
-            MHD_add_response_header(resp, "Content-Type", a->content_type);
-            MHD_add_response_header(resp, "X-Request-Id", r->request_id);
-            MHD_add_response_header(resp, "Cache-Control", "no-cache");
-            /* nothing but this server's own files and API: no inline code, no other origin */
-            MHD_add_response_header(resp, "Content-Security-Policy",
-                                    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                                    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
-            MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-            MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
-            r->status = 200;
-            r->resp_bytes = a->len;
-            return queue(r, 200, resp);
-        }
-        return fail(r, API_E_NOT_FOUND, "%s", "no such page");
-    case EP_MODELS: {
-        char ids[2][256];
-        api_model_card cards[2];
-        int n = 0;
-        if (app->generator) {
-            model_id(app->cfg.generate_model, ids[n], sizeof ids[n]);
-            cards[n] = (api_model_card){ids[n], "causal-lm", app->started_unix};
-            n++;
-        }
-        if (app->classifier) {
-            model_id(app->cfg.classify_model, ids[n], sizeof ids[n]);
-            cards[n] = (api_model_card){ids[n], "classification", app->started_unix};
-            n++;
-        }
-        return respond(r, 200, "application/json", api_render_models(cards, n), NULL);
-    }
-    default:
-        return fail(r, API_E_INTERNAL, "%s", "unrouted request");
-    }
+    return respond(r, 200, "application/json", strdup("{\"status\":\"ready\"}"), NULL);
 }
+
+static enum MHD_Result answer_info(http_req *r)
+{
+    return respond(r, 200, "application/json", srv_render_info(r->app), NULL);
+}
+
+static enum MHD_Result answer_metrics(http_req *r)
+{
+    srv_app *app = r->app;
+    srv_cache_stats st;
+    srv_cache_stats_get(app->cache, &st);
+    srv_metrics_state_cache(&app->metrics, &st);
+    return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_metrics_render(&app->metrics), NULL);
+}
+
+/* The playground's files (server/assets.h). */
+static enum MHD_Result answer_page(http_req *r)
+{
+    for (const srv_asset *a = srv_assets; a->path; a++) {
+        if (strcmp(a->path, r->url)) continue;
+        struct MHD_Response *resp = MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
+        if (!resp) return MHD_NO;
+        MHD_add_response_header(resp, "Content-Type", a->content_type);
+        MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        /* nothing but this server's own files and API: no inline code, no other origin */
+        MHD_add_response_header(resp, "Content-Security-Policy",
+                                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                                "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+        MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+        MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+        r->status = 200;
+        r->resp_bytes = a->len;
+        return queue(r, 200, resp);
+    }
+    return fail(r, API_E_NOT_FOUND, "%s", "no such page");
+}
+
+static enum MHD_Result answer_models(http_req *r)
+{
+    srv_app *app = r->app;
+    char ids[2][256];
+    api_model_card cards[2];
+    int n = 0;
+    if (app->generator) {
+        srv_model_id(app->cfg.generate_model, ids[n], sizeof ids[n]);
+        cards[n] = (api_model_card){ids[n], "causal-lm", app->started_unix};
+        n++;
+    }
+    if (app->classifier) {
+        srv_model_id(app->cfg.classify_model, ids[n], sizeof ids[n]);
+        cards[n] = (api_model_card){ids[n], "classification", app->started_unix};
+        n++;
+    }
+    return respond(r, 200, "application/json", api_render_models(cards, n), NULL);
+}
+
+/* ---- the endpoint table (server/routes.h) ------------------------------------------------------ */
+
+#define GET(path, label, auth, health, answer) {path, "GET", label, auth, health, NULL, 0, SRV_BODY_NONE, answer}
+#define POST(path, label, job, variant, body) {path, "POST", label, SRV_AUTH_KEY, 0, job, variant, body, NULL}
+const srv_route SRV_ROUTES[] = {
+    GET("/health", "health", SRV_AUTH_PUBLIC, 1, answer_health),
+    GET("/ready", "ready", SRV_AUTH_PUBLIC, 1, answer_ready),
+    GET("/metrics", "metrics", SRV_AUTH_METRICS, 1, answer_metrics),
+    GET("/info", "info", SRV_AUTH_KEY, 0, answer_info),
+    POST("/classify", "classify", &SRV_JOB_CLASSIFY, 0, SRV_BODY_JSON_OR_RAW),
+    POST("/predict", "classify", &SRV_JOB_CLASSIFY, 0, SRV_BODY_JSON_OR_RAW),
+    POST("/generate", "generate", &SRV_JOB_GENERATE, SRV_GEN_TGI, SRV_BODY_JSON),
+    POST("/generate_stream", "generate", &SRV_JOB_GENERATE, SRV_GEN_TGI_STREAM, SRV_BODY_JSON),
+    POST("/v1/completions", "completions", &SRV_JOB_GENERATE, SRV_GEN_COMPLETIONS, SRV_BODY_JSON),
+    POST("/v1/chat/completions", "chat_completions", &SRV_JOB_GENERATE, SRV_GEN_CHAT, SRV_BODY_JSON),
+    GET("/v1/models", "models", SRV_AUTH_KEY, 0, answer_models),
+    POST("/score", "score", &SRV_JOB_SCORE, 0, SRV_BODY_JSON),
+    /* the playground: public, since it asks for the API key itself */
+    GET("/", "page", SRV_AUTH_PUBLIC, 0, answer_page),
+    GET("/app.js", "page", SRV_AUTH_PUBLIC, 0, answer_page),
+    GET("/app.css", "page", SRV_AUTH_PUBLIC, 0, answer_page),
+};
+#undef GET
+#undef POST
+const size_t SRV_N_ROUTES = sizeof SRV_ROUTES / sizeof SRV_ROUTES[0];
 
 /* ---- engine requests ------------------------------------------------------------------------ */
 
@@ -708,16 +706,16 @@ static void log_request(srv_app *app, http_req *r)
         status = k == API_OK ? 499 : api_err_status(k);
         if (k != API_OK) stream_error = api_err_type(k);
     }
-    srv_metrics_request(&app->metrics, r->ep, status, r->done_dt);
-    if (r->ep == EP_CLASSIFY || uses_lm(r->ep) || status >= 400) {
+    int engine = r->route && r->route->job;
+    srv_metrics_request(&app->metrics, r->label, engine, status, r->done_dt);
+    if (engine || status >= 400) {
         double wait = j->t_start > 0 ? j->t_start - j->t_submit : 0, run = j->t_end > j->t_start ? j->t_end - j->t_start : 0;
         char plan[64] = "";
-        if (j->kind == JOB_CLASSIFY && j->t_end > 0 && j->rc == 0)
-            snprintf(plan, sizeof plan, ",\"plan\":\"%s\",\"lanes\":%d", SRV_PLAN_NAMES[j->plan], j->lanes);
+        if (job_plan(j)) snprintf(plan, sizeof plan, ",\"plan\":\"%s\",\"lanes\":%d", job_plan(j), j->lanes);
         srv_log(status >= 500 ? LOG_WARN : LOG_INFO, "request",
                 "\"request_id\":\"%s\",\"endpoint\":\"%s\",\"status\":%d,\"bytes_in\":%zu,\"bytes_out\":%zu,"
                 "\"queue_wait\":%.6f,\"run_time\":%.6f,\"duration\":%.6f%s%s%s%s",
-                r->request_id, SRV_EP_NAMES[r->ep], status, r->body_len, r->resp_bytes, wait, run, r->done_dt,
+                r->request_id, r->label, status, r->body_len, r->resp_bytes, wait, run, r->done_dt,
                 stream_error ? ",\"stream_error\":\"" : "", stream_error ? stream_error : "", stream_error ? "\"" : "", plan);
     }
 }
@@ -809,44 +807,10 @@ static enum MHD_Result start_stream(http_req *r)
 
 static enum MHD_Result answer_job(http_req *r)
 {
-    srv_app *app = r->app;
     srv_job *job = &r->job;
-    if (job->rc == 0 && job->kind == JOB_GENERATE)
-        return respond(r, 200, "application/json", api_render_generate(&r->greq, job->gres), NULL);
-    if (job->rc == 0 && job->kind == JOB_SCORE) {
-        char model[256];
-        model_id(app->cfg.generate_model, model, sizeof model);
-        return respond(r, 200, "application/json", api_render_score(&r->sreq, job->sres, model, job->prefix_tokens), NULL);
-    }
-    if (job->rc == 0) {
-        const luna_config *cfg = luna_model_config(app->classifier);
-        char id[96], model[256];
-        snprintf(id, sizeof id, "classify-%s", r->request_id);
-        model_id(app->cfg.classify_model, model, sizeof model);
-        api_classify_meta meta = {id, model, (long long)time(NULL), 0};
-        for (size_t i = 0; i < r->creq.n_docs; i++)
-            meta.tokens += luna_input_tokens(app->classifier, r->creq.docs[i].data, r->creq.docs[i].len);
-        char *body = api_render_classify(&r->creq, job->scores, app->labels, cfg->n_labels, &meta);
-        return respond(r, 200, "application/json", body, NULL);
-    }
+    if (job->rc == 0) return respond(r, 200, "application/json", job->kind->render(&r->q), NULL);
     if (srv_job_error(job, &r->err) == API_OK) return MHD_NO; /* the client left: close (499) */
     return respond_error(r, NULL);
-}
-
-/* Refuses a request whose reservation can never fit the budget (413). */
-static int over_budget(http_req *r, uint64_t reserve)
-{
-    srv_app *app = r->app;
-    uint64_t budget = srv_request_budget(app);
-    if (reserve <= budget) return 0;
-    api_fail(&r->err, API_E_MEMORY, "this request needs %llu bytes of workspace; requests may reserve %llu of the memory budget",
-             (unsigned long long)reserve, (unsigned long long)budget);
-    r->err.extra_key[0] = "memory_required_bytes";
-    r->err.extra_val[0] = (double)reserve;
-    r->err.extra_key[1] = "memory_budget_bytes";
-    r->err.extra_val[1] = (double)budget;
-    srv_metrics_reject(&app->metrics, REJ_MEMORY);
-    return 1;
 }
 
 /* Queues the prepared job and suspends the connection; 429 when the queue is full. */
@@ -889,195 +853,29 @@ static enum MHD_Result submit(http_req *r)
     return MHD_YES;
 }
 
-/* Sets 413 input_too_long when `tokens` pass the generator's max_positions ("<what> N tokens"). */
-static int past_max_positions(http_req *r, const luna_config *cfg, uint64_t tokens, const char *what)
+/* A query argument of the request (srv_request's arg). */
+static const char *query_arg(void *conn, const char *name)
 {
-    if (cfg->max_positions <= 0 || tokens <= (uint64_t)cfg->max_positions) return 0;
-    api_fail(&r->err, API_E_INPUT_TOO_LONG, "%s %llu tokens; the model accepts %d", what, (unsigned long long)tokens,
-             cfg->max_positions);
-    r->err.extra_key[0] = "max_tokens";
-    r->err.extra_val[0] = cfg->max_positions;
-    return 1;
+    return MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
-/* The request's "state": imported into the job (checked whole first: a state that is not one
- * of this model's, or is damaged in any way, is a 422 naming the fault). */
-static api_err import_state(http_req *r)
+/* The body is complete: the route's job kind parses it (the body, once parsed, is freed: the
+ * parsed input stands in for it; a raw document is the input itself) and admits it; then it is
+ * queued and the connection suspended. */
+static enum MHD_Result start_job(http_req *r)
 {
-    srv_app *app = r->app;
-    size_t V = (size_t)luna_model_config(app->generator)->vocab_size;
-    srv_job *job = &r->job;
-    if (luna_gen_state_new(app->generator, &job->cont) || !(job->cont_logits = malloc(V * sizeof(float))))
-        return api_fail(&r->err, API_E_ENGINE_MEMORY, "%s", "out of memory importing the state");
-    const char *why = NULL;
-    if (luna_gen_state_import(job->cont, r->greq.state, r->greq.state_len, job->cont_logits, &job->cont_has_logits,
-                              &why)) {
-        api_fail(&r->err, API_E_VALIDATION, "\"state\" cannot be continued: %s", why ? why : "not a state");
-        r->err.param = "state";
-        return r->err.kind;
-    }
-    if (!job->cont_has_logits && r->greq.prompts[0].len == 0) {
-        api_fail(&r->err, API_E_VALIDATION, "%s", "this state has no logits: send input to continue it with");
-        r->err.param = "state";
-        return r->err.kind;
-    }
-    return API_OK;
-}
-
-/* The body is complete: parse, admit, queue, suspend. */
-static enum MHD_Result start_generate(http_req *r)
-{
-    srv_app *app = r->app;
-    const luna_config *cfg = luna_model_config(app->generator);
-    char model[256];
-    model_id(app->cfg.generate_model, model, sizeof model);
-    api_gen_limits lim = {app->cfg.max_input_bytes, app->cfg.max_new_tokens, app->cfg.default_new_tokens, model};
-    const char *b = r->body ? r->body : "";
-    api_err rc = r->ep == EP_COMPLETIONS ? api_parse_completions(b, r->body_len, &lim, &r->greq, &r->err)
-                 : r->ep == EP_CHAT      ? api_parse_chat(b, r->body_len, &lim, &r->greq, &r->err)
-                                         : api_parse_generate(b, r->body_len, &lim, &r->greq, &r->err);
-    if (rc != API_OK) return respond_error(r, NULL);
-    parsed(r); /* the parsed request holds what it needs */
-    r->greq.stream |= r->stream_route;
-    if (r->greq.stream && r->greq.prompt_logprobs && r->greq.format == API_FMT_TGI) { /* as TGI */
-        api_fail(&r->err, API_E_VALIDATION, "\"decoder_input_details\" is not supported with a stream");
-        r->err.param = "decoder_input_details";
-        return respond_error(r, NULL);
-    }
-    api_generate_set_meta(&r->greq, model, r->request_id, (long long)time(NULL));
-    if (r->greq.state && import_state(r) != API_OK) return respond_error(r, NULL);
-    uint64_t prompt_tokens = 0;
-    for (size_t i = 0; i < r->greq.n_prompts; i++) {
-        /* bos, or the imported state's context */
-        uint64_t tokens = (uint64_t)r->greq.prompts[i].len + (r->job.cont ? luna_gen_state_tokens(r->job.cont) : 1);
-        if (past_max_positions(r, cfg, tokens, "the prompt is")) return respond_error(r, NULL);
-        srv_metrics_input_bytes(&app->metrics, r->greq.prompts[i].len);
-        prompt_tokens += tokens;
-    }
-    /* A prompt that cannot be prefilled before its deadline is refused now, not cut off later.
-     * Against the server's own deadline the prompt is too long (413, with the tokens it could
-     * take); against the client's X-Request-Timeout the deadline is too short: 504, the answer
-     * the deadline would have given, without spending the cores first. */
-    double rate = srv_prefill_rate(app);
-    if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout && app->cache &&
-        !r->greq.prompt_logprobs) /* which does not use the cache (batch.c: uses_cache) */
-        for (size_t i = 0; i < r->greq.n_prompts; i++) /* what the state cache holds is not prefilled again */
-            prompt_tokens -= srv_cache_peek(app->cache, r->greq.prompts[i].data, r->greq.prompts[i].len);
-    if (app->cfg.prefill_admission && rate > 0 && (double)prompt_tokens / rate > r->timeout) {
-        double need = (double)prompt_tokens / rate;
-        if (r->timeout_from_client) {
-            api_fail(&r->err, API_E_TIMEOUT,
-                     "the prompt is %llu tokens: at this server's prefill rate (%.0f tokens/s) it would take about %.1f s, "
-                     "longer than the X-Request-Timeout of %g s", (unsigned long long)prompt_tokens, rate, need, r->timeout);
-        } else {
-            api_fail(&r->err, API_E_INPUT_TOO_LONG,
-                     "the prompt is %llu tokens: at this server's prefill rate (%.0f tokens/s) it would take about %.1f s, "
-                     "longer than the request's deadline of %g s", (unsigned long long)prompt_tokens, rate, need, r->timeout);
-            r->err.extra_key[0] = "max_tokens";
-            r->err.extra_val[0] = floor(rate * r->timeout);
-        }
-        srv_metrics_reject(&app->metrics, REJ_PREFILL_TIME);
-        return respond_error(r, NULL);
-    }
-    uint64_t reserve = srv_gen_reservation(app, &r->greq);
-    if (over_budget(r, reserve)) return respond_error(r, NULL);
-    srv_job *job = &r->job;
-    job->min_reserve = reserve; /* a generation's reservation is fixed */
-    job->out = malloc(r->greq.n_prompts * (size_t)r->greq.max_new_tokens + 1); /* max_tokens 0 with echo */
-    job->gres = calloc(r->greq.n_prompts, sizeof *job->gres);
-    job->kind = JOB_GENERATE;
-    job->generate = &r->greq;
-    if (!job->out || !job->gres || srv_gen_lp_new(job)) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
-    luna_model_id_hex(app->generator, job->model_id);
-    job->reserve = reserve;
-    if (r->greq.stream) {
-        r->stream.limit = srv_stream_limit(r->greq.n_prompts, (size_t)r->greq.max_new_tokens) +
-                          srv_gen_lp_stream_bytes(&r->greq); /* reserved with the rest */
-        job->stream = &r->stream;
-        job->on_stream = on_stream;
-    }
-    return submit(r);
-}
-
-/* POST /score: parse, admit, queue (a worker job, as a classification). */
-static enum MHD_Result start_score(http_req *r)
-{
-    srv_app *app = r->app;
-    const luna_config *cfg = luna_model_config(app->generator);
-    char model[256];
-    model_id(app->cfg.generate_model, model, sizeof model);
-    api_limits lim = {app->cfg.max_input_bytes, 0, model};
-    if (api_parse_score(r->body ? r->body : "", r->body_len, &lim, &r->sreq, &r->err) != API_OK)
-        return respond_error(r, NULL);
-    parsed(r); /* the parsed request holds what it needs */
-    uint64_t tokens = (uint64_t)r->sreq.prefix.len + 1 + r->sreq.longest; /* bos */
-    if (past_max_positions(r, cfg, tokens, "the prefix and its longest candidate are")) return respond_error(r, NULL);
-    srv_metrics_input_bytes(&app->metrics, r->sreq.prefix.len + r->sreq.candidate_bytes);
-    uint64_t reserve = srv_score_reservation(app, &r->sreq);
-    if (over_budget(r, reserve)) return respond_error(r, NULL);
-    srv_job *job = &r->job;
-    job->min_reserve = reserve;
-    job->sres = calloc(r->sreq.n_candidates, sizeof *job->sres);
-    job->score_lp = malloc(r->sreq.candidate_bytes * sizeof(double)); /* a request's size: may fail */
-    if (!job->sres || !job->score_lp) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
-    job->kind = JOB_SCORE;
-    job->score = &r->sreq;
-    job->reserve = reserve;
-    return submit(r);
-}
-
-static enum MHD_Result start_classify(http_req *r)
-{
-    srv_app *app = r->app;
-    const luna_config *cfg = luna_model_config(app->classifier);
-    char model[256];
-    model_id(app->cfg.classify_model, model, sizeof model);
-    api_limits lim = {app->cfg.max_input_bytes, 1024, model};
-    if (r->raw) {
-        /* one document, the body itself: no copy, no decoding */
-        const char *rs = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "raw_scores");
-        const char *tr = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "truncate");
-        if (api_classify_raw((const uint8_t *)(r->body ? r->body : ""), r->body_len, rs, tr, &lim, &r->creq, &r->err) !=
-            API_OK)
-            return respond_error(r, NULL);
-    } else {
-        if (api_parse_classify(r->body ? r->body : "", r->body_len, &lim, &r->creq, &r->err) != API_OK)
-            return respond_error(r, NULL);
-        parsed(r); /* the parsed request holds what it needs */
-    }
-
-    uint64_t reserve = 0;
-    for (size_t i = 0; i < r->creq.n_docs; i++) {
-        api_doc *d = &r->creq.docs[i];
-        size_t n = luna_input_tokens(app->classifier, d->data, d->len);
-        if (n > app->max_doc_tokens) {
-            if (!r->creq.truncate) {
-                api_fail(&r->err, API_E_INPUT_TOO_LONG,
-                         "document %zu is %zu tokens; the model accepts %zu (or set \"truncate\": true)", i, n,
-                         app->max_doc_tokens);
-                r->err.extra_key[0] = "max_tokens";
-                r->err.extra_val[0] = (double)app->max_doc_tokens;
-                return respond_error(r, NULL);
-            }
-            while (d->len > 0 && luna_input_tokens(app->classifier, d->data, d->len) > app->max_doc_tokens)
-                d->len -= n - app->max_doc_tokens < d->len ? n - app->max_doc_tokens : d->len,
-                    n = luna_input_tokens(app->classifier, d->data, d->len);
-        }
-        /* documents of one request run one after another: reserve the largest's plan with the
-         * whole budget (resident, unless streaming costs no more time); when that does not fit
-         * what is free, the dispatcher runs it under the streaming plan instead, which needs no
-         * memory that grows with the input: no document is too large for the budget */
-        uint64_t need = luna_plan_for(app->classifier, n, srv_request_budget(app)).bytes;
-        if (need > reserve) reserve = need;
-        srv_metrics_input_bytes(&app->metrics, d->len);
-    }
-    srv_job *job = &r->job;
-    job->min_reserve = 0;
-    job->scores = malloc(r->creq.n_docs * (size_t)cfg->n_labels * sizeof(float));
-    if (!job->scores) return fail(r, API_E_ENGINE_MEMORY, "%s", "out of memory");
-    job->kind = JOB_CLASSIFY;
-    job->classify = &r->creq;
-    job->reserve = reserve;
+    const srv_job_kind *kind = r->route->job;
+    srv_request *q = &r->q;
+    *q = (srv_request){.app = r->app, .variant = r->route->variant, .body = r->body ? r->body : "",
+                       .body_len = r->body_len, .raw = r->raw, .arg = query_arg, .arg_cls = r->conn,
+                       .request_id = r->request_id, .timeout = r->timeout,
+                       .timeout_from_client = r->timeout_from_client, .err = &r->err, .job = &r->job,
+                       .stream = &r->stream};
+    if (kind->parse(q) != API_OK) return respond_error(r, NULL);
+    if (!r->raw) parsed(r);
+    if (kind->admit(q) != API_OK) return respond_error(r, NULL);
+    r->job.kind = kind;
+    if (r->job.stream) r->job.on_stream = on_stream;
     return submit(r);
 }
 
@@ -1125,7 +923,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         r->clock = clock_of(conn);
         srv_guard_conn_phase(guard, r->clock, CONN_BUSY); /* the head is in; BODY below */
         r->t0 = srv_now();
-        r->ep = EP_OTHER;
+        r->label = "other";
         r->url = url;
         set_request_id(r);
         check_origin(r);
@@ -1137,21 +935,20 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         r->no_body = !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding") &&
                      (!cl0 || strtoull(cl0, NULL, 10) == 0);
 
-        const route *rt = NULL;
+        const srv_route *rt = NULL;
         int path_known = 0;
         char allow[64] = "";
-        for (size_t i = 0; i < N_ROUTES; i++) {
-            if (strcmp(ROUTES[i].path, url)) continue;
-            if (l->health && !probe(ROUTES[i].ep)) continue;
+        for (const srv_route *ro = SRV_ROUTES; ro < SRV_ROUTES + SRV_N_ROUTES; ro++) {
+            if (strcmp(ro->path, url) || (l->health && !ro->health)) continue;
             path_known = 1;
-            snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s", allow[0] ? ", " : "", ROUTES[i].method);
-            if (!strcmp(ROUTES[i].method, method) || (!strcmp(method, "HEAD") && !strcmp(ROUTES[i].method, "GET"))) rt = &ROUTES[i];
+            snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s", allow[0] ? ", " : "", ro->method);
+            if (!strcmp(ro->method, method) || (!strcmp(method, "HEAD") && !strcmp(ro->method, "GET"))) rt = ro;
         }
         if (!strcmp(url, "/metrics")) r->cors = 0; /* for Prometheus, never for another origin's page */
         if (srv_guard_conn_limited(guard, r->clock)) { /* one of the reserve: probes only, then closed */
             r->close = 1;
             MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)RESERVE_SECONDS);
-            if (!rt || !probe(rt->ep) || !strcmp(method, "OPTIONS")) {
+            if (!rt || !rt->health || !strcmp(method, "OPTIONS")) {
                 api_fail(&r->err, API_E_NOT_READY, "the server has every connection it takes (max-connections %d); "
                          "this one, kept past them for /health, /ready and /metrics, serves nothing else; retry",
                          app->cfg.max_connections);
@@ -1159,7 +956,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             }
         }
         if (!strcmp(method, "OPTIONS")) { /* CORS preflight, answered before auth */
-            r->ep = EP_PREFLIGHT;
+            r->label = "preflight";
             struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
             if (!resp) return MHD_NO;
             MHD_add_response_header(resp, "X-Request-Id", r->request_id);
@@ -1181,33 +978,33 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             if (l->health) return fail(r, API_E_NOT_FOUND, "%s", "the health port serves /health, /ready and /metrics only");
             return fail(r, API_E_NOT_FOUND, "no route %s", url);
         }
-        r->ep = rt->ep;
-        if ((!rt->public_ || (rt->ep == EP_METRICS && app->cfg.metrics_auth)) && !authorized(r))
+        r->route = rt;
+        r->label = rt->label;
+        int key = rt->auth == SRV_AUTH_KEY || (rt->auth == SRV_AUTH_METRICS && app->cfg.metrics_auth);
+        if (key && !authorized(r))
             return fail(r, API_E_UNAUTHORIZED, "%s", "a valid API key is required: Authorization: Bearer <key>");
-        if (strcmp(rt->method, "GET") == 0) return answer_get(r);
+        if (!rt->job) return rt->answer(r);
 
         /* POST: the engine endpoints */
         if (atomic_load(&app->draining)) {
             srv_metrics_reject(&app->metrics, REJ_DRAINING);
             return fail(r, API_E_SHUTTING_DOWN, "%s", "the server is shutting down; retry on another replica");
         }
-        if (uses_lm(r->ep) && !app->generator)
-            return fail(r, API_E_NO_MODEL, "%s", "no generation model is loaded");
-        if (r->ep == EP_CLASSIFY && !app->classifier)
-            return fail(r, API_E_NO_MODEL, "%s", "no classification model is loaded");
+        const char *no_model = srv_job_no_model(app, rt->job);
+        if (no_model) return fail(r, API_E_NO_MODEL, "%s", no_model);
         /* one of its client's request slots, held until the request ends (completed) */
         if (srv_guard_request_begin(guard, client_id(r), &r->client)) {
             client_limit_error(r, app->cfg.max_requests_per_key, "requests open", "max-requests-per-key");
             return respond_error(r, NULL);
         }
-        r->stream_route = !strcmp(url, "/generate_stream");
         const char *ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
-        r->raw = r->ep == EP_CLASSIFY && is_raw(ctype);
+        r->raw = rt->body == SRV_BODY_JSON_OR_RAW && is_raw(ctype);
         if (!r->raw && !is_json(ctype))
             return fail(r, API_E_MEDIA_TYPE, "%s",
-                        r->ep == EP_CLASSIFY ? "the body must be JSON (Content-Type: application/json) or one raw document "
-                                               "(application/octet-stream or text/plain)"
-                                             : "the body must be JSON: Content-Type: application/json");
+                        r->route->body == SRV_BODY_JSON_OR_RAW
+                            ? "the body must be JSON (Content-Type: application/json) or one raw document "
+                              "(application/octet-stream or text/plain)"
+                            : "the body must be JSON: Content-Type: application/json");
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > app->cfg.max_body_bytes) {
             api_fail(&r->err, API_E_TOO_LARGE, "the body is %s bytes; max-body-bytes is %llu", cl,
@@ -1300,7 +1097,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         srv_guard_conn_phase(guard, r->clock, CONN_BUSY);
         if (r->err.kind) return respond_error(r, NULL);
         if (!r->raw && hold_parse(r)) return respond_error(r, NULL); /* every body but a raw document is JSON */
-        return generates(r->ep) ? start_generate(r) : r->ep == EP_SCORE ? start_score(r) : start_classify(r);
+        return start_job(r);
     }
     if (r->ph == PH_QUEUED && r->job.stream) {
         pthread_mutex_lock(&r->stream.lock);

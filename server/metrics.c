@@ -6,9 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS] = {"classify", "generate", "health", "ready", "info",
-                                                   "metrics", "other", "preflight", "completions",
-                                                   "chat_completions", "models", "page", "score"};
 static const char *const REJ_NAMES[SRV_N_REJECTIONS] = {"queue_full", "memory", "draining", "deadline", "client_limit", "prefill_time"};
 static const char *const CUT_REASONS[4] = {"request_line_timeout", "head_timeout", "body_too_slow", "client_gone"};
 
@@ -50,15 +47,17 @@ void srv_metrics_init(srv_metrics *m, uint64_t budget)
 
 void srv_metrics_destroy(srv_metrics *m) { pthread_mutex_destroy(&m->lock); }
 
-void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int code, double seconds)
+void srv_metrics_request(srv_metrics *m, const char *endpoint, int engine, int code, double seconds)
 {
     pthread_mutex_lock(&m->lock);
+    int e = 0;
+    while (e < m->n_endpoints && strcmp(m->endpoints[e], endpoint)) e++;
+    if (e == m->n_endpoints && e < SRV_N_ENDPOINTS) m->endpoints[m->n_endpoints++] = endpoint;
     int c = 0;
     while (c < m->n_codes && m->codes[c] != code) c++;
     if (c == m->n_codes && c < SRV_N_CODES) m->codes[m->n_codes++] = code;
-    if (c < SRV_N_CODES) m->requests[ep][c]++;
-    if (ep == EP_CLASSIFY || ep == EP_GENERATE || ep == EP_COMPLETIONS || ep == EP_CHAT || ep == EP_SCORE)
-        hist_add(&m->duration, seconds);
+    if (e < SRV_N_ENDPOINTS && c < SRV_N_CODES) m->requests[e][c]++;
+    if (engine) hist_add(&m->duration, seconds);
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -191,10 +190,10 @@ char *srv_metrics_render(srv_metrics *m)
                   "# TYPE luna_build_info gauge\nluna_build_info{%s} 1\n", m->build_labels);
     sb_printf(&b, "# HELP luna_requests_total HTTP requests answered, by endpoint and status code.\n"
                   "# TYPE luna_requests_total counter\n");
-    for (int e = 0; e < SRV_N_ENDPOINTS; e++)
+    for (int e = 0; e < m->n_endpoints; e++)
         for (int c = 0; c < m->n_codes; c++)
             if (m->requests[e][c])
-                sb_printf(&b, "luna_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", SRV_EP_NAMES[e],
+                sb_printf(&b, "luna_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", m->endpoints[e],
                           m->codes[c], (unsigned long long)m->requests[e][c]);
     hist_render(&b, "luna_request_duration_seconds", "Time from request to answer, engine endpoints.", &m->duration);
     hist_render(&b, "luna_queue_wait_seconds", "Time a job waited in the queue before a worker took it.", &m->queue_wait);

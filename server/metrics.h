@@ -14,7 +14,9 @@
 /* The server's version: /info, luna_build_info, and api/openapi.yaml's info.version. */
 #define LUNASERVE_VERSION "0.1.0"
 
-#define SRV_N_ENDPOINTS 13
+/* endpoint labels of luna_requests_total: the endpoint table's (server/routes.h), "other" and
+ * "preflight" (tests/unit/test_http.c checks that they fit) */
+#define SRV_N_ENDPOINTS 16
 #define SRV_N_CODES 16
 #define SRV_N_BUCKETS 16
 #define SRV_N_REJECTIONS 6
@@ -29,6 +31,8 @@ typedef struct {
 
 typedef struct {
     pthread_mutex_t lock;
+    const char *endpoints[SRV_N_ENDPOINTS]; /* the labels seen, in that order (static strings) */
+    int n_endpoints;
     uint64_t requests[SRV_N_ENDPOINTS][SRV_N_CODES];
     int codes[SRV_N_CODES];
     int n_codes;
@@ -52,19 +56,16 @@ typedef struct {
     srv_cache_stats cache;   /* the prefix state cache's, as of the last srv_metrics_state_cache */
 } srv_metrics;
 
-typedef enum {
-    EP_CLASSIFY = 0, EP_GENERATE, EP_HEALTH, EP_READY, EP_INFO, EP_METRICS, EP_OTHER, EP_PREFLIGHT,
-    EP_COMPLETIONS, EP_CHAT, EP_MODELS, EP_PAGE, EP_SCORE
-} srv_endpoint;
-/* The endpoint label of metrics and logs. */
-extern const char *const SRV_EP_NAMES[SRV_N_ENDPOINTS];
 typedef enum { REJ_QUEUE_FULL = 0, REJ_MEMORY, REJ_DRAINING, REJ_DEADLINE, REJ_CLIENT_LIMIT, REJ_PREFILL_TIME } srv_rejection;
 
 void srv_metrics_init(srv_metrics *m, uint64_t budget);
 /* Sets the labels of the luna_build_info gauge: the server's version and the BLAS in use. */
 void srv_metrics_build_info(srv_metrics *m, const luna_blas_info *blas, int blas_threads);
 void srv_metrics_destroy(srv_metrics *m);
-void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int code, double seconds);
+/* A request answered: luna_requests_total{endpoint, code}, and for an engine endpoint (one that
+ * runs a job) luna_request_duration_seconds. endpoint is a static string (the endpoint table's
+ * label, server/routes.h). */
+void srv_metrics_request(srv_metrics *m, const char *endpoint, int engine, int code, double seconds);
 void srv_metrics_queue_wait(srv_metrics *m, double seconds);
 void srv_metrics_plan(srv_metrics *m, int plan); /* one document classified under plan SRV_PLAN_* */
 void srv_metrics_reserved_add(srv_metrics *m, int64_t delta); /* the ledger moved (sched.c) */

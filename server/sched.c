@@ -1,11 +1,15 @@
-/* sched.c - the bounded job queue, the memory ledger, the worker pool and the libuv loop.
+/* sched.c - the bounded job queue, the memory ledger, the worker pool and the libuv loop. It
+ * knows a job by its kind's hooks (server/jobs.h): `batched` picks its lane, `run` is what a
+ * worker calls, on the context of the kind's model.
  *
- * Admission is two-stage. http.c refuses at once what can never run (413: the job's reservation
- * exceeds the whole budget) and what cannot wait (429: the queue is full). Everything else is
- * queued, and the loop thread dispatches in FIFO order: the head job starts when a worker is
- * idle AND its reservation fits in what the running jobs leave of the budget. Only the loop
- * thread changes the ledger, so the sum of reservations can never exceed the budget. The head
- * waits rather than being overtaken by smaller jobs, so a large document cannot starve.
+ * Admission is two-stage. Before a job is queued, its kind refuses what can never run (413: its
+ * reservation exceeds the whole budget, or its input the model; a prompt that cannot be
+ * prefilled before its deadline) and http.c what cannot wait (429: the queue is full).
+ * Everything else is queued, and the loop thread dispatches in FIFO order: the head job starts
+ * when a worker is idle AND its reservation fits in what the running jobs leave of the budget.
+ * Only the loop thread changes the ledger, so the sum of reservations can never exceed the
+ * budget. The head waits rather than being overtaken by smaller jobs, so a large document
+ * cannot starve.
  *
  * Every 25 ms the loop also expires queued jobs past their deadline (504), cancels running ones
  * (the engine stops at the next chunk or layer), and cancels the jobs of clients that went away:
@@ -21,6 +25,7 @@
 
 #include "server/batch.h"
 #include "server/cache.h"
+#include "server/jobs.h"
 
 /* What a worker does: a whole job (a classification, or a generation alone), or a task of the
  * continuous batch (batch.h). */
@@ -131,9 +136,9 @@ void srv_release(srv_app *app, uint64_t bytes)
     if (bytes >= SRV_TRIM_BYTES) atomic_store(&app->trim, 1);
 }
 
-/* A stream's buffer holds at most this per token of each prompt, plus 64 KiB (http.c sets its
- * limit from the same numbers): one byte token's event is about 100 bytes of JSON, and a
- * token that completes a multi-byte character or a stop sequence held back carries more. */
+/* A stream's buffer holds at most this per token of each prompt, plus 64 KiB (job_generate.c
+ * sets its limit from the same numbers): one byte token's event is about 100 bytes of JSON, and
+ * a token that completes a multi-byte character or a stop sequence held back carries more. */
 
 /* The workers' contexts: a lane for every core (a classification or a prefill slice that runs
  * alone uses them all); the generator's chunk is SRV_PREFILL_CHUNK. */
@@ -149,32 +154,6 @@ uint64_t srv_worker_gctx_bytes(const srv_app *app)
 {
     luna_ctx_opts gco = worker_ctx_opts(1);
     return (uint64_t)luna_ctx_bytes(app->generator, &gco);
-}
-
-uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
-{
-    luna_ctx_opts gco = worker_ctx_opts(1); /* alone, the job runs on a worker's context */
-    uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size;
-    uint64_t n = (uint64_t)req->max_new_tokens;
-    /* per prompt running at once (one alone; up to max-batch in the batch): its generation
-     * state, sampler scratch (12 B and a bit per id) and logits (4 B per id); alone, the
-     * context that runs it (a worker's, allocated once, but the job's working set all the
-     * same; in the batch, the workers' contexts are shared by every request, slice by slice,
-     * and the batch's own is reserved once); per prompt: the output bytes and their UTF-8
-     * rendering (3x), a stream's unread events. None of it grows with the prompt. */
-    uint64_t prompts = req->n_prompts ? req->n_prompts : 1;
-    uint64_t rows = app->batch && prompts > (uint64_t)app->cfg.max_batch ? (uint64_t)app->cfg.max_batch
-                    : app->batch                                         ? prompts
-                                                                         : 1;
-    /* portable states: an imported one (state and logits), and per prompt a returned one's
-     * export, its base64 and the JSON that carries it (3x) */
-    uint64_t sb = (uint64_t)luna_gen_state_bytes(app->generator);
-    uint64_t in_state = req->state ? sb + V * 4 : 0;
-    uint64_t out_state = req->return_state ? 3 * (uint64_t)luna_gen_state_export_bytes(app->generator, 1) : 0;
-    return rows * (sb + V * 17) + in_state +
-           (app->batch ? 0 : (uint64_t)luna_ctx_bytes(app->generator, &gco)) +
-           prompts * (n * 4 + out_state + (req->stream ? srv_stream_limit(1, (size_t)n) : 0)) +
-           srv_gen_lp_bytes(app, req);
 }
 
 uint64_t srv_min_reservation(const srv_app *app)
@@ -217,32 +196,6 @@ api_err srv_job_error(const srv_job *job, api_error *e)
 }
 
 /* ---- the worker threads -------------------------------------------------------------------- */
-
-const char *const SRV_PLAN_NAMES[SRV_N_PLANS] = {"resident", "partial", "streaming"};
-
-/* Each document runs under the fastest plan that fits what the job reserved: the resident one
- * when the dispatcher could give it its whole workspace, else the streaming one (see dispatch). */
-static int run_classify(srv_worker *w, srv_job *job)
-{
-    const api_classify_req *req = job->classify;
-    const luna_model *m = w->app->classifier;
-    int nl = luna_model_config(m)->n_labels;
-    size_t largest = 0;
-    for (size_t i = 0; i < req->n_docs; i++) {
-        float *out = job->scores + i * (size_t)nl;
-        size_t n = luna_input_tokens(m, req->docs[i].data, req->docs[i].len);
-        luna_plan plan = luna_plan_for(m, n, job->reserve);
-        int kind = plan.rows >= n ? SRV_PLAN_RESIDENT : plan.rows ? SRV_PLAN_PARTIAL : SRV_PLAN_STREAMING;
-        if (n >= largest) largest = n, job->plan = kind;
-        srv_metrics_plan(&w->app->metrics, kind);
-        int rc = req->raw_scores ? luna_classify_plan(w->ctx, &plan, req->docs[i].data, req->docs[i].len, NULL, out)
-                                 : luna_classify_plan(w->ctx, &plan, req->docs[i].data, req->docs[i].len, out, NULL);
-        if (rc) return rc;
-    }
-    return 0;
-}
-
-/* ---- generation ------------------------------------------------------------------------------ */
 
 int srv_stream_push(srv_job *job, const char *data, size_t len)
 {
@@ -292,13 +245,11 @@ static void worker_main(void *arg)
         } else if (task == TASK_STEP) {
             srv_batch_run_step(app, w->lanes);
         } else {
-            luna_ctx *ctx = job->kind == JOB_CLASSIFY ? w->ctx : w->gctx;
+            luna_ctx *ctx = job->kind->model == SRV_MODEL_CLASSIFIER ? w->ctx : w->gctx;
             luna_ctx_set_cancel(ctx, &job->cancel);
             job->lanes = luna_ctx_set_lanes(ctx, job->lanes);
             if (atomic_load(&job->cancel)) job->rc = LUNA_ECANCELED;
-            else job->rc = job->kind == JOB_GENERATE ? srv_gen_run(app, w->gctx, w->gstate, job)
-                           : job->kind == JOB_SCORE  ? srv_score_run(app, w->gctx, w->gstate, job)
-                                                     : run_classify(w, job);
+            else job->rc = job->kind->run(app, ctx, w->gstate, job);
             luna_ctx_set_cancel(ctx, NULL);
             job->t_end = srv_now();
         }
@@ -382,7 +333,7 @@ enum { LANE_BATCH = 0, LANE_WORKER = 1 };
 
 static int job_lane(const srv_app *app, const srv_job *j)
 {
-    return j->kind == JOB_GENERATE && app->batch ? LANE_BATCH : LANE_WORKER;
+    return j->kind->batched && app->batch ? LANE_BATCH : LANE_WORKER;
 }
 
 /* Pops the oldest job of the lane when it can start now: a generation when the batch has rows

@@ -2,7 +2,8 @@
  *
  * Threads, and what each may touch:
  *   - the MHD thread (libmicrohttpd's internal polling thread) runs http.c: it reads requests,
- *     answers what needs no engine, and pushes jobs with srv_submit() (any thread);
+ *     answers what needs no engine, has the route's job kind parse and admit the rest
+ *     (server/jobs.h), and pushes jobs with srv_submit() (any thread);
  *   - the loop thread (main, running uv_run) runs sched.c: it alone moves jobs from the queue to
  *     workers, owns the memory ledger (so reservations never exceed the budget), enforces
  *     deadlines, detects disconnected clients, completes jobs and resumes their connections;
@@ -24,7 +25,7 @@
 #include "server/config.h"
 #include "server/metrics.h"
 
-typedef enum { JOB_CLASSIFY = 0, JOB_GENERATE = 1, JOB_SCORE = 2 } srv_job_kind;
+typedef struct srv_job_kind srv_job_kind; /* a kind's hooks: server/jobs.h */
 typedef enum { CANCEL_NONE = 0, CANCEL_DISCONNECT = 1, CANCEL_DEADLINE = 2, CANCEL_SHUTDOWN = 3 } srv_cancel_reason;
 
 /* A streamed answer in the making: the worker (and the loop's keep-alive pings) append
@@ -44,10 +45,9 @@ typedef struct {
 typedef struct srv_job srv_job;
 /* The classification plans (engine/luna.h), as the server counts and reports them. */
 enum { SRV_PLAN_RESIDENT = 0, SRV_PLAN_PARTIAL, SRV_PLAN_STREAMING, SRV_N_PLANS };
-extern const char *const SRV_PLAN_NAMES[SRV_N_PLANS];
 
 struct srv_job {
-    srv_job_kind kind;
+    const srv_job_kind *kind;         /* classify, generate or score (server/jobs.h) */
     const api_classify_req *classify; /* the input, owned by the request */
     float *scores;                    /* OUT: (n_docs, n_labels) */
     const api_generate_req *generate; /* the input, owned by the request */
@@ -178,7 +178,7 @@ uint64_t srv_reserved_idle(srv_app *app);
 uint64_t srv_request_budget(const srv_app *app);
 void srv_release(srv_app *app, uint64_t bytes);
 
-/* Generation (sched.c). The bytes a request reserves in the ledger: the generation state and a
+/* Generation (job_generate.c). The bytes a request reserves in the ledger: the generation state and a
  * prefill chunk (the worker's, allocated once), the sampler's scratch, the output, and for a
  * stream the events a slow client has not read yet; nothing that grows with the prompt. */
 uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req);
@@ -186,7 +186,7 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req);
  * rendering and (streamed) its events; per prompt prefilling at once, a copy of the logits
  * and a prefill chunk's rows. 0 when the request asks for none. */
 uint64_t srv_gen_lp_bytes(const srv_app *app, const api_generate_req *req);
-/* Of those, a stream's unread events (http.c adds them to the stream's limit). */
+/* Of those, a stream's unread events (job_generate.c adds them to the stream's limit). */
 uint64_t srv_gen_lp_stream_bytes(const api_generate_req *req);
 /* The job's log-probability arrays (job->lps), when its request asks for them; -1: ENOMEM. */
 int srv_gen_lp_new(srv_job *job);
@@ -203,16 +203,8 @@ api_err srv_job_error(const srv_job *job, api_error *e);
 double srv_prefill_rate(const srv_app *app);
 void srv_prefill_observe(srv_app *app, uint64_t tokens, double seconds);
 
-/* ---- score.c: POST /score on a worker ---- */
-/* What a /score job reserves: the worker's context and state (the prefix's), a scratch state
- * for the candidates, the prefix's logits, a piece of tokens, luna_score's rows, the results
- * and their rendering. Nothing grows with the prefix. */
-uint64_t srv_score_reservation(const srv_app *app, const api_score_req *req);
 /* The bytes of a worker's generator context, which a job alone on a worker runs on (sched.c). */
 uint64_t srv_worker_gctx_bytes(const srv_app *app);
-/* The prefix prefilled once on `prefix` (the worker's state), then each candidate scored on a
- * copy of it (luna_score). Returns 0 or a LUNA_E* code. Worker thread. */
-int srv_score_run(srv_app *app, luna_ctx *ctx, luna_gen_state *prefix, srv_job *job);
 
 /* ---- info.c ---- */
 char *srv_render_info(const srv_app *app); /* GET /info's body, malloc'd */
