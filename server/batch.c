@@ -17,7 +17,7 @@ static int push_event(void *user, const char *ev, int skip, const api_stream_tok
     srv_job *job = user;
     if (skip) return 0;
     if (!ev || srv_stream_push(job, ev, strlen(ev))) {
-        atomic_store(&job->cancel, 1);
+        srv__cancel_job(job, CANCEL_OVERFLOW); /* (or out of memory rendering it) */
         return -1;
     }
     return 0;

@@ -26,6 +26,16 @@ static api_err parse(srv_request *q)
     return rc;
 }
 
+/* What a stream's events carry beyond its tokens: with return_full_text (TGI's last event) or
+ * echo (OpenAI's first chunk), the prompt, at most 6 bytes a byte as JSON (a control byte's
+ * \u00XX; a byte that is not UTF-8 becomes U+FFFD, 3). */
+static uint64_t stream_prompt_bytes(const api_generate_req *req)
+{
+    uint64_t b = 0;
+    for (size_t c = 0; req->stream && req->return_full_text && c < req->n_prompts; c++) b += 6 * (uint64_t)req->prompts[c].len;
+    return b;
+}
+
 uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
 {
     uint64_t V = (uint64_t)luna_model_config(app->generator)->vocab_size;
@@ -48,7 +58,7 @@ uint64_t srv_gen_reservation(const srv_app *app, const api_generate_req *req)
     return rows * (sb + V * 17) + in_state +
            (app->batch ? 0 : srv_worker_gctx_bytes(app)) + /* alone, it runs on a worker's context */
            prompts * (n * 4 + out_state + (req->stream ? srv_stream_limit(1, (size_t)n) : 0)) +
-           srv_gen_lp_bytes(app, req);
+           stream_prompt_bytes(req) + srv_gen_lp_bytes(app, req);
 }
 
 
@@ -139,7 +149,7 @@ static api_err admit(srv_request *q)
     luna_model_id_hex(app->generator, job->model_id);
     job->reserve = reserve;
     if (req->stream) {
-        q->stream->limit = srv_stream_limit(req->n_prompts, (size_t)req->max_new_tokens) +
+        q->stream->limit = srv_stream_limit(req->n_prompts, (size_t)req->max_new_tokens) + stream_prompt_bytes(req) +
                            srv_gen_lp_stream_bytes(req); /* reserved with the rest */
         job->stream = q->stream;
     }

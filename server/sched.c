@@ -177,6 +177,7 @@ static const struct {
 } ENGINE_ERRORS[] = {
     {LUNA_ECANCELED, CANCEL_DEADLINE, API_E_TIMEOUT, "the request did not finish within its deadline of %gs"},
     {LUNA_ECANCELED, CANCEL_SHUTDOWN, API_E_SHUTTING_DOWN, "the server is shutting down"},
+    {LUNA_ECANCELED, CANCEL_OVERFLOW, API_E_INTERNAL, "the stream's events passed the memory they reserved"},
     {LUNA_ECANCELED, -1, API_OK, NULL},
     {LUNA_ENOMEM, -1, API_E_ENGINE_MEMORY, "the engine could not allocate its workspace; retry later"},
     {LUNA_ETOOLONG, -1, API_E_INPUT_TOO_LONG, "the input is longer than the model accepts"},

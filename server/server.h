@@ -26,7 +26,8 @@
 #include "server/metrics.h"
 
 typedef struct srv_job_kind srv_job_kind; /* a kind's hooks: server/jobs.h */
-typedef enum { CANCEL_NONE = 0, CANCEL_DISCONNECT = 1, CANCEL_DEADLINE = 2, CANCEL_SHUTDOWN = 3 } srv_cancel_reason;
+/* CANCEL_OVERFLOW: a stream's events passed the buffer limit they reserved (a server bug) */
+typedef enum { CANCEL_NONE = 0, CANCEL_DISCONNECT = 1, CANCEL_DEADLINE = 2, CANCEL_SHUTDOWN = 3, CANCEL_OVERFLOW = 4 } srv_cancel_reason;
 
 /* A streamed answer in the making: the worker (and the loop's keep-alive pings) append
  * server-sent events; MHD's content reader drains them. When the reader finds nothing it

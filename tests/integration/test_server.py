@@ -2421,6 +2421,36 @@ def test_queued_documents_reserved():
         assert s.stop() == 0
 
 
+def test_stream_carries_a_long_prompt_back():
+    """A stream that carries its prompt back (TGI's return_full_text in its last event, OpenAI's
+    echo in its first chunk) reserves room for it: 100 kB of control bytes, each 6 bytes of
+    JSON, arrive whole, and the request is logged 200 (the buffer's limit once left it out: the
+    last event was dropped and the stream logged 499)."""
+    s = Server("--state-cache-bytes", "0", model="", gen=LM)
+    try:
+        prompt = "".join(chr(1 + i % 31) for i in range(100000))
+        c, r = open_stream(s.port, "/generate_stream",
+                           {"inputs": prompt, "parameters": {"max_new_tokens": 3, "return_full_text": True}})
+        events = []
+        while (e := next_event(r)) is not None:
+            events.append(e)
+        c.close()
+        out = "".join(e["token"]["text"] for e in events if not e["token"]["special"])
+        assert events[-1]["generated_text"] == prompt + out, (len(events), events[-1].get("generated_text", "")[:80])
+        st, _, data = s.req("POST", "/v1/completions", {"prompt": prompt, "max_tokens": 3, "stream": True, "echo": True})
+        assert st == 200 and data.endswith(b"data: [DONE]\n\n"), (st, data[-80:])
+        chunks = sse_events(data.replace(b"data: [DONE]\n\n", b""))
+        assert chunks[0]["choices"][0]["text"].startswith(prompt), chunks[0]["choices"][0]["text"][:80]
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop"), chunks[-1]
+        end = time.monotonic() + 30  # the log is read on another thread
+        while sum('"msg":"request"' in l for l in s.log) < 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        logged = [json.loads(l) for l in s.log if '"msg":"request"' in l]
+        assert [(l["endpoint"], l["status"]) for l in logged] == [("generate", 200), ("completions", 200)], logged
+    finally:
+        assert s.stop() == 0
+
+
 def test_stream_cut_by_shutdown_logged_503():
     """A stream that the drain ends (SIGTERM, --drain-timeout 0) gets the shutting_down error
     event, and its access-log line has status 503 and stream_error shutting_down, not the 200 of
@@ -2511,6 +2541,7 @@ def main():
              (test_body_share_per_client, None), (test_main_port_reserve_answers_probes, None),
              (test_stream_buffer_reserved, None), (test_chunked_body_reserved_as_it_grows, None),
              (test_queued_documents_reserved, None), (test_stream_cut_by_shutdown_logged_503, None),
+             (test_stream_carries_a_long_prompt_back, None),
              (test_huge_chunk_size_then_silence, None)]
     only = sys.argv[1:]
     passed = failed = 0
