@@ -26,8 +26,9 @@
 #                                       minutes): GEN_OUT/prefill-before-<cpu>-<core>.{md,json}
 #
 # Env: GEN_OUT (default docs/bench; build/gensweep/quick with --quick), GEN_NAME (default
-# <cpu>-<core>, bench/blasinfo.py), GEN_STRICT=1, GEN_SECONDS (seconds per point), GEN_MODEL
-# (default models/austen-lm), LUNASERVE_WRAP (a command prefixed to the servers', as in the tests),
+# <cpu>-<core>, bench/blasinfo.py), GEN_STRICT=1, GEN_SECONDS (seconds per point), GEN_ROUNDS
+# (lone-prefill rounds per server; 3, quick 1), GEN_MODEL (default models/austen-lm),
+# LUNASERVE_WRAP (a command prefixed to the servers', as in the tests),
 # GEN_BEFORE (a commit: bench/load/build_before.sh builds its lunaserve in a worktree under /tmp,
 # into build/gensweep/before-<commit>, and the lone prefill is timed on it too) or GEN_BEFORE_BIN
 # (such a binary, already built; GEN_BEFORE then only names its commit).
@@ -77,7 +78,7 @@ if [ ! -f "$model/config.json" ] || [ ! -f "$model/model.safetensors" ]; then ec
   echo "gensweep: OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE is set: the servers keep that kernel (env -u OPENBLAS_CORETYPE lets them choose)"
 
 /usr/bin/python3 bench/load/gensweep.py --bin bin/lunaserve --luna bin/luna --model "$model" --out "$work/raw.json" \
-  $qflag ${GEN_SECONDS:+--duration "$GEN_SECONDS"} ${only:+--only "$only"} \
+  $qflag ${GEN_SECONDS:+--duration "$GEN_SECONDS"} ${GEN_ROUNDS:+--rounds "$GEN_ROUNDS"} ${only:+--only "$only"} \
   ${before_bin:+--before-bin "$before_bin" --before-commit "$before_commit"} 2>&1 | tee "$work/run.log"
 # the pipe hides the measurement's exit code: a run that ended early wrote no "sgemm_after"
 grep -q '"sgemm_after"' "$work/raw.json" 2>/dev/null || { echo "gensweep: the measurement did not finish (see $work/run.log)"; exit 1; }

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import blasinfo  # noqa: E402
 
 MODE_LABEL = {"batch": "batch (--max-batch 64)", "alone": "--max-batch 1"}
+QUIET_CORES = 0.25  # a lone prefill's round is quiet when the other processes took at most this
 
 
 def flops_per_token(c):
@@ -101,11 +102,23 @@ def lone_section(add, raw, modes, med, long_bytes):
         add("sgemm (1024³, %d threads, `luna sgemm --json`) before the rounds: %s GFLOP/s, after: %s." % (
             raw["cores"], fmt(raw.get("sgemm_before", {}).get("gflops"), "%.1f"),
             fmt(raw.get("sgemm_after", {}).get("gflops"), "%.1f")))
-    if others and max(others) > 0.25:
+    if others and max(others) > QUIET_CORES:
         add("")
         add("**The machine was shared: other processes took up to %.2f of the %d cores during a round.** A server "
             "that keeps every core busy loses more to them than one whose prefill uses one core." % (
                 max(others), raw["cores"]))
+        quiet = {}
+        for mode in modes:
+            ts = [x["ttft_ms"] for x in lone[mode] if x["ttft_ms"] is not None and x.get("others_cores") is not None
+                  and x["others_cores"] <= QUIET_CORES]
+            quiet[mode] = (statistics.median(ts) if ts else None, len(ts))
+        add("")
+        add("Only the rounds in which the other processes took at most %.2f cores (a selection, beside the "
+            "medians above, not instead of them): %s." % (QUIET_CORES, "; ".join(
+                "%s %s ms (%d of %d rounds)%s" % (
+                    MODE_LABEL[mode], fmt(t, "%.0f"), n, len(lone[mode]),
+                    ", %.2fx" % (quiet[base][0] / t) if t and quiet[base][0] and mode != base else "")
+                for mode, (t, n) in quiet.items())))
     add("")
 
 
