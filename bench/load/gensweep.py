@@ -29,7 +29,8 @@ What it measures, in this order:
      the server's CPU time over it (the cores its prefill used) and the load average. With
      --before-bin also on an older build (e.g. the server when issue 25 was filed, before any
      batching: its target compares against that), started with the same flags where its --help
-     lists them, between the two modes so that it and batch mode alternate ABBA.
+     lists them, between the two modes so that it and batch mode alternate ABBA. With --wait-quiet,
+     each one first waits (up to that many seconds) for a second in which the machine is quiet.
   5. sgemm again.
 With --only lone-prefill, steps 2 and 3 are left out (a few minutes instead of about ten).
 
@@ -60,6 +61,7 @@ CONCURRENCY = [1, 4, 16, 64]
 MODES = [("batch", 64), ("alone", 1)]  # name, --max-batch
 NEW_TOKENS = 200
 LONG_BYTES = 204800
+QUIET_CORES = 0.25  # --wait-quiet: a second of the machine is quiet when it used at most this
 HOST = "127.0.0.1"
 
 
@@ -560,10 +562,25 @@ def timeline(streams, tags, t0, t1, origin):
              ms(max(gaps[i]) if gaps[i] else None)] for i in range(nb)]
 
 
-def lone_prefill(srv, long_text, cap):
+def wait_quiet(cap, level=QUIET_CORES):
+    """Waits, at most `cap` seconds, for a second in which the machine's processes took at most
+    `level` cores (the servers are idle then: on a shared machine, the others'). Returns the
+    seconds waited and the cores of the last second."""
+    t0, busy = time.monotonic(), None
+    while True:
+        b0 = machine_busy_s()
+        time.sleep(1.0)
+        busy = machine_busy_s() - b0
+        if busy <= level or time.monotonic() - t0 >= cap:
+            return round(time.monotonic() - t0, 1), round(busy, 2)
+
+
+def lone_prefill(srv, long_text, cap, quiet_cap=0):
     """The long prompt alone on an idle server: its TTFT in ms (None on error, with the error), and
-    the server's, this client's and the other processes' CPU over the request (Meter)."""
+    the server's, this client's and the other processes' CPU over the request (Meter). With
+    quiet_cap, first wait_quiet(quiet_cap)."""
     srv.wait_idle()
+    waited, before = wait_quiet(quiet_cap) if quiet_cap else (None, None)
     meter = Meter(srv)
     cl = Client(srv.port, [], 1)
     s = cl.once(request_bytes(long_text, 1, 99, timeout_s=600), tag="lone")
@@ -572,18 +589,18 @@ def lone_prefill(srv, long_text, cap):
     cl.poll(time.monotonic() + 5, done=lambda: s.done)
     cl.stop()
     res = meter.end()
-    res.update({"ttft_ms": ms(ttft), "error": s.error})
+    res.update({"ttft_ms": ms(ttft), "error": s.error, "quiet_wait_s": waited, "busy_before_cores": before})
     return res
 
 
-def lone_rounds(servers, order, long_text, rounds, cap, out):
+def lone_rounds(servers, order, long_text, rounds, cap, out, quiet_cap=0):
     """The lone long prefill on each server of `order` in turn, ROUNDS rounds, the order reversed
     at every round (ABBA...): out[name] gets one lone_prefill() per round. Returns the load
     average (1, 5, 15 min) before and after."""
     load = [list(os.getloadavg())]
     for k in range(rounds):
         for name in (order if k % 2 == 0 else order[::-1]):
-            r = lone_prefill(servers[name], long_text, cap)
+            r = lone_prefill(servers[name], long_text, cap, quiet_cap)
             out.setdefault(name, []).append(r)
             print("gensweep: lone %d-byte prefill, %-6s %s ms, server CPU %.2f cores, others %.2f cores%s" % (
                 len(long_text.encode()), name + ":", r["ttft_ms"], r["server_cpu_s"] / r["wall_s"],
@@ -635,6 +652,9 @@ def main():
     ap.add_argument("--before-bin", default=None,
                     help="an older lunaserve: the lone prefill is timed on it too (only the flags its --help lists)")
     ap.add_argument("--before-commit", default=None, help="the commit --before-bin was built from (for the report)")
+    ap.add_argument("--wait-quiet", type=float, default=0,
+                    help="before each lone prefill, wait up to this many seconds for a second of the machine "
+                         "at most QUIET_CORES busy (a shared machine; default 0: no wait)")
     ap.add_argument("--only", choices=["lone-prefill"], default=None,
                     help="lone-prefill: only the lone long prefill (and sgemm before and after), not the sweep")
     a = ap.parse_args()
@@ -666,7 +686,8 @@ def main():
            "new_tokens": NEW_TOKENS, "duration_s": dur, "warm_s": warm, "long_window_s": long_window,
            "rounds": rounds, "drain_cap_s": drain_cap, "workers": a.workers, "cores": os.cpu_count(), "concurrency": CONCURRENCY,
            "env_openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "commit": commit(), "sweep": {}, "lone": {},
-           "only": a.only, "long_bytes": len(long_text.encode()), "before_commit": a.before_commit}
+           "only": a.only, "long_bytes": len(long_text.encode()), "before_commit": a.before_commit,
+           "wait_quiet_s": a.wait_quiet, "quiet_cores": QUIET_CORES}
     servers = {}
     t_run = time.monotonic()
     try:
@@ -706,7 +727,7 @@ def main():
             raw["argv"]["before"] = servers["before"].argv
             raw["before_dropped_flags"] = servers["before"].dropped
             order.insert(1, "before")
-        raw["lone_loadavg"] = lone_rounds(servers, order, long_text, rounds, cap, raw["lone"])
+        raw["lone_loadavg"] = lone_rounds(servers, order, long_text, rounds, cap, raw["lone"], a.wait_quiet)
         raw["metrics_end"] = {k: s.metrics() for k, s in servers.items()}
         raw["sgemm_after"] = sgemm(a.luna, os.cpu_count())
         print("gensweep: sgemm %s GFLOP/s" % raw["sgemm_after"].get("gflops"), flush=True)

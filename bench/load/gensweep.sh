@@ -27,7 +27,8 @@
 #
 # Env: GEN_OUT (default docs/bench; build/gensweep/quick with --quick), GEN_NAME (default
 # <cpu>-<core>, bench/blasinfo.py), GEN_STRICT=1, GEN_SECONDS (seconds per point), GEN_ROUNDS
-# (lone-prefill rounds per server; 3, quick 1), GEN_MODEL (default models/austen-lm),
+# (lone-prefill rounds per server; 3, quick 1), GEN_WAIT_QUIET (seconds each lone prefill waits,
+# at most, for a quiet second of the shared machine; 0), GEN_MODEL (default models/austen-lm),
 # LUNASERVE_WRAP (a command prefixed to the servers', as in the tests),
 # GEN_BEFORE (a commit: bench/load/build_before.sh builds its lunaserve in a worktree under /tmp,
 # into build/gensweep/before-<commit>, and the lone prefill is timed on it too) or GEN_BEFORE_BIN
@@ -78,7 +79,8 @@ if [ ! -f "$model/config.json" ] || [ ! -f "$model/model.safetensors" ]; then ec
   echo "gensweep: OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE is set: the servers keep that kernel (env -u OPENBLAS_CORETYPE lets them choose)"
 
 /usr/bin/python3 bench/load/gensweep.py --bin bin/lunaserve --luna bin/luna --model "$model" --out "$work/raw.json" \
-  $qflag ${GEN_SECONDS:+--duration "$GEN_SECONDS"} ${GEN_ROUNDS:+--rounds "$GEN_ROUNDS"} ${only:+--only "$only"} \
+  $qflag ${GEN_SECONDS:+--duration "$GEN_SECONDS"} ${GEN_ROUNDS:+--rounds "$GEN_ROUNDS"} \
+  ${GEN_WAIT_QUIET:+--wait-quiet "$GEN_WAIT_QUIET"} ${only:+--only "$only"} \
   ${before_bin:+--before-bin "$before_bin" --before-commit "$before_commit"} 2>&1 | tee "$work/run.log"
 # the pipe hides the measurement's exit code: a run that ended early wrote no "sgemm_after"
 grep -q '"sgemm_after"' "$work/raw.json" 2>/dev/null || { echo "gensweep: the measurement did not finish (see $work/run.log)"; exit 1; }

@@ -97,6 +97,14 @@ def lone_section(add, raw, modes, med, long_bytes):
         "its prefill kept busy; *others*: every other process's CPU time on the machine over the same span, "
         "median.%s" % (raw["cores"], " Load average (1, 5, 15 min) before the rounds %s, after %s." % tuple(
             ", ".join("%.2f" % v for v in x) for x in load) if load else ""))
+    waits = [x for mode in modes for x in lone[mode] if x.get("quiet_wait_s") is not None]
+    if waits:
+        w = [x["quiet_wait_s"] for x in waits]
+        add("")
+        add("Before each prefill the run waited up to %.0f s for a second in which the whole machine used at most "
+            "%.2f cores (`--wait-quiet`): it waited %.0f s at the median, %.0f s at most; %d of %d prefills started "
+            "without such a second." % (raw["wait_quiet_s"], raw["quiet_cores"], statistics.median(w), max(w), sum(
+                1 for x in waits if x["busy_before_cores"] > raw["quiet_cores"]), len(waits)))
     if raw.get("only"):
         add("")
         add("sgemm (1024³, %d threads, `luna sgemm --json`) before the rounds: %s GFLOP/s, after: %s." % (
