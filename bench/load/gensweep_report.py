@@ -174,10 +174,10 @@ def main():
     if only:
         add("%s run of %s of only the lone long prefill (`gensweep.py --only %s`), servers built from commit %s. "
             "The bundled LM `%s` (d %d, %d layers, FFN %d, l %d, vocab %d), each server with %d workers x 1 BLAS "
-            "thread on the %d-core machine." % (
+            "thread on the %d-core machine. To run it again: `env -u OPENBLAS_CORETYPE make bench-prefill-before%s`." % (
                 "A quick (smoke)" if raw.get("quick") else "A full", raw.get("date", "?"), only,
                 raw.get("commit") or "?", raw["model"], c["d"], c["layers"], c["ffn"], c["l"], c["vocab_size"],
-                raw["workers"], raw["cores"]))
+                raw["workers"], raw["cores"], " BEFORE=%s" % raw["before_commit"] if raw.get("before_commit") else ""))
     else:
         add("%s run of %s, servers built from commit %s. The bundled LM `%s` (d %d, %d layers, FFN %d, l %d, vocab %d), two servers started "
             "side by side, each with %d workers x 1 BLAS thread: continuous batching (`--max-batch 64`, "
