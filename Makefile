@@ -11,6 +11,7 @@
 #   make bench-gen  run the generation benchmark (Luna decoder vs KV cache; docs/bench/generate-<cpu>-<core>*)
 #   make bench-plans  the plans' cost: streaming vs resident, 64 MiB e-mail (docs/bench/plans-<cpu>-<core>*)
 #   make bench-gensweep  continuous batching vs --max-batch 1 over HTTP (docs/bench/gensweep-<cpu>-<core>*; -quick: smoke)
+#   make bench-prefill-before  a lone 200 KB prefill, now vs 82482f3 or BEFORE= (docs/bench/prefill-before-<cpu>-<core>*)
 #   make bench-statecache  the prefix state cache: TTFT, a chat's prefill, memory vs a KV cache (docs/bench/statecache-<cpu>-<core>*)
 #   make golden     regenerate tests/golden with the PyTorch reference (needs python3-torch)
 #   make cluster    3 replicas behind HAProxy on loopback: kill -9 and SIGTERM under load
@@ -165,10 +166,17 @@ bench-plans: bin/luna bin/lunaserve
 
 # Continuous batching against --max-batch 1 (issue 25): concurrent streams, a long prompt among
 # them, a lone long prefill, the ceiling; the quick variant is a smoke test (about a minute).
+# BEFORE=commit also times the lone prefill on lunaserve built from that commit.
 bench-gensweep: bin/luna bin/lunaserve
-	sh bench/load/gensweep.sh
+	GEN_BEFORE=$(BEFORE) sh bench/load/gensweep.sh
 bench-gensweep-quick: bin/luna bin/lunaserve
-	sh bench/load/gensweep.sh --quick
+	GEN_BEFORE=$(BEFORE) sh bench/load/gensweep.sh --quick
+
+# Only the lone 200 KB prefill, now against the server when issue 25 was filed (82482f3, its
+# target's "today": the prefill on one core) or BEFORE=commit; a few minutes, not the whole sweep.
+# Each prefill first waits up to 60 s for a quiet second: the machine is shared.
+bench-prefill-before: bin/luna bin/lunaserve
+	GEN_BEFORE=$(or $(BEFORE),82482f3) GEN_WAIT_QUIET=$${GEN_WAIT_QUIET:-60} sh bench/load/gensweep.sh --only lone-prefill
 
 # The prefix state cache (issue 26), with and without it in one run: time to first token of a
 # 200 KB prompt and of the same + 100 bytes, a 10-turn chat's prefill tokens and wall time, a
@@ -213,5 +221,5 @@ load-quick:
 clean:
 	rm -rf build bin
 
-.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans bench-gensweep bench-gensweep-quick bench-statecache golden cluster image fuzz badinput soak soak-hostile load load-quick clean
+.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans bench-gensweep bench-gensweep-quick bench-prefill-before bench-statecache golden cluster image fuzz badinput soak soak-hostile load load-quick clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -5,7 +5,8 @@ with --max-batch 1 (each generation alone on a worker, start to end: the server 
 measured in one run, alternately. bench/load/gensweep.sh runs it, then gensweep_report.py.
 
     gensweep.py --bin build/bin/lunaserve --luna build/bin/luna --model models/austen-lm \
-                --out build/gensweep/full/raw.json [--quick]
+                --out build/gensweep/full/raw.json [--quick] [--only lone-prefill]
+                [--before-bin OLD/lunaserve --before-commit 82482f3]
 
 What it measures, in this order:
   1. sgemm on all the cores (`luna sgemm --json`): the machine's rate, for the ceiling.
@@ -24,8 +25,14 @@ What it measures, in this order:
      connection of its own. The 16 streams' TPOT is taken in three windows: LONG_WINDOW seconds
      before it arrives, from its arrival to its first token (its prefill), and LONG_WINDOW
      seconds after.
-  4. A lone long prefill: the same prompt alone, TTFT, on each server in turn, ROUNDS rounds.
+  4. A lone long prefill: the same prompt alone, TTFT, on each server in turn, ROUNDS rounds, with
+     the server's CPU time over it (the cores its prefill used) and the load average. With
+     --before-bin also on an older build (e.g. the server when issue 25 was filed, before any
+     batching: its target compares against that), started with the same flags where its --help
+     lists them, between the two modes so that it and batch mode alternate ABBA. With --wait-quiet,
+     each one first waits (up to that many seconds) for a second in which the machine is quiet.
   5. sgemm again.
+With --only lone-prefill, steps 2 and 3 are left out (a few minutes instead of about ten).
 
 The client is one thread with non-blocking sockets (selectors): each read is timestamped as it
 returns and split into SSE events; only a stream's last event (or one that is not a plain token)
@@ -54,6 +61,7 @@ CONCURRENCY = [1, 4, 16, 64]
 MODES = [("batch", 64), ("alone", 1)]  # name, --max-batch
 NEW_TOKENS = 200
 LONG_BYTES = 204800
+QUIET_CORES = 0.25  # --wait-quiet: a second of the machine is quiet when it used at most this
 HOST = "127.0.0.1"
 
 
@@ -336,17 +344,29 @@ def summary(gaps, prefix="tpot"):
 
 # ---- the server ----------------------------------------------------------------------------------
 
-class Server:
-    """One lunaserve on 127.0.0.1, port 0 (tests/lunaserve_proc.py starts it and reads the port)."""
+def known_flags(binary):
+    """The flags a lunaserve binary lists in its --help: an older build lacks the later ones."""
+    r = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+    return set(re.findall(r"^\s+(--[a-z0-9-]+)", r.stdout + r.stderr, re.M))
 
-    def __init__(self, binary, model, max_batch, workers, extra):
-        argv = [binary, "--host", HOST, "--port", "0", "--generate-model", model, "--workers", str(workers),
-                "--blas-threads", "1", "--max-batch", str(max_batch), "--max-new-tokens", "256",
-                "--max-queue", "256", "--request-timeout", "300", "--max-request-timeout", "600",
-                "--drain-timeout", "5",
-                # no prefix state cache: the same long prompt comes back round after round, and
-                # what is measured is its prefill, not a lookup
-                "--state-cache-bytes", "0"] + extra
+
+class Server:
+    """One lunaserve on 127.0.0.1, port 0 (tests/lunaserve_proc.py starts it and reads the port).
+    With `known` (known_flags()), a flag of ours that is not in it is left out, with its value, and
+    listed in .dropped: the same flags for an older build, where it has them (`extra`, the
+    --server-arg flags, are passed as they are)."""
+
+    def __init__(self, binary, model, max_batch, workers, extra, known=None):
+        flags = ["--host", HOST, "--port", "0", "--generate-model", model, "--workers", str(workers),
+                 "--blas-threads", "1", "--max-batch", str(max_batch), "--max-new-tokens", "256",
+                 "--max-queue", "256", "--request-timeout", "300", "--max-request-timeout", "600",
+                 "--drain-timeout", "5",
+                 # no prefix state cache: the same long prompt comes back round after round, and
+                 # what is measured is its prefill, not a lookup
+                 "--state-cache-bytes", "0"]
+        pairs = list(zip(flags[0::2], flags[1::2]))
+        self.dropped = [f for f, _ in pairs if known is not None and f not in known]
+        argv = [binary] + [x for f, v in pairs if f not in self.dropped for x in (f, v)] + extra
         self.argv, self.max_batch = argv, max_batch
         self.proc, self.port, self.log = lunaserve_proc.start(argv)
 
@@ -542,16 +562,51 @@ def timeline(streams, tags, t0, t1, origin):
              ms(max(gaps[i]) if gaps[i] else None)] for i in range(nb)]
 
 
-def lone_prefill(srv, long_text, cap):
-    """TTFT of the long prompt alone on an idle server, ms (None on error, with the error)."""
+def wait_quiet(cap, level=QUIET_CORES):
+    """Waits, at most `cap` seconds, for a second in which the machine's processes took at most
+    `level` cores (the servers are idle then: on a shared machine, the others'). Returns the
+    seconds waited and the cores of the last second."""
+    t0, busy = time.monotonic(), None
+    while True:
+        b0 = machine_busy_s()
+        time.sleep(1.0)
+        busy = machine_busy_s() - b0
+        if busy <= level or time.monotonic() - t0 >= cap:
+            return round(time.monotonic() - t0, 1), round(busy, 2)
+
+
+def lone_prefill(srv, long_text, cap, quiet_cap=0):
+    """The long prompt alone on an idle server: its TTFT in ms (None on error, with the error), and
+    the server's, this client's and the other processes' CPU over the request (Meter). With
+    quiet_cap, first wait_quiet(quiet_cap)."""
     srv.wait_idle()
+    waited, before = wait_quiet(quiet_cap) if quiet_cap else (None, None)
+    meter = Meter(srv)
     cl = Client(srv.port, [], 1)
     s = cl.once(request_bytes(long_text, 1, 99, timeout_s=600), tag="lone")
     cl.poll(time.monotonic() + cap, done=lambda: bool(s.times) or s.done)
     ttft = s.times[0] - s.start if s.times else None
     cl.poll(time.monotonic() + 5, done=lambda: s.done)
     cl.stop()
-    return ms(ttft), s.error
+    res = meter.end()
+    res.update({"ttft_ms": ms(ttft), "error": s.error, "quiet_wait_s": waited, "busy_before_cores": before})
+    return res
+
+
+def lone_rounds(servers, order, long_text, rounds, cap, out, quiet_cap=0):
+    """The lone long prefill on each server of `order` in turn, ROUNDS rounds, the order reversed
+    at every round (ABBA...): out[name] gets one lone_prefill() per round. Returns the load
+    average (1, 5, 15 min) before and after."""
+    load = [list(os.getloadavg())]
+    for k in range(rounds):
+        for name in (order if k % 2 == 0 else order[::-1]):
+            r = lone_prefill(servers[name], long_text, cap, quiet_cap)
+            out.setdefault(name, []).append(r)
+            print("gensweep: lone %d-byte prefill, %-6s %s ms, server CPU %.2f cores, others %.2f cores%s" % (
+                len(long_text.encode()), name + ":", r["ttft_ms"], r["server_cpu_s"] / r["wall_s"],
+                r["others_cores"] or 0, " (%s)" % r["error"] if r["error"] else ""), flush=True)
+    load.append(list(os.getloadavg()))
+    return load
 
 
 def commit():
@@ -594,6 +649,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=None, help="lone-prefill rounds per mode (3; quick 1)")
     ap.add_argument("--max-seconds", type=int, default=3600, help="the whole run's bound")
     ap.add_argument("--server-arg", action="append", default=[], help="one more lunaserve flag (repeatable)")
+    ap.add_argument("--before-bin", default=None,
+                    help="an older lunaserve: the lone prefill is timed on it too (only the flags its --help lists)")
+    ap.add_argument("--before-commit", default=None, help="the commit --before-bin was built from (for the report)")
+    ap.add_argument("--wait-quiet", type=float, default=0,
+                    help="before each lone prefill, wait up to this many seconds for a second of the machine "
+                         "at most QUIET_CORES busy (a shared machine; default 0: no wait)")
+    ap.add_argument("--only", choices=["lone-prefill"], default=None,
+                    help="lone-prefill: only the lone long prefill (and sgemm before and after), not the sweep")
     a = ap.parse_args()
     dur = a.duration or (2.5 if a.quick else 10.0)
     warm = a.warm or (1.0 if a.quick else 2.0)
@@ -622,7 +685,9 @@ def main():
            "prompt_bytes_mean": round(sum(len(p.encode()) for p in prompts) / len(prompts), 1),
            "new_tokens": NEW_TOKENS, "duration_s": dur, "warm_s": warm, "long_window_s": long_window,
            "rounds": rounds, "drain_cap_s": drain_cap, "workers": a.workers, "cores": os.cpu_count(), "concurrency": CONCURRENCY,
-           "env_openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "commit": commit(), "sweep": {}, "lone": {}}
+           "env_openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "commit": commit(), "sweep": {}, "lone": {},
+           "only": a.only, "long_bytes": len(long_text.encode()), "before_commit": a.before_commit,
+           "wait_quiet_s": a.wait_quiet, "quiet_cores": QUIET_CORES}
     servers = {}
     t_run = time.monotonic()
     try:
@@ -634,7 +699,7 @@ def main():
         raw["info"] = json.loads(srv0.get("/info"))
         raw["argv"] = {k: s.argv for k, s in servers.items()}
         # the sweep: the modes alternate, the first one flipping at each step
-        for i, n in enumerate(CONCURRENCY):
+        for i, n in enumerate(CONCURRENCY if not a.only else []):
             order = [m for m, _ in MODES] if i % 2 == 0 else [m for m, _ in reversed(MODES)]
             for name in order:
                 r = sweep_point(servers[name], prompts, n, warm, dur, drain_cap)
@@ -644,18 +709,25 @@ def main():
                           name, n, r["tokens_per_s"], r["tpot_p50_ms"], r["tpot_p99_ms"], r["ttft_p50_ms"],
                           r["ttft_p99_ms"], r["batch_size_mean"], r["errors"], r["client_cpu_s"]), flush=True)
         # a long prompt among 16 decoding streams (batch mode)
-        r = long_among_streams(servers["batch"], prompts, long_text, 16, warm, long_window, cap)
-        raw["long"] = r
-        print("gensweep: long prompt among 16 streams: its TTFT %s ms; their TPOT p99 without %s ms, during %s ms" % (
-            r["long_ttft_ms"], r["without"]["tpot_p99_ms"], r["during"]["tpot_p99_ms"]), flush=True)
-        # a lone long prefill, the modes alternating (ABBA...)
-        for k in range(rounds):
-            order = [m for m, _ in MODES] if k % 2 == 0 else [m for m, _ in reversed(MODES)]
-            for name in order:
-                t, err = lone_prefill(servers[name], long_text, cap)
-                raw["lone"].setdefault(name, []).append({"ttft_ms": t, "error": err})
-                print("gensweep: lone %d-byte prefill, %s: %s ms%s" % (len(long_text.encode()), name, t,
-                                                                       " (%s)" % err if err else ""), flush=True)
+        if not a.only:
+            r = long_among_streams(servers["batch"], prompts, long_text, 16, warm, long_window, cap)
+            raw["long"] = r
+            print("gensweep: long prompt among 16 streams: its TTFT %s ms; their TPOT p99 without %s ms, during %s ms" % (
+                r["long_ttft_ms"], r["without"]["tpot_p99_ms"], r["during"]["tpot_p99_ms"]), flush=True)
+        # a lone long prefill, the servers alternating (ABBA...); the older build's between this
+        # build's two modes, so that it and batch mode are next to each other in every round
+        order = [m for m, _ in MODES]
+        if a.before_bin:
+            # its own settings file beside it (bench/load/build_before.sh puts it there): from this
+            # checkout it would read today's config/lunaserve.conf, with settings it does not know
+            conf = os.path.join(os.path.dirname(os.path.abspath(a.before_bin)), "lunaserve.conf")
+            extra = (["--config", conf] if os.path.exists(conf) else []) + a.server_arg
+            servers["before"] = Server(a.before_bin, a.model, 1, a.workers, extra, known_flags(a.before_bin))
+            raw["info_before"] = json.loads(servers["before"].get("/info"))
+            raw["argv"]["before"] = servers["before"].argv
+            raw["before_dropped_flags"] = servers["before"].dropped
+            order.insert(1, "before")
+        raw["lone_loadavg"] = lone_rounds(servers, order, long_text, rounds, cap, raw["lone"], a.wait_quiet)
         raw["metrics_end"] = {k: s.metrics() for k, s in servers.items()}
         raw["sgemm_after"] = sgemm(a.luna, os.cpu_count())
         print("gensweep: sgemm %s GFLOP/s" % raw["sgemm_after"].get("gflops"), flush=True)
