@@ -406,11 +406,11 @@ void srv_guard_job_end(srv_guard *g, srv_client *c)
     pthread_mutex_unlock(&g->lock);
 }
 
-int srv_guard_body_hold(srv_guard *g, srv_client *c, uint64_t bytes)
+int srv_guard_body_hold(srv_guard *g, srv_client *c, uint64_t bytes, uint64_t own)
 {
     pthread_mutex_lock(&g->lock);
-    assert(c->requests > 0);
-    int ok = !g->lim.max_body_bytes || c->body_bytes + bytes <= g->lim.max_body_bytes;
+    assert(c->requests > 0 && c->body_bytes >= own);
+    int ok = !g->lim.max_body_bytes || c->body_bytes == own || c->body_bytes + bytes <= g->lim.max_body_bytes;
     if (ok) c->body_bytes += bytes;
     pthread_mutex_unlock(&g->lock);
     return ok ? 0 : -1;

@@ -96,10 +96,13 @@ void srv_guard_request_end(srv_guard *g, srv_client *c);
 int srv_guard_job_begin(srv_guard *g, srv_client *c);
 void srv_guard_job_end(srv_guard *g, srv_client *c);
 /* Charges `bytes` more of bodies and parsed input to the client (c from srv_guard_request_begin,
- * whose request slot it must still hold): 0, or -1 when that would pass max_body_bytes (nothing
- * taken). The entry lives while it holds bytes: release them all, from any thread, even after
- * the request's slot went back. */
-int srv_guard_body_hold(srv_guard *g, srv_client *c, uint64_t bytes);
+ * whose request slot it must still hold) for a request that holds `own` of them already: 0, or
+ * -1 when the client holds others' bytes too and that would pass max_body_bytes (nothing taken).
+ * A client's one request is never refused here (the bodies' half bounds it): a share below one
+ * body would refuse that body for good, and the share is about requests held side by side. The
+ * entry lives while it holds bytes: release them all, from any thread, even after the request's
+ * slot went back. */
+int srv_guard_body_hold(srv_guard *g, srv_client *c, uint64_t bytes, uint64_t own);
 void srv_guard_body_release(srv_guard *g, srv_client *c, uint64_t bytes);
 /* Clients holding a request or a job now. */
 int srv_guard_clients(srv_guard *g);

@@ -125,14 +125,15 @@ enum { HOLD_OK = 0, HOLD_BUDGET = -1, HOLD_CLIENT = -2 };
  * ledger is first come, first served, and a job that waits for memory at the head of the queue
  * was starved by uploads, which took every byte a finished job gave back before the dispatcher
  * could (make soak-hostile: generations waited 30 s, the queue behind them 120 s). Within that
- * half, each client may hold its share (--max-body-bytes-per-client, the guard's count): one
- * client trickling bodies just above the minimum rate held the whole half, and every other
- * client's body was 503 (HOLD_CLIENT: 429 for it, as its other limits). Any thread. */
+ * half, the bodies a client holds beside its first may take its share in all
+ * (--max-body-bytes-per-client, the guard's count): one client trickling bodies just above the
+ * minimum rate held the whole half, and every other client's body was 503 (HOLD_CLIENT: 429 for
+ * it, as its other limits). Any thread. */
 static int hold(http_req *r, uint64_t bytes)
 {
     struct srv_http *h = r->app->http;
     srv_client *c = r->holder ? r->holder : r->client;
-    if (c && srv_guard_body_hold(h->guard, c, bytes)) return HOLD_CLIENT;
+    if (c && srv_guard_body_hold(h->guard, c, bytes, r->held)) return HOLD_CLIENT;
     uint64_t cur = atomic_load(&h->bodies);
     do {
         if (cur + bytes > h->bodies_cap) goto budget;
@@ -158,12 +159,6 @@ static void unhold(http_req *r, uint64_t bytes)
     r->held -= bytes;
 }
 
-/* The most one request's body may hold: the bodies' half, or its client's share if less. */
-static uint64_t body_limit(const srv_app *app)
-{
-    uint64_t share = srv_guard_limits_of(app->http->guard)->max_body_bytes;
-    return share && share < app->http->bodies_cap ? share : app->http->bodies_cap;
-}
 
 /* Sets r->err for a hold that failed (`what` it was for): 429 past the client's share, 503
  * past what the ledger can hold now. */
@@ -189,10 +184,10 @@ static int hold_parse(http_req *r)
     if (values > API_MAX_JSON_VALUES) return 0;
     srv_app *app = r->app;
     uint64_t need = (uint64_t)values * API_JSON_VALUE_BYTES + r->body_len;
-    if (r->held + need > body_limit(app)) {
+    if (r->held + need > app->http->bodies_cap) {
         api_fail(&r->err, API_E_MEMORY, "parsing the body needs %llu bytes more than the body's %llu; a request's body "
                  "may hold %llu (send a large document as a raw text/plain body to /classify)",
-                 (unsigned long long)need, (unsigned long long)r->held, (unsigned long long)body_limit(app));
+                 (unsigned long long)need, (unsigned long long)r->held, (unsigned long long)app->http->bodies_cap);
         r->err.extra_key[0] = "memory_required_bytes";
         r->err.extra_val[0] = (double)(r->held + need);
         srv_metrics_reject(&app->metrics, REJ_MEMORY);
@@ -223,12 +218,8 @@ static enum MHD_Result respond_error(http_req *r, const char *allow);
 static enum MHD_Result body_never_fits(http_req *r, uint64_t need)
 {
     const srv_app *app = r->app;
-    if (body_limit(app) < app->http->bodies_cap)
-        api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; a client's bodies may hold %llu (max-body-bytes-per-client)",
-                 (unsigned long long)need, (unsigned long long)body_limit(app));
-    else
-        api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; request bodies may hold %llu, half of what requests may reserve (%llu)",
-                 (unsigned long long)need, (unsigned long long)app->http->bodies_cap, (unsigned long long)srv_request_budget(app));
+    api_fail(&r->err, API_E_MEMORY, "the body needs %llu bytes; request bodies may hold %llu, half of what requests may reserve (%llu)",
+             (unsigned long long)need, (unsigned long long)app->http->bodies_cap, (unsigned long long)srv_request_budget(app));
     r->err.extra_key[0] = "memory_required_bytes";
     r->err.extra_val[0] = (double)need;
     r->err.extra_key[1] = "memory_budget_bytes";
@@ -1016,7 +1007,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
          * until it is freed (the parsed input stands in for the body once parsed) */
         if (r->body_expect) {
             uint64_t need = (uint64_t)r->body_expect + 1;
-            if (need > body_limit(app)) return body_never_fits(r, need);
+            if (need > app->http->bodies_cap) return body_never_fits(r, need);
             int rc = hold(r, need);
             if (rc) {
                 hold_error(r, rc, "this body");
@@ -1068,9 +1059,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             size_t cap = r->body_cap ? r->body_cap : r->body_expect >= n ? r->body_expect + 1 : 4096;
             while (cap < r->body_len + n + 1) cap *= 2;
             /* a doubling past what a body may hold, for a body that fits it: as much as fits */
-            if (cap > body_limit(app) && r->body_len + n + 1 <= body_limit(app)) cap = (size_t)body_limit(app);
+            if (cap > app->http->bodies_cap && r->body_len + n + 1 <= app->http->bodies_cap) cap = (size_t)app->http->bodies_cap;
             if (cap > r->held) { /* chunked, or more than declared: reserve the growth first */
-                if (cap > body_limit(app)) {
+                if (cap > app->http->bodies_cap) {
                     body_never_fits(r, cap);
                     return answer_mid_body(r);
                 }
@@ -1254,10 +1245,9 @@ int srv_http_start(srv_app *app)
     h->main = (http_listener){app, 0};
     h->health = (http_listener){app, 1};
     h->bodies_cap = srv_request_budget(app) / 2; /* after the scheduler's fixed reservation */
-    /* a client's share of it: a quarter, so that four clients at least find room, but at least
-     * one body of the largest document, so that a client may always send one */
-    uint64_t share = c->max_body_bytes_per_client;
-    if (!share) share = h->bodies_cap / 4 > c->max_input_bytes ? h->bodies_cap / 4 : c->max_input_bytes + 1;
+    /* a client's share of it, for bodies held beside its first: a quarter, so that four clients
+     * at least find room */
+    uint64_t share = c->max_body_bytes_per_client ? c->max_body_bytes_per_client : h->bodies_cap / 4;
     /* the WAIT bound is a second past the idle timeout, so that libmicrohttpd closes an idle
      * connection first and the guard only one that trickles its request line */
     srv_guard_limits lim = {(double)c->connection_timeout + 1, c->header_timeout, c->body_timeout,

@@ -44,8 +44,9 @@ Test(guard, client_counts_are_exact)
     srv_guard_stop(g);
 }
 
-/* A client's body bytes: at most its share, exact whatever the order of the releases, and its
- * entry lives while it holds any (a request freed after its slot went back). */
+/* A client's body bytes: at most its share beside its first request (which alone may pass it),
+ * exact whatever the order of the releases, and its entry lives while it holds any (a request
+ * freed after its slot went back). */
 Test(guard, body_share_is_exact)
 {
     srv_guard_limits lim = {60, 10, 10, 0, 0, 0, 1000};
@@ -54,10 +55,13 @@ Test(guard, body_share_is_exact)
     srv_client *a, *b;
     cr_assert_eq(srv_guard_request_begin(g, srv_client_addr(1), &a), 0);
     cr_assert_eq(srv_guard_request_begin(g, srv_client_addr(2), &b), 0);
-    cr_expect_eq(srv_guard_body_hold(g, a, 600), 0);
-    cr_expect_eq(srv_guard_body_hold(g, a, 400), 0, "exactly the share");
-    cr_expect_eq(srv_guard_body_hold(g, a, 1), -1, "a byte past it");
-    cr_expect_eq(srv_guard_body_hold(g, b, 1000), 0, "another client has its own share");
+    cr_expect_eq(srv_guard_body_hold(g, a, 600, 0), 0);
+    cr_expect_eq(srv_guard_body_hold(g, a, 400, 0), 0, "exactly the share");
+    cr_expect_eq(srv_guard_body_hold(g, a, 1, 0), -1, "a byte past it");
+    cr_expect_eq(srv_guard_body_hold(g, a, 1, 400), -1, "a byte past it, for a request that holds some");
+    cr_expect_eq(srv_guard_body_hold(g, b, 1000, 0), 0, "another client has its own share");
+    cr_expect_eq(srv_guard_body_hold(g, b, 5000, 1000), 0, "its one request, past the share");
+    srv_guard_body_release(g, b, 5000);
     srv_guard_request_end(g, a);
     cr_expect_eq(srv_guard_clients(g), 2, "a still holds its bytes");
     srv_guard_body_release(g, a, 400);
