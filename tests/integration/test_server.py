@@ -541,8 +541,9 @@ def test_bodies_are_reserved():
     # under ASan (make asan), its allocator must hand freed memory back as glibc's does here:
     # no quarantine, pages released at once (harmless for the plain build)
     asan = (os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=0:allocator_release_to_os_interval_ms=0").lstrip(":")
-    s = Server("--memory-budget", "32M", "--max-body-bytes", "64M", "--connection-timeout", "3", model=FAST, gen=LM,
-               env=dict(os.environ, ASAN_OPTIONS=asan))
+    # (one client holds all the bodies here: its share, a quarter by default, set past the half)
+    s = Server("--memory-budget", "32M", "--max-body-bytes", "64M", "--connection-timeout", "3",
+               "--max-body-bytes-per-client", "1G", model=FAST, gen=LM, env=dict(os.environ, ASAN_OPTIONS=asan))
     conns = []
     try:
         rss0 = vm_kb(s.proc.pid, "VmRSS")
@@ -2389,7 +2390,8 @@ def test_queued_documents_reserved():
     its bytes (+1) exactly, and once the bodies' half is held the next upload is 503 before its
     body; the ledger is idle once they leave."""
     mib = 1 << 20
-    s = Server("--workers", "1", "--memory-budget", "16M", model=SLOW)
+    # (one client queues them all: its share, a quarter by default, set past the half)
+    s = Server("--workers", "1", "--memory-budget", "16M", "--max-body-bytes-per-client", "1G", model=SLOW)
     conns = []
     try:
         m = s.metrics()
