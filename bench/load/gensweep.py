@@ -15,11 +15,14 @@ What it measures, in this order:
      sending its next request when its stream ends (max_new_tokens 200, a short prompt, seeded
      sampling). After WARM seconds, a window of DURATION seconds: the token events that arrive in
      it give the aggregate tokens/s and the time per output token (TPOT, the gaps between
-     successive token events of a stream, all streams pooled); the requests sent in it give the
+     successive token events of a stream, all streams pooled: what vLLM calls the inter-token
+     latency); the streams that end in it, vLLM's TPOT (each request's decode time over its
+     tokens after the first, one value a request); the requests sent in it give the
      time to first token (TTFT: from the request's connect to its first token event; the loop
      goes on past the window until each of them has its first token, so that a slow first token
      is counted, not cut off). Per window also the server's CPU time (/proc/PID/stat), this
-     client's (getrusage), the whole machine's (/proc/stat) and the server's luna_batch_size.
+     client's (getrusage), the whole machine's (/proc/stat), the server's luna_batch_size and
+     the cores its steps took (luna_batch_step_lanes_total).
   3. A long prompt among decoding streams (batch mode): 16 streams in a closed loop; after
      WARM + LONG_WINDOW seconds a 204,800-byte prompt (max_new_tokens 1) arrives on a
      connection of its own. The 16 streams' TPOT is taken in three windows: LONG_WINDOW seconds
@@ -337,6 +340,13 @@ def ms(x):
     return None if x is None else round(1000.0 * x, 3)
 
 
+def request_tpot(streams, t0, t1):
+    """vLLM's TPOT of each stream that ended in [t0, t1) with 2 tokens or more: its decode time
+    over its tokens after the first, (last - first) / (n - 1)."""
+    return [(s.times[-1] - s.times[0]) / (len(s.times) - 1) for s in streams
+            if s.done and not s.cut and not s.error and t0 <= s.end < t1 and len(s.times) > 1]
+
+
 def summary(gaps, prefix="tpot"):
     return {prefix + "_p50_ms": ms(pct(gaps, 50)), prefix + "_p99_ms": ms(pct(gaps, 99)),
             prefix + "_max_ms": ms(max(gaps) if gaps else None), prefix + "_n": len(gaps)}
@@ -452,6 +462,9 @@ class Meter:
                 "others_cores": round(max(0.0, busy - server - client) / wall, 3) if wall else None,
                 "batch_steps": int(bs_n),
                 "batch_size_mean": round(d.get("luna_batch_size_sum", 0) / bs_n, 2) if bs_n else None,
+                # the cores a step took (an older build has no such counter: None)
+                "step_lanes_mean": round(d["luna_batch_step_lanes_total"] / bs_n, 2)
+                if bs_n and "luna_batch_step_lanes_total" in d else None,
                 "server_tokens": int(d.get("luna_generated_tokens_total", 0)),
                 "prompt_tokens": int(d.get("luna_prompt_tokens_total", 0)),
                 "prefill_slices": int(d.get("luna_batch_prefill_tokens_count", 0))}
@@ -497,6 +510,7 @@ def sweep_point(srv, prompts, n, warm, dur, drain_cap):
                 "no_first_token_after_drain": late, "idle_after_stop_s": round(idle, 2),
                 "finish_reasons": finish_reasons(completed)})
     res.update(summary(gaps))
+    res.update(summary(request_tpot(cl.streams, w0, w1), "rtpot"))
     res.update(errors_of(cl.streams))
     return res
 
@@ -704,10 +718,11 @@ def main():
             for name in order:
                 r = sweep_point(servers[name], prompts, n, warm, dur, drain_cap)
                 raw["sweep"].setdefault(name, []).append(r)
-                print("gensweep: %-5s %2d streams: %7.0f tokens/s, TPOT p50 %s p99 %s ms, TTFT p50 %s p99 %s ms, "
-                      "batch %s, errors %d, client CPU %.2f s" % (
-                          name, n, r["tokens_per_s"], r["tpot_p50_ms"], r["tpot_p99_ms"], r["ttft_p50_ms"],
-                          r["ttft_p99_ms"], r["batch_size_mean"], r["errors"], r["client_cpu_s"]), flush=True)
+                print("gensweep: %-5s %2d streams: %7.0f tokens/s, TPOT p50 %s p99 %s ms (per request p99 %s), "
+                      "TTFT p50 %s p99 %s ms, batch %s, lanes %s, errors %d, client CPU %.2f s" % (
+                          name, n, r["tokens_per_s"], r["tpot_p50_ms"], r["tpot_p99_ms"], r["rtpot_p99_ms"],
+                          r["ttft_p50_ms"], r["ttft_p99_ms"], r["batch_size_mean"], r["step_lanes_mean"], r["errors"],
+                          r["client_cpu_s"]), flush=True)
         # a long prompt among 16 decoding streams (batch mode)
         if not a.only:
             r = long_among_streams(servers["batch"], prompts, long_text, 16, warm, long_window, cap)

@@ -204,9 +204,10 @@ def main():
     # ---- the sweep table ----
     if by:
         add("| streams | mode | tokens/s, all streams | per stream | ÷ --max-batch 1 | of the ceiling | TPOT p50 ms | "
-            "TPOT p99 ms | TPOT max ms | TTFT p50 ms | TTFT p99 ms | mean batch | requests ended / sent | errors | "
-            "server CPU (cores) | tokens per server CPU s | client CPU (cores) | others (cores) |")
-        add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "TPOT p99 ms | TPOT max ms | request TPOT p50 / p99 ms | TTFT p50 ms | TTFT p99 ms | mean batch | "
+            "cores a step | requests ended / sent | errors | server CPU (cores) | tokens per server CPU s | "
+            "client CPU (cores) | others (cores) |")
+        add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in raw["concurrency"]:
             for mode in ("batch", "alone"):
                 r = by.get(mode, {}).get(n)
@@ -215,15 +216,19 @@ def main():
                 base = by.get("alone", {}).get(n)
                 ratio = r["tokens_per_s"] / base["tokens_per_s"] if base and base["tokens_per_s"] else None
                 w = r["wall_s"]
-                add("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d / %d | %d | %.2f | %s | %.2f | %.2f |" % (
+                add("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %d / %d | %d | %.2f | %s | %.2f | %.2f |" % (
                     n, MODE_LABEL[mode], grouped(r["tokens_per_s"]), grouped(r["per_stream_tokens_per_s"]),
                     fmt(ratio, "%.2f"), fmt(share(r["tokens_per_s"]), "%.1f%%"), fmt(r["tpot_p50_ms"], "%.2f"),
-                    fmt(r["tpot_p99_ms"], "%.2f"), fmt(r["tpot_max_ms"], "%.1f"), fmt(r["ttft_p50_ms"], "%.1f"),
-                    fmt(r["ttft_p99_ms"], "%.1f"), fmt(r["batch_size_mean"], "%.1f"), r["requests_completed"],
+                    fmt(r["tpot_p99_ms"], "%.2f"), fmt(r["tpot_max_ms"], "%.1f"), fmt(r.get("rtpot_p50_ms"), "%.2f"),
+                    fmt(r.get("rtpot_p99_ms"), "%.2f"), fmt(r["ttft_p50_ms"], "%.1f"),
+                    fmt(r["ttft_p99_ms"], "%.1f"), fmt(r["batch_size_mean"], "%.1f"), fmt(r.get("step_lanes_mean"), "%.2f"),
+                    r["requests_completed"],
                     r["requests_sent"], r["errors"], r["server_cpu_s"] / w, grouped(per_cpu(r)), r["client_cpu_s"] / w,
                     r["others_cores"] or 0))
         add("")
-        add("*requests ended / sent*: the requests that ended, and that were sent, in the window; *mean batch*: the server's `luna_batch_size` over the window (rows per batched decode step); *server / "
+        add("*TPOT*: the gaps between successive token events of a stream, all streams pooled (vLLM's inter-token latency); *request TPOT*: vLLM's TPOT, each request that ended in the window's decode time over its tokens after the first; "
+            "*requests ended / sent*: the requests that ended, and that were sent, in the window; *mean batch*: the server's `luna_batch_size` over the window (rows per batched decode step); "
+            "*cores a step*: the cores (lanes) a batched step took, on average (`luna_batch_step_lanes_total`); *server / "
             "client / others*: CPU time over the window in cores (of %d): the server's, this benchmark client's, "
             "and every other process's on the machine; *tokens per server CPU s*: the tokens the server generated "
             "in the window (`luna_generated_tokens_total`) over its CPU seconds, the figure that other processes "
@@ -302,10 +307,14 @@ def main():
                             grouped(per_cpu(a16)), fmt(y, "%.2fx"))))
     if b16 and b1 and b1["tpot_p99_ms"] and b16["tpot_p99_ms"]:
         x = b16["tpot_p99_ms"] / b1["tpot_p99_ms"]
-        targets.append(("p99 TPOT at 16 streams <= 3x the single stream's (batch mode, p99 against p99)", x <= 3,
-                        "%.2f vs %.2f ms: %.2fx (against the single stream's p50, %.2f ms: %.2fx)" % (
+        y = b16["rtpot_p99_ms"] / b1["rtpot_p99_ms"] if b16.get("rtpot_p99_ms") and b1.get("rtpot_p99_ms") else None
+        targets.append(("p99 TPOT at 16 streams <= 3x the single stream's (batch mode, p99 against p99; both "
+                        "definitions)", x <= 3 and y is not None and y <= 3,
+                        "gaps: %.2f vs %.2f ms: %.2fx (against the single stream's p50, %.2f ms: %.2fx); per request "
+                        "(vLLM's TPOT): %s vs %s ms: %s" % (
                             b16["tpot_p99_ms"], b1["tpot_p99_ms"], x, b1["tpot_p50_ms"],
-                            b16["tpot_p99_ms"] / b1["tpot_p50_ms"])))
+                            b16["tpot_p99_ms"] / b1["tpot_p50_ms"], fmt(b16.get("rtpot_p99_ms"), "%.2f"),
+                            fmt(b1.get("rtpot_p99_ms"), "%.2f"), fmt(y, "%.2fx"))))
     if lp and lp["during"]["tpot_p99_ms"] and lp["without"]["tpot_p99_ms"]:
         x = lp["during"]["tpot_p99_ms"] / lp["without"]["tpot_p99_ms"]
         targets.append(("a %s-byte prompt arriving while %d streams decode: their p99 TPOT <= 2x their figure "
