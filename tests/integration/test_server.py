@@ -1809,12 +1809,14 @@ def test_stream_errors_logged_and_counted():
             assert st == 200 and sse_events(d)[-1]["details"]["generated_tokens"] == 3, d
             line = log_line(s, rid)
             assert line["status"] == 200 and line["run_time"] > 0 and "stream_error" not in line, line
-        st, _, d = s.req("POST", "/generate_stream", {"inputs": slow_prompt(40000), "parameters": {"max_new_tokens": 5}},
+        # 400,000 prompt tokens: tens of seconds of prefill here, so that the 0.5 s deadline passes
+        # mid-prefill on a machine many times as fast (the deadline cuts it at its next chunk)
+        st, _, d = s.req("POST", "/generate_stream", {"inputs": slow_prompt(400000), "parameters": {"max_new_tokens": 5}},
                          {"X-Request-Timeout": "0.5", "X-Request-Id": "stream-deadline"})
         assert st == 200 and sse_events(d)[-1].get("error_type") == "timeout", d
         line = log_line(s, "stream-deadline")
         assert line["status"] == 504 and line["stream_error"] == "timeout" and line["run_time"] > 0, line
-        st, _, d = s.req("POST", "/v1/completions", {"prompt": slow_prompt(40000), "max_tokens": 5, "stream": True},
+        st, _, d = s.req("POST", "/v1/completions", {"prompt": slow_prompt(400000), "max_tokens": 5, "stream": True},
                          {"X-Request-Timeout": "0.5", "X-Request-Id": "openai-deadline"})
         assert st == 200 and b'"type":"timeout"' in d, d
         assert log_line(s, "openai-deadline")["status"] == 504
@@ -2515,6 +2517,7 @@ def test_huge_chunk_size_then_silence():
         assert m["luna_clients_active"] == 0, m
     finally:
         assert s.stop() == 0
+
 
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
