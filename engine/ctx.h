@@ -26,7 +26,7 @@ typedef struct {
                                                    rows can run the earlier layers again */
     size_t Xr;                                  /* (c, d) rows recomputed from the input */
     size_t macc;                                /* (d) doubles: a lane's sum for mean pooling */
-    size_t A, B, C, D;                          /* (c, d) chunk buffers */
+    size_t A, B, C;                             /* (c, d) chunk buffers */
     size_t F;                                   /* (c, ffn) FFN hidden */
     size_t S;                                   /* scores: (l, c), (c, l) or (c, c) */
     size_t rmax, rsum;                          /* (c, H): the streaming baseline's running stats */
@@ -44,7 +44,7 @@ typedef struct {
 
 /* The buffers one lane works in. Lane 0 uses the context's main layout. */
 typedef struct {
-    float *A, *B, *C, *D, *F, *S, *acc, *pmax, *psum, *Xr;
+    float *A, *B, *C, *F, *S, *acc, *pmax, *psum, *Xr;
     double *macc;
 } lane_ws;
 

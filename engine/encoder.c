@@ -48,13 +48,13 @@ static int resolve_threads(const luna_config *cfg, const luna_ctx_opts *opts)
     return resolve_attn(opts) == LUNA_ATTN_LUNA ? t : 1;
 }
 
-/* One lane's private buffers: macc (d doubles, first, so that it is aligned), A..D and Xr
+/* One lane's private buffers: macc (d doubles, first, so that it is aligned), A..C and Xr
  * (c, d), F (c, ffn), S (l, c), acc (l, d), pmax, psum (Hp, l); an even count, so that the
  * next lane's doubles are aligned too. */
 static size_t lane_floats(const luna_config *cfg, size_t c)
 {
     size_t d = (size_t)cfg->d, l = (size_t)cfg->l;
-    size_t n = 2 * d + 5 * c * d + c * (size_t)cfg->ffn + l * c + l * d + 2 * (size_t)cfg->Hp * l;
+    size_t n = 2 * d + 4 * c * d + c * (size_t)cfg->ffn + l * c + l * d + 2 * (size_t)cfg->Hp * l;
     return n + (n & 1);
 }
 
@@ -93,7 +93,6 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, int thread
     TAKE(A, c * d);
     TAKE(B, c * d);
     TAKE(C, c * d);
-    TAKE(D, c * d);
     TAKE(F, c * (size_t)cfg->ffn);
     TAKE(freq, d / 2);
     TAKE(pooled, d);
@@ -183,7 +182,7 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
     memset(c->ws, 0, ws_bytes);
     const luna_config *cfg = &m->cfg;
     size_t cd = (size_t)c->chunk * (size_t)cfg->d, l = (size_t)cfg->l;
-    c->lane[0] = (lane_ws){c->ws + c->L.A, c->ws + c->L.B, c->ws + c->L.C, c->ws + c->L.D, c->ws + c->L.F,
+    c->lane[0] = (lane_ws){c->ws + c->L.A, c->ws + c->L.B, c->ws + c->L.C, c->ws + c->L.F,
                            c->ws + c->L.S, c->ws + c->L.acc, c->ws + c->L.pmax, c->ws + c->L.psum,
                            c->ws + c->L.Xr, (double *)(void *)(c->ws + c->L.macc)};
     for (int t = 1; t < c->threads && cfg->task == LUNA_TASK_CLASSIFY; t++) { /* the decoder's: dL */
@@ -194,7 +193,6 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
         w->A = p, p += cd;
         w->B = p, p += cd;
         w->C = p, p += cd;
-        w->D = p, p += cd;
         w->F = p, p += (size_t)c->chunk * (size_t)cfg->ffn;
         w->S = p, p += l * (size_t)c->chunk;
         w->acc = p, p += l * (size_t)cfg->d;
@@ -341,15 +339,14 @@ static void embed_p(const luna_ctx *c, size_t lp, float *P)
 
 /* The rest of a layer for one chunk once the attention output O (rows, d) is known, shared by
  * Luna and the baselines: out_proj, residual and norm, FFN, residual and norm, in place in x.
- * T (rows, d), Y (rows, d) and F (rows, ffn) are scratch. */
+ * T (rows, d) and F (rows, ffn) are scratch. */
 static void attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, const float *O, size_t rows,
-                         float *T, float *Y, float *F)
+                         float *T, float *F)
 {
     const luna_config *cfg = &c->m->cfg;
     size_t d = (size_t)cfg->d, ffn = (size_t)cfg->ffn;
     int pre = cfg->normalize_before;
-    kn_linear(&ly->out_proj, O, rows, d, Y, d, 1.0f);
-    kn_add(x, Y, rows * d); /* X1 = X + Y, in place */
+    kn_linear_add(&ly->out_proj, O, rows, d, x, d, 1.0f); /* X1 = X + out_proj(O), in place */
     if (!pre) kn_layernorm(&ly->self_attn_layer_norm, x, x, rows, d);
     const float *fin = x;
     if (pre) {
@@ -358,8 +355,7 @@ static void attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, cons
     }
     kn_linear(&ly->fc1, fin, rows, d, F, ffn, 1.0f);
     kn_act(cfg->activation, F, rows * ffn);
-    kn_linear(&ly->fc2, F, rows, ffn, Y, d, 1.0f);
-    kn_add(x, Y, rows * d);
+    kn_linear_add(&ly->fc2, F, rows, ffn, x, d, 1.0f);
     if (!pre) kn_layernorm(&ly->final_layer_norm, x, x, rows, d);
 }
 
@@ -425,7 +421,7 @@ static float *vu_of(luna_ctx *c, int k)
     return c->m->cfg.tie_kv ? ku_of(c, k) : W(c, VU) + (size_t)k * c->m->cfg.l * c->m->cfg.d;
 }
 
-/* Unpack + FFN of layer k on `rows` rows of x (stride d), in place; the lane's A..D, F and S
+/* Unpack + FFN of layer k on `rows` rows of x (stride d), in place; the lane's A..C, F and S
  * are scratch. */
 static void unpack_rows(luna_ctx *c, const lane_ws *w, int k, float *x, size_t rows, size_t lp)
 {
@@ -433,7 +429,7 @@ static void unpack_rows(luna_ctx *c, const lane_ws *w, int k, float *x, size_t r
     const luna_layer *ly = &c->m->layers[k];
     size_t d = (size_t)cfg->d, H = (size_t)cfg->H, hk = d / H;
     const float *KU = ku_of(c, k), *VU = vu_of(c, k);
-    float *S = w->S, *T = w->A, *Q = w->B, *O = w->C, *Y = w->D, *F = w->F;
+    float *S = w->S, *T = w->A, *Q = w->B, *O = w->C, *F = w->F;
     const float *xin = x;
     if (cfg->normalize_before) {
         kn_layernorm(&ly->self_attn_layer_norm, x, T, rows, d);
@@ -445,7 +441,7 @@ static void unpack_rows(luna_ctx *c, const lane_ws *w, int k, float *x, size_t r
         kn_softmax_rows(S, rows, lp, lp);
         kn_gemm_nn(rows, hk, lp, 1.0f, S, lp, VU + h * hk, d, 0.0f, O + h * hk, d);
     }
-    attn_out_ffn(c, ly, x, O, rows, T, Y, F);
+    attn_out_ffn(c, ly, x, O, rows, T, F);
 }
 
 /* Rows [r0, r0 + rows) of X_k, recomputed from the input into the lane's Xr. */
@@ -645,7 +641,7 @@ static int softmax_layer(luna_ctx *c, const luna_layer *ly, float *X, size_t n, 
         kn_gemm_nn(n, k, n, 1.0f, scores + h * n * n, n, Vb + h * k, d, 0.0f, Ob + h * k, d);
     for (size_t r0 = 0; r0 < n; r0 += ch) {
         size_t rows = n - r0 < ch ? n - r0 : ch;
-        attn_out_ffn(c, ly, X + r0 * d, Ob + r0 * d, rows, W(c, A), W(c, D), W(c, F));
+        attn_out_ffn(c, ly, X + r0 * d, Ob + r0 * d, rows, W(c, A), W(c, F));
     }
     return 0;
 }
@@ -694,7 +690,7 @@ static int softmax_stream_layer(luna_ctx *c, const luna_layer *ly, float *X, siz
                 float inv = 1.0f / sm[i * H + h], *o = O + i * d + h * k;
                 for (size_t j = 0; j < k; j++) o[j] *= inv;
             }
-        attn_out_ffn(c, ly, X + q0 * d, O, qr, W(c, A), W(c, D), W(c, F));
+        attn_out_ffn(c, ly, X + q0 * d, O, qr, W(c, A), W(c, F));
     }
     return 0;
 }

@@ -31,18 +31,31 @@ void kn_linear(const luna_linear *L, const float *x, size_t rows, size_t ldx, fl
                float alpha)
 {
     size_t out = (size_t)L->out;
-    if (rows == 1) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, L->out, L->in, alpha, L->w, L->in, x, 1, 0.0f, y,
-                    1);
-    } else {
-        kn_gemm_nt(rows, out, (size_t)L->in, alpha, x, ldx, L->w, (size_t)L->in, 0.0f, y, ldy);
+    float beta = 0.0f;
+    if (L->b) { /* y starts as the bias and the product adds to it: one pass over y before the
+                   product, where zeroing it (sgemm's beta 0) and adding the bias took two */
+        for (size_t r = 0; r < rows; r++) {
+            float *yr = y + r * ldy;
+            for (size_t j = 0; j < out; j++) yr[j] = alpha * L->b[j];
+        }
+        beta = 1.0f;
     }
-    if (L->b) {
+    if (rows == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, L->out, L->in, alpha, L->w, L->in, x, 1, beta, y, 1);
+    else
+        kn_gemm_nt(rows, out, (size_t)L->in, alpha, x, ldx, L->w, (size_t)L->in, beta, y, ldy);
+}
+
+void kn_linear_add(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy, float alpha)
+{
+    size_t out = (size_t)L->out;
+    if (L->b)
         for (size_t r = 0; r < rows; r++) {
             float *yr = y + r * ldy;
             for (size_t j = 0; j < out; j++) yr[j] += alpha * L->b[j];
         }
-    }
+    if (rows == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, L->out, L->in, alpha, L->w, L->in, x, 1, 1.0f, y, 1);
+    else kn_gemm_nt(rows, out, (size_t)L->in, alpha, x, ldx, L->w, (size_t)L->in, 1.0f, y, ldy);
 }
 
 /* ---- kn_linear_fixed: the batch-invariant product of the decode steps ----------------------

@@ -18,6 +18,9 @@
 /* y (rows, L->out; row stride ldy) = alpha * x (rows, L->in; stride ldx) W^T + b */
 void kn_linear(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
                float alpha);
+/* y (rows, L->out; stride ldy) += alpha (x L^T + b): the product straight into y (a residual
+ * stream), with no pass of its own over y for the product. */
+void kn_linear_add(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy, float alpha);
 
 /* The same as kn_linear, but every element of y is computed in one fixed order, whatever
  * `rows` is and wherever the row sits: a decode step's row gives the same bits alone or in a
