@@ -253,7 +253,11 @@ void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lan
  * lanes. Cutting a product by the lane count would not: OpenBLAS's results for an element
  * change with the product's shape (on Cooperlake and Haswell, an (r, 256) x (256, 256) product
  * split in two column halves differs from the whole at some r < 300; measured with 0.3.21),
- * through its small-matrix kernels and edge blocks. */
+ * through its small-matrix kernels and edge blocks.
+ *
+ * A decode step (luna_step_batch) shares the same lanes, in phases of its own: its products
+ * go through kn_linear_fixed, whose every output has the bits it has in any block, so a step
+ * may cut its layers by the lane count (step_linear); its rows' attention is one item a row. */
 
 /* Waiting for a phase's items or for the next phase, a lane polls SPIN_PAUSES times with a
  * pause between polls (some microseconds: phases follow each other closely), then yields the
