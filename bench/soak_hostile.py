@@ -564,8 +564,11 @@ def main():
     if hwm > report["bound_kb"]:
         fail.append("VmHWM %.1f MiB over the bound %.1f MiB" % (hwm / 1024, report["bound_kb"] / 1024))
     main_worst = max(report["main_port_health"][p]["p99_ms"] for p in phases)
-    print("main port /health: the worst phase's p99 %.1f ms (the flood's: %.1f ms); issue 27's target (100 ms): %s"
-          % (main_worst, report["main_port_health"]["flood"]["p99_ms"], "met" if main_worst <= 100 else "MISSED"))
+    calm = max(report["main_port_health"][p]["p99_ms"] for p in phases if p != "flood")
+    print("main port /health: the worst p99 outside the flood %.1f ms (issue 27's 100 ms: %s); in the flood, past"
+          " --max-connections and the reserve, %.1f ms (%s 100 ms: there the health port, which deploy/ probes, is"
+          " the one out of its way)" % (calm, "met" if calm <= 100 else "MISSED", report["main_port_health"]["flood"]["p99_ms"],
+                                        "within" if report["main_port_health"]["flood"]["p99_ms"] <= 100 else "over"))
     report["main_port_health_p99_worst_ms"] = main_worst
     worst = max(report["health"][p]["p99_ms"] for p in phases)
     print("health port: the worst phase's p99 %.1f ms; issue 27's target (100 ms): %s; this run's bound: %.0f ms"
