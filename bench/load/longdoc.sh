@@ -62,7 +62,8 @@ log=$work/server.log
 # shellcheck disable=SC2086
 ${LUNASERVE_WRAP:-} bin/lunaserve --port 0 --classify-model "$clf" --generate-model '' --workers "$workers" \
   --blas-threads 1 --memory-budget "$budget" --max-queue 64 --request-timeout 3000 --max-request-timeout 3600 \
-  --connection-timeout 3600 --max-requests-per-key 0 --max-queued-per-key 0 2>"$log" &  # 16 clients, one address
+  --connection-timeout 3600 --max-requests-per-key 0 --max-queued-per-key 0 --max-body-bytes-per-client "$budget" \
+  2>"$log" &  # 16 clients, one address: no per-client limit (the bodies' half still bounds them)
 pid=$!
 sampler=""
 cleanup() {
