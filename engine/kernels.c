@@ -27,35 +27,38 @@ void kn_gemm_nn(size_t m, size_t n, size_t k, float alpha, const float *a, size_
                 (int)lda, b, (int)ldb, beta, c, (int)ldc);
 }
 
-void kn_linear(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
-               float alpha)
+/* y = alpha b + beta y (keep: beta 1), then y += alpha x L^T: the bias in the pass that
+ * prepares y, and the product added by OpenBLAS itself, so that y is gone over once before the
+ * product where zeroing it (sgemm's beta 0), adding the bias and adding to a residual took up
+ * to three passes. */
+static void linear_into(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
+                        float alpha, int keep)
 {
     size_t out = (size_t)L->out;
-    float beta = 0.0f;
-    if (L->b) { /* y starts as the bias and the product adds to it: one pass over y before the
-                   product, where zeroing it (sgemm's beta 0) and adding the bias took two */
+    if (L->b)
         for (size_t r = 0; r < rows; r++) {
             float *yr = y + r * ldy;
-            for (size_t j = 0; j < out; j++) yr[j] = alpha * L->b[j];
+            if (keep)
+                for (size_t j = 0; j < out; j++) yr[j] += alpha * L->b[j];
+            else
+                for (size_t j = 0; j < out; j++) yr[j] = alpha * L->b[j];
         }
-        beta = 1.0f;
-    }
+    float beta = keep || L->b ? 1.0f : 0.0f;
     if (rows == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, L->out, L->in, alpha, L->w, L->in, x, 1, beta, y, 1);
     else
         kn_gemm_nt(rows, out, (size_t)L->in, alpha, x, ldx, L->w, (size_t)L->in, beta, y, ldy);
 }
 
+void kn_linear(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
+               float alpha)
+{
+    linear_into(L, x, rows, ldx, y, ldy, alpha, 0);
+}
+
 void kn_linear_add(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy, float alpha)
 {
-    size_t out = (size_t)L->out;
-    if (L->b)
-        for (size_t r = 0; r < rows; r++) {
-            float *yr = y + r * ldy;
-            for (size_t j = 0; j < out; j++) yr[j] += alpha * L->b[j];
-        }
-    if (rows == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, L->out, L->in, alpha, L->w, L->in, x, 1, 1.0f, y, 1);
-    else kn_gemm_nt(rows, out, (size_t)L->in, alpha, x, ldx, L->w, (size_t)L->in, 1.0f, y, ldy);
+    linear_into(L, x, rows, ldx, y, ldy, alpha, 1);
 }
 
 /* ---- kn_linear_fixed: the batch-invariant product of the decode steps ----------------------

@@ -720,7 +720,8 @@ void srv_batch_run_step(srv_app *app, int lanes)
         b->rows[B++] = s;
     }
     if (!B) return;
-    srv_metrics_batch_step(&app->metrics, (int)B, luna_ctx_set_lanes(b->ctx, lanes));
+    lanes = luna_ctx_set_lanes(b->ctx, lanes); /* (at most the context's) */
+    srv_metrics_batch_step(&app->metrics, (int)B, lanes);
     int rc = luna_step_batch(b->ctx, b->states, b->tokens, B, b->logits);
     for (size_t i = 0; i < B; i++) {
         srv_seq *s = b->rows[i];

@@ -24,9 +24,9 @@
  *
  * Requests. Each client (the API key it used, or its IPv4 address when the server has no keys)
  * may hold at most max_requests engine requests (from the head to the end, a body being read,
- * queued, running or streaming), max_queued jobs in the scheduler (waiting or running) and
- * max_body_bytes of bodies and parsed input in the ledger (its share of the bodies' half of the
- * budget: without it, one client trickling bodies just above the minimum rate held the whole
+ * queued, running or streaming), max_queued jobs in the scheduler (waiting or running) and,
+ * beside its first request, max_body_bytes of bodies and parsed input in the ledger (its share
+ * of the bodies' half of the budget: without it, one client trickling bodies just above the minimum rate held the whole
  * half, and every other client's body was 503). Counts are taken and given back by the
  * request's owner: a request's slot when it ends (libmicrohttpd's completion callback), a job's
  * when the scheduler is done with it, body bytes when the request is freed; the client's entry

@@ -136,10 +136,6 @@ void srv_release(srv_app *app, uint64_t bytes)
     if (bytes >= SRV_TRIM_BYTES) atomic_store(&app->trim, 1);
 }
 
-/* A stream's buffer holds at most this per token of each prompt, plus 64 KiB (job_generate.c
- * sets its limit from the same numbers): one byte token's event is about 100 bytes of JSON, and
- * a token that completes a multi-byte character or a stop sequence held back carries more. */
-
 /* The workers' contexts: a lane for every core (a classification or a prefill slice that runs
  * alone uses them all); the generator's chunk is SRV_PREFILL_CHUNK. */
 static luna_ctx_opts worker_ctx_opts(int generator)

@@ -151,7 +151,10 @@ double srv_now(void); /* monotonic seconds */
     } while (0)
 
 /* ---- sched.c ---- */
-/* A stream's buffer limit for n_prompts prompts of max_new_tokens each (what it reserves). */
+/* A stream's buffer limit for n_prompts prompts of max_new_tokens each (what it reserves;
+ * job_generate.c adds the events that carry the prompt or log-probabilities): 512 bytes a token,
+ * where one byte token's event is about 100 bytes of JSON and a token that completes a
+ * multi-byte character or a held-back stop sequence carries more, and 64 KiB. */
 static inline size_t srv_stream_limit(size_t n_prompts, size_t max_new_tokens)
 {
     return n_prompts * (max_new_tokens * 512 + 65536);
