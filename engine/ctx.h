@@ -34,11 +34,12 @@ typedef struct {
     size_t pooled, head_a, head_b, logits;      /* the classifier head */
     size_t lanes, lane_size;                    /* lanes 1.. (threads > 1): chunk buffers and
                                                    pack partials of their own, lane_size each */
-    /* the decoder (decoder.c): chunk rows X, Q, K, V, C, O, Y (c, d); the logits of one row;
-     * the float copies of the running sums SK (H, k, l), SV (H, l, k); each lane's buffers,
-     * dL_size floats from dL on (lane 0 first; see lane_scratch), of which the first is T
-     * (c, d), the normalised rows (dT: lane 0's) */
-    size_t dX, dT, dQ, dK, dV, dC, dO, dY, dSK, dSV, dlogits, dL, dL_size;
+    /* the decoder (decoder.c): lane 0's chunk rows X, T, Q, K, V, C, O, Y (c, d) (with F
+     * above), the logits of one row, the float copies of the running sums SK (H, k, l) and
+     * SV (H, l, k); each lane's attention scratch, dL_size floats from dL on (lane 0 first;
+     * see lane_scratch); and lanes 1 .. lanes - 1's own copies of lane 0's chunk buffers,
+     * dP_size floats each from dP on, for a prefill whose lanes run whole chunks (chunk_bufs) */
+    size_t dX, dT, dQ, dK, dV, dC, dO, dY, dSK, dSV, dlogits, dL, dL_size, dP, dP_size;
     size_t total;
 } ws_layout;
 

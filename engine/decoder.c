@@ -208,6 +208,37 @@ static lane_scratch scratch_of(const luna_ctx *c, int lane)
     return (lane_scratch){p, p + cl, p + 2 * cl, p + 2 * cl + round16(ch * ch)};
 }
 
+/* One lane's chunk buffers: X, T, Q, K, V, C, O, Y (c, d), F (c, ffn), SK, SV (d l), the
+ * logits of one row. Lane 0's are the context's (dX ...); lanes 1 .. take theirs from dP,
+ * each buffer at the alignment of lane 0's (chunk_floats, bufs_of). */
+typedef struct {
+    float *X, *T, *Q, *K, *V, *C, *O, *Y, *F, *SK, *SV, *logits;
+} chunk_bufs;
+
+static size_t chunk_floats(const luna_config *cfg, size_t c)
+{
+    size_t d = (size_t)cfg->d, l = (size_t)cfg->l;
+    return 8 * round16(c * d) + round16(c * (size_t)cfg->ffn) + 2 * round16(d * l) + round16((size_t)cfg->vocab_size);
+}
+
+static chunk_bufs bufs_of(const luna_ctx *c, int lane)
+{
+    if (lane == 0)
+        return (chunk_bufs){W(c, dX), W(c, dT), W(c, dQ), W(c, dK), W(c, dV), W(c, dC), W(c, dO),
+                            W(c, dY), W(c, F),  W(c, dSK), W(c, dSV), W(c, dlogits)};
+    const luna_config *cfg = &c->m->cfg;
+    size_t cd = round16((size_t)c->chunk * (size_t)cfg->d), dl = round16((size_t)cfg->d * (size_t)cfg->l);
+    float *p = W(c, dP) + (size_t)(lane - 1) * c->L.dP_size;
+    chunk_bufs b;
+    float **rows[] = {&b.X, &b.T, &b.Q, &b.K, &b.V, &b.C, &b.O, &b.Y};
+    for (size_t i = 0; i < 8; i++) *rows[i] = p, p += cd;
+    b.F = p, p += round16((size_t)c->chunk * (size_t)cfg->ffn);
+    b.SK = p, p += dl;
+    b.SV = p, p += dl;
+    b.logits = p;
+    return b;
+}
+
 void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lanes, ws_layout *L, size_t *off)
 {
     size_t d = (size_t)cfg->d, l = (size_t)cfg->l, c = (size_t)chunk, H = (size_t)cfg->H;
@@ -227,6 +258,8 @@ void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lan
         TAKE(dSV, d * l);
         L->dL_size = scratch_floats(cfg, c);
         TAKE(dL, (size_t)lanes * L->dL_size);
+        L->dP_size = chunk_floats(cfg, c);
+        TAKE(dP, (size_t)(lanes - 1) * L->dP_size);
     } else {
         TAKE(S, c * c);
         TAKE(rmax, c * H);
@@ -285,6 +318,7 @@ struct luna_lanes {
     pthread_mutex_t mu;              /* adaptive: held for a few instructions at a time */
     pthread_cond_t work;             /* helpers sleep on it: a phase was published, or quit */
     pthread_cond_t done;             /* the caller sleeps on it: a phase's last item is done */
+    pthread_cond_t turn;             /* a pipeline's lanes sleep on it: a chunk's heads are done */
     int lanes;                       /* lanes 1 .. lanes - 1 may take items of the phase */
     size_t items, next, finished;    /* the phase's items, the next to take, those done */
     item_fn fn;
@@ -372,6 +406,7 @@ void luna__lanes_stop(luna_ctx *c)
     pthread_cond_broadcast(&t->work);
     pthread_mutex_unlock(&t->mu);
     for (int i = 1; i <= t->started; i++) pthread_join(t->th[i], NULL);
+    pthread_cond_destroy(&t->turn);
     pthread_cond_destroy(&t->done);
     pthread_cond_destroy(&t->work);
     pthread_mutex_destroy(&t->mu);
@@ -393,6 +428,7 @@ int luna__lanes_start(luna_ctx *c)
     if (bad) goto fail_mu;
     if (pthread_cond_init(&t->work, NULL)) goto fail_work;
     if (pthread_cond_init(&t->done, NULL)) goto fail_done;
+    if (pthread_cond_init(&t->turn, NULL)) goto fail_turn;
     c->team = t;
     /* the helpers take no signals: those are for the threads of the program that made the
      * context (a server's handlers, a CLI's SIGINT) */
@@ -408,6 +444,8 @@ int luna__lanes_start(luna_ctx *c)
     if (t->started + 1 == c->lanes_max) return 0;
     luna__lanes_stop(c); /* joins those that started */
     return LUNA_ENOMEM;
+fail_turn:
+    pthread_cond_destroy(&t->done);
 fail_done:
     pthread_cond_destroy(&t->work);
 fail_work:
@@ -497,12 +535,13 @@ static void lin_item(const lin_job *j, size_t rows, size_t item)
 
 /* ---- embedding ------------------------------------------------------------------------------- */
 
-/* x (rows, d) = the embeddings of rows r0 .. r0 + rows of the chunk tok whose first token sits
- * at position t (tokens consumed before it): embed_tokens(tok) + the embed_ngrams rows of the
- * ngram_embed - 1 tokens before each + the hashed rows of the n-grams of 2 .. hash_ngrams
- * tokens ending at each, from the chunk or the state's recent tokens; times embed_scale, plus
- * the position (+ emb_layer_norm). r0 is a multiple of 64 (lane_rows). The state is only read:
- * dec_remember moves its recent tokens on once every lane has embedded its rows. */
+/* x (rows, d) = the embeddings of tokens r0 .. r0 + rows of the call's tokens tok, whose
+ * first sits at position t (tokens the state consumed before the call): embed_tokens(tok) +
+ * the embed_ngrams rows of the ngram_embed - 1 tokens before each + the hashed rows of the
+ * n-grams of 2 .. hash_ngrams tokens ending at each, from the call's tokens or the state's
+ * recent ones; times embed_scale, plus the position (+ emb_layer_norm). r0 is a multiple of
+ * 64 (row_span). The state is only read: its recent tokens move on once, at the call's end
+ * (dec_remember), so that the chunks of a call may be embedded in any order. */
 static void dec_embed(const luna_ctx *c, const luna_gen_state *s, const int32_t *tok, size_t r0, size_t rows,
                       uint64_t t, float *x)
 {
@@ -511,7 +550,7 @@ static void dec_embed(const luna_ctx *c, const luna_gen_state *s, const int32_t 
     size_t d = (size_t)cfg->d, first = (size_t)cfg->pad_id + 1 + (size_t)t + r0;
     size_t K = (size_t)cfg->ngram_embed, V = (size_t)cfg->vocab_size;
     for (size_t i = 0; i < rows; i++) {
-        size_t r = r0 + i; /* the row in the chunk */
+        size_t r = r0 + i; /* the row in the call */
         const float *e = m->embed_tokens + (size_t)tok[r] * d;
         float *xr = x + i * d;
         memcpy(xr, e, d * sizeof(float));
@@ -553,11 +592,12 @@ static void tril(float *G, size_t rows)
 
 /* The attention of layer li, head h, for `rows` rows whose projections are Q, K, V, C (row
  * stride d) at positions t0 + 1 .. t0 + rows, into the head's columns of O (stride d); the
- * head's part of the state's sums advances over them. w is the lane's scratch. Heads share
- * nothing but read-only inputs, so lanes run them side by side. */
+ * head's part of the state's sums advances over them. w is the lane's scratch, SK and SV the
+ * chunk's float copies of the sums (the head's part of each is its own). Heads share nothing
+ * but read-only inputs, so lanes run them side by side. */
 static void causal_head(const luna_ctx *c, int li, luna_gen_state *s, const float *Q, const float *K,
                         const float *V, const float *C, size_t rows, uint64_t t0, float *O, size_t h,
-                        const lane_scratch *w)
+                        const lane_scratch *w, float *SK, float *SV)
 {
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
@@ -566,7 +606,7 @@ static void causal_head(const luna_ctx *c, int li, luna_gen_state *s, const floa
     const float *Pq = m->pq + (size_t)li * l * d;
     double *SK64 = s->sum + (size_t)li * sums_per_layer(cfg), *SV64 = SK64 + d * l;
     double *sk = SK64 + h * k * l, *sv = SV64 + h * l * k;
-    float *SKh = W(c, dSK) + h * k * l, *SVh = W(c, dSV) + h * l * k;
+    float *SKh = SK + h * k * l, *SVh = SV + h * l * k;
     float *Wt = w->W, *A = w->A, *G = w->G, *U = w->U;
     for (size_t i = 0; i < k * l; i++) SKh[i] = (float)sk[i];
     if (!tied)
@@ -724,134 +764,245 @@ static void kv_attn(luna_ctx *c, int li, luna_gen_state *s, const float *xin, si
 /* A prefill's steps, each a phase of items (see "lanes"). */
 typedef enum { P_EMBED, P_PROJ, P_HEADS, P_LINEAR, P_NORM } prefill_step;
 
+/* What the lanes of one prefill call share. In a pipeline (pipe), every field below `pipe`
+ * is read and written holding the team's mu. */
 typedef struct {
     luna_gen_state *s;
     const int32_t *tokens;
     size_t n;
     float *logits;
     int all;
-    /* the step in progress: set by lane 0 between phases, read by the phase's items */
+    uint64_t t0;            /* the state's tokens before the call */
+    int pipe;               /* the lanes run whole chunks (prefill_pipe) */
+    size_t next;            /* the next chunk to take */
+    size_t done;            /* the chunks taken and finished (a prefix of them: see prefill_pipe) */
+    size_t heads[LUNA_MAX_LAYERS]; /* the chunks whose heads of layer li have run */
+    int stop;               /* canceled: no chunk is taken after it */
+} prefill_job;
+
+/* One chunk in progress: set by the lane that runs it between phases, read by the phase's
+ * items. */
+typedef struct {
+    prefill_job *job;
+    chunk_bufs b;           /* its lane's buffers */
+    int lane;               /* the lane that runs it (a pipeline's; a phase's items run on any) */
     prefill_step step;
     int li;                 /* the layer */
-    size_t r0, rows;        /* the chunk: its first token in tokens, its rows */
+    size_t q, r0, rows;     /* the chunk: its number in the call, its first token in tokens, its rows */
     uint64_t t;             /* tokens consumed before the chunk */
     lin_job lin[4];         /* P_PROJ, P_LINEAR: the layers whose column blocks are the items */
     const float *xin;       /* P_HEADS: the layer's input (phi's rows without pc_proj) */
     const luna_norm *norm;  /* P_NORM: rows of X through norm into out; P_EMBED: after it */
     float *out;
-} prefill_job;
+} chunk_job;
 
 static void prefill_item(luna_ctx *c, int lane, size_t item, void *arg)
 {
-    const prefill_job *job = arg;
+    const chunk_job *cj = arg;
+    const prefill_job *job = cj->job;
     const luna_config *cfg = &c->m->cfg;
     size_t d = (size_t)cfg->d, a, b;
-    switch (job->step) {
+    switch (cj->step) {
     case P_EMBED:
-        row_span(job->rows, item, &a, &b);
-        dec_embed(c, job->s, job->tokens + job->r0, a, b - a, job->t, W(c, dX) + a * d);
-        if (job->norm) kn_layernorm(job->norm, W(c, dX) + a * d, job->out + a * d, b - a, d);
+        row_span(cj->rows, item, &a, &b);
+        dec_embed(c, job->s, job->tokens, cj->r0 + a, b - a, job->t0, cj->b.X + a * d);
+        if (cj->norm) kn_layernorm(cj->norm, cj->b.X + a * d, cj->out + a * d, b - a, d);
         break;
     case P_NORM:
-        row_span(job->rows, item, &a, &b);
-        kn_layernorm(job->norm, W(c, dX) + a * d, job->out + a * d, b - a, d);
+        row_span(cj->rows, item, &a, &b);
+        kn_layernorm(cj->norm, cj->b.X + a * d, cj->out + a * d, b - a, d);
         break;
     case P_PROJ:
     case P_LINEAR:
-        lin_item(job->lin, job->rows, item);
+        lin_item(cj->lin, cj->rows, item);
         break;
     case P_HEADS: {
         lane_scratch w = scratch_of(c, lane);
-        const float *K = W(c, dK), *V = cfg->tie_kv ? K : W(c, dV);
-        const float *C = cfg->causal_pc_proj ? W(c, dC) : job->xin;
-        causal_head(c, job->li, job->s, W(c, dQ), K, V, C, job->rows, job->t, W(c, dO), item, &w);
+        const float *K = cj->b.K, *V = cfg->tie_kv ? K : cj->b.V;
+        const float *C = cfg->causal_pc_proj ? cj->b.C : cj->xin;
+        causal_head(c, cj->li, job->s, cj->b.Q, K, V, C, cj->rows, cj->t, cj->b.O, item, &w, cj->b.SK, cj->b.SV);
         break;
     }
     }
 }
 
-/* Sets the job's linear layers (up to 4) and runs their column blocks as one phase. */
-static void linear_phase(luna_ctx *c, int lanes, prefill_job *job, prefill_step step, const lin_job *lin, int count)
+/* Runs one step of the chunk: as a phase on `lanes` lanes, or (one lane) here on its own. */
+static void chunk_phase(luna_ctx *c, int lanes, chunk_job *cj, prefill_step step, size_t items)
 {
-    job->step = step;
-    memcpy(job->lin, lin, (size_t)count * sizeof *lin);
-    lanes_phase(c, lanes, prefill_item, job, lin_items(lin, count));
+    cj->step = step;
+    if (lanes > 1) {
+        lanes_phase(c, lanes, prefill_item, cj, items);
+        return;
+    }
+    for (size_t i = 0; i < items; i++) prefill_item(c, cj->lane, i, cj);
 }
 
-/* Rows of X through `norm` into out (X itself, or T) as one phase. */
-static void norm_phase(luna_ctx *c, int lanes, prefill_job *job, const luna_norm *norm, float *out)
+/* Sets the chunk's linear layers (up to 4) and runs their column blocks as one step. */
+static void linear_phase(luna_ctx *c, int lanes, chunk_job *cj, prefill_step step, const lin_job *lin, int count)
 {
-    job->step = P_NORM;
-    job->norm = norm;
-    job->out = out;
-    lanes_phase(c, lanes, prefill_item, job, row_groups(job->rows));
+    memcpy(cj->lin, lin, (size_t)count * sizeof *lin);
+    chunk_phase(c, lanes, cj, step, lin_items(lin, count));
 }
 
-/* The prefill of job->n tokens on `lanes` lanes: chunk after chunk, layer after layer, each
- * step a phase: the embeddings (and the first norm), the projections, the heads, out_proj,
- * the norm, fc1, fc2, the norm; then the logits. Lane 0 alone reads the cancel flag, keeps the
- * state's recent tokens and its count: helpers only run the items of a phase. */
-static int prefill_run(luna_ctx *c, int lanes, prefill_job *job)
+/* Rows of X through `norm` into out (X itself, or T) as one step. */
+static void norm_phase(luna_ctx *c, int lanes, chunk_job *cj, const luna_norm *norm, float *out)
 {
+    cj->norm = norm;
+    cj->out = out;
+    chunk_phase(c, lanes, cj, P_NORM, row_groups(cj->rows));
+}
+
+/* In a pipeline, the heads of layer li run chunk after chunk: chunk q's wait for chunk q - 1's
+ * (the state's sums of layer li after it), and then let q + 1's go. */
+static void heads_turn_wait(luna_ctx *c, chunk_job *cj)
+{
+    prefill_job *job = cj->job;
+    if (!job->pipe) return;
+    luna_lanes *t = c->team;
+    pthread_mutex_lock(&t->mu);
+    for (int polls = 0; job->heads[cj->li] < cj->q;) {
+        if (polls < SPIN_POLLS) poll_once(t, polls++);
+        else pthread_cond_wait(&t->turn, &t->mu);
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+static void heads_turn_pass(luna_ctx *c, chunk_job *cj)
+{
+    prefill_job *job = cj->job;
+    if (!job->pipe) return;
+    luna_lanes *t = c->team;
+    pthread_mutex_lock(&t->mu);
+    job->heads[cj->li] = cj->q + 1;
+    pthread_cond_broadcast(&t->turn);
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* The chunk cj (its q, r0, rows, t and buffers set) through every layer, each step a phase on
+ * `lanes` lanes (one: on the chunk's own): the embeddings (and the first norm), the
+ * projections, the heads, out_proj, the norm, fc1, fc2, the norm; then its logits. */
+static void chunk_run(luna_ctx *c, int lanes, chunk_job *cj)
+{
+    prefill_job *job = cj->job;
     luna_gen_state *s = job->s;
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
     int luna = c->attn == LUNA_ATTN_LUNA, pre = cfg->normalize_before, tied = cfg->tie_kv;
-    size_t d = (size_t)cfg->d, ch = (size_t)c->chunk, V = (size_t)cfg->vocab_size, ffn = (size_t)cfg->ffn;
-    size_t k = d / (size_t)cfg->H;
-    float *X = W(c, dX), *T = W(c, dT), *O = W(c, dO), *Y = W(c, dY), *F = W(c, F);
+    size_t d = (size_t)cfg->d, V = (size_t)cfg->vocab_size, ffn = (size_t)cfg->ffn, k = d / (size_t)cfg->H;
+    size_t rows = cj->rows;
+    const chunk_bufs *B = &cj->b;
+    float *X = B->X, *T = B->T, *O = B->O, *Y = B->Y, *F = B->F;
     const float *xin = pre ? T : X;
-    job->xin = xin;
-    for (size_t r0 = 0; r0 < job->n; r0 += ch) {
-        if (canceled(c)) return LUNA_ECANCELED;
-        job->r0 = r0;
-        job->rows = job->n - r0 < ch ? job->n - r0 : ch;
-        job->t = s->t;
-        size_t rows = job->rows;
-        job->step = P_EMBED;
-        job->norm = pre ? &m->layers[0].self_attn_layer_norm : NULL;
-        job->out = T;
-        lanes_phase(c, lanes, prefill_item, job, row_groups(rows));
-        dec_remember(s, job->tokens + r0, rows);
-        for (int li = 0; li < cfg->layers; li++) {
-            const luna_layer *ly = &m->layers[li];
-            job->li = li;
-            if (luna) {
-                lin_job proj[4] = {{&ly->q_proj, xin, d, W(c, dQ), d, 1.0f / sqrtf((float)k), 0, 0, NULL},
-                                   {tied ? &ly->c_proj : &ly->k_proj, xin, d, W(c, dK), d, 1.0f, 0, 0, NULL}};
-                int np = 2;
-                if (!tied) proj[np++] = (lin_job){&ly->v_proj, xin, d, W(c, dV), d, 1.0f, 0, 0, NULL};
-                if (cfg->causal_pc_proj) proj[np++] = (lin_job){&ly->pc_proj, xin, d, W(c, dC), d, 1.0f, 0, 0, NULL};
-                linear_phase(c, lanes, job, P_PROJ, proj, np);
-                job->step = P_HEADS;
-                lanes_phase(c, lanes, prefill_item, job, (size_t)cfg->H);
-            } else {
-                kv_attn(c, li, s, xin, rows, s->t, O); /* a KV context has one lane */
-            }
-            /* X += out_proj(O); post-norm X = LN(X), pre-norm T = LN(X) for the FFN */
-            lin_job out = {&ly->out_proj, O, d, Y, d, 1.0f, 0, 0, X};
-            linear_phase(c, lanes, job, P_LINEAR, &out, 1);
-            norm_phase(c, lanes, job, pre ? &ly->final_layer_norm : &ly->self_attn_layer_norm, pre ? T : X);
-            /* X += fc2(act(fc1(x))) */
-            lin_job fc1 = {&ly->fc1, xin, d, F, ffn, 1.0f, 1, cfg->activation, NULL};
-            linear_phase(c, lanes, job, P_LINEAR, &fc1, 1);
-            lin_job fc2 = {&ly->fc2, F, ffn, Y, d, 1.0f, 0, 0, X};
-            linear_phase(c, lanes, job, P_LINEAR, &fc2, 1);
-            /* post-norm X = LN(X); pre-norm the next layer's input T, or the final norm of X */
-            if (!pre) norm_phase(c, lanes, job, &ly->final_layer_norm, X);
-            else if (li + 1 < cfg->layers) norm_phase(c, lanes, job, &m->layers[li + 1].self_attn_layer_norm, T);
-            else norm_phase(c, lanes, job, &m->layer_norm, X);
+    cj->xin = xin;
+    cj->norm = pre ? &m->layers[0].self_attn_layer_norm : NULL;
+    cj->out = T;
+    chunk_phase(c, lanes, cj, P_EMBED, row_groups(rows));
+    for (int li = 0; li < cfg->layers; li++) {
+        const luna_layer *ly = &m->layers[li];
+        cj->li = li;
+        if (luna) {
+            lin_job proj[4] = {{&ly->q_proj, xin, d, B->Q, d, 1.0f / sqrtf((float)k), 0, 0, NULL},
+                               {tied ? &ly->c_proj : &ly->k_proj, xin, d, B->K, d, 1.0f, 0, 0, NULL}};
+            int np = 2;
+            if (!tied) proj[np++] = (lin_job){&ly->v_proj, xin, d, B->V, d, 1.0f, 0, 0, NULL};
+            if (cfg->causal_pc_proj) proj[np++] = (lin_job){&ly->pc_proj, xin, d, B->C, d, 1.0f, 0, 0, NULL};
+            linear_phase(c, lanes, cj, P_PROJ, proj, np);
+            heads_turn_wait(c, cj);
+            chunk_phase(c, lanes, cj, P_HEADS, (size_t)cfg->H);
+            heads_turn_pass(c, cj);
+        } else {
+            kv_attn(c, li, s, xin, rows, cj->t, O); /* a KV context has one lane */
         }
-        s->t += rows;
-        if (job->logits && job->all) {
-            lin_job lg = {&m->output_projection, X, d, job->logits + r0 * V, V, 1.0f, 0, 0, NULL};
-            linear_phase(c, lanes, job, P_LINEAR, &lg, 1);
-        } else if (job->logits && r0 + rows == job->n) {
-            kn_linear(&m->output_projection, X + (rows - 1) * d, 1, d, W(c, dlogits), V, 1.0f);
-            memcpy(job->logits, W(c, dlogits), V * sizeof(float));
-        }
+        /* X += out_proj(O); post-norm X = LN(X), pre-norm T = LN(X) for the FFN */
+        lin_job out = {&ly->out_proj, O, d, Y, d, 1.0f, 0, 0, X};
+        linear_phase(c, lanes, cj, P_LINEAR, &out, 1);
+        norm_phase(c, lanes, cj, pre ? &ly->final_layer_norm : &ly->self_attn_layer_norm, pre ? T : X);
+        /* X += fc2(act(fc1(x))) */
+        lin_job fc1 = {&ly->fc1, xin, d, F, ffn, 1.0f, 1, cfg->activation, NULL};
+        linear_phase(c, lanes, cj, P_LINEAR, &fc1, 1);
+        lin_job fc2 = {&ly->fc2, F, ffn, Y, d, 1.0f, 0, 0, X};
+        linear_phase(c, lanes, cj, P_LINEAR, &fc2, 1);
+        /* post-norm X = LN(X); pre-norm the next layer's input T, or the final norm of X */
+        if (!pre) norm_phase(c, lanes, cj, &ly->final_layer_norm, X);
+        else if (li + 1 < cfg->layers) norm_phase(c, lanes, cj, &m->layers[li + 1].self_attn_layer_norm, T);
+        else norm_phase(c, lanes, cj, &m->layer_norm, X);
     }
-    return 0;
+    if (job->logits && job->all) {
+        lin_job lg = {&m->output_projection, X, d, job->logits + cj->r0 * V, V, 1.0f, 0, 0, NULL};
+        linear_phase(c, lanes, cj, P_LINEAR, &lg, 1);
+    } else if (job->logits && cj->r0 + rows == job->n) {
+        kn_linear(&m->output_projection, X + (rows - 1) * d, 1, d, B->logits, V, 1.0f);
+        memcpy(job->logits, B->logits, V * sizeof(float));
+    }
+}
+
+static size_t chunk_rows(const prefill_job *job, size_t ch, size_t q)
+{
+    size_t r0 = q * ch;
+    return job->n - r0 < ch ? job->n - r0 : ch;
+}
+
+/* Chunk after chunk on `lanes` lanes, each chunk's steps split across them (see "lanes");
+ * returns the tokens prefilled (fewer than n when canceled). */
+static size_t prefill_phased(luna_ctx *c, int lanes, prefill_job *job)
+{
+    size_t ch = (size_t)c->chunk, r0 = 0;
+    for (size_t q = 0; r0 < job->n; q++, r0 += ch) {
+        if (canceled(c)) break;
+        chunk_job cj = {.job = job, .b = bufs_of(c, 0), .lane = 0, .q = q, .r0 = r0, .rows = chunk_rows(job, ch, q),
+                        .t = job->t0 + r0};
+        chunk_run(c, lanes, &cj);
+    }
+    return r0 < job->n ? r0 : job->n;
+}
+
+/* A lane of a pipeline: takes the next chunk, runs it whole on its own buffers, and again,
+ * until none is left. Chunk q's heads of layer li wait for q - 1's (heads_turn_wait), and
+ * nothing else of it depends on another chunk; so the lanes run side by side, each a layer or
+ * so behind the one before, and each chunk's every step is the same call on the same shapes
+ * as in prefill_phased: the same bits. Chunks are taken in order and a taken chunk is always
+ * finished (lane 0 alone reads the cancel flag, and stops the taking), so the chunks done are
+ * the first `done` of the call. */
+static void pipe_item(luna_ctx *c, int lane, size_t item, void *arg)
+{
+    (void)item;
+    prefill_job *job = arg;
+    luna_lanes *t = c->team;
+    size_t ch = (size_t)c->chunk, chunks = (job->n + ch - 1) / ch;
+    for (;;) {
+        int stop = lane == 0 && canceled(c);
+        pthread_mutex_lock(&t->mu);
+        if (stop) job->stop = 1;
+        size_t q = job->stop || job->next == chunks ? SIZE_MAX : job->next++;
+        pthread_mutex_unlock(&t->mu);
+        if (q == SIZE_MAX) return;
+        chunk_job cj = {.job = job, .b = bufs_of(c, lane), .lane = lane, .q = q, .r0 = q * ch,
+                        .rows = chunk_rows(job, ch, q), .t = job->t0 + q * ch};
+        chunk_run(c, 1, &cj);
+        pthread_mutex_lock(&t->mu);
+        job->done++;
+        pthread_mutex_unlock(&t->mu);
+    }
+}
+
+/* The prefill of job->n tokens on `lanes` lanes. With two chunks or more and a lane for each,
+ * the lanes run whole chunks side by side (pipe_item); else each chunk's steps are split
+ * across them (prefill_phased). The state's recent tokens and count move on once, at the end,
+ * by the tokens prefilled. */
+static int prefill_run(luna_ctx *c, int lanes, prefill_job *job)
+{
+    size_t ch = (size_t)c->chunk, chunks = (job->n + ch - 1) / ch, done;
+    int pipe_lanes = lanes < (int)chunks ? lanes : (int)chunks;
+    if (c->team && pipe_lanes > 1) {
+        job->pipe = 1;
+        lanes_phase(c, pipe_lanes, pipe_item, job, (size_t)pipe_lanes);
+        done = job->done * ch < job->n ? job->done * ch : job->n;
+    } else {
+        done = prefill_phased(c, lanes, job);
+    }
+    dec_remember(job->s, job->tokens, done);
+    job->s->t = job->t0 + done;
+    return done < job->n ? LUNA_ECANCELED : 0;
 }
 
 int luna_prefill(luna_ctx *c, luna_gen_state *s, const int32_t *tokens, size_t n, float *logits,
@@ -873,7 +1024,7 @@ int luna_prefill(luna_ctx *c, luna_gen_state *s, const int32_t *tokens, size_t n
         int rc = kv_reserve(s, s->t + n);
         if (rc) return rc;
     }
-    prefill_job job = {.s = s, .tokens = tokens, .n = n, .logits = logits, .all = all};
+    prefill_job job = {.s = s, .tokens = tokens, .n = n, .logits = logits, .all = all, .t0 = s->t};
     /* a single row is not worth waking the helpers for (the bits are the same either way) */
     return prefill_run(c, n > 1 ? c->threads : 1, &job);
 }

@@ -37,9 +37,9 @@ static luna_attn resolve_attn(const luna_ctx_opts *opts)
     return opts ? opts->attention : LUNA_ATTN_LUNA;
 }
 
-/* Lanes split the Luna chunk loops of the encoder and, within each chunk, the Luna decoder's
- * prefill (its chunks depend on each other through the running sums: decoder.c splits the
- * columns and heads of one chunk instead); the baselines run on the calling thread. */
+/* Lanes split the Luna chunk loops of the encoder and the Luna decoder's prefill (whose chunks
+ * depend on each other through the running sums: decoder.c pipelines them, or splits the
+ * columns and heads of a lone chunk); the baselines run on the calling thread. */
 static int resolve_threads(const luna_config *cfg, const luna_ctx_opts *opts)
 {
     (void)cfg;
@@ -225,6 +225,8 @@ void luna_ctx_free(luna_ctx *c)
 }
 
 void luna_ctx_set_cancel(luna_ctx *c, const atomic_int *flag) { c->cancel = flag; }
+
+int luna_ctx_chunk(const luna_ctx *c) { return c->chunk; }
 
 int luna_ctx_set_lanes(luna_ctx *c, int lanes)
 {

@@ -62,7 +62,8 @@ void kn_gemm_nn(size_t m, size_t n, size_t k, float alpha, const float *a, size_
 /* C (m, n; ldc) = alpha * A^T (A is k x m; lda) B (k, n; ldb) + beta * C */
 void kn_gemm_tn(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
                 const float *b, size_t ldb, float beta, float *c, size_t ldc);
-/* x = phi(x) in place over n floats: the causal attention's feature map. */
+/* x = phi(x) in place over n floats: the causal attention's feature map (the softplus ones
+ * vectorised: kn_expf and kn_log1p_unit). */
 void kn_phi(luna_phi phi, float *x, size_t n);
 
 /* y = LayerNorm(x) row by row (eps 1e-5, weight and bias of length d); y may equal x. */
@@ -80,6 +81,7 @@ float kn_exp_shift_sum(float *x, size_t n, float shift);
  * exp(-inf) is ~1e-38 rather than 0; callers use it only where that is harmless (softmax weights
  * and rescaling factors). Inline, with compares rather than fminf/fmaxf, so that loops over it
  * vectorise. */
+static inline __attribute__((always_inline)) float kn_exp_reduced(float r, float k);
 static inline __attribute__((always_inline)) float kn_expf(float x)
 {
     x = !(x >= -87.0f) ? -87.0f : x; /* NaN too: a NaN cast to int32 below would be undefined */
@@ -87,6 +89,22 @@ static inline __attribute__((always_inline)) float kn_expf(float x)
     float k = floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - k * 0.693359375f;
     r = r - k * -2.12194440e-4f;
+    return kn_exp_reduced(r, k);
+}
+
+/* 2^x the same way, for x in [-126, 127] (clamped there; NaN to -126): x - k is exact, so
+ * the result keeps kn_expf's relative error where exp(x ln 2) would add |x| ulps of x. */
+static inline __attribute__((always_inline)) float kn_exp2f(float x)
+{
+    x = !(x >= -126.0f) ? -126.0f : x;
+    x = x > 127.0f ? 127.0f : x;
+    float k = floorf(x + 0.5f);
+    return kn_exp_reduced((x - k) * 0.69314718055994531f, k);
+}
+
+/* e^r 2^k for |r| <= ln2 / 2 and k an integer in [-126, 127]: the polynomial of both. */
+static inline __attribute__((always_inline)) float kn_exp_reduced(float r, float k)
+{
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -98,6 +116,9 @@ static inline __attribute__((always_inline)) float kn_expf(float x)
     return p * s.f;
 }
 float kn_max(const float *x, size_t n);
+/* log(1 + u) for u in [0, 1], relative error < 3e-7; what kn_phi's softplus runs (exported
+ * for its test). */
+float kn_log1p_unit(float u);
 
 /* The lane tree of the fixed orders here: p[l] += p[l + 8] for l < 8, then p[l] += p[l + 4]
  * for l < 4, p[l + 2], p[l + 1]; returns p[0] (p is scratch). */

@@ -116,9 +116,10 @@ typedef struct luna_ctx_opts {
     int threads;        /* lanes (threads) that share one forward (Luna attention only; each
                            needs buffers of its own, counted in luna_ctx_bytes): 0 or 1 = the
                            calling thread alone. A classifier's lanes share its chunks; a causal
-                           LM's share each chunk of a prefill (its columns and heads), on
-                           threads - 1 helper threads that the context starts and keeps, parked
-                           between prefills, until luna_ctx_free. For one long input's latency;
+                           LM's run a prefill's chunks side by side (a lane a chunk, or one
+                           chunk's columns and heads when there is one), on threads - 1 helper
+                           threads that the context starts and keeps, parked between prefills,
+                           until luna_ctx_free. For one long input's latency;
                            luna_ctx_set_lanes picks how many of them the next calls use.
                            Combine with luna_blas_set_threads(1): each lane calls OpenBLAS. */
 } luna_ctx_opts;
@@ -147,6 +148,8 @@ size_t luna_workspace_bytes_attn(const luna_model *m, size_t n, luna_attn attn, 
  * shapes do not depend on it), so the lanes may change between the slices of one prompt;
  * so does a decode step (luna_step_batch), whatever its lanes. */
 int luna_ctx_set_lanes(luna_ctx *c, int lanes);
+/* The context's chunk length (rows), the unit of its prefills. */
+int luna_ctx_chunk(const luna_ctx *c);
 
 /* The flag is polled between chunks and layers; when it becomes non-zero the running call
  * returns LUNA_ECANCELED. NULL detaches it. The flag must outlive its use by the context. */
@@ -236,8 +239,11 @@ size_t luna_gen_state_size(const luna_gen_state *s); /* bytes held now (a KV cac
 
 /* Feeds n >= 1 tokens, in chunks of the context's chunk length, and advances the state. Time
  * O(n); memory: nothing beyond the context's fixed workspace (a KV state grows its cache).
- * A Luna context made with threads > 1 splits each chunk across luna_ctx_set_lanes' lanes:
- * the same bits as one lane, in up to 1/lanes of the time (a single token runs alone).
+ * A Luna context made with threads > 1 runs it on luna_ctx_set_lanes' lanes: the same bits as
+ * one lane, in up to 1/lanes of the time. With two chunks or more, each lane runs whole
+ * chunks, every chunk's heads after the chunk before's (the running sums), a layer or so
+ * behind it; a single chunk's columns and heads are split across the lanes, with some 20% of
+ * the lanes' time lost to waiting between its steps (a single token runs alone).
  * logits (may be NULL) receives vocab_size floats, the distribution after the last token, or
  * with `all` n rows of them, one after each token. Errors: EINVAL (bad token, a state of
  * another model or kind), ETASK, ETOOLONG (past max_positions; nothing is consumed), ENOMEM

@@ -682,8 +682,15 @@ void srv_batch_run_prefill(srv_app *app, luna_ctx *ctx, srv_seq *s, int lanes)
             return;
         }
     }
+    /* A slice given every core (nothing else ran or waited: sched.c) takes a generation's
+     * prefill piece (LUNA_GEN_PREFILL_PIECE, 16 chunks), as --max-batch 1 does, so that its
+     * lanes run whole chunks side by side (engine/luna.h: luna_prefill), some 15% faster than
+     * splitting each chunk between them; a short slice would leave them idle at its end while
+     * the last chunk finishes. A request that arrives meanwhile takes the other worker. */
+    size_t slice = app->batch->slice;
+    if (in_use > 1 && slice < LUNA_GEN_PREFILL_PIECE) slice = LUNA_GEN_PREFILL_PIECE;
     double t0 = srv_now();
-    long n = prefill_slice(app, ctx, job, s->choice, &s->g, &s->pin, app->batch->slice);
+    long n = prefill_slice(app, ctx, job, s->choice, &s->g, &s->pin, slice);
     double dt = srv_now() - t0;
     luna_ctx_set_cancel(ctx, NULL);
     if (n < 0) {

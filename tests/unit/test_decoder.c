@@ -814,9 +814,12 @@ Test(decoder, lanes_grow_the_workspace_exactly)
 {
     luna_model *m = austen_lm();
     const luna_config *cfg = luna_model_config(m);
-    size_t c = 256, l = (size_t)cfg->l, k = (size_t)(cfg->d / cfg->H);
+    size_t c = 256, l = (size_t)cfg->l, d = (size_t)cfg->d, k = d / (size_t)cfg->H;
 #define R16(x) (((x) + 15) / 16 * 16)
-    size_t lane = (2 * R16(c * l) + R16(c * c) + R16(k * l)) * sizeof(float);
+    /* the attention scratch, and a pipeline's chunk buffers: X .. Y, F, SK, SV, the logits */
+    size_t lane = (2 * R16(c * l) + R16(c * c) + R16(k * l)) * sizeof(float) +
+                  (8 * R16(c * d) + R16(c * (size_t)cfg->ffn) + 2 * R16(d * l) + R16((size_t)cfg->vocab_size)) *
+                      sizeof(float);
 #undef R16
     size_t one = 0;
     for (int threads = 1; threads <= 4; threads++) {

@@ -36,6 +36,35 @@ Test(kernels, gelu_matches_erf_form)
     }
 }
 
+Test(kernels, log1p_unit_relative_error)
+{
+    double worst = 0;
+    for (double u = 1.0; u > 1e-30; u *= 0.9997) { /* every binade, down to where 1 + u rounds to 1 */
+        float f = (float)u;
+        double ref = log1p((double)f), e = fabs(kn_log1p_unit(f) - ref) / ref;
+        if (e > worst) worst = e;
+    }
+    cr_assert_lt(worst, 3e-7, "kn_log1p_unit relative error %.3g", worst);
+    cr_assert_eq(kn_log1p_unit(0.0f), 0.0f);
+}
+
+/* The softplus feature maps against double libm, over the range the projections give and past
+ * it: the absolute error within 2 float ulps of the result (phi(z) ~ z for large z). */
+Test(kernels, phi_softplus_matches_libm)
+{
+    enum { N = 8001 };
+    luna_phi kinds[] = {LUNA_PHI_SOFTPLUS_LN2, LUNA_PHI_SOFTPLUS};
+    for (int k = 0; k < 2; k++) {
+        float x[N], y[N];
+        for (int i = 0; i < N; i++) y[i] = x[i] = -60.0f + 120.0f * (float)i / (N - 1);
+        kn_phi(kinds[k], y, N);
+        for (int i = 0; i < N; i++) {
+            double z = x[i], ref = k == 0 ? log1p(exp2(z)) / log(2.0) : log1p(exp(z));
+            cr_assert_lt(fabs(y[i] - ref), 5e-7 * ref + 1e-37, "phi %d (%g) = %.9g, want %.9g", k, z, y[i], ref);
+        }
+    }
+}
+
 Test(kernels, relu_and_tanh)
 {
     float v[4] = {-2.0f, -0.0f, 0.5f, 3.0f};
