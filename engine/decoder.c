@@ -647,15 +647,64 @@ static void causal_head(const luna_ctx *c, int li, luna_gen_state *s, const floa
 
 /* causal_head for one row and every head, written out as loops in one fixed order: a decode
  * step is O(d l) of small products per layer, where a BLAS call's overhead would cost more
- * than the work. The same arithmetic as causal_head's up to the order of the sums. */
+ * than the work. The same arithmetic as causal_head's up to the order of the sums. The state's
+ * rows (S_K's k rows of l sums) are gone over twice, in blocks of 8 sums held as GCC vectors
+ * (AVX2 registers at the Makefile's -march, SSE pairs at plain x86-64: the same operations in
+ * the same order either way, so the same bits): once for q S_K, once for alpha S_K^T and the
+ * update together. Each row's 8 lanes are summed by a fixed tree, and the sums past the last
+ * block of 8 (l not a multiple of 8) one after another after it. Meanwhile the next head's sums
+ * (after the last head, the first of `next`, the state that this lane likely takes next) are
+ * prefetched: with 16 rows or more, their states (256 KB each for the bundled LM) no longer
+ * fit in L2, and waiting for them took a third of this function's time. */
+typedef float row_f8 __attribute__((vector_size(32)));
+typedef double row_d4 __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) row_f8 row_load_f(const float *p)
+{
+    row_f8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* 8 sums from the state, rounded to float */
+static inline __attribute__((always_inline)) row_f8 row_load_d(const double *p)
+{
+    row_d4 lo, hi;
+    memcpy(&lo, p, sizeof lo);
+    memcpy(&hi, p + 4, sizeof hi);
+    row_f8 v = {(float)lo[0], (float)lo[1], (float)lo[2], (float)lo[3],
+                (float)hi[0], (float)hi[1], (float)hi[2], (float)hi[3]};
+    return v;
+}
+
+/* p += the 8 float products, each widened to double */
+static inline __attribute__((always_inline)) void row_add_d(double *p, row_f8 v)
+{
+    row_d4 lo, hi;
+    memcpy(&lo, p, sizeof lo);
+    memcpy(&hi, p + 4, sizeof hi);
+    row_d4 vl = {v[0], v[1], v[2], v[3]}, vh = {v[4], v[5], v[6], v[7]};
+    lo += vl;
+    hi += vh;
+    memcpy(p, &lo, sizeof lo);
+    memcpy(p + 4, &hi, sizeof hi);
+}
+
+/* (v0 + v4) + (v2 + v6) + ((v1 + v5) + (v3 + v7)), as a vector's halves fold */
+static inline __attribute__((always_inline)) float row_fold(row_f8 v)
+{
+    float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+    return (a0 + a2) + (a1 + a3);
+}
+
 static void causal_row(const luna_ctx *c, int lane, int li, luna_gen_state *s, const float *q, const float *kk,
-                       const float *v, const float *cc, uint64_t t0, float *o)
+                       const float *v, const float *cc, uint64_t t0, float *o, const double *next)
 {
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
-    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, l = (size_t)cfg->l;
+    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, l = (size_t)cfg->l, l8 = l / 8 * 8;
     int tied = cfg->tie_kv;
-    const float *Pq = m->pq + (size_t)li * l * d;
+    const float *Pqt = m->pqt + (size_t)li * l * d;
     double *SK64 = s->sum + (size_t)li * sums_per_layer(cfg), *SV64 = SK64 + d * l;
     lane_scratch ls = scratch_of(c, lane);
     float *w = ls.W, *a = ls.A;
@@ -664,44 +713,79 @@ static void causal_row(const luna_ctx *c, int lane, int li, luna_gen_state *s, c
         const float *qh = q + h * k, *kh = kk + h * k, *vh = v + h * k, *ch = cc + h * k;
         double *sk = SK64 + h * k * l, *sv = SV64 + h * l * k;
         float *oh = o + h * k;
-        /* w = phi(c Pq^T); each dot in kn_dot's 16 lanes, not one serial chain of adds */
-        for (size_t j = 0; j < l; j++) w[j] = kn_dot(ch, Pq + j * d + h * k, k);
+        /* w = phi(c Pq^T): Pq^T's rows (pqt), scaled by c, in turn */
+        const float *pt = Pqt + h * k * l;
+        for (size_t j = 0; j < l; j++) w[j] = 0.0f;
+        for (size_t e = 0; e < k; e++) {
+            const float *row = pt + e * l;
+            float ce = ch[e];
+            size_t j = 0;
+            for (; j < l8; j += 8) {
+                row_f8 acc = row_load_f(w + j) + ce * row_load_f(row + j);
+                memcpy(w + j, &acc, sizeof acc);
+            }
+            for (; j < l; j++) w[j] += ce * row[j];
+        }
         kn_phi(cfg->causal_phi, w, l);
-        /* a = (q S_K + (q . k) w) / t, alpha = softmax(a) */
+        /* a = (q S_K + (q . k) w) / t, alpha = softmax(a): S_K's rows in turn, scaled by q */
         float qk = kn_dot(qh, kh, k);
         for (size_t j = 0; j < l; j++) a[j] = 0.0f;
         for (size_t i = 0; i < k; i++) {
             const double *row = sk + i * l;
             float qi = qh[i];
-            for (size_t j = 0; j < l; j++) a[j] += qi * (float)row[j];
+            size_t j = 0;
+            for (; j < l8; j += 8) {
+                row_f8 acc = row_load_f(a + j) + qi * row_load_d(row + j);
+                memcpy(a + j, &acc, sizeof acc);
+            }
+            for (; j < l; j++) a[j] += qi * (float)row[j];
         }
         for (size_t j = 0; j < l; j++) a[j] = (a[j] + qk * w[j]) * inv_t;
         kn_softmax_rows(a, 1, l, l);
-        /* o = (alpha S_V + (alpha . w) v) / t; tied, S_V is S_K^T */
+        /* o = (alpha S_V + (alpha . w) v) / t; tied, S_V is S_K^T: row i of S_K gives o_i, and
+         * then takes its update, k_i w (products in float, summed in double) */
         float aw = kn_dot(a, w, l);
         if (tied) {
-            for (size_t i = 0; i < k; i++) oh[i] = (kn_dot_fd(a, sk + i * l, l) + aw * vh[i]) * inv_t;
-        } else {
-            for (size_t i = 0; i < k; i++) oh[i] = 0.0f;
-            for (size_t j = 0; j < l; j++) {
-                const double *row = sv + j * k;
-                float aj = a[j];
-                for (size_t i = 0; i < k; i++) oh[i] += aj * (float)row[i];
+            /* the next head's sums (or `next`'s first head) on their way to L1 meanwhile */
+            const double *pf = h + 1 < H ? sk + k * l : next;
+            for (size_t i = 0; i < k; i++) {
+                double *row = sk + i * l;
+                float ki = kh[i];
+                row_f8 p = {0};
+                if (pf)
+                    for (size_t b = 0; b < l; b += 8) __builtin_prefetch(pf + i * l + b, 1, 3);
+                size_t j = 0;
+                for (; j < l8; j += 8) {
+                    p += row_load_f(a + j) * row_load_d(row + j);
+                    row_add_d(row + j, ki * row_load_f(w + j));
+                }
+                float dot = row_fold(p);
+                for (; j < l; j++) {
+                    dot += a[j] * (float)row[j];
+                    row[j] += (double)(ki * w[j]);
+                }
+                oh[i] = (dot + aw * vh[i]) * inv_t;
             }
-            for (size_t i = 0; i < k; i++) oh[i] = (oh[i] + aw * vh[i]) * inv_t;
+            continue;
         }
+        for (size_t i = 0; i < k; i++) oh[i] = 0.0f;
+        for (size_t j = 0; j < l; j++) {
+            const double *row = sv + j * k;
+            float aj = a[j];
+            for (size_t i = 0; i < k; i++) oh[i] += aj * (float)row[i];
+        }
+        for (size_t i = 0; i < k; i++) oh[i] = (oh[i] + aw * vh[i]) * inv_t;
         /* the state: S_K += k^T w, S_V += w^T v, products in float, summed in double */
         for (size_t i = 0; i < k; i++) {
             double *row = sk + i * l;
             float ki = kh[i];
             for (size_t j = 0; j < l; j++) row[j] += (double)(ki * w[j]);
         }
-        if (!tied)
-            for (size_t j = 0; j < l; j++) {
-                double *row = sv + j * k;
-                float wj = w[j];
-                for (size_t i = 0; i < k; i++) row[i] += (double)(wj * vh[i]);
-            }
+        for (size_t j = 0; j < l; j++) {
+            double *row = sv + j * k;
+            float wj = w[j];
+            for (size_t i = 0; i < k; i++) row[i] += (double)(wj * vh[i]);
+        }
     }
 }
 
@@ -1054,7 +1138,9 @@ static void step_item(luna_ctx *c, int lane, size_t item, void *arg)
     }
     size_t d = (size_t)c->m->cfg.d, o = item * d;
     luna_gen_state *s = j->s[item];
-    causal_row(c, lane, j->li, s, j->Q + o, j->K + o, j->V + o, j->C + o, s->t, j->O + o);
+    size_t nx = item + (size_t)(c->threads > 1 ? c->threads : 1);
+    const double *next = nx < j->B ? j->s[nx]->sum + (size_t)j->li * sums_per_layer(&c->m->cfg) : NULL;
+    causal_row(c, lane, j->li, s, j->Q + o, j->K + o, j->V + o, j->C + o, s->t, j->O + o, next);
 }
 
 /* The layers lin[0 .. count), of as many outputs each, as one phase of column blocks: two a

@@ -146,15 +146,4 @@ static inline __attribute__((always_inline)) float kn_dot(const float *a, const 
     return kn_lane_tree(p);
 }
 
-/* The same with each b[k] rounded to float first (b: a state's sums, kept in double). */
-static inline __attribute__((always_inline)) float kn_dot_fd(const float *a, const double *b, size_t n)
-{
-    float p[16] = {0};
-    size_t k = 0;
-    for (; k + 16 <= n; k += 16)
-        for (size_t l = 0; l < 16; l++) p[l] = p[l] + a[k + l] * (float)b[k + l];
-    for (size_t l = 0; k + l < n; l++) p[l] = p[l] + a[k + l] * (float)b[k + l];
-    return kn_lane_tree(p);
-}
-
 #endif

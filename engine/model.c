@@ -847,17 +847,20 @@ done:
 }
 
 /* causal-lm: Pq of every layer, pq_proj(P0) k^-1/2 with P0 = projected_embeddings *
- * embed_scale. P is a parameter that no layer changes, so Pq depends on the weights alone. */
+ * embed_scale. P is a parameter that no layer changes, so Pq depends on the weights alone.
+ * Also each head's part transposed, for the decode steps (pqt). */
 static int cache_pq(luna_model *m, char *err, size_t errlen)
 {
     const luna_config *c = &m->cfg;
     size_t d = (size_t)c->d, l = (size_t)c->l;
     m->pq = malloc((size_t)c->layers * l * d * sizeof(float));
+    m->pqt = malloc((size_t)c->layers * l * d * sizeof(float));
     float *P0 = malloc(l * d * sizeof(float));
-    if (m->pq == NULL || P0 == NULL) {
+    if (m->pq == NULL || m->pqt == NULL || P0 == NULL) {
         free(m->pq);
+        free(m->pqt);
         free(P0);
-        m->pq = NULL;
+        m->pq = m->pqt = NULL;
         seterr(err, errlen, "out of memory for the cached Pq");
         return LUNA_ENOMEM;
     }
@@ -866,6 +869,12 @@ static int cache_pq(luna_model *m, char *err, size_t errlen)
     float s = 1.0f / sqrtf((float)(c->d / c->H));
     for (int i = 0; i < c->layers; i++)
         kn_linear(&m->layers[i].pq_proj, P0, l, d, m->pq + (size_t)i * l * d, d, s);
+    size_t H = (size_t)c->H, k = d / H;
+    for (size_t i = 0; i < (size_t)c->layers; i++)
+        for (size_t h = 0; h < H; h++)
+            for (size_t e = 0; e < k; e++)
+                for (size_t j = 0; j < l; j++)
+                    m->pqt[((i * H + h) * k + e) * l + j] = m->pq[(i * l + j) * d + h * k + e];
     free(P0);
     return 0;
 }
@@ -929,6 +938,7 @@ void luna_model_free(luna_model *m)
         munmap(m->map, m->map_len);
     free(m->owned);
     free(m->pq);
+    free(m->pqt);
     free(m);
 }
 

@@ -53,6 +53,8 @@ struct luna_model {
                                                       tie_embeddings it points at embed_tokens */
     float *pq;            /* causal-lm: (layers, l, d) pq_proj(P0) k^-1/2, a function of the
                              weights alone, computed once at load and shared by every state */
+    float *pqt;           /* causal-lm: (layers, H, k, l) the same, each head's (l, k) part
+                             transposed: a decode step's w = c Pq^T, row after row (causal_row) */
 
     /* storage */
     void *map;            /* model.safetensors, mapped read-only */
