@@ -259,8 +259,9 @@ int luna_step(luna_ctx *c, luna_gen_state *s, int32_t token, float *logits);
  * B rows of vocab_size. Every row's result is bit for bit the same whatever B is, wherever the
  * row sits and whatever the other rows hold (kn_linear_fixed; each row's attention alone), so
  * a seeded generation gives the same bytes alone or in any batch. The step runs on the
- * context's lanes (luna_ctx_set_lanes): its layers' output columns and its rows are shared
- * out, each output and row computed as on one lane. EINVAL (a state of another
+ * context's lanes (luna_ctx_set_lanes): with 8 rows a lane or more each lane takes a group of
+ * rows through every layer, else its layers' output columns and its rows' attention are
+ * shared out; each output and row is computed as on one lane. EINVAL (a state of another
  * model or kind, a state twice, a bad token), ETOOLONG (a state at max_positions), ECANCELED;
  * on an error no state has moved. */
 int luna_step_batch(luna_ctx *c, luna_gen_state *const *s, const int32_t *tokens, size_t B, float *logits);

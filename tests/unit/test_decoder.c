@@ -457,10 +457,13 @@ Test(decoder, loader_binds_exactly_the_causal_tensors)
 /* Every stream steps to the same bits alone and inside batches of 2 to 32, in any position,
  * with other streams joining and leaving between steps, the batch's step on 1 to 3 lanes: the
  * property that lets the server batch decode steps (on the cores it has free) and still give a
- * seeded request the same bytes whatever else runs. */
+ * seeded request the same bytes whatever else runs. The first steps' sizes are set so that
+ * both ways of sharing a step are taken: rows cut into a group a lane (8 rows a lane or more:
+ * 17 on 2 lanes, 25 on 3, in uneven groups), and columns (9 rows on 2 lanes). */
 static void batch_invariance(const char *model)
 {
-    enum { S = 32, STEPS = 6 };
+    enum { S = 32, STEPS = 8 };
+    static const int sizes[] = {32, 17, 25, 5, 9}; /* on 1, 2, 3, 1, 2 lanes */
     luna_model *m = golden_model(model);
     const luna_config *cfg = luna_model_config(m);
     size_t V = (size_t)cfg->vocab_size;
@@ -483,6 +486,7 @@ static void batch_invariance(const char *model)
     for (int step = 0; step < STEPS; step++) {
         /* this step's batch: a random subset of 2..32 streams in a random order */
         int order[S], B = 2 + (int)((x = x * 1103515245u + 12345u) >> 16) % (S - 1);
+        if (step < (int)(sizeof sizes / sizeof *sizes)) B = sizes[step];
         for (int i = 0; i < S; i++) order[i] = i;
         for (int i = S - 1; i > 0; i--) {
             x = x * 1103515245u + 12345u;
