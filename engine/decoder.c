@@ -659,31 +659,28 @@ static void causal_head(const luna_ctx *c, int li, luna_gen_state *s, const floa
 typedef float row_f8 __attribute__((vector_size(32)));
 typedef double row_d4 __attribute__((vector_size(32)));
 
-static inline __attribute__((always_inline)) row_f8 row_load_f(const float *p)
-{
-    row_f8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+/* The helpers take and give vectors through pointers: by value, a 32-byte vector's calling
+ * convention would depend on whether the build enables AVX (gcc's -Wpsabi). */
+static inline __attribute__((always_inline)) void row_load_f(row_f8 *v, const float *p) { memcpy(v, p, sizeof *v); }
 
 /* 8 sums from the state, rounded to float */
-static inline __attribute__((always_inline)) row_f8 row_load_d(const double *p)
+static inline __attribute__((always_inline)) void row_load_d(row_f8 *v, const double *p)
 {
     row_d4 lo, hi;
     memcpy(&lo, p, sizeof lo);
     memcpy(&hi, p + 4, sizeof hi);
-    row_f8 v = {(float)lo[0], (float)lo[1], (float)lo[2], (float)lo[3],
+    row_f8 f = {(float)lo[0], (float)lo[1], (float)lo[2], (float)lo[3],
                 (float)hi[0], (float)hi[1], (float)hi[2], (float)hi[3]};
-    return v;
+    *v = f;
 }
 
 /* p += the 8 float products, each widened to double */
-static inline __attribute__((always_inline)) void row_add_d(double *p, row_f8 v)
+static inline __attribute__((always_inline)) void row_add_d(double *p, const row_f8 *v)
 {
     row_d4 lo, hi;
     memcpy(&lo, p, sizeof lo);
     memcpy(&hi, p + 4, sizeof hi);
-    row_d4 vl = {v[0], v[1], v[2], v[3]}, vh = {v[4], v[5], v[6], v[7]};
+    row_d4 vl = {(*v)[0], (*v)[1], (*v)[2], (*v)[3]}, vh = {(*v)[4], (*v)[5], (*v)[6], (*v)[7]};
     lo += vl;
     hi += vh;
     memcpy(p, &lo, sizeof lo);
@@ -691,9 +688,9 @@ static inline __attribute__((always_inline)) void row_add_d(double *p, row_f8 v)
 }
 
 /* (v0 + v4) + (v2 + v6) + ((v1 + v5) + (v3 + v7)), as a vector's halves fold */
-static inline __attribute__((always_inline)) float row_fold(row_f8 v)
+static inline __attribute__((always_inline)) float row_fold(const row_f8 *v)
 {
-    float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+    float a0 = (*v)[0] + (*v)[4], a1 = (*v)[1] + (*v)[5], a2 = (*v)[2] + (*v)[6], a3 = (*v)[3] + (*v)[7];
     return (a0 + a2) + (a1 + a3);
 }
 
@@ -721,7 +718,9 @@ static void causal_row(const luna_ctx *c, int lane, int li, luna_gen_state *s, c
             float ce = ch[e];
             size_t j = 0;
             for (; j < l8; j += 8) {
-                row_f8 acc = row_load_f(w + j) + ce * row_load_f(row + j);
+                row_f8 acc, x;
+                row_load_f(&acc, w + j), row_load_f(&x, row + j);
+                acc += ce * x;
                 memcpy(w + j, &acc, sizeof acc);
             }
             for (; j < l; j++) w[j] += ce * row[j];
@@ -735,7 +734,9 @@ static void causal_row(const luna_ctx *c, int lane, int li, luna_gen_state *s, c
             float qi = qh[i];
             size_t j = 0;
             for (; j < l8; j += 8) {
-                row_f8 acc = row_load_f(a + j) + qi * row_load_d(row + j);
+                row_f8 acc, x;
+                row_load_f(&acc, a + j), row_load_d(&x, row + j);
+                acc += qi * x;
                 memcpy(a + j, &acc, sizeof acc);
             }
             for (; j < l; j++) a[j] += qi * (float)row[j];
@@ -756,10 +757,13 @@ static void causal_row(const luna_ctx *c, int lane, int li, luna_gen_state *s, c
                     for (size_t b = 0; b < l; b += 8) __builtin_prefetch(pf + i * l + b, 1, 3);
                 size_t j = 0;
                 for (; j < l8; j += 8) {
-                    p += row_load_f(a + j) * row_load_d(row + j);
-                    row_add_d(row + j, ki * row_load_f(w + j));
+                    row_f8 av, x, wv;
+                    row_load_f(&av, a + j), row_load_d(&x, row + j), row_load_f(&wv, w + j);
+                    p += av * x;
+                    wv = ki * wv;
+                    row_add_d(row + j, &wv);
                 }
-                float dot = row_fold(p);
+                float dot = row_fold(&p);
                 for (; j < l; j++) {
                     dot += a[j] * (float)row[j];
                     row[j] += (double)(ki * w[j]);
