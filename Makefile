@@ -29,7 +29,7 @@ V       ?= 0
 BUILD   ?= build
 PKGS    := openblas libmicrohttpd libcjson libuv
 OPT     ?= -O3 -march=x86-64-v3
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g $(OPT) -fopenmp-simd -fno-trapping-math -fno-math-errno -MMD -MP \
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g $(OPT) -fopenmp-simd -ffp-contract=off -fno-trapping-math -fno-math-errno -MMD -MP \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I.
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 TESTLIBS := -lcriterion

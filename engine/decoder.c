@@ -4,12 +4,13 @@
  *
  * The data flows in this order, and so does this file:
  *   states -> workspace layout -> lanes (a prefill's work on several threads) -> embedding
- *   -> causal Luna attention -> KV-cache attention -> the layer loop (prefill, in phases that
- *   the lanes share; a step is a batch of rows, its phases shared by the lanes too).
+ *   -> causal Luna attention -> KV-cache attention -> the layer loop (prefill: whole chunks a
+ *   lane, or one chunk's phases shared by the lanes; a step is a batch of rows, its row groups
+ *   or its phases shared by the lanes too).
  *
- * A chunk of c tokens goes through every layer before the next chunk starts: position t of
- * layer L depends only on positions <= t of layer L-1, so nothing of the sequence is kept
- * but the state. For one head, with S_K = sum k_i^T w_i (k x l) and S_V = sum w_i^T v_i
+ * A chunk of c tokens goes through every layer, layer L of it after layer L of the chunk
+ * before: position t of layer L depends only on positions <= t of layer L-1, so nothing of the
+ * sequence is kept but the state. For one head, with S_K = sum k_i^T w_i (k x l) and S_V = sum w_i^T v_i
  * (l x k) over the tokens before the chunk (the state), and rows i of the chunk at positions
  * t_i, LUNA.md's recurrence unrolls into matrix products:
  *   W = phi(C Pq^T)                                   (c, l)
@@ -272,13 +273,16 @@ void luna__dec_layout(const luna_config *cfg, int chunk, luna_attn attn, int lan
 /* ---- lanes ------------------------------------------------------------------------------------
  *
  * A prefill with k > 1 lanes runs on the calling thread (lane 0) and on k - 1 of the
- * context's helper threads, which live as long as the context. The calling thread walks the
- * chunks and layers as one lane would, and cuts each step into a phase of items: the column
- * blocks of the linear layers, the heads, groups of 64 rows for the row-wise steps (embedding,
- * norms). It publishes a phase, takes items itself, and goes on once every item is done
- * (lanes_phase). Helpers take the items they can while a phase lasts; between phases they poll
- * briefly, then sleep. Nobody waits for a lane that has no item: on a busy machine, a helper
- * that is not scheduled costs nothing but its help (a barrier would stall every phase on it).
+ * context's helper threads, which live as long as the context. With two chunks or more, the
+ * lanes take whole chunks in turn (pipe_item), each chunk's heads of a layer after the chunk
+ * before's; a lane that the machine does not schedule then holds up the chunks after its own
+ * at their next heads, for as long as it waits. With one chunk, the calling thread walks its
+ * layers as one lane would, and cuts each step into a phase of items: the column blocks of the
+ * linear layers, the heads, groups of 64 rows for the row-wise steps (embedding, norms). It
+ * publishes a phase, takes items itself, and goes on once every item is done (lanes_phase).
+ * Helpers take the items they can while a phase lasts; between phases they poll briefly, then
+ * sleep. Nobody waits for a lane that has no item: on a busy machine, a helper that is not
+ * scheduled costs nothing but its help (a barrier would stall every phase on it).
  *
  * Bits. An item's shape does not depend on k: a column block is a function of its layer's
  * width alone (col_blocks), a head is a head, a row a row. An item is the same calls with the
@@ -604,8 +608,8 @@ static void causal_head(const luna_ctx *c, int li, luna_gen_state *s, const floa
     size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, l = (size_t)cfg->l;
     int tied = cfg->tie_kv;
     const float *Pq = m->pq + (size_t)li * l * d;
-    double *SK64 = s->sum + (size_t)li * sums_per_layer(cfg), *SV64 = SK64 + d * l;
-    double *sk = SK64 + h * k * l, *sv = SV64 + h * l * k;
+    double *SK64 = s->sum + (size_t)li * sums_per_layer(cfg), *sk = SK64 + h * k * l;
+    double *sv = tied ? NULL : SK64 + d * l + h * l * k; /* tied: the sums hold S_K alone */
     float *SKh = SK + h * k * l, *SVh = SV + h * l * k;
     float *Wt = w->W, *A = w->A, *G = w->G, *U = w->U;
     for (size_t i = 0; i < k * l; i++) SKh[i] = (float)sk[i];
@@ -702,13 +706,13 @@ static void causal_row(const luna_ctx *c, int lane, int li, luna_gen_state *s, c
     size_t d = (size_t)cfg->d, H = (size_t)cfg->H, k = d / H, l = (size_t)cfg->l, l8 = l / 8 * 8;
     int tied = cfg->tie_kv;
     const float *Pqt = m->pqt + (size_t)li * l * d;
-    double *SK64 = s->sum + (size_t)li * sums_per_layer(cfg), *SV64 = SK64 + d * l;
+    double *SK64 = s->sum + (size_t)li * sums_per_layer(cfg);
     lane_scratch ls = scratch_of(c, lane);
     float *w = ls.W, *a = ls.A;
     float inv_t = (float)(1.0 / (double)(t0 + 1));
     for (size_t h = 0; h < H; h++) {
         const float *qh = q + h * k, *kh = kk + h * k, *vh = v + h * k, *ch = cc + h * k;
-        double *sk = SK64 + h * k * l, *sv = SV64 + h * l * k;
+        double *sk = SK64 + h * k * l, *sv = tied ? NULL : SK64 + d * l + h * l * k;
         float *oh = o + h * k;
         /* w = phi(c Pq^T): Pq^T's rows (pqt), scaled by c, in turn */
         const float *pt = Pqt + h * k * l;
@@ -861,9 +865,9 @@ typedef struct {
     float *logits;
     int all;
     uint64_t t0;            /* the state's tokens before the call */
-    int pipe;               /* the lanes run whole chunks (prefill_pipe) */
+    int pipe;               /* the lanes run whole chunks (pipe_item) */
     size_t next;            /* the next chunk to take */
-    size_t done;            /* the chunks taken and finished (a prefix of them: see prefill_pipe) */
+    size_t done;            /* the chunks taken and finished (a prefix of them: see pipe_item) */
     size_t heads[LUNA_MAX_LAYERS]; /* the chunks whose heads of layer li have run */
     int stop;               /* canceled: no chunk is taken after it */
 } prefill_job;
@@ -1049,8 +1053,8 @@ static size_t prefill_phased(luna_ctx *c, int lanes, prefill_job *job)
  * nothing else of it depends on another chunk; so the lanes run side by side, each a layer or
  * so behind the one before, and each chunk's every step is the same call on the same shapes
  * as in prefill_phased: the same bits. Chunks are taken in order and a taken chunk is always
- * finished (lane 0 alone reads the cancel flag, and stops the taking), so the chunks done are
- * the first `done` of the call. */
+ * finished (a lane that sees the cancel flag stops the taking), so the chunks done are the
+ * first `done` of the call. */
 static void pipe_item(luna_ctx *c, int lane, size_t item, void *arg)
 {
     (void)item;
@@ -1058,7 +1062,7 @@ static void pipe_item(luna_ctx *c, int lane, size_t item, void *arg)
     luna_lanes *t = c->team;
     size_t ch = (size_t)c->chunk, chunks = (job->n + ch - 1) / ch;
     for (;;) {
-        int stop = lane == 0 && canceled(c);
+        int stop = canceled(c);
         pthread_mutex_lock(&t->mu);
         if (stop) job->stop = 1;
         size_t q = job->stop || job->next == chunks ? SIZE_MAX : job->next++;
@@ -1081,7 +1085,9 @@ static int prefill_run(luna_ctx *c, int lanes, prefill_job *job)
 {
     size_t ch = (size_t)c->chunk, chunks = (job->n + ch - 1) / ch, done;
     int pipe_lanes = lanes < (int)chunks ? lanes : (int)chunks;
-    if (c->team && pipe_lanes > 1) {
+    if (canceled(c)) { /* before a helper still polling from the last phase takes a chunk */
+        done = 0;
+    } else if (c->team && pipe_lanes > 1) {
         job->pipe = 1;
         lanes_phase(c, pipe_lanes, pipe_item, job, (size_t)pipe_lanes);
         done = job->done * ch < job->n ? job->done * ch : job->n;

@@ -553,7 +553,8 @@ void kn_phi(luna_phi phi, float *x, size_t n)
 #pragma omp simd
         for (size_t i = 0; i < n; i++) {
             float z = x[i], a = z > 0.0f ? z : -z;
-            x[i] = (z > 0.0f ? z : 0.0f) + log1p_unit(kn_exp2f(-a)) * 1.44269504088896341f;
+            float y = (z > 0.0f ? z : 0.0f) + log1p_unit(kn_exp2f(-a)) * 1.44269504088896341f;
+            x[i] = z == z ? y : z; /* a NaN stays one (kn_exp2f would clamp it) */
         }
         break;
     case LUNA_PHI_ELU_PLUS_1:
@@ -563,7 +564,8 @@ void kn_phi(luna_phi phi, float *x, size_t n)
 #pragma omp simd
         for (size_t i = 0; i < n; i++) {
             float z = x[i], a = z > 0.0f ? z : -z;
-            x[i] = (z > 0.0f ? z : 0.0f) + log1p_unit(kn_expf(-a));
+            float y = (z > 0.0f ? z : 0.0f) + log1p_unit(kn_expf(-a));
+            x[i] = z == z ? y : z;
         }
         break;
     }

@@ -134,8 +134,9 @@ static inline __attribute__((always_inline)) float kn_lane_tree(float p[16])
  * row's attention (causal_row), where a serial sum's chain of dependent adds would cost more
  * than the products. Inline and plain C, so that the lanes vectorise at any -march. Unlike
  * kn_linear_fixed's, the order is one build's, not every build's: a compiler that contracts
- * p + a b into an fma (clang by default, gcc with -ffp-contract=fast; not gcc under the
- * Makefile's -std=c11) gives other bits, the same in every row and batch of that build. */
+ * p + a b into an fma (clang by default, gcc with -ffp-contract=fast) gives other bits, the
+ * same in every row and batch of that build; the Makefile's -ffp-contract=off keeps them apart
+ * under gcc and clang alike. */
 static inline __attribute__((always_inline)) float kn_dot(const float *a, const float *b, size_t n)
 {
     float p[16] = {0};

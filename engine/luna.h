@@ -151,7 +151,8 @@ int luna_ctx_set_lanes(luna_ctx *c, int lanes);
 /* The context's chunk length (rows), the unit of its prefills. */
 int luna_ctx_chunk(const luna_ctx *c);
 
-/* The flag is polled between chunks and layers; when it becomes non-zero the running call
+/* The flag is polled between chunks and layers (a causal LM's prefill: before each chunk it
+ * takes; chunks that lanes are running finish first); when it becomes non-zero the running call
  * returns LUNA_ECANCELED. NULL detaches it. The flag must outlive its use by the context. */
 void luna_ctx_set_cancel(luna_ctx *c, const atomic_int *flag);
 

@@ -40,7 +40,7 @@ out=build/fuzz
 mkdir -p "$out"
 CC=${FUZZ_CC:-clang}
 SAN="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-CFLAGS="-std=c11 -D_GNU_SOURCE -g -O1 -I. $(pkg-config --cflags libcjson openblas) -Wall -Wno-unused-function"
+CFLAGS="-std=c11 -D_GNU_SOURCE -ffp-contract=off -g -O1 -I. $(pkg-config --cflags libcjson openblas) -Wall -Wno-unused-function"
 API_SRC=$(ls api/*.c)
 ENGINE_SRC=$(ls engine/*.c | grep -v '^engine/model.c$')
 LIBS="$(pkg-config --libs libcjson openblas) -lm -lpthread"
