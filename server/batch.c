@@ -686,9 +686,10 @@ void srv_batch_run_prefill(srv_app *app, luna_ctx *ctx, srv_seq *s, int lanes)
      * prefill piece (LUNA_GEN_PREFILL_PIECE, 16 chunks), as --max-batch 1 does, so that its
      * lanes run whole chunks side by side (engine/luna.h: luna_prefill), some 15% faster than
      * splitting each chunk between them; a short slice would leave them idle at its end while
-     * the last chunk finishes. A request that arrives meanwhile takes the other worker. */
+     * the last chunk finishes. A request that arrives meanwhile takes another worker; with one
+     * worker (its lanes BLAS threads) it would wait for the slice, so the slice stays short. */
     size_t slice = app->batch->slice;
-    if (in_use > 1 && slice < LUNA_GEN_PREFILL_PIECE) slice = LUNA_GEN_PREFILL_PIECE;
+    if (in_use > 1 && app->n_workers > 1 && slice < LUNA_GEN_PREFILL_PIECE) slice = LUNA_GEN_PREFILL_PIECE;
     double t0 = srv_now();
     long n = prefill_slice(app, ctx, job, s->choice, &s->g, &s->pin, slice);
     double dt = srv_now() - t0;

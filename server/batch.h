@@ -13,7 +13,8 @@
  *     not stuck behind a long one, and slices end on the engine's chunk boundaries, so that
  *     any slicing gives the same bits. With a core to spare the slice runs beside the decode
  *     steps; on one worker, slices and steps alternate. A lone slice (nothing else runs or
- *     waits) runs on every core and takes 4096 tokens (srv_batch_run_prefill).
+ *     waits) runs on every core and, with another worker free for what arrives meanwhile,
+ *     takes 4096 tokens (srv_batch_run_prefill).
  * A sequence joins the decode steps once its prompt is in and leaves the moment it finishes,
  * is cancelled (the client left, a deadline, shutdown) or fails. A request is answered when
  * its last sequence has left. Every row of a batched step gives the bits it would give alone

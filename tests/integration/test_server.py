@@ -1358,6 +1358,26 @@ def test_long_prompt_prefilled_between_steps():
         assert s.stop() == 0
 
 
+def test_lone_prompt_takes_long_slices():
+    # A prompt alone on a server of two workers is prefilled on both cores in slices of 4096
+    # tokens (its lanes run whole chunks side by side), not --max-batch-tokens (256); on one
+    # worker (two BLAS threads) the slices stay short, so that a request arriving meanwhile is
+    # not held up. Counted in slices, not time: 9,000 tokens, the state cache storing at 4096,
+    # 8192 and the last 256-token boundary, are 4 slices on two workers and at least 36 on one.
+    for flags, fewest, most in ((("--workers", "2", "--blas-threads", "1"), 1, 5),
+                                (("--workers", "1", "--blas-threads", "2"), 36, 10 ** 6)):
+        s = Server(*flags, "--max-batch-tokens", "256", model="", gen=SLOW_LM)
+        try:
+            st, _, b = s.json("POST", "/generate", {"inputs": slow_prompt(9000), "parameters": {"max_new_tokens": 1}},
+                              timeout=600)
+            assert st == 200, b
+            m = s.metrics()
+            n, tokens = m["luna_batch_prefill_tokens_count"], m["luna_batch_prefill_tokens_sum"]
+            assert tokens == 9001 and fewest <= n <= most, (flags, n, tokens)
+        finally:
+            assert s.stop() == 0
+
+
 def test_classify_not_held_by_waiting_streams():
     # Generations that wait for rows of the batch do not hold up a classification queued after
     # them: the queue's two lanes (the batch's, and the workers') each keep their own order. Two
@@ -2544,7 +2564,8 @@ def main():
              (test_playground_assets, shared), (test_gets_share_one_connection, shared),
              (test_echo_of_a_prompt_cut_mid_character, shared), (test_connection_timeout_and_per_ip_limit, None),
              (test_generate_limits, None), (test_batch_bytes_match_alone, None), (test_batch_streams_step_together, None),
-             (test_long_prompt_prefilled_between_steps, None), (test_classify_not_held_by_waiting_streams, None),
+             (test_long_prompt_prefilled_between_steps, None), (test_lone_prompt_takes_long_slices, None),
+             (test_classify_not_held_by_waiting_streams, None),
              (test_prompt_that_cannot_be_prefilled_in_time, None), (test_hashed_ngram_model, None), (test_stream_pings_deadline_and_disconnects, None),
              (test_auth_and_cors, None),
              (test_memory_never_fits, None), (test_classify_raw_body, None), (test_classify_raw_body_cut_short, None),
