@@ -19,6 +19,7 @@
  *   S_K += K^T W,  S_V += W^T V
  * where tril keeps j <= i (token i sees itself). The cost is O(c (k l + c k + c l)) per head
  * per chunk, linear in the sequence; the state never grows. */
+#include <assert.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -229,7 +230,7 @@ static chunk_bufs bufs_of(const luna_ctx *c, int lane)
                             W(c, dY), W(c, F),  W(c, dSK), W(c, dSV), W(c, dlogits)};
     const luna_config *cfg = &c->m->cfg;
     size_t cd = round16((size_t)c->chunk * (size_t)cfg->d), dl = round16((size_t)cfg->d * (size_t)cfg->l);
-    float *p = W(c, dP) + (size_t)(lane - 1) * c->L.dP_size;
+    float *p = W(c, dP) + (size_t)(lane - 1) * c->L.dP_size, *end = p + c->L.dP_size;
     chunk_bufs b;
     float **rows[] = {&b.X, &b.T, &b.Q, &b.K, &b.V, &b.C, &b.O, &b.Y};
     for (size_t i = 0; i < 8; i++) *rows[i] = p, p += cd;
@@ -237,6 +238,8 @@ static chunk_bufs bufs_of(const luna_ctx *c, int lane)
     b.SK = p, p += dl;
     b.SV = p, p += dl;
     b.logits = p;
+    assert(p + round16((size_t)cfg->vocab_size) == end); /* chunk_floats laid out what is carved here */
+    (void)end;
     return b;
 }
 
