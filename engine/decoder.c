@@ -378,12 +378,14 @@ static void *helper_main(void *p)
 
 /* Runs fn on items 0 .. items - 1, here and on the helpers of lanes 1 .. lanes - 1, and
  * returns when all are done; everything an item wrote is then visible to the caller, and to
- * every item of the next phase (mu orders them). With one lane, in order, here. */
-static void lanes_phase(luna_ctx *c, int lanes, item_fn fn, void *arg, size_t items)
+ * every item of the next phase (mu orders them). With one lane (or one item), in order, here,
+ * as lane `lane`: the caller's, 0 but inside a pipeline's chunk or a step's row group, whose
+ * phases run on their own lane. */
+static void lanes_phase(luna_ctx *c, int lanes, int lane, item_fn fn, void *arg, size_t items)
 {
     luna_lanes *t = c->team;
     if (!t || lanes <= 1 || items <= 1) {
-        for (size_t i = 0; i < items; i++) fn(c, 0, i, arg);
+        for (size_t i = 0; i < items; i++) fn(c, lane, i, arg);
         return;
     }
     pthread_mutex_lock(&t->mu);
@@ -694,6 +696,23 @@ static inline __attribute__((always_inline)) void row_add_d(double *p, const row
     memcpy(p + 4, &hi, sizeof hi);
 }
 
+/* y[0 .. l) += s x, x of floats (xf) or of sums rounded to float (xd; the other NULL): 8 at a
+ * time, then one by one past the last 8 (l8 = l rounded down to 8) */
+static inline __attribute__((always_inline)) void row_axpy(float *y, float s, const float *xf, const double *xd,
+                                                           size_t l, size_t l8)
+{
+    size_t j = 0;
+    for (; j < l8; j += 8) {
+        row_f8 acc, x;
+        row_load_f(&acc, y + j);
+        if (xf) row_load_f(&x, xf + j);
+        else row_load_d(&x, xd + j);
+        acc += s * x;
+        memcpy(y + j, &acc, sizeof acc);
+    }
+    for (; j < l; j++) y[j] += s * (xf ? xf[j] : (float)xd[j]);
+}
+
 /* (v0 + v4) + (v2 + v6) + ((v1 + v5) + (v3 + v7)), as a vector's halves fold */
 static inline __attribute__((always_inline)) float row_fold(const row_f8 *v)
 {
@@ -720,34 +739,12 @@ static void causal_row(const luna_ctx *c, int lane, int li, luna_gen_state *s, c
         /* w = phi(c Pq^T): Pq^T's rows (pqt), scaled by c, in turn */
         const float *pt = Pqt + h * k * l;
         for (size_t j = 0; j < l; j++) w[j] = 0.0f;
-        for (size_t e = 0; e < k; e++) {
-            const float *row = pt + e * l;
-            float ce = ch[e];
-            size_t j = 0;
-            for (; j < l8; j += 8) {
-                row_f8 acc, x;
-                row_load_f(&acc, w + j), row_load_f(&x, row + j);
-                acc += ce * x;
-                memcpy(w + j, &acc, sizeof acc);
-            }
-            for (; j < l; j++) w[j] += ce * row[j];
-        }
+        for (size_t e = 0; e < k; e++) row_axpy(w, ch[e], pt + e * l, NULL, l, l8);
         kn_phi(cfg->causal_phi, w, l);
         /* a = (q S_K + (q . k) w) / t, alpha = softmax(a): S_K's rows in turn, scaled by q */
         float qk = kn_dot(qh, kh, k);
         for (size_t j = 0; j < l; j++) a[j] = 0.0f;
-        for (size_t i = 0; i < k; i++) {
-            const double *row = sk + i * l;
-            float qi = qh[i];
-            size_t j = 0;
-            for (; j < l8; j += 8) {
-                row_f8 acc, x;
-                row_load_f(&acc, a + j), row_load_d(&x, row + j);
-                acc += qi * x;
-                memcpy(a + j, &acc, sizeof acc);
-            }
-            for (; j < l; j++) a[j] += qi * (float)row[j];
-        }
+        for (size_t i = 0; i < k; i++) row_axpy(a, qh[i], NULL, sk + i * l, l, l8);
         for (size_t j = 0; j < l; j++) a[j] = (a[j] + qk * w[j]) * inv_t;
         kn_softmax_rows(a, 1, l, l);
         /* o = (alpha S_V + (alpha . w) v) / t; tied, S_V is S_K^T: row i of S_K gives o_i, and
@@ -925,11 +922,7 @@ static void prefill_item(luna_ctx *c, int lane, size_t item, void *arg)
 static void chunk_phase(luna_ctx *c, int lanes, chunk_job *cj, prefill_step step, size_t items)
 {
     cj->step = step;
-    if (lanes > 1) {
-        lanes_phase(c, lanes, prefill_item, cj, items);
-        return;
-    }
-    for (size_t i = 0; i < items; i++) prefill_item(c, cj->lane, i, cj);
+    lanes_phase(c, lanes, cj->lane, prefill_item, cj, items);
 }
 
 /* Sets the chunk's linear layers (up to 4) and runs their column blocks as one step. */
@@ -1092,7 +1085,7 @@ static int prefill_run(luna_ctx *c, int lanes, prefill_job *job)
         done = 0;
     } else if (c->team && pipe_lanes > 1) {
         job->pipe = 1;
-        lanes_phase(c, pipe_lanes, pipe_item, job, (size_t)pipe_lanes);
+        lanes_phase(c, pipe_lanes, 0, pipe_item, job, (size_t)pipe_lanes);
         done = job->done * ch < job->n ? job->done * ch : job->n;
     } else {
         done = prefill_phased(c, lanes, job);
@@ -1165,16 +1158,6 @@ static void step_item(luna_ctx *c, int lane, size_t item, void *arg)
     causal_row(c, lane, j->li, s, j->Q + o, j->K + o, j->V + o, j->C + o, s->t, j->O + o, next);
 }
 
-/* A phase of the step: on `lanes` lanes, or (one lane) here, on lane `lane`. */
-static void step_phase_run(luna_ctx *c, int lanes, int lane, step_job *j, size_t items)
-{
-    if (lanes > 1) {
-        lanes_phase(c, lanes, step_item, j, items);
-        return;
-    }
-    for (size_t i = 0; i < items; i++) step_item(c, lane, i, j);
-}
-
 /* The layers lin[0 .. count), of as many outputs each, as one phase of column blocks: two a
  * lane, so that a lane the machine slows leaves its share to the others, of 16 columns at
  * least (col_span). */
@@ -1184,7 +1167,7 @@ static void step_linear(luna_ctx *c, int lanes, int lane, step_job *j, const lin
     j->phase = S_LINEAR;
     j->blocks = nb < n / 16 ? nb : n / 16 ? n / 16 : 1;
     memcpy(j->lin, lin, (size_t)count * sizeof *lin);
-    step_phase_run(c, lanes, lane, j, (size_t)count * j->blocks);
+    lanes_phase(c, lanes, lane, step_item, j, (size_t)count * j->blocks);
 }
 
 /* Rows r0 .. r0 + B of a step (their states s, tokens and logits rows, NULL for none) through
@@ -1221,7 +1204,7 @@ static void step_run(luna_ctx *c, int lanes, int lane, luna_gen_state *const *s,
         step_linear(c, lanes, lane, &job, proj, np);
         job.phase = S_ROWS;
         job.li = li;
-        step_phase_run(c, lanes, lane, &job, B);
+        lanes_phase(c, lanes, lane, step_item, &job, B);
         /* as encoder.c's attn_out_ffn: X += out_proj(O), the norm, X += fc2(act(fc1(x))), the norm */
         lin_job out = {&ly->out_proj, O, d, Y, d, 1.0f, 0, 0, X};
         step_linear(c, lanes, lane, &job, &out, 1);
@@ -1277,7 +1260,7 @@ int luna_step_batch(luna_ctx *c, luna_gen_state *const *s, const int32_t *tokens
     int lanes = c->threads;
     if (lanes > 1 && c->team && B >= (size_t)STEP_ROWS_PER_LANE * (size_t)lanes) {
         step_rows_job j = {s, tokens, B, (size_t)lanes, logits};
-        lanes_phase(c, lanes, step_rows, &j, (size_t)lanes);
+        lanes_phase(c, lanes, 0, step_rows, &j, (size_t)lanes);
     } else {
         step_run(c, lanes, 0, s, tokens, B, logits, 0);
     }
