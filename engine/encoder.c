@@ -226,8 +226,6 @@ void luna_ctx_free(luna_ctx *c)
 
 void luna_ctx_set_cancel(luna_ctx *c, const atomic_int *flag) { c->cancel = flag; }
 
-int luna_ctx_chunk(const luna_ctx *c) { return c->chunk; }
-
 int luna_ctx_set_lanes(luna_ctx *c, int lanes)
 {
     c->threads = lanes < 1 ? 1 : lanes > c->lanes_max ? c->lanes_max : lanes;

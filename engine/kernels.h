@@ -63,7 +63,7 @@ void kn_gemm_nn(size_t m, size_t n, size_t k, float alpha, const float *a, size_
 void kn_gemm_tn(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
                 const float *b, size_t ldb, float beta, float *c, size_t ldc);
 /* x = phi(x) in place over n floats: the causal attention's feature map (the softplus ones
- * vectorised: kn_expf and kn_log1p_unit). */
+ * vectorised: kn_expf or kn_exp2f, and kn_log1p_unit). */
 void kn_phi(luna_phi phi, float *x, size_t n);
 
 /* y = LayerNorm(x) row by row (eps 1e-5, weight and bias of length d); y may equal x. */

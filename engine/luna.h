@@ -148,8 +148,6 @@ size_t luna_workspace_bytes_attn(const luna_model *m, size_t n, luna_attn attn, 
  * shapes do not depend on it), so the lanes may change between the slices of one prompt;
  * so does a decode step (luna_step_batch), whatever its lanes. */
 int luna_ctx_set_lanes(luna_ctx *c, int lanes);
-/* The context's chunk length (rows), the unit of its prefills. */
-int luna_ctx_chunk(const luna_ctx *c);
 
 /* The flag is polled between chunks and layers (a causal LM's prefill: before each chunk it
  * takes; chunks that lanes are running finish first); when it becomes non-zero the running call
