@@ -42,6 +42,9 @@ luna_plan make_plan(const luna_model *m, const char *spec, size_t n, size_t max_
 /* "512M", "2G", "1048576" (K, M, G powers of 1024) as bytes, or exit 2 naming the flag. */
 size_t parse_bytes(const char *cmd, const char *flag, const char *s);
 
+/* qsort's comparison of doubles, ascending. */
+int cmp_double(const void *a, const void *b);
+
 /* cli_blas as a JSON object, into buf; returns buf. */
 const char *blas_json(char *buf, size_t cap);
 
@@ -49,5 +52,8 @@ const char *blas_json(char *buf, size_t cap);
 int cmd_generate(int argc, char **argv);
 int cmd_bench_gen(int argc, char **argv);
 int cmd_bench_batch(int argc, char **argv);
+
+/* cli/pack.c */
+int cmd_bench_pack(int argc, char **argv);
 
 #endif

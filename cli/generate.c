@@ -248,12 +248,6 @@ typedef struct {
     size_t state_bytes;
 } gen_bench_result;
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Prefills n tokens of pseudo-random printable bytes into s in pieces (nothing of size n is
  * allocated for a Luna state); logits after the last. With timing non-NULL, each piece is
  * timed alone, and this machine's sgemm rate is sampled for 0.2 s before it, so that the
@@ -484,12 +478,6 @@ static const char bench_batch_help[] =
     "                lane alternates too (vs_1_lane: the speed-up of the N lanes)\n"
     "  --threads N   OpenBLAS threads (the steps' kernel does not call OpenBLAS)\n";
 
-static int cmp_dbl(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 int cmd_bench_batch(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -572,10 +560,10 @@ int cmd_bench_batch(int argc, char **argv)
             t_b[k] = t1 - t0, t_1[k] = t2 - t1, t_v[k] = t3 - t2, t_l[k] = now_s() - t3;
         }
         if (rc) break;
-        qsort(t_b, (size_t)steps, sizeof *t_b, cmp_dbl);
-        qsort(t_1, (size_t)steps, sizeof *t_1, cmp_dbl);
-        qsort(t_v, (size_t)steps, sizeof *t_v, cmp_dbl);
-        qsort(t_l, (size_t)steps, sizeof *t_l, cmp_dbl);
+        qsort(t_b, (size_t)steps, sizeof *t_b, cmp_double);
+        qsort(t_1, (size_t)steps, sizeof *t_1, cmp_double);
+        qsort(t_v, (size_t)steps, sizeof *t_v, cmp_double);
+        qsort(t_l, (size_t)steps, sizeof *t_l, cmp_double);
         double mb = t_b[steps / 2], m1 = t_1[steps / 2], mv = t_v[steps / 2], ml = lanes > 1 ? t_l[steps / 2] : mb;
         double tps = (double)B / mb, vs1 = tps / (1.0 / m1), vsv = tps / (1.0 / mv), vsl = ml / mb;
         if (json)

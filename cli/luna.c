@@ -128,6 +128,12 @@ int run_in_child(void (*child)(void *arg, int fd), void *arg, void *result, size
     return got == (ssize_t)size && WIFEXITED(ws) && WEXITSTATUS(ws) == 0 ? 0 : -1;
 }
 
+int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
 int parse_lengths(const char *cmd, const char *flag, const char *list, size_t *out, int cap)
 {
     int count = 0;
@@ -615,6 +621,7 @@ static const char main_help[] =
     "  generate   generate text with a causal LM, streaming bytes to stdout\n"
     "  bench-gen  measure prefill throughput, time per token and state bytes at several contexts\n"
     "  bench-batch measure batched decode steps: tokens/s of B streams stepping together\n"
+    "  bench-pack measure packs: short documents classified as one forward against one by one\n"
     "  eval       score a model on a data file: accuracy and F1, or bits per byte\n"
     "  sgemm      measure this machine's sgemm rate\n"
     "Run 'luna COMMAND --help' for a command's options.\n"
@@ -662,6 +669,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-gen")) return cmd_bench_gen(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-batch")) return cmd_bench_batch(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-pack")) return cmd_bench_pack(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) { int cmd_eval(int, char **); return cmd_eval(argc - 1, argv + 1); } /* cli/eval.c */
     fprintf(stderr, "%s: unknown command '%s'\n", prog, cmd);
     fputs(main_help, stderr);

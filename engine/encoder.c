@@ -421,27 +421,35 @@ static float *vu_of(luna_ctx *c, int k)
     return c->m->cfg.tie_kv ? ku_of(c, k) : W(c, VU) + (size_t)k * c->m->cfg.l * c->m->cfg.d;
 }
 
+/* The unpack's attention of `rows` queries Q (stride d) against the lp packed rows KU, VU
+ * (stride d): O (stride d) = concat_h softmax(Q_h KU_h^T) VU_h; S (rows, lp) is scratch. */
+static void unpack_heads(const luna_config *cfg, const float *Q, const float *KU, const float *VU, size_t rows,
+                         size_t lp, float *S, float *O)
+{
+    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, hk = d / H;
+    for (size_t h = 0; h < H; h++) {
+        kn_gemm_nt(rows, lp, hk, 1.0f, Q + h * hk, d, KU + h * hk, d, 0.0f, S, lp);
+        kn_softmax_rows(S, rows, lp, lp);
+        kn_gemm_nn(rows, hk, lp, 1.0f, S, lp, VU + h * hk, d, 0.0f, O + h * hk, d);
+    }
+}
+
 /* Unpack + FFN of layer k on `rows` rows of x (stride d), in place; the lane's A..C, F and S
  * are scratch. */
 static void unpack_rows(luna_ctx *c, const lane_ws *w, int k, float *x, size_t rows, size_t lp)
 {
     const luna_config *cfg = &c->m->cfg;
     const luna_layer *ly = &c->m->layers[k];
-    size_t d = (size_t)cfg->d, H = (size_t)cfg->H, hk = d / H;
-    const float *KU = ku_of(c, k), *VU = vu_of(c, k);
-    float *S = w->S, *T = w->A, *Q = w->B, *O = w->C, *F = w->F;
+    size_t d = (size_t)cfg->d, hk = d / (size_t)cfg->H;
+    float *T = w->A, *Q = w->B, *O = w->C;
     const float *xin = x;
     if (cfg->normalize_before) {
         kn_layernorm(&ly->self_attn_layer_norm, x, T, rows, d);
         xin = T;
     }
     kn_linear(&ly->q_proj, xin, rows, d, Q, d, 1.0f / sqrtf((float)hk));
-    for (size_t h = 0; h < H; h++) {
-        kn_gemm_nt(rows, lp, hk, 1.0f, Q + h * hk, d, KU + h * hk, d, 0.0f, S, lp);
-        kn_softmax_rows(S, rows, lp, lp);
-        kn_gemm_nn(rows, hk, lp, 1.0f, S, lp, VU + h * hk, d, 0.0f, O + h * hk, d);
-    }
-    attn_out_ffn(c, ly, x, O, rows, T, F);
+    unpack_heads(cfg, Q, ku_of(c, k), vu_of(c, k), rows, lp, w->S, O);
+    attn_out_ffn(c, ly, x, O, rows, T, w->F);
 }
 
 /* Rows [r0, r0 + rows) of X_k, recomputed from the input into the lane's Xr. */
@@ -452,6 +460,54 @@ static float *recompute_rows(luna_ctx *c, const lane_ws *w, const layer_pass *a,
     return w->Xr;
 }
 
+/* One row of scores s (cols) into an online softmax: its running max *m and sum *z move on,
+ * and the unnormalised output out (width) is rescaled to the new max (the caller adds s's
+ * share). The pack and the flash-style baseline share it. */
+static void online_row(float *s, size_t cols, float *m, float *z, float *out, size_t width)
+{
+    float m_new = fmaxf(*m, kn_max(s, cols));
+    float rescale = kn_expf(*m - m_new);
+    *z = *z * rescale + kn_exp_shift_sum(s, cols, m_new);
+    *m = m_new;
+    for (size_t j = 0; j < width; j++) out[j] *= rescale;
+}
+
+/* A pack's online softmax, started: no row seen (running max -inf, sum 0, A_P V 0). */
+static void pack_start(const luna_config *cfg, size_t lp, float *acc, float *mx, float *sm)
+{
+    memset(acc, 0, lp * (size_t)cfg->d * sizeof(float));
+    for (size_t i = 0; i < (size_t)cfg->Hp * lp; i++) {
+        mx[i] = -INFINITY;
+        sm[i] = 0.0f;
+    }
+}
+
+/* One chunk of `rows` keys K and values V (stride d) into a pack's online softmax for the lp
+ * queries QP (stride d): per head, S (lp, rows) = Q_P,h K_h^T, the running max and sum mx, sm
+ * (Hp, lp) move on and rescale acc (lp, d), then acc_h += S V_h. */
+static void pack_chunk(const luna_config *cfg, const float *QP, const float *K, const float *V, size_t rows,
+                       size_t lp, float *S, float *acc, float *mx, float *sm)
+{
+    size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp;
+    for (size_t h = 0; h < Hp; h++) {
+        kn_gemm_nt(lp, rows, kp, 1.0f, QP + h * kp, d, K + h * kp, d, 0.0f, S, rows);
+        for (size_t i = 0; i < lp; i++)
+            online_row(S + i * rows, rows, mx + h * lp + i, sm + h * lp + i, acc + i * d + h * kp, kp);
+        kn_gemm_nn(lp, kp, rows, 1.0f, S, rows, V + h * kp, d, 1.0f, acc + h * kp, d);
+    }
+}
+
+/* The pack's result: acc (lp, d) over the running sums sm (Hp, lp), in place: Cp. */
+static void pack_finish(const luna_config *cfg, size_t lp, float *acc, const float *sm)
+{
+    size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp;
+    for (size_t h = 0; h < Hp; h++)
+        for (size_t i = 0; i < lp; i++) {
+            float inv = 1.0f / sm[h * lp + i], *acc_i = acc + i * d + h * kp;
+            for (size_t j = 0; j < kp; j++) acc_i[j] *= inv;
+        }
+}
+
 /* Pack, one lane's share: chunks lane, lane + threads, ... of X_k (kept or recomputed),
  * accumulated by an online softmax into the lane's own (running max, running sum,
  * unnormalised A_P V). */
@@ -460,15 +516,11 @@ static int pack_lane(luna_ctx *c, int lane, void *arg)
     const layer_pass *a = arg;
     const luna_config *cfg = &c->m->cfg;
     const luna_layer *ly = a->ly;
-    size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp, ch = (size_t)c->chunk, lp = a->lp, n = a->n;
+    size_t d = (size_t)cfg->d, ch = (size_t)c->chunk, lp = a->lp, n = a->n;
     const lane_ws *w = &c->lane[lane];
     const float *QP = W(c, QP);
     float *acc = w->acc, *mx = w->pmax, *sm = w->psum, *S = w->S;
-    memset(acc, 0, lp * d * sizeof(float));
-    for (size_t i = 0; i < Hp * lp; i++) {
-        mx[i] = -INFINITY;
-        sm[i] = 0.0f;
-    }
+    pack_start(cfg, lp, acc, mx, sm);
     const luna_linear *kproj = cfg->tie_kv ? &ly->pc_proj : &ly->pk_proj;
     for (size_t r0 = (size_t)lane * ch; r0 < n; r0 += (size_t)c->threads * ch) {
         if (canceled(c)) return LUNA_ECANCELED;
@@ -484,21 +536,7 @@ static int pack_lane(luna_ctx *c, int lane, void *arg)
             V = w->B;
             kn_linear(&ly->pv_proj, xin, rows, d, V, d, 1.0f);
         }
-        for (size_t h = 0; h < Hp; h++) {
-            /* S (lp, rows) = Q_P,h K_h^T */
-            kn_gemm_nt(lp, rows, kp, 1.0f, QP + h * kp, d, K + h * kp, d, 0.0f, S, rows);
-            for (size_t i = 0; i < lp; i++) {
-                float *s = S + i * rows, *m_i = mx + h * lp + i, *z_i = sm + h * lp + i;
-                float m_new = fmaxf(*m_i, kn_max(s, rows));
-                float rescale = kn_expf(*m_i - m_new);
-                *z_i = *z_i * rescale + kn_exp_shift_sum(s, rows, m_new);
-                *m_i = m_new;
-                float *acc_i = acc + i * d + h * kp;
-                for (size_t j = 0; j < kp; j++) acc_i[j] *= rescale;
-            }
-            /* acc_h (lp, kp) += S V_h */
-            kn_gemm_nn(lp, kp, rows, 1.0f, S, rows, V + h * kp, d, 1.0f, acc + h * kp, d);
-        }
+        pack_chunk(cfg, QP, K, V, rows, lp, S, acc, mx, sm);
     }
     return 0;
 }
@@ -529,12 +567,7 @@ static int luna_pack(luna_ctx *c, layer_pass *a)
                 for (size_t j = 0; j < kp; j++) a0[j] = a0[j] * s0 + a1[j] * s1;
             }
     }
-    for (size_t h = 0; h < Hp; h++)
-        for (size_t i = 0; i < lp; i++) {
-            float inv = 1.0f / w0->psum[h * lp + i];
-            float *acc_i = w0->acc + i * d + h * kp;
-            for (size_t j = 0; j < kp; j++) acc_i[j] *= inv;
-        }
+    pack_finish(cfg, lp, w0->acc, w0->psum);
     return 0;
 }
 
@@ -551,6 +584,22 @@ static int unpack_lane(luna_ctx *c, int lane, void *arg)
     return 0;
 }
 
+/* From the packed context Cp (lp rows): the unpack's keys and values (K_U = V_U = c_proj(Cp)
+ * when tied), and P' = LN_p(P + Cp) post-norm, P + Cp pre-norm. */
+static void packed_to_p(const luna_config *cfg, const luna_layer *ly, const float *Cp, size_t lp, float *P, float *KU,
+                        float *VU)
+{
+    size_t d = (size_t)cfg->d;
+    if (cfg->tie_kv) {
+        kn_linear(&ly->c_proj, Cp, lp, d, KU, d, 1.0f);
+    } else {
+        kn_linear(&ly->k_proj, Cp, lp, d, KU, d, 1.0f);
+        kn_linear(&ly->v_proj, Cp, lp, d, VU, d, 1.0f);
+    }
+    kn_add(P, Cp, lp * d);
+    if (!cfg->normalize_before) kn_layernorm(&ly->self_atten_proj_layer_norm, P, P, lp, d);
+}
+
 /* One Luna encoder layer: pack over all n rows of X_k, the layer's unpack keys and values, P
  * becomes P', then unpack + FFN of the kept rows [0, a->U) in place. */
 static int luna_layer_forward(luna_ctx *c, layer_pass *a)
@@ -565,16 +614,7 @@ static int luna_layer_forward(luna_ctx *c, layer_pass *a)
     int rc = luna_pack(c, a);
     if (rc) return rc;
 
-    /* unpack keys and values from the packed context: K_U = V_U = c_proj(Cp) when tied */
-    if (cfg->tie_kv) {
-        kn_linear(&ly->c_proj, Cp, lp, d, KU, d, 1.0f);
-    } else {
-        kn_linear(&ly->k_proj, Cp, lp, d, KU, d, 1.0f);
-        kn_linear(&ly->v_proj, Cp, lp, d, VU, d, 1.0f);
-    }
-    /* P' = LN_p(P + Cp) post-norm, P + Cp pre-norm */
-    kn_add(P, Cp, lp * d);
-    if (!pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, P, lp, d);
+    packed_to_p(cfg, ly, Cp, lp, P, KU, VU);
 
     return a->U ? run_lanes(c, unpack_lane, a) : 0;
 }
@@ -673,15 +713,8 @@ static int softmax_stream_layer(luna_ctx *c, const luna_layer *ly, float *X, siz
             size_t kr = n - k0 < ch ? n - k0 : ch;
             for (size_t h = 0; h < H; h++) {
                 kn_gemm_nt(qr, kr, k, 1.0f, Q + h * k, d, Kb + k0 * d + h * k, d, 0.0f, S, kr);
-                for (size_t i = 0; i < qr; i++) {
-                    float *s = S + i * kr, *m_i = mx + i * H + h, *z_i = sm + i * H + h;
-                    float m_new = fmaxf(*m_i, kn_max(s, kr));
-                    float rescale = kn_expf(*m_i - m_new);
-                    *z_i = *z_i * rescale + kn_exp_shift_sum(s, kr, m_new);
-                    *m_i = m_new;
-                    float *o = O + i * d + h * k;
-                    for (size_t j = 0; j < k; j++) o[j] *= rescale;
-                }
+                for (size_t i = 0; i < qr; i++)
+                    online_row(S + i * kr, kr, mx + i * H + h, sm + i * H + h, O + i * d + h * k, k);
                 kn_gemm_nn(qr, k, kr, 1.0f, S, kr, Vb + k0 * d + h * k, d, 1.0f, O + h * k, d);
             }
         }
@@ -711,6 +744,12 @@ static void head_forward(luna_ctx *c, const float *pooled, float *logits)
     }
     kn_linear(&m->sentence_projection_layer, in, 1, (size_t)m->sentence_projection_layer.in, logits,
               (size_t)cfg->n_labels, 1.0f);
+}
+
+/* Rows of P for an input of n tokens: l, or n when shorter with dynamic projection. */
+static size_t proj_len(const luna_config *cfg, size_t n)
+{
+    return cfg->dynamic_projection && n < (size_t)cfg->l ? n : (size_t)cfg->l;
 }
 
 /* ---- plans ------------------------------------------------------------------------------- */
@@ -743,7 +782,7 @@ static luna_plan make_plan(const luna_model *m, size_t n, size_t rows)
     luna_plan p = {0};
     p.n = n;
     if (cfg->task != LUNA_TASK_CLASSIFY) return p;
-    size_t lp = cfg->dynamic_projection && n < (size_t)cfg->l ? n : (size_t)cfg->l;
+    size_t lp = proj_len(cfg, n);
     size_t Lyr = (size_t)cfg->layers;
     if (rows > n) rows = n;
     p.rows = rows;
@@ -795,7 +834,7 @@ static int encode(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, size
     seq_init(&seq, cfg, bytes, len, c->subject);
     size_t n = seq.n, d = (size_t)cfg->d, ch = (size_t)c->chunk;
     if (cfg->max_positions > 0 && n > (size_t)cfg->max_positions) return LUNA_ETOOLONG;
-    size_t lp = cfg->dynamic_projection && n < (size_t)cfg->l ? n : (size_t)cfg->l;
+    size_t lp = proj_len(cfg, n);
 
     /* the rows kept: all of them (the baselines always), or the plan's, on chunk boundaries */
     size_t R = n;
@@ -944,4 +983,206 @@ int luna_classify_plan(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes,
 int luna_classify(luna_ctx *c, const uint8_t *bytes, size_t len, float *probs, float *logits)
 {
     return luna_classify_plan(c, NULL, bytes, len, probs, logits);
+}
+
+/* ---- packs: short documents through one forward -------------------------------------------- */
+
+typedef struct {
+    luna_seq seq;
+    size_t n, lp; /* tokens, rows of P */
+    size_t x0, p0; /* its first row in the pack's X and P */
+} pack_doc;
+
+/* Whether a document of n tokens joins a pack of `rows` tokens and `prows` rows of P on a
+ * chunk of ch rows; if so, it is counted in. */
+static int pack_takes(const luna_config *cfg, size_t ch, size_t n, size_t *rows, size_t *prows)
+{
+    size_t lp = proj_len(cfg, n);
+    if (n == 0 || (cfg->max_positions > 0 && n > (size_t)cfg->max_positions)) return 0;
+    if (*rows + n > ch || *prows + lp > ch) return 0;
+    *rows += n, *prows += lp;
+    return 1;
+}
+
+size_t luna_pack_fit(const luna_ctx *c, const size_t *tokens, size_t count)
+{
+    if (!c || !tokens || c->attn != LUNA_ATTN_LUNA || c->m->cfg.task != LUNA_TASK_CLASSIFY) return 0;
+    size_t rows = 0, prows = 0, k = 0;
+    while (k < count && pack_takes(&c->m->cfg, (size_t)c->chunk, tokens[k], &rows, &prows)) k++;
+    return k;
+}
+
+/* X (rows), then P, Pn, QP, Cp, KU and VU (P rows each), then the running max and sum (Hp per P
+ * row): at most a chunk of rows and of P rows. */
+static size_t pack_floats(const luna_config *cfg, size_t rows, size_t prows)
+{
+    return (rows + 6 * prows) * (size_t)cfg->d + 2 * (size_t)cfg->Hp * prows;
+}
+
+size_t luna_pack_bytes(const luna_model *m, int chunk)
+{
+    size_t ch = chunk > 0 ? (size_t)chunk : DEFAULT_CHUNK;
+    if (!m || m->cfg.task != LUNA_TASK_CLASSIFY) return 0;
+    return pack_floats(&m->cfg, ch, ch) * sizeof(float) + ch; /* + the subjects (pack_docs) */
+}
+
+/* The layers of a pack, as luna_layer_forward for each of its documents: one pack and one unpack
+ * per document, every row-wise product over all the pack's rows. The lane 0 buffers are the
+ * scratch (the pack fits a chunk). */
+static int pack_layers(luna_ctx *c, pack_doc *pd, size_t count, size_t rows, size_t prows, float *X, float *P,
+                       float *Pn, float *QP, float *Cp, float *KU, float *VU, float *mx, float *sm)
+{
+    const luna_config *cfg = &c->m->cfg;
+    size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp, hk = d / (size_t)cfg->H;
+    int pre = cfg->normalize_before;
+    const lane_ws *w = &c->lane[0];
+    for (int k = 0; k < cfg->layers; k++) {
+        if (canceled(c)) return LUNA_ECANCELED;
+        const luna_layer *ly = &c->m->layers[k];
+        /* the pack: P's queries, every row's keys and values, then each document's softmax */
+        if (pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, Pn, prows, d);
+        kn_linear(&ly->pq_proj, pre ? Pn : P, prows, d, QP, d, 1.0f / sqrtf((float)kp));
+        const float *xin = X;
+        if (pre) {
+            kn_layernorm(&ly->self_attn_layer_norm, X, w->C, rows, d);
+            xin = w->C;
+        }
+        float *K = w->A, *V = K;
+        kn_linear(cfg->tie_kv ? &ly->pc_proj : &ly->pk_proj, xin, rows, d, K, d, 1.0f);
+        if (!cfg->tie_kv) {
+            V = w->B;
+            kn_linear(&ly->pv_proj, xin, rows, d, V, d, 1.0f);
+        }
+        for (size_t i = 0; i < count; i++) {
+            const pack_doc *q = &pd[i];
+            float *acc = Cp + q->p0 * d, *m_i = mx + Hp * q->p0, *s_i = sm + Hp * q->p0;
+            pack_start(cfg, q->lp, acc, m_i, s_i);
+            pack_chunk(cfg, QP + q->p0 * d, K + q->x0 * d, V + q->x0 * d, q->n, q->lp, w->S, acc, m_i, s_i);
+            pack_finish(cfg, q->lp, acc, s_i);
+        }
+        packed_to_p(cfg, ly, Cp, prows, P, KU, VU);
+        /* the unpack and FFN: a last layer pooled from P needs none */
+        if (k + 1 == cfg->layers && cfg->pooling == LUNA_POOL_P) break;
+        float *T = w->A, *Q = w->B, *O = w->C;
+        xin = X;
+        if (pre) {
+            kn_layernorm(&ly->self_attn_layer_norm, X, T, rows, d);
+            xin = T;
+        }
+        kn_linear(&ly->q_proj, xin, rows, d, Q, d, 1.0f / sqrtf((float)hk));
+        for (size_t i = 0; i < count; i++) {
+            const pack_doc *q = &pd[i];
+            unpack_heads(cfg, Q + q->x0 * d, KU + q->p0 * d, VU + q->p0 * d, q->n, q->lp, w->S, O + q->x0 * d);
+        }
+        attn_out_ffn(c, ly, X, O, rows, T, w->F);
+    }
+    return 0;
+}
+
+/* Document i's pooled row, as encode pools a lone document. */
+static void pack_pool(luna_ctx *c, const pack_doc *q, const float *X, const float *P, float *pool)
+{
+    const luna_model *m = c->m;
+    const luna_config *cfg = &m->cfg;
+    size_t d = (size_t)cfg->d;
+    const float *x = X + q->x0 * d;
+    float *T = c->lane[0].A;
+    switch (cfg->pooling) {
+    case LUNA_POOL_CLS:
+        if (cfg->normalize_before) {
+            kn_layernorm(&m->layer_norm, x, T, 1, d);
+            x = T;
+        }
+        memcpy(pool, x, d * sizeof(float));
+        break;
+    case LUNA_POOL_MEAN: {
+        double *sum = c->lane[0].macc;
+        if (cfg->normalize_before) {
+            kn_layernorm(&m->layer_norm, x, T, q->n, d);
+            x = T;
+        }
+        for (size_t j = 0; j < d; j++) sum[j] = 0.0;
+        for (size_t r = 0; r < q->n; r++)
+            for (size_t j = 0; j < d; j++) sum[j] += x[r * d + j];
+        for (size_t j = 0; j < d; j++) pool[j] = (float)(sum[j] / (double)q->n);
+        break;
+    }
+    case LUNA_POOL_P:
+        for (size_t j = 0; j < d; j++) {
+            double s = 0.0;
+            for (size_t r = 0; r < q->lp; r++) s += P[(q->p0 + r) * d + j];
+            pool[j] = (float)(s / (double)q->lp);
+        }
+        break;
+    }
+}
+
+/* The pack's documents, in order: each one's view (an email's unfolded subject moved from the
+ * context's buffer into `subjects`, a chunk of bytes: a subject's bytes are tokens of its
+ * document), and where its rows start; the pack's rows and rows of P. LUNA_EINVAL when one is
+ * missing or they do not fit one pack, LUNA_ETOOLONG past max_positions. */
+static int pack_docs(luna_ctx *c, size_t count, const uint8_t *const *docs, const size_t *lens, pack_doc *pd,
+                     uint8_t *subjects, size_t *rows, size_t *prows)
+{
+    const luna_config *cfg = &c->m->cfg;
+    static const uint8_t empty[1] = {0};
+    size_t used = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (!docs[i] && lens[i]) return LUNA_EINVAL;
+        pack_doc *q = &pd[i];
+        seq_init(&q->seq, cfg, docs[i] ? docs[i] : empty, lens[i], c->subject);
+        q->n = q->seq.n, q->lp = proj_len(cfg, q->n), q->x0 = *rows, q->p0 = *prows;
+        if (cfg->max_positions > 0 && q->n > (size_t)cfg->max_positions) return LUNA_ETOOLONG;
+        if (!pack_takes(cfg, (size_t)c->chunk, q->n, rows, prows)) return LUNA_EINVAL;
+        if (q->seq.run[0] == c->subject && q->seq.len[0]) {
+            memcpy(subjects + used, c->subject, q->seq.len[0]);
+            q->seq.run[0] = subjects + used;
+            used += q->seq.len[0];
+        }
+    }
+    return 0;
+}
+
+int luna_classify_pack(luna_ctx *c, size_t count, const uint8_t *const *docs, const size_t *lens, float *probs,
+                       float *logits)
+{
+    if (!c || !docs || !lens || count == 0) return LUNA_EINVAL;
+    const luna_model *m = c->m;
+    const luna_config *cfg = &m->cfg;
+    if (cfg->task != LUNA_TASK_CLASSIFY) return LUNA_ETASK;
+    if (c->attn != LUNA_ATTN_LUNA || count > (size_t)c->chunk) return LUNA_EINVAL;
+    pack_doc *pd = malloc(count * sizeof *pd);
+    uint8_t *subjects = malloc((size_t)c->chunk);
+    size_t rows = 0, prows = 0;
+    int rc = pd && subjects ? pack_docs(c, count, docs, lens, pd, subjects, &rows, &prows) : LUNA_ENOMEM;
+    float *buf = NULL;
+    if (!rc && !(buf = malloc(pack_floats(cfg, rows, prows) * sizeof(float)))) rc = LUNA_ENOMEM;
+    if (rc) {
+        free(pd), free(subjects);
+        return rc;
+    }
+    c->last_alloc_bytes = pack_floats(cfg, rows, prows) * sizeof(float) + (size_t)c->chunk;
+    size_t d = (size_t)cfg->d, pd_ = prows * d, nl = (size_t)cfg->n_labels;
+    float *X = buf, *P = X + rows * d, *Pn = P + pd_, *QP = Pn + pd_, *Cp = QP + pd_, *KU = Cp + pd_;
+    float *VU = cfg->tie_kv ? KU : KU + pd_, *mx = KU + 2 * pd_, *sm = mx + (size_t)cfg->Hp * prows;
+    for (size_t i = 0; i < count; i++) {
+        embed_rows(c, &pd[i].seq, 0, pd[i].n, X + pd[i].x0 * d);
+        embed_p(c, pd[i].lp, P + pd[i].p0 * d);
+    }
+    rc = pack_layers(c, pd, count, rows, prows, X, P, Pn, QP, Cp, KU, VU, mx, sm);
+    if (!rc) {
+        if (cfg->normalize_before) kn_layernorm(&m->proj_layer_norm, P, P, prows, d);
+        float *pool = W(c, pooled), *lg = W(c, logits);
+        for (size_t i = 0; i < count; i++) {
+            pack_pool(c, &pd[i], X, P, pool);
+            head_forward(c, pool, lg);
+            if (logits) memcpy(logits + i * nl, lg, nl * sizeof(float));
+            if (probs) {
+                memcpy(probs + i * nl, lg, nl * sizeof(float));
+                kn_softmax_rows(probs + i * nl, 1, nl, nl);
+            }
+        }
+    }
+    free(buf), free(pd), free(subjects);
+    return rc;
 }

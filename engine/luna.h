@@ -206,6 +206,29 @@ int luna_classify_plan(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes,
 int luna_encode_plan(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, size_t len, float *pfinal,
                      float *pooled, float *logits);
 
+/* ---- packs: short documents share one forward -------------------------------------------
+ *
+ * A document shorter than a chunk runs its products on few rows, where sgemm is slow (a
+ * 32-token document classifies at about a third of a long one's tokens/s). A pack puts several
+ * such documents through one forward: every row-wise product (the projections, the FFN, the
+ * norms) runs once over all their rows, as over one chunk of a long document, while each
+ * document keeps its own P, pack, unpack and pooling. Its results are each document's lone
+ * forward's to float rounding (sgemm may block M rows differently).
+ *
+ * How many of the documents whose token counts (luna_input_tokens) are tokens[0 .. count), in
+ * order, fit in one pack on context c: their tokens, and their rows of P, each at most the
+ * context's chunk length. 0 when the first does not (a long or empty document: classify it
+ * alone), or when c is not a Luna classifier context. */
+size_t luna_pack_fit(const luna_ctx *c, const size_t *tokens, size_t count);
+/* The bytes a pack allocates at most, on top of the context's workspace, with chunk length
+ * `chunk` (0: the default). 0 for a model that is not a classifier. */
+size_t luna_pack_bytes(const luna_model *m, int chunk);
+/* Classifies docs[i] (lens[i] bytes), i < count, as one pack (luna_pack_fit must take all of
+ * them, else LUNA_EINVAL). probs and logits (either may be NULL) receive count x n_labels
+ * floats. Errors as luna_classify's. */
+int luna_classify_pack(luna_ctx *c, size_t count, const uint8_t *const *docs, const size_t *lens, float *probs,
+                       float *logits);
+
 /* ---- generation (task causal-lm) -------------------------------------------------------
  *
  * A luna_gen_state holds what a causal model remembers of the tokens it has consumed. For

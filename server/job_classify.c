@@ -1,13 +1,14 @@
 /* job_classify.c - the classification job (server/jobs.h): POST /classify and /predict, a JSON
- * body (TEI's shape or vLLM's) or one raw document. Its documents run one after another on a
- * worker's classifier context, each under the fastest plan that fits what the job reserved. */
+ * body (TEI's shape or vLLM's) or one raw document. Its documents run in order on a worker's
+ * classifier context: short ones next to each other in packs (luna_classify_pack: one forward
+ * for several), the others each under the fastest plan that fits what the job reserved. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
 #include "server/jobs.h"
 
-static const char *const PLAN_NAMES[SRV_N_PLANS] = {"resident", "partial", "streaming"};
+static const char *const PLAN_NAMES[SRV_N_PLANS] = {"resident", "partial", "streaming", "packed"};
 
 static api_err parse(srv_request *q)
 {
@@ -51,6 +52,10 @@ static api_err admit(srv_request *q)
         if (need > reserve) reserve = need;
         srv_metrics_input_bytes(&app->metrics, d->len);
     }
+    /* two documents or more may share packs: a pack's buffer, unless the job gets only its least
+     * reservation (then each runs alone, see run) */
+    uint64_t pack = req->n_docs > 1 ? luna_pack_bytes(app->classifier, 0) : 0;
+    if (pack > reserve && pack <= srv_request_budget(app)) reserve = pack;
     srv_job *job = q->job;
     job->min_reserve = 0;
     job->scores = malloc(req->n_docs * (size_t)luna_model_config(app->classifier)->n_labels * sizeof(float));
@@ -60,27 +65,57 @@ static api_err admit(srv_request *q)
     return API_OK;
 }
 
-/* Each document runs under the fastest plan that fits what the job reserved: the resident one
- * when the dispatcher could give it its whole workspace, else the streaming one (see dispatch). */
+/* Documents i .. i + k of the request as one pack (luna_pack_fit took them). */
+static int run_pack(srv_app *app, luna_ctx *ctx, srv_job *job, size_t i, size_t k, int nl)
+{
+    const api_classify_req *req = job->classify;
+    const uint8_t **docs = malloc(k * sizeof *docs);
+    size_t *lens = malloc(k * sizeof *lens);
+    int rc = LUNA_ENOMEM;
+    if (docs && lens) {
+        for (size_t j = 0; j < k; j++) docs[j] = req->docs[i + j].data, lens[j] = req->docs[i + j].len;
+        float *out = job->scores + i * (size_t)nl;
+        rc = luna_classify_pack(ctx, k, docs, lens, req->raw_scores ? NULL : out, req->raw_scores ? out : NULL);
+        for (size_t j = 0; j < k && !rc; j++) srv_metrics_plan(&app->metrics, SRV_PLAN_PACKED);
+    }
+    free(docs), free(lens);
+    return rc;
+}
+
+/* Short documents next to each other run in packs when the job holds a pack's buffer; each
+ * other document under the fastest plan that fits what the job reserved: the resident one when
+ * the dispatcher could give it its whole workspace, else the streaming one (see dispatch). */
 static int run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job)
 {
     (void)state;
     const api_classify_req *req = job->classify;
     const luna_model *m = app->classifier;
     int nl = luna_model_config(m)->n_labels;
-    size_t largest = 0;
-    for (size_t i = 0; i < req->n_docs; i++) {
+    size_t n_docs = req->n_docs, largest = 0, *tok = malloc((n_docs ? n_docs : 1) * sizeof *tok);
+    if (!tok) return LUNA_ENOMEM;
+    for (size_t i = 0; i < n_docs; i++) tok[i] = luna_input_tokens(m, req->docs[i].data, req->docs[i].len);
+    int packs = n_docs > 1 && job->reserve >= luna_pack_bytes(m, 0), rc = 0;
+    for (size_t i = 0; i < n_docs && !rc;) {
+        size_t k = packs ? luna_pack_fit(ctx, tok + i, n_docs - i) : 0;
+        if (k > 1) {
+            for (size_t j = i; j < i + k; j++)
+                if (tok[j] >= largest) largest = tok[j], job->plan = SRV_PLAN_PACKED;
+            rc = run_pack(app, ctx, job, i, k, nl);
+            i += k;
+            continue;
+        }
         float *out = job->scores + i * (size_t)nl;
-        size_t n = luna_input_tokens(m, req->docs[i].data, req->docs[i].len);
+        size_t n = tok[i];
         luna_plan plan = luna_plan_for(m, n, job->reserve);
         int kind = plan.rows >= n ? SRV_PLAN_RESIDENT : plan.rows ? SRV_PLAN_PARTIAL : SRV_PLAN_STREAMING;
         if (n >= largest) largest = n, job->plan = kind;
         srv_metrics_plan(&app->metrics, kind);
-        int rc = req->raw_scores ? luna_classify_plan(ctx, &plan, req->docs[i].data, req->docs[i].len, NULL, out)
-                                 : luna_classify_plan(ctx, &plan, req->docs[i].data, req->docs[i].len, out, NULL);
-        if (rc) return rc;
+        rc = req->raw_scores ? luna_classify_plan(ctx, &plan, req->docs[i].data, req->docs[i].len, NULL, out)
+                             : luna_classify_plan(ctx, &plan, req->docs[i].data, req->docs[i].len, out, NULL);
+        i++;
     }
-    return 0;
+    free(tok);
+    return rc;
 }
 
 static char *render(srv_request *q)

@@ -72,7 +72,7 @@ void srv_metrics_queue_wait(srv_metrics *m, double s) { LOCKED(hist_add(&m->queu
 void srv_metrics_input_bytes(srv_metrics *m, uint64_t b) { LOCKED(hist_add(&m->input_bytes, (double)b)); }
 void srv_metrics_plan(srv_metrics *m, int plan)
 {
-    if (plan >= 0 && plan < 3) LOCKED(m->plans[plan]++);
+    if (plan >= 0 && plan < SRV_N_PLANS) LOCKED(m->plans[plan]++);
 }
 
 void srv_metrics_generated(srv_metrics *m, uint64_t generated, uint64_t prompt, double prefill_s,
@@ -243,10 +243,11 @@ char *srv_metrics_render(srv_metrics *m)
     sb_printf(&b, "# HELP luna_memory_reserved_peak_bytes The most ever reserved at once.\n"
                   "# TYPE luna_memory_reserved_peak_bytes gauge\nluna_memory_reserved_peak_bytes %llu\n",
               (unsigned long long)m->reserved_peak);
-    static const char *const plan_names[3] = {"resident", "partial", "streaming"};
-    sb_printf(&b, "# HELP luna_plan_total Documents classified, by plan (resident keeps n x d floats, streaming none).\n"
+    static const char *const plan_names[SRV_N_PLANS] = {"resident", "partial", "streaming", "packed"};
+    sb_printf(&b, "# HELP luna_plan_total Documents classified, by plan (resident keeps n x d floats, streaming none, "
+                  "packed: short documents of a request in one forward).\n"
                   "# TYPE luna_plan_total counter\n");
-    for (int p = 0; p < 3; p++)
+    for (int p = 0; p < SRV_N_PLANS; p++)
         sb_printf(&b, "luna_plan_total{plan=\"%s\"} %llu\n", plan_names[p], (unsigned long long)m->plans[p]);
     sb_printf(&b, "# HELP luna_admission_rejections_total Requests refused at admission, by reason.\n"
                   "# TYPE luna_admission_rejections_total counter\n");

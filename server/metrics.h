@@ -21,6 +21,10 @@
 #define SRV_N_BUCKETS 16
 #define SRV_N_REJECTIONS 6
 
+/* The classification plans (engine/luna.h), as the server counts and reports them; packed: a
+ * short document classified in a pack with others of its request (luna_classify_pack). */
+enum { SRV_PLAN_RESIDENT = 0, SRV_PLAN_PARTIAL, SRV_PLAN_STREAMING, SRV_PLAN_PACKED, SRV_N_PLANS };
+
 typedef struct {
     double bounds[SRV_N_BUCKETS]; /* upper bounds; +Inf is implicit */
     int n_bounds;
@@ -52,7 +56,7 @@ typedef struct {
     uint64_t reserved, reserved_peak, budget, fixed; /* fixed: reserved for the server's life */
     int queue_depth;
     char build_labels[1024]; /* luna_build_info's labels, escaped once at startup */
-    uint64_t plans[3];       /* documents classified, by plan: resident, partial, streaming */
+    uint64_t plans[SRV_N_PLANS]; /* documents classified, by plan: resident, partial, streaming, packed */
     srv_cache_stats cache;   /* the prefix state cache's, as of the last srv_metrics_state_cache */
 } srv_metrics;
 

@@ -44,8 +44,6 @@ typedef struct {
 } srv_stream;
 
 typedef struct srv_job srv_job;
-/* The classification plans (engine/luna.h), as the server counts and reports them. */
-enum { SRV_PLAN_RESIDENT = 0, SRV_PLAN_PARTIAL, SRV_PLAN_STREAMING, SRV_N_PLANS };
 
 struct srv_job {
     const srv_job_kind *kind;         /* classify, generate or score (server/jobs.h) */

@@ -29,7 +29,7 @@ grep_out() {
 expect "help" 0 "$luna" --help;                       grep_out "help lists classify" classify out
 expect "no command" 2 "$luna"
 expect "unknown command" 2 "$luna" frobnicate;        grep_out "unknown command named" frobnicate err
-for cmd in classify bench sgemm generate bench-gen bench-batch; do
+for cmd in classify bench sgemm generate bench-gen bench-batch bench-pack; do
   expect "$cmd --help" 0 "$luna" $cmd --help;         grep_out "$cmd help has usage" usage out
 done
 expect "classify without --model" 2 "$luna" classify; grep_out "names --model" "--model" err
@@ -185,6 +185,20 @@ expect "bench-batch json" 0 "$luna" bench-batch --model "$lm" --batch 2 --contex
 grep_out "bench-batch json row" '"batch": 2' out
 expect "bench-batch bad batch" 2 "$luna" bench-batch --model "$lm" --batch 0
 expect "bench-batch classifier" 1 "$luna" bench-batch --model "$model"
+expect "bench-pack runs" 0 "$luna" bench-pack --model "$model" --lengths 8,300 --rounds 1
+grep_out "bench-pack names the kernel" "^# OpenBLAS" out
+grep_out "bench-pack row: 8 bytes, several documents a pack" "^ *8 *[0-9]* *[0-9][0-9]* " out
+grep_out "bench-pack says what does not fit" "300 bytes .* do not fit a pack" err
+expect "bench-pack json" 0 "$luna" bench-pack --model "$model" --lengths 16 --rounds 2 --json
+if /usr/bin/python3 - "$tmp/out" <<'PY'
+import json, sys
+r = json.loads(open(sys.argv[1]).read())
+assert r["bytes"] == 16 and r["docs"] > 1 and r["alone_ms"] > 0 and r["pack_ms"] > 0, r
+assert r["max_rel_diff"] < 1e-4 and r["blas_core"], r
+PY
+then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL bench-pack json"; fi
+expect "bench-pack bad rounds" 2 "$luna" bench-pack --model "$model" --rounds 0
+expect "bench-pack language model" 1 "$luna" bench-pack --model "$lm"
 expect "bench-gen bad attention" 2 "$luna" bench-gen --model "$lm" --contexts 64 --attention softmax-stream
 expect "bench-gen bad contexts" 2 "$luna" bench-gen --model "$lm" --contexts 64,x
 expect "bench-gen luna" 0 "$luna" bench-gen --model "$lm" --contexts 64,2k --steps 20 --json

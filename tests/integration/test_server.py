@@ -319,6 +319,36 @@ def test_classify_list_and_base64(s):
     assert "inputs_base64" in b["error"]["message"]
 
 
+def test_short_documents_share_packs():
+    # a request's short documents run in packs (luna_classify_pack): each answer is the document's
+    # own, sent alone, to float rounding; luna_plan_total{plan="packed"} counts them and
+    # X-Luna-Plan says "packed"; a document too long for a pack runs alone among them
+    s = Server(model=SLOW)
+    try:
+        docs = ["short %d %s" % (i, "xy" * i) for i in range(12)] + ["z" * 600, "tail one", "tail two"]
+        alone = []
+        for d in docs:
+            st, h, b = s.json("POST", "/classify", {"inputs": d, "raw_scores": True})
+            assert st == 200 and h["x-luna-plan"] == "resident", (st, h, b)
+            alone.append({x["label"]: x["score"] for x in b})
+        m0 = s.metrics()
+        st, h, b = s.json("POST", "/classify", {"inputs": docs, "raw_scores": True})
+        assert st == 200 and len(b) == len(docs), (st, b)
+        assert h["x-luna-plan"] == "resident", h  # the largest document, 600 bytes, ran alone
+        for got, want in zip(b, alone):
+            for x in got:
+                assert abs(x["score"] - want[x["label"]]) <= 1e-4 * max(1.0, abs(want[x["label"]])), (got, want)
+        m1 = s.metrics()
+        packed = m1['luna_plan_total{plan="packed"}'] - m0['luna_plan_total{plan="packed"}']
+        resident = m1['luna_plan_total{plan="resident"}'] - m0['luna_plan_total{plan="resident"}']
+        assert packed == len(docs) - 1 and resident == 1, (packed, resident)
+        st, h, b = s.json("POST", "/classify", {"inputs": docs[:5]})
+        assert st == 200 and h["x-luna-plan"] == "packed" and len(b) == 5, (h, b)
+        assert all(abs(sum(x["score"] for x in r) - 1) < 1e-5 for r in b), b
+    finally:
+        assert s.stop() == 0
+
+
 def test_validation_errors(s):
     cases = [({"inputs": 3}, 422), ({"inputs": []}, 422), ({"inputs": "a", "inputs_base64": "YQ=="}, 422),
              ({}, 422), ({"inputs": "a", "bogus": 1}, 422), ({"inputs_base64": "!!!"}, 422),
@@ -2552,7 +2582,8 @@ def main():
     shared = Server("--max-input-bytes", "4096", "--max-body-bytes", "100000", gen=LM)
     tests = [(test_health_ready_info_metrics, shared), (test_blas_kernel_reported, shared), (test_blas_core_setting, None),
              (test_classify_matches_cli, shared),
-             (test_classify_list_and_base64, shared), (test_validation_errors, shared),
+             (test_classify_list_and_base64, shared), (test_short_documents_share_packs, None),
+             (test_validation_errors, shared),
              (test_request_id, shared), (test_body_limit_before_the_body, shared),
              (test_input_too_long_and_truncate, shared), (test_openapi_describes_every_route, shared),
              (test_generate_matches_cli, shared), (test_generate_stream, shared),

@@ -169,6 +169,110 @@ Test(golden, every_case_is_listed)
 }
 
 /* ---- contracts beyond the reference ------------------------------------------------------ */
+#define PACK_TOL 1e-5
+
+/* Packs docs[0 .. count) greedily (luna_pack_fit) on ctx and checks every packed document's
+ * probs and logits against its lone forward's; returns the packs of two documents or more. Each
+ * pack allocates at most luna_pack_bytes. */
+static size_t check_packs(const char *cs, luna_ctx *ctx, const luna_model *m, int chunk, const uint8_t *const *docs,
+                          const size_t *lens, size_t count)
+{
+    size_t C = (size_t)luna_model_config(m)->n_labels, multi = 0;
+    size_t *tok = malloc(count * sizeof *tok);
+    float *probs = malloc(count * C * sizeof(float)), *logits = malloc(count * C * sizeof(float));
+    float *p1 = malloc(C * sizeof(float)), *l1 = malloc(C * sizeof(float));
+    for (size_t i = 0; i < count; i++) tok[i] = luna_input_tokens(m, docs[i], lens[i]);
+    for (size_t i = 0; i < count;) {
+        size_t k = luna_pack_fit(ctx, tok + i, count - i);
+        if (k == 0) { /* too long for a pack: the lone forward's */
+            cr_expect_eq(luna_classify_pack(ctx, 1, docs + i, lens + i, probs, logits), LUNA_EINVAL);
+            i++;
+            continue;
+        }
+        int rc = luna_classify_pack(ctx, k, docs + i, lens + i, probs, logits);
+        cr_assert_eq(rc, 0, "%s chunk %d: a pack of %zu: %s", cs, chunk, k, luna_strerror(rc));
+        cr_expect_leq(luna__ctx_last_alloc_bytes(ctx), luna_pack_bytes(m, chunk));
+        for (size_t j = 0; j < k; j++) {
+            cr_assert_eq(luna_classify(ctx, docs[i + j], lens[i + j], p1, l1), 0);
+            double ep = rel_err_f(probs + j * C, p1, C), el = rel_err_f(logits + j * C, l1, C);
+            cr_expect(ep < PACK_TOL && el < PACK_TOL,
+                      "%s chunk %d: document %zu (%zu tokens), %zu of a pack of %zu: probs %.3g, logits %.3g from alone",
+                      cs, chunk, i + j, tok[i + j], j, k, ep, el);
+        }
+        multi += k > 1;
+        i += k;
+    }
+    free(tok), free(probs), free(logits), free(p1), free(l1);
+    return multi;
+}
+
+/* Every classification case: its golden inputs, then the prefixes of its longest input (1, 2, 3,
+ * 5, ... bytes), packed at chunk lengths 256 and 48 on 1 and 2 lanes. The prefixes give packs of
+ * every configuration (pooling, norms, tied or not, dynamic projection with n < l and not). */
+Test(encoder, packs_match_lone_forwards)
+{
+    for (size_t c = 0; c < N_CASES; c++) {
+        golden g;
+        golden_open(&g, cases[c]);
+        size_t count = (size_t)g.count + 24, longest = 0;
+        const uint8_t **docs = malloc(count * sizeof *docs);
+        size_t *lens = malloc(count * sizeof *lens);
+        for (int i = 0; i < g.count; i++) {
+            char name[32];
+            snprintf(name, sizeof name, "input.%d", i);
+            const st_tensor *in = st_find(&g.st, name);
+            cr_assert_not_null(in);
+            docs[i] = in->data, lens[i] = in->nbytes;
+            if (lens[i] > lens[longest]) longest = (size_t)i;
+        }
+        for (size_t j = 0, b = 1; j < 24; j++, b += 1 + j / 3) {
+            docs[(size_t)g.count + j] = docs[longest];
+            lens[(size_t)g.count + j] = b < lens[longest] ? b : lens[longest];
+        }
+        static const int runs[][2] = {{256, 1}, {48, 1}, {256, 2}};
+        for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
+            luna_ctx_opts o = {runs[r][0], LUNA_ATTN_LUNA, runs[r][1]};
+            luna_ctx *ctx;
+            cr_assert_eq(luna_ctx_new(g.m, &o, &ctx), 0);
+            size_t multi = check_packs(cases[c], ctx, g.m, runs[r][0], docs, lens, count);
+            cr_expect_gt(multi, 0, "%s chunk %d: no pack of two documents or more", cases[c], runs[r][0]);
+            luna_ctx_free(ctx);
+        }
+        free(docs), free(lens);
+        golden_close(&g);
+    }
+}
+
+Test(encoder, pack_refuses_what_does_not_fit)
+{
+    luna_model *m = golden_model("defaults");
+    luna_ctx_opts o = {16, LUNA_ATTN_LUNA, 1};
+    luna_ctx *ctx;
+    cr_assert_eq(luna_ctx_new(m, &o, &ctx), 0);
+    const uint8_t a[] = "abcdef", big[40] = {0};
+    const uint8_t *docs[] = {a, a, big};
+    size_t lens[] = {6, 6, sizeof big}, tok[3];
+    for (int i = 0; i < 3; i++) tok[i] = luna_input_tokens(m, docs[i], lens[i]);
+    cr_assert_lt(tok[0] + tok[1], 16);
+    cr_expect_eq(luna_pack_fit(ctx, tok, 3), 2, "the third would pass the chunk");
+    cr_expect_eq(luna_pack_fit(ctx, tok + 2, 1), 0, "longer than a chunk alone");
+    float probs[6];
+    cr_expect_eq(luna_classify_pack(ctx, 3, docs, lens, probs, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_classify_pack(ctx, 0, docs, lens, probs, NULL), LUNA_EINVAL);
+    const uint8_t *nul[] = {NULL};
+    cr_expect_eq(luna_classify_pack(ctx, 1, nul, lens, probs, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_classify_pack(ctx, 2, docs, lens, probs, NULL), 0);
+    for (int i = 0; i < 2; i++) { /* probabilities */
+        cr_expect_float_eq(probs[2 * i] + probs[2 * i + 1], 1.0f, 1e-6);
+    }
+    luna_ctx_free(ctx);
+    luna_ctx_opts soft = {16, LUNA_ATTN_SOFTMAX, 1};
+    cr_assert_eq(luna_ctx_new(m, &soft, &ctx), 0);
+    cr_expect_eq(luna_pack_fit(ctx, tok, 2), 0, "the baselines have no pack");
+    cr_expect_eq(luna_classify_pack(ctx, 2, docs, lens, probs, NULL), LUNA_EINVAL);
+    luna_ctx_free(ctx);
+    luna_model_free(m);
+}
 
 
 Test(encoder, workspace_is_linear_and_exact)
