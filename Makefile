@@ -10,6 +10,7 @@
 #   make bench      run the encoder benchmark under bench/ (prints tables, writes docs/bench/encoder-<cpu>-<core>*)
 #   make bench-gen  run the generation benchmark (Luna decoder vs KV cache; docs/bench/generate-<cpu>-<core>*)
 #   make bench-plans  the plans' cost: streaming vs resident, 64 MiB e-mail (docs/bench/plans-<cpu>-<core>*)
+#   make bench-packs  classification packs on vs off over HTTP, short one-document requests (docs/bench/packs-<cpu>-<core>*)
 #   make bench-gensweep  continuous batching vs --max-batch 1 over HTTP (docs/bench/gensweep-<cpu>-<core>*; -quick: smoke)
 #   make bench-prefill-before  a lone 200 KB prefill, now vs 82482f3 or BEFORE= (docs/bench/prefill-before-<cpu>-<core>*)
 #   make bench-statecache  the prefix state cache: TTFT, a chat's prefill, memory vs a KV cache (docs/bench/statecache-<cpu>-<core>*)
@@ -167,6 +168,10 @@ bench-plans: bin/luna bin/lunaserve
 # Continuous batching against --max-batch 1 (issue 25): concurrent streams, a long prompt among
 # them, a lone long prefill, the ceiling; the quick variant is a smoke test (about a minute).
 # BEFORE=commit also times the lone prefill on lunaserve built from that commit.
+bench-packs: bin/lunaserve
+	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	/usr/bin/python3 bench/load/packs.py
+
 bench-gensweep: bin/luna bin/lunaserve
 	GEN_BEFORE=$(BEFORE) sh bench/load/gensweep.sh
 bench-gensweep-quick: bin/luna bin/lunaserve
@@ -221,5 +226,5 @@ load-quick:
 clean:
 	rm -rf build bin
 
-.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans bench-gensweep bench-gensweep-quick bench-prefill-before bench-statecache golden cluster image fuzz badinput soak soak-hostile load load-quick clean
+.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans bench-packs bench-gensweep bench-gensweep-quick bench-prefill-before bench-statecache golden cluster image fuzz badinput soak soak-hostile load load-quick clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -109,7 +109,7 @@ int cmd_bench_pack(int argc, char **argv)
             docs[i] = bytes + i * len, lens[i] = len;
             tok[i] = luna_input_tokens(m, docs[i], len);
         }
-        size_t k = luna_pack_fit(ctx, tok, MAX_DOCS);
+        size_t k = luna_pack_fit(m, 0, tok, MAX_DOCS);
         if (k == 0) {
             fprintf(stderr, "%s bench-pack: %zu bytes (%zu tokens) do not fit a pack\n", prog, len, tok[0]);
             continue;

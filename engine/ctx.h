@@ -14,7 +14,7 @@
 #include "luna.h"
 #include "model.h"
 
-#define DEFAULT_CHUNK 256
+#define DEFAULT_CHUNK LUNA_DEFAULT_CHUNK
 #define MAX_CHUNK 65536
 
 /* Offsets (in floats) of the fixed workspace of a context. One function computes them, so
@@ -26,6 +26,8 @@ typedef struct {
                                                    rows can run the earlier layers again */
     size_t Xr;                                  /* (c, d) rows recomputed from the input */
     size_t macc;                                /* (d) doubles: a lane's sum for mean pooling */
+    size_t pack;                                /* a pack's buffers (encoder.c pack_floats) and
+                                                   its documents' subjects (c bytes) */
     size_t A, B, C;                             /* (c, d) chunk buffers */
     size_t F;                                   /* (c, ffn) FFN hidden */
     size_t S;                                   /* scores: (l, c), (c, l) or (c, c) */

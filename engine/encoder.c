@@ -58,6 +58,14 @@ static size_t lane_floats(const luna_config *cfg, size_t c)
     return n + (n & 1);
 }
 
+/* A pack's buffers (luna_classify_pack), in the context's workspace: X (rows), then P, Pn, QP,
+ * Cp, KU and VU (P rows each), then the running max and sum (Hp per P row); a pack has at most
+ * a chunk of rows and of P rows. */
+static size_t pack_floats(const luna_config *cfg, size_t rows, size_t prows)
+{
+    return (rows + 6 * prows) * (size_t)cfg->d + 2 * (size_t)cfg->Hp * prows;
+}
+
 static void layout(const luna_config *cfg, int chunk, luna_attn attn, int threads, ws_layout *L)
 {
     size_t d = (size_t)cfg->d, l = (size_t)cfg->l, c = (size_t)chunk;
@@ -83,6 +91,7 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, int thread
         TAKE(VU, (size_t)cfg->layers * l * d);
         TAKE(S, l * c);
         TAKE(Xr, c * d);
+        TAKE(pack, pack_floats(cfg, c, c) + (c + 3) / 4); /* the subjects: c bytes */
         off += off & 1; /* doubles */
         TAKE(macc, 2 * d);
     } else {
@@ -1004,26 +1013,12 @@ static int pack_takes(const luna_config *cfg, size_t ch, size_t n, size_t *rows,
     return 1;
 }
 
-size_t luna_pack_fit(const luna_ctx *c, const size_t *tokens, size_t count)
+size_t luna_pack_fit(const luna_model *m, int chunk, const size_t *tokens, size_t count)
 {
-    if (!c || !tokens || c->attn != LUNA_ATTN_LUNA || c->m->cfg.task != LUNA_TASK_CLASSIFY) return 0;
-    size_t rows = 0, prows = 0, k = 0;
-    while (k < count && pack_takes(&c->m->cfg, (size_t)c->chunk, tokens[k], &rows, &prows)) k++;
+    if (!m || !tokens || m->cfg.task != LUNA_TASK_CLASSIFY) return 0;
+    size_t rows = 0, prows = 0, k = 0, ch = chunk > 0 ? (size_t)chunk : DEFAULT_CHUNK;
+    while (k < count && pack_takes(&m->cfg, ch, tokens[k], &rows, &prows)) k++;
     return k;
-}
-
-/* X (rows), then P, Pn, QP, Cp, KU and VU (P rows each), then the running max and sum (Hp per P
- * row): at most a chunk of rows and of P rows. */
-static size_t pack_floats(const luna_config *cfg, size_t rows, size_t prows)
-{
-    return (rows + 6 * prows) * (size_t)cfg->d + 2 * (size_t)cfg->Hp * prows;
-}
-
-size_t luna_pack_bytes(const luna_model *m, int chunk)
-{
-    size_t ch = chunk > 0 ? (size_t)chunk : DEFAULT_CHUNK;
-    if (!m || m->cfg.task != LUNA_TASK_CLASSIFY) return 0;
-    return pack_floats(&m->cfg, ch, ch) * sizeof(float) + ch; /* + the subjects (pack_docs) */
 }
 
 /* The layers of a pack, as luna_layer_forward for each of its documents: one pack and one unpack
@@ -1151,17 +1146,18 @@ int luna_classify_pack(luna_ctx *c, size_t count, const uint8_t *const *docs, co
     const luna_config *cfg = &m->cfg;
     if (cfg->task != LUNA_TASK_CLASSIFY) return LUNA_ETASK;
     if (c->attn != LUNA_ATTN_LUNA || count > (size_t)c->chunk) return LUNA_EINVAL;
+    /* the documents' views: count of them, a few dozen bytes each (every other buffer is the
+     * context's, sized for a chunk) */
     pack_doc *pd = malloc(count * sizeof *pd);
-    uint8_t *subjects = malloc((size_t)c->chunk);
+    float *buf = W(c, pack);
+    uint8_t *subjects = (uint8_t *)(buf + pack_floats(cfg, (size_t)c->chunk, (size_t)c->chunk));
     size_t rows = 0, prows = 0;
-    int rc = pd && subjects ? pack_docs(c, count, docs, lens, pd, subjects, &rows, &prows) : LUNA_ENOMEM;
-    float *buf = NULL;
-    if (!rc && !(buf = malloc(pack_floats(cfg, rows, prows) * sizeof(float)))) rc = LUNA_ENOMEM;
+    int rc = pd ? pack_docs(c, count, docs, lens, pd, subjects, &rows, &prows) : LUNA_ENOMEM;
     if (rc) {
-        free(pd), free(subjects);
+        free(pd);
         return rc;
     }
-    c->last_alloc_bytes = pack_floats(cfg, rows, prows) * sizeof(float) + (size_t)c->chunk;
+    c->last_alloc_bytes = 0;
     size_t d = (size_t)cfg->d, pd_ = prows * d, nl = (size_t)cfg->n_labels;
     float *X = buf, *P = X + rows * d, *Pn = P + pd_, *QP = Pn + pd_, *Cp = QP + pd_, *KU = Cp + pd_;
     float *VU = cfg->tie_kv ? KU : KU + pd_, *mx = KU + 2 * pd_, *sm = mx + (size_t)cfg->Hp * prows;
@@ -1183,6 +1179,6 @@ int luna_classify_pack(luna_ctx *c, size_t count, const uint8_t *const *docs, co
             }
         }
     }
-    free(buf), free(pd), free(subjects);
+    free(pd);
     return rc;
 }

@@ -110,8 +110,9 @@ typedef enum {
 
 #define LUNA_MAX_THREADS 16
 
+#define LUNA_DEFAULT_CHUNK 256 /* a context's chunk length when its options name none */
 typedef struct luna_ctx_opts {
-    int chunk;          /* rows per chunk along the sequence; 0 = default (256) */
+    int chunk;          /* rows per chunk along the sequence; 0 = LUNA_DEFAULT_CHUNK */
     luna_attn attention;/* LUNA_ATTN_LUNA unless benchmarking a baseline */
     int threads;        /* lanes (threads) that share one forward (Luna attention only; each
                            needs buffers of its own, counted in luna_ctx_bytes): 0 or 1 = the
@@ -216,15 +217,15 @@ int luna_encode_plan(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, s
  * forward's to float rounding (sgemm may block M rows differently).
  *
  * How many of the documents whose token counts (luna_input_tokens) are tokens[0 .. count), in
- * order, fit in one pack on context c: their tokens, and their rows of P, each at most the
- * context's chunk length. 0 when the first does not (a long or empty document: classify it
- * alone), or when c is not a Luna classifier context. */
-size_t luna_pack_fit(const luna_ctx *c, const size_t *tokens, size_t count);
-/* The bytes a pack allocates at most, on top of the context's workspace, with chunk length
- * `chunk` (0: the default). 0 for a model that is not a classifier. */
-size_t luna_pack_bytes(const luna_model *m, int chunk);
+ * order, fit in one pack on a context of chunk length `chunk` (0: the default): their tokens,
+ * and their rows of P, each at most the chunk length. 0 when the first does not (a long or
+ * empty document: classify it alone), or when m is not a classifier. Only a context with Luna
+ * attention packs (luna_classify_pack). */
+size_t luna_pack_fit(const luna_model *m, int chunk, const size_t *tokens, size_t count);
 /* Classifies docs[i] (lens[i] bytes), i < count, as one pack (luna_pack_fit must take all of
- * them, else LUNA_EINVAL). probs and logits (either may be NULL) receive count x n_labels
+ * them, else LUNA_EINVAL), in buffers of the context's workspace (a Luna classifier context
+ * holds a pack's: 1.8 MB at d 256 and the default chunk, in luna_ctx_bytes): it allocates
+ * only the documents' views, count x a few dozen bytes. probs and logits (either may be NULL) receive count x n_labels
  * floats. Errors as luna_classify's. */
 int luna_classify_pack(luna_ctx *c, size_t count, const uint8_t *const *docs, const size_t *lens, float *probs,
                        float *logits);

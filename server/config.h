@@ -27,6 +27,7 @@ typedef struct {
     int max_batch;            /* generations per batched decode step; 1 = no batching */
     int max_batch_tokens;     /* prompt tokens per prefill slice */
     int prefill_admission;    /* refuse a prompt that cannot be prefilled before its deadline */
+    int classify_packs;       /* short documents share packs (luna_classify_pack) */
     uint64_t state_cache_bytes; /* the prefix state cache's limit; 0 = no cache */
     int state_cache_interval; /* prompt tokens between stored states */
     int max_new_tokens;

@@ -72,6 +72,10 @@ char *srv_render_info(const srv_app *app)
     cJSON_AddNumberToObject(mem, "budget_bytes", (double)c->memory_budget);
     /* held for the server's life (the batch's scratch); requests share the rest */
     cJSON_AddNumberToObject(mem, "fixed_bytes", (double)(app->batch ? app->batch->scratch : 0));
+    /* classifications: short documents in packs (classify-packs) */
+    cJSON *packs = cJSON_AddObjectToObject(root, "packs");
+    cJSON_AddBoolToObject(packs, "enabled", c->classify_packs && app->classifier);
+    cJSON_AddNumberToObject(packs, "max_tokens", LUNA_DEFAULT_CHUNK); /* the workers' contexts: the default chunk */
     cJSON *batch = cJSON_AddObjectToObject(root, "batch");
     cJSON_AddBoolToObject(batch, "continuous", app->batch != NULL);
     cJSON_AddNumberToObject(batch, "max_batch", c->max_batch);

@@ -4,6 +4,7 @@
  * for several), the others each under the fastest plan that fits what the job reserved. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "server/jobs.h"
@@ -28,6 +29,9 @@ static api_err admit(srv_request *q)
     srv_app *app = q->app;
     api_classify_req *req = &q->in.classify;
     uint64_t reserve = 0;
+    srv_job *job = q->job;
+    if (!(job->tokens = malloc((req->n_docs ? req->n_docs : 1) * sizeof *job->tokens)))
+        return api_fail(q->err, API_E_ENGINE_MEMORY, "%s", "out of memory");
     for (size_t i = 0; i < req->n_docs; i++) {
         api_doc *d = &req->docs[i];
         size_t n = luna_input_tokens(app->classifier, d->data, d->len);
@@ -50,13 +54,9 @@ static api_err admit(srv_request *q)
          * memory that grows with the input: no document is too large for the budget */
         uint64_t need = luna_plan_for(app->classifier, n, srv_request_budget(app)).bytes;
         if (need > reserve) reserve = need;
+        job->tokens[i] = n;
         srv_metrics_input_bytes(&app->metrics, d->len);
     }
-    /* two documents or more may share packs: a pack's buffer, unless the job gets only its least
-     * reservation (then each runs alone, see run) */
-    uint64_t pack = req->n_docs > 1 ? luna_pack_bytes(app->classifier, 0) : 0;
-    if (pack > reserve && pack <= srv_request_budget(app)) reserve = pack;
-    srv_job *job = q->job;
     job->min_reserve = 0;
     job->scores = malloc(req->n_docs * (size_t)luna_model_config(app->classifier)->n_labels * sizeof(float));
     if (!job->scores) return api_fail(q->err, API_E_ENGINE_MEMORY, "%s", "out of memory");
@@ -65,57 +65,115 @@ static api_err admit(srv_request *q)
     return API_OK;
 }
 
-/* Documents i .. i + k of the request as one pack (luna_pack_fit took them). */
-static int run_pack(srv_app *app, luna_ctx *ctx, srv_job *job, size_t i, size_t k, int nl)
+/* The documents of a run: the job's, or its group's (dispatch took jobs along, `joins`), in
+ * order, each with its job, tokens, output row and the plan that ran it. */
+typedef struct {
+    size_t n;
+    const uint8_t **data;
+    size_t *len, *tok;
+    srv_job **job;
+    float **out;
+    int *kind;
+} run_docs;
+
+static void run_docs_free(run_docs *r)
 {
-    const api_classify_req *req = job->classify;
-    const uint8_t **docs = malloc(k * sizeof *docs);
-    size_t *lens = malloc(k * sizeof *lens);
-    int rc = LUNA_ENOMEM;
-    if (docs && lens) {
-        for (size_t j = 0; j < k; j++) docs[j] = req->docs[i + j].data, lens[j] = req->docs[i + j].len;
-        float *out = job->scores + i * (size_t)nl;
-        rc = luna_classify_pack(ctx, k, docs, lens, req->raw_scores ? NULL : out, req->raw_scores ? out : NULL);
-        for (size_t j = 0; j < k && !rc; j++) srv_metrics_plan(&app->metrics, SRV_PLAN_PACKED);
+    free(r->data), free(r->len), free(r->tok), free(r->job), free(r->out), free(r->kind);
+}
+
+static int run_docs_make(const srv_app *app, srv_job *lead, run_docs *r)
+{
+    int nl = luna_model_config(app->classifier)->n_labels;
+    size_t n = 0;
+    for (srv_job *j = lead; j; j = j->group) n += j->classify->n_docs;
+    size_t c = n ? n : 1;
+    *r = (run_docs){n, malloc(c * sizeof *r->data), malloc(c * sizeof *r->len), malloc(c * sizeof *r->tok),
+                    malloc(c * sizeof *r->job), malloc(c * sizeof *r->out), malloc(c * sizeof *r->kind)};
+    if (!r->data || !r->len || !r->tok || !r->job || !r->out || !r->kind) return LUNA_ENOMEM;
+    size_t k = 0;
+    for (srv_job *j = lead; j; j = j->group)
+        for (size_t i = 0; i < j->classify->n_docs; i++, k++) {
+            r->data[k] = j->classify->docs[i].data, r->len[k] = j->classify->docs[i].len;
+            r->tok[k] = j->tokens[i], r->job[k] = j, r->out[k] = j->scores + i * (size_t)nl;
+        }
+    return 0;
+}
+
+/* Documents i .. i + k of the run as one pack (luna_pack_fit took them): each job's own
+ * scores (probabilities, or logits with raw_scores). */
+static int run_pack(srv_app *app, luna_ctx *ctx, const run_docs *r, size_t i, size_t k, int nl)
+{
+    float *probs = malloc(k * (size_t)nl * sizeof(float)), *logits = malloc(k * (size_t)nl * sizeof(float));
+    int rc = probs && logits ? luna_classify_pack(ctx, k, r->data + i, r->len + i, probs, logits) : LUNA_ENOMEM;
+    for (size_t j = 0; j < k && !rc; j++) {
+        const float *from = (r->job[i + j]->classify->raw_scores ? logits : probs) + j * (size_t)nl;
+        memcpy(r->out[i + j], from, (size_t)nl * sizeof(float));
+        r->kind[i + j] = SRV_PLAN_PACKED;
+        srv_metrics_plan(&app->metrics, SRV_PLAN_PACKED);
     }
-    free(docs), free(lens);
+    free(probs), free(logits);
     return rc;
 }
 
-/* Short documents next to each other run in packs when the job holds a pack's buffer; each
- * other document under the fastest plan that fits what the job reserved: the resident one when
- * the dispatcher could give it its whole workspace, else the streaming one (see dispatch). */
+/* Short documents next to each other run in packs (in the context's own buffers: nothing to
+ * reserve); each other document under the fastest plan that fits what the job reserved: the
+ * resident one when the dispatcher could give it its whole workspace, else the streaming one
+ * (see dispatch). A group's jobs all get the run's result. */
 static int run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job)
 {
     (void)state;
-    const api_classify_req *req = job->classify;
     const luna_model *m = app->classifier;
     int nl = luna_model_config(m)->n_labels;
-    size_t n_docs = req->n_docs, largest = 0, *tok = malloc((n_docs ? n_docs : 1) * sizeof *tok);
-    if (!tok) return LUNA_ENOMEM;
-    for (size_t i = 0; i < n_docs; i++) tok[i] = luna_input_tokens(m, req->docs[i].data, req->docs[i].len);
-    int packs = n_docs > 1 && job->reserve >= luna_pack_bytes(m, 0), rc = 0;
-    for (size_t i = 0; i < n_docs && !rc;) {
-        size_t k = packs ? luna_pack_fit(ctx, tok + i, n_docs - i) : 0;
+    run_docs r;
+    int rc = run_docs_make(app, job, &r);
+    int packs = app->cfg.classify_packs && r.n > 1;
+    for (size_t i = 0; i < r.n && !rc;) {
+        size_t k = packs ? luna_pack_fit(m, 0, r.tok + i, r.n - i) : 0;
         if (k > 1) {
-            for (size_t j = i; j < i + k; j++)
-                if (tok[j] >= largest) largest = tok[j], job->plan = SRV_PLAN_PACKED;
-            rc = run_pack(app, ctx, job, i, k, nl);
+            rc = run_pack(app, ctx, &r, i, k, nl);
             i += k;
             continue;
         }
-        float *out = job->scores + i * (size_t)nl;
-        size_t n = tok[i];
-        luna_plan plan = luna_plan_for(m, n, job->reserve);
-        int kind = plan.rows >= n ? SRV_PLAN_RESIDENT : plan.rows ? SRV_PLAN_PARTIAL : SRV_PLAN_STREAMING;
-        if (n >= largest) largest = n, job->plan = kind;
-        srv_metrics_plan(&app->metrics, kind);
-        rc = req->raw_scores ? luna_classify_plan(ctx, &plan, req->docs[i].data, req->docs[i].len, NULL, out)
-                             : luna_classify_plan(ctx, &plan, req->docs[i].data, req->docs[i].len, out, NULL);
+        const api_classify_req *req = r.job[i]->classify;
+        luna_plan plan = luna_plan_for(m, r.tok[i], job->reserve);
+        r.kind[i] = plan.rows >= r.tok[i] ? SRV_PLAN_RESIDENT : plan.rows ? SRV_PLAN_PARTIAL : SRV_PLAN_STREAMING;
+        srv_metrics_plan(&app->metrics, r.kind[i]);
+        rc = req->raw_scores ? luna_classify_plan(ctx, &plan, r.data[i], r.len[i], NULL, r.out[i])
+                             : luna_classify_plan(ctx, &plan, r.data[i], r.len[i], r.out[i], NULL);
         i++;
     }
-    free(tok);
+    /* each job's plan: its largest document's */
+    for (size_t i = 0, largest = 0; i < r.n && !rc; i++) {
+        if (i == 0 || r.job[i] != r.job[i - 1]) largest = 0;
+        if (r.tok[i] >= largest) largest = r.tok[i], r.job[i]->plan = r.kind[i];
+    }
+    for (srv_job *j = job->group; j; j = j->group) j->rc = rc;
+    run_docs_free(&r);
     return rc;
+}
+
+/* A pack on the workers' contexts (the default chunk) takes a document a row at most: each has
+ * a token at least (bos). */
+enum { GROUP_MAX_DOCS = LUNA_DEFAULT_CHUNK };
+
+/* A queued classification joins the group that `lead` heads when all their documents fit one
+ * pack: they run as one forward. */
+static int joins(const srv_app *app, const luna_ctx *ctx, const srv_job *lead, const srv_job *cand)
+{
+    (void)ctx;
+    const luna_model *m = app->classifier;
+    if (!app->cfg.classify_packs) return 0;
+    size_t n = 0, tok[GROUP_MAX_DOCS];
+    for (const srv_job *j = lead; j; j = j->group)
+        for (size_t i = 0; i < j->classify->n_docs; i++) {
+            if (n == GROUP_MAX_DOCS) return 0;
+            tok[n++] = j->tokens[i];
+        }
+    for (size_t i = 0; i < cand->classify->n_docs; i++) {
+        if (n == GROUP_MAX_DOCS) return 0;
+        tok[n++] = cand->tokens[i];
+    }
+    return luna_pack_fit(m, 0, tok, n) == n;
 }
 
 static char *render(srv_request *q)
@@ -126,8 +184,7 @@ static char *render(srv_request *q)
     snprintf(id, sizeof id, "classify-%s", q->request_id);
     srv_model_id(app->cfg.classify_model, model, sizeof model);
     api_classify_meta meta = {id, model, (long long)time(NULL), 0};
-    for (size_t i = 0; i < req->n_docs; i++)
-        meta.tokens += luna_input_tokens(app->classifier, req->docs[i].data, req->docs[i].len);
+    for (size_t i = 0; i < req->n_docs; i++) meta.tokens += q->job->tokens[i];
     return api_render_classify(req, q->job->scores, app->labels, luna_model_config(app->classifier)->n_labels, &meta);
 }
 
@@ -141,6 +198,7 @@ static void release(srv_request *q)
 {
     api_classify_free(&q->in.classify);
     free(q->job->scores);
+    free(q->job->tokens);
 }
 
-const srv_job_kind SRV_JOB_CLASSIFY = {SRV_MODEL_CLASSIFIER, 0, parse, admit, run, render, plan, release};
+const srv_job_kind SRV_JOB_CLASSIFY = {SRV_MODEL_CLASSIFIER, 0, parse, admit, run, render, plan, joins, release};

@@ -171,4 +171,4 @@ static void release(srv_request *q)
     free(job->gres);
 }
 
-const srv_job_kind SRV_JOB_GENERATE = {SRV_MODEL_GENERATOR, 1, parse, admit, srv_gen_run, render, NULL, release};
+const srv_job_kind SRV_JOB_GENERATE = {SRV_MODEL_GENERATOR, 1, parse, admit, srv_gen_run, render, NULL, NULL, release};

@@ -108,4 +108,4 @@ static void release(srv_request *q)
     free(q->job->score_lp);
 }
 
-const srv_job_kind SRV_JOB_SCORE = {SRV_MODEL_GENERATOR, 0, parse, admit, run, render, NULL, release};
+const srv_job_kind SRV_JOB_SCORE = {SRV_MODEL_GENERATOR, 0, parse, admit, run, render, NULL, NULL, release};

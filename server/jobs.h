@@ -12,6 +12,7 @@
  *           reservation (job.reserve, min_reserve) and its outputs: the job is ready to queue;
  *   run     (a worker thread) the job on the worker's context of the kind's model; a kind that
  *           is `batched` joins the continuous batch instead when there is one (server/batch.h);
+ *           one with `joins` may take other queued jobs of its kind along (a group);
  *   render  (MHD thread) the 200 answer of a job that ran;
  *   release (MHD or loop thread) frees what the others allocated, when the request ends.
  * What every kind shares (the queue's 429, the deadline's 504, cancellation, the engine's errors)
@@ -65,6 +66,11 @@ struct srv_job_kind {
     char *(*render)(srv_request *q);
     /* the plan the job ran under, for X-Luna-Plan and the request log; NULL: none. May be NULL */
     const char *(*plan)(const srv_job *job);
+    /* (loop thread) whether queued job `cand` of this kind may run with the group that `lead`
+     * heads (lead, lead->group, ...), in the same call of run, on ctx (the worker's context of
+     * the kind's model, idle). run then runs the whole group and sets each member's rc (it
+     * returns the lead's). May be NULL: every job runs alone */
+    int (*joins)(const srv_app *app, const luna_ctx *ctx, const srv_job *lead, const srv_job *cand);
     void (*release)(srv_request *q);
 };
 

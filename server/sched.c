@@ -242,13 +242,19 @@ static void worker_main(void *arg)
         } else if (task == TASK_STEP) {
             srv_batch_run_step(app, w->lanes);
         } else {
+            /* a group runs whole (a member's cancel does not stop the others' forward, which is
+             * short: one pack); a member cancelled meanwhile gets its ECANCELED afterwards */
             luna_ctx *ctx = job->kind->model == SRV_MODEL_CLASSIFIER ? w->ctx : w->gctx;
-            luna_ctx_set_cancel(ctx, &job->cancel);
+            luna_ctx_set_cancel(ctx, job->group ? NULL : &job->cancel);
             job->lanes = luna_ctx_set_lanes(ctx, job->lanes);
-            if (atomic_load(&job->cancel)) job->rc = LUNA_ECANCELED;
+            if (!job->group && atomic_load(&job->cancel)) job->rc = LUNA_ECANCELED;
             else job->rc = job->kind->run(app, ctx, w->gstate, job);
             luna_ctx_set_cancel(ctx, NULL);
-            job->t_end = srv_now();
+            double t_end = srv_now();
+            for (srv_job *j = job; j; j = j->group) {
+                if (job->group && atomic_load(&j->cancel)) j->rc = LUNA_ECANCELED;
+                j->t_end = t_end;
+            }
         }
         pthread_mutex_lock(&w->lock);
         w->finished = 1;
@@ -366,6 +372,37 @@ static srv_job *queue_take(srv_app *app, int lane, int idle)
     return job;
 }
 
+/* Queued jobs that may run with `lead` on worker w (its kind's `joins`: classifications that
+ * fit one pack with it), oldest first, leave the queue with it: each in its least reservation
+ * (the lead's holds what their one forward allocates), counted as started now. With other
+ * workers idle, it takes its share of the queue only: theirs run side by side. */
+static void group_take(srv_app *app, srv_worker *w, srv_job *lead)
+{
+    if (!lead->kind->joins) return;
+    int idle = 0;
+    for (int i = 0; i < app->n_workers; i++) idle += !app->workers[i].busy;
+    int room = srv_queue_len(app) / (idle > 0 ? idle : 1);
+    const luna_ctx *ctx = lead->kind->model == SRV_MODEL_CLASSIFIER ? w->ctx : w->gctx;
+    srv_job *tail = lead, *taken = NULL;
+    pthread_mutex_lock(&app->lock);
+    for (srv_job *j = app->q_head, *next; j && room > 0; j = next) {
+        next = j->next;
+        if (j->kind != lead->kind || job_lane(app, j) != LANE_WORKER || atomic_load(&j->cancel)) continue;
+        if (!lead->kind->joins(app, ctx, lead, j) || srv_reserve(app, j->min_reserve) != 0) continue;
+        queue_remove(app, j);
+        j->reserve = j->min_reserve;
+        j->lanes = 1;
+        room--;
+        tail = tail->group = j;
+        if (!taken) taken = j;
+    }
+    pthread_mutex_unlock(&app->lock);
+    for (srv_job *j = taken; j; j = j->group) {
+        j->t_start = lead->t_start;
+        srv_metrics_queue_wait(&app->metrics, j->t_start - j->t_submit);
+    }
+}
+
 /* Sends the decode step to worker w. With nothing else waiting, the step also takes the cores
  * of the other idle workers (lanes of the batch's context): they are lent, busy without a
  * task, until it comes back, so that no job lands on a core the step's lanes run on. */
@@ -435,6 +472,7 @@ static void dispatch(srv_app *app)
         app->step_last = 0;
         if (job) {
             job->lanes = lanes; /* a classification's, or a lone generation's prefill */
+            group_take(app, idle, job);
             assign(idle, TASK_JOB, job, NULL, 0);
         } else {
             assign(idle, TASK_PREFILL, NULL, srv_batch_next_prefill(app), lanes);
@@ -464,8 +502,12 @@ static void on_wakeup(uv_async_t *h)
         pthread_mutex_unlock(&w->lock);
         w->busy = 0;
         if (task == TASK_JOB) {
-            srv_release(app, job->reserve);
-            job->on_done(job); /* after this, the job belongs to http.c */
+            for (srv_job *j = job, *next; j; j = next) { /* the job, and its group's */
+                next = j->group;
+                j->group = NULL;
+                srv_release(app, j->reserve);
+                j->on_done(j); /* after this, the job belongs to http.c */
+            }
         } else if (task == TASK_PREFILL) {
             srv_batch_prefilled(app, seq);
         } else {
@@ -538,12 +580,13 @@ static void on_tick(uv_timer_t *t)
     for (int i = 0; i < app->n_workers; i++) {
         srv_worker *w = &app->workers[i];
         pthread_mutex_lock(&w->lock);
-        srv_job *j = w->task == TASK_JOB && !w->finished ? w->job : NULL;
-        if (j && !atomic_load(&j->cancel)) {
-            if (now >= j->deadline) srv__cancel_job(j, CANCEL_DEADLINE);
-            else if (srv__client_gone(j->client_fd)) srv__cancel_job(j, CANCEL_DISCONNECT);
+        for (srv_job *j = w->task == TASK_JOB && !w->finished ? w->job : NULL; j; j = j->group) {
+            if (!atomic_load(&j->cancel)) {
+                if (now >= j->deadline) srv__cancel_job(j, CANCEL_DEADLINE);
+                else if (srv__client_gone(j->client_fd)) srv__cancel_job(j, CANCEL_DISCONNECT);
+            }
+            srv__stream_ping(app, j, now);
         }
-        if (j) srv__stream_ping(app, j, now);
         pthread_mutex_unlock(&w->lock);
     }
     srv_batch_tick(app, now);

@@ -76,6 +76,10 @@ struct srv_job {
     void (*on_done)(srv_job *);       /* called on the loop thread when the job is done */
     void *owner;
     srv_job *next;                    /* queue link (loop thread / queue lock) */
+    srv_job *group;                   /* the next job that runs with this one, on its worker, in
+                                         one forward (a kind's `joins`: classifications packed
+                                         together); NULL: none. Set by dispatch */
+    size_t *tokens;                   /* classify: each document's tokens (admit) */
     /* a generation in the continuous batch (server/batch.c; the loop thread's) */
     int rows;                         /* prompts it may run at once */
     size_t next_choice;               /* the next prompt to start */

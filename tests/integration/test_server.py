@@ -345,6 +345,70 @@ def test_short_documents_share_packs():
         st, h, b = s.json("POST", "/classify", {"inputs": docs[:5]})
         assert st == 200 and h["x-luna-plan"] == "packed" and len(b) == 5, (h, b)
         assert all(abs(sum(x["score"] for x in r) - 1) < 1e-5 for r in b), b
+        st, _, info = s.json("GET", "/info")
+        assert st == 200 and info["packs"]["enabled"] is True and info["packs"]["max_tokens"] == 256, info
+    finally:
+        assert s.stop() == 0
+    # --classify-packs 0: each document alone, the same answers
+    s = Server("--classify-packs", "0", model=SLOW)
+    try:
+        st, h, b = s.json("POST", "/classify", {"inputs": docs, "raw_scores": True})
+        assert st == 200 and h["x-luna-plan"] == "resident", h
+        for got, want in zip(b, alone):
+            for x in got:
+                assert abs(x["score"] - want[x["label"]]) <= 1e-4 * max(1.0, abs(want[x["label"]])), (got, want)
+        m = s.metrics()
+        assert m['luna_plan_total{plan="packed"}'] == 0 and m['luna_plan_total{plan="resident"}'] == len(docs), m
+        st, _, info = s.json("GET", "/info")
+        assert info["packs"]["enabled"] is False, info
+    finally:
+        assert s.stop() == 0
+
+
+def test_queued_short_requests_share_packs():
+    # one-document requests that wait in the queue together run as one pack (a group: the
+    # scheduler takes them along with the oldest, sched.c group_take): each answer is its own,
+    # sent alone, to float rounding, and says X-Luna-Plan: packed. One worker, kept busy by a
+    # long document while they queue; on a machine fast enough to finish it before they all
+    # arrive, the long document doubles and the round starts again (no speed is assumed)
+    s = Server("--workers", "1", model=SLOW)
+    try:
+        docs = ["queued %d %s" % (i, "ab" * i) for i in range(8)]
+        alone = []
+        for d in docs:
+            st, h, b = s.json("POST", "/classify", {"inputs": d})
+            assert st == 200 and h["x-luna-plan"] == "resident", (st, h, b)
+            alone.append({x["label"]: x["score"] for x in b})
+
+        def round_(n):
+            res, t0 = [None] * len(docs), time.monotonic()
+            big = threading.Thread(target=lambda: s.json("POST", "/classify", {"inputs": slow_doc(n)}, timeout=600))
+            big.start()
+            wait_for(lambda: s.metrics()["luna_inflight_requests"] == 1 and s.metrics()["luna_queue_depth"] == 0,
+                     "the long document to start")
+
+            def one(i):
+                res[i] = s.json("POST", "/classify", {"inputs": docs[i]})
+            ts = [threading.Thread(target=one, args=(i,)) for i in range(len(docs))]
+            for t in ts:
+                t.start()
+            for t in ts + [big]:
+                t.join()
+            for (st, h, b), want in zip(res, alone):
+                assert st == 200, (st, b)
+                for x in b:
+                    assert abs(x["score"] - want[x["label"]]) <= 1e-5, (b, want)
+            plans[:] = [h["x-luna-plan"] for _, h, _ in res]
+            return time.monotonic() - t0 if all(p == "packed" for p in plans) else 0.0
+        m0, plans = s.metrics(), []
+        try:
+            long_enough(round_, 20000, 0.0, tries=5)
+        except AssertionError:
+            raise AssertionError("queued requests never all ran packed; the last round's plans: %s" % plans)
+        m1 = s.metrics()
+        assert m1['luna_plan_total{plan="packed"}'] - m0['luna_plan_total{plan="packed"}'] >= len(docs), (m0, m1)
+        m = wait_idle(s)
+        assert reserved_idle(m) and m["luna_queue_depth"] == 0, m
     finally:
         assert s.stop() == 0
 
@@ -2583,6 +2647,7 @@ def main():
     tests = [(test_health_ready_info_metrics, shared), (test_blas_kernel_reported, shared), (test_blas_core_setting, None),
              (test_classify_matches_cli, shared),
              (test_classify_list_and_base64, shared), (test_short_documents_share_packs, None),
+             (test_queued_short_requests_share_packs, None),
              (test_validation_errors, shared),
              (test_request_id, shared), (test_body_limit_before_the_body, shared),
              (test_input_too_long_and_truncate, shared), (test_openapi_describes_every_route, shared),

@@ -173,7 +173,7 @@ Test(golden, every_case_is_listed)
 
 /* Packs docs[0 .. count) greedily (luna_pack_fit) on ctx and checks every packed document's
  * probs and logits against its lone forward's; returns the packs of two documents or more. Each
- * pack allocates at most luna_pack_bytes. */
+ * pack allocates nothing (its buffers are the context's). */
 static size_t check_packs(const char *cs, luna_ctx *ctx, const luna_model *m, int chunk, const uint8_t *const *docs,
                           const size_t *lens, size_t count)
 {
@@ -183,7 +183,7 @@ static size_t check_packs(const char *cs, luna_ctx *ctx, const luna_model *m, in
     float *p1 = malloc(C * sizeof(float)), *l1 = malloc(C * sizeof(float));
     for (size_t i = 0; i < count; i++) tok[i] = luna_input_tokens(m, docs[i], lens[i]);
     for (size_t i = 0; i < count;) {
-        size_t k = luna_pack_fit(ctx, tok + i, count - i);
+        size_t k = luna_pack_fit(m, chunk, tok + i, count - i);
         if (k == 0) { /* too long for a pack: the lone forward's */
             cr_expect_eq(luna_classify_pack(ctx, 1, docs + i, lens + i, probs, logits), LUNA_EINVAL);
             i++;
@@ -191,7 +191,7 @@ static size_t check_packs(const char *cs, luna_ctx *ctx, const luna_model *m, in
         }
         int rc = luna_classify_pack(ctx, k, docs + i, lens + i, probs, logits);
         cr_assert_eq(rc, 0, "%s chunk %d: a pack of %zu: %s", cs, chunk, k, luna_strerror(rc));
-        cr_expect_leq(luna__ctx_last_alloc_bytes(ctx), luna_pack_bytes(m, chunk));
+        cr_expect_eq(luna__ctx_last_alloc_bytes(ctx), 0);
         for (size_t j = 0; j < k; j++) {
             cr_assert_eq(luna_classify(ctx, docs[i + j], lens[i + j], p1, l1), 0);
             double ep = rel_err_f(probs + j * C, p1, C), el = rel_err_f(logits + j * C, l1, C);
@@ -254,8 +254,9 @@ Test(encoder, pack_refuses_what_does_not_fit)
     size_t lens[] = {6, 6, sizeof big}, tok[3];
     for (int i = 0; i < 3; i++) tok[i] = luna_input_tokens(m, docs[i], lens[i]);
     cr_assert_lt(tok[0] + tok[1], 16);
-    cr_expect_eq(luna_pack_fit(ctx, tok, 3), 2, "the third would pass the chunk");
-    cr_expect_eq(luna_pack_fit(ctx, tok + 2, 1), 0, "longer than a chunk alone");
+    cr_expect_eq(luna_pack_fit(m, 16, tok, 3), 2, "the third would pass the chunk");
+    cr_expect_eq(luna_pack_fit(m, 16, tok + 2, 1), 0, "longer than a chunk alone");
+    cr_expect_eq(luna_pack_fit(m, 0, tok, 3), 3, "the default chunk, 256 rows, takes all three");
     float probs[6];
     cr_expect_eq(luna_classify_pack(ctx, 3, docs, lens, probs, NULL), LUNA_EINVAL);
     cr_expect_eq(luna_classify_pack(ctx, 0, docs, lens, probs, NULL), LUNA_EINVAL);
@@ -268,8 +269,7 @@ Test(encoder, pack_refuses_what_does_not_fit)
     luna_ctx_free(ctx);
     luna_ctx_opts soft = {16, LUNA_ATTN_SOFTMAX, 1};
     cr_assert_eq(luna_ctx_new(m, &soft, &ctx), 0);
-    cr_expect_eq(luna_pack_fit(ctx, tok, 2), 0, "the baselines have no pack");
-    cr_expect_eq(luna_classify_pack(ctx, 2, docs, lens, probs, NULL), LUNA_EINVAL);
+    cr_expect_eq(luna_classify_pack(ctx, 2, docs, lens, probs, NULL), LUNA_EINVAL, "the baselines have no pack");
     luna_ctx_free(ctx);
     luna_model_free(m);
 }
