@@ -58,12 +58,28 @@ static size_t lane_floats(const luna_config *cfg, size_t c)
     return n + (n & 1);
 }
 
+/* A pack's document: its view, its tokens and rows of P, where its rows start. */
+typedef struct {
+    luna_seq seq;
+    size_t n, lp; /* tokens, rows of P */
+    size_t x0, p0; /* its first row in the pack's X and P */
+} pack_doc;
+
 /* A pack's buffers (luna_classify_pack), in the context's workspace: X (rows), then P, Pn, QP,
  * Cp, KU and VU (P rows each), then the running max and sum (Hp per P row); a pack has at most
  * a chunk of rows and of P rows. */
 static size_t pack_floats(const luna_config *cfg, size_t rows, size_t prows)
 {
     return (rows + 6 * prows) * (size_t)cfg->d + 2 * (size_t)cfg->Hp * prows;
+}
+
+_Static_assert(sizeof(pack_doc) % sizeof(double) == 0, "pack_doc: the buffers after c of them stay aligned");
+
+/* The context's pack region on a chunk of c rows: c documents (pack_doc, first: they hold
+ * pointers), the buffers, then the subjects (c bytes: a subject's bytes are tokens). */
+static size_t pack_region_floats(const luna_config *cfg, size_t c)
+{
+    return c * (sizeof(pack_doc) / sizeof(float)) + pack_floats(cfg, c, c) + (c + 3) / 4;
 }
 
 static void layout(const luna_config *cfg, int chunk, luna_attn attn, int threads, ws_layout *L)
@@ -91,7 +107,8 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, int thread
         TAKE(VU, (size_t)cfg->layers * l * d);
         TAKE(S, l * c);
         TAKE(Xr, c * d);
-        TAKE(pack, pack_floats(cfg, c, c) + (c + 3) / 4); /* the subjects: c bytes */
+        off += off & 1; /* the pack's documents hold pointers */
+        TAKE(pack, pack_region_floats(cfg, c));
         off += off & 1; /* doubles */
         TAKE(macc, 2 * d);
     } else {
@@ -996,12 +1013,6 @@ int luna_classify(luna_ctx *c, const uint8_t *bytes, size_t len, float *probs, f
 
 /* ---- packs: short documents through one forward -------------------------------------------- */
 
-typedef struct {
-    luna_seq seq;
-    size_t n, lp; /* tokens, rows of P */
-    size_t x0, p0; /* its first row in the pack's X and P */
-} pack_doc;
-
 /* Whether a document of n tokens joins a pack of `rows` tokens and `prows` rows of P on a
  * chunk of ch rows; if so, it is counted in. */
 static int pack_takes(const luna_config *cfg, size_t ch, size_t n, size_t *rows, size_t *prows)
@@ -1146,18 +1157,14 @@ int luna_classify_pack(luna_ctx *c, size_t count, const uint8_t *const *docs, co
     const luna_config *cfg = &m->cfg;
     if (cfg->task != LUNA_TASK_CLASSIFY) return LUNA_ETASK;
     if (c->attn != LUNA_ATTN_LUNA || count > (size_t)c->chunk) return LUNA_EINVAL;
-    /* the documents' views: count of them, a few dozen bytes each (every other buffer is the
-     * context's, sized for a chunk) */
-    pack_doc *pd = malloc(count * sizeof *pd);
-    float *buf = W(c, pack);
-    uint8_t *subjects = (uint8_t *)(buf + pack_floats(cfg, (size_t)c->chunk, (size_t)c->chunk));
+    size_t ch = (size_t)c->chunk;
+    pack_doc *pd = (pack_doc *)(void *)W(c, pack);
+    float *buf = (float *)(void *)(pd + ch);
+    uint8_t *subjects = (uint8_t *)(buf + pack_floats(cfg, ch, ch));
     size_t rows = 0, prows = 0;
-    int rc = pd ? pack_docs(c, count, docs, lens, pd, subjects, &rows, &prows) : LUNA_ENOMEM;
-    if (rc) {
-        free(pd);
-        return rc;
-    }
     c->last_alloc_bytes = 0;
+    int rc = pack_docs(c, count, docs, lens, pd, subjects, &rows, &prows);
+    if (rc) return rc;
     size_t d = (size_t)cfg->d, pd_ = prows * d, nl = (size_t)cfg->n_labels;
     float *X = buf, *P = X + rows * d, *Pn = P + pd_, *QP = Pn + pd_, *Cp = QP + pd_, *KU = Cp + pd_;
     float *VU = cfg->tie_kv ? KU : KU + pd_, *mx = KU + 2 * pd_, *sm = mx + (size_t)cfg->Hp * prows;
@@ -1179,6 +1186,5 @@ int luna_classify_pack(luna_ctx *c, size_t count, const uint8_t *const *docs, co
             }
         }
     }
-    free(pd);
     return rc;
 }

@@ -66,7 +66,8 @@ static api_err admit(srv_request *q)
 }
 
 /* The documents of a run: the job's, or its group's (dispatch took jobs along, `joins`), in
- * order, each with its job, tokens, output row and the plan that ran it. */
+ * order, each with its job, tokens, output row and the plan that ran it; and the scratch of a
+ * pack's probabilities and logits. One allocation. */
 typedef struct {
     size_t n;
     const uint8_t **data;
@@ -74,27 +75,28 @@ typedef struct {
     srv_job **job;
     float **out;
     int *kind;
+    float *probs, *logits; /* (n, n_labels) each */
+    void *block;
 } run_docs;
-
-static void run_docs_free(run_docs *r)
-{
-    free(r->data), free(r->len), free(r->tok), free(r->job), free(r->out), free(r->kind);
-}
 
 static int run_docs_make(const srv_app *app, srv_job *lead, run_docs *r)
 {
-    int nl = luna_model_config(app->classifier)->n_labels;
-    size_t n = 0;
+    size_t nl = (size_t)luna_model_config(app->classifier)->n_labels, n = 0;
     for (srv_job *j = lead; j; j = j->group) n += j->classify->n_docs;
-    size_t c = n ? n : 1;
-    *r = (run_docs){n, malloc(c * sizeof *r->data), malloc(c * sizeof *r->len), malloc(c * sizeof *r->tok),
-                    malloc(c * sizeof *r->job), malloc(c * sizeof *r->out), malloc(c * sizeof *r->kind)};
-    if (!r->data || !r->len || !r->tok || !r->job || !r->out || !r->kind) return LUNA_ENOMEM;
+    /* the pointers first, then the sizes, the floats and the ints: each part stays aligned */
+    size_t ptrs = 3 * n * sizeof(void *), sizes = 2 * n * sizeof(size_t), floats = 2 * n * nl * sizeof(float);
+    char *p = malloc(ptrs + sizes + floats + n * sizeof(int) + 1);
+    if (!p) return LUNA_ENOMEM;
+    *r = (run_docs){n, (const uint8_t **)(void *)p, NULL, NULL, (srv_job **)(void *)(p + n * sizeof(void *)),
+                    (float **)(void *)(p + 2 * n * sizeof(void *)), NULL, NULL, NULL, p};
+    r->len = (size_t *)(void *)(p + ptrs), r->tok = r->len + n;
+    r->probs = (float *)(void *)(p + ptrs + sizes), r->logits = r->probs + n * nl;
+    r->kind = (int *)(void *)(p + ptrs + sizes + floats);
     size_t k = 0;
     for (srv_job *j = lead; j; j = j->group)
         for (size_t i = 0; i < j->classify->n_docs; i++, k++) {
             r->data[k] = j->classify->docs[i].data, r->len[k] = j->classify->docs[i].len;
-            r->tok[k] = j->tokens[i], r->job[k] = j, r->out[k] = j->scores + i * (size_t)nl;
+            r->tok[k] = j->tokens[i], r->job[k] = j, r->out[k] = j->scores + i * nl;
         }
     return 0;
 }
@@ -103,15 +105,13 @@ static int run_docs_make(const srv_app *app, srv_job *lead, run_docs *r)
  * scores (probabilities, or logits with raw_scores). */
 static int run_pack(srv_app *app, luna_ctx *ctx, const run_docs *r, size_t i, size_t k, int nl)
 {
-    float *probs = malloc(k * (size_t)nl * sizeof(float)), *logits = malloc(k * (size_t)nl * sizeof(float));
-    int rc = probs && logits ? luna_classify_pack(ctx, k, r->data + i, r->len + i, probs, logits) : LUNA_ENOMEM;
+    int rc = luna_classify_pack(ctx, k, r->data + i, r->len + i, r->probs, r->logits);
     for (size_t j = 0; j < k && !rc; j++) {
-        const float *from = (r->job[i + j]->classify->raw_scores ? logits : probs) + j * (size_t)nl;
+        const float *from = (r->job[i + j]->classify->raw_scores ? r->logits : r->probs) + j * (size_t)nl;
         memcpy(r->out[i + j], from, (size_t)nl * sizeof(float));
         r->kind[i + j] = SRV_PLAN_PACKED;
         srv_metrics_plan(&app->metrics, SRV_PLAN_PACKED);
     }
-    free(probs), free(logits);
     return rc;
 }
 
@@ -124,7 +124,7 @@ static int run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job)
     (void)state;
     const luna_model *m = app->classifier;
     int nl = luna_model_config(m)->n_labels;
-    run_docs r;
+    run_docs r = {0};
     int rc = run_docs_make(app, job, &r);
     int packs = app->cfg.classify_packs && r.n > 1;
     for (size_t i = 0; i < r.n && !rc;) {
@@ -148,7 +148,7 @@ static int run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job)
         if (r.tok[i] >= largest) largest = r.tok[i], r.job[i]->plan = r.kind[i];
     }
     for (srv_job *j = job->group; j; j = j->group) j->rc = rc;
-    run_docs_free(&r);
+    free(r.block);
     return rc;
 }
 
@@ -157,22 +157,23 @@ static int run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job)
 enum { GROUP_MAX_DOCS = LUNA_DEFAULT_CHUNK };
 
 /* A queued classification joins the group that `lead` heads when all their documents fit one
- * pack: they run as one forward. */
+ * pack: they run as one forward. The group is full when not even a one-token document would. */
 static int joins(const srv_app *app, const luna_ctx *ctx, const srv_job *lead, const srv_job *cand)
 {
     (void)ctx;
     const luna_model *m = app->classifier;
-    if (!app->cfg.classify_packs) return 0;
-    size_t n = 0, tok[GROUP_MAX_DOCS];
+    if (!app->cfg.classify_packs) return -1;
+    size_t n = 0, tok[GROUP_MAX_DOCS + 1];
     for (const srv_job *j = lead; j; j = j->group)
         for (size_t i = 0; i < j->classify->n_docs; i++) {
-            if (n == GROUP_MAX_DOCS) return 0;
+            if (n == GROUP_MAX_DOCS) return -1;
             tok[n++] = j->tokens[i];
         }
-    for (size_t i = 0; i < cand->classify->n_docs; i++) {
-        if (n == GROUP_MAX_DOCS) return 0;
-        tok[n++] = cand->tokens[i];
-    }
+    tok[n] = 1;
+    if (luna_pack_fit(m, 0, tok, n + 1) <= n) return -1;
+    if (n + cand->classify->n_docs > GROUP_MAX_DOCS) return 0;
+    for (size_t i = 0; i < cand->classify->n_docs; i++) tok[n + i] = cand->tokens[i];
+    n += cand->classify->n_docs;
     return luna_pack_fit(m, 0, tok, n) == n;
 }
 

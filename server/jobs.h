@@ -66,10 +66,11 @@ struct srv_job_kind {
     char *(*render)(srv_request *q);
     /* the plan the job ran under, for X-Luna-Plan and the request log; NULL: none. May be NULL */
     const char *(*plan)(const srv_job *job);
-    /* (loop thread) whether queued job `cand` of this kind may run with the group that `lead`
-     * heads (lead, lead->group, ...), in the same call of run, on ctx (the worker's context of
-     * the kind's model, idle). run then runs the whole group and sets each member's rc (it
-     * returns the lead's). May be NULL: every job runs alone */
+    /* (loop thread, queue lock held) whether queued job `cand` of this kind may run with the
+     * group that `lead` heads (lead, lead->group, ...), in the same call of run, on ctx (the
+     * worker's context of the kind's model, idle): 1 it may, 0 it may not, -1 the group is full
+     * (no job could join). run then runs the whole group and sets each member's rc (it returns
+     * the lead's). May be NULL: every job runs alone */
     int (*joins)(const srv_app *app, const luna_ctx *ctx, const srv_job *lead, const srv_job *cand);
     void (*release)(srv_request *q);
 };

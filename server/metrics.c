@@ -245,7 +245,7 @@ char *srv_metrics_render(srv_metrics *m)
               (unsigned long long)m->reserved_peak);
     static const char *const plan_names[SRV_N_PLANS] = {"resident", "partial", "streaming", "packed"};
     sb_printf(&b, "# HELP luna_plan_total Documents classified, by plan (resident keeps n x d floats, streaming none, "
-                  "packed: short documents of a request in one forward).\n"
+                  "packed: short documents, of a request or of requests that waited together, in one forward).\n"
                   "# TYPE luna_plan_total counter\n");
     for (int p = 0; p < SRV_N_PLANS; p++)
         sb_printf(&b, "luna_plan_total{plan=\"%s\"} %llu\n", plan_names[p], (unsigned long long)m->plans[p]);

@@ -22,7 +22,8 @@
 #define SRV_N_REJECTIONS 6
 
 /* The classification plans (engine/luna.h), as the server counts and reports them; packed: a
- * short document classified in a pack with others of its request (luna_classify_pack). */
+ * short document classified in a pack with others, of its request or of requests that waited
+ * with it (luna_classify_pack). */
 enum { SRV_PLAN_RESIDENT = 0, SRV_PLAN_PARTIAL, SRV_PLAN_STREAMING, SRV_PLAN_PACKED, SRV_N_PLANS };
 
 typedef struct {

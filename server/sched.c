@@ -374,8 +374,10 @@ static srv_job *queue_take(srv_app *app, int lane, int idle)
 
 /* Queued jobs that may run with `lead` on worker w (its kind's `joins`: classifications that
  * fit one pack with it), oldest first, leave the queue with it: each in its least reservation
- * (the lead's holds what their one forward allocates), counted as started now. With other
- * workers idle, it takes its share of the queue only: theirs run side by side. */
+ * (their one forward runs in the worker's context), counted as started now. With other workers
+ * idle, it takes its share of the queue only: theirs run side by side. It looks at GROUP_SCAN
+ * jobs of its kind at most, under the queue's lock, and stops when the group is full. */
+#define GROUP_SCAN 64
 static void group_take(srv_app *app, srv_worker *w, srv_job *lead)
 {
     if (!lead->kind->joins) return;
@@ -385,10 +387,14 @@ static void group_take(srv_app *app, srv_worker *w, srv_job *lead)
     const luna_ctx *ctx = lead->kind->model == SRV_MODEL_CLASSIFIER ? w->ctx : w->gctx;
     srv_job *tail = lead, *taken = NULL;
     pthread_mutex_lock(&app->lock);
-    for (srv_job *j = app->q_head, *next; j && room > 0; j = next) {
+    int scan = GROUP_SCAN;
+    for (srv_job *j = app->q_head, *next; j && room > 0 && scan > 0; j = next) {
         next = j->next;
         if (j->kind != lead->kind || job_lane(app, j) != LANE_WORKER || atomic_load(&j->cancel)) continue;
-        if (!lead->kind->joins(app, ctx, lead, j) || srv_reserve(app, j->min_reserve) != 0) continue;
+        scan--;
+        int fit = lead->kind->joins(app, ctx, lead, j);
+        if (fit < 0) break;
+        if (!fit || srv_reserve(app, j->min_reserve) != 0) continue;
         queue_remove(app, j);
         j->reserve = j->min_reserve;
         j->lanes = 1;
@@ -619,8 +625,8 @@ static void maybe_stop(srv_app *app)
         }
         for (int i = 0; i < app->n_workers; i++) {
             pthread_mutex_lock(&app->workers[i].lock);
-            if (app->workers[i].task == TASK_JOB && app->workers[i].job)
-                srv__cancel_job(app->workers[i].job, CANCEL_SHUTDOWN);
+            for (srv_job *j = app->workers[i].task == TASK_JOB ? app->workers[i].job : NULL; j; j = j->group)
+                srv__cancel_job(j, CANCEL_SHUTDOWN); /* a group: every member, as it runs whole */
             pthread_mutex_unlock(&app->workers[i].lock);
         }
         srv_batch_cancel_all(app, CANCEL_SHUTDOWN);

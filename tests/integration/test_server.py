@@ -368,9 +368,11 @@ def test_short_documents_share_packs():
 def test_queued_short_requests_share_packs():
     # one-document requests that wait in the queue together run as one pack (a group: the
     # scheduler takes them along with the oldest, sched.c group_take): each answer is its own,
-    # sent alone, to float rounding, and says X-Luna-Plan: packed. One worker, kept busy by a
-    # long document while they queue; on a machine fast enough to finish it before they all
-    # arrive, the long document doubles and the round starts again (no speed is assumed)
+    # sent alone, to float rounding, and says X-Luna-Plan: packed; two that wait with them with
+    # a 0.2 s deadline expire in the queue (504) without harm to the others, and the ledger
+    # comes back to idle. One worker, kept busy by a long document while they queue; on a
+    # machine fast enough to finish it before they all arrive or expire, the long document
+    # doubles and the round starts again (no speed is assumed)
     s = Server("--workers", "1", model=SLOW)
     try:
         docs = ["queued %d %s" % (i, "ab" * i) for i in range(8)]
@@ -389,7 +391,12 @@ def test_queued_short_requests_share_packs():
 
             def one(i):
                 res[i] = s.json("POST", "/classify", {"inputs": docs[i]})
+
+            def late(i):  # a short deadline: it expires in the queue, the others still pack
+                late_res[i] = s.json("POST", "/classify", {"inputs": "late %d" % i}, {"X-Request-Timeout": "0.2"})
+            late_res = [None] * 2
             ts = [threading.Thread(target=one, args=(i,)) for i in range(len(docs))]
+            ts += [threading.Thread(target=late, args=(i,)) for i in range(len(late_res))]
             for t in ts:
                 t.start()
             for t in ts + [big]:
@@ -398,13 +405,19 @@ def test_queued_short_requests_share_packs():
                 assert st == 200, (st, b)
                 for x in b:
                     assert abs(x["score"] - want[x["label"]]) <= 1e-5, (b, want)
-            plans[:] = [h["x-luna-plan"] for _, h, _ in res]
-            return time.monotonic() - t0 if all(p == "packed" for p in plans) else 0.0
+            plans[:] = [h["x-luna-plan"] for _, h, _ in res] + [st for st, _, _ in late_res]
+            for st, _, b in late_res:
+                assert st in (200, 504), (st, b)
+                if st == 504:
+                    is_error(st, b, 504)
+            done = all(p == "packed" for p in plans[:len(docs)]) and all(st == 504 for st, _, _ in late_res)
+            return time.monotonic() - t0 if done else 0.0
         m0, plans = s.metrics(), []
         try:
             long_enough(round_, 20000, 0.0, tries=5)
         except AssertionError:
-            raise AssertionError("queued requests never all ran packed; the last round's plans: %s" % plans)
+            raise AssertionError("queued requests never all ran packed (and the late ones 504); the last round's: %s"
+                                 % plans)
         m1 = s.metrics()
         assert m1['luna_plan_total{plan="packed"}'] - m0['luna_plan_total{plan="packed"}'] >= len(docs), (m0, m1)
         m = wait_idle(s)

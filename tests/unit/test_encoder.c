@@ -206,15 +206,32 @@ static size_t check_packs(const char *cs, luna_ctx *ctx, const luna_model *m, in
     return multi;
 }
 
-/* Every classification case: its golden inputs, then the prefixes of its longest input (1, 2, 3,
- * 5, ... bytes), packed at chunk lengths 256 and 48 on 1 and 2 lanes. The prefixes give packs of
- * every configuration (pooling, norms, tied or not, dynamic projection with n < l and not). */
+/* Distinct documents side by side: mails whose subjects differ (the email transform unfolds
+ * each into a buffer of its own) and lengths differ, empty ones among them. */
+#define N_MAILS 10
+static const char *const MAILS[N_MAILS] = {
+    "Subject: one\r\n\r\nthe first body",
+    "",
+    "Subject: a longer\r\n  folded subject\r\n\r\nand a body of a few more words than that",
+    "no header at all, just text",
+    "Subject: x\r\n\r\n",
+    "",
+    "From: a@b\r\nSubject: third\r\n\r\nbody",
+    "Subject: \xc3\xa9t\xc3\xa9\r\n\r\n\x00\x01\xff bytes",
+    "Subject: last one\r\n\r\nshort",
+    "z",
+};
+
+/* Every classification case: its golden inputs, the prefixes of its longest input (1, 2, 3, 5,
+ * ... bytes) and MAILS, packed at chunk lengths 256 and 48 on 1 and 2 lanes. The prefixes give
+ * packs of every configuration (pooling, norms, tied or not, dynamic projection with n < l and
+ * not), the mails distinct documents. */
 Test(encoder, packs_match_lone_forwards)
 {
     for (size_t c = 0; c < N_CASES; c++) {
         golden g;
         golden_open(&g, cases[c]);
-        size_t count = (size_t)g.count + 24, longest = 0;
+        size_t count = (size_t)g.count + 24 + N_MAILS, longest = 0;
         const uint8_t **docs = malloc(count * sizeof *docs);
         size_t *lens = malloc(count * sizeof *lens);
         for (int i = 0; i < g.count; i++) {
@@ -228,6 +245,10 @@ Test(encoder, packs_match_lone_forwards)
         for (size_t j = 0, b = 1; j < 24; j++, b += 1 + j / 3) {
             docs[(size_t)g.count + j] = docs[longest];
             lens[(size_t)g.count + j] = b < lens[longest] ? b : lens[longest];
+        }
+        for (size_t j = 0; j < N_MAILS; j++) { /* (the one with a NUL byte: its length by hand) */
+            docs[(size_t)g.count + 24 + j] = (const uint8_t *)MAILS[j];
+            lens[(size_t)g.count + 24 + j] = j == 7 ? 27 : strlen(MAILS[j]);
         }
         static const int runs[][2] = {{256, 1}, {48, 1}, {256, 2}};
         for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
