@@ -10,6 +10,16 @@
 
 #include "engine/sample.h"
 
+/* tools/valgrind.sh sets LUNA_TEST_UNDER_VALGRIND=1: there the long loops of draws below are
+ * cut to a tenth (memcheck runs them 50 to 100 times slower). Each draw takes the same path
+ * whatever its count, so memcheck still sees every branch; the full counts, on which the
+ * statistical checks are sized, run in make check and make asan. */
+static int n_draws(int full)
+{
+    const char *v = getenv("LUNA_TEST_UNDER_VALGRIND");
+    return v && strcmp(v, "1") == 0 ? full / 10 : full;
+}
+
 static luna_sampler *mk(int vocab, luna_sampling p)
 {
     luna_sampler *s = NULL;
@@ -579,7 +589,8 @@ Test(sampler, rng_uses_all_24_bits_of_u)
 {
     /* V equal logits, V not a power of two: the token is floor(u * V) = (m * V) >> 24 for the
      * 24-bit m, which moves with the lowest of the 24 bits about V / 2^24 of the time. */
-    enum { V = 100003, N = 2000 };
+    enum { V = 100003 };
+    const int N = n_draws(2000);
     float *l = malloc(V * sizeof *l), *x = malloc(V * sizeof *x);
     cr_assert(l && x);
     for (int i = 0; i < V; i++) l[i] = 1.5f;
@@ -809,7 +820,7 @@ Test(sampler, large_vocab)
     double kth = sorted[39];
     luna_sampler *k = mk(V, params(2.0f, 40, 1.0f, 1.0f, 61));
     int hits_outside_top3 = 0;
-    for (int i = 0; i < 1000; i++) {
+    for (int i = 0; i < n_draws(1000); i++) {
         int32_t t = draw(k, l, V, x);
         cr_assert(t >= 0 && t < V);
         cr_assert_geq(l[t], kth, "draw %d: token %d (logit %g) is not in the top 40", i, t, l[t]);
@@ -826,14 +837,14 @@ Test(sampler, large_vocab)
     double cum = 0.0, floor_p = 0.0;
     for (int i = 0; i < V && cum < 0.6; i++) cum += floor_p = sorted[i];
     luna_sampler *tp = mk(V, params(1.0f, 0, 0.6f, 1.0f, 62));
-    for (int i = 0; i < 300; i++) {
+    for (int i = 0; i < n_draws(300); i++) {
         int32_t t = draw(tp, l, V, x);
         cr_assert_geq(p[t], floor_p * (1 - 1e-5), "token %d is outside the 0.6 nucleus", t);
     }
     luna_sampler_free(tp);
 
     /* unfiltered: the three planted tokens keep their softmax share */
-    enum { N = 10000 };
+    const int N = n_draws(10000);
     luna_sampler *u = mk(V, params(1.0f, 0, 1.0f, 1.0f, 63));
     int *counts = calloc(V, sizeof *counts);
     cr_assert_not_null(counts);
