@@ -9,9 +9,9 @@
 #include "cli/cli.h"
 
 static const char bench_pack_help[] =
-    "usage: luna bench-pack --model DIR [--lengths 16,32,64,128] [--rounds N] [--threads N] [--json]\n"
+    "usage: luna bench-pack --model DIR [--lengths 16,32,64,128] [--rounds N] [--threads N] [--lanes N] [--json]\n"
     "Measures packs (luna_classify_pack): for each document length, as many documents of random\n"
-    "printable bytes (for an email model, \"Subject: \", the subject, a blank line and the body) as fit one pack (their tokens and rows of P within a chunk, 256 rows) are\n"
+    "printable bytes (for an email model, \"Subject: \", the subject, a blank line and the body) as fit one pack (their tokens and rows of P within a chunk, 256 rows, per lane) are\n"
     "classified one by one (luna_classify), then as one pack, in turn for --rounds rounds (the\n"
     "order flips each round; each round repeats both for at least 50 ms); the medians of the\n"
     "time per document, the documents/s both ways and the pack's speed-up. max_rel_diff: the\n"
@@ -19,6 +19,8 @@ static const char bench_pack_help[] =
     "  --lengths LIST  document lengths in bytes (default 16,32,64,128)\n"
     "  --rounds N      rounds per length (default 9)\n"
     "  --threads N     OpenBLAS threads (default 1)\n"
+    "  --lanes N       lanes of the context (default 1): a pack splits its documents over them, a\n"
+    "                  lone document its chunks\n"
     "  --json          one JSON object per length instead of the table\n";
 
 /* Seconds per document of `k` documents, one by one (pack 0) or as one pack, repeated for at
@@ -42,17 +44,19 @@ int cmd_bench_pack(int argc, char **argv)
 {
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},  {"lengths", required_argument, 0, 'n'},
                                          {"rounds", required_argument, 0, 'r'}, {"threads", required_argument, 0, 't'},
-                                         {"json", no_argument, 0, 'j'},         {"help", no_argument, 0, 'h'},
+                                         {"lanes", required_argument, 0, 'L'},  {"json", no_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model = NULL, *lengths = "16,32,64,128";
-    int rounds = 9, threads = 1, json = 0, c;
+    int rounds = 9, threads = 1, lanes = 1, json = 0, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":m:n:r:t:jh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:n:r:t:L:jh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case 'n': lengths = optarg; break;
         case 'r': rounds = (int)parse_long("bench-pack", "--rounds", optarg, 1, 1000); break;
         case 't': threads = (int)parse_long("bench-pack", "--threads", optarg, 1, 256); break;
+        case 'L': lanes = (int)parse_long("bench-pack", "--lanes", optarg, 1, LUNA_MAX_THREADS); break;
         case 'j': json = 1; break;
         case 'h': fputs(bench_pack_help, stdout); return 0;
         case ':': die_usage("bench-pack", "option %s needs a value", argv[optind - 1]); break;
@@ -71,10 +75,11 @@ int cmd_bench_pack(int argc, char **argv)
         luna_model_free(m);
         return 1;
     }
-    enum { MAX_DOCS = 256 };
+    enum { MAX_DOCS = 1024 }; /* (a pack of more stops at these) */
     size_t labels = (size_t)cfg->n_labels;
     luna_ctx *ctx = NULL;
-    int rc = luna_ctx_new(m, NULL, &ctx);
+    luna_ctx_opts co = {0, LUNA_ATTN_LUNA, lanes};
+    int rc = luna_ctx_new(m, &co, &ctx);
     const uint8_t *docs[MAX_DOCS];
     size_t lens[MAX_DOCS], tok[MAX_DOCS];
     uint8_t *bytes = NULL;
@@ -84,8 +89,8 @@ int cmd_bench_pack(int argc, char **argv)
     if (!rc && !json) {
         char blas[512];
         luna_blas_summary(&cli_blas, blas, sizeof blas);
-        printf("# %s\n# d %d, %d layers, l %d, ffn %d; median of %d rounds; %d BLAS thread(s)\n", blas, cfg->d,
-               cfg->layers, cfg->l, cfg->ffn, rounds, threads);
+        printf("# %s\n# d %d, %d layers, l %d, ffn %d; median of %d rounds; %d BLAS thread(s), %d lane(s)\n", blas,
+               cfg->d, cfg->layers, cfg->l, cfg->ffn, rounds, threads, lanes);
         printf("%8s %8s %6s %12s %12s %10s %10s %8s %13s\n", "bytes", "tokens", "docs", "alone_ms", "pack_ms",
                "alone_dps", "pack_dps", "speedup", "max_rel_diff");
     }
@@ -109,7 +114,7 @@ int cmd_bench_pack(int argc, char **argv)
             docs[i] = bytes + i * len, lens[i] = len;
             tok[i] = luna_input_tokens(m, docs[i], len);
         }
-        size_t k = luna_pack_fit(m, 0, tok, MAX_DOCS);
+        size_t k = luna_pack_fit(m, 0, lanes, tok, MAX_DOCS);
         if (k == 0) {
             fprintf(stderr, "%s bench-pack: %zu bytes (%zu tokens) do not fit a pack\n", prog, len, tok[0]);
             continue;
@@ -131,8 +136,8 @@ int cmd_bench_pack(int argc, char **argv)
         if (json)
             printf("{\"bytes\": %zu, \"tokens\": %zu, \"docs\": %zu, \"alone_ms\": %.4f, \"pack_ms\": %.4f, "
                    "\"alone_docs_s\": %.1f, \"pack_docs_s\": %.1f, \"speedup\": %.3f, \"max_rel_diff\": %.3g, "
-                   "\"threads\": %d, \"blas_core\": \"%s\"}\n",
-                   len, tok[0], k, a * 1e3, b * 1e3, 1 / a, 1 / b, a / b, diff, threads, cli_blas.core);
+                   "\"threads\": %d, \"lanes\": %d, \"blas_core\": \"%s\"}\n",
+                   len, tok[0], k, a * 1e3, b * 1e3, 1 / a, 1 / b, a / b, diff, threads, lanes, cli_blas.core);
         else
             printf("%8zu %8zu %6zu %12.4f %12.4f %10.0f %10.0f %8.2f %13.2g\n", len, tok[0], k, a * 1e3, b * 1e3, 1 / a,
                    1 / b, a / b, diff);

@@ -26,8 +26,9 @@ typedef struct {
                                                    rows can run the earlier layers again */
     size_t Xr;                                  /* (c, d) rows recomputed from the input */
     size_t macc;                                /* (d) doubles: a lane's sum for mean pooling */
-    size_t pack;                                /* a pack's buffers (encoder.c pack_floats) and
-                                                   its documents' subjects (c bytes) */
+    size_t pack;                                /* a pack's documents (a chunk's per lane), lane
+                                                   0's pack buffers (encoder.c pack_floats) and
+                                                   the subjects (c bytes per lane) */
     size_t A, B, C;                             /* (c, d) chunk buffers */
     size_t F;                                   /* (c, ffn) FFN hidden */
     size_t S;                                   /* scores: (l, c), (c, l) or (c, c) */
@@ -45,10 +46,12 @@ typedef struct {
     size_t total;
 } ws_layout;
 
-/* The buffers one lane works in. Lane 0 uses the context's main layout. */
+/* The buffers one lane works in. Lane 0 uses the context's main layout. A pack's share runs in
+ * `pack` (encoder.c pack_floats), and its documents' heads in pooled .. logits. */
 typedef struct {
     float *A, *B, *C, *F, *S, *acc, *pmax, *psum, *Xr;
     double *macc;
+    float *pooled, *head_a, *head_b, *logits, *pack;
 } lane_ws;
 
 /* The decoder's helper threads (decoder.c): lanes 1 .. lanes_max - 1 of a causal-lm context,

@@ -48,44 +48,55 @@ static int resolve_threads(const luna_config *cfg, const luna_ctx_opts *opts)
     return resolve_attn(opts) == LUNA_ATTN_LUNA ? t : 1;
 }
 
+/* The classifier head's widest row: its hidden layers' or d. */
+static size_t head_dim(const luna_config *cfg)
+{
+    return (size_t)(cfg->classifier_dim > cfg->d ? cfg->classifier_dim : cfg->d);
+}
+
+/* A lane's share of a pack runs in buffers of its own (luna_classify_pack): X (rows), then P,
+ * Pn, QP, Cp, KU and VU (P rows each), then the running max and sum (Hp per P row); a share has
+ * at most a chunk of rows and of P rows. An even count (pack_region_floats). */
+static size_t pack_floats(const luna_config *cfg, size_t rows, size_t prows)
+{
+    size_t n = (rows + 6 * prows) * (size_t)cfg->d + 2 * (size_t)cfg->Hp * prows;
+    return n + (n & 1);
+}
+
 /* One lane's private buffers: macc (d doubles, first, so that it is aligned), A..C and Xr
- * (c, d), F (c, ffn), S (l, c), acc (l, d), pmax, psum (Hp, l); an even count, so that the
- * next lane's doubles are aligned too. */
+ * (c, d), F (c, ffn), S (l, c), acc (l, d), pmax, psum (Hp, l), then the head's pooled (d),
+ * head_a and head_b (head_dim), logits (n_labels) and its share of a pack (pack_floats); an even
+ * count, so that the next lane's doubles are aligned too. */
 static size_t lane_floats(const luna_config *cfg, size_t c)
 {
     size_t d = (size_t)cfg->d, l = (size_t)cfg->l;
     size_t n = 2 * d + 4 * c * d + c * (size_t)cfg->ffn + l * c + l * d + 2 * (size_t)cfg->Hp * l;
-    return n + (n & 1);
+    n += d + 2 * head_dim(cfg) + (size_t)cfg->n_labels;
+    n += n & 1;
+    return n + pack_floats(cfg, c, c);
 }
 
-/* A pack's document: its view, its tokens and rows of P, where its rows start. */
+/* A pack's document: its view, its tokens and rows of P, where its rows start in its share's. */
 typedef struct {
     luna_seq seq;
     size_t n, lp; /* tokens, rows of P */
-    size_t x0, p0; /* its first row in the pack's X and P */
+    size_t x0, p0; /* its first row in its share's X and P */
 } pack_doc;
 
-/* A pack's buffers (luna_classify_pack), in the context's workspace: X (rows), then P, Pn, QP,
- * Cp, KU and VU (P rows each), then the running max and sum (Hp per P row); a pack has at most
- * a chunk of rows and of P rows. */
-static size_t pack_floats(const luna_config *cfg, size_t rows, size_t prows)
-{
-    return (rows + 6 * prows) * (size_t)cfg->d + 2 * (size_t)cfg->Hp * prows;
-}
+_Static_assert(sizeof(pack_doc) % sizeof(double) == 0, "pack_doc: the buffers after them stay aligned");
 
-_Static_assert(sizeof(pack_doc) % sizeof(double) == 0, "pack_doc: the buffers after c of them stay aligned");
-
-/* The context's pack region on a chunk of c rows: c documents (pack_doc, first: they hold
- * pointers), the buffers, then the subjects (c bytes: a subject's bytes are tokens). */
-static size_t pack_region_floats(const luna_config *cfg, size_t c)
+/* The context's pack region on a chunk of c rows and `lanes` lanes: a chunk's documents per
+ * lane (pack_doc, first: they hold pointers; every document has a row at least), lane 0's
+ * buffers, then the subjects (a chunk's bytes per lane: a subject's bytes are tokens). */
+static size_t pack_region_floats(const luna_config *cfg, size_t c, size_t lanes)
 {
-    return c * (sizeof(pack_doc) / sizeof(float)) + pack_floats(cfg, c, c) + (c + 3) / 4;
+    return lanes * c * (sizeof(pack_doc) / sizeof(float)) + pack_floats(cfg, c, c) + (lanes * c + 3) / 4;
 }
 
 static void layout(const luna_config *cfg, int chunk, luna_attn attn, int threads, ws_layout *L)
 {
     size_t d = (size_t)cfg->d, l = (size_t)cfg->l, c = (size_t)chunk;
-    size_t hd = (size_t)(cfg->classifier_dim > cfg->d ? cfg->classifier_dim : cfg->d);
+    size_t hd = head_dim(cfg);
     size_t off = 0;
 #define TAKE(field, count) (L->field = off, off += (count))
     memset(L, 0, sizeof *L);
@@ -108,7 +119,7 @@ static void layout(const luna_config *cfg, int chunk, luna_attn attn, int thread
         TAKE(S, l * c);
         TAKE(Xr, c * d);
         off += off & 1; /* the pack's documents hold pointers */
-        TAKE(pack, pack_region_floats(cfg, c));
+        TAKE(pack, pack_region_floats(cfg, c, (size_t)threads));
         off += off & 1; /* doubles */
         TAKE(macc, 2 * d);
     } else {
@@ -210,9 +221,13 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
     size_t cd = (size_t)c->chunk * (size_t)cfg->d, l = (size_t)cfg->l;
     c->lane[0] = (lane_ws){c->ws + c->L.A, c->ws + c->L.B, c->ws + c->L.C, c->ws + c->L.F,
                            c->ws + c->L.S, c->ws + c->L.acc, c->ws + c->L.pmax, c->ws + c->L.psum,
-                           c->ws + c->L.Xr, (double *)(void *)(c->ws + c->L.macc)};
+                           c->ws + c->L.Xr, (double *)(void *)(c->ws + c->L.macc),
+                           c->ws + c->L.pooled, c->ws + c->L.head_a, c->ws + c->L.head_b, c->ws + c->L.logits,
+                           NULL};
+    if (attn == LUNA_ATTN_LUNA && cfg->task == LUNA_TASK_CLASSIFY)
+        c->lane[0].pack = (float *)(void *)((pack_doc *)(void *)W(c, pack) + (size_t)c->threads * (size_t)c->chunk);
     for (int t = 1; t < c->threads && cfg->task == LUNA_TASK_CLASSIFY; t++) { /* the decoder's: dL */
-        float *p = c->ws + c->L.lanes + (size_t)(t - 1) * c->L.lane_size;
+        float *base = c->ws + c->L.lanes + (size_t)(t - 1) * c->L.lane_size, *p = base;
         lane_ws *w = &c->lane[t];
         w->macc = (double *)(void *)p, p += 2 * (size_t)cfg->d;
         w->Xr = p, p += cd;
@@ -223,7 +238,13 @@ int luna_ctx_new(const luna_model *m, const luna_ctx_opts *opts, luna_ctx **out)
         w->S = p, p += l * (size_t)c->chunk;
         w->acc = p, p += l * (size_t)cfg->d;
         w->pmax = p, p += (size_t)cfg->Hp * l;
-        w->psum = p;
+        w->psum = p, p += (size_t)cfg->Hp * l;
+        w->pooled = p, p += (size_t)cfg->d;
+        w->head_a = p, p += head_dim(cfg);
+        w->head_b = p, p += head_dim(cfg);
+        w->logits = p, p += (size_t)cfg->n_labels;
+        p += (p - base) & 1;
+        w->pack = p;
     }
     /* fairseq's sinusoid: half sin, half cos, frequency exp(-j ln(10000) / (half - 1)) */
     int half = m->cfg.d / 2;
@@ -756,12 +777,12 @@ static int softmax_stream_layer(luna_ctx *c, const luna_layer *ly, float *X, siz
 
 /* ---- pooling and the head ------------------------------------------------------------------ */
 
-static void head_forward(luna_ctx *c, const float *pooled, float *logits)
+static void head_forward(const luna_ctx *c, const lane_ws *w, const float *pooled, float *logits)
 {
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
     const float *in = pooled;
-    float *bufs[2] = {W(c, head_a), W(c, head_b)};
+    float *bufs[2] = {w->head_a, w->head_b};
     for (int j = 0; j < cfg->classifier_layers; j++) {
         float *out = bufs[j & 1];
         kn_linear(&m->classifier[j], in, 1, (size_t)m->classifier[j].in, out, (size_t)m->classifier[j].out, 1.0f);
@@ -962,7 +983,7 @@ static int encode(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, size
         }
         break;
     }
-    head_forward(c, pool, W(c, logits));
+    head_forward(c, &c->lane[0], pool, W(c, logits));
     if (hidden) {
         /* the final LayerNorm of pre-norm; only the baselines' mean pooling applied it in place */
         int normed = !luna && cfg->pooling == LUNA_POOL_MEAN;
@@ -1013,7 +1034,7 @@ int luna_classify(luna_ctx *c, const uint8_t *bytes, size_t len, float *probs, f
 
 /* ---- packs: short documents through one forward -------------------------------------------- */
 
-/* Whether a document of n tokens joins a pack of `rows` tokens and `prows` rows of P on a
+/* Whether a document of n tokens joins a share of `rows` tokens and `prows` rows of P on a
  * chunk of ch rows; if so, it is counted in. */
 static int pack_takes(const luna_config *cfg, size_t ch, size_t n, size_t *rows, size_t *prows)
 {
@@ -1024,30 +1045,57 @@ static int pack_takes(const luna_config *cfg, size_t ch, size_t n, size_t *rows,
     return 1;
 }
 
-size_t luna_pack_fit(const luna_model *m, int chunk, const size_t *tokens, size_t count)
+/* The documents, in order, filling `lanes` chunks one after the other: how many fit. A
+ * document that fits no chunk alone ends the pack. */
+static size_t pack_fill(const luna_config *cfg, size_t ch, int lanes, const size_t *tokens, size_t count)
 {
-    if (!m || !tokens || m->cfg.task != LUNA_TASK_CLASSIFY) return 0;
-    size_t rows = 0, prows = 0, k = 0, ch = chunk > 0 ? (size_t)chunk : DEFAULT_CHUNK;
-    while (k < count && pack_takes(&m->cfg, ch, tokens[k], &rows, &prows)) k++;
+    size_t k = 0;
+    for (int t = 0; t < (lanes > 1 ? lanes : 1) && k < count; t++) {
+        size_t rows = 0, prows = 0, k0 = k;
+        while (k < count && pack_takes(cfg, ch, tokens[k], &rows, &prows)) k++;
+        if (k == k0) break;
+    }
     return k;
 }
 
-/* The layers of a pack, as luna_layer_forward for each of its documents: one pack and one unpack
- * per document, every row-wise product over all the pack's rows. The lane 0 buffers are the
- * scratch (the pack fits a chunk). */
-static int pack_layers(luna_ctx *c, pack_doc *pd, size_t count, size_t rows, size_t prows, float *X, float *P,
-                       float *Pn, float *QP, float *Cp, float *KU, float *VU, float *mx, float *sm)
+size_t luna_pack_fit(const luna_model *m, int chunk, int lanes, const size_t *tokens, size_t count)
+{
+    if (!m || !tokens || m->cfg.task != LUNA_TASK_CLASSIFY) return 0;
+    return pack_fill(&m->cfg, chunk > 0 ? (size_t)chunk : DEFAULT_CHUNK, lanes, tokens, count);
+}
+
+/* A share's buffers (pack_floats), in its lane's: X on the share's rows; P, its layer-norm Pn,
+ * the queries QP, the packed context Cp, KU and VU on its rows of P; the running max and sum of
+ * each document's softmax (Hp per row of P). */
+typedef struct {
+    float *X, *P, *Pn, *QP, *Cp, *KU, *VU, *mx, *sm;
+} pack_bufs;
+
+/* A lane's share of a pack: documents [i0, i1), rows of X and of P from 0 in its buffers. */
+typedef struct {
+    pack_bufs b;
+    const pack_doc *pd;
+    size_t i0, i1, rows, prows;
+    float *probs, *logits; /* the pack's, (count, n_labels) each */
+} pack_part;
+
+/* The layers of a share of a pack, as luna_layer_forward for each of its documents: one pack and
+ * one unpack per document, every row-wise product over all the share's rows. The lane's buffers
+ * are the scratch (a share fits a chunk). */
+static int pack_layers(luna_ctx *c, const lane_ws *w, const pack_part *s)
 {
     const luna_config *cfg = &c->m->cfg;
     size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp, hk = d / (size_t)cfg->H;
+    size_t rows = s->rows, prows = s->prows;
     int pre = cfg->normalize_before;
-    const lane_ws *w = &c->lane[0];
+    const pack_bufs *b = &s->b;
+    float *X = b->X, *P = b->P;
     for (int k = 0; k < cfg->layers; k++) {
         if (canceled(c)) return LUNA_ECANCELED;
         const luna_layer *ly = &c->m->layers[k];
         /* the pack: P's queries, every row's keys and values, then each document's softmax */
-        if (pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, Pn, prows, d);
-        kn_linear(&ly->pq_proj, pre ? Pn : P, prows, d, QP, d, 1.0f / sqrtf((float)kp));
+        if (pre) kn_layernorm(&ly->self_atten_proj_layer_norm, P, b->Pn, prows, d);
+        kn_linear(&ly->pq_proj, pre ? b->Pn : P, prows, d, b->QP, d, 1.0f / sqrtf((float)kp));
         const float *xin = X;
         if (pre) {
             kn_layernorm(&ly->self_attn_layer_norm, X, w->C, rows, d);
@@ -1059,14 +1107,14 @@ static int pack_layers(luna_ctx *c, pack_doc *pd, size_t count, size_t rows, siz
             V = w->B;
             kn_linear(&ly->pv_proj, xin, rows, d, V, d, 1.0f);
         }
-        for (size_t i = 0; i < count; i++) {
-            const pack_doc *q = &pd[i];
-            float *acc = Cp + q->p0 * d, *m_i = mx + Hp * q->p0, *s_i = sm + Hp * q->p0;
+        for (size_t i = s->i0; i < s->i1; i++) {
+            const pack_doc *q = &s->pd[i];
+            float *acc = b->Cp + q->p0 * d, *m_i = b->mx + Hp * q->p0, *s_i = b->sm + Hp * q->p0;
             pack_start(cfg, q->lp, acc, m_i, s_i);
-            pack_chunk(cfg, QP + q->p0 * d, K + q->x0 * d, V + q->x0 * d, q->n, q->lp, w->S, acc, m_i, s_i);
+            pack_chunk(cfg, b->QP + q->p0 * d, K + q->x0 * d, V + q->x0 * d, q->n, q->lp, w->S, acc, m_i, s_i);
             pack_finish(cfg, q->lp, acc, s_i);
         }
-        packed_to_p(cfg, ly, Cp, prows, P, KU, VU);
+        packed_to_p(cfg, ly, b->Cp, prows, P, b->KU, b->VU);
         /* the unpack and FFN: a last layer pooled from P needs none */
         if (k + 1 == cfg->layers && cfg->pooling == LUNA_POOL_P) break;
         float *T = w->A, *Q = w->B, *O = w->C;
@@ -1076,23 +1124,25 @@ static int pack_layers(luna_ctx *c, pack_doc *pd, size_t count, size_t rows, siz
             xin = T;
         }
         kn_linear(&ly->q_proj, xin, rows, d, Q, d, 1.0f / sqrtf((float)hk));
-        for (size_t i = 0; i < count; i++) {
-            const pack_doc *q = &pd[i];
-            unpack_heads(cfg, Q + q->x0 * d, KU + q->p0 * d, VU + q->p0 * d, q->n, q->lp, w->S, O + q->x0 * d);
+        for (size_t i = s->i0; i < s->i1; i++) {
+            const pack_doc *q = &s->pd[i];
+            unpack_heads(cfg, Q + q->x0 * d, b->KU + q->p0 * d, b->VU + q->p0 * d, q->n, q->lp, w->S, O + q->x0 * d);
         }
         attn_out_ffn(c, ly, X, O, rows, T, w->F);
     }
+    if (pre) kn_layernorm(&c->m->proj_layer_norm, P, P, prows, d);
     return 0;
 }
 
-/* Document i's pooled row, as encode pools a lone document. */
-static void pack_pool(luna_ctx *c, const pack_doc *q, const float *X, const float *P, float *pool)
+/* Document q's pooled row, as encode pools a lone document, in the lane's buffers. */
+static void pack_pool(const luna_ctx *c, const lane_ws *w, const pack_doc *q, const float *X, const float *P,
+                      float *pool)
 {
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
     size_t d = (size_t)cfg->d;
     const float *x = X + q->x0 * d;
-    float *T = c->lane[0].A;
+    float *T = w->A;
     switch (cfg->pooling) {
     case LUNA_POOL_CLS:
         if (cfg->normalize_before) {
@@ -1102,7 +1152,7 @@ static void pack_pool(luna_ctx *c, const pack_doc *q, const float *X, const floa
         memcpy(pool, x, d * sizeof(float));
         break;
     case LUNA_POOL_MEAN: {
-        double *sum = c->lane[0].macc;
+        double *sum = w->macc;
         if (cfg->normalize_before) {
             kn_layernorm(&m->layer_norm, x, T, q->n, d);
             x = T;
@@ -1123,12 +1173,38 @@ static void pack_pool(luna_ctx *c, const pack_doc *q, const float *X, const floa
     }
 }
 
+/* One lane's share of a pack, from the embeddings to each document's logits and probabilities. */
+static int pack_share(luna_ctx *c, int lane, void *arg)
+{
+    const pack_part *s = (const pack_part *)arg + lane;
+    const luna_config *cfg = &c->m->cfg;
+    const lane_ws *w = &c->lane[lane];
+    const pack_bufs *b = &s->b;
+    size_t d = (size_t)cfg->d, nl = (size_t)cfg->n_labels;
+    if (s->i0 == s->i1) return 0;
+    for (size_t i = s->i0; i < s->i1; i++) {
+        embed_rows(c, &s->pd[i].seq, 0, s->pd[i].n, b->X + s->pd[i].x0 * d);
+        embed_p(c, s->pd[i].lp, b->P + s->pd[i].p0 * d);
+    }
+    int rc = pack_layers(c, w, s);
+    for (size_t i = s->i0; i < s->i1 && !rc; i++) {
+        pack_pool(c, w, &s->pd[i], b->X, b->P, w->pooled);
+        head_forward(c, w, w->pooled, w->logits);
+        if (s->logits) memcpy(s->logits + i * nl, w->logits, nl * sizeof(float));
+        if (s->probs) {
+            memcpy(s->probs + i * nl, w->logits, nl * sizeof(float));
+            kn_softmax_rows(s->probs + i * nl, 1, nl, nl);
+        }
+    }
+    return rc;
+}
+
 /* The pack's documents, in order: each one's view (an email's unfolded subject moved from the
- * context's buffer into `subjects`, a chunk of bytes: a subject's bytes are tokens of its
- * document), and where its rows start; the pack's rows and rows of P. LUNA_EINVAL when one is
- * missing or they do not fit one pack, LUNA_ETOOLONG past max_positions. */
+ * context's buffer into `subjects`: a subject's bytes are tokens of its document, and the pack
+ * has a chunk of them per lane at most), its tokens and rows of P. LUNA_EINVAL when one is
+ * missing, LUNA_ETOOLONG past max_positions. */
 static int pack_docs(luna_ctx *c, size_t count, const uint8_t *const *docs, const size_t *lens, pack_doc *pd,
-                     uint8_t *subjects, size_t *rows, size_t *prows)
+                     uint8_t *subjects, size_t room)
 {
     const luna_config *cfg = &c->m->cfg;
     static const uint8_t empty[1] = {0};
@@ -1137,16 +1213,39 @@ static int pack_docs(luna_ctx *c, size_t count, const uint8_t *const *docs, cons
         if (!docs[i] && lens[i]) return LUNA_EINVAL;
         pack_doc *q = &pd[i];
         seq_init(&q->seq, cfg, docs[i] ? docs[i] : empty, lens[i], c->subject);
-        q->n = q->seq.n, q->lp = proj_len(cfg, q->n), q->x0 = *rows, q->p0 = *prows;
+        q->n = q->seq.n, q->lp = proj_len(cfg, q->n), q->x0 = q->p0 = 0;
         if (cfg->max_positions > 0 && q->n > (size_t)cfg->max_positions) return LUNA_ETOOLONG;
-        if (!pack_takes(cfg, (size_t)c->chunk, q->n, rows, prows)) return LUNA_EINVAL;
         if (q->seq.run[0] == c->subject && q->seq.len[0]) {
+            if (used + q->seq.len[0] > room) return LUNA_EINVAL; /* (then they do not fit) */
             memcpy(subjects + used, c->subject, q->seq.len[0]);
             q->seq.run[0] = subjects + used;
             used += q->seq.len[0];
         }
     }
     return 0;
+}
+
+/* The lanes' shares of the pack's documents: in order, each within a chunk, about as many rows
+ * (of X and of P) each when `even` (else each chunk filled in turn, as luna_pack_fit counts);
+ * where each document's rows start in its share's. 0 when every document found a share. */
+static int pack_split(const luna_config *cfg, size_t ch, int lanes, pack_doc *pd, size_t count, int even,
+                      pack_part *part)
+{
+    size_t total = 0, done = 0, i = 0;
+    for (size_t j = 0; j < count; j++) total += pd[j].n + pd[j].lp;
+    for (int t = 0; t < lanes; t++) {
+        size_t goal = even ? total * (size_t)(t + 1) / (size_t)lanes : SIZE_MAX;
+        pack_part *s = &part[t];
+        s->i0 = s->i1 = i, s->rows = s->prows = 0;
+        /* each share a document at least, and the last takes what is left */
+        while (i < count && count - i > (size_t)(lanes - 1 - t) && (done < goal || s->i1 == s->i0 || t + 1 == lanes)) {
+            size_t x0 = s->rows, p0 = s->prows;
+            if (!pack_takes(cfg, ch, pd[i].n, &s->rows, &s->prows)) break;
+            pd[i].x0 = x0, pd[i].p0 = p0;
+            done += pd[i].n + pd[i].lp, s->i1 = ++i;
+        }
+    }
+    return i == count ? 0 : -1;
 }
 
 int luna_classify_pack(luna_ctx *c, size_t count, const uint8_t *const *docs, const size_t *lens, float *probs,
@@ -1156,35 +1255,33 @@ int luna_classify_pack(luna_ctx *c, size_t count, const uint8_t *const *docs, co
     const luna_model *m = c->m;
     const luna_config *cfg = &m->cfg;
     if (cfg->task != LUNA_TASK_CLASSIFY) return LUNA_ETASK;
-    if (c->attn != LUNA_ATTN_LUNA || count > (size_t)c->chunk) return LUNA_EINVAL;
+    int lanes = c->threads;
     size_t ch = (size_t)c->chunk;
+    if (c->attn != LUNA_ATTN_LUNA || count > (size_t)lanes * ch) return LUNA_EINVAL;
     pack_doc *pd = (pack_doc *)(void *)W(c, pack);
-    float *buf = (float *)(void *)(pd + ch);
-    uint8_t *subjects = (uint8_t *)(buf + pack_floats(cfg, ch, ch));
-    size_t rows = 0, prows = 0;
+    uint8_t *subjects = (uint8_t *)(c->lane[0].pack + pack_floats(cfg, ch, ch));
     c->last_alloc_bytes = 0;
-    int rc = pack_docs(c, count, docs, lens, pd, subjects, &rows, &prows);
+    int rc = pack_docs(c, count, docs, lens, pd, subjects, (size_t)lanes * ch);
     if (rc) return rc;
-    size_t d = (size_t)cfg->d, pd_ = prows * d, nl = (size_t)cfg->n_labels;
-    float *X = buf, *P = X + rows * d, *Pn = P + pd_, *QP = Pn + pd_, *Cp = QP + pd_, *KU = Cp + pd_;
-    float *VU = cfg->tie_kv ? KU : KU + pd_, *mx = KU + 2 * pd_, *sm = mx + (size_t)cfg->Hp * prows;
-    for (size_t i = 0; i < count; i++) {
-        embed_rows(c, &pd[i].seq, 0, pd[i].n, X + pd[i].x0 * d);
-        embed_p(c, pd[i].lp, P + pd[i].p0 * d);
+    /* the shares: no more lanes than documents; even when they can be, else as the fit counts */
+    if ((size_t)lanes > count) lanes = (int)count;
+    pack_part part[LUNA_MAX_THREADS];
+    if (pack_split(cfg, ch, lanes, pd, count, 1, part) && pack_split(cfg, ch, lanes, pd, count, 0, part))
+        return LUNA_EINVAL;
+    size_t d = (size_t)cfg->d;
+    for (int t = 0; t < lanes; t++) {
+        pack_part *s = &part[t];
+        size_t pr = s->prows * d;
+        pack_bufs *b = &s->b;
+        b->X = c->lane[t].pack, b->P = b->X + s->rows * d;
+        b->Pn = b->P + pr, b->QP = b->Pn + pr, b->Cp = b->QP + pr, b->KU = b->Cp + pr;
+        b->VU = cfg->tie_kv ? b->KU : b->KU + pr, b->mx = b->KU + 2 * pr, b->sm = b->mx + (size_t)cfg->Hp * s->prows;
+        s->pd = pd, s->probs = probs, s->logits = logits;
     }
-    rc = pack_layers(c, pd, count, rows, prows, X, P, Pn, QP, Cp, KU, VU, mx, sm);
-    if (!rc) {
-        if (cfg->normalize_before) kn_layernorm(&m->proj_layer_norm, P, P, prows, d);
-        float *pool = W(c, pooled), *lg = W(c, logits);
-        for (size_t i = 0; i < count; i++) {
-            pack_pool(c, &pd[i], X, P, pool);
-            head_forward(c, pool, lg);
-            if (logits) memcpy(logits + i * nl, lg, nl * sizeof(float));
-            if (probs) {
-                memcpy(probs + i * nl, lg, nl * sizeof(float));
-                kn_softmax_rows(probs + i * nl, 1, nl, nl);
-            }
-        }
-    }
+    if (lanes <= 1) return pack_share(c, 0, part);
+    int keep = c->threads;
+    c->threads = lanes;
+    rc = run_lanes(c, pack_share, part);
+    c->threads = keep;
     return rc;
 }

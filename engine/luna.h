@@ -217,17 +217,19 @@ int luna_encode_plan(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, s
  * forward's to float rounding (sgemm may block M rows differently).
  *
  * How many of the documents whose token counts (luna_input_tokens) are tokens[0 .. count), in
- * order, fit in one pack on a context of chunk length `chunk` (0: the default): their tokens,
- * and their rows of P, each at most the chunk length (every document has a token at least:
- * bos). 0 when the first does not (a document longer than a chunk, or past max_positions:
- * classify it alone), or when m is not a classifier. Only a context with Luna
- * attention packs (luna_classify_pack). */
-size_t luna_pack_fit(const luna_model *m, int chunk, const size_t *tokens, size_t count);
-/* Classifies docs[i] (lens[i] bytes), i < count, as one pack (luna_pack_fit must take all of
- * them, else LUNA_EINVAL), in buffers of the context's workspace (a Luna classifier context
- * holds a pack's: 1.8 MB at d 256 and the default chunk, in luna_ctx_bytes): it allocates
- * nothing. probs and logits (either may be NULL) receive count x n_labels
- * floats. Errors as luna_classify's. */
+ * order, fit in one pack on a context of chunk length `chunk` (0: the default) and `lanes`
+ * lanes: the documents fill the lanes' chunks one after the other, each chunk's tokens and rows
+ * of P at most the chunk length (every document has a token at least: bos). 0 when the first
+ * does not fit (a document longer than a chunk, or past max_positions: classify it alone), or
+ * when m is not a classifier. Only a context with Luna attention packs (luna_classify_pack). */
+size_t luna_pack_fit(const luna_model *m, int chunk, int lanes, const size_t *tokens, size_t count);
+/* Classifies docs[i] (lens[i] bytes), i < count, as one pack (luna_pack_fit on the context's
+ * chunk and lanes in use must take all of them, else LUNA_EINVAL). On two lanes or more the
+ * documents are shared out in order, about as many rows to each lane (a chunk at most), and
+ * the lanes run their shares side by side. It runs in buffers of the context's workspace (a
+ * Luna classifier context holds a chunk's per lane: 1.8 MB at d 256 and the default chunk, in
+ * luna_ctx_bytes): it allocates nothing. probs and logits (either may be NULL) receive count x
+ * n_labels floats. Errors as luna_classify's. */
 int luna_classify_pack(luna_ctx *c, size_t count, const uint8_t *const *docs, const size_t *lens, float *probs,
                        float *logits);
 

@@ -116,7 +116,8 @@ static int run_pack(srv_app *app, luna_ctx *ctx, const run_docs *r, size_t i, si
 }
 
 /* Short documents next to each other run in packs (in the context's own buffers: nothing to
- * reserve); each other document under the fastest plan that fits what the job reserved: the
+ * reserve), a chunk of them per lane the job has (a lone job on an idle server: a lane per core,
+ * each running its share of the pack); each other document under the fastest plan that fits what the job reserved: the
  * resident one when the dispatcher could give it its whole workspace, else the streaming one
  * (see dispatch). A group's jobs all get the run's result. */
 static int run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job)
@@ -128,7 +129,7 @@ static int run(srv_app *app, luna_ctx *ctx, luna_gen_state *state, srv_job *job)
     int rc = run_docs_make(app, job, &r);
     int packs = app->cfg.classify_packs && r.n > 1;
     for (size_t i = 0; i < r.n && !rc;) {
-        size_t k = packs ? luna_pack_fit(m, 0, r.tok + i, r.n - i) : 0;
+        size_t k = packs ? luna_pack_fit(m, 0, job->lanes, r.tok + i, r.n - i) : 0;
         if (k > 1) {
             rc = run_pack(app, ctx, &r, i, k, nl);
             i += k;
@@ -170,11 +171,11 @@ static int joins(const srv_app *app, const luna_ctx *ctx, const srv_job *lead, c
             tok[n++] = j->tokens[i];
         }
     tok[n] = 1;
-    if (luna_pack_fit(m, 0, tok, n + 1) <= n) return -1;
+    if (luna_pack_fit(m, 0, 1, tok, n + 1) <= n) return -1;
     if (n + cand->classify->n_docs > GROUP_MAX_DOCS) return 0;
     for (size_t i = 0; i < cand->classify->n_docs; i++) tok[n + i] = cand->tokens[i];
     n += cand->classify->n_docs;
-    return luna_pack_fit(m, 0, tok, n) == n;
+    return luna_pack_fit(m, 0, 1, tok, n) == n;
 }
 
 static char *render(srv_request *q)

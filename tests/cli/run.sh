@@ -189,15 +189,16 @@ expect "bench-pack runs" 0 "$luna" bench-pack --model "$model" --lengths 8,300 -
 grep_out "bench-pack names the kernel" "^# OpenBLAS" out
 grep_out "bench-pack row: 8 bytes, several documents a pack" "^ *8 *[0-9]* *[0-9][0-9]* " out
 grep_out "bench-pack says what does not fit" "300 bytes .* do not fit a pack" err
-expect "bench-pack json" 0 "$luna" bench-pack --model "$model" --lengths 16 --rounds 2 --json
+expect "bench-pack json" 0 "$luna" bench-pack --model "$model" --lengths 16 --rounds 2 --lanes 2 --json
 if /usr/bin/python3 - "$tmp/out" <<'PY'
 import json, sys
 r = json.loads(open(sys.argv[1]).read())
 assert r["bytes"] == 16 and r["docs"] > 1 and r["alone_ms"] > 0 and r["pack_ms"] > 0, r
-assert r["max_rel_diff"] < 1e-4 and r["blas_core"], r
+assert r["max_rel_diff"] < 1e-4 and r["blas_core"] and r["lanes"] == 2, r
 PY
 then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL bench-pack json"; fi
 expect "bench-pack bad rounds" 2 "$luna" bench-pack --model "$model" --rounds 0
+expect "bench-pack bad lanes" 2 "$luna" bench-pack --model "$model" --lanes 0
 expect "bench-pack language model" 1 "$luna" bench-pack --model "$lm"
 expect "bench-gen bad attention" 2 "$luna" bench-gen --model "$lm" --contexts 64 --attention softmax-stream
 expect "bench-gen bad contexts" 2 "$luna" bench-gen --model "$lm" --contexts 64,x

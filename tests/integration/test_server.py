@@ -319,6 +319,24 @@ def test_classify_list_and_base64(s):
     assert "inputs_base64" in b["error"]["message"]
 
 
+def raw_scores_alone(s, docs):
+    # each document classified alone (the resident plan): its raw scores by label
+    alone = []
+    for d in docs:
+        st, h, b = s.json("POST", "/classify", {"inputs": d, "raw_scores": True})
+        assert st == 200 and h["x-luna-plan"] == "resident", (st, h, b)
+        alone.append({x["label"]: x["score"] for x in b})
+    return alone
+
+
+def assert_scores_alone(answers, alone):
+    # each answer is its document's alone, to float rounding
+    assert len(answers) == len(alone), (answers, alone)
+    for got, want in zip(answers, alone):
+        for x in got:
+            assert abs(x["score"] - want[x["label"]]) <= 1e-4 * max(1.0, abs(want[x["label"]])), (got, want)
+
+
 def test_short_documents_share_packs():
     # a request's short documents run in packs (luna_classify_pack): each answer is the document's
     # own, sent alone, to float rounding; luna_plan_total{plan="packed"} counts them and
@@ -326,18 +344,12 @@ def test_short_documents_share_packs():
     s = Server(model=SLOW)
     try:
         docs = ["short %d %s" % (i, "xy" * i) for i in range(12)] + ["z" * 600, "tail one", "tail two"]
-        alone = []
-        for d in docs:
-            st, h, b = s.json("POST", "/classify", {"inputs": d, "raw_scores": True})
-            assert st == 200 and h["x-luna-plan"] == "resident", (st, h, b)
-            alone.append({x["label"]: x["score"] for x in b})
+        alone = raw_scores_alone(s, docs)
         m0 = s.metrics()
         st, h, b = s.json("POST", "/classify", {"inputs": docs, "raw_scores": True})
-        assert st == 200 and len(b) == len(docs), (st, b)
+        assert st == 200, (st, b)
         assert h["x-luna-plan"] == "resident", h  # the largest document, 600 bytes, ran alone
-        for got, want in zip(b, alone):
-            for x in got:
-                assert abs(x["score"] - want[x["label"]]) <= 1e-4 * max(1.0, abs(want[x["label"]])), (got, want)
+        assert_scores_alone(b, alone)
         m1 = s.metrics()
         packed = m1['luna_plan_total{plan="packed"}'] - m0['luna_plan_total{plan="packed"}']
         resident = m1['luna_plan_total{plan="resident"}'] - m0['luna_plan_total{plan="resident"}']
@@ -354,13 +366,38 @@ def test_short_documents_share_packs():
     try:
         st, h, b = s.json("POST", "/classify", {"inputs": docs, "raw_scores": True})
         assert st == 200 and h["x-luna-plan"] == "resident", h
-        for got, want in zip(b, alone):
-            for x in got:
-                assert abs(x["score"] - want[x["label"]]) <= 1e-4 * max(1.0, abs(want[x["label"]])), (got, want)
+        assert_scores_alone(b, alone)
         m = s.metrics()
         assert m['luna_plan_total{plan="packed"}'] == 0 and m['luna_plan_total{plan="resident"}'] == len(docs), m
         st, _, info = s.json("GET", "/info")
         assert info["packs"]["enabled"] is False, info
+    finally:
+        assert s.stop() == 0
+
+
+def test_lone_request_packs_on_every_lane():
+    # a lone request on an idle server gets a lane per core (as above): its pack may then fill a
+    # chunk per lane, each lane running its share. Documents of over half a chunk (150 tokens of
+    # 256) pack two at a time on two lanes, and on one lane run alone; the answers are each
+    # document's own either way
+    cores = min(os.cpu_count() or 1, 2)
+    s = Server("--workers", "2", model=SLOW)
+    try:
+        docs = ["mid %d " % i + "abcdefgh" * 18 for i in range(5)]
+        alone = raw_scores_alone(s, docs)
+        m0 = s.metrics()
+        st, h, b = s.json("POST", "/classify", {"inputs": docs, "raw_scores": True})
+        assert st == 200, (st, b)
+        assert_scores_alone(b, alone)
+        end = time.monotonic() + 30
+        while sum('"msg":"request"' in l for l in s.log) < len(docs) + 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        lanes = [json.loads(l)["lanes"] for l in s.log if '"msg":"request"' in l]
+        assert len(lanes) == len(docs) + 1 and lanes[-1] == cores, lanes
+        packed = s.metrics()['luna_plan_total{plan="packed"}'] - m0['luna_plan_total{plan="packed"}']
+        # two packs of two, the fifth alone; on one core, all five alone
+        assert packed == (4 if cores >= 2 else 0), (packed, cores)
+        assert h["x-luna-plan"] == "resident", h  # the request's plan: its largest document's
     finally:
         assert s.stop() == 0
 
@@ -2660,7 +2697,7 @@ def main():
     tests = [(test_health_ready_info_metrics, shared), (test_blas_kernel_reported, shared), (test_blas_core_setting, None),
              (test_classify_matches_cli, shared),
              (test_classify_list_and_base64, shared), (test_short_documents_share_packs, None),
-             (test_queued_short_requests_share_packs, None),
+             (test_lone_request_packs_on_every_lane, None), (test_queued_short_requests_share_packs, None),
              (test_validation_errors, shared),
              (test_request_id, shared), (test_body_limit_before_the_body, shared),
              (test_input_too_long_and_truncate, shared), (test_openapi_describes_every_route, shared),

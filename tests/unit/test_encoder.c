@@ -190,8 +190,8 @@ Test(golden, every_case_is_listed)
 /* Packs docs[0 .. count) greedily (luna_pack_fit) on ctx and checks every packed document's
  * probs and logits against its lone forward's; returns the packs of two documents or more. Each
  * pack allocates nothing (its buffers are the context's). */
-static size_t check_packs(const char *cs, luna_ctx *ctx, const luna_model *m, int chunk, const uint8_t *const *docs,
-                          const size_t *lens, size_t count)
+static size_t check_packs(const char *cs, luna_ctx *ctx, const luna_model *m, int chunk, int lanes,
+                          const uint8_t *const *docs, const size_t *lens, size_t count)
 {
     size_t C = (size_t)luna_model_config(m)->n_labels, multi = 0;
     size_t *tok = malloc(count * sizeof *tok);
@@ -199,7 +199,7 @@ static size_t check_packs(const char *cs, luna_ctx *ctx, const luna_model *m, in
     float *p1 = malloc(C * sizeof(float)), *l1 = malloc(C * sizeof(float));
     for (size_t i = 0; i < count; i++) tok[i] = luna_input_tokens(m, docs[i], lens[i]);
     for (size_t i = 0; i < count;) {
-        size_t k = luna_pack_fit(m, chunk, tok + i, count - i);
+        size_t k = luna_pack_fit(m, chunk, lanes, tok + i, count - i);
         if (k == 0) { /* too long for a pack: the lone forward's */
             cr_expect_eq(luna_classify_pack(ctx, 1, docs + i, lens + i, probs, logits), LUNA_EINVAL);
             i++;
@@ -266,12 +266,12 @@ Test(encoder, packs_match_lone_forwards)
             docs[(size_t)g.count + 24 + j] = (const uint8_t *)MAILS[j];
             lens[(size_t)g.count + 24 + j] = j == 7 ? 27 : strlen(MAILS[j]);
         }
-        static const int runs[][2] = {{256, 1}, {48, 1}, {256, 2}};
+        static const int runs[][2] = {{256, 1}, {48, 1}, {256, 2}, {48, 2}, {24, 3}};
         for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
             luna_ctx_opts o = {runs[r][0], LUNA_ATTN_LUNA, runs[r][1]};
             luna_ctx *ctx;
             cr_assert_eq(luna_ctx_new(g.m, &o, &ctx), 0);
-            size_t multi = check_packs(cases[c], ctx, g.m, runs[r][0], docs, lens, count);
+            size_t multi = check_packs(cases[c], ctx, g.m, runs[r][0], runs[r][1], docs, lens, count);
             cr_expect_gt(multi, 0, "%s chunk %d: no pack of two documents or more", cases[c], runs[r][0]);
             luna_ctx_free(ctx);
         }
@@ -291,9 +291,15 @@ Test(encoder, pack_refuses_what_does_not_fit)
     size_t lens[] = {6, 6, sizeof big}, tok[3];
     for (int i = 0; i < 3; i++) tok[i] = luna_input_tokens(m, docs[i], lens[i]);
     cr_assert_lt(tok[0] + tok[1], 16);
-    cr_expect_eq(luna_pack_fit(m, 16, tok, 3), 2, "the third would pass the chunk");
-    cr_expect_eq(luna_pack_fit(m, 16, tok + 2, 1), 0, "longer than a chunk alone");
-    cr_expect_eq(luna_pack_fit(m, 0, tok, 3), 3, "the default chunk, 256 rows, takes all three");
+    cr_expect_eq(luna_pack_fit(m, 16, 1, tok, 3), 2, "the third would pass the chunk");
+    cr_expect_eq(luna_pack_fit(m, 16, 2, tok, 3), 2, "the third is too long for a chunk of its own");
+    cr_expect_eq(luna_pack_fit(m, 16, 2, tok, 2), 2);
+    cr_expect_eq(luna_pack_fit(m, 16, 1, tok + 2, 1), 0, "longer than a chunk alone");
+    cr_expect_eq(luna_pack_fit(m, 0, 1, tok, 3), 3, "the default chunk, 256 rows, takes all three");
+    const size_t six[] = {6, 6, 6, 6, 6, 6};
+    cr_expect_eq(luna_pack_fit(m, 16, 1, six, 6), 2, "two of 6 tokens fill a chunk of 16");
+    cr_expect_eq(luna_pack_fit(m, 16, 2, six, 6), 4, "two chunks on two lanes");
+    cr_expect_eq(luna_pack_fit(m, 16, 3, six, 6), 6, "and three on three");
     float probs[6];
     cr_expect_eq(luna_classify_pack(ctx, 3, docs, lens, probs, NULL), LUNA_EINVAL);
     cr_expect_eq(luna_classify_pack(ctx, 0, docs, lens, probs, NULL), LUNA_EINVAL);
@@ -303,6 +309,25 @@ Test(encoder, pack_refuses_what_does_not_fit)
     for (int i = 0; i < 2; i++) { /* probabilities */
         cr_expect_float_eq(probs[2 * i] + probs[2 * i + 1], 1.0f, 1e-6);
     }
+    /* two lanes hold two chunks: the pair that passes one chunk runs, each on a lane */
+    const uint8_t ten[] = "0123456789";
+    const uint8_t *pair[] = {ten, ten};
+    size_t pair_lens[] = {10, 10}, pt = luna_input_tokens(m, ten, 10);
+    cr_assert(pt <= 16 && 2 * pt > 16, "%zu tokens", pt);
+    cr_expect_eq(luna_classify_pack(ctx, 2, pair, pair_lens, probs, NULL), LUNA_EINVAL, "one lane, one chunk");
+    luna_ctx_free(ctx);
+    luna_ctx_opts two = {16, LUNA_ATTN_LUNA, 2};
+    cr_assert_eq(luna_ctx_new(m, &two, &ctx), 0);
+    float p1[2];
+    cr_expect_eq(luna_classify_pack(ctx, 2, pair, pair_lens, probs, NULL), 0);
+    cr_expect_eq(luna_classify(ctx, ten, 10, p1, NULL), 0);
+    for (int i = 0; i < 2; i++) {
+        cr_expect_float_eq(probs[2 * i], p1[0], 1e-5);
+        cr_expect_float_eq(probs[2 * i + 1], p1[1], 1e-5);
+    }
+    cr_expect_eq(luna_classify_pack(ctx, 3, docs, lens, probs, NULL), LUNA_EINVAL, "the third passes a chunk alone");
+    luna_ctx_set_lanes(ctx, 1);
+    cr_expect_eq(luna_classify_pack(ctx, 2, pair, pair_lens, probs, NULL), LUNA_EINVAL, "the lanes in use count");
     luna_ctx_free(ctx);
     luna_ctx_opts soft = {16, LUNA_ATTN_SOFTMAX, 1};
     cr_assert_eq(luna_ctx_new(m, &soft, &ctx), 0);
