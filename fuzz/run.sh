@@ -1,10 +1,10 @@
 #!/bin/sh
 # fuzz/run.sh [SECONDS] [HARNESS...] - builds the libFuzzer harnesses with clang
 # (-fsanitize=fuzzer,address,undefined) against the project's own sources and runs each for
-# SECONDS (default 60), one after another, starting from the committed seeds in
-# fuzz/corpus/<harness>/ and the inputs of the bugs found so far, fuzz/crashes/<harness>/ (a
-# regression test: a bug that comes back stops the run at once). New inputs go to
-# build/fuzz/corpus/<harness>/, not into the repo.
+# SECONDS (default 60), FUZZ_PARALLEL of them at a time (default: one per core), starting from
+# the committed seeds in fuzz/corpus/<harness>/ and the inputs of the bugs found so far,
+# fuzz/crashes/<harness>/ (a regression test: a bug that comes back stops the run at once). New
+# inputs go to build/fuzz/corpus/<harness>/, not into the repo.
 # Prints executions, coverage and crashes per harness; a crashing input is kept in
 # fuzz/crashes/<harness>/ and the script exits 1. Harnesses: fuzz_api fuzz_model fuzz_utf8_sse
 # fuzz_state.
@@ -75,9 +75,10 @@ opts() {
 
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-status=0
-summary=""
-for h in $harnesses; do
+# One harness: build, fuzz, report. Its lines go to $out/$h.out; its summary line to
+# $out/$h.summary; exit 1 on a crash or a broken invariant.
+one() {
+  h=$1
   echo "== $h: building"
   build "$h"
   corpus="$out/corpus/$h"
@@ -105,17 +106,43 @@ for h in $harnesses; do
   line=$(printf '%-14s %10s execs (%s/s)  cov %-5s ft %-6s  crash files %s  exit %s' "$h" "${execs:-?}" "$persec" \
          "${cov:-?}" "${ft:-?}" "$ncrash" "$rc")
   echo "$line"
-  summary="$summary$line
-"
+  echo "$line" >"$out/$h.summary"
   if [ "$rc" != 0 ] || grep -q -E 'ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer)|runtime error:|fuzz: invariant failed' "$log"; then
-    status=1
     echo "== $h: FAILED; the report:"
     grep -E -A 30 'ERROR: |runtime error:|fuzz: invariant failed' "$log" | head -60
     ls -l "$crashes"
+    return 1
   fi
+  return 0
+}
+
+# FUZZ_PARALLEL harnesses at a time (default: one per core, each on a core of its own for
+# its SECONDS); each one's output is printed when its batch ends.
+par=${FUZZ_PARALLEL:-$(nproc 2>/dev/null || echo 1)}
+[ "$par" -ge 1 ] 2>/dev/null || par=1
+status=0
+summary=""
+set -- $harnesses
+while [ $# -gt 0 ]; do
+  batch=""
+  while [ $# -gt 0 ] && [ "$(echo $batch | wc -w)" -lt "$par" ]; do
+    batch="$batch $1"
+    shift
+  done
+  for h in $batch; do
+    rm -f "$out/$h.summary" "$out/$h.rc"
+    ( one "$h"; echo $? >"$out/$h.rc" ) >"$out/$h.out" 2>&1 &
+  done
+  wait
+  for h in $batch; do
+    cat "$out/$h.out"
+    [ "$(cat "$out/$h.rc" 2>/dev/null)" = 0 ] || status=1
+    summary="$summary$(cat "$out/$h.summary" 2>/dev/null || echo "$h: no summary (build failed?)")
+"
+  done
 done
 echo
 echo "== summary (${secs}s each)"
 printf '%s' "$summary"
-[ "$status" = 0 ] && echo "fuzz: no crashes" || echo "fuzz: CRASHES (inputs in fuzz/crashes/)"
+[ "$status" = 0 ] && echo "fuzz: no crashes" || echo "fuzz: FAILED (a crash: its input is in fuzz/crashes/; or a harness that did not build)"
 exit "$status"
