@@ -28,6 +28,8 @@
 CC      ?= cc
 V       ?= 0
 BUILD   ?= build
+# JOBS: the parallel jobs of make test's and make asan's builds (the tests run one suite at a time)
+JOBS    ?= $(shell nproc 2>/dev/null || echo 1)
 PKGS    := openblas libmicrohttpd libcjson libuv
 OPT     ?= -O3 -march=x86-64-v3
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g $(OPT) -fopenmp-simd -ffp-contract=off -fno-trapping-math -fno-math-errno -MMD -MP \
@@ -129,11 +131,16 @@ check-slow: $(BUILD)/bin/lunaserve $(BUILD)/bin/luna
 	$(SLOW_ENV) sh tests/cluster/run.sh
 	$(SLOW_ENV) sh tests/browser/run.sh
 
-# Sanitizer build: same sources, separate tree, so a plain build is never polluted.
+# Sanitizer build: same sources, separate tree, so a plain build is never polluted. Built on
+# every core (JOBS), then tested as make check.
+ASAN_MAKE := $(MAKE) --no-print-directory BUILD=build/asan \
+  OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" OPENAPI=0
 asan:
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  $(MAKE) --no-print-directory BUILD=build/asan \
-	  OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" OPENAPI=0 check
+	$(ASAN_MAKE) -j$(JOBS) bins
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(ASAN_MAKE) check
+
+# The binaries of $(BUILD) (the server, the CLI, the unit tests).
+bins: $(BINS)
 
 # Every unit and golden test under memcheck (tools/valgrind.sh follows Criterion's forked
 # children), then the server itself under memcheck, serving requests and draining.
@@ -144,9 +151,9 @@ valgrind: $(BUILD)/bin/unit-tests $(BUILD)/bin/lunaserve
 deps:
 	sh tools/deps.sh all
 
-# The README's two commands.
+# The README's two commands. Builds use every core (JOBS); the tests run one suite at a time.
 test: deps
-	$(MAKE) --no-print-directory all
+	$(MAKE) --no-print-directory -j$(JOBS) all bins
 	$(MAKE) --no-print-directory check
 	$(MAKE) --no-print-directory asan
 
@@ -226,5 +233,5 @@ load-quick:
 clean:
 	rm -rf build bin
 
-.PHONY: all check check-slow asan valgrind deps test run bench bench-gen bench-plans bench-packs bench-gensweep bench-gensweep-quick bench-prefill-before bench-statecache golden cluster image fuzz badinput soak soak-hostile load load-quick clean
+.PHONY: all bins check check-slow asan valgrind deps test run bench bench-gen bench-plans bench-packs bench-gensweep bench-gensweep-quick bench-prefill-before bench-statecache golden cluster image fuzz badinput soak soak-hostile load load-quick clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
