@@ -106,10 +106,12 @@ $(BUILD)/bin/unit-tests: $(UNIT_OBJ) $(SERVER_LIB_OBJ) $(ASSET_OBJ) $(API_OBJ) $
 # api/openapi.yaml: `asan` does, since a sanitizer build answers the same (its tests run under
 # ASan in tests/integration anyway) and each server it starts costs seconds more there.
 OPENAPI ?= 1
+# TOOLS_SELFTESTS=0 leaves out the training scripts' self-tests (Python alone): `asan` does.
+TOOLS_SELFTESTS ?= 1
 check: $(BINS)
 	$(BUILD)/bin/unit-tests --jobs 2 $(CRITERION_FLAGS)
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cli/run.sh
-	LUNA_BIN_DIR=$(BUILD)/bin sh tests/tools/run.sh
+	LUNA_BIN_DIR=$(BUILD)/bin LUNA_TOOLS_SELFTESTS=$(TOOLS_SELFTESTS) sh tests/tools/run.sh
 	$(if $(wildcard tests/integration/run.sh),LUNA_BIN_DIR=$(BUILD)/bin sh tests/integration/run.sh)
 	$(if $(filter 1,$(OPENAPI)),LUNA_BIN_DIR=$(BUILD)/bin sh tests/openapi/run.sh)
 	LUNA_BIN_DIR=$(BUILD)/bin sh tests/models/run.sh
@@ -134,7 +136,7 @@ check-slow: $(BUILD)/bin/lunaserve $(BUILD)/bin/luna
 # Sanitizer build: same sources, separate tree, so a plain build is never polluted. Built on
 # every core (JOBS), then tested as make check.
 ASAN_MAKE := $(MAKE) --no-print-directory BUILD=build/asan \
-  OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" OPENAPI=0
+  OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" OPENAPI=0 TOOLS_SELFTESTS=0
 asan:
 	$(ASAN_MAKE) -j$(JOBS) bins
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(ASAN_MAKE) check
