@@ -100,8 +100,9 @@ $(BUILD)/bin/unit-tests: $(UNIT_OBJ) $(SERVER_LIB_OBJ) $(ASSET_OBJ) $(API_OBJ) $
 	@$(if $(filter 1,$(V)),,echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(TESTLIBS)
 
-# Run every test against the binaries in $(BUILD). Integration tests find the binaries
-# through LUNA_BIN_DIR. Criterion's --jobs keeps the 2-core machine from oversubscribing.
+# Run every test against the binaries in $(BUILD) (tools/check.sh: one suite after another, the
+# bad-input matrix beside them). Integration tests find the binaries through LUNA_BIN_DIR.
+# Criterion's --jobs keeps the 2-core machine from oversubscribing.
 # OPENAPI=0 leaves out tests/openapi, which checks the server's answers against
 # api/openapi.yaml: `asan` does, since a sanitizer build answers the same (its tests run under
 # ASan in tests/integration anyway) and each server it starts costs seconds more there.
@@ -109,29 +110,16 @@ OPENAPI ?= 1
 # TOOLS_SELFTESTS=0 leaves out the training scripts' self-tests (Python alone): `asan` does.
 TOOLS_SELFTESTS ?= 1
 check: $(BINS)
-	$(BUILD)/bin/unit-tests --jobs 2 $(CRITERION_FLAGS)
-	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cli/run.sh
-	LUNA_BIN_DIR=$(BUILD)/bin LUNA_TOOLS_SELFTESTS=$(TOOLS_SELFTESTS) sh tests/tools/run.sh
-	$(if $(wildcard tests/integration/run.sh),LUNA_BIN_DIR=$(BUILD)/bin sh tests/integration/run.sh)
-	$(if $(filter 1,$(OPENAPI)),LUNA_BIN_DIR=$(BUILD)/bin sh tests/openapi/run.sh)
-	LUNA_BIN_DIR=$(BUILD)/bin sh tests/models/run.sh
-	LUNA_BIN_DIR=$(BUILD)/bin sh tests/cluster/run.sh
-	LUNA_BIN_DIR=$(BUILD)/bin sh tests/clients/run.sh
-	LUNA_BIN_DIR=$(BUILD)/bin sh tests/browser/run.sh
-	LUNA_BIN_DIR=$(BUILD)/bin sh tests/badinput/run.sh
+	CRITERION_FLAGS="$(CRITERION_FLAGS)" LUNA_BIN_DIR=$(BUILD)/bin LUNA_TOOLS_SELFTESTS=$(TOOLS_SELFTESTS) \
+	  sh tools/check.sh unit cli tools integration $(if $(filter 1,$(OPENAPI)),openapi) models cluster clients browser badinput
 
 # The suites that start lunaserve, again on a stand-in for a slow machine (issue 23: a test that
 # assumes how fast the machine is fails for someone): the server pinned to one core
 # (LUNASERVE_WRAP, honoured by tests/lunaserve_proc.py and the shell starters) and OpenBLAS's
-# generic Prescott kernels. 5 to 7 minutes here (docs/reliability.md); .ci/run runs it after make test.
+# generic Prescott kernels (docs/reliability.md); .ci/run runs it after make test.
 SLOW_ENV := OPENBLAS_CORETYPE=Prescott LUNASERVE_WRAP="taskset -c 0" LUNA_BIN_DIR=$(BUILD)/bin
 check-slow: $(BUILD)/bin/lunaserve $(BUILD)/bin/luna
-	$(SLOW_ENV) sh tests/integration/run.sh
-	$(SLOW_ENV) sh tests/badinput/run.sh
-	$(SLOW_ENV) sh tests/models/run.sh
-	$(SLOW_ENV) sh tests/clients/run.sh
-	$(SLOW_ENV) sh tests/cluster/run.sh
-	$(SLOW_ENV) sh tests/browser/run.sh
+	$(SLOW_ENV) sh tools/check.sh integration badinput models clients cluster browser
 
 # Sanitizer build: same sources, separate tree, so a plain build is never polluted. Built on
 # every core (JOBS), then tested as make check.
