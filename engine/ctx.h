@@ -71,6 +71,7 @@ struct luna_ctx {
     float *ws;                                /* the fixed workspace, L.total floats */
     uint8_t subject[LUNA_SUBJECT_MAX + 1];    /* the email transform's unfolded subject */
     size_t last_alloc_bytes;                  /* what the last forward allocated (tests) */
+    unsigned long lane_threads;               /* threads the encoder's lanes started, in all (tests) */
 };
 
 static inline int canceled(const luna_ctx *c)

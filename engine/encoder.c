@@ -280,6 +280,7 @@ int luna_ctx_set_lanes(luna_ctx *c, int lanes)
 }
 
 size_t luna__ctx_last_alloc_bytes(const luna_ctx *c) { return c->last_alloc_bytes; }
+unsigned long luna__ctx_lane_threads(const luna_ctx *c) { return c->lane_threads; }
 
 
 /* ---- embedding ----------------------------------------------------------------------------- */
@@ -432,6 +433,7 @@ static int run_lanes(luna_ctx *c, lane_fn fn, void *arg)
     for (int t = 1; t < c->threads; t++) {
         jobs[t] = (lane_job){c, t, fn, arg, 0};
         started[t] = pthread_create(&th[t], NULL, lane_main, &jobs[t]) == 0;
+        c->lane_threads += (unsigned long)started[t];
     }
     int rc = fn(c, 0, arg);
     for (int t = 1; t < c->threads; t++) {
@@ -901,6 +903,10 @@ static int encode(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, size
     }
     c->last_alloc_bytes = nfloats * sizeof(float);
     float *X = buf;
+    /* no more lanes than chunks: a lane past them would start a thread with nothing to do (its
+     * empty partial softmax merges as nothing: the same bits); the context's count comes back */
+    int lanes = c->threads;
+    if ((size_t)c->threads > (n + ch - 1) / ch) c->threads = n > ch ? (int)((n + ch - 1) / ch) : 1;
 
     int rc = 0;
     for (size_t r0 = 0; r0 < R; r0 += ch) {
@@ -994,6 +1000,7 @@ static int encode(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, size
     if (pooled) memcpy(pooled, pool, d * sizeof(float));
     if (logits) memcpy(logits, W(c, logits), (size_t)cfg->n_labels * sizeof(float));
 out:
+    c->threads = lanes;
     free(buf);
     return rc;
 }

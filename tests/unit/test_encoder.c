@@ -21,6 +21,7 @@
 #include "golden.h"
 
 size_t luna__ctx_last_alloc_bytes(const luna_ctx *c); /* engine/encoder.c, for tests */
+unsigned long luna__ctx_lane_threads(const luna_ctx *c);
 
 #define TOL 1e-4
 
@@ -278,6 +279,36 @@ Test(encoder, packs_match_lone_forwards)
         free(docs), free(lens);
         golden_close(&g);
     }
+}
+
+/* A forward uses no more lanes than its chunks: a document of one chunk starts no thread on a
+ * context of two lanes (and gives the bits of one lane), one of three chunks starts some. */
+Test(encoder, lanes_no_more_than_chunks)
+{
+    luna_model *m = golden_model("defaults");
+    luna_ctx_opts one = {16, LUNA_ATTN_LUNA, 1}, two = {16, LUNA_ATTN_LUNA, 2};
+    luna_ctx *c1, *c2;
+    cr_assert_eq(luna_ctx_new(m, &one, &c1), 0);
+    cr_assert_eq(luna_ctx_new(m, &two, &c2), 0);
+    const uint8_t doc[] = "short doc";
+    size_t C = (size_t)luna_model_config(m)->n_labels;
+    float a[16], b[16];
+    cr_assert_leq(C, 16);
+    cr_assert_leq(luna_input_tokens(m, doc, sizeof doc - 1), 16);
+    cr_assert_eq(luna_classify(c1, doc, sizeof doc - 1, NULL, a), 0);
+    cr_assert_eq(luna_classify(c2, doc, sizeof doc - 1, NULL, b), 0);
+    cr_expect_eq(luna__ctx_lane_threads(c2), 0, "one chunk: lane 1 has nothing to do");
+    cr_expect(!memcmp(a, b, C * sizeof(float)), "the bits of one lane");
+    uint8_t long_doc[40];
+    memset(long_doc, 'x', sizeof long_doc);
+    cr_assert_eq(luna_classify(c2, long_doc, sizeof long_doc, NULL, b), 0);
+    cr_expect_gt(luna__ctx_lane_threads(c2), 0, "three chunks: both lanes");
+    cr_assert_eq(luna_classify(c2, doc, sizeof doc - 1, NULL, b), 0); /* the context's lanes came back */
+    unsigned long t = luna__ctx_lane_threads(c2);
+    cr_assert_eq(luna_classify(c2, long_doc, sizeof long_doc, NULL, b), 0);
+    cr_expect_gt(luna__ctx_lane_threads(c2), t);
+    luna_ctx_free(c1), luna_ctx_free(c2);
+    luna_model_free(m);
 }
 
 Test(encoder, pack_refuses_what_does_not_fit)
