@@ -2686,6 +2686,34 @@ def test_huge_chunk_size_then_silence():
         assert s.stop() == 0
 
 
+def shard_order(tests):
+    """The order this process goes through the tests in: as listed, or with LUNA_TEST_SHARD=i/n
+    (tests/integration/run.sh runs n processes side by side), the list turned so that shard i
+    starts at its i-th part, and for shard 1 of 2, backwards: the slow tests sit at the end of the
+    list, so that each shard takes a share of them. Which shard runs a test: claim()."""
+    spec = os.environ.get("LUNA_TEST_SHARD", "")
+    if not spec:
+        return tests
+    i, n = (int(x) for x in spec.split("/"))
+    if n == 2:
+        return tests if i == 0 else tests[::-1]
+    k = len(tests) * i // n
+    return tests[k:] + tests[:k]
+
+
+def claim(name):
+    """Whether this process runs the test: always, unless shards share LUNA_TEST_CLAIMS (a
+    directory): then the first shard to create the test's file there runs it, the others skip it."""
+    d = os.environ.get("LUNA_TEST_CLAIMS")
+    if not d:
+        return True
+    try:
+        os.close(os.open(os.path.join(d, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 def main():
     if not os.path.exists(os.path.join(SLOW, "model.safetensors")):
         subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools/make_random_model.py"), "--lra", "--l", "16",
@@ -2728,8 +2756,13 @@ def main():
              (test_huge_chunk_size_then_silence, None)]
     only = sys.argv[1:]
     passed = failed = 0
-    for fn, arg in tests:
+    if os.environ.get("LUNA_TEST_CLAIMS"):  # for run.sh: every test must be claimed once
+        with open(os.path.join(os.environ["LUNA_TEST_CLAIMS"], ".total"), "w") as f:
+            f.write("%d\n" % len(tests))
+    for fn, arg in shard_order(tests):
         if only and fn.__name__ not in only:
+            continue
+        if not claim(fn.__name__):
             continue
         if time.monotonic() > DEADLINE:
             print("FAIL %s: the run's time limit passed" % fn.__name__)
