@@ -116,8 +116,10 @@ check: $(BINS)
 # The suites that start lunaserve, again on a stand-in for a slow machine (issue 23: a test that
 # assumes how fast the machine is fails for someone): the server pinned to one core
 # (LUNASERVE_WRAP, honoured by tests/lunaserve_proc.py and the shell starters) and OpenBLAS's
-# generic Prescott kernels (docs/reliability.md); .ci/run runs it after make test.
-SLOW_ENV := OPENBLAS_CORETYPE=Prescott LUNASERVE_WRAP="taskset -c 0" LUNA_BIN_DIR=$(BUILD)/bin
+# generic Prescott kernels (docs/reliability.md); .ci/run runs it after make test. The
+# integration tests run in two shards, each with its servers on a core of its own
+# (tests/integration/run.sh).
+SLOW_ENV := OPENBLAS_CORETYPE=Prescott LUNASERVE_WRAP="taskset -c 0" LUNA_TEST_SHARDS=2 LUNA_BIN_DIR=$(BUILD)/bin
 check-slow: $(BUILD)/bin/lunaserve $(BUILD)/bin/luna
 	$(SLOW_ENV) sh tools/check.sh integration badinput models clients cluster browser
 

@@ -2688,7 +2688,7 @@ def test_huge_chunk_size_then_silence():
 
 def shard_order(tests):
     """The order this process goes through the tests in: as listed, or with LUNA_TEST_SHARD=i/n
-    (tests/integration/run.sh runs n processes side by side), the list turned so that shard i
+    (tests/integration/run.sh runs n processes side by side: make check-slow), the list turned so that shard i
     starts at its i-th part, and for shard 1 of 2, backwards: the slow tests sit at the end of the
     list, so that each shard takes a share of them. Which shard runs a test: claim()."""
     spec = os.environ.get("LUNA_TEST_SHARD", "")
