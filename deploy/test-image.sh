@@ -18,7 +18,9 @@
 # what changed.
 # Bounded: debootstrap 10 min, build 30 min (here: first run ~2 min in all, later ones ~30 s),
 # the rest ~1 min.
-# Env: IMAGE (default lunaserve:ci), SKIP_BUILD=1 tests an existing IMAGE, KEEP_IMAGE=0 removes
+# Env: IMAGE (default lunaserve:ci), SKIP_BUILD=1 tests an existing IMAGE, BUILD_ONLY=1 stops
+# after the build, DEPS_ONLY=1 after installing the engine's packages (.ci/run: the build runs in
+# the background while the tests do, the test after them), KEEP_IMAGE=0 removes
 # it at the end (default: kept, so the layer cache stays warm).
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -46,6 +48,7 @@ if [ -z "$engine" ]; then
   if command -v docker >/dev/null && timeout 20 docker info >/dev/null 2>&1; then engine=docker; else engine=podman; fi
 fi
 echo "engine: $engine"
+[ "$engine" != podman ] && [ "${DEPS_ONLY:-0}" = 1 ] && { echo "deps only: $engine needs none"; exit 0; }
 if [ "$engine" = podman ]; then
   missing=""
   for c in podman:podman buildah:buildah debootstrap:debootstrap runc:runc; do
@@ -59,6 +62,7 @@ if [ "$engine" = podman ]; then
       bad "install$missing"; finish
     fi
   fi
+  [ "${DEPS_ONLY:-0}" = 1 ] && { echo "deps only: $engine and its tools are installed"; exit 0; }
   mkdir -p "$state"
   cat >"$state/storage.conf" <<EOF
 [storage]
@@ -150,6 +154,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     bad "build $image" "$(tail -25 "$tmp/build.log")"; finish
   fi
 fi
+[ "${BUILD_ONLY:-0}" = 1 ] && finish
 
 # --- the image's configuration ----------------------------------------------------------------
 E image inspect "$image" >"$tmp/inspect.json" 2>&1 || { bad "inspect $image" "$(cat "$tmp/inspect.json")"; finish; }

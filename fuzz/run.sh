@@ -12,6 +12,7 @@
 #   sh fuzz/run.sh            60 s each (what CI runs)
 #   sh fuzz/run.sh 10 fuzz_api
 #   FUZZ_JOBS=2 sh fuzz/run.sh   run each with 2 workers (-fork=2)
+#   FUZZ_BUILD_ONLY=1 sh fuzz/run.sh   build them only (a harness newer than its sources is kept)
 #
 # Reproduce a crash: build/fuzz/fuzz_api fuzz/crashes/fuzz_api/crash-...
 set -eu
@@ -45,8 +46,13 @@ API_SRC=$(ls api/*.c)
 ENGINE_SRC=$(ls engine/*.c | grep -v '^engine/model.c$')
 LIBS="$(pkg-config --libs libcjson openblas) -lm -lpthread"
 
+# A harness is rebuilt unless its binary is newer than every source it could use.
 build() {
   h=$1
+  if [ -x "$out/$h" ] && [ -z "$(find api engine fuzz -name '*.[ch]' -newer "$out/$h" | head -1)" ]; then
+    echo "== $h: up to date"
+    return 0
+  fi
   case $h in
     fuzz_api)  # and the engine's sampler, which must take every accepted request
       $CC $CFLAGS $SAN -o "$out/$h" "fuzz/$h.c" $API_SRC engine/sample.c $LIBS ;;
@@ -115,6 +121,26 @@ one() {
   fi
   return 0
 }
+
+# FUZZ_BUILD_ONLY=1: build the harnesses (FUZZ_PARALLEL at a time), run none (.ci/run builds
+# them in the background while the tests run).
+if [ "${FUZZ_BUILD_ONLY:-0}" = 1 ]; then
+  par=${FUZZ_PARALLEL:-$(nproc 2>/dev/null || echo 1)}
+  set -- $harnesses
+  status=0
+  while [ $# -gt 0 ]; do
+    pids=""
+    n=0
+    while [ $# -gt 0 ] && [ "$n" -lt "$par" ]; do
+      build "$1" &
+      pids="$pids $!"
+      n=$((n + 1))
+      shift
+    done
+    for p in $pids; do wait "$p" || status=1; done
+  done
+  exit "$status"
+fi
 
 # FUZZ_PARALLEL harnesses at a time (default: one per core, each on a core of its own for
 # its SECONDS); each one's output is printed when its batch ends.
