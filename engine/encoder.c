@@ -407,8 +407,9 @@ static void attn_out_ffn(const luna_ctx *c, const luna_layer *ly, float *x, cons
     if (!pre) kn_layernorm(&ly->final_layer_norm, x, x, rows, d);
 }
 
-/* Runs fn for lanes 0 .. threads-1, lane 0 on the calling thread, the others on threads of
- * their own; returns the first non-zero result. A lane whose thread cannot start runs here. */
+/* Runs fn for lanes 0 .. lanes-1 (at most the context's), lane 0 on the calling thread, the
+ * others on threads of their own; returns the first non-zero result. A lane whose thread cannot
+ * start runs here. */
 typedef int (*lane_fn)(luna_ctx *c, int lane, void *arg);
 typedef struct {
     luna_ctx *c;
@@ -425,18 +426,18 @@ static void *lane_main(void *p)
     return NULL;
 }
 
-static int run_lanes(luna_ctx *c, lane_fn fn, void *arg)
+static int run_lanes(luna_ctx *c, int lanes, lane_fn fn, void *arg)
 {
     lane_job jobs[LUNA_MAX_THREADS];
     pthread_t th[LUNA_MAX_THREADS];
     int started[LUNA_MAX_THREADS] = {0};
-    for (int t = 1; t < c->threads; t++) {
+    for (int t = 1; t < lanes; t++) {
         jobs[t] = (lane_job){c, t, fn, arg, 0};
         started[t] = pthread_create(&th[t], NULL, lane_main, &jobs[t]) == 0;
         c->lane_threads += (unsigned long)started[t];
     }
     int rc = fn(c, 0, arg);
-    for (int t = 1; t < c->threads; t++) {
+    for (int t = 1; t < lanes; t++) {
         if (started[t]) pthread_join(th[t], NULL);
         else jobs[t].rc = fn(c, t, arg);
         if (!rc) rc = jobs[t].rc;
@@ -599,7 +600,7 @@ static int luna_pack(luna_ctx *c, layer_pass *a)
     size_t d = (size_t)cfg->d, Hp = (size_t)cfg->Hp, kp = d / Hp, lp = a->lp;
     const float *Pin = cfg->normalize_before ? W(c, Pn) : W(c, P);
     kn_linear(&a->ly->pq_proj, Pin, lp, d, W(c, QP), d, 1.0f / sqrtf((float)kp));
-    int rc = run_lanes(c, pack_lane, a);
+    int rc = run_lanes(c, c->threads, pack_lane, a);
     if (rc) return rc;
     const lane_ws *w0 = &c->lane[0];
     for (int t = 1; t < c->threads; t++) {
@@ -665,7 +666,7 @@ static int luna_layer_forward(luna_ctx *c, layer_pass *a)
 
     packed_to_p(cfg, ly, Cp, lp, P, KU, VU);
 
-    return a->U ? run_lanes(c, unpack_lane, a) : 0;
+    return a->U ? run_lanes(c, c->threads, unpack_lane, a) : 0;
 }
 
 /* Mean pooling's sum over rows of the final X (after the final LayerNorm with pre-norm), one
@@ -964,7 +965,7 @@ static int encode(luna_ctx *c, const luna_plan *plan, const uint8_t *bytes, size
     case LUNA_POOL_MEAN:
         if (luna) {
             layer_pass a = {&seq, X, n, R, lp, cfg->layers, NULL, 0};
-            rc = run_lanes(c, mean_lane, &a);
+            rc = run_lanes(c, c->threads, mean_lane, &a);
             if (rc) goto out;
             for (size_t j = 0; j < d; j++) {
                 double s = c->lane[0].macc[j];
@@ -1285,10 +1286,5 @@ int luna_classify_pack(luna_ctx *c, size_t count, const uint8_t *const *docs, co
         b->VU = cfg->tie_kv ? b->KU : b->KU + pr, b->mx = b->KU + 2 * pr, b->sm = b->mx + (size_t)cfg->Hp * s->prows;
         s->pd = pd, s->probs = probs, s->logits = logits;
     }
-    if (lanes <= 1) return pack_share(c, 0, part);
-    int keep = c->threads;
-    c->threads = lanes;
-    rc = run_lanes(c, pack_share, part);
-    c->threads = keep;
-    return rc;
+    return run_lanes(c, lanes, pack_share, part);
 }
