@@ -9,6 +9,7 @@
 #   make valgrind   run the unit and golden tests under valgrind's memcheck
 #   make bench      run the encoder benchmark under bench/ (prints tables, writes docs/bench/encoder-<cpu>-<core>*)
 #   make bench-gen  run the generation benchmark (Luna decoder vs KV cache; docs/bench/generate-<cpu>-<core>*)
+#   make bench-kernel  the decode steps' fixed-order product vs sgemm on the bundled LM's layers (prints a table)
 #   make bench-plans  the plans' cost: streaming vs resident, 64 MiB e-mail (docs/bench/plans-<cpu>-<core>*)
 #   make bench-packs  classification packs on vs off over HTTP, short one-document requests (docs/bench/packs-<cpu>-<core>*)
 #   make bench-gensweep  continuous batching vs --max-batch 1 over HTTP (docs/bench/gensweep-<cpu>-<core>*; -quick: smoke)
@@ -156,6 +157,10 @@ run: deps
 bench: bin/luna
 	sh bench/run.sh
 
+# The decode steps' fixed-order product against sgemm on the bundled LM's layers, GFLOP/s a core.
+bench-kernel: bin/luna
+	sh bench/kernel.sh
+
 # Time per token, state bytes and prefill throughput at 1k..1M tokens of context.
 bench-gen: bin/luna
 	sh bench/gen.sh
@@ -225,5 +230,5 @@ load-quick:
 clean:
 	rm -rf build bin
 
-.PHONY: all bins check check-slow asan valgrind deps test run bench bench-gen bench-plans bench-packs bench-gensweep bench-gensweep-quick bench-prefill-before bench-statecache golden cluster image fuzz badinput soak soak-hostile load load-quick clean
+.PHONY: all bins check check-slow asan valgrind deps test run bench bench-kernel bench-gen bench-plans bench-packs bench-gensweep bench-gensweep-quick bench-prefill-before bench-statecache golden cluster image fuzz badinput soak soak-hostile load load-quick clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -63,35 +63,32 @@ void kn_linear_add(const luna_linear *L, const float *x, size_t rows, size_t ldx
 
 /* ---- kn_linear_fixed: the batch-invariant product of the decode steps ----------------------
  *
- * Every output is one dot product in the order that kernels.h spells out: 16 lanes of fma
- * chains over blocks of 16 (the last one padded with zeros), a fixed tree over the lanes, then
- * fma(alpha, s, alpha b). Nothing in that order depends on which other rows or outputs share
- * a register block, so the blocking is free to change with `rows` (a lone row takes 8 outputs
- * at a time, a batch 4 outputs by 4 rows): only the speed does. Three paths give the same bits:
- * AVX-512 holds an output's 16 lanes in one register, AVX2 in two (lanes 0-7 and 8-15, whose
- * chains never meet before the tree), and portable C in an array; each runs the same fma per
- * lane and the same adds in the tree. The arithmetic is written as explicit fma, mul and add,
+ * Every output is one fma chain over k in turn (kernels.h), so a vector lane holds one output
+ * of one row from start to end: the lanes never meet, and no sum crosses them. Which outputs
+ * and rows share a register block changes only the speed, so the blocking is free to change
+ * with `rows`, and every path gives the bits of the portable one. The vector paths read W in
+ * panels of 16 outputs, k after k (kn_fixed_pack): each k of a block loads 16 consecutive
+ * weights, broadcasts one x float per row, and takes an fma per vector and row, as a GEMM's
+ * microkernel does (kernels_fixed.inc). The arithmetic is written as explicit fma, mul and add,
  * never a * b + c, so no -ffp-contract setting can fuse it one way in one path and another way
  * in another. The vector paths are chosen at run time, so that a build for any x86-64 (the
  * Dockerfile's OPT) still runs them where the CPU has them. */
 
-/* Past the last block of outputs, the weight rows read the last one: computed, never stored. */
-static inline const float *fx_wrow(const luna_linear *L, size_t j)
+size_t kn_fixed_pack_floats(size_t out, size_t in) { return (out + 15) / 16 * 16 * in; }
+
+void kn_fixed_pack(const luna_linear *L, float *dst)
 {
-    size_t out = (size_t)L->out;
-    return L->w + (j < out ? j : out - 1) * (size_t)L->in;
+    size_t out = (size_t)L->out, in = (size_t)L->in, np = (out + 15) / 16;
+    for (size_t p = 0; p < np; p++)
+        for (size_t i = 0; i < 16; i++) {
+            size_t j = 16 * p + i;
+            const float *w = L->w + j * in;
+            for (size_t k = 0; k < in; k++) dst[(p * in + k) * 16 + i] = j < out ? w[k] : 0.0f;
+        }
 }
 
-/* The first block of rows of each group of outputs prefetches the next group's weight rows
- * (pf floats on from each row): they arrive in L1 while this group's rows go by, instead of
- * being waited for in L3. It made the batched kernel ~25% faster here (AMD EPYC, 12 MB of
- * weights per step), where a lone row is bound by L3's bandwidth either way. */
-static inline size_t fx_prefetch(size_t j, size_t rw, size_t out, size_t in)
-{
-    return j + 2 * rw <= out ? rw * in : 0;
-}
-
-/* The portable path: the order written out in scalars (fmaf is exact wherever it runs). */
+/* The portable path: the order written out in scalars (fmaf is exact wherever it runs), from
+ * W itself. */
 static void fixed_c(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
                     float alpha)
 {
@@ -99,236 +96,91 @@ static void fixed_c(const luna_linear *L, const float *x, size_t rows, size_t ld
     for (size_t r = 0; r < rows; r++)
         for (size_t j = 0; j < out; j++) {
             const float *w = L->w + j * in, *xr = x + r * ldx;
-            float p[16] = {0};
-            for (size_t t = 0; t < (in + 15) / 16; t++)
-                for (size_t l = 0; l < 16; l++) {
-                    size_t k = 16 * t + l;
-                    p[l] = fmaf(k < in ? w[k] : 0.0f, k < in ? xr[k] : 0.0f, p[l]);
-                }
-            float s = kn_lane_tree(p);
+            float s = 0.0f;
+            for (size_t k = 0; k < in; k++) s = fmaf(w[k], xr[k], s);
             y[r * ldy + j] = L->b ? fmaf(alpha, s, alpha * L->b[j]) : alpha * s;
         }
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 
-#define FX_AVX512 __attribute__((target("avx512f")))
-#define FX_AVX2 __attribute__((target("avx2,fma")))
 #define FX_INLINE static inline __attribute__((always_inline))
 
-/* acc[i * rx + r] = the 16 lane sums of weight row w[i] times x row x[r], over in floats; with
- * pf, each line of w is followed by a prefetch of the line pf floats on. */
-FX_AVX512 FX_INLINE void fx512_dots(const float *const *w, int rw, const float *const *x, int rx, size_t in,
-                                    size_t pf, __m512 *acc)
+/* AVX2: a panel is two registers. A batch takes blocks of 6 rows by one panel: 12 chains,
+ * enough for both FMA pipes at the fma's latency, 2 weight loads and 6 broadcasts to 12 fma,
+ * with 15 of the 16 registers in use. A lone row takes 4 panels at once (8 chains). */
+#define FO_ATTR __attribute__((target("avx2,fma")))
+#define FO_NAME(x) fo256_##x
+#define FO_VEC __m256
+#define FO_V 8
+#define FO_NV 2
+#define FO_ZERO() _mm256_setzero_ps()
+#define FO_LOAD(p) _mm256_loadu_ps(p)
+#define FO_BCAST(p) _mm256_broadcast_ss(p)
+#define FO_SET1(f) _mm256_set1_ps(f)
+#define FO_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define FO_MUL(a, b) _mm256_mul_ps(a, b)
+#define FO_STORE(p, v) _mm256_storeu_ps(p, v)
+#define FO_MAIN_R 6
+#define FO_PB(r) ((r) == 1 ? 4 : (r) == 2 ? 2 : 1)
+#define FO_MAXPB 4
+#define FO_CASES                                                                                         \
+    FO_CASE(1, 4) FO_CASE(1, 1) FO_CASE(2, 2) FO_CASE(2, 1) FO_CASE(3, 1) FO_CASE(4, 1) FO_CASE(5, 1) \
+    FO_CASE(6, 1)
+#include "kernels_fixed.inc"
+#undef FO_ATTR
+#undef FO_NAME
+#undef FO_VEC
+#undef FO_V
+#undef FO_NV
+#undef FO_ZERO
+#undef FO_LOAD
+#undef FO_BCAST
+#undef FO_SET1
+#undef FO_FMA
+#undef FO_MUL
+#undef FO_STORE
+#undef FO_MAIN_R
+#undef FO_PB
+#undef FO_MAXPB
+#undef FO_CASES
+
+/* AVX-512: a panel is one register of the 32. Blocks of 8 rows by 2 panels (16 chains; 2
+ * weight loads and 8 broadcasts to 16 fma); a lone row takes 8 panels at once. */
+#define FO_ATTR __attribute__((target("avx512f")))
+#define FO_NAME(x) fo512_##x
+#define FO_VEC __m512
+#define FO_V 16
+#define FO_NV 1
+#define FO_ZERO() _mm512_setzero_ps()
+#define FO_LOAD(p) _mm512_loadu_ps(p)
+#define FO_BCAST(p) _mm512_set1_ps(*(p))
+#define FO_SET1(f) _mm512_set1_ps(f)
+#define FO_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define FO_MUL(a, b) _mm512_mul_ps(a, b)
+#define FO_STORE(p, v) _mm512_storeu_ps(p, v)
+#define FO_MAIN_R 8
+#define FO_PB(r) ((r) == 1 ? 8 : 2)
+#define FO_MAXPB 8
+#define FO_CASES                                                                                         \
+    FO_CASE(1, 8) FO_CASE(1, 1) FO_CASE(2, 2) FO_CASE(2, 1) FO_CASE(3, 2) FO_CASE(3, 1) FO_CASE(4, 2) \
+    FO_CASE(4, 1) FO_CASE(5, 2) FO_CASE(5, 1) FO_CASE(6, 2) FO_CASE(6, 1) FO_CASE(7, 2) FO_CASE(7, 1) \
+    FO_CASE(8, 2) FO_CASE(8, 1)
+#include "kernels_fixed.inc"
+
+/* Without the panels (a luna_linear built by hand), the portable path: the same bits, slowly. */
+static void fixed_avx512(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
+                         float alpha)
 {
-    for (int a = 0; a < rw * rx; a++) acc[a] = _mm512_setzero_ps();
-    size_t k = 0;
-    for (; k + 16 <= in; k += 16) {
-        __m512 xv[4];
-        for (int r = 0; r < rx; r++) xv[r] = _mm512_loadu_ps(x[r] + k);
-        for (int i = 0; i < rw; i++) {
-            if (pf) _mm_prefetch((const char *)(w[i] + k + pf), _MM_HINT_T0);
-            __m512 wv = _mm512_loadu_ps(w[i] + k);
-            for (int r = 0; r < rx; r++) acc[i * rx + r] = _mm512_fmadd_ps(wv, xv[r], acc[i * rx + r]);
-        }
-    }
-    if (k < in) { /* the padded block: every lane takes its fma, on zeros past the end */
-        __mmask16 m = (__mmask16)((1u << (in - k)) - 1);
-        __m512 xv[4];
-        for (int r = 0; r < rx; r++) xv[r] = _mm512_maskz_loadu_ps(m, x[r] + k);
-        for (int i = 0; i < rw; i++) {
-            __m512 wv = _mm512_maskz_loadu_ps(m, w[i] + k);
-            for (int r = 0; r < rx; r++) acc[i * rx + r] = _mm512_fmadd_ps(wv, xv[r], acc[i * rx + r]);
-        }
-    }
+    if (L->wp == NULL) fixed_c(L, x, rows, ldx, y, ldy, alpha);
+    else if (rows > 0) fo512_fixed(L, x, rows, ldx, y, ldy, alpha);
 }
 
-/* The lane tree of 16 outputs at once: lane 4c + e of the result is the sum of p[4e + c]. Each
- * level adds lane l to lane l + 8, then l + 4, l + 2, l + 1 of the same output. */
-FX_AVX512 FX_INLINE __m512 fx512_tree(const __m512 p[16])
+static void fixed_avx2(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
+                       float alpha)
 {
-    __m512 t[8], u[4], v[2];
-    for (int m = 0; m < 8; m++) /* [p0 lanes 0-7 | p1 0-7] + [p0 8-15 | p1 8-15] */
-        t[m] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * m], p[2 * m + 1], 0x44),
-                             _mm512_shuffle_f32x4(p[2 * m], p[2 * m + 1], 0xEE));
-    for (int n = 0; n < 4; n++) /* quarters 0, 2 of two such + quarters 1, 3 */
-        u[n] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * n], t[2 * n + 1], 0x88),
-                             _mm512_shuffle_f32x4(t[2 * n], t[2 * n + 1], 0xDD));
-    for (int n = 0; n < 2; n++)
-        v[n] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * n], u[2 * n + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_ps(u[2 * n], u[2 * n + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    return _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
-/* Outputs j .. j + rw - 1 (the first nw of them real) of the x rows x[0 .. rx - 1], into
- * yr[r][0 .. nw - 1]: rw x rx <= 16 outputs, row r's output i in lane r rw + i. bias (lane L:
- * alpha b[j + L % rw]) is NULL without a bias. */
-FX_AVX512 FX_INLINE void fx512_block(const float *const *w, int rw, size_t nw, const float *const *x, int rx,
-                                     size_t in, size_t pf, float alpha, const __m512 *bias, float *const *yr)
-{
-    __m512 acc[16], p[16];
-    fx512_dots(w, rw, x, rx, in, pf, acc);
-    for (int a = 0; a < 16; a++) {
-        int lane = 4 * (a % 4) + a / 4, r = lane / rw, i = lane % rw;
-        p[a] = r < rx ? acc[i * rx + r] : _mm512_setzero_ps();
-    }
-    __m512 av = _mm512_set1_ps(alpha), s = fx512_tree(p);
-    s = bias ? _mm512_fmadd_ps(av, s, *bias) : _mm512_mul_ps(av, s);
-    const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    for (int r = 0; r < rx; r++) /* row r's lanes down to 0 */
-        _mm512_mask_storeu_ps(yr[r], (__mmask16)((1u << nw) - 1),
-                              _mm512_permutexvar_ps(_mm512_add_epi32(lanes, _mm512_set1_epi32(r * rw)), s));
-}
-
-/* All outputs rw at a time; for each group, the rows in blocks of rx = 16 / rw (the last one
- * smaller). The group's rw weight rows stay in L1 while every x row passes. */
-FX_AVX512 FX_INLINE void fx512_pass(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y,
-                                    size_t ldy, float alpha, int rw)
-{
-    size_t out = (size_t)L->out, in = (size_t)L->in;
-    int rx = 16 / rw;
-    const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    for (size_t j = 0; j < out; j += (size_t)rw) {
-        const float *w[16];
-        for (int i = 0; i < rw; i++) w[i] = fx_wrow(L, j + (size_t)i);
-        size_t nw = out - j < (size_t)rw ? out - j : (size_t)rw;
-        __m512 bias = _mm512_setzero_ps();
-        if (L->b) { /* lane L: alpha b[j + L % rw] */
-            __m512 b = _mm512_maskz_loadu_ps((__mmask16)((1u << nw) - 1), L->b + j);
-            __m512i i = _mm512_and_si512(lanes, _mm512_set1_epi32(rw - 1));
-            bias = _mm512_mul_ps(_mm512_set1_ps(alpha), _mm512_permutexvar_ps(i, b));
-        }
-        const __m512 *bp = L->b ? &bias : NULL;
-        size_t pf = fx_prefetch(j, (size_t)rw, out, in), r = 0;
-        for (; r + (size_t)rx <= rows; r += (size_t)rx, pf = 0) {
-            const float *xr[4];
-            float *yr[4];
-            for (int q = 0; q < rx; q++) xr[q] = x + (r + (size_t)q) * ldx, yr[q] = y + (r + (size_t)q) * ldy + j;
-            fx512_block(w, rw, nw, xr, rx, in, pf, alpha, bp, yr);
-        }
-        if (r < rows) { /* 1 .. rx - 1 rows left */
-            const float *xr[4] = {x + r * ldx, NULL, NULL, NULL};
-            float *yr[4] = {y + r * ldy + j, NULL, NULL, NULL};
-            for (size_t q = 1; r + q < rows; q++) xr[q] = x + (r + q) * ldx, yr[q] = y + (r + q) * ldy + j;
-            /* (the tests of rw keep blocks of more than 16 outputs from being compiled) */
-            if (rows - r == 1) fx512_block(w, rw, nw, xr, 1, in, pf, alpha, bp, yr);
-            else if (rw <= 8 && rows - r == 2) fx512_block(w, rw, nw, xr, 2, in, pf, alpha, bp, yr);
-            else if (rw <= 4) fx512_block(w, rw, nw, xr, 3, in, pf, alpha, bp, yr);
-        }
-    }
-}
-
-FX_AVX512 static void fixed_avx512(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y,
-                                   size_t ldy, float alpha)
-{
-    /* A batch takes 4 outputs by 4 rows: 16 chains in flight, enough for both FMA pipes, for 8
-     * loads (8 x 2 loaded 16 registers: the compiler read each weight twice). A lone row is
-     * bound by L3's bandwidth: 8 outputs at a time streamed 15% faster than 16 (whose 17
-     * pointers spill) or 4. */
-    if (rows <= 2) fx512_pass(L, x, rows, ldx, y, ldy, alpha, 8);
-    else fx512_pass(L, x, rows, ldx, y, ldy, alpha, 4);
-}
-
-/* The AVX2 path: lanes 0-7 of every output in one pass over k, lanes 8-15 in a second, so that
- * 8 outputs' chains fit in the 16 registers. acc[i * rx + r] = half `half` of the lane sums. */
-FX_AVX2 FX_INLINE void fx256_dots(const float *const *w, int rw, const float *const *x, int rx, size_t in,
-                                  int half, size_t pf, __m256 *acc)
-{
-    for (int a = 0; a < rw * rx; a++) acc[a] = _mm256_setzero_ps();
-    size_t k = 0, h = 8 * (size_t)half;
-    for (; k + 16 <= in; k += 16) {
-        __m256 xv[2];
-        for (int r = 0; r < rx; r++) xv[r] = _mm256_loadu_ps(x[r] + k + h);
-        for (int i = 0; i < rw; i++) {
-            if (pf) _mm_prefetch((const char *)(w[i] + k + pf), _MM_HINT_T0);
-            __m256 wv = _mm256_loadu_ps(w[i] + k + h);
-            for (int r = 0; r < rx; r++) acc[i * rx + r] = _mm256_fmadd_ps(wv, xv[r], acc[i * rx + r]);
-        }
-    }
-    if (k < in) { /* as fx512_dots: both halves take the padded block's fma, even all zeros */
-        int n = (int)(in - k) - 8 * half;
-        __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        size_t at = n > 0 ? k + h : 0; /* a half wholly past the end loads nothing from anywhere */
-        __m256 xv[2];
-        for (int r = 0; r < rx; r++) xv[r] = _mm256_maskload_ps(x[r] + at, m);
-        for (int i = 0; i < rw; i++) {
-            __m256 wv = _mm256_maskload_ps(w[i] + at, m);
-            for (int r = 0; r < rx; r++) acc[i * rx + r] = _mm256_fmadd_ps(wv, xv[r], acc[i * rx + r]);
-        }
-    }
-}
-
-/* The lane tree of 8 outputs from their halves: lane 4c + e of the result is the sum of output
- * 2e + c (lanes l + 8, then l + 4, l + 2, l + 1, as fx512_tree). */
-FX_AVX2 FX_INLINE __m256 fx256_tree(const __m256 lo[8], const __m256 hi[8])
-{
-    __m256 s[8], t[4], v[2];
-    for (int a = 0; a < 8; a++) s[a] = _mm256_add_ps(lo[a], hi[a]);
-    for (int m = 0; m < 4; m++)
-        t[m] = _mm256_add_ps(_mm256_permute2f128_ps(s[2 * m], s[2 * m + 1], 0x20),
-                             _mm256_permute2f128_ps(s[2 * m], s[2 * m + 1], 0x31));
-    for (int n = 0; n < 2; n++)
-        v[n] = _mm256_add_ps(_mm256_shuffle_ps(t[2 * n], t[2 * n + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm256_shuffle_ps(t[2 * n], t[2 * n + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    return _mm256_add_ps(_mm256_shuffle_ps(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm256_shuffle_ps(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
-/* As fx512_block for rw x rx <= 8 outputs (row r's output i in lane r rw + i); bias holds
- * alpha b[j + L % rw] in lane L, or is NULL. */
-FX_AVX2 FX_INLINE void fx256_block(const float *const *w, int rw, size_t nw, const float *const *x, int rx,
-                                   size_t in, size_t pf, float alpha, const float *bias, float *const *yr)
-{
-    __m256 acc[2][8], lo[8], hi[8];
-    fx256_dots(w, rw, x, rx, in, 0, pf, acc[0]);
-    fx256_dots(w, rw, x, rx, in, 1, 0, acc[1]);
-    for (int a = 0; a < 8; a++) {
-        int lane = 4 * (a % 2) + a / 2, r = lane / rw, i = lane % rw;
-        lo[a] = r < rx ? acc[0][i * rx + r] : _mm256_setzero_ps();
-        hi[a] = r < rx ? acc[1][i * rx + r] : _mm256_setzero_ps();
-    }
-    __m256 av = _mm256_set1_ps(alpha), s = fx256_tree(lo, hi);
-    s = bias ? _mm256_fmadd_ps(av, s, _mm256_loadu_ps(bias)) : _mm256_mul_ps(av, s);
-    float o[8];
-    _mm256_storeu_ps(o, s);
-    for (int r = 0; r < rx; r++)
-        for (size_t i = 0; i < nw; i++) yr[r][i] = o[(size_t)(r * rw) + i];
-}
-
-FX_AVX2 FX_INLINE void fx256_pass(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y,
-                                  size_t ldy, float alpha, int rw)
-{
-    size_t out = (size_t)L->out, in = (size_t)L->in;
-    int rx = 8 / rw;
-    for (size_t j = 0; j < out; j += (size_t)rw) {
-        const float *w[8];
-        for (int i = 0; i < rw; i++) w[i] = fx_wrow(L, j + (size_t)i);
-        size_t nw = out - j < (size_t)rw ? out - j : (size_t)rw;
-        float bias[8] = {0};
-        for (int lane = 0; lane < 8 && L->b; lane++)
-            if ((size_t)(lane % rw) < nw) bias[lane] = alpha * L->b[j + (size_t)(lane % rw)];
-        const float *bp = L->b ? bias : NULL;
-        size_t pf = fx_prefetch(j, (size_t)rw, out, in), r = 0;
-        for (; r + (size_t)rx <= rows; r += (size_t)rx, pf = 0) {
-            const float *xr[2];
-            float *yr[2];
-            for (int q = 0; q < rx; q++) xr[q] = x + (r + (size_t)q) * ldx, yr[q] = y + (r + (size_t)q) * ldy + j;
-            fx256_block(w, rw, nw, xr, rx, in, pf, alpha, bp, yr);
-        }
-        if (r < rows) { /* one row left (rx is 2 here) */
-            const float *xr[2] = {x + r * ldx, NULL};
-            float *yr[2] = {y + r * ldy + j, NULL};
-            fx256_block(w, rw, nw, xr, 1, in, pf, alpha, bp, yr);
-        }
-    }
-}
-
-FX_AVX2 static void fixed_avx2(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y,
-                               size_t ldy, float alpha)
-{
-    if (rows == 1) fx256_pass(L, x, rows, ldx, y, ldy, alpha, 8);
-    else fx256_pass(L, x, rows, ldx, y, ldy, alpha, 4);
+    if (L->wp == NULL) fixed_c(L, x, rows, ldx, y, ldy, alpha);
+    else if (rows > 0) fo256_fixed(L, x, rows, ldx, y, ldy, alpha);
 }
 
 int kn_isa_supported(kn_isa isa)

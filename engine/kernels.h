@@ -27,15 +27,13 @@ void kn_linear_add(const luna_linear *L, const float *x, size_t rows, size_t ldx
  * batch of any size. OpenBLAS's sgemm does not (its per-row results change with M on the
  * Prescott, Haswell, Zen, SkylakeX and Cooperlake kernels of 0.3.21, and sgemv differs from
  * sgemm), so the decode steps use this. The order, for y[r][j] with w = W row j, x = x row r:
- *   p[l] = +0 for the 16 lanes l; then for each block t of 16 floats, the last one padded with
- *   zeros (w and x alike) to 16:  p[l] = fma(w[16 t + l], x[16 t + l], p[l])
- *   p[l] += p[l + 8] for l < 8, then p[l] += p[l + 4] for l < 4, p[l] += p[l + 2] for l < 2,
- *   s = p[0] + p[1]
+ *   s = +0; then for k = 0, 1, .. in - 1 in turn:  s = fma(w[k], x[k], s)
  *   y[r][j] = fma(alpha, s, alpha * b[j]), or alpha * s without a bias
- * (fma rounds once; every other operation is one rounded float operation). It depends on w, x,
- * alpha and b alone, so not on the instruction set either: the AVX-512, AVX2 and portable
- * paths give the same bits, and kn_linear_fixed takes the fastest that the CPU runs. W is read
- * once for all rows: a few of its rows stay in L1 while every x row passes. */
+ * (fma rounds once; alpha * b[j] is one rounded float product). It depends on w, x, alpha and
+ * b alone, so not on the instruction set either: the AVX-512, AVX2 and portable paths give the
+ * same bits, and kn_linear_fixed takes the fastest that the CPU runs. The vector paths read
+ * L->wp, W in panels (kn_fixed_pack), and keep a panel in L1 or L2 while every block of rows
+ * passes; without L->wp they take the portable path. */
 void kn_linear_fixed(const luna_linear *L, const float *x, size_t rows, size_t ldx, float *y, size_t ldy,
                      float alpha);
 /* The instruction sets kn_linear_fixed can run on (tests and benchmarks pick one): portable C
@@ -51,6 +49,13 @@ void kn_linear_fixed_isa(kn_isa isa, const luna_linear *L, const float *x, size_
  * default), so that a test or benchmark can run whole decode steps on each path; EINVAL, and
  * nothing pinned, if this CPU does not run isa. Call it only while no thread is in a kernel. */
 int kn_linear_fixed_pin(kn_isa isa);
+
+/* Floats of the panels of an (out, in) layer: out rounded up to 16, times in. */
+size_t kn_fixed_pack_floats(size_t out, size_t in);
+/* dst (kn_fixed_pack_floats) = L->w in panels of 16 outputs, k after k: panel p holds
+ * dst[(p in + k) 16 + i] = w[16 p + i][k], zeros past the last output. A part of the layer
+ * that starts at output j0, a multiple of 16, has its panels at dst + j0 in. */
+void kn_fixed_pack(const luna_linear *L, float *dst);
 
 /* C (m, n; ldc) = alpha * A (m, k; lda) B^T (n, k; ldb) + beta * C */
 void kn_gemm_nt(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
@@ -120,7 +125,7 @@ float kn_max(const float *x, size_t n);
  * for its test). */
 float kn_log1p_unit(float u);
 
-/* The lane tree of the fixed orders here: p[l] += p[l + 8] for l < 8, then p[l] += p[l + 4]
+/* The lane tree of kn_dot's order: p[l] += p[l + 8] for l < 8, then p[l] += p[l + 4]
  * for l < 4, p[l + 2], p[l + 1]; returns p[0] (p is scratch). */
 static inline __attribute__((always_inline)) float kn_lane_tree(float p[16])
 {

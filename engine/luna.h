@@ -96,6 +96,9 @@ int luna_model_load(const char *dir, luna_model **out, char *err, size_t errlen)
 void luna_model_free(luna_model *m); /* NULL is a no-op */
 const luna_config *luna_model_config(const luna_model *m);
 size_t luna_model_weight_bytes(const luna_model *m); /* bytes of F32 weights, mapped or owned */
+/* causal-lm: bytes of the decode steps' second copy of their layers' weights, laid out for the
+ * batch-invariant product (kernels.h, kn_fixed_pack), allocated at load; 0 for a classifier. */
+size_t luna_model_panel_bytes(const luna_model *m);
 
 /* Tokens the model sees for these input bytes (after the input transform, plus bos/eos). */
 size_t luna_input_tokens(const luna_model *m, const uint8_t *bytes, size_t len);

@@ -777,7 +777,7 @@ static int bind_all(binder *b, luna_model *m)
     }
     if (!cls) {
         if (c->tie_embeddings) /* logits = x embed_tokens^T */
-            m->output_projection = (luna_linear){m->embed_tokens, NULL, c->vocab_size, d};
+            m->output_projection = (luna_linear){m->embed_tokens, NULL, c->vocab_size, d, NULL};
         else
             TRY(bind_linear(b, &m->output_projection, "output_projection", c->vocab_size, d, 0));
         return 0;
@@ -879,6 +879,49 @@ static int cache_pq(luna_model *m, char *err, size_t errlen)
     return 0;
 }
 
+/* (model.h) the list that step_run in decoder.c goes through */
+int luna_decode_linears(luna_model *m, luna_linear **lin)
+{
+    const luna_config *c = &m->cfg;
+    int n = 0;
+    for (int i = 0; i < c->layers; i++) {
+        luna_layer *ly = &m->layers[i];
+        lin[n++] = &ly->q_proj;
+        lin[n++] = c->tie_kv ? &ly->c_proj : &ly->k_proj;
+        if (!c->tie_kv) lin[n++] = &ly->v_proj;
+        if (c->causal_pc_proj) lin[n++] = &ly->pc_proj;
+        lin[n++] = &ly->out_proj;
+        lin[n++] = &ly->fc1;
+        lin[n++] = &ly->fc2;
+    }
+    lin[n++] = &m->output_projection;
+    return n;
+}
+
+/* causal-lm: the layers of a decode step again, in kn_linear_fixed's panels (luna_linear.wp),
+ * one allocation for all of them: the steps' fixed-order products read them 16 outputs at a
+ * time, k after k. A copy beside w, which the prefills' sgemm goes on reading. */
+static int pack_decode(luna_model *m, char *err, size_t errlen)
+{
+    luna_linear *lin[LUNA_DECODE_LINEARS];
+    int n = luna_decode_linears(m, lin);
+    size_t total = 0;
+    for (int q = 0; q < n; q++) total += kn_fixed_pack_floats((size_t)lin[q]->out, (size_t)lin[q]->in);
+    m->packed = aligned_alloc(64, (total * sizeof(float) + 63) & ~(size_t)63);
+    if (m->packed == NULL) {
+        seterr(err, errlen, "out of memory for the decode steps' panels (%zu floats)", total);
+        return LUNA_ENOMEM;
+    }
+    m->packed_len = total;
+    float *at = m->packed;
+    for (int q = 0; q < n; q++) {
+        kn_fixed_pack(lin[q], at);
+        lin[q]->wp = at;
+        at += kn_fixed_pack_floats((size_t)lin[q]->out, (size_t)lin[q]->in);
+    }
+    return 0;
+}
+
 /* ---- the public calls ----------------------------------------------------------------------- */
 
 int luna_model_load(const char *dir, luna_model **out, char *err, size_t errlen)
@@ -917,6 +960,12 @@ int luna_model_load(const char *dir, luna_model **out, char *err, size_t errlen)
         free(m->owned);
         goto fail_st;
     }
+    if (m->cfg.task == LUNA_TASK_CAUSAL_LM && (rc = pack_decode(m, err, errlen)) != 0) {
+        free(m->owned);
+        free(m->pq);
+        free(m->pqt);
+        goto fail_st;
+    }
     st_free(&st); /* the model keeps pointers into the mapping and owned, not into st */
     *out = m;
     return 0;
@@ -939,6 +988,7 @@ void luna_model_free(luna_model *m)
     free(m->owned);
     free(m->pq);
     free(m->pqt);
+    free(m->packed);
     free(m);
 }
 
@@ -951,3 +1001,5 @@ size_t luna_model_weight_bytes(const luna_model *m)
 {
     return m != NULL ? m->weight_bytes : 0;
 }
+
+size_t luna_model_panel_bytes(const luna_model *m) { return m != NULL ? m->packed_len * sizeof(float) : 0; }

@@ -14,6 +14,8 @@ typedef struct {
     const float *w; /* (out, in) */
     const float *b; /* (out) or NULL when the layer has no bias */
     int out, in;
+    const float *wp; /* causal-lm, the layers of a decode step: w again, in the panels of
+                        kn_linear_fixed (kernels.h: kn_fixed_pack), in `packed`; else NULL */
 } luna_linear;
 
 typedef struct {
@@ -62,8 +64,17 @@ struct luna_model {
     float *owned;         /* converted or realigned tensors */
     size_t owned_len;     /* floats in owned */
     size_t weight_bytes;  /* F32 bytes of all weights */
+    float *packed;        /* causal-lm: the decode steps' layers in panels (luna_linear.wp) */
+    size_t packed_len;    /* floats in packed */
     uint8_t id[LUNA_MODEL_ID_BYTES]; /* luna_model_id: SHA-256 of the config and the weights as
                                         loaded, computed once at load (model_id.h) */
 };
+
+/* Room for the linear layers of a decode step: q, k or c, v, pc, out, fc1 and fc2 a layer at
+ * most, and the vocabulary head. */
+#define LUNA_DECODE_LINEARS (7 * LUNA_MAX_LAYERS + 1)
+/* causal-lm: the linear layers of a decode step into lin, as a step runs them (the vocabulary
+ * head last); returns their count. Those have panels (luna_linear.wp). */
+int luna_decode_linears(luna_model *m, luna_linear **lin);
 
 #endif

@@ -9,7 +9,7 @@ static const char *act_name(luna_act a) { return a == LUNA_ACT_GELU ? "gelu" : a
 static const char *pos_name(luna_pos p) { return p == LUNA_POS_LEARNED ? "learned" : p == LUNA_POS_SINUSOIDAL ? "sinusoidal" : "none"; }
 static const char *pool_name(luna_pool p) { return p == LUNA_POOL_MEAN ? "mean" : p == LUNA_POOL_P ? "p" : "cls"; }
 
-static cJSON *model_json(const char *dir, const luna_model *m)
+static cJSON *model_json(const srv_app *app, const char *dir, const luna_model *m)
 {
     const luna_config *c = luna_model_config(m);
     cJSON *o = cJSON_CreateObject();
@@ -17,9 +17,11 @@ static cJSON *model_json(const char *dir, const luna_model *m)
     cJSON_AddStringToObject(o, "task", c->task == LUNA_TASK_CAUSAL_LM ? "causal-lm" : "classification");
     cJSON_AddNumberToObject(o, "weight_bytes", (double)luna_model_weight_bytes(m));
     if (c->task == LUNA_TASK_CAUSAL_LM) {
-        /* per worker, allocated once: the context and the generation state, whatever the context */
+        /* per worker, allocated once: the context each worker holds (a lane per core, the
+         * prefill chunk) and the generation state, whatever the context */
         cJSON_AddNumberToObject(o, "state_bytes", (double)luna_gen_state_bytes(m));
-        cJSON_AddNumberToObject(o, "context_bytes", (double)luna_ctx_bytes(m, NULL));
+        cJSON_AddNumberToObject(o, "context_bytes", (double)srv_worker_gctx_bytes(app));
+        cJSON_AddNumberToObject(o, "panel_bytes", (double)luna_model_panel_bytes(m));
     } else {
         cJSON_AddNumberToObject(o, "workspace_bytes_per_token", (double)luna_workspace_bytes(m, 1));
     }
@@ -30,6 +32,7 @@ static cJSON *model_json(const char *dir, const luna_model *m)
     cJSON_AddNumberToObject(cfg, "l", c->l);
     cJSON_AddNumberToObject(cfg, "layers", c->layers);
     cJSON_AddNumberToObject(cfg, "ffn", c->ffn);
+    if (c->task == LUNA_TASK_CAUSAL_LM) cJSON_AddNumberToObject(cfg, "vocab_size", c->vocab_size);
     cJSON_AddStringToObject(cfg, "activation", act_name(c->activation));
     cJSON_AddBoolToObject(cfg, "tie_kv", c->tie_kv);
     cJSON_AddBoolToObject(cfg, "normalize_before", c->normalize_before);
@@ -57,8 +60,8 @@ char *srv_render_info(const srv_app *app)
     cJSON_AddStringToObject(root, "name", "lunaserve");
     cJSON_AddStringToObject(root, "version", LUNASERVE_VERSION);
     cJSON *models = cJSON_AddObjectToObject(root, "models");
-    if (app->classifier) cJSON_AddItemToObject(models, "classify", model_json(c->classify_model, app->classifier));
-    if (app->generator) cJSON_AddItemToObject(models, "generate", model_json(c->generate_model, app->generator));
+    if (app->classifier) cJSON_AddItemToObject(models, "classify", model_json(app, c->classify_model, app->classifier));
+    if (app->generator) cJSON_AddItemToObject(models, "generate", model_json(app, c->generate_model, app->generator));
     cJSON *lim = cJSON_AddObjectToObject(root, "limits");
     cJSON_AddNumberToObject(lim, "max_body_bytes", (double)c->max_body_bytes);
     cJSON_AddNumberToObject(lim, "max_input_bytes", (double)c->max_input_bytes);

@@ -1142,6 +1142,14 @@ def test_batch_bytes_match_alone():
     alone = Server("--max-batch", "1", model="", gen=LM)
     try:
         want = [batch_answer(alone.json("POST", p, b)[2]) for p, b in BATCH_BODIES]
+        # alone, a generation runs on its worker's context (reserved with the rest); in the batch
+        # (below) it does not: the two reservations differ by that context, /info's context_bytes
+        st, _, info = alone.json("GET", "/info")
+        g = info["models"]["generate"]
+        st, h, _ = alone.req("POST", "/generate", {"inputs": "Mary", "parameters": {"max_new_tokens": 3}})
+        assert st == 200, h
+        reserved_alone = int(h["x-memory-reserved-bytes"])
+        assert 0 < g["panel_bytes"] < 2 * g["weight_bytes"], g  # the exact count: tests/unit/test_decoder.c
     finally:
         assert alone.stop() == 0
     # 24 clients of one address: the per-client defaults (the batch, 8, and a quarter of the
@@ -1152,6 +1160,8 @@ def test_batch_bytes_match_alone():
         assert {k: info["batch"][k] for k in ("continuous", "max_batch", "max_batch_tokens", "prefill_admission")} == \
             {"continuous": True, "max_batch": 8, "max_batch_tokens": 1, "prefill_admission": True}, info["batch"]
         assert info["batch"]["prefill_tokens_per_second"] > 0, info["batch"]
+        st, h, _ = s.req("POST", "/generate", {"inputs": "Mary", "parameters": {"max_new_tokens": 3}})
+        assert st == 200 and reserved_alone - int(h["x-memory-reserved-bytes"]) == g["context_bytes"], (h, g)
         out, errors = [], []
         plan = [(rng.randrange(len(BATCH_BODIES)), rng.random() * 0.05, rng.random() < 0.3) for _ in range(24)]
 

@@ -193,6 +193,48 @@ Test(decoder, luna_state_has_a_fixed_size)
     cr_expect_eq(luna_gen_state_bytes(NULL), 0);
 }
 
+/* Every layer of a decode step has its panels (luna_linear.wp: w in kn_fixed_pack's layout),
+ * in the model's one allocation that luna_model_panel_bytes counts, for the tied and untied
+ * kv, a pc_proj and a tied or untied head; a classifier has none. */
+Test(decoder, decode_layers_have_their_panels)
+{
+    static const char *const names[] = {"lm_defaults", "lm_legacy_untied_prenorm_learned", "lm_softplus_nopos_lnemb"};
+    for (size_t n = 0; n < sizeof names / sizeof *names; n++) {
+        luna_model *m = golden_model(names[n]);
+        const luna_config *cfg = luna_model_config(m);
+        const luna_linear *lin[LUNA_DECODE_LINEARS];
+        int count = 0;
+        for (int i = 0; i < cfg->layers; i++) {
+            const luna_layer *ly = &m->layers[i];
+            lin[count++] = &ly->q_proj;
+            lin[count++] = cfg->tie_kv ? &ly->c_proj : &ly->k_proj;
+            if (!cfg->tie_kv) lin[count++] = &ly->v_proj;
+            if (cfg->causal_pc_proj) lin[count++] = &ly->pc_proj;
+            lin[count++] = &ly->out_proj;
+            lin[count++] = &ly->fc1;
+            lin[count++] = &ly->fc2;
+        }
+        lin[count++] = &m->output_projection;
+        size_t total = 0;
+        for (int q = 0; q < count; q++) {
+            size_t floats = kn_fixed_pack_floats((size_t)lin[q]->out, (size_t)lin[q]->in);
+            cr_assert_not_null(lin[q]->wp, "%s: layer %d has no panels", names[n], q);
+            float *want = malloc(floats * sizeof(float));
+            cr_assert(want);
+            kn_fixed_pack(lin[q], want);
+            cr_assert(!memcmp(want, lin[q]->wp, floats * sizeof(float)), "%s: layer %d's panels", names[n], q);
+            free(want);
+            total += floats * sizeof(float);
+        }
+        cr_expect_eq(luna_model_panel_bytes(m), total, "%s", names[n]);
+        luna_model_free(m);
+    }
+    luna_model *cls = golden_model("defaults");
+    cr_expect_eq(luna_model_panel_bytes(cls), 0);
+    luna_model_free(cls);
+    cr_expect_eq(luna_model_panel_bytes(NULL), 0);
+}
+
 /* A Luna state's size does not depend on the context; a KV cache's grows linearly with it. */
 Test(decoder, kv_cache_grows_with_the_context)
 {

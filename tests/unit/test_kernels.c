@@ -114,7 +114,7 @@ Test(kernels, gemm_and_linear_match_naive_products)
     for (int k = 0; k < K; k++)
         for (int j = 0; j < N; j++) bn[k * N + j] = bt[j * K + k];
     for (int j = 0; j < N; j++) bias[j] = (float)j;
-    luna_linear L = {bt, bias, N, K};
+    luna_linear L = {bt, bias, N, K, NULL};
     kn_linear(&L, a, M, K, c, N, 0.5f);
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
@@ -157,16 +157,8 @@ static float rnd(uint32_t *s) /* uniform in [-1, 1) */
 /* kernels.h's order for one output, written out in scalars: the bits every path must give. */
 static float fixed_ref(const float *w, const float *x, size_t in, float alpha, const float *b)
 {
-    float p[16] = {0};
-    for (size_t t = 0; t < (in + 15) / 16; t++)
-        for (size_t l = 0; l < 16; l++) {
-            size_t k = 16 * t + l;
-            p[l] = fmaf(k < in ? w[k] : 0.0f, k < in ? x[k] : 0.0f, p[l]);
-        }
-    for (int l = 0; l < 8; l++) p[l] = p[l] + p[l + 8];
-    for (int l = 0; l < 4; l++) p[l] = p[l] + p[l + 4];
-    for (int l = 0; l < 2; l++) p[l] = p[l] + p[l + 2];
-    float s = p[0] + p[1];
+    float s = 0.0f;
+    for (size_t k = 0; k < in; k++) s = fmaf(w[k], x[k], s);
     return b ? fmaf(alpha, s, alpha * *b) : alpha * s;
 }
 
@@ -177,10 +169,10 @@ typedef struct {
 } fixed_shape;
 
 /* Shapes of the decode steps (the vocabulary head 260 x 256, fc2 256 x 1024; fc1's 1024 x 256
- * runs as the head does), and ones whose out or in is no multiple of any block: out 1, 3, 7,
- * 37, 38 (the last group of 8 or 4 outputs holds 1 to 7 of them); in 1, 15, 17, 83, and 24
- * and 45, whose padded block leaves the AVX2 path's second half empty or partly full after
- * whole blocks. Small enough for valgrind, which runs these on the AVX2 path. */
+ * runs as the head does), and ones whose out is no multiple of a panel (16) or of a group of
+ * panels (4 on AVX2, 8 on AVX-512, 2 a batch's block on AVX-512): out 1, 3, 7, 21, 37, 38 and
+ * 260 leave 1 to 7 outputs in the last panel and a group short of panels; odd in (1, 15, 17,
+ * 24, 45, 83). Small enough for valgrind, which runs these on the AVX2 path. */
 static const fixed_shape FIXED_SHAPES[] = {
     {260, 256, 0, 1.0f}, {256, 1024, 1, 1.0f}, {64, 64, 0, 0.125f}, {37, 83, 1, 0.3f}, {3, 17, 0, 1.0f},
     {1, 15, 1, -2.5f},   {21, 1, 1, 1.0f},     {38, 24, 1, 0.5f},   {7, 45, 0, 1.0f},
@@ -190,7 +182,7 @@ static const fixed_shape FIXED_SHAPES[] = {
  * row's outputs by fixed_ref; y: room for the kernel's. */
 typedef struct {
     luna_linear L;
-    float *w, *b, *x, *ref, *y;
+    float *w, *b, *wp, *x, *ref, *y;
     size_t ldx, ldy;
 } fixed_case;
 
@@ -206,14 +198,21 @@ static void fixed_case_new(fixed_case *c, const fixed_shape *sh, size_t maxrows,
     for (size_t i = 0; i < sh->out * sh->in; i++) c->w[i] = rnd(&seed);
     for (size_t i = 0; i < sh->out; i++) c->b[i] = rnd(&seed);
     for (size_t i = 0; i < maxrows * c->ldx; i++) c->x[i] = rnd(&seed);
-    c->L = (luna_linear){c->w, sh->bias ? c->b : NULL, (int)sh->out, (int)sh->in};
+    c->L = (luna_linear){c->w, sh->bias ? c->b : NULL, (int)sh->out, (int)sh->in, NULL};
+    c->wp = malloc(kn_fixed_pack_floats(sh->out, sh->in) * sizeof(float));
+    cr_assert(c->wp);
+    kn_fixed_pack(&c->L, c->wp);
+    c->L.wp = c->wp;
     for (size_t r = 0; r < maxrows; r++)
         for (size_t j = 0; j < sh->out; j++)
             c->ref[r * sh->out + j] = fixed_ref(c->w + j * sh->in, c->x + r * c->ldx, sh->in, sh->alpha,
                                                 sh->bias ? c->b + j : NULL);
 }
 
-static void fixed_case_free(fixed_case *c) { free(c->w), free(c->b), free(c->x), free(c->ref), free(c->y); }
+static void fixed_case_free(fixed_case *c)
+{
+    free(c->w), free(c->b), free(c->wp), free(c->x), free(c->ref), free(c->y);
+}
 
 /* The instruction sets this CPU runs: the portable path always, AVX2 and AVX-512 where present
  * (valgrind hides AVX-512: under it, the AVX2 path runs these tests). */
@@ -321,6 +320,45 @@ Test(kernels, linear_fixed_pin_takes_each_path)
                       (int)all[i], r);
     }
     cr_assert_eq(kn_linear_fixed_pin(KN_ISA_BEST), 0);
+    fixed_case_free(&c);
+}
+
+/* kn_fixed_pack's layout: panel p, k, lane i holds w[16 p + i][k], zeros past out; and a part
+ * of the layer that starts at a panel (what a step's column block passes) gives, from its
+ * offset into the panels, the bits of the whole layer's outputs; without panels (wp NULL),
+ * every path still gives them, through the portable one. */
+Test(kernels, linear_fixed_panels_and_parts)
+{
+    enum { ROWS = 7 };
+    const fixed_shape *sh = &FIXED_SHAPES[3]; /* 37 x 83: three panels, the last with 5 outputs */
+    fixed_case c;
+    fixed_case_new(&c, sh, ROWS, 17);
+    size_t np = (sh->out + 15) / 16;
+    cr_assert_eq(kn_fixed_pack_floats(sh->out, sh->in), np * 16 * sh->in);
+    for (size_t p = 0; p < np; p++)
+        for (size_t k = 0; k < sh->in; k++)
+            for (size_t i = 0; i < 16; i++) {
+                size_t j = 16 * p + i;
+                float want = j < sh->out ? c.w[j * sh->in + k] : 0.0f, got = c.wp[(p * sh->in + k) * 16 + i];
+                cr_assert(!memcmp(&got, &want, sizeof got), "panel %zu, k %zu, lane %zu", p, k, i);
+            }
+    kn_isa isa[3];
+    int nisa = fixed_isas(isa);
+    for (int path = 0; path < nisa; path++) {
+        for (size_t j0 = 0; j0 < sh->out; j0 += 16) { /* the part of outputs j0 .. out */
+            luna_linear part = {c.w + j0 * sh->in, c.b + j0, (int)(sh->out - j0), (int)sh->in, c.wp + j0 * sh->in};
+            kn_linear_fixed_isa(isa[path], &part, c.x, ROWS, c.ldx, c.y, c.ldy, sh->alpha);
+            for (size_t r = 0; r < ROWS; r++)
+                cr_assert(!memcmp(c.y + r * c.ldy, c.ref + r * sh->out + j0, (sh->out - j0) * sizeof(float)),
+                          "isa %d: the part from %zu, row %zu", (int)isa[path], j0, r);
+        }
+        luna_linear bare = c.L;
+        bare.wp = NULL;
+        kn_linear_fixed_isa(isa[path], &bare, c.x, ROWS, c.ldx, c.y, c.ldy, sh->alpha);
+        for (size_t r = 0; r < ROWS; r++)
+            cr_assert(!memcmp(c.y + r * c.ldy, c.ref + r * sh->out, sh->out * sizeof(float)),
+                      "isa %d without panels, row %zu", (int)isa[path], r);
+    }
     fixed_case_free(&c);
 }
 
