@@ -372,6 +372,8 @@ static srv_job *queue_take(srv_app *app, int lane, int idle)
     return job;
 }
 
+int srv_group_room(int queued, int idle) { return queued / (idle > 0 ? idle : 1); }
+
 /* Queued jobs that may run with `lead` on worker w (its kind's `joins`: classifications that
  * fit one pack with it), oldest first, leave the queue with it: each in its least reservation
  * (their one forward runs in the worker's context), counted as started now. With other workers
@@ -383,7 +385,7 @@ static void group_take(srv_app *app, srv_worker *w, srv_job *lead)
     if (!lead->kind->joins) return;
     int idle = 0;
     for (int i = 0; i < app->n_workers; i++) idle += !app->workers[i].busy;
-    int room = srv_queue_len(app) / (idle > 0 ? idle : 1);
+    int room = srv_group_room(srv_queue_len(app), idle);
     const luna_ctx *ctx = lead->kind->model == SRV_MODEL_CLASSIFIER ? w->ctx : w->gctx;
     srv_job *tail = lead, *taken = NULL;
     pthread_mutex_lock(&app->lock);

@@ -212,6 +212,12 @@ void srv_prefill_observe(srv_app *app, uint64_t tokens, double seconds);
 /* The bytes of a worker's generator context, which a job alone on a worker runs on (sched.c). */
 uint64_t srv_worker_gctx_bytes(const srv_app *app);
 
+/* How many queued jobs a worker may take along with the one it starts (a group: one pack), of
+ * `queued` that could join it, while `idle` workers (itself among them) are free: its share,
+ * queued / idle, so that the others' groups run side by side rather than one worker taking
+ * the whole queue and leaving the rest idle; all of them with no other worker free. */
+int srv_group_room(int queued, int idle);
+
 /* ---- info.c ---- */
 char *srv_render_info(const srv_app *app); /* GET /info's body, malloc'd */
 

@@ -116,3 +116,33 @@ Test(jobs, shared_refusals)
     cr_expect_eq(srv_job_too_long(&q, &cfg, 1u << 30, "the prompt is"), 0);
     app_free(app);
 }
+
+/* srv_group_room: idle workers that take groups from a queue of jobs that all fit one pack,
+ * one after another as the dispatcher hands them out (each takes the oldest as its lead, then
+ * its share of the rest), end with groups that differ by one job at most, every worker with
+ * one when there are enough, and the whole queue taken; a worker with no other one free takes
+ * it all. */
+Test(jobs, group_room_shares_the_queue_among_idle_workers)
+{
+    cr_assert_eq(srv_group_room(9, 1), 9);
+    cr_assert_eq(srv_group_room(9, 0), 9);
+    cr_assert_eq(srv_group_room(9, 2), 4);
+    cr_assert_eq(srv_group_room(1, 2), 0); /* a lone follower goes to the other worker */
+    cr_assert_eq(srv_group_room(0, 3), 0);
+    for (int idle = 1; idle <= 4; idle++)
+        for (int queued = 1; queued <= 40; queued++) {
+            int left = queued, lo = queued, hi = 0, workers = 0;
+            for (int free_ = idle; free_ > 0 && left > 0; free_--) {
+                left--; /* the lead */
+                int room = srv_group_room(left, free_);
+                cr_assert(room >= 0 && room <= left, "%d of %d", room, left);
+                left -= room;
+                int group = 1 + room;
+                lo = group < lo ? group : lo, hi = group > hi ? group : hi;
+                workers++;
+            }
+            cr_assert_eq(left, 0, "%d jobs, %d idle workers: %d left in the queue", queued, idle, left);
+            cr_assert_eq(workers, queued < idle ? queued : idle, "%d jobs, %d idle", queued, idle);
+            cr_assert_leq(hi - lo, 1, "%d jobs, %d idle workers: groups of %d to %d", queued, idle, lo, hi);
+        }
+}
