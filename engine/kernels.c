@@ -2,6 +2,7 @@
  * kernels of the forward passes. See kernels.h for the contract of each function. */
 #include "kernels.h"
 
+#include <assert.h>
 #include <cblas.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
