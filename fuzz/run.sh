@@ -49,7 +49,7 @@ LIBS="$(pkg-config --libs libcjson openblas) -lm -lpthread"
 # A harness is rebuilt unless its binary is newer than every source it could use.
 build() {
   h=$1
-  if [ -x "$out/$h" ] && [ -z "$(find api engine fuzz -name '*.[ch]' -newer "$out/$h" | head -1)" ]; then
+  if [ -x "$out/$h" ] && [ -z "$(find api engine fuzz \( -name '*.[ch]' -o -name '*.inc' \) -newer "$out/$h" | head -1)" ]; then
     echo "== $h: up to date"
     return 0
   fi
