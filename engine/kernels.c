@@ -107,66 +107,12 @@ static void fixed_c(const luna_linear *L, const float *x, size_t rows, size_t ld
 
 #define FX_INLINE static inline __attribute__((always_inline))
 
-/* AVX2: a panel is two registers. A batch takes blocks of 6 rows by one panel: 12 chains,
- * enough for both FMA pipes at the fma's latency, 2 weight loads and 6 broadcasts to 12 fma,
- * with 15 of the 16 registers in use. A lone row takes 4 panels at once (8 chains). */
-#define FO_ATTR __attribute__((target("avx2,fma")))
+/* The two vector paths (their blocks: kernels_fixed.inc) */
+#define FO_AVX2
 #define FO_NAME(x) fo256_##x
-#define FO_VEC __m256
-#define FO_V 8
-#define FO_NV 2
-#define FO_ZERO() _mm256_setzero_ps()
-#define FO_LOAD(p) _mm256_loadu_ps(p)
-#define FO_BCAST(p) _mm256_broadcast_ss(p)
-#define FO_SET1(f) _mm256_set1_ps(f)
-#define FO_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define FO_MUL(a, b) _mm256_mul_ps(a, b)
-#define FO_STORE(p, v) _mm256_storeu_ps(p, v)
-#define FO_MAIN_R 6
-#define FO_PB(r) ((r) == 1 ? 4 : (r) == 2 ? 2 : 1)
-#define FO_MAXPB 4
-#define FO_CASES                                                                                         \
-    FO_CASE(1, 4) FO_CASE(1, 1) FO_CASE(2, 2) FO_CASE(2, 1) FO_CASE(3, 1) FO_CASE(4, 1) FO_CASE(5, 1) \
-    FO_CASE(6, 1)
 #include "kernels_fixed.inc"
-#undef FO_ATTR
-#undef FO_NAME
-#undef FO_VEC
-#undef FO_V
-#undef FO_NV
-#undef FO_ZERO
-#undef FO_LOAD
-#undef FO_BCAST
-#undef FO_SET1
-#undef FO_FMA
-#undef FO_MUL
-#undef FO_STORE
-#undef FO_MAIN_R
-#undef FO_PB
-#undef FO_MAXPB
-#undef FO_CASES
-
-/* AVX-512: a panel is one register of the 32. Blocks of 8 rows by 2 panels (16 chains; 2
- * weight loads and 8 broadcasts to 16 fma); a lone row takes 8 panels at once. */
-#define FO_ATTR __attribute__((target("avx512f")))
+#define FO_AVX512
 #define FO_NAME(x) fo512_##x
-#define FO_VEC __m512
-#define FO_V 16
-#define FO_NV 1
-#define FO_ZERO() _mm512_setzero_ps()
-#define FO_LOAD(p) _mm512_loadu_ps(p)
-#define FO_BCAST(p) _mm512_set1_ps(*(p))
-#define FO_SET1(f) _mm512_set1_ps(f)
-#define FO_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define FO_MUL(a, b) _mm512_mul_ps(a, b)
-#define FO_STORE(p, v) _mm512_storeu_ps(p, v)
-#define FO_MAIN_R 8
-#define FO_PB(r) ((r) == 1 ? 8 : 2)
-#define FO_MAXPB 8
-#define FO_CASES                                                                                         \
-    FO_CASE(1, 8) FO_CASE(1, 1) FO_CASE(2, 2) FO_CASE(2, 1) FO_CASE(3, 2) FO_CASE(3, 1) FO_CASE(4, 2) \
-    FO_CASE(4, 1) FO_CASE(5, 2) FO_CASE(5, 1) FO_CASE(6, 2) FO_CASE(6, 1) FO_CASE(7, 2) FO_CASE(7, 1) \
-    FO_CASE(8, 2) FO_CASE(8, 1)
 #include "kernels_fixed.inc"
 
 /* Without the panels (a luna_linear built by hand), the portable path: the same bits, slowly. */

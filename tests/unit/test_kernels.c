@@ -362,6 +362,47 @@ Test(kernels, linear_fixed_panels_and_parts)
     fixed_case_free(&c);
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+/* The AVX-512 path's blocking (8 rows by 2 panels, a lone row 8 panels, groups of 8 panels)
+ * on a CPU without AVX-512: kernels_fixed.inc once more, here, with AVX2's vectors and
+ * AVX-512's block shapes. Every output of every row written once, in the reference's bits,
+ * whatever the rows and outputs; what only the AVX-512 instance has of its own is its vector
+ * width. */
+#include <assert.h>
+#include <immintrin.h>
+#define FX_INLINE static inline __attribute__((always_inline))
+#define FO_AVX2
+#define FO_BLOCKS_512
+#define FO_NAME(x) fotest_##x
+#include "engine/kernels_fixed.inc"
+
+Test(kernels, linear_fixed_avx512_blocking_on_avx2)
+{
+    if (!kn_isa_supported(KN_ISA_AVX2)) cr_skip_test("this CPU has no AVX2");
+    enum { MAXR = 19 };
+    static const fixed_shape shapes[] = {{260, 17, 1, 1.0f}, {37, 35, 0, 0.3f}, {129, 9, 1, -0.5f}, {16, 5, 0, 1.0f}};
+    size_t checked = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        const fixed_shape *sh = &shapes[s];
+        fixed_case c;
+        fixed_case_new(&c, sh, MAXR, 41 + (uint32_t)s);
+        for (size_t rows = 1; rows <= MAXR; rows++) {
+            for (size_t i = 0; i < rows * c.ldy; i++) c.y[i] = NAN;
+            fotest_fixed(&c.L, c.x, rows, c.ldx, c.y, c.ldy, sh->alpha);
+            for (size_t r = 0; r < rows; r++) {
+                cr_assert(!memcmp(c.y + r * c.ldy, c.ref + r * sh->out, sh->out * sizeof(float)),
+                          "%zu x %zu: row %zu of %zu", sh->out, sh->in, r, rows);
+                for (size_t j = sh->out; j < c.ldy && r + 1 < rows; j++)
+                    cr_assert(isnan(c.y[r * c.ldy + j]), "%zu x %zu: wrote past out", sh->out, sh->in);
+                checked++;
+            }
+        }
+        fixed_case_free(&c);
+    }
+    cr_assert_eq(checked, 4 * MAXR * (MAXR + 1) / 2);
+}
+#endif
+
 /* And the order is a good one: within 1e-5 of the double-precision product, relative to the
  * size of its terms (sum |w x| + |b|, times |alpha|), which cancellation cannot shrink. */
 Test(kernels, linear_fixed_is_close_to_double)
