@@ -522,6 +522,9 @@ static void lin_block(const lin_job *j, size_t rows, size_t nb, size_t b, int fi
     const luna_linear *L = j->L;
     size_t n = (size_t)L->out, in = (size_t)L->in, j0, j1;
     col_span(n, nb, b, &j0, &j1);
+    /* a step's layers are packed at load (luna_decode_linears): without panels the fixed-order
+     * product would take its slow portable path */
+    assert(!fixed || L->wp != NULL);
     luna_linear part = {L->w + j0 * in, L->b ? L->b + j0 : NULL, (int)(j1 - j0), L->in,
                         L->wp ? L->wp + j0 * in : NULL}; /* j0 is a multiple of 16: a panel's start */
     if (!fixed && j->res && !j->act_on) { /* a prefill's residual: straight into it */

@@ -193,28 +193,21 @@ Test(decoder, luna_state_has_a_fixed_size)
     cr_expect_eq(luna_gen_state_bytes(NULL), 0);
 }
 
-/* Every layer of a decode step has its panels (luna_linear.wp: w in kn_fixed_pack's layout),
- * in the model's one allocation that luna_model_panel_bytes counts, for the tied and untied
- * kv, a pc_proj and a tied or untied head; a classifier has none. */
+/* luna_decode_linears lists as many layers as the config says a step runs, each with its
+ * panels (luna_linear.wp: w in kn_fixed_pack's layout), in the model's one allocation that
+ * luna_model_panel_bytes counts: tied kv with a pc_proj and a tied head (lm_defaults), untied
+ * kv and head (lm_legacy_...); a classifier has none. (That the list is the step's own, every
+ * step checks: lin_block asserts that a fixed-order product has its panels.) */
 Test(decoder, decode_layers_have_their_panels)
 {
     static const char *const names[] = {"lm_defaults", "lm_legacy_untied_prenorm_learned", "lm_softplus_nopos_lnemb"};
     for (size_t n = 0; n < sizeof names / sizeof *names; n++) {
         luna_model *m = golden_model(names[n]);
         const luna_config *cfg = luna_model_config(m);
-        const luna_linear *lin[LUNA_DECODE_LINEARS];
-        int count = 0;
-        for (int i = 0; i < cfg->layers; i++) {
-            const luna_layer *ly = &m->layers[i];
-            lin[count++] = &ly->q_proj;
-            lin[count++] = cfg->tie_kv ? &ly->c_proj : &ly->k_proj;
-            if (!cfg->tie_kv) lin[count++] = &ly->v_proj;
-            if (cfg->causal_pc_proj) lin[count++] = &ly->pc_proj;
-            lin[count++] = &ly->out_proj;
-            lin[count++] = &ly->fc1;
-            lin[count++] = &ly->fc2;
-        }
-        lin[count++] = &m->output_projection;
+        luna_linear *lin[LUNA_DECODE_LINEARS];
+        int count = luna_decode_linears(m, lin);
+        /* q, k (or c), v when untied, pc when the config has it, out, fc1, fc2 a layer; the head */
+        cr_assert_eq(count, cfg->layers * (5 + !cfg->tie_kv + cfg->causal_pc_proj) + 1, "%s", names[n]);
         size_t total = 0;
         for (int q = 0; q < count; q++) {
             size_t floats = kn_fixed_pack_floats((size_t)lin[q]->out, (size_t)lin[q]->in);
